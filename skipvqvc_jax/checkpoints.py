@@ -1,0 +1,54 @@
+"""Saving and restoring models: a directory with `model.json` (how to build it) and orbax params."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from skipvqvc_jax import models
+
+
+def model_spec(model: models.VQVCPlus) -> dict:
+  """The arguments that rebuild `model` with `models.build`."""
+  return dict(name=model.name, channel=model.channel, n_embed=model.n_embed,
+              in_channel=model.in_channel, gru_init=model.gru_init)
+
+
+def save_model(directory: str, model: models.VQVCPlus) -> None:
+  """Writes `model` to a new `directory`, atomically: it appears complete or not at all."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory):
+    raise FileExistsError(f'{directory} already exists; choose a new directory')
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.', dir=parent)
+  try:
+    with open(os.path.join(staging, 'model.json'), 'w') as f:
+      json.dump(model_spec(model), f, indent=1)
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(os.path.join(staging, 'params'), nnx.state(model, nnx.Param))
+      checkpointer.wait_until_finished()
+    os.rename(staging, directory)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+
+
+def load_model(directory: str) -> models.VQVCPlus:
+  """Rebuilds the model saved in `directory` and restores its parameters onto the default device."""
+  spec_path = os.path.join(directory, 'model.json')
+  if not os.path.isfile(spec_path):
+    raise FileNotFoundError(f'{directory}: no model.json; not a saved skipvqvc_jax model')
+  with open(spec_path) as f:
+    spec = json.load(f)
+  model = models.build(spec.pop('name'), **spec)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model, nnx.Param))
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(os.path.abspath(os.path.join(directory, 'params')), abstract)
+  nnx.update(model, params)
+  return model

@@ -1,0 +1,363 @@
+"""The VQVC+ family: a three-scale vector-quantized U-Net autoencoder on log-mel spectrograms.
+
+Public methods take and return arrays in the original's layout: mels (batch, mels, frames), content
+(batch, channels, frames), speaker and std (batch, channels, 1), lists ordered like the encoder, finest
+scale first. Inside, activations are channel-last (batch, frames, channels).
+
+Each variant is a subclass that overrides the few hooks where the original's variants differ:
+`_speaker` (how the speaker embedding is made from a scale's residual), `_finish_content` (what happens to
+the quantized content after the speaker embedding is taken) and `_stage_input` (what the decoder adds at
+each scale).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from skipvqvc_jax.models.layers import Conv1d, GBlock, GruInit, leaky_relu
+from skipvqvc_jax.models.quantizer import Quantizer
+
+NUM_SCALES = 3
+
+
+class Encoding(NamedTuple):
+  """What `encode` returns. Per-scale lists are finest scale first (the original's encoder order)."""
+  content: list  # quantized content, (B, C_s, T_s)
+  speaker: list  # speaker embedding, (B, C_s, 1)
+  std: list  # time-norm of the centred encoder output, (B, C_s, 1)
+  latent_loss: jax.Array  # scalar: quantizer commitment terms (+ variant terms)
+  codes: list  # content codebook index per frame, (B, T_s) int32
+  encoder_out: list  # raw encoder stage output, (B, C_s, T_s)
+  quantizer_in: list  # the normalised frames fed to the content quantizer, (B, T_s, C_s)
+  content_losses: list  # each content quantizer's commitment term, scalars
+  rhythm: list | None = None  # vqvc+_rhythm: channel-mean of the rhythm path, (B, 1, T_s)
+  extras: dict | None = None  # variant-specific diagnostics (see each variant)
+
+
+def _to_public(x):
+  """(B, T, C) <-> (B, C, T); the same swap converts both ways."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def _l2norm(x, axis):
+  return jnp.linalg.norm(x, axis=axis, keepdims=True)
+
+
+class EncoderStage(nnx.Module):
+  """Conv1d(k4, stride 2) -> leaky -> Conv1d(k3): halves time and maps to the scale's channels."""
+
+  def __init__(self, in_channels: int, middle: int, out_channels: int, rngs: nnx.Rngs):
+    self.conv_in = Conv1d(in_channels, middle, 4, stride=2, padding=1, rngs=rngs)
+    self.conv_out = Conv1d(middle, out_channels, 3, padding=1, rngs=rngs)
+
+  def __call__(self, x):
+    return self.conv_out(leaky_relu(self.conv_in(x)))
+
+
+class Decoder(nnx.Module):
+  """The U-Net decoder: per scale, coarse to fine, add the scale's input, upsample x2, refine.
+
+  Lists are indexed j = 0, 1, 2 from the coarsest scale (in_channel/8 channels) to the finest, as in the
+  original's `dec.resblock.{j}` / `dec.blocks.{j}` / `dec.blocks_refine.{j}`.
+  """
+
+  def __init__(self, in_channel: int, middle: int, *, gru_init: GruInit, rngs: nnx.Rngs):
+    channels = [in_channel // 2 ** (NUM_SCALES - j) for j in range(NUM_SCALES)]  # 10, 20, 40
+    make = lambda: nnx.List([GBlock(c, middle, gru_init=gru_init, rngs=rngs) for c in channels])
+    self.resblock = make()
+    self.blocks = make()
+    self.blocks_refine = make()
+
+  def __call__(self, stage_inputs: Sequence[jax.Array], noise_key=None):
+    """stage_inputs: coarse to fine, (B, T_j, C_j) channel-last. Returns (B, 8 * T_0, 8 * C_0)."""
+    keys = (jax.random.split(noise_key, 3 * NUM_SCALES).reshape(NUM_SCALES, 3)
+            if noise_key is not None else [[None] * 3] * NUM_SCALES)
+    x = 0.0
+    for j, z in enumerate(stage_inputs):
+      x = x + self.resblock[j](z, keys[j][0])
+      x = jnp.repeat(x, 2, axis=1)  # nearest-neighbour upsampling in time
+      x = x + self.blocks[j](x, keys[j][1])
+      x = jnp.concatenate([x, x + self.blocks_refine[j](x, keys[j][2])], axis=-1)
+    return x
+
+
+class VQVCPlus(nnx.Module):
+  """`vqvc+`: content quantized per scale; speaker = time-mean of the residual, unit norm, / 3."""
+
+  name = 'vqvc+'
+  # Content codes are resampled by this factor per scale (the resample variant); frames must allow it.
+  resample_factor = 1
+
+  def __init__(self, in_channel: int = 80, channel: int = 512, n_embed: int = 128, *,
+               gru_init: GruInit = 'normal', seed: int = 0):
+    if gru_init not in ('normal', 'zeros'):
+      raise ValueError(f"gru_init must be 'normal' or 'zeros', got {gru_init!r}")
+    if in_channel % 2 ** (NUM_SCALES + 1):
+      raise ValueError(f'in_channel must be a multiple of {2 ** (NUM_SCALES + 1)} '
+                       f'(GroupNorm needs 4 groups at the coarsest scale); got {in_channel}')
+    self.in_channel, self.channel, self.n_embed = in_channel, channel, n_embed
+    self.gru_init = gru_init
+    rngs = nnx.Rngs(params=seed)
+    # A separate stream for the stochastic parts (GRU initial state, VAE noise) when no key is given.
+    self.rngs = nnx.Rngs(noise=jax.random.fold_in(jax.random.key(seed), 1))
+    widths = [in_channel // 2 ** s for s in range(NUM_SCALES + 1)]  # 80, 40, 20, 10
+    self.enc = nnx.List([EncoderStage(widths[s], channel, widths[s + 1], rngs)
+                         for s in range(NUM_SCALES)])
+    self.quantize = nnx.List([Quantizer(widths[s + 1], k, rngs=rngs)
+                              for s, k in enumerate(self.codebook_sizes(n_embed))])
+    self._init_variant(widths[1:], rngs)
+    self.dec = Decoder(in_channel, channel, gru_init=gru_init, rngs=rngs)
+
+  # ---- what the variants change -------------------------------------------------------------------
+
+  @staticmethod
+  def codebook_sizes(n_embed: int) -> list[int]:
+    return [n_embed // 2 ** (NUM_SCALES - 1 - s) for s in range(NUM_SCALES)]
+
+  def _init_variant(self, widths: list[int], rngs: nnx.Rngs):
+    pass
+
+  def _speaker(self, s: int, x, xn, q, noise):
+    """Speaker embedding (B, 1, C) of scale s, its extra latent loss, and diagnostics."""
+    sp = jnp.mean(x - q, axis=1, keepdims=True)
+    return sp / (_l2norm(sp, -1) + 1e-4) / 3, 0.0, {}
+
+  def _finish_content(self, q):
+    return q
+
+  def _stage_input(self, j: int, q, sp, std, rhythm):
+    """Decoder input at scale j (coarse to fine). The base model ignores std."""
+    return q + sp
+
+  # ---- public API ---------------------------------------------------------------------------------
+
+  @property
+  def frame_multiple(self) -> int:
+    """Frames must be a multiple of this: 2 per scale, times the content resampling per scale."""
+    return 2 ** NUM_SCALES * self.resample_factor
+
+  @property
+  def num_scales(self) -> int:
+    return NUM_SCALES
+
+  def check_mel(self, mel, what: str = 'mel'):
+    """Raises ValueError with a clear message unless mel is (batch, in_channel, k * frame_multiple)."""
+    shape = tuple(mel.shape)
+    if len(shape) != 3 or shape[1] != self.in_channel:
+      raise ValueError(f'{self.name}: {what} must be (batch, {self.in_channel}, frames); got {shape}')
+    frames = shape[2]
+    if frames == 0 or frames % self.frame_multiple:
+      raise ValueError(
+          f'{self.name}: {what} has {frames} frames, which is not a positive multiple of '
+          f'{self.frame_multiple} (the model halves time {NUM_SCALES} times'
+          + (f' and resamples codes by {self.resample_factor}' if self.resample_factor > 1 else '')
+          + '); pad or crop it first')
+
+  def _keys(self, rng, n: int):
+    """n keys from an explicit rng, else from the model's own noise stream."""
+    if rng is None:
+      rng = self.rngs.noise()
+    return list(jax.random.split(rng, n))
+
+  def _encode_scales(self, mel, noise=None):
+    """Runs the shared encoder path; returns channel-last per-scale pieces and the latent loss."""
+    x = _to_public(jnp.asarray(mel))
+    out = dict(content=[], speaker=[], std=[], codes=[], encoder_out=[], quantizer_in=[],
+               content_losses=[])
+    extras: dict[str, list] = {}
+    latent_loss = 0.0
+    for s in range(NUM_SCALES):
+      x = self.enc[s](x)
+      centred = x - jnp.mean(x, axis=1, keepdims=True)
+      std = _l2norm(centred, 1) + 1e-4  # an L2 norm over time, called std in the original
+      xn = centred / std
+      xn = xn / _l2norm(xn, -1)  # unit vector per frame
+      quantized = self.quantize[s](xn)
+      sp, extra_loss, info = self._speaker(s, x, xn, quantized.value,
+                                           None if noise is None else noise[s])
+      for k, v in info.items():
+        extras.setdefault(k, []).append(v)
+      out['content'].append(self._finish_content(quantized.value))
+      out['speaker'].append(sp)
+      out['std'].append(std)
+      out['codes'].append(quantized.codes)
+      out['encoder_out'].append(x)
+      out['quantizer_in'].append(xn)
+      out['content_losses'].append(quantized.loss)
+      latent_loss = latent_loss + quantized.loss + extra_loss
+    return out, latent_loss, extras, x
+
+  def _public_encoding(self, out, latent_loss, extras, rhythm=None) -> Encoding:
+    pub = {k: [_to_public(v) for v in out[k]]
+           for k in ('content', 'speaker', 'std', 'encoder_out')}
+    return Encoding(**pub, latent_loss=latent_loss, codes=out['codes'],
+                    quantizer_in=out['quantizer_in'], content_losses=out['content_losses'],
+                    rhythm=None if rhythm is None else [_to_public(r) for r in rhythm],
+                    extras=extras or None)
+
+  def encode(self, mel, *, rng=None) -> Encoding:
+    """Encodes mels (B, in_channel, T) into per-scale content, speaker embeddings and stds."""
+    self.check_mel(mel)
+    out, latent_loss, extras, _ = self._encode_scales(mel)
+    return self._public_encoding(out, latent_loss, extras)
+
+  def decode(self, content, speaker, std, rhythm=None, *, rng=None):
+    """Decodes per-scale content (finest first) with speaker embeddings and stds to (B, mels, T)."""
+    inputs = [self._stage_input(j, _to_public(content[s]), _to_public(speaker[s]),
+                                _to_public(std[s]), None if rhythm is None else _to_public(rhythm[s]))
+              for j, s in enumerate(reversed(range(NUM_SCALES)))]
+    key = self._keys(rng, 1)[0] if self.gru_init == 'normal' else None
+    return _to_public(self.dec(inputs, key))
+
+  def reconstruct(self, mel, *, rng=None):
+    """decode(encode(mel)): returns (reconstruction, encoding)."""
+    enc_key, dec_key = self._keys(rng, 2)
+    enc = self.encode(mel, rng=enc_key)
+    return self.decode(enc.content, enc.speaker, enc.std, enc.rhythm, rng=dec_key), enc
+
+  def convert(self, source_mel, target_mel, *, rng=None):
+    """The source's content spoken with the target's speaker embeddings (and stds).
+
+    A target batch of 1 is used for every source item.
+    """
+    keys = self._keys(rng, 3)
+    src = self.encode(source_mel, rng=keys[0])
+    tgt = self.encode(target_mel, rng=keys[1])
+    speaker, std = _match_batch(tgt.speaker, tgt.std, batch=src.content[0].shape[0])
+    return self.decode(src.content, speaker, std, src.rhythm, rng=keys[2])
+
+
+def _match_batch(*per_scale_lists, batch: int):
+  """Broadcasts per-scale arrays with batch 1 to `batch`; other batch sizes must already match."""
+  def fit(a):
+    if a.shape[0] == batch:
+      return a
+    if a.shape[0] == 1:
+      return jnp.broadcast_to(a, (batch,) + a.shape[1:])
+    raise ValueError(f'target batch {a.shape[0]} must be 1 or match the source batch {batch}')
+  return tuple([fit(a) for a in lst] for lst in per_scale_lists)
+
+
+class VQVCPlusRhythm(VQVCPlus):
+  """`vqvc+_rhythm`: a second, rhythm path through the same encoder.
+
+  `encode(rhythm_mel, mel)`: content and speaker come from `mel` (the trainer passes a time-stretched
+  copy), and the channel-mean of each encoder stage applied to `rhythm_mel` is the rhythm term. Content is
+  centred over channels; the decoder input is content * std + speaker, plus rhythm at the coarsest scale.
+  All three codebooks have n_embed codes. extras: `rhythm_encoder_out`, the rhythm path's raw encoder
+  outputs (B, C_s, T_s).
+  """
+
+  name = 'vqvc+_rhythm'
+
+  @staticmethod
+  def codebook_sizes(n_embed: int) -> list[int]:
+    return [n_embed] * NUM_SCALES
+
+  def _finish_content(self, q):
+    return q - jnp.mean(q, axis=-1, keepdims=True)
+
+  def _stage_input(self, j, q, sp, std, rhythm):
+    z = q * std + sp
+    return z + rhythm if j == 0 else z
+
+  def encode(self, rhythm_mel, mel=None, *, rng=None) -> Encoding:
+    """Encodes `mel` for content and speaker, `rhythm_mel` for rhythm (mel defaults to rhythm_mel)."""
+    mel = rhythm_mel if mel is None else mel
+    self.check_mel(rhythm_mel, 'rhythm_mel')
+    self.check_mel(mel)
+    if rhythm_mel.shape != mel.shape:
+      raise ValueError(f'{self.name}: rhythm_mel {tuple(rhythm_mel.shape)} and mel '
+                       f'{tuple(mel.shape)} must have the same shape')
+    out, latent_loss, extras, _ = self._encode_scales(mel)
+    rhythm, rhythm_encoder_out, x = [], [], _to_public(jnp.asarray(rhythm_mel))
+    for s in range(NUM_SCALES):
+      x = self.enc[s](x)
+      rhythm_encoder_out.append(_to_public(x))
+      rhythm.append(jnp.mean(x, axis=-1, keepdims=True))
+    extras['rhythm_encoder_out'] = rhythm_encoder_out
+    return self._public_encoding(out, latent_loss, extras, rhythm)
+
+  def reconstruct(self, mel, rhythm_mel=None, *, rng=None):
+    """Reconstructs `rhythm_mel`'s timing with `mel`'s content (rhythm_mel defaults to mel)."""
+    enc_key, dec_key = self._keys(rng, 2)
+    enc = self.encode(mel if rhythm_mel is None else rhythm_mel, mel, rng=enc_key)
+    return self.decode(enc.content, enc.speaker, enc.std, enc.rhythm, rng=dec_key), enc
+
+
+class VQVCPlusResample(VQVCPlus):
+  """`vqvc+_resample`: speaker from the normalised residual; content averaged over 4 frames.
+
+  After the speaker embedding is taken, each scale's content is linearly downsampled by 4 and repeated
+  4 times, so frames must be a multiple of 8 * 4 = 32. The original also builds speaker quantizers that
+  its `encode` never calls; they are not part of this model (porting drops their weights).
+  """
+
+  name = 'vqvc+_resample'
+  resample_factor = 4
+
+  def _speaker(self, s, x, xn, q, noise):
+    sp = jnp.mean(xn - q, axis=1, keepdims=True)
+    return sp / (_l2norm(sp, -1) + 1e-4) / 3, 0.0, {}
+
+  def _finish_content(self, q):
+    f = self.resample_factor
+    b, t, c = q.shape
+    # PyTorch linear interpolation by 1/4 (align_corners=False) samples at 4t + 1.5: the mean of
+    # frames 4t+1 and 4t+2. Then nearest upsampling repeats each frame 4 times.
+    groups = q.reshape(b, t // f, f, c)
+    down = 0.5 * groups[:, :, f // 2 - 1] + 0.5 * groups[:, :, f // 2]
+    return jnp.repeat(down, f, axis=1)
+
+
+class VQVCPlusSpeakerQuantize(VQVCPlus):
+  """`vqvc+_speaker_quantize`: the unit-norm speaker embedding is itself quantized (2048 codes), / 3.
+
+  extras: `speaker_codes` (B, 1), `speaker_quantizer_in` (B, 1, C), `speaker_losses` (scalars).
+  """
+
+  name = 'vqvc+_speaker_quantize'
+  speaker_codebook_size = 2048
+
+  def _init_variant(self, widths, rngs):
+    self.quantize_speakers = nnx.List([Quantizer(w, self.speaker_codebook_size, rngs=rngs)
+                                       for w in widths])
+
+  def _speaker(self, s, x, xn, q, noise):
+    sp = jnp.mean(x - q, axis=1, keepdims=True)
+    sp = sp / (_l2norm(sp, -1) + 1e-4)
+    quantized = self.quantize_speakers[s](sp)
+    info = dict(speaker_codes=quantized.codes, speaker_quantizer_in=sp,
+                speaker_losses=quantized.loss)
+    return quantized.value / 3, quantized.loss, info
+
+
+class VQVCPlusCVAE(VQVCPlus):
+  """`vqvc+_cvae`: a Gaussian speaker embedding mu + noise * sd of the residual over time.
+
+  The latent loss adds the original's KL-like term -0.5 (sd^2 + 1 - mu^2 - exp(sd^2)) per scale (it
+  treats sd^2 as a log-variance). `encode(mel, noise=[...])` takes fixed N(0, 1) noise per scale,
+  (B, C_s) each; otherwise noise is drawn from `rng` (or the model's own stream).
+  """
+
+  name = 'vqvc+_cvae'
+
+  def _speaker(self, s, x, xn, q, noise):
+    residual = x - q
+    mu = jnp.mean(residual, axis=1, keepdims=True)
+    sd = jnp.std(residual, axis=1, keepdims=True, ddof=1)
+    kl = -0.5 * (sd**2 + 1 - mu**2 - jnp.exp(sd**2))
+    return mu + noise * sd, jnp.mean(kl), {}
+
+  def encode(self, mel, *, rng=None, noise: Sequence[Any] | None = None) -> Encoding:
+    self.check_mel(mel)
+    if noise is None:
+      widths = [self.in_channel // 2 ** (s + 1) for s in range(NUM_SCALES)]
+      noise = [jax.random.normal(k, (mel.shape[0], w))
+               for k, w in zip(self._keys(rng, NUM_SCALES), widths)]
+    noise = [jnp.asarray(n)[:, None, :] for n in noise]  # (B, 1, C) channel-last
+    out, latent_loss, extras, _ = self._encode_scales(mel, noise)
+    return self._public_encoding(out, latent_loss, extras)

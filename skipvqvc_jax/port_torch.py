@@ -1,0 +1,195 @@
+"""Loads weights of the original PyTorch SkipVQVC into our models.
+
+`load_state_dict(model, state_dict)` takes a plain `{name: array}` mapping with the original's names
+(`enc.0.0.weight`, `quantize.2.embedding.weight`, `dec.blocks.0.block.3.rec.weight_ih_l0`, ...) and
+returns the model with those weights. Reading a `.pt` file needs torch, an optional extra:
+
+    python -m skipvqvc_jax.port_torch CHECKPOINT.pt OUT_DIR --model=vqvc+ --channel=64 --n_embed=64
+
+The original constructs modules that its forward pass never uses: `dec.block0` in every model and
+`quantize_speakers` in `vqvc+_resample`. Their weights are accepted and dropped.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Mapping
+
+import numpy as np
+from flax import nnx
+
+from skipvqvc_jax.models import VQVCPlus
+from skipvqvc_jax.models.layers import GBlock
+
+# Original modules that never take part in a forward pass (see the module docstring).
+_UNUSED = {
+    'vqvc+': [r'dec\.block0\.'],
+    'vqvc+_resample': [r'dec\.block0\.', r'quantize_speakers\.'],
+}
+
+
+class PortError(ValueError):
+  """The state dict does not fit the model; the message names the offending keys."""
+
+
+def _conv(w):  # torch (out, in/groups, k) -> flax (k, in/groups, out)
+  return np.transpose(w, (2, 1, 0))
+
+
+def _same(w):
+  return w
+
+
+def _gru(w):  # torch (3H, in) -> ours (in, 3H); biases are unchanged
+  return np.transpose(w) if w.ndim == 2 else w
+
+
+def _param_table(model: VQVCPlus) -> dict[str, tuple[nnx.Variable, Callable]]:
+  """Maps every original state-dict name to (our parameter, layout conversion)."""
+  table: dict[str, tuple[nnx.Variable, Callable]] = {}
+
+  def conv(prefix, module):
+    table[f'{prefix}.weight'] = (module.kernel, _conv)
+    table[f'{prefix}.bias'] = (module.bias, _same)
+
+  def norm(prefix, module):
+    table[f'{prefix}.weight'] = (module.scale, _same)
+    table[f'{prefix}.bias'] = (module.bias, _same)
+
+  def gblock(prefix, block: GBlock):
+    conv(f'{prefix}.block.0', block.conv_in)
+    norm(f'{prefix}.block.1', block.norm_in)
+    rc = block.rc
+    for suffix, direction in (('', rc.gru_forward), ('_reverse', rc.gru_backward)):
+      for torch_name, ours in (('weight_ih', direction.w_ih), ('weight_hh', direction.w_hh),
+                               ('bias_ih', direction.b_ih), ('bias_hh', direction.b_hh)):
+        table[f'{prefix}.block.3.rec.{torch_name}_l0{suffix}'] = (ours, _gru)
+    conv(f'{prefix}.block.3.conv', rc.conv)
+    norm(f'{prefix}.block.3.gn', rc.norm)
+    conv(f'{prefix}.block.4', block.conv_out)
+
+  for s, stage in enumerate(model.enc):
+    conv(f'enc.{s}.0', stage.conv_in)
+    conv(f'enc.{s}.2', stage.conv_out)
+  for s, quantizer in enumerate(model.quantize):
+    table[f'quantize.{s}.embedding.weight'] = (quantizer.embedding, _same)
+  for s, quantizer in enumerate(getattr(model, 'quantize_speakers', [])):
+    table[f'quantize_speakers.{s}.embedding.weight'] = (quantizer.embedding, _same)
+  for group in ('resblock', 'blocks', 'blocks_refine'):
+    for j, block in enumerate(getattr(model.dec, group)):
+      gblock(f'dec.{group}.{j}', block)
+  return table
+
+
+def _is_unused(model: VQVCPlus, name: str) -> bool:
+  patterns = _UNUSED.get(model.name, _UNUSED['vqvc+'])
+  return any(re.match(p, name) for p in patterns)
+
+
+def expected_keys(model: VQVCPlus) -> list[str]:
+  """The state-dict names `model` takes (unused original modules excluded)."""
+  return sorted(_param_table(model))
+
+
+def load_state_dict(model: VQVCPlus, state_dict: Mapping[str, np.ndarray]) -> VQVCPlus:
+  """Copies an original SkipVQVC state dict into `model` (in place) and returns it.
+
+  Raises PortError naming any missing, unexpected or wrongly shaped keys; nothing is changed then.
+  """
+  table = _param_table(model)
+  state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}  # DataParallel saves
+  missing = sorted(set(table) - set(state_dict))
+  unexpected = sorted(k for k in state_dict if k not in table and not _is_unused(model, k))
+  problems = []
+  if missing:
+    problems.append(f'missing keys: {", ".join(missing)}')
+  if unexpected:
+    problems.append(f'unexpected keys: {", ".join(unexpected)}')
+  converted = {}
+  for name, (variable, convert) in table.items():
+    if name in state_dict:
+      value = convert(np.asarray(state_dict[name], dtype=np.float32))
+      if value.shape != variable.shape:
+        # Every layout conversion is its own inverse, so it also gives the original's shape.
+        expected = convert(np.zeros(variable.shape)).shape
+        problems.append(f'{name} has shape {np.shape(state_dict[name])}, expected {expected}')
+      converted[name] = value
+  if problems:
+    raise PortError(f'state dict does not fit {model.name} (channel={model.channel}, '
+                    f'n_embed={model.n_embed}): ' + '; '.join(problems))
+  for name, (variable, _) in table.items():
+    variable[...] = converted[name]
+  return model
+
+
+def export_state_dict(model: VQVCPlus) -> dict[str, np.ndarray]:
+  """Our parameters under the original's names and layouts (unused original modules omitted)."""
+  # Every layout conversion is its own inverse, so the import table also exports.
+  return {name: convert(np.asarray(variable[...]))
+          for name, (variable, convert) in _param_table(model).items()}
+
+
+def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
+  """Reads an original `.pt` checkpoint: a bare state dict or the original's {'state_dict': ...}."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise PortError(f'{path}: reading .pt files needs torch: pip install -e ".[torch]"') from None
+  obj = torch.load(path, map_location='cpu', weights_only=True)
+  if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
+    obj = obj['state_dict']  # the original's save_checkpoint also stores optimizer and iteration
+  return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, 'detach')}
+
+
+def read_state_dict(path: str, prefix: str = '') -> dict[str, np.ndarray]:
+  """Reads a state dict from a `.pt` file (needs torch) or an `.npz` of arrays named like one."""
+  if path.endswith('.npz'):
+    with np.load(path) as data:
+      return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+  return read_torch_checkpoint(path)
+
+
+def infer_size(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
+  """channel, n_embed and in_channel of the original model that saved `state_dict`."""
+  try:
+    conv = np.shape(state_dict['enc.0.0.weight'])
+    codebook = np.shape(state_dict['quantize.2.embedding.weight'])
+  except KeyError as e:
+    raise PortError(f'not a SkipVQVC state dict: no {e.args[0]}') from None
+  # The coarsest content codebook has n_embed codes in every variant.
+  return dict(channel=conv[0], n_embed=codebook[0], in_channel=conv[1])
+
+
+def main(argv=None):
+  import argparse, json, os, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  from skipvqvc_jax import models  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(
+      prog='python -m skipvqvc_jax.port_torch',
+      description='Convert an original SkipVQVC checkpoint into a skipvqvc_jax model directory.')
+  parser.add_argument('checkpoint', help='original .pt checkpoint (needs torch) or .npz of arrays')
+  parser.add_argument('out_dir', help='directory to write (must not exist yet)')
+  parser.add_argument('--model', required=True, choices=models.names())
+  parser.add_argument('--channel', type=int, help='default: read from the weights')
+  parser.add_argument('--n_embed', type=int, help='default: read from the weights')
+  parser.add_argument('--gru_init', choices=['normal', 'zeros'], default='normal',
+                      help="GRU initial state: the original's N(0, 1) noise, or zeros")
+  parser.add_argument('--prefix', default='', help='key prefix to strip in an .npz (e.g. param/)')
+  args = parser.parse_args(argv)
+  try:
+    if not os.path.exists(args.checkpoint):
+      raise PortError(f'{args.checkpoint}: no such file')
+    state_dict = read_state_dict(args.checkpoint, args.prefix)
+    size = infer_size(state_dict)
+    size['channel'] = args.channel or size['channel']
+    size['n_embed'] = args.n_embed or size['n_embed']
+    model = load_state_dict(models.build(args.model, gru_init=args.gru_init, **size), state_dict)
+    checkpoints.save_model(args.out_dir, model)
+  except (PortError, FileExistsError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps(dict(model=args.model, **size, gru_init=args.gru_init, out_dir=args.out_dir)))
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())
