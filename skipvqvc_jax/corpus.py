@@ -1,0 +1,351 @@
+"""A speech corpus on disk: finding utterances, the speaker split, features, statistics, the manifest.
+
+Layout written by `preprocess` (the arrow audio -> features of the data path):
+
+    OUTPUT_DIR/train/{speaker}_{utterance}.npy   float32 (n_mels, frames) log-mels
+    OUTPUT_DIR/test/{speaker}_{utterance}.npy    speakers unseen in training
+    OUTPUT_DIR/split.json                        which speakers are on which side
+    OUTPUT_DIR/stats.npz                         per-band mean and std over the training frames
+    OUTPUT_DIR/manifest.json                     feature parameters, counts, every file and every skip
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import random
+import tempfile
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from skipvqvc_jax import audio
+
+AUDIO_EXTENSIONS = ('.wav', '.flac', '.mp3', '.ogg')
+VCTK_AUDIO_DIRS = ('wav48', 'wav48_silence_trimmed')  # a VCTK root is read from these subfolders
+SPLITS = ('train', 'test')
+MANIFEST = 'manifest.json'
+SPLIT_FILE = 'split.json'
+STATS_FILE = 'stats.npz'
+MANIFEST_VERSION = 1
+
+
+class CorpusError(ValueError):
+  """A user-facing problem with a corpus or feature directory; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+  source: str  # path relative to the input root
+  speaker: str
+  name: str  # utterance name, without the speaker prefix
+
+  @property
+  def feature_file(self) -> str:
+    return f'{self.speaker}_{self.name}.npy'
+
+
+def speaker_of(feature_file: str) -> str:
+  """The speaker of a `{speaker}_{utterance}.npy` feature file (speaker names never hold '_')."""
+  return os.path.basename(feature_file).split('_', 1)[0]
+
+
+# ---- writing files safely -------------------------------------------------------------------------
+
+def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+  """Writes via a temporary file in the same folder and renames it: no half-written file is visible."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+  os.close(fd)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.save(f, array, allow_pickle=False)
+  _atomic_write(path, write)
+
+
+def save_json(path: str, obj) -> None:
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=1, sort_keys=False)
+      f.write('\n')
+  _atomic_write(path, write)
+
+
+def load_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CorpusError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}); fix or delete it')
+
+
+# ---- finding audio --------------------------------------------------------------------------------
+
+def audio_root(input_dir: str) -> str:
+  """The folder that holds <speaker>/ subfolders: VCTK's wav48/ inside a VCTK root, else input_dir."""
+  for name in VCTK_AUDIO_DIRS:
+    if os.path.isdir(os.path.join(input_dir, name)):
+      return os.path.join(input_dir, name)
+  return input_dir
+
+
+def find_utterances(input_dir: str) -> tuple[list[Utterance], list[dict]]:
+  """Every audio file under <speaker>/ folders, and the files that cannot be used, with reasons."""
+  if not os.path.isdir(input_dir):
+    raise CorpusError(f'input dir {input_dir} does not exist or is not a folder')
+  root = audio_root(input_dir)
+  utterances, skipped = [], []
+  for folder, dirs, files in os.walk(root, followlinks=True):
+    dirs.sort()
+    for file in sorted(files):
+      if file.startswith('.'):
+        continue
+      rel = os.path.relpath(os.path.join(folder, file), root)
+      stem, ext = os.path.splitext(file)
+      if ext.lower() not in AUDIO_EXTENSIONS:
+        skipped.append(dict(source=rel, reason=f'not an audio file (extension {ext or "none"}; '
+                                               f'reading {", ".join(AUDIO_EXTENSIONS)})'))
+      elif folder == root:
+        skipped.append(dict(source=rel, reason='not inside a <speaker>/ folder'))
+      else:
+        # '_' separates speaker from utterance in feature names, so it may not occur in a speaker.
+        speaker = os.path.basename(folder).replace('_', '-')
+        name = stem[len(speaker) + 1:] if stem.startswith(speaker + '_') else stem
+        utterances.append(Utterance(rel, speaker, name))
+  if not utterances and not skipped:
+    raise CorpusError(f'input dir {input_dir} is empty: expected <speaker>/<utterance>.wav files')
+  seen: dict[str, str] = {}
+  for utt in utterances:
+    if utt.feature_file in seen:
+      raise CorpusError(f'{utt.source} and {seen[utt.feature_file]} would both become '
+                        f'{utt.feature_file}; rename one')
+    seen[utt.feature_file] = utt.source
+  return utterances, skipped
+
+
+# ---- the speaker split ----------------------------------------------------------------------------
+
+def choose_test_speakers(speakers: Sequence[str], num_test: int | None, seed: int) -> list[str]:
+  """A seeded choice of unseen test speakers; by default a tenth of them, at least one of two or more."""
+  speakers = sorted(speakers)
+  if num_test is None:
+    num_test = max(1, round(len(speakers) / 10)) if len(speakers) >= 2 else 0
+  if not 0 <= num_test < len(speakers):
+    raise CorpusError(f'--num_test_speakers={num_test} must leave at least one of the '
+                      f'{len(speakers)} speakers for training')
+  return sorted(random.Random(seed).sample(speakers, num_test))
+
+
+def resolve_split(output_dir: str, speakers: Sequence[str], test_speakers: Sequence[str] | None,
+                  num_test: int | None, seed: int) -> dict:
+  """The split to use: split.json from an earlier run (so reruns agree), the listed or seeded one."""
+  path = os.path.join(output_dir, SPLIT_FILE)
+  speakers = sorted(set(speakers))
+  if os.path.exists(path):
+    split = load_json(path)
+    known = set(split.get('train', [])) | set(split.get('test', []))
+    if test_speakers is not None and sorted(test_speakers) != sorted(split.get('test', [])):
+      raise CorpusError(f'{path} lists test speakers {split.get("test")}, not --test_speakers; '
+                        f'delete it to change the split')
+    new = sorted(set(speakers) - known)
+    if new:
+      raise CorpusError(f'{path} does not place speakers {", ".join(new)}; add them to its '
+                        f'"train" or "test" list, or delete it to choose a new split')
+    return split
+  if test_speakers is not None:
+    unknown = sorted(set(test_speakers) - set(speakers))
+    if unknown:
+      raise CorpusError(f'--test_speakers names speakers with no audio: {", ".join(unknown)}')
+    test = sorted(set(test_speakers))
+    if len(test) == len(speakers):
+      raise CorpusError('--test_speakers leaves no speaker for training')
+    rule = 'listed with --test_speakers'
+  else:
+    test = choose_test_speakers(speakers, num_test, seed)
+    rule = f'{len(test)} speakers drawn with random.Random({seed}).sample from the sorted list'
+  return dict(train=[s for s in speakers if s not in test], test=test, rule=rule)
+
+
+# ---- features -------------------------------------------------------------------------------------
+
+def _featurise(task):
+  """Worker: one audio file -> one .npy. Returns a result dict; never raises for bad audio."""
+  source_path, out_path, params, min_frames = task
+  try:
+    if os.path.getsize(source_path) == 0:
+      raise audio.AudioError('empty file (0 bytes)')
+    y, index = audio.trim(audio.load(source_path, params), params)
+    mel = audio.log_mel(y, params)
+  except (audio.AudioError, OSError) as e:
+    return dict(ok=False, reason=str(e))
+  if mel.shape[1] < min_frames:
+    return dict(ok=False, reason=f'too short: {mel.shape[1]} frames < --min_frames={min_frames}')
+  save_npy(out_path, mel)
+  return dict(ok=True, frames=int(mel.shape[1]), trim=list(index))
+
+
+def _source_key(path: str) -> list:
+  st = os.stat(path)
+  return [st.st_size, st.st_mtime_ns]
+
+
+def _frames_on_disk(path: str) -> int:
+  return int(np.load(path, mmap_mode='r').shape[1])
+
+
+def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = audio.FeatureParams(),
+               *, min_frames: int = 100, test_speakers: Sequence[str] | None = None,
+               num_test_speakers: int | None = None, seed: int = 0, workers: int | None = None,
+               progress: bool = True, log: Callable[[str], None] = print) -> dict:
+  """Audio corpus -> features, split, statistics and manifest. Returns the manifest.
+
+  Resumable: features already on disk are kept, and files skipped by an earlier run are not decoded
+  again while unchanged. Raises CorpusError when the input is missing or nothing usable came out.
+  """
+  utterances, skipped = find_utterances(input_dir)
+  root = audio_root(input_dir)
+  os.makedirs(output_dir, exist_ok=True)
+  old_manifest_path = os.path.join(output_dir, MANIFEST)
+  old = load_json(old_manifest_path) if os.path.exists(old_manifest_path) else {}
+  if old and audio.FeatureParams.from_dict(old['feature_params']) != params:
+    raise CorpusError(f'{output_dir} holds features made with other parameters ('
+                      + '; '.join(audio.FeatureParams.from_dict(old['feature_params'])
+                                  .mismatches(params)) + '); use a new output dir')
+  known_skips = {s['source']: s for s in old.get('skipped', []) if 'key' in s}
+  known_items = {i['source']: i for i in old.get('items', [])}
+  split = resolve_split(output_dir, [u.speaker for u in utterances], test_speakers,
+                        num_test_speakers, seed) if utterances else dict(train=[], test=[])
+  side = {s: 'train' for s in split['train']} | {s: 'test' for s in split['test']}
+
+  items, tasks, pending, carried = [], [], [], []
+  for utt in utterances:
+    source_path = os.path.join(root, utt.source)
+    out_rel = os.path.join(side[utt.speaker], utt.feature_file)
+    out_path = os.path.join(output_dir, out_rel)
+    key = _source_key(source_path)
+    if os.path.exists(out_path):
+      previous = known_items.get(utt.source, {})
+      items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker,
+                        frames=_frames_on_disk(out_path), trim=previous.get('trim')))
+    elif utt.source in known_skips and known_skips[utt.source]['key'] == key:
+      carried.append(known_skips[utt.source])
+    else:
+      tasks.append((source_path, out_path, params, min_frames))
+      pending.append((utt, out_rel, key))
+  if items or known_skips:
+    log(f'{len(items)} features already made, {len(tasks)} files to process')
+
+  for (utt, out_rel, key), result in zip(pending, _run_parallel(tasks, workers, progress)):
+    if result['ok']:
+      items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker,
+                        frames=result['frames'], trim=result['trim']))
+    else:
+      skipped.append(dict(source=utt.source, reason=result['reason'], key=key))
+  for s in skipped:
+    log(f'skipped {s["source"]}: {s["reason"]}')
+  skipped += carried  # reported by the run that found them
+
+  if not items:
+    raise CorpusError(f'no usable audio in {input_dir}: {len(skipped)} files skipped '
+                      f'(see the reasons above)')
+  items.sort(key=lambda i: i['file'])
+  save_json(os.path.join(output_dir, SPLIT_FILE), split)
+  write_stats(output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)],
+              params.n_mels)
+  manifest = _manifest(input_dir, params, min_frames, split, items, skipped)
+  save_json(os.path.join(output_dir, MANIFEST), manifest)
+  return manifest
+
+
+def _run_parallel(tasks: list, workers: int | None, progress: bool) -> Iterable[dict]:
+  """Results of _featurise in task order, over `workers` processes with a progress bar."""
+  import tqdm  # pylint: disable=import-outside-toplevel
+  workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
+  bar = tqdm.tqdm(total=len(tasks), unit='file', disable=not progress or not tasks)
+  if workers <= 1:
+    for task in tasks:
+      yield _featurise(task)
+      bar.update()
+  else:
+    with multiprocessing.get_context('spawn').Pool(workers) as pool:
+      for result in pool.imap(_featurise, tasks, chunksize=4):
+        yield result
+        bar.update()
+  bar.close()
+
+
+def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> None:
+  """Per-band mean and std over every training frame (the mean/std trainer's normalisation)."""
+  total = np.zeros(n_mels, np.float64)
+  total_sq = np.zeros(n_mels, np.float64)
+  count = 0
+  for rel in train_files:
+    mel = np.load(os.path.join(output_dir, rel)).astype(np.float64)
+    total += mel.sum(axis=1)
+    total_sq += (mel**2).sum(axis=1)
+    count += mel.shape[1]
+  if count == 0:
+    raise CorpusError(f'{output_dir}: no training features to compute statistics from')
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.savez(f, mean=mean.astype(np.float32), std=std.astype(np.float32), frames=count)
+  _atomic_write(os.path.join(output_dir, STATS_FILE), write)
+
+
+def _manifest(input_dir, params, min_frames, split, items, skipped) -> dict:
+  from skipvqvc_jax import __version__  # pylint: disable=import-outside-toplevel
+  seconds_per_frame = params.hop_length / params.sample_rate
+  per_speaker: dict[str, dict] = {}
+  for item in items:
+    entry = per_speaker.setdefault(item['speaker'], dict(utterances=0, frames=0))
+    entry['utterances'] += 1
+    entry['frames'] += item['frames']
+  side_of = lambda speaker: 'train' if speaker in split['train'] else 'test'
+  totals = {}
+  for side in SPLITS:
+    frames = sum(v['frames'] for s, v in per_speaker.items() if side_of(s) == side)
+    totals[side] = dict(
+        speakers=sum(1 for s in per_speaker if side_of(s) == side),
+        utterances=sum(v['utterances'] for s, v in per_speaker.items() if side_of(s) == side),
+        frames=frames, seconds=round(frames * seconds_per_frame, 2))
+  return dict(
+      version=MANIFEST_VERSION,
+      feature_params=params.to_dict(),
+      min_frames=min_frames,
+      input_dir=os.path.abspath(input_dir),
+      split=dict(train=split['train'], test=split['test']),
+      totals=totals,
+      speakers={s: dict(v, split=side_of(s)) for s, v in sorted(per_speaker.items())},
+      items=items,
+      skipped=sorted(skipped, key=lambda s: s['source']))
+
+
+def read_manifest(features_dir: str) -> dict:
+  path = os.path.join(features_dir, MANIFEST)
+  if not os.path.isfile(path):
+    raise CorpusError(f'{features_dir} has no {MANIFEST}: run preprocess.py on your audio first')
+  return load_json(path)
+
+
+def check_feature_params(features_dir: str, expected: audio.FeatureParams) -> None:
+  """Refuses features made with other parameters than `expected`, naming each difference."""
+  found = audio.FeatureParams.from_dict(read_manifest(features_dir)['feature_params'])
+  problems = found.mismatches(expected)
+  if problems:
+    raise CorpusError(f'{features_dir} was made with other feature parameters than the config '
+                      f'({"; ".join(problems)}, manifest vs config)')

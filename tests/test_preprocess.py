@@ -1,0 +1,185 @@
+"""preprocess.py on real files: features, the split, statistics, the manifest, resuming, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from skipvqvc_jax import audio, corpus
+from tests import audio_fixtures
+from tests.conftest import REPO
+
+
+def independent_log_mel(path):
+  """The reference recipe written with librosa's own STFT, resampler and trim, not our code."""
+  y, sr = sf.read(path, dtype='float32', always_2d=True)
+  y = librosa.resample(y.mean(axis=1), orig_sr=sr, target_sr=22050, res_type='soxr_hq')
+  y, _ = librosa.effects.trim(y, top_db=20)
+  y = np.pad(y, (384, 384), mode='reflect')
+  spec = np.abs(librosa.stft(y, n_fft=1024, hop_length=256, win_length=1024, window='hann',
+                             center=False))
+  basis = librosa.filters.mel(sr=22050, n_fft=1024, n_mels=80, fmin=0.0, fmax=None)
+  return np.log10(np.maximum(basis @ spec, 1e-5))
+
+
+@pytest.fixture(scope='module')
+def tree(tmp_path_factory):
+  root = tmp_path_factory.mktemp('corpus')
+  return str(root), audio_fixtures.write_tree(str(root))
+
+
+@pytest.fixture(scope='module')
+def processed(tree, tmp_path_factory):
+  root, files = tree
+  out = str(tmp_path_factory.mktemp('features'))
+  logs = []
+  manifest = corpus.preprocess(root, out, test_speakers=['bob'], workers=2, progress=False,
+                               log=logs.append)
+  return out, manifest, logs
+
+
+def test_good_files_match_an_independent_librosa_computation(tree, processed):
+  root, files = tree
+  out, manifest, _ = processed
+  made = {item['source']: item['file'] for item in manifest['items']}
+  assert sorted(made) == sorted(k for k, v in files.items() if v == 'ok')
+  for source, rel in made.items():
+    mel = np.load(os.path.join(out, rel))
+    assert mel.dtype == np.float32 and mel.shape[0] == 80
+    if source.endswith('.mp3'):
+      continue  # mp3 decoders pad differently; this one only has to decode and have speech length
+    expected = independent_log_mel(os.path.join(root, source))
+    assert mel.shape == expected.shape, source
+    assert np.abs(mel - expected).max() < 1e-4, source
+
+
+def test_feature_names_split_and_speaker_prefix(processed):
+  out, manifest, _ = processed
+  assert sorted(os.listdir(os.path.join(out, 'test'))) == ['bob_take1.npy', 'bob_take2.npy']
+  assert 'alice_001.npy' in os.listdir(os.path.join(out, 'train'))  # not alice_alice_001
+  split = json.load(open(os.path.join(out, 'split.json')))
+  assert split['test'] == ['bob'] and not set(split['train']) & set(split['test'])
+  assert manifest['split'] == {'train': split['train'], 'test': split['test']}
+  assert manifest['totals']['test']['utterances'] == 2
+
+
+def test_bad_files_are_listed_with_reasons(tree, processed):
+  _, files = tree
+  _, manifest, logs = processed
+  reasons = {s['source']: s['reason'] for s in manifest['skipped']}
+  assert sorted(reasons) == sorted(k for k, v in files.items() if v != 'ok')
+  for source, reason in reasons.items():
+    assert files[source] in reason, (source, reason)
+    assert '\n' not in reason
+  assert 'too short: ' in reasons['carol/carol_002.wav'] and '--min_frames=100' in reasons[
+      'carol/carol_002.wav']
+  assert any(line.startswith('skipped dave/dave_003.wav: cannot decode') for line in logs)
+
+
+def test_stats_are_over_training_frames_only(processed):
+  out, manifest, _ = processed
+  train = np.concatenate([np.load(os.path.join(out, i['file'])) for i in manifest['items']
+                          if i['file'].startswith('train')], axis=1)
+  stats = np.load(os.path.join(out, 'stats.npz'))
+  np.testing.assert_allclose(stats['mean'], train.mean(axis=1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(stats['std'], train.std(axis=1), rtol=1e-4, atol=1e-5)
+  assert int(stats['frames']) == train.shape[1]
+
+
+def test_manifest_records_parameters_durations_and_trim(processed):
+  _, manifest, _ = processed
+  assert manifest['feature_params'] == audio.FeatureParams().to_dict()
+  frames = sum(i['frames'] for i in manifest['items'])
+  seconds = manifest['totals']['train']['seconds'] + manifest['totals']['test']['seconds']
+  assert abs(seconds - frames * 256 / 22050) < 0.05
+  assert all(i['trim'][1] > i['trim'][0] >= 0 for i in manifest['items'])
+
+
+def test_second_run_redoes_nothing_and_an_interrupted_run_finishes(tree, processed, monkeypatch):
+  root, _ = tree
+  out, manifest, _ = processed
+  mtimes = {i['file']: os.stat(os.path.join(out, i['file'])).st_mtime_ns for i in manifest['items']}
+  decoded = []
+  real_load = audio.load
+  monkeypatch.setattr(audio, 'load', lambda path, *a: decoded.append(path) or real_load(path, *a))
+  again = corpus.preprocess(root, out, test_speakers=['bob'], workers=1, progress=False,
+                            log=lambda _: None)
+  assert decoded == []  # neither finished features nor known-bad files are decoded again
+  assert again['items'] == manifest['items'] and again['skipped'] == manifest['skipped']
+  assert mtimes == {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in mtimes}
+  # An interruption: one feature never written, and no manifest yet.
+  os.remove(os.path.join(out, 'train', 'alice_002.npy'))
+  os.remove(os.path.join(out, 'manifest.json'))
+  resumed = corpus.preprocess(root, out, workers=1, progress=False, log=lambda _: None)
+  redone = {os.path.relpath(p, root) for p in decoded}
+  assert 'alice/alice_002.flac' in redone
+  assert not redone & {'alice/alice_001.wav', 'bob/take1.wav', 'carol/carol_001.flac'}
+  assert [i['file'] for i in resumed['items']] == [i['file'] for i in manifest['items']]
+  assert not [f for f in os.listdir(os.path.join(out, 'train')) if not f.endswith('.npy')]
+
+
+def test_changed_split_or_parameters_are_refused(tree, processed):
+  root, _ = tree
+  out, _, _ = processed
+  with pytest.raises(corpus.CorpusError, match='split.json lists test speakers'):
+    corpus.preprocess(root, out, test_speakers=['alice'], progress=False)
+  with pytest.raises(corpus.CorpusError, match='n_mels: 80 != 40'):
+    corpus.preprocess(root, out, audio.FeatureParams(n_mels=40), progress=False)
+  corpus.check_feature_params(out, audio.FeatureParams())
+  with pytest.raises(corpus.CorpusError, match=r'hop_length: 256 != 200.*manifest vs config'):
+    corpus.check_feature_params(out, audio.FeatureParams(hop_length=200))
+
+
+def test_seeded_split_is_reproducible_and_disjoint():
+  speakers = [f'p{i:03d}' for i in range(30)]
+  a = corpus.choose_test_speakers(speakers, None, seed=3)
+  assert a == corpus.choose_test_speakers(list(reversed(speakers)), None, seed=3)
+  assert len(a) == 3 and a != corpus.choose_test_speakers(speakers, None, seed=4)
+
+
+def test_feature_golden(parity_dir):
+  golden = np.load(parity_dir / 'features.npz')
+  mel, seconds = audio.file_to_log_mel(str(parity_dir / 'audio_22050.wav'))
+  assert mel.shape == golden['mel/logmel_trim'].shape
+  assert np.abs(mel - golden['mel/logmel_trim']).max() <= 1e-4
+  y = audio.load(str(parity_dir / 'audio_22050.wav'))
+  assert np.abs(audio.log_mel(y) - golden['mel/logmel']).max() <= 1e-4
+  assert audio.trim(y)[1] == tuple(golden['audio/trim_index'])
+  assert seconds == pytest.approx(34304 / 22050)
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, 'preprocess.py', *map(str, args), '--noprogress'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+  missing = _cli(tmp_path / 'nope', tmp_path / 'out')
+  assert missing.returncode == 1
+  assert missing.stderr.strip() == f'error: input dir {tmp_path / "nope"} does not exist or is not a folder'
+  (tmp_path / 'empty').mkdir()
+  empty = _cli(tmp_path / 'empty', tmp_path / 'out')
+  assert empty.returncode == 1 and 'is empty' in empty.stderr
+  bad = tmp_path / 'bad' / 'spk'
+  bad.mkdir(parents=True)
+  (bad / 'a.wav').write_bytes(b'not a wav at all')
+  nothing = _cli(tmp_path / 'bad', tmp_path / 'out2')
+  assert nothing.returncode == 1
+  assert 'error: no usable audio' in nothing.stderr and 'skipped spk/a.wav' in nothing.stdout
+
+
+def test_cli_runs_on_a_vctk_layout(tmp_path):
+  for speaker in ('p225', 'p226', 'p227'):
+    for i in (1, 2):
+      path = tmp_path / 'VCTK' / 'wav48' / speaker / f'{speaker}_{i:03d}.wav'
+      path.parent.mkdir(parents=True, exist_ok=True)
+      sf.write(path, audio_fixtures.voiced(1.5, 48000, 100 + 20 * i), 48000)
+  (tmp_path / 'VCTK' / 'txt').mkdir()
+  result = _cli(tmp_path / 'VCTK', tmp_path / 'out', '--test_speakers=p227', '--workers=1')
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(tmp_path / 'out' / 'test')) == ['p227_001.npy', 'p227_002.npy']
+  assert 'train 2 speakers, 4 utterances' in result.stdout
