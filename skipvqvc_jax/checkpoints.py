@@ -52,3 +52,40 @@ def load_model(directory: str) -> models.VQVCPlus:
     params = checkpointer.restore(os.path.abspath(os.path.join(directory, 'params')), abstract)
   nnx.update(model, params)
   return model
+
+
+class TrainCheckpoints:
+  """Training checkpoints in {workdir}/checkpoints/<step>/: the train state and the data iterator state.
+
+  Orbax writes each checkpoint under a temporary name and renames it when complete, so a crash during a
+  save never leaves the latest complete checkpoint unreadable. Saves are asynchronous; `wait` blocks.
+  """
+
+  def __init__(self, workdir: str, keep: int, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+
+  def restore(self, abstract_state, step: int | None = None):
+    """(state, data_state) of `step` (default: the latest), placed as `abstract_state` says."""
+    step = self.latest_step() if step is None else step
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored.state, restored.data
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

@@ -1,0 +1,19 @@
+"""`vqvc+` presets: --config=configs/vqvc_plus.py:PRESET."""
+from configs import default
+
+PRESETS = {
+    # The paper's setting.
+    'n64_ch64': {'model.channel': 64, 'model.n_embed': 64},
+    'n128_ch128': {'model.channel': 128, 'model.n_embed': 128},
+    'n64_ch512_simple_normalize': {'model.channel': 512, 'model.n_embed': 64,
+                                   'trainer': 'simple_normalize'},
+    'n64_ch64_mean_std': {'model.channel': 64, 'model.n_embed': 64, 'trainer': 'mean_std'},
+    # Trains on the bundled demo corpus in a few minutes on 2 CPU cores.
+    'demo': {'model.channel': 32, 'model.n_embed': 32, 'data.train_dir': 'data/demo_corpus',
+             'data.num_test_speakers': 2, 'num_train_steps': 600, 'log_every_steps': 10,
+             'eval_every_steps': 200, 'checkpoint_every_steps': 200, 'eval_batches': 2},
+}
+
+
+def get_config(preset: str = 'n64_ch64'):
+  return default.from_table(PRESETS, preset)

@@ -1,0 +1,11 @@
+"""`vqvc+_cvae` (speaker VAE): --config=configs/vqvc_plus_cvae.py:n64_ch64."""
+from configs import default
+
+PRESETS = {
+    'n64_ch64': {'model.name': 'vqvc+_cvae', 'model.channel': 64, 'model.n_embed': 64},
+    'n128_ch128': {'model.name': 'vqvc+_cvae', 'model.channel': 128, 'model.n_embed': 128},
+}
+
+
+def get_config(preset: str = 'n64_ch64'):
+  return default.from_table(PRESETS, preset)

@@ -1,0 +1,57 @@
+"""TensorBoard output with tensorboardX: scalars, mel images and audio, written by process 0 only."""
+from __future__ import annotations
+
+import io
+import os
+
+import jax
+import numpy as np
+
+
+def mel_image(mel: np.ndarray, title: str = '') -> np.ndarray:
+  """(n_mels, frames) log-mel -> an RGB uint8 (H, W, 3) picture, low bands at the bottom."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots(figsize=(8, 3), dpi=80)
+  im = ax.imshow(mel, aspect='auto', origin='lower', interpolation='none', cmap='magma')
+  fig.colorbar(im, ax=ax)
+  ax.set(xlabel='frame', ylabel='mel band', title=title)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='raw')
+  width, height = fig.canvas.get_width_height()
+  plt.close(fig)
+  return np.frombuffer(buffer.getvalue(), np.uint8).reshape(height, width, 4)[..., :3].copy()
+
+
+class Writer:
+  """A SummaryWriter in {workdir}/tensorboard on process 0; a no-op elsewhere."""
+
+  def __init__(self, workdir: str):
+    self._writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def scalars(self, step: int, values: dict, prefix: str = '') -> None:
+    if self._writer:
+      for name, value in values.items():
+        self._writer.add_scalar(prefix + name, float(value), step)
+
+  def mel(self, step: int, tag: str, mel: np.ndarray) -> None:
+    if self._writer:
+      self._writer.add_image(tag, mel_image(np.asarray(mel), tag), step, dataformats='HWC')
+
+  def audio(self, step: int, tag: str, wave: np.ndarray, sample_rate: int) -> None:
+    if self._writer:
+      wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
+      self._writer.add_audio(tag, wave, step, sample_rate=sample_rate)
+
+  def flush(self) -> None:
+    if self._writer:
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer:
+      self._writer.close()
