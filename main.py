@@ -39,8 +39,8 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel  (after flags: XLA_FLAGS may be set by then)
   config = FLAGS.config
   if FLAGS.coordinator_address or config.distributed:
-    if FLAGS.coordinator_address and jax.default_backend() == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from skipvqvc_jax import corpus, train  # pylint: disable=import-outside-toplevel
   workdir = FLAGS.workdir or default_workdir(config)

@@ -2,8 +2,13 @@
 
 Each batch is `{'mel': float32 (batch, n_mels, crop_frames), 'speaker': int32 (batch,)}`. The order is a
 pure function of the seed and the position in the stream, so the iterator state (one position) can be
-checkpointed and a resumed run sees exactly the batches an uninterrupted run would. Each JAX process
-reads its own disjoint shard of the files.
+checkpointed and a resumed run sees exactly the batches an uninterrupted run would.
+
+Several processes: the stream of crops is defined once for the whole job (shuffled over every file), and
+global batch k is its k-th run of `global_batch` crops; process p reads only its contiguous slice of each
+global batch. So the processes read disjoint examples (each crop is read by exactly one of them) and the
+global batches are the same whatever the number of processes: a pod run trains on exactly the batches of
+a single-process run.
 """
 from __future__ import annotations
 
@@ -62,24 +67,41 @@ class _Crop:
     return dict(mel=random_crop(element['mel'], self.frames, rng), speaker=element['speaker'])
 
 
+class _ProcessSlice(grain.MapDataset):
+  """Element j of process p's stream: element (j // local) * global + p * local + j % local."""
+
+  def __init__(self, parent: grain.MapDataset, local_batch: int, shard_index: int, shard_count: int):
+    super().__init__(parent)
+    self._local, self._index, self._count = local_batch, shard_index, shard_count
+
+  def __len__(self) -> int:
+    return len(self._parent) // (self._local * self._count) * self._local
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, offset = divmod(index, self._local)
+    return self._parent[(batch * self._count + self._index) * self._local + offset]
+
+
 def make_dataset(features_dir: str, *, batch_size: int, crop_frames: int = 128, seed: int = 0,
                  shard_index: int = 0, shard_count: int = 1,
                  num_epochs: int | None = None) -> grain.MapDataset:
-  """Batches of random crops from this shard's files, reshuffled each epoch.
+  """Batches of random crops, reshuffled each epoch; this process's slice of every global batch.
 
   batch_size is per process (the global batch / the number of processes). With num_epochs=None the
   stream is infinite; batch i is `dataset[i]`, whatever happened before.
   """
   source = FeatureSource(list_features(features_dir))
-  dataset = grain.MapDataset.source(source)
+  if len(source) < batch_size * shard_count:
+    raise corpus.CorpusError(f'{features_dir}: {len(source)} files, fewer than the global batch of '
+                             f'{batch_size * shard_count}')
+  # Crops are drawn per position in the global stream, so they do not depend on the process count.
+  dataset = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
+             .random_map(_Crop(crop_frames)))
   if shard_count > 1:
-    # Interleaved shards: disjoint, and every process gets speakers from the whole corpus.
-    dataset = dataset[shard_index::shard_count]
-  if len(dataset) < batch_size:
-    raise corpus.CorpusError(f'{features_dir}: {len(dataset)} files for this process, fewer than '
-                             f'its batch of {batch_size}')
-  return (dataset.seed(seed).shuffle().repeat(num_epochs).random_map(_Crop(crop_frames))
-          .batch(batch_size, drop_remainder=True))
+    dataset = _ProcessSlice(dataset, batch_size, shard_index, shard_count)
+  return dataset.batch(batch_size, drop_remainder=True)
 
 
 def make_iterator(dataset: grain.MapDataset, *, prefetch: int = 4, threads: int = 2):

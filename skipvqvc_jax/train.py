@@ -258,11 +258,13 @@ def evaluate(steps: Steps, state: dict, batches: list[dict], mesh, rng) -> dict:
 
 def write_samples(writer: summaries.Writer, steps: Steps, state: dict, pair, vocoder, step: int):
   source, target, source_name, target_name = pair
-  recon, converted = steps.sample(state['params'], source, target,
+  mesh = jax.tree.leaves(state['params'])[0].sharding.mesh
+  recon, converted = steps.sample(state['params'], place(source, mesh), place(target, mesh),
                                   jax.random.fold_in(jax.random.key(0), step))
   denorm = steps.trainer.denormalize
-  mels = dict(source=source[0], target=target[0], reconstruction=np.asarray(denorm(recon[0])),
-              conversion=np.asarray(denorm(converted[0])))
+  recon, converted = np.asarray(recon[0]), np.asarray(converted[0])
+  mels = dict(source=source[0], target=target[0], reconstruction=denorm(recon),
+              conversion=denorm(converted))
   if jax.process_index() != 0:
     return
   waves = vocoder(np.stack(list(mels.values())))

@@ -1,9 +1,17 @@
 import os
 import pathlib
+import tempfile
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Tests build the same small models many times, in this process and in subprocesses: a persistent
+# compilation cache turns every compile after the first into a disk read.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'skipvqvc_jax_test_xla_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 
 @pytest.fixture(scope='session')
@@ -13,3 +21,60 @@ def parity_dir() -> pathlib.Path:
   if not (path / 'manifest.json').is_file():
     pytest.skip(f'golden parity data not found at {path} (set SKIPVQVC_PARITY_DIR to its folder)')
   return path
+
+
+@pytest.fixture(scope='session')
+def small_corpus(tmp_path_factory) -> pathlib.Path:
+  """A slice of the bundled demo corpus: 4 speakers x 6 utterances (audio files on disk)."""
+  import shutil
+  root = tmp_path_factory.mktemp('small_corpus')
+  for speaker in ('awb', 'slt', 'esf2', 'esm1'):
+    (root / speaker).mkdir()
+    for i in range(1, 7):
+      name = f'{speaker}_{i:03d}.ogg'
+      shutil.copy(REPO / 'data' / 'demo_corpus' / speaker / name, root / speaker / name)
+  return root
+
+
+@pytest.fixture(scope='session')
+def small_features(small_corpus, tmp_path_factory) -> pathlib.Path:
+  """small_corpus preprocessed, with esm1 as the unseen test speaker."""
+  from skipvqvc_jax import corpus
+  out = tmp_path_factory.mktemp('small_features')
+  corpus.preprocess(str(small_corpus), str(out), test_speakers=['esm1'], workers=1, progress=False,
+                    log=lambda _: None)
+  return out
+
+
+def tiny_config(features, **overrides):
+  """A config that trains in seconds: a narrow model on 32-frame crops."""
+  from configs import vqvc_plus
+  config = vqvc_plus.get_config('n64_ch64')
+  config.model.channel = 16
+  config.model.n_embed = 16
+  config.data.train_dir = str(features / 'train')
+  config.data.test_dir = str(features / 'test')
+  config.data.crop_frames = 32
+  config.batch_size = 4
+  config.num_train_steps = 8
+  config.log_every_steps = 1
+  config.eval_every_steps = 1000
+  config.checkpoint_every_steps = 4
+  config.eval_batches = 1
+  for key, value in overrides.items():
+    config.update_from_flattened_dict({key: value})
+  return config
+
+
+def main_flags(features, workdir, **overrides):
+  """main.py flags for tiny_config(features, **overrides) in `workdir`."""
+  config = tiny_config(features, **overrides)
+  flat = {'model.channel': config.model.channel, 'model.n_embed': config.model.n_embed,
+          'data.train_dir': config.data.train_dir, 'data.test_dir': config.data.test_dir,
+          'data.crop_frames': config.data.crop_frames, 'batch_size': config.batch_size,
+          'num_train_steps': config.num_train_steps, 'log_every_steps': config.log_every_steps,
+          'eval_every_steps': config.eval_every_steps,
+          'checkpoint_every_steps': config.checkpoint_every_steps,
+          'eval_batches': config.eval_batches}
+  return ['--config=configs/vqvc_plus.py:n64_ch64', f'--workdir={workdir}'] + [
+      f'--config.{k}={v}' for k, v in flat.items()]

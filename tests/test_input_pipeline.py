@@ -62,12 +62,17 @@ def test_every_file_once_per_epoch_and_reshuffled(features):
   assert first != second
 
 
-def test_processes_read_disjoint_shards(features):
-  seen = []
-  for process in range(2):
-    dataset = input_pipeline.make_dataset(features, batch_size=4, seed=0, shard_index=process,
-                                          shard_count=2)
-    seen.append({int(v) for i in range(3) for v in dataset[i]['mel'][:, 0, 0]})
+def test_processes_read_disjoint_slices_of_the_same_global_batches(features):
+  single = input_pipeline.make_dataset(features, batch_size=8, seed=0)
+  shards = [input_pipeline.make_dataset(features, batch_size=4, seed=0, shard_index=p,
+                                        shard_count=2) for p in range(2)]
+  seen = [set(), set()]
+  for i in range(3):  # one epoch of 24 files
+    for p in range(2):
+      seen[p] |= {int(v) for v in shards[p][i]['mel'][:, 0, 0]}
+    # Together the two processes hold exactly the single-process global batch, crops included.
+    together = np.concatenate([shards[0][i]['mel'], shards[1][i]['mel']])
+    np.testing.assert_array_equal(together, single[i]['mel'])
   assert not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(range(24))
 

@@ -1,0 +1,68 @@
+"""The README's main job: the demo preset on the bundled corpus learns, and TensorBoard shows it."""
+import glob
+import os
+import struct
+
+import pytest
+from tensorboardX.proto import event_pb2
+
+from configs import vqvc_plus
+from skipvqvc_jax import train
+
+STEPS = 80
+
+
+def read_events(workdir):
+  """Every summary value in the run's TensorBoard event files: {tag: [(step, value proto)]}."""
+  values = {}
+  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
+    with open(path, 'rb') as f:
+      while header := f.read(8):
+        (length,) = struct.unpack('<Q', header)
+        f.read(4)  # length checksum
+        event = event_pb2.Event.FromString(f.read(length))
+        f.read(4)  # data checksum
+        for value in event.summary.value:
+          values.setdefault(value.tag, []).append((event.step, value))
+  return values
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('demo')
+  config = vqvc_plus.get_config('demo')
+  config.num_train_steps = STEPS
+  config.eval_every_steps = STEPS
+  config.checkpoint_every_steps = STEPS
+  os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # data.train_dir is relative
+  return str(workdir), train.train_and_evaluate(config, str(workdir))
+
+
+def test_demo_preprocesses_the_bundled_audio(demo_run):
+  workdir, _ = demo_run
+  assert len(os.listdir(os.path.join(workdir, 'features', 'train'))) == 8 * 24
+  assert len(os.listdir(os.path.join(workdir, 'features', 'test'))) == 2 * 24
+
+
+def test_held_out_reconstruction_falls(demo_run):
+  _, summary = demo_run
+  before, after = summary['evals'][0]['recon_loss'], summary['evals'][STEPS]['recon_loss']
+  assert after < 0.5 * before, (before, after)
+
+
+def test_tensorboard_holds_scalars_images_and_audio(demo_run):
+  workdir, _ = demo_run
+  values = read_events(workdir)
+  for tag in ('train/loss', 'train/recon_loss', 'train/latent_loss', 'train/grad_norm',
+              'train/steps_per_sec', 'train/perplexity_s0', 'train/usage_s2', 'test/loss',
+              'test/recon_loss'):
+    assert tag in values, tag
+    assert all(v.HasField('simple_value') for _, v in values[tag])
+  assert [s for s, _ in values['train/loss']] == list(range(10, STEPS + 1, 10))
+  for name in ('source', 'target', 'reconstruction', 'conversion'):
+    images = values[f'mel/{name}']
+    assert [s for s, _ in images] == [0, STEPS]
+    assert images[0][1].image.encoded_image_string.startswith(b'\x89PNG')
+    sounds = values[f'audio/{name}']
+    assert sounds[-1][1].audio.sample_rate == 22050
+    assert sounds[-1][1].audio.length_frames == 128 * 256

@@ -1,0 +1,75 @@
+"""Data parallelism: 4 simulated devices and a real 2-process jax.distributed run match 1 device."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from skipvqvc_jax import train
+from tests.conftest import REPO, main_flags, tiny_config
+
+STEPS = 6
+
+
+def _env(devices):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  return env
+
+
+def _losses(workdir):
+  summary = json.load(open(os.path.join(workdir, 'train_summary.json')))
+  return np.array([summary['train_losses'][str(s)] for s in range(1, STEPS + 1)])
+
+
+def _params(workdir):
+  return jax.tree.leaves(nnx.to_pure_dict(nnx.state(train.restore_model(str(workdir)), nnx.Param)))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def single(small_features, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('single')
+  assert jax.device_count() == 1
+  train.train_and_evaluate(tiny_config(small_features, num_train_steps=STEPS), str(workdir))
+  return workdir
+
+
+def test_four_devices_give_the_same_loss_curve(single, small_features, tmp_path):
+  workdir = tmp_path / 'four'
+  result = subprocess.run([sys.executable, 'main.py',
+                           *main_flags(small_features, workdir, num_train_steps=STEPS)],
+                          cwd=REPO, env=_env(4), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '4 devices' in result.stderr or 'CpuDevice(id=3)' in result.stderr
+  np.testing.assert_allclose(_losses(workdir), _losses(single), atol=1e-5, rtol=0)
+  for a, b in zip(_params(workdir), _params(single)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_two_processes_match_the_single_process_run(single, small_features, tmp_path):
+  workdir = tmp_path / 'pod'
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, 'main.py', *main_flags(small_features, workdir, num_train_steps=STEPS),
+       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={p}'],
+      cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for p in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  # Both processes see all four devices (process 1's are numbered from 2048).
+  assert 'JAX process 1/2' in outs[1] and 'CpuDevice(id=2049)' in outs[0]
+  np.testing.assert_allclose(_losses(workdir), _losses(single), atol=1e-5, rtol=0)
+  for a, b in zip(_params(workdir), _params(single)):
+    np.testing.assert_allclose(a, b, atol=1e-4)

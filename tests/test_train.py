@@ -1,0 +1,218 @@
+"""Training end to end on real features: loss, resume, compilation, checkpoints, failures."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import default, vqvc_plus, vqvc_plus_cvae, vqvc_plus_resample, vqvc_plus_rhythm
+from configs import vqvc_plus_speaker_quantize
+from skipvqvc_jax import corpus, models, train
+from tests.conftest import REPO, main_flags, tiny_config
+
+CONFIG_FILES = [vqvc_plus, vqvc_plus_rhythm, vqvc_plus_resample, vqvc_plus_speaker_quantize,
+                vqvc_plus_cvae]
+
+
+def _params(workdir):
+  return nnx.to_pure_dict(nnx.state(train.restore_model(str(workdir)), nnx.Param))
+
+
+def _max_diff(a, b):
+  return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize('module', CONFIG_FILES, ids=lambda m: m.__name__.split('.')[-1])
+def test_every_preset_loads_and_builds(module):
+  for preset in module.PRESETS:
+    config = module.get_config(preset)
+    # Building only the abstract shapes keeps channel-512 presets cheap.
+    abstract = nnx.eval_shape(lambda: train.build_model(config))
+    assert abstract.name == config.model.name and abstract.channel == config.model.channel
+    assert config.trainer in ('normal', 'mean_std', 'simple_normalize', 'rhythm')
+  with pytest.raises(ValueError, match='valid presets: '):
+    module.get_config('no_such_preset')
+
+
+def test_original_runs_are_presets():
+  assert vqvc_plus.get_config('n64_ch64').model.channel == 64
+  assert vqvc_plus.get_config('n64_ch512_simple_normalize').trainer == 'simple_normalize'
+  assert vqvc_plus_rhythm.get_config('n128_ch128').trainer == 'rhythm'
+  assert vqvc_plus_resample.get_config('n512_ch512').model.n_embed == 512
+  base = default.get_config()
+  assert (base.batch_size, base.learning_rate, base.grad_clip_norm, base.latent_loss_weight,
+          base.log_every_steps, base.eval_every_steps) == (8, 1e-3, 3.0, 0.1, 5, 200)
+
+
+@pytest.fixture(scope='module')
+def straight(small_features, tmp_path_factory):
+  """8 steps in one go."""
+  workdir = tmp_path_factory.mktemp('straight')
+  return workdir, train.train_and_evaluate(tiny_config(small_features), str(workdir))
+
+
+def test_loss_falls_and_the_step_compiles_once(straight):
+  _, summary = straight
+  losses = [summary['train_losses'][s] for s in sorted(summary['train_losses'])]
+  assert len(losses) == 8
+  assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2])
+  assert summary['compiles'] == 1
+
+
+def test_resume_is_exact(straight, small_features, tmp_path):
+  workdir, summary = straight
+  halves = tmp_path / 'halves'
+  first = train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(halves))
+  assert first['step'] == 4
+  second = train.train_and_evaluate(tiny_config(small_features), str(halves))
+  assert second['start_step'] == 4 and second['step'] == 8
+  # Same batches and noise: the later losses agree, and so do the final parameters.
+  for step in range(5, 9):
+    assert second['train_losses'][step] == pytest.approx(summary['train_losses'][step], abs=1e-6)
+  assert _max_diff(_params(workdir), _params(halves)) <= 1e-6
+
+
+def test_checkpoint_dir_and_tensorboard_are_written(straight):
+  workdir, _ = straight
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']
+  config = json.load(open(workdir / 'config.json'))
+  assert config['model']['channel'] == 16
+  assert os.listdir(workdir / 'tensorboard')
+
+
+def test_resume_false_moves_old_checkpoints_aside(small_features, tmp_path):
+  first = train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(tmp_path))
+  again = train.train_and_evaluate(tiny_config(small_features, num_train_steps=4, resume=False),
+                                   str(tmp_path))
+  assert first['step'] == again['step'] == 4 and again['start_step'] == 0
+  assert [d for d in os.listdir(tmp_path) if d.startswith('checkpoints.old-')]
+
+
+def test_init_from_another_run(straight, small_features, tmp_path):
+  workdir, _ = straight
+  summary = train.train_and_evaluate(
+      tiny_config(small_features, num_train_steps=1, init_from=str(workdir)), str(tmp_path))
+  assert summary['start_step'] == 0
+  # Initialised from the trained run: its first loss is the trained model's, far below a fresh one.
+  fresh = train.train_and_evaluate(tiny_config(small_features, num_train_steps=1),
+                                   str(tmp_path / 'fresh'))
+  assert summary['train_losses'][1] < fresh['train_losses'][1]
+
+
+@pytest.mark.parametrize('trainer', ['mean_std', 'rhythm'])
+def test_other_trainers_train(trainer, small_features, tmp_path):
+  overrides = dict(trainer=trainer, num_train_steps=3)
+  if trainer == 'rhythm':
+    overrides.update({'model.name': 'vqvc+_rhythm', 'data.crop_frames': 64})
+  summary = train.train_and_evaluate(tiny_config(small_features, **overrides), str(tmp_path))
+  assert summary['step'] == 3
+  assert all(np.isfinite(v) for v in summary['train_losses'].values())
+  if trainer == 'mean_std':
+    assert (tmp_path / 'stats.npz').exists()  # the workdir carries what conversion needs
+  if trainer == 'rhythm':
+    assert 1 <= summary['compiles'] <= 3  # one per stretched-length bucket seen
+
+
+def test_normalisations_invert_and_follow_the_original(small_features):
+  from skipvqvc_jax import trainers
+  mel = np.random.default_rng(0).normal(-2, 2, (2, 80, 16)).astype(np.float32)
+  simple = trainers.get('simple_normalize')
+  np.testing.assert_allclose(simple.normalize(mel), (mel * 25 + 50) / 50, rtol=1e-6)
+  np.testing.assert_allclose(simple.denormalize(simple.normalize(mel)), mel, atol=1e-5)
+  mean_std = trainers.get('mean_std', str(small_features / 'stats.npz'))
+  stats = np.load(small_features / 'stats.npz')
+  np.testing.assert_allclose(mean_std.normalize(mel),
+                             (mel - stats['mean'][:, None]) / stats['std'][:, None] / 3, rtol=1e-5)
+  np.testing.assert_allclose(mean_std.denormalize(mean_std.normalize(mel)), mel, atol=1e-4)
+  with pytest.raises(ValueError, match='valid trainers: normal, mean_std'):
+    trainers.get('fancy')
+
+
+def test_rhythm_stretch_has_a_bounded_set_of_lengths():
+  from skipvqvc_jax import trainers
+  mel = np.arange(128, dtype=np.float32)[None, None, :].repeat(2, 0)
+  lengths = set()
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    target, stretched = trainers.rhythm_stretch(mel, rng)
+    assert target.shape == stretched.shape and target.shape[-1] % 32 == 0
+    assert np.all(np.diff(stretched[0, 0]) >= 0)  # segments stay in their original order
+    lengths.add(target.shape[-1])
+  assert lengths <= set(range(64, 257, 32)) and len(lengths) >= 4
+
+
+def test_user_errors_are_one_line(small_features, tmp_path):
+  with pytest.raises(corpus.CorpusError, match='does not exist'):
+    train.train_and_evaluate(tiny_config(small_features, **{'data.train_dir': str(tmp_path / 'x')}),
+                             str(tmp_path / 'w1'))
+  # mean_std without statistics
+  bare = tmp_path / 'bare'
+  shutil.copytree(small_features / 'train', bare / 'train')
+  shutil.copytree(small_features / 'test', bare / 'test')
+  with pytest.raises(corpus.CorpusError, match='needs per-band statistics: .*stats.npz not found'):
+    train.train_and_evaluate(tiny_config(bare, trainer='mean_std'), str(tmp_path / 'w2'))
+  # features made with other parameters than the config's
+  with pytest.raises(corpus.CorpusError, match=r'hop_length: 256 != 200'):
+    train.train_and_evaluate(tiny_config(small_features, **{'features.hop_length': 200}),
+                             str(tmp_path / 'w3'))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_features, tmp_path):
+  poisoned = tmp_path / 'poisoned'
+  shutil.copytree(small_features, poisoned)
+  config = tiny_config(poisoned, num_train_steps=40, checkpoint_every_steps=2)
+  workdir = tmp_path / 'w'
+  first = train.train_and_evaluate(tiny_config(poisoned, num_train_steps=2), str(workdir))
+  assert first['step'] == 2
+  # Poison every training file after a checkpoint was saved: the next batches are inf.
+  for f in sorted((poisoned / 'train').glob('*.npy')):
+    mel = np.load(f)
+    mel[:, :] = np.inf
+    corpus.save_npy(str(f), mel)
+  with pytest.raises(train.TrainingError, match=r'loss became (inf|nan) at step 3: stopping; .* '
+                                                r'last good checkpoint is step 2'):
+    train.train_and_evaluate(config, str(workdir))
+  restored = train.restore_model(str(workdir))  # still readable, and finite
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in jax.tree.leaves(nnx.state(restored, nnx.Param)))
+
+
+def _main(*args, env=None, **kw):
+  return subprocess.Popen([sys.executable, 'main.py', *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigterm_saves_a_restorable_checkpoint(small_features, tmp_path):
+  workdir = tmp_path / 'w'
+  proc = _main(*main_flags(small_features, workdir, num_train_steps=100000,
+                       checkpoint_every_steps=100000, log_every_steps=1))
+  deadline = time.time() + 240
+  lines = []
+  for line in proc.stdout:  # wait until training is under way
+    lines.append(line)
+    if 'step 3/100000' in line or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, ''.join(lines) + out
+  assert 'preemption requested' in out and 'preempted at step' in out
+  step = train.latest_step(str(workdir))
+  assert step is not None and step >= 3
+  assert train.restore_model(str(workdir)).channel == 16
+
+
+def test_main_reports_bad_data_in_one_line(tmp_path):
+  proc = _main('--config=configs/vqvc_plus.py:n64_ch64', f'--workdir={tmp_path}/w',
+               f'--config.data.train_dir={tmp_path}/missing')
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 1
+  assert f'error: data.train_dir {tmp_path}/missing does not exist' in out
+  assert 'Traceback' not in out
