@@ -10,8 +10,8 @@ PRESETS = {
     'n64_ch64_mean_std': {'model.channel': 64, 'model.n_embed': 64, 'trainer': 'mean_std'},
     # Trains on the bundled demo corpus in a few minutes on 2 CPU cores.
     'demo': {'model.channel': 32, 'model.n_embed': 32, 'data.train_dir': 'data/demo_corpus',
-             'data.num_test_speakers': 2, 'num_train_steps': 600, 'log_every_steps': 10,
-             'eval_every_steps': 200, 'checkpoint_every_steps': 200, 'eval_batches': 2},
+             'data.num_test_speakers': 2, 'num_train_steps': 3000, 'log_every_steps': 10,
+             'eval_every_steps': 500, 'checkpoint_every_steps': 500, 'eval_batches': 2},
 }
 
 

@@ -68,13 +68,9 @@ def resolve_data(config, workdir: str) -> Data:
     raise corpus.CorpusError(f'data.train_dir {train_dir} does not exist')
   if not _holds_features(train_dir):
     # An audio corpus: preprocess once into the workdir (resumable, so a rerun reuses it).
-    out = os.path.join(workdir, 'features')
-    if jax.process_index() == 0:
-      logging.info('preprocessing the audio in %s into %s', train_dir, out)
-      num_test = config.data.num_test_speakers
-      corpus.preprocess(train_dir, out, params, num_test_speakers=None if num_test < 0 else num_test,
-                        seed=config.seed, progress=False, log=logging.info)
-    _sync('preprocess')
+    num_test = config.data.num_test_speakers
+    out = _preprocess_once(train_dir, os.path.join(workdir, 'features'), params, config.seed,
+                           None if num_test < 0 else num_test)
     train_dir = os.path.join(out, 'train')
     test_dir = test_dir or os.path.join(out, 'test')
   elif not test_dir:
@@ -82,6 +78,10 @@ def resolve_data(config, workdir: str) -> Data:
     test_dir = sibling if _holds_features(sibling) else train_dir
     if test_dir == train_dir:
       logging.warning('no test_dir and no test/ beside train_dir: evaluating on training speakers')
+  if os.path.isdir(test_dir) and not _holds_features(test_dir):
+    # Test audio: every speaker in it is a test speaker, so all of it lands on the 'train' side.
+    out = _preprocess_once(test_dir, os.path.join(workdir, 'test_features'), params, config.seed, 0)
+    test_dir = os.path.join(out, 'train')
   if test_dir and not _holds_features(test_dir):
     raise corpus.CorpusError(f'data.test_dir {test_dir} holds no .npy features')
   for folder in {train_dir, test_dir}:
@@ -93,6 +93,15 @@ def resolve_data(config, workdir: str) -> Data:
   stats_file = config.data.stats_file or os.path.join(
       _manifest_dir(train_dir) or os.path.dirname(os.path.abspath(train_dir)), corpus.STATS_FILE)
   return Data(train_dir, test_dir, stats_file)
+
+
+def _preprocess_once(audio_dir: str, out: str, params, seed: int, num_test: int | None) -> str:
+  if jax.process_index() == 0:
+    logging.info('preprocessing the audio in %s into %s', audio_dir, out)
+    corpus.preprocess(audio_dir, out, params, num_test_speakers=num_test, seed=seed,
+                      progress=False, log=logging.info)
+  _sync('preprocess')
+  return out
 
 
 def _sync(name: str) -> None:

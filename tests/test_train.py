@@ -149,6 +149,37 @@ def test_rhythm_stretch_has_a_bounded_set_of_lengths():
   assert lengths <= set(range(64, 257, 32)) and len(lengths) >= 4
 
 
+def test_test_audio_is_preprocessed_into_the_workdir(small_features, small_corpus, tmp_path):
+  test_audio = tmp_path / 'test_audio'
+  shutil.copytree(small_corpus / 'esm1', test_audio / 'esm1')
+  config = tiny_config(small_features, num_train_steps=1, **{'data.test_dir': str(test_audio)})
+  summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert summary['step'] == 1
+  assert len(os.listdir(tmp_path / 'w' / 'test_features' / 'train')) == 6
+
+
+def test_bfloat16_compute_keeps_float32_parameters(small_features, tmp_path):
+  config = tiny_config(small_features, num_train_steps=2, compute_dtype='bfloat16')
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert all(np.isfinite(v) for v in summary['train_losses'].values())
+  assert {x.dtype for x in jax.tree.leaves(_params(tmp_path))} == {np.dtype('float32')}
+
+
+def test_an_unfinished_save_is_never_the_latest(straight):
+  workdir, _ = straight
+  from skipvqvc_jax import checkpoints
+  # What a crash in the middle of saving step 12 leaves behind: orbax's temporary folder.
+  partial = workdir / 'checkpoints' / '12.orbax-checkpoint-tmp-1234'
+  (partial / 'state').mkdir(parents=True)
+  try:
+    manager = checkpoints.TrainCheckpoints(str(workdir), keep=3, async_save=False)
+    assert manager.latest_step() == 8
+    manager.close()
+    assert train.restore_model(str(workdir)).channel == 16
+  finally:
+    shutil.rmtree(partial)
+
+
 def test_user_errors_are_one_line(small_features, tmp_path):
   with pytest.raises(corpus.CorpusError, match='does not exist'):
     train.train_and_evaluate(tiny_config(small_features, **{'data.train_dir': str(tmp_path / 'x')}),
