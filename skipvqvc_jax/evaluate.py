@@ -1,36 +1,243 @@
-"""`main.py --mode=eval`: restore a workdir's latest checkpoint and measure it on the test set."""
+"""`main.py --mode=eval`: measure a checkpoint on the unseen-speaker test set and write a report.
+
+Writes {workdir}/eval/metrics.json, pairs.json, report.html (with its images and audio in assets/), and
+TensorBoard scalars under eval/. Metrics:
+- reconstruction L1 of whole test utterances in raw log-mel units;
+- per-scale codebook usage, perplexity and dead codes over every test frame;
+- one-shot conversion over a fixed, seeded list of (source utterance, target speaker) pairs: the target
+  is given by one reference utterance of another sentence, and where the corpus is parallel (the target
+  speaker also read the source's sentence) the mel-cepstral distortion with DTW against that recording,
+  next to the no-conversion baseline (the source against the same recording);
+- speaker similarity with resemblyzer's pretrained speaker encoder, when it is installed (".[eval]").
+"""
 from __future__ import annotations
 
+import html
+import json
+import math
 import os
+import random
+from typing import Sequence
 
-import jax
+import numpy as np
 from absl import logging
-from flax import nnx
 
-from skipvqvc_jax import sharding, summaries, train, trainers, vocoders
+from skipvqvc_jax import audio, corpus, input_pipeline, summaries, train
+
+MCD_COEFFS = 24  # mel-cepstral coefficients c1..c24 (c0, the energy, is left out as usual)
 
 
-def run(workdir: str, config=None) -> dict:
-  """Test metrics of the latest checkpoint, also written to TensorBoard under eval/."""
-  if os.path.isfile(os.path.join(workdir, 'config.json')):
-    config = train.read_workdir_config(workdir)  # the run's own settings win over flags
-  elif config is None:
-    raise train.TrainingError(f'{workdir} has no config.json: not a training workdir')
-  data = train.Data(config.data.train_dir, config.data.test_dir, config.data.stats_file)
-  stats = os.path.join(workdir, 'stats.npz')
-  trainer = trainers.get(config.trainer, stats if os.path.isfile(stats) else data.stats_file)
-  model = train.restore_model(workdir)
-  mesh = sharding.make_mesh()
-  steps = train.Steps(config, model, trainer, mesh)
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  state = dict(params=train.place(params, mesh))
-  batches = train.eval_batches(config, data, trainer, sharding.local_batch_size(config.batch_size))
-  metrics = train.evaluate(steps, state, batches, mesh, jax.random.key(config.seed + 2))
-  step = train.latest_step(workdir)
+# ---- metrics --------------------------------------------------------------------------------------
+
+def mel_cepstrum(log10_mel: np.ndarray, coeffs: int = MCD_COEFFS) -> np.ndarray:
+  """(frames, coeffs) mel-cepstra c1..c_coeffs of a log10 mel-amplitude spectrogram.
+
+  c_d = (2 / N) sum_k ln S_k cos(pi d (k + 1/2) / N) over the N mel bands: the cosine series with
+  ln S(w) ~ c_0 + 2 sum_d c_d cos(d w) on the mel-warped axis, the scale of SPTK mel-cepstra that the
+  MCD formula assumes (an orthonormal DCT would inflate it by sqrt(N / 2)).
+  """
+  import scipy.fft  # pylint: disable=import-outside-toplevel
+  log_mel = np.log(10.0) * np.asarray(log10_mel, np.float64)
+  cep = scipy.fft.dct(log_mel, type=2, norm=None, axis=0) / log_mel.shape[0]  # (2/N) sum cos
+  return cep[1:coeffs + 1].T
+
+
+def mcd_dtw(log10_mel: np.ndarray, reference: np.ndarray) -> float:
+  """Mel-cepstral distortion in dB between two log-mels, averaged over their DTW alignment."""
+  import librosa  # pylint: disable=import-outside-toplevel
+  a, b = mel_cepstrum(log10_mel), mel_cepstrum(reference)
+  cost = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+  _, path = librosa.sequence.dtw(C=cost)
+  diff = a[path[:, 0]] - b[path[:, 1]]
+  return float(np.mean(10.0 / np.log(10.0) * np.sqrt(2.0 * (diff**2).sum(-1))))
+
+
+def codebook_metrics(codes_per_scale: Sequence[np.ndarray], sizes: Sequence[int]) -> dict:
+  out = {}
+  for s, (codes, k) in enumerate(zip(codes_per_scale, sizes)):
+    counts = np.bincount(np.concatenate([c.ravel() for c in codes]), minlength=k)
+    p = counts / counts.sum()
+    nz = p[p > 0]
+    out[f'codebook_s{s}'] = dict(size=int(k), used=int((counts > 0).sum()),
+                                 usage=float((counts > 0).mean()),
+                                 perplexity=float(np.exp(-(nz * np.log(nz)).sum())),
+                                 dead_codes=int((counts == 0).sum()))
+  return out
+
+
+def speaker_similarity_encoder():
+  """resemblyzer's VoiceEncoder when the eval extra is installed, else None."""
+  try:
+    from resemblyzer import VoiceEncoder  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  return VoiceEncoder(device='cpu', verbose=False)
+
+
+# ---- pairs ----------------------------------------------------------------------------------------
+
+def utterance_name(feature_file: str) -> str:
+  """The sentence part of `{speaker}_{utterance}.npy` (VCTK and the demo corpus share these)."""
+  return os.path.splitext(os.path.basename(feature_file))[0].split('_', 1)[1]
+
+
+def choose_pairs(files: Sequence[str], num_pairs: int, seed: int) -> list[dict]:
+  """A seeded list of conversions: source utterance, target speaker, a reference of another sentence,
+  and the target's recording of the source sentence where it exists (parallel corpora)."""
+  by_speaker: dict[str, dict[str, str]] = {}
+  for f in files:
+    by_speaker.setdefault(corpus.speaker_of(f), {})[utterance_name(f)] = f
+  speakers = sorted(by_speaker)
+  if len(speakers) < 2:
+    raise train.TrainingError('evaluation needs at least two test speakers to convert between')
+  rng = random.Random(seed)
+  pairs = []
+  for _ in range(num_pairs):
+    source_speaker, target_speaker = rng.sample(speakers, 2)
+    sentence = rng.choice(sorted(by_speaker[source_speaker]))
+    others = sorted(u for u in by_speaker[target_speaker] if u != sentence)
+    if not others:
+      continue
+    pairs.append(dict(source=by_speaker[source_speaker][sentence],
+                      target_speaker=target_speaker,
+                      reference=by_speaker[target_speaker][rng.choice(others)],
+                      parallel=by_speaker[target_speaker].get(sentence)))
+  return pairs
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+def run(workdir: str, config=None, step: int | None = None, vocoder: str = 'griffin_lim',
+        num_pairs: int = 20, report_pairs: int = 6) -> dict:
+  """Evaluates the checkpoint (default: latest) of `workdir`; returns the metrics it writes."""
+  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+  del config  # the workdir's own config.json describes the run
+  converter = convert.Converter.restore(workdir, step, vocoder)
+  cfg = converter.config
+  step = train.latest_step(workdir) if step is None else step
+  files = input_pipeline.list_features(cfg.data.test_dir)
+  out_dir = os.path.join(workdir, 'eval')
+  assets = os.path.join(out_dir, 'assets')
+  os.makedirs(assets, exist_ok=True)
+
+  # Reconstruction and codebooks over whole utterances.
+  l1, frames, codes = 0.0, 0, [[] for _ in range(converter.model.num_scales)]
+  for f in files:
+    mel = np.load(f)
+    enc = converter.encode(mel)
+    recon = converter.reconstruct_mel(mel)
+    l1 += float(np.abs(recon - mel).sum())
+    frames += mel.size
+    for s, c in enumerate(enc.codes):
+      # Only codes of real frames count, not of the padding.
+      codes[s].append(np.asarray(c[0])[:math.ceil(mel.shape[1] / 2 ** (s + 1))])
+  metrics: dict = dict(step=step, test_utterances=len(files), recon_l1_logmel=l1 / frames)
+  metrics.update(codebook_metrics(codes, [q.num_codes for q in converter.model.quantize]))
+
+  # Conversions.
+  pairs = choose_pairs(files, num_pairs, cfg.seed)
+  encoder = speaker_similarity_encoder()
+  mcd, baseline, sims = [], [], []
+  for i, pair in enumerate(pairs):
+    source, reference = np.load(pair['source']), np.load(pair['reference'])
+    converted = converter.convert_mel(source, converter.speaker([reference]))
+    pair['converted_mel'] = converted
+    if pair['parallel']:
+      truth = np.load(pair['parallel'])
+      pair['mcd_db'] = mcd_dtw(converted, truth)
+      pair['baseline_mcd_db'] = mcd_dtw(source, truth)
+      mcd.append(pair['mcd_db'])
+      baseline.append(pair['baseline_mcd_db'])
+    if encoder is not None:
+      sims.append(_similarities(encoder, converter, pair, converted))
+  metrics['conversion'] = dict(
+      pairs=len(pairs), parallel_pairs=len(mcd),
+      mcd_dtw_db=float(np.mean(mcd)) if mcd else None,
+      baseline_mcd_dtw_db=float(np.mean(baseline)) if baseline else None)
+  metrics['speaker_similarity'] = (_summarise_similarity(sims) if encoder is not None else dict(
+      available=False, why='resemblyzer is not installed: pip install -e ".[eval]"'))
+
+  _write_report(out_dir, assets, metrics, pairs[:report_pairs], converter)
+  corpus.save_json(os.path.join(out_dir, 'pairs.json'), [
+      {k: v for k, v in p.items() if k != 'converted_mel'} for p in pairs])
+  corpus.save_json(os.path.join(out_dir, 'metrics.json'), metrics)
   writer = summaries.Writer(workdir)
-  writer.scalars(step, metrics, 'eval/')
-  train.write_samples(writer, steps, state, train.sample_pair(data.test_dir, config.data.crop_frames),
-                      vocoders.get(config.vocoder, train.feature_params(config)), step)
+  writer.scalars(step, _flat(metrics), 'eval/')
   writer.close()
-  logging.info('step %d: %s', step, metrics)
+  logging.info('wrote %s', os.path.join(out_dir, 'report.html'))
   return metrics
+
+
+def _similarities(encoder, converter, pair, converted) -> dict:
+  """Cosine similarity of the converted audio's speaker embedding to target and source audio."""
+  sr = converter.vocoder.sample_rate
+  embed = lambda mel: encoder.embed_utterance(_resemblyzer_wav(converter.vocoder(mel), sr))
+  conv = embed(converted)
+  target = embed(np.load(pair['reference']))
+  source = embed(np.load(pair['source']))
+  return dict(to_target=float(conv @ target), to_source=float(conv @ source))
+
+
+def _resemblyzer_wav(wave, sample_rate):
+  from resemblyzer import preprocess_wav  # pylint: disable=import-outside-toplevel
+  return preprocess_wav(wave, source_sr=sample_rate)
+
+
+def _summarise_similarity(sims: list[dict]) -> dict:
+  return dict(available=True, to_target=float(np.mean([s['to_target'] for s in sims])),
+              to_source=float(np.mean([s['to_source'] for s in sims])))
+
+
+def _flat(metrics: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in metrics.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}/'))
+    elif isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
+      out[prefix + k] = v
+  return out
+
+
+def _write_report(out_dir, assets, metrics, pairs, converter) -> None:
+  """A static page: metrics table, and per pair the mels as images and the audio as players."""
+  rows = ''.join(f'<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>' if isinstance(v, float)
+                 else f'<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>'
+                 for k, v in _flat(metrics).items())
+  sections = []
+  for i, pair in enumerate(pairs):
+    mels = dict(source=np.load(pair['source']), target_reference=np.load(pair['reference']),
+                reconstruction=converter.reconstruct_mel(np.load(pair['source'])),
+                conversion=pair['converted_mel'])
+    if pair['parallel']:
+      mels['target_same_sentence'] = np.load(pair['parallel'])
+    cells = []
+    for name, mel in mels.items():
+      stem = f'pair{i:02d}_{name}'
+      _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, name))
+      from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+      convert.write_wav(os.path.join(assets, stem + '.wav'), converter.vocoder(mel),
+                        converter.vocoder.sample_rate)
+      cells.append(f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
+                   f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>')
+    scores = (f'MCD-DTW {pair["mcd_db"]:.2f} dB (no conversion: {pair["baseline_mcd_db"]:.2f} dB)'
+              if pair.get('mcd_db') is not None else 'no parallel recording')
+    sections.append(f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair["source"]))} &rarr; '
+                    f'{html.escape(pair["target_speaker"])}</h3><p>{scores}</p>{"".join(cells)}'
+                    f'</section>')
+  page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>skipvqvc_jax evaluation, step {metrics['step']}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} figure{{display:inline-block;
+margin:4px}} img{{width:340px;display:block}} audio{{width:340px}} td{{padding:2px 10px}}</style>
+</head><body><h1>Evaluation at step {metrics['step']}</h1>
+<p>Unseen test speakers; one reference utterance of another sentence per conversion.
+MCD-DTW compares each conversion with the target speaker's own recording of the same sentence; the
+baseline compares the unconverted source with it.</p>
+<table>{rows}</table><h2>Conversions</h2>{''.join(sections)}</body></html>
+"""
+  corpus._atomic_write(os.path.join(out_dir, 'report.html'),
+                       lambda tmp: open(tmp, 'w').write(page))
+
+
+def _save_png(path: str, image: np.ndarray) -> None:
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt.imsave(path, image)

@@ -38,11 +38,11 @@ def small_corpus(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope='session')
 def small_features(small_corpus, tmp_path_factory) -> pathlib.Path:
-  """small_corpus preprocessed, with esm1 as the unseen test speaker."""
+  """small_corpus preprocessed, with esf2 and esm1 as the unseen test speakers."""
   from skipvqvc_jax import corpus
   out = tmp_path_factory.mktemp('small_features')
-  corpus.preprocess(str(small_corpus), str(out), test_speakers=['esm1'], workers=1, progress=False,
-                    log=lambda _: None)
+  corpus.preprocess(str(small_corpus), str(out), test_speakers=['esf2', 'esm1'], workers=1,
+                    progress=False, log=lambda _: None)
   return out
 
 

@@ -1,0 +1,107 @@
+"""`main.py`: train, evaluate or convert.
+
+    python main.py --config=configs/vqvc_plus.py:demo [--workdir=DIR]              # train
+    python main.py --mode=eval --workdir=DIR                                        # evaluate
+    python main.py --mode=convert --workdir=DIR --source=a.wav --target=b.wav --output=out.wav
+
+Without --workdir a training run goes to runs/{model}_n{n_embed}_ch{channel}_{trainer}, the original's
+naming. Evaluation and conversion read everything else from the workdir.
+"""
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'A config file and preset, e.g. '
+                                'configs/vqvc_plus.py:n64_ch64 (needed to train).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard logs and outputs go.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert'], 'What to do.')
+flags.DEFINE_integer('step', None, 'eval/convert: the checkpoint step to restore (default: latest).')
+flags.DEFINE_string('vocoder', 'griffin_lim', 'eval/convert: the vocoder that makes audio.')
+flags.DEFINE_string('source', None, 'convert: the source audio file (its words and timing).')
+flags.DEFINE_list('target', None, 'convert: reference audio of the target voice; several files are '
+                  'averaged.')
+flags.DEFINE_string('output', None, 'convert: the output wav for --source.')
+flags.DEFINE_string('pairs', None, 'convert: a CSV of source,target,output rows.')
+flags.DEFINE_string('source_dir', None, 'convert: convert every audio file of this folder to --target.')
+flags.DEFINE_string('output_dir', 'converted', 'convert: where --source_dir outputs go.')
+flags.DEFINE_bool('output_mel', False, 'convert: write MelGAN-compatible .npy mels, not audio.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-process runs.')
+flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
+FLAGS = flags.FLAGS
+
+
+def default_workdir(config) -> str:
+  return os.path.join('runs', f'{config.model.name}_n{config.model.n_embed}_ch{config.model.channel}'
+                              f'_{config.trainer}')
+
+
+def _quiet_orbax(record) -> bool:
+  """Orbax logs every save step at INFO; keep its warnings and errors only."""
+  return record.levelno >= 30 or '/orbax/' not in record.pathname  # 30: the stdlib's WARNING
+
+
+def _convert(workdir: str) -> None:
+  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+  if FLAGS.pairs:
+    jobs = convert.read_pairs(FLAGS.pairs)
+  elif FLAGS.source_dir:
+    if not FLAGS.target:
+      raise convert.ConversionError('--source_dir needs --target')
+    jobs = convert.source_dir_jobs(FLAGS.source_dir, FLAGS.target, FLAGS.output_dir)
+  elif FLAGS.source and FLAGS.target and FLAGS.output:
+    jobs = [(FLAGS.source, FLAGS.target, FLAGS.output)]
+  else:
+    raise convert.ConversionError('give --source, --target and --output; or --pairs=FILE.csv; or '
+                                  '--source_dir and --target')
+  converter = convert.Converter.restore(workdir, FLAGS.step, FLAGS.vocoder)
+  converter.convert_many(jobs, FLAGS.output_mel, log=lambda line: logging.info('%s', line))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
+  import jax  # pylint: disable=import-outside-toplevel
+  config = FLAGS.config
+  if FLAGS.coordinator_address or (config is not None and config.distributed):
+    # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  from skipvqvc_jax import convert, corpus, train  # pylint: disable=import-outside-toplevel
+  try:
+    if FLAGS.mode == 'train':
+      if config is None:
+        raise ValueError('training needs --config=FILE:PRESET, e.g. configs/vqvc_plus.py:demo')
+      workdir = FLAGS.workdir or default_workdir(config)
+      logging.info('JAX process %d/%d, devices: %s; workdir %s', jax.process_index(),
+                   jax.process_count(), jax.devices(), workdir)
+      summary = train.train_and_evaluate(config, workdir)
+      logging.info('%s at step %d', summary['status'], summary['step'])
+    else:
+      if not FLAGS.workdir:
+        raise ValueError(f'--mode={FLAGS.mode} needs --workdir of a training run')
+      if FLAGS.mode == 'eval':
+        from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
+        metrics = evaluate.run(FLAGS.workdir, config, FLAGS.step, FLAGS.vocoder)
+        logging.info('test metrics: %s', json.dumps(metrics))
+      else:
+        _convert(FLAGS.workdir)
+  except (corpus.CorpusError, train.TrainingError, convert.ConversionError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+def run():
+  """Console script `skipvqvc`: main.py."""
+  app.run(main)
+
+
+def run_convert():
+  """Console script `skipvqvc-convert`: main.py --mode=convert."""
+  sys.argv.insert(1, '--mode=convert')
+  app.run(main)

@@ -1,0 +1,202 @@
+"""One-shot conversion: a trained workdir + source audio + target reference(s) -> converted audio.
+
+Features come from `audio.file_to_log_mel` (the preprocessing code path), are normalised as the
+checkpoint's trainer did, reflect-padded to a length bucket the model accepts and cropped back after
+decoding, so the output has the source's duration. Encoding and decoding are jitted per length bucket
+(a compile per bucket, not per file). Several target references are averaged per scale: their speaker
+embeddings and their stds.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import soundfile as sf
+from flax import nnx
+
+from skipvqvc_jax import audio, corpus, train, trainers, vocoders
+
+
+class ConversionError(ValueError):
+  """A user-facing problem (missing file, bad audio, wrong checkpoint); one line."""
+
+
+def bucket_frames(frames: int, multiple: int) -> int:
+  """The padded length for `frames`: a multiple of `multiple` and of 2^(floor(log2 frames) - 3).
+
+  At most 1/8 of padding, and at most 8 buckets per doubling of length, so a corpus of any lengths
+  compiles a handful of times.
+  """
+  step = max(multiple, 2 ** max(int(math.log2(max(frames, 1))) - 3, 0))
+  step = math.lcm(step, multiple)
+  return max(step, -(-frames // step) * step)
+
+
+def pad_to(mel: np.ndarray, frames: int) -> np.ndarray:
+  """Reflect-pads (n_mels, T) at the end to `frames` (the way training crops are padded)."""
+  return np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), mode='reflect')
+
+
+class Speaker(NamedTuple):
+  """What a conversion takes from the target: per-scale speaker embeddings and stds (batch 1)."""
+  speaker: list
+  std: list
+
+
+class Converter:
+  """A restored model and everything needed to convert audio files with it."""
+
+  def __init__(self, model, config, trainer: trainers.Trainer, vocoder: str = 'griffin_lim',
+               seed: int = 0):
+    self.model, self.config, self.trainer = model, config, trainer
+    self.params = train.feature_params(config)
+    self.vocoder = vocoders.get(vocoder, self.params)
+    self.rng = jax.random.key(seed)
+    graphdef, self._state = nnx.split(model)
+    self._encode = jax.jit(lambda s, mel: _encode(nnx.merge(graphdef, s), mel))
+    self._decode = jax.jit(lambda s, enc, speaker, rng: nnx.merge(graphdef, s).decode(
+        enc.content, speaker.speaker, speaker.std, enc.rhythm, rng=rng))
+
+  @classmethod
+  def restore(cls, workdir: str, step: int | None = None, vocoder: str = 'griffin_lim'):
+    """The converter of a training workdir's checkpoint (default: the latest)."""
+    if not os.path.isdir(workdir):
+      raise ConversionError(f'checkpoint workdir {workdir} does not exist')
+    try:
+      config = train.read_workdir_config(workdir)
+      model = train.restore_model(workdir, step)
+    except (train.TrainingError, FileNotFoundError) as e:
+      raise ConversionError(str(e)) from None
+    except (ValueError, KeyError) as e:  # orbax: the stored tree is not this model's
+      raise ConversionError(f'{workdir}: its checkpoint does not fit the model in its config.json '
+                            f'({type(e).__name__})') from None
+    try:
+      trainer = trainers.get(config.trainer, os.path.join(workdir, corpus.STATS_FILE))
+    except corpus.CorpusError as e:
+      raise ConversionError(str(e)) from None
+    return cls(model, config, trainer, vocoder)
+
+  # ---- features -------------------------------------------------------------------------------
+
+  def features(self, path: str) -> np.ndarray:
+    """Raw log-mel (n_mels, T) of an audio file, exactly as preprocessing makes it."""
+    if not os.path.isfile(path):
+      raise ConversionError(f'{path}: no such file')
+    try:
+      mel, _ = audio.file_to_log_mel(path, self.params)
+    except audio.AudioError as e:
+      raise ConversionError(f'{path}: {e}') from None
+    return mel
+
+  def _padded(self, mel: np.ndarray) -> np.ndarray:
+    frames = bucket_frames(mel.shape[1], self.model.frame_multiple)
+    return self.trainer.normalize(pad_to(mel, frames))[None].astype(np.float32)
+
+  # ---- the model ------------------------------------------------------------------------------
+
+  def encode(self, mel: np.ndarray):
+    return self._encode(self._state, self._padded(mel))
+
+  def speaker(self, mels: Sequence[np.ndarray]) -> Speaker:
+    """The mean speaker embedding and std per scale over one or more reference mels."""
+    encodings = [self.encode(m) for m in mels]
+    mean = lambda per_ref: [jnp.mean(jnp.stack(s), axis=0) for s in zip(*per_ref)]
+    return Speaker(mean([e.speaker for e in encodings]), mean([e.std for e in encodings]))
+
+  def convert_mel(self, source: np.ndarray, target: Speaker) -> np.ndarray:
+    """Raw log-mel of the source's content in the target's voice, with the source's frame count."""
+    enc = self.encode(source)
+    mel = self._decode(self._state, enc, target, self.rng)
+    return np.asarray(self.trainer.denormalize(np.asarray(mel[0])))[:, :source.shape[1]]
+
+  def reconstruct_mel(self, source: np.ndarray) -> np.ndarray:
+    enc = self.encode(source)
+    own = Speaker(enc.speaker, enc.std)
+    mel = self._decode(self._state, enc, own, self.rng)
+    return np.asarray(self.trainer.denormalize(np.asarray(mel[0])))[:, :source.shape[1]]
+
+  # ---- files ----------------------------------------------------------------------------------
+
+  def convert_file(self, source: str, targets: Sequence[str], output: str,
+                   output_mel: bool = False) -> str:
+    """Converts one file; writes a wav (or, with output_mel, a MelGAN-compatible .npy)."""
+    mel = self.convert_mel(self.features(source), self.speaker([self.features(t) for t in targets]))
+    if output_mel:
+      output = os.path.splitext(output)[0] + '.npy'
+      corpus.save_npy(output, mel.astype(np.float32))
+    else:
+      write_wav(output, self.vocoder(mel), self.vocoder.sample_rate)
+    return output
+
+  def convert_many(self, jobs: Sequence[tuple[str, Sequence[str], str]], output_mel=False,
+                   log=print) -> list[str]:
+    """(source, targets, output) jobs; each target speaker is encoded once."""
+    speakers: dict[tuple, Speaker] = {}
+    written = []
+    for source, targets, output in jobs:
+      key = tuple(targets)
+      if key not in speakers:
+        speakers[key] = self.speaker([self.features(t) for t in targets])
+      mel = self.convert_mel(self.features(source), speakers[key])
+      if output_mel:
+        output = os.path.splitext(output)[0] + '.npy'
+        corpus.save_npy(output, mel.astype(np.float32))
+      else:
+        write_wav(output, self.vocoder(mel), self.vocoder.sample_rate)
+      log(f'{source} -> {output}')
+      written.append(output)
+    return written
+
+
+def _encode(model, mel):
+  if model.name == 'vqvc+_rhythm':
+    return model.encode(mel, mel)
+  if model.name == 'vqvc+_cvae':
+    # Conversion uses the speaker distribution's mean: no sampling noise in the output.
+    widths = [model.in_channel // 2 ** (s + 1) for s in range(model.num_scales)]
+    return model.encode(mel, noise=[jnp.zeros((mel.shape[0], w)) for w in widths])
+  return model.encode(mel, rng=jax.random.key(0))
+
+
+def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
+  """16-bit PCM wav, written under a temporary name and renamed."""
+  if os.path.dirname(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
+  corpus._atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype='PCM_16',
+                                                  format='WAV'))
+
+
+def read_pairs(path: str) -> list[tuple[str, list[str], str]]:
+  """pairs.csv rows `source,target,output` (targets may be several, separated by ';')."""
+  if not os.path.isfile(path):
+    raise ConversionError(f'{path}: no such file')
+  jobs = []
+  with open(path, newline='') as f:
+    for line, row in enumerate(csv.reader(f), 1):
+      if not row or row[0].startswith('#') or (line == 1 and row[0].strip() == 'source'):
+        continue
+      if len(row) != 3:
+        raise ConversionError(f'{path} line {line}: expected source,target,output; got {row}')
+      source, target, output = (x.strip() for x in row)
+      jobs.append((source, [t for t in target.split(';') if t], output))
+  if not jobs:
+    raise ConversionError(f'{path}: no source,target,output rows')
+  return jobs
+
+
+def source_dir_jobs(source_dir: str, targets: Sequence[str], output_dir: str):
+  """Every audio file of source_dir converted to `targets`, written as output_dir/<name>.wav."""
+  if not os.path.isdir(source_dir):
+    raise ConversionError(f'--source_dir {source_dir} does not exist')
+  files = sorted(f for f in os.listdir(source_dir)
+                 if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS)
+  if not files:
+    raise ConversionError(f'--source_dir {source_dir} holds no audio files')
+  return [(os.path.join(source_dir, f), list(targets),
+           os.path.join(output_dir, os.path.splitext(f)[0] + '.wav')) for f in files]

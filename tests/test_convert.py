@@ -1,0 +1,182 @@
+"""Conversion and evaluation from a checkpoint trained here, on the demo corpus' audio files."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from skipvqvc_jax import audio, convert, evaluate, train
+from skipvqvc_jax.vocoders import GriffinLim
+from tests.conftest import REPO, tiny_config
+
+DEMO = REPO / 'data' / 'demo_corpus'
+
+
+@pytest.fixture(scope='module')
+def workdir(small_features, tmp_path_factory):
+  path = tmp_path_factory.mktemp('run')
+  train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(path))
+  return path
+
+
+@pytest.fixture(scope='module')
+def converter(workdir):
+  return convert.Converter.restore(str(workdir))
+
+
+def _frames(path):
+  return audio.file_to_log_mel(str(path))[0].shape[1]
+
+
+def test_one_pair_has_the_source_duration(converter, tmp_path):
+  source = DEMO / 'awb' / 'awb_005.ogg'
+  out = converter.convert_file(str(source), [str(DEMO / 'slt' / 'slt_001.ogg')],
+                               str(tmp_path / 'out.wav'))
+  wave, sr = sf.read(out)
+  info = sf.info(out)
+  assert sr == 22050 and info.format == 'WAV' and wave.ndim == 1
+  # The source's trimmed duration (features drop leading and trailing silence), to within a hop.
+  assert abs(len(wave) - _frames(source) * 256) <= 256
+  assert np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
+
+
+def test_several_references_are_averaged(converter):
+  source = converter.features(str(DEMO / 'awb' / 'awb_005.ogg'))
+  refs = [converter.features(str(DEMO / 'slt' / f'slt_00{i}.ogg')) for i in (1, 2, 3)]
+  one = converter.convert_mel(source, converter.speaker(refs[:1]))
+  three = converter.convert_mel(source, converter.speaker(refs))
+  assert one.shape == three.shape == source.shape
+  assert np.abs(one - three).max() > 1e-4
+  # The average of the references' embeddings, scale by scale.
+  encs = [converter.encode(r) for r in refs]
+  np.testing.assert_allclose(converter.speaker(refs).speaker[0],
+                             np.mean([e.speaker[0] for e in encs], axis=0), rtol=1e-5, atol=1e-7)
+
+
+def test_one_compile_per_length_bucket(converter):
+  assert convert.bucket_frames(193, 8) == convert.bucket_frames(208, 8) == 208
+  assert convert.bucket_frames(209, 8) == 224  # at most 1/8 padding: 16-frame steps from 128 up
+  assert convert.bucket_frames(1000, 32) % 64 == 0 and convert.bucket_frames(7, 8) == 8
+  before = converter._encode._cache_size()
+  rng = np.random.default_rng(0)
+  for frames in (201, 205, 208):  # one bucket
+    converter.convert_mel(rng.normal(-4, 1, (80, frames)).astype(np.float32),
+                          converter.speaker([rng.normal(-4, 1, (80, 150)).astype(np.float32)]))
+  assert converter._encode._cache_size() - before <= 2  # the 208 bucket and the 152 bucket
+
+
+def test_sixty_second_source(converter, tmp_path):
+  parts = [audio.load(str(p)) for p in sorted((DEMO / 'rms').glob('*.ogg'))]
+  long = np.concatenate(parts)[:60 * 22050]
+  assert len(long) == 60 * 22050
+  sf.write(tmp_path / 'long.wav', long, 22050)
+  out = converter.convert_file(str(tmp_path / 'long.wav'), [str(DEMO / 'slt' / 'slt_001.ogg')],
+                               str(tmp_path / 'long_out.wav'))
+  assert abs(sf.info(out).frames - _frames(tmp_path / 'long.wav') * 256) <= 256
+
+
+def test_griffin_lim_reconstructs_a_known_signal():
+  sr = 22050
+  t = np.arange(sr * 2) / sr
+  y = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 660 * t * (1 + 0.1 * t))
+       ).astype(np.float32)
+  mel = audio.log_mel(y)
+  wave = GriffinLim(n_iter=32)(mel)
+  assert len(wave) == mel.shape[1] * 256
+  rebuilt = audio.mel_basis() @ audio.magnitude(wave)
+  target = 10.0 ** mel
+  convergence = np.linalg.norm(rebuilt - target) / np.linalg.norm(target)
+  assert convergence < 0.15, convergence  # measured 0.05-0.1 for this signal
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, 'main.py', *map(str, args)], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_cli_pairs_source_dir_and_output_mel(workdir, tmp_path):
+  pairs = tmp_path / 'pairs.csv'
+  with open(pairs, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['source', 'target', 'output'])
+    w.writerow([DEMO / 'awb' / 'awb_010.ogg', DEMO / 'slt' / 'slt_001.ogg', tmp_path / 'a.wav'])
+    w.writerow([DEMO / 'kal' / 'kal_010.ogg',
+                f'{DEMO / "slt" / "slt_001.ogg"};{DEMO / "slt" / "slt_002.ogg"}', tmp_path / 'b.wav'])
+  result = _main('--mode=convert', f'--workdir={workdir}', f'--pairs={pairs}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert sf.info(tmp_path / 'a.wav').samplerate == 22050 and (tmp_path / 'b.wav').exists()
+  sources = tmp_path / 'sources'
+  sources.mkdir()
+  for name in ('esf4_001.ogg', 'esf4_002.ogg'):
+    shutil.copy(DEMO / 'esf4' / name, sources / name)
+  result = _main('--mode=convert', f'--workdir={workdir}', f'--source_dir={sources}',
+                 f'--target={DEMO / "awb" / "awb_003.ogg"}', f'--output_dir={tmp_path / "mels"}',
+                 '--output_mel')
+  assert result.returncode == 0, result.stderr[-2000:]
+  mel = np.load(tmp_path / 'mels' / 'esf4_001.npy')
+  assert mel.dtype == np.float32 and mel.shape == (80, _frames(sources / 'esf4_001.ogg'))
+
+
+def test_cli_errors_are_one_line(workdir, tmp_path):
+  corrupt = tmp_path / 'corrupt.wav'
+  corrupt.write_bytes(b'RIFF....WAVEfmt nonsense')
+  target = DEMO / 'slt' / 'slt_001.ogg'
+  cases = [
+      (('--mode=convert', f'--workdir={workdir}', f'--source={corrupt}', f'--target={target}',
+        f'--output={tmp_path / "x.wav"}'), f'error: {corrupt}: cannot decode audio'),
+      (('--mode=convert', f'--workdir={tmp_path / "nowhere"}', f'--source={target}',
+        f'--target={target}', f'--output={tmp_path / "x.wav"}'),
+       f'error: checkpoint workdir {tmp_path / "nowhere"} does not exist'),
+      (('--mode=convert', f'--workdir={workdir}', f'--source={target}'),
+       'error: give --source, --target and --output'),
+  ]
+  # A workdir whose config names another model than its checkpoint holds.
+  other = tmp_path / 'other'
+  shutil.copytree(workdir, other, ignore=shutil.ignore_patterns('tensorboard', 'eval'))
+  config = json.load(open(other / 'config.json'))
+  config['model']['name'] = 'vqvc+_speaker_quantize'
+  json.dump(config, open(other / 'config.json', 'w'))
+  cases.append((('--mode=convert', f'--workdir={other}', f'--source={target}', f'--target={target}',
+                 f'--output={tmp_path / "x.wav"}'), 'does not fit the model in its config.json'))
+  empty = tmp_path / 'empty_run'
+  empty.mkdir()
+  shutil.copy(workdir / 'config.json', empty / 'config.json')
+  cases.append((('--mode=convert', f'--workdir={empty}', f'--source={target}', f'--target={target}',
+                 f'--output={tmp_path / "x.wav"}'), 'has no checkpoint yet'))
+  for args, message in cases:
+    result = _main(*args)
+    assert result.returncode == 1, (args, result.stderr[-2000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and message in errors[0], (message, result.stderr[-2000:])
+    assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'x.wav').exists()
+
+
+def test_eval_writes_metrics_and_a_report(workdir):
+  metrics = evaluate.run(str(workdir), num_pairs=4, report_pairs=2)
+  written = json.load(open(workdir / 'eval' / 'metrics.json'))
+  assert written == json.loads(json.dumps(metrics))
+  assert written['test_utterances'] == 12 and written['recon_l1_logmel'] > 0
+  for s in range(3):
+    book = written[f'codebook_s{s}']
+    assert book['used'] + book['dead_codes'] == book['size'] and 1 <= book['perplexity'] <= book['size']
+  conversion = written['conversion']
+  # The demo corpus is parallel: every pair has the target's own reading of the source sentence.
+  assert conversion['pairs'] == conversion['parallel_pairs'] == 4
+  assert 0 < conversion['mcd_dtw_db'] < 100 and 0 < conversion['baseline_mcd_dtw_db'] < 100
+  pairs = json.load(open(workdir / 'eval' / 'pairs.json'))
+  assert pairs == json.load(open(workdir / 'eval' / 'pairs.json'))
+  for pair in pairs:
+    assert evaluate.utterance_name(pair['source']) == evaluate.utterance_name(pair['parallel'])
+    assert evaluate.utterance_name(pair['reference']) != evaluate.utterance_name(pair['source'])
+  assert written['speaker_similarity']['available'] in (True, False)
+  assert evaluate.run(str(workdir), num_pairs=4, report_pairs=0)['conversion'] == conversion
+  page = (workdir / 'eval' / 'report.html').read_text()
+  assert '<table>' in page
+  for ref in [part.split('"')[0] for part in page.split('src="')[1:]]:
+    assert (workdir / 'eval' / ref).exists(), ref
