@@ -136,25 +136,23 @@ def run(workdir: str, config=None, step: int | None = None, vocoder: str = 'grif
 
   # Conversions.
   pairs = choose_pairs(files, num_pairs, cfg.seed)
-  encoder = speaker_similarity_encoder()
-  mcd, baseline, sims = [], [], []
-  for i, pair in enumerate(pairs):
+  mcd, baseline = [], []
+  for pair in pairs:
     source, reference = np.load(pair['source']), np.load(pair['reference'])
-    converted = converter.convert_mel(source, converter.speaker([reference]))
-    pair['converted_mel'] = converted
+    pair['converted_mel'] = converter.convert_mel(source, converter.speaker([reference]))
     if pair['parallel']:
       truth = np.load(pair['parallel'])
-      pair['mcd_db'] = mcd_dtw(converted, truth)
+      pair['mcd_db'] = mcd_dtw(pair['converted_mel'], truth)
       pair['baseline_mcd_db'] = mcd_dtw(source, truth)
       mcd.append(pair['mcd_db'])
       baseline.append(pair['baseline_mcd_db'])
-    if encoder is not None:
-      sims.append(_similarities(encoder, converter, pair, converted))
   metrics['conversion'] = dict(
       pairs=len(pairs), parallel_pairs=len(mcd),
       mcd_dtw_db=float(np.mean(mcd)) if mcd else None,
       baseline_mcd_dtw_db=float(np.mean(baseline)) if baseline else None)
-  metrics['speaker_similarity'] = (_summarise_similarity(sims) if encoder is not None else dict(
+  encoder = speaker_similarity_encoder()
+  metrics['speaker_similarity'] = (speaker_similarity(encoder, converter, files, pairs)
+                                   if encoder is not None else dict(
       available=False, why='resemblyzer is not installed: pip install -e ".[eval]"'))
 
   _write_report(out_dir, assets, metrics, pairs[:report_pairs], converter)
@@ -168,24 +166,47 @@ def run(workdir: str, config=None, step: int | None = None, vocoder: str = 'grif
   return metrics
 
 
-def _similarities(encoder, converter, pair, converted) -> dict:
-  """Cosine similarity of the converted audio's speaker embedding to target and source audio."""
-  sr = converter.vocoder.sample_rate
-  embed = lambda mel: encoder.embed_utterance(_resemblyzer_wav(converter.vocoder(mel), sr))
-  conv = embed(converted)
-  target = embed(np.load(pair['reference']))
-  source = embed(np.load(pair['source']))
-  return dict(to_target=float(conv @ target), to_source=float(conv @ source))
+def equal_error_threshold(same: Sequence[float], different: Sequence[float]) -> tuple[float, float]:
+  """(threshold, equal error rate): where rejecting same-speaker and accepting other-speaker scores
+  are equally likely."""
+  same, different = np.asarray(same), np.asarray(different)
+  candidates = np.unique(np.concatenate([same, different]))
+  false_reject = np.array([(same < t).mean() for t in candidates])
+  false_accept = np.array([(different >= t).mean() for t in candidates])
+  i = int(np.argmin(np.abs(false_reject - false_accept)))
+  return float(candidates[i]), float((false_reject[i] + false_accept[i]) / 2)
 
 
-def _resemblyzer_wav(wave, sample_rate):
+def speaker_similarity(encoder, converter, files: Sequence[str], pairs: list[dict]) -> dict:
+  """Cosine similarities of conversions to their target reference and to their source, and the share
+  accepted as the target at the EER threshold of real test utterances.
+
+  Every waveform, real or converted, goes through the same vocoder first, so the speaker encoder
+  compares like with like and the threshold is not set by vocoder artefacts.
+  """
   from resemblyzer import preprocess_wav  # pylint: disable=import-outside-toplevel
-  return preprocess_wav(wave, source_sr=sample_rate)
-
-
-def _summarise_similarity(sims: list[dict]) -> dict:
-  return dict(available=True, to_target=float(np.mean([s['to_target'] for s in sims])),
-              to_source=float(np.mean([s['to_source'] for s in sims])))
+  sr = converter.vocoder.sample_rate
+  embed = lambda mel: encoder.embed_utterance(preprocess_wav(converter.vocoder(mel), source_sr=sr))
+  real = {f: embed(np.load(f)) for f in files}
+  names = sorted(real)
+  same, different = [], []
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      score = float(real[a] @ real[b])
+      (same if corpus.speaker_of(a) == corpus.speaker_of(b) else different).append(score)
+  threshold, eer = equal_error_threshold(same, different)
+  to_target, to_source = [], []
+  for pair in pairs:
+    converted = embed(pair['converted_mel'])
+    pair['similarity_to_target'] = float(converted @ real[pair['reference']])
+    pair['similarity_to_source'] = float(converted @ real[pair['source']])
+    to_target.append(pair['similarity_to_target'])
+    to_source.append(pair['similarity_to_source'])
+  return dict(available=True, encoder='resemblyzer VoiceEncoder',
+              to_target=float(np.mean(to_target)), to_source=float(np.mean(to_source)),
+              real_same_speaker=float(np.mean(same)), real_other_speaker=float(np.mean(different)),
+              eer_threshold=threshold, real_eer=eer,
+              accepted_as_target=float(np.mean(np.asarray(to_target) >= threshold)))
 
 
 def _flat(metrics: dict, prefix: str = '') -> dict:

@@ -99,6 +99,20 @@ def _main(*args):
                         capture_output=True, text=True, timeout=600)
 
 
+def test_equal_error_threshold():
+  threshold, eer = evaluate.equal_error_threshold([0.9, 0.8, 0.7, 0.4], [0.1, 0.2, 0.5, 0.3])
+  assert eer == 0.25 and 0.4 <= threshold <= 0.5
+  assert evaluate.equal_error_threshold([0.9, 0.8], [0.1, 0.2])[1] == 0.0
+
+
+def test_mcd_is_zero_for_identical_mels_and_grows_with_distortion():
+  mel = audio.log_mel(audio.load(str(DEMO / 'awb' / 'awb_001.ogg')))
+  assert evaluate.mcd_dtw(mel, mel) == pytest.approx(0.0, abs=1e-9)
+  noisy = mel + np.random.default_rng(0).normal(0, 0.3, mel.shape)
+  assert 0 < evaluate.mcd_dtw(noisy, mel) < evaluate.mcd_dtw(noisy + 0.5 * np.sin(
+      np.arange(80))[:, None], mel)
+
+
 def test_cli_pairs_source_dir_and_output_mel(workdir, tmp_path):
   pairs = tmp_path / 'pairs.csv'
   with open(pairs, 'w', newline='') as f:
@@ -174,7 +188,13 @@ def test_eval_writes_metrics_and_a_report(workdir):
   for pair in pairs:
     assert evaluate.utterance_name(pair['source']) == evaluate.utterance_name(pair['parallel'])
     assert evaluate.utterance_name(pair['reference']) != evaluate.utterance_name(pair['source'])
-  assert written['speaker_similarity']['available'] in (True, False)
+  similarity = written['speaker_similarity']
+  if similarity['available']:  # with the eval extra installed
+    assert -1 <= similarity['to_target'] <= 1 and -1 <= similarity['to_source'] <= 1
+    assert 0 <= similarity['accepted_as_target'] <= 1 and 0 <= similarity['real_eer'] <= 0.5
+    assert similarity['real_same_speaker'] > similarity['real_other_speaker']
+  else:
+    assert 'pip install' in similarity['why']
   assert evaluate.run(str(workdir), num_pairs=4, report_pairs=0)['conversion'] == conversion
   page = (workdir / 'eval' / 'report.html').read_text()
   assert '<table>' in page
