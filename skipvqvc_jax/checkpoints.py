@@ -13,13 +13,24 @@ from flax import nnx
 from skipvqvc_jax import models
 
 
-def model_spec(model: models.VQVCPlus) -> dict:
-  """The arguments that rebuild `model` with `models.build`."""
+def model_spec(model) -> dict:
+  """What rebuilds `model`: `models.build` arguments, or the MelGAN generator's."""
+  from skipvqvc_jax.vocoders import melgan  # pylint: disable=import-outside-toplevel
+  if isinstance(model, melgan.MelGANGenerator):
+    return dict(name='melgan', n_mels=model.n_mels, ngf=model.ngf,
+                residual_layers=model.residual_layers)
   return dict(name=model.name, channel=model.channel, n_embed=model.n_embed,
               in_channel=model.in_channel, gru_init=model.gru_init)
 
 
-def save_model(directory: str, model: models.VQVCPlus) -> None:
+def build_from_spec(spec: dict):
+  from skipvqvc_jax.vocoders import melgan  # pylint: disable=import-outside-toplevel
+  spec = dict(spec)
+  name = spec.pop('name')
+  return melgan.MelGANGenerator(**spec) if name == 'melgan' else models.build(name, **spec)
+
+
+def save_model(directory: str, model) -> None:
   """Writes `model` to a new `directory`, atomically: it appears complete or not at all."""
   directory = os.path.abspath(directory)
   if os.path.exists(directory):
@@ -39,14 +50,14 @@ def save_model(directory: str, model: models.VQVCPlus) -> None:
     raise
 
 
-def load_model(directory: str) -> models.VQVCPlus:
+def load_model(directory: str):
   """Rebuilds the model saved in `directory` and restores its parameters onto the default device."""
   spec_path = os.path.join(directory, 'model.json')
   if not os.path.isfile(spec_path):
     raise FileNotFoundError(f'{directory}: no model.json; not a saved skipvqvc_jax model')
   with open(spec_path) as f:
     spec = json.load(f)
-  model = models.build(spec.pop('name'), **spec)
+  model = build_from_spec(spec)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model, nnx.Param))
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(os.path.abspath(os.path.join(directory, 'params')), abstract)

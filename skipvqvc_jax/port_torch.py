@@ -1,10 +1,13 @@
-"""Loads weights of the original PyTorch SkipVQVC into our models.
+"""Loads weights of the original PyTorch SkipVQVC (and of its MelGAN vocoder) into our models.
 
 `load_state_dict(model, state_dict)` takes a plain `{name: array}` mapping with the original's names
 (`enc.0.0.weight`, `quantize.2.embedding.weight`, `dec.blocks.0.block.3.rec.weight_ih_l0`, ...) and
 returns the model with those weights. Reading a `.pt` file needs torch, an optional extra:
 
     python -m skipvqvc_jax.port_torch CHECKPOINT.pt OUT_DIR --model=vqvc+ --channel=64 --n_embed=64
+
+The same entry points take a melgan-neurips generator state dict (`--model=melgan`, `weight_g` /
+`weight_v` pairs) for `skipvqvc_jax.vocoders.melgan.MelGANGenerator`.
 
 The original constructs modules that its forward pass never uses: `dec.block0` in every model and
 `quantize_speakers` in `vqvc+_resample`. Their weights are accepted and dropped.
@@ -19,6 +22,7 @@ from flax import nnx
 
 from skipvqvc_jax.models import VQVCPlus
 from skipvqvc_jax.models.layers import GBlock
+from skipvqvc_jax.vocoders import melgan
 
 # Original modules that never take part in a forward pass (see the module docstring).
 _UNUSED = {
@@ -39,12 +43,20 @@ def _same(w):
   return w
 
 
+def _flat_g(w):  # weight-norm g: torch (C, 1, 1) <-> ours (C,)
+  return w.reshape(-1) if w.ndim == 3 else w.reshape(-1, 1, 1)
+
+
 def _gru(w):  # torch (3H, in) -> ours (in, 3H); biases are unchanged
   return np.transpose(w) if w.ndim == 2 else w
 
 
-def _param_table(model: VQVCPlus) -> dict[str, tuple[nnx.Variable, Callable]]:
+def _param_table(model) -> dict[str, tuple[nnx.Variable, Callable]]:
   """Maps every original state-dict name to (our parameter, layout conversion)."""
+  if isinstance(model, melgan.MelGANGenerator):
+    # PyTorch keeps g as (channels, 1, 1); reshaping to our (channels,) is undone by _same's caller.
+    return {name: (variable, _flat_g if name.endswith('weight_g') else _same)
+            for name, variable in melgan.torch_table(model).items()}
   table: dict[str, tuple[nnx.Variable, Callable]] = {}
 
   def conv(prefix, module):
@@ -80,9 +92,17 @@ def _param_table(model: VQVCPlus) -> dict[str, tuple[nnx.Variable, Callable]]:
   return table
 
 
-def _is_unused(model: VQVCPlus, name: str) -> bool:
+def _is_unused(model, name: str) -> bool:
+  if isinstance(model, melgan.MelGANGenerator):
+    return False
   patterns = _UNUSED.get(model.name, _UNUSED['vqvc+'])
   return any(re.match(p, name) for p in patterns)
+
+
+def _describe(model) -> str:
+  if isinstance(model, melgan.MelGANGenerator):
+    return f'the MelGAN generator (ngf={model.ngf}, residual_layers={model.residual_layers})'
+  return f'{model.name} (channel={model.channel}, n_embed={model.n_embed})'
 
 
 def expected_keys(model: VQVCPlus) -> list[str]:
@@ -90,7 +110,7 @@ def expected_keys(model: VQVCPlus) -> list[str]:
   return sorted(_param_table(model))
 
 
-def load_state_dict(model: VQVCPlus, state_dict: Mapping[str, np.ndarray]) -> VQVCPlus:
+def load_state_dict(model, state_dict: Mapping[str, np.ndarray]):
   """Copies an original SkipVQVC state dict into `model` (in place) and returns it.
 
   Raises PortError naming any missing, unexpected or wrongly shaped keys; nothing is changed then.
@@ -114,14 +134,13 @@ def load_state_dict(model: VQVCPlus, state_dict: Mapping[str, np.ndarray]) -> VQ
         problems.append(f'{name} has shape {np.shape(state_dict[name])}, expected {expected}')
       converted[name] = value
   if problems:
-    raise PortError(f'state dict does not fit {model.name} (channel={model.channel}, '
-                    f'n_embed={model.n_embed}): ' + '; '.join(problems))
+    raise PortError(f'state dict does not fit {_describe(model)}: ' + '; '.join(problems))
   for name, (variable, _) in table.items():
     variable[...] = converted[name]
   return model
 
 
-def export_state_dict(model: VQVCPlus) -> dict[str, np.ndarray]:
+def export_state_dict(model) -> dict[str, np.ndarray]:
   """Our parameters under the original's names and layouts (unused original modules omitted)."""
   # Every layout conversion is its own inverse, so the import table also exports.
   return {name: convert(np.asarray(variable[...]))
@@ -159,6 +178,16 @@ def infer_size(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
   return dict(channel=conv[0], n_embed=codebook[0], in_channel=conv[1])
 
 
+def infer_melgan_size(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
+  """n_mels, ngf and residual_layers of a melgan-neurips generator state dict."""
+  try:
+    out_channels, n_mels, _ = np.shape(state_dict['model.1.weight_v'])
+  except KeyError:
+    raise PortError('not a MelGAN generator state dict: no model.1.weight_v') from None
+  residual = len({k.split('.')[1] for k in state_dict if '.shortcut.' in k}) // len(melgan.RATIOS)
+  return dict(n_mels=n_mels, ngf=out_channels // 2 ** len(melgan.RATIOS), residual_layers=residual)
+
+
 def main(argv=None):
   import argparse, json, os, sys  # pylint: disable=import-outside-toplevel,multiple-imports
   from skipvqvc_jax import models  # pylint: disable=import-outside-toplevel
@@ -168,7 +197,7 @@ def main(argv=None):
       description='Convert an original SkipVQVC checkpoint into a skipvqvc_jax model directory.')
   parser.add_argument('checkpoint', help='original .pt checkpoint (needs torch) or .npz of arrays')
   parser.add_argument('out_dir', help='directory to write (must not exist yet)')
-  parser.add_argument('--model', required=True, choices=models.names())
+  parser.add_argument('--model', required=True, choices=models.names() + ['melgan'])
   parser.add_argument('--channel', type=int, help='default: read from the weights')
   parser.add_argument('--n_embed', type=int, help='default: read from the weights')
   parser.add_argument('--gru_init', choices=['normal', 'zeros'], default='normal',
@@ -179,15 +208,20 @@ def main(argv=None):
     if not os.path.exists(args.checkpoint):
       raise PortError(f'{args.checkpoint}: no such file')
     state_dict = read_state_dict(args.checkpoint, args.prefix)
-    size = infer_size(state_dict)
-    size['channel'] = args.channel or size['channel']
-    size['n_embed'] = args.n_embed or size['n_embed']
-    model = load_state_dict(models.build(args.model, gru_init=args.gru_init, **size), state_dict)
+    if args.model == 'melgan':
+      size = infer_melgan_size(state_dict)
+      model = load_state_dict(melgan.MelGANGenerator(**size), state_dict)
+    else:
+      size = infer_size(state_dict)
+      size['channel'] = args.channel or size['channel']
+      size['n_embed'] = args.n_embed or size['n_embed']
+      size['gru_init'] = args.gru_init
+      model = load_state_dict(models.build(args.model, **size), state_dict)
     checkpoints.save_model(args.out_dir, model)
   except (PortError, FileExistsError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(json.dumps(dict(model=args.model, **size, gru_init=args.gru_init, out_dir=args.out_dir)))
+  print(json.dumps(dict(model=args.model, **size, out_dir=args.out_dir)))
   return 0
 
 

@@ -1,12 +1,46 @@
-"""Vocoders behind one interface: `vocoder(log_mel) -> waveform`, with a `sample_rate` attribute."""
+"""Vocoders behind one interface: `vocoder(log_mel) -> waveform`, with a `sample_rate` attribute.
+
+`get('griffin_lim')` is the built-in default; `get(PATH)` loads a neural vocoder saved as a model
+directory (`python -m skipvqvc_jax.port_torch melgan.pt PATH --model=melgan`).
+"""
 from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from flax import nnx
 
 from skipvqvc_jax import audio
 from skipvqvc_jax.vocoders.griffin_lim import GriffinLim
 
 
+class NeuralVocoder:
+  """A MelGAN generator as a vocoder: raw log10 mels (n_mels, T) or (B, n_mels, T) -> waveforms."""
+
+  def __init__(self, generator, params: audio.FeatureParams = audio.FeatureParams()):
+    if generator.hop_length != params.hop_length or generator.n_mels != params.n_mels:
+      raise ValueError(f'the vocoder expects {generator.n_mels} mels at hop {generator.hop_length}, '
+                       f'the features have {params.n_mels} at hop {params.hop_length}')
+    self.name = 'melgan'
+    self.sample_rate = params.sample_rate
+    graphdef, state = nnx.split(generator)
+    self._state = state
+    self._run = jax.jit(lambda s, mel: nnx.merge(graphdef, s)(mel))
+
+  def __call__(self, log_mel) -> np.ndarray:
+    log_mel = np.asarray(log_mel, np.float32)
+    single = log_mel.ndim == 2
+    wave = np.asarray(self._run(self._state, log_mel[None] if single else log_mel))
+    return wave[0] if single else wave
+
+
 def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeatureParams()):
-  """The vocoder named by a config or flag."""
+  """The vocoder named by a config or flag: 'griffin_lim' or a saved vocoder directory."""
   if name == 'griffin_lim':
     return GriffinLim(params)
-  raise ValueError(f'unknown vocoder {name!r}; available: griffin_lim')
+  if os.path.isfile(os.path.join(name, 'model.json')):
+    from skipvqvc_jax import checkpoints  # pylint: disable=import-outside-toplevel
+    return NeuralVocoder(checkpoints.load_model(name), params)
+  raise ValueError(f'unknown vocoder {name!r}: use griffin_lim or the directory of a saved vocoder '
+                   f'(python -m skipvqvc_jax.port_torch GENERATOR.pt DIR --model=melgan)')

@@ -1,0 +1,129 @@
+"""The original PyTorch SkipVQVC and ours, timed side by side in one run: train step and inference.
+
+    python benchmarks/compare_original.py --original=PATH/TO/SkipVQVC [--presets=n64_ch64,n512_ch512]
+                                          [--steps=20] [--warmup=5] [--threads=2]
+
+PATH is a local clone of the original repository (never part of this one). Needs torch; without it, or
+without the path, it says so and exits. Both sides: float32, global batch 8 x 80 x 128, the same number
+of CPU threads. The original's step is its trainer's: `model(audio)` (which also decodes a speaker-
+shuffled copy), L1 + 0.1 latent loss, backward, clip_grad_norm_(3), Adam. Ours is the jitted train step
+of `skipvqvc_jax.train`. Inference: encode + decode of one 1 x 80 x 512 utterance.
+"""
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+PRESETS = {  # preset -> (config file, original model folder)
+    'n64_ch64': ('vqvc_plus', 'vqvc+'),
+    'n128_ch128': ('vqvc_plus', 'vqvc+'),
+    'n512_ch512': ('vqvc_plus_resample', 'vqvc+_resample'),
+}
+
+
+def _median_time(fn, steps, warmup):
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def time_original(original, folder, channel, n_embed, steps, warmup):
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.Tensor.cuda = lambda self, *a, **k: self  # the original calls .cuda() inside Quantize
+  torch.nn.Module.cuda = lambda self, *a, **k: self
+  spec = importlib.util.spec_from_file_location(
+      'original_vq_model', os.path.join(original, 'model', folder, 'vq_model.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  torch.manual_seed(0)
+  model = module.VC_MODEL(in_channel=80, channel=channel, n_embed=n_embed)
+  opt = torch.optim.Adam(model.parameters())
+  audio = torch.from_numpy(np.random.default_rng(0).normal(-4, 2, (8, 80, 128)).astype(np.float32))
+
+  def step():
+    out, _, _, _, latent, _ = model(audio)
+    loss = torch.nn.functional.l1_loss(out, audio) + 0.1 * latent.mean()
+    model.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 3)
+    opt.step()
+
+  utterance = torch.from_numpy(np.random.default_rng(1).normal(-4, 2, (1, 80, 512)).astype(np.float32))
+
+  def infer():
+    with torch.no_grad():
+      q, sp, std, _ = model.encode(utterance)
+      model.decode(q, sp, std)
+
+  return _median_time(step, steps, warmup), _median_time(infer, steps, warmup)
+
+
+def time_ours(config_file, preset, steps, warmup):
+  sys.path.insert(0, ROOT)
+  import jax  # pylint: disable=import-outside-toplevel
+  from configs import vqvc_plus, vqvc_plus_resample  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax import convert, sharding, train, trainers  # pylint: disable=import-outside-toplevel
+  config = {'vqvc_plus': vqvc_plus, 'vqvc_plus_resample': vqvc_plus_resample}[config_file].get_config(
+      preset)
+  mesh = sharding.make_mesh()
+  model = train.build_model(config)
+  steps_ = train.Steps(config, model, trainers.get('normal'), mesh)
+  state = train.place(train.initial_state(config, train.init_params(config, model), steps_.tx), mesh)
+  mel = np.random.default_rng(0).normal(-4, 2, (8, 80, 128)).astype(np.float32)
+  batch = sharding.global_batch(mesh, dict(mel=mel))
+  box = [state]
+
+  def step():
+    box[0], metrics = steps_.train_step(box[0], batch)
+    jax.block_until_ready(metrics)
+
+  converter = convert.Converter(model, config, trainers.get('normal'))
+  utterance = np.random.default_rng(1).normal(-4, 2, (80, 512)).astype(np.float32)
+  target = converter.speaker([utterance])
+  infer = lambda: converter.convert_mel(utterance, target)
+  return _median_time(step, steps, warmup), _median_time(infer, steps, warmup)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--original', default=None, help='local clone of ericwudayi/SkipVQVC')
+  parser.add_argument('--presets', default='n64_ch64,n512_ch512')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--warmup', type=int, default=5)
+  parser.add_argument('--threads', type=int, default=2)
+  args = parser.parse_args()
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print('skipped: torch is not installed (pip install -e ".[torch]")')
+    return
+  if not args.original or not os.path.isfile(os.path.join(args.original, 'model', 'vqvc+',
+                                                          'vq_model.py')):
+    print(f'skipped: --original={args.original} is not a clone of SkipVQVC (no model/vqvc+/vq_model.py)')
+    return
+  torch.set_num_threads(args.threads)
+  print(f'{"preset":12} {"original ms/step":>16} {"ours ms/step":>12} {"speed-up":>8} | '
+        f'{"original infer ms":>17} {"ours infer ms":>13} {"speed-up":>8}')
+  for preset in args.presets.split(','):
+    config_file, folder = PRESETS[preset]
+    channel, n_embed = int(preset.split('_ch')[1]), int(preset.split('_')[0][1:])
+    steps = max(3, args.steps // 5) if channel >= 512 else args.steps
+    o_step, o_infer = time_original(args.original, folder, channel, n_embed, steps,
+                                    min(args.warmup, 2) if channel >= 512 else args.warmup)
+    j_step, j_infer = time_ours(config_file, preset, steps, args.warmup)
+    print(f'{preset:12} {o_step * 1e3:>16.1f} {j_step * 1e3:>12.1f} {o_step / j_step:>7.2f}x | '
+          f'{o_infer * 1e3:>17.1f} {j_infer * 1e3:>13.1f} {o_infer / j_infer:>7.2f}x', flush=True)
+
+
+if __name__ == '__main__':
+  main()

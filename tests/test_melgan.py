@@ -1,0 +1,91 @@
+"""The MelGAN generator against the golden outputs of melgan-neurips, and its porting."""
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from skipvqvc_jax import port_torch, vocoders
+from skipvqvc_jax.vocoders import melgan
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope='module')
+def golden(parity_dir):
+  with np.load(parity_dir / 'melgan_generator.npz') as data:
+    return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope='module')
+def generator(golden):
+  state_dict = {k.removeprefix('param/'): v for k, v in golden.items() if k.startswith('param/')}
+  return port_torch.load_state_dict(melgan.MelGANGenerator(), state_dict)
+
+
+def test_audio_matches_the_original(generator, golden):
+  run = jax.jit(lambda m: (generator(m), generator(m, pre_tanh=True)))
+  audio, pre_tanh = map(np.asarray, run(golden['input/mel']))
+  assert audio.shape == (2, 134 * 256)
+  assert np.abs(audio - golden['out/audio'][:, 0]).max() <= 1e-5
+  assert np.abs(pre_tanh - golden['out/pre_tanh'][:, 0]).max() <= 1e-5
+  # The base output is nearly constant; compare its variation too.
+  centred = audio - audio.mean()
+  golden_centred = golden['out/audio'][:, 0] - golden['out/audio'].mean()
+  assert np.abs(centred - golden_centred).max() <= 1e-6
+
+
+def test_intermediate_activations_and_weights(generator, golden):
+  mel = golden['input/mel'][:1]
+  x = generator.conv_in(melgan._reflect(np.swapaxes(mel, 1, 2), 3))
+  act = golden['act/conv_in'].transpose(0, 2, 1)
+  assert np.abs(np.asarray(x) - act).max() <= 1e-5 * np.abs(act).max()
+  up = generator.ups[0].up(jax.nn.leaky_relu(x, 0.2))
+  act = golden['act/up0_convT'].transpose(0, 2, 1)
+  assert np.abs(np.asarray(up) - act).max() <= 1e-5 * np.abs(act).max()
+  for name, variable in melgan.torch_table(generator).items():
+    if name.endswith('weight_v'):
+      layer = name.removesuffix('.weight_v')
+      derived = golden[f'derived/{layer}.weight']
+      owner = next(m for m in _layers(generator) if m.v is variable)
+      assert np.abs(np.asarray(owner.weight()) - derived).max() <= 1e-7, layer
+
+
+def _layers(generator):
+  yield generator.conv_in
+  for up in generator.ups:
+    yield up.up
+    for block in up.blocks:
+      yield from (block.conv_dilated, block.conv_1x1, block.shortcut)
+  yield generator.conv_out
+
+
+def test_hot_weights_give_a_full_waveform_that_matches(golden):
+  state_dict = {k.removeprefix('param/'): v * np.float32(1.75) if k.endswith('weight_g') else v
+                for k, v in golden.items() if k.startswith('param/')}
+  generator = port_torch.load_state_dict(melgan.MelGANGenerator(), state_dict)
+  audio = np.asarray(jax.jit(generator)(golden['input/mel']))
+  assert audio.std() > 0.1  # a real waveform, not the near-constant base output
+  np.testing.assert_allclose(audio, golden['hot/out/audio'][:, 0], atol=2e-5, rtol=1e-4)
+
+
+def test_port_names_missing_keys(golden):
+  state_dict = {k.removeprefix('param/'): v for k, v in golden.items()
+                if k.startswith('param/') and k != 'param/model.24.bias'}
+  with pytest.raises(port_torch.PortError, match=r'MelGAN generator .* missing keys: model\.24\.bias'):
+    port_torch.load_state_dict(melgan.MelGANGenerator(), state_dict)
+
+
+def test_cli_port_and_vocoder_directory(golden, parity_dir, tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'skipvqvc_jax.port_torch',
+                           str(parity_dir / 'melgan_generator.npz'), str(tmp_path / 'melgan'),
+                           '--model=melgan', '--prefix=param/'], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert '"ngf": 32' in result.stdout and '"residual_layers": 3' in result.stdout
+  vocoder = vocoders.get(str(tmp_path / 'melgan'))
+  wave = vocoder(golden['input/mel'][0])
+  assert wave.shape == (134 * 256,) and vocoder.sample_rate == 22050
+  assert np.abs(wave - golden['out/audio'][0, 0]).max() <= 1e-5
+  with pytest.raises(ValueError, match='unknown vocoder'):
+    vocoders.get(str(tmp_path / 'nothing'))
