@@ -67,7 +67,9 @@ def main(argv):
   logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   import jax  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
-  if FLAGS.coordinator_address or (config is not None and config.distributed):
+  # Multi-process when a flag, the config or the environment (JAX_COORDINATOR_ADDRESS) says so.
+  if (FLAGS.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+      or (config is not None and config.distributed)):
     # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
