@@ -88,7 +88,7 @@ def main(argv):
         raise ValueError(f'--mode={FLAGS.mode} needs --workdir of a training run')
       if FLAGS.mode == 'eval':
         from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
-        metrics = evaluate.run(FLAGS.workdir, config, FLAGS.step, FLAGS.vocoder)
+        metrics = evaluate.run(FLAGS.workdir, FLAGS.step, FLAGS.vocoder)
         logging.info('test metrics: %s', json.dumps(metrics))
       else:
         _convert(FLAGS.workdir)

@@ -114,11 +114,11 @@ class Converter:
     mel = self._decode(self._state, enc, target, self.rng)
     return np.asarray(self.trainer.denormalize(np.asarray(mel[0])))[:, :source.shape[1]]
 
-  def reconstruct_mel(self, source: np.ndarray) -> np.ndarray:
+  def reconstruct(self, source: np.ndarray):
+    """(raw log-mel reconstruction with the source's own speaker terms, the source's encoding)."""
     enc = self.encode(source)
-    own = Speaker(enc.speaker, enc.std)
-    mel = self._decode(self._state, enc, own, self.rng)
-    return np.asarray(self.trainer.denormalize(np.asarray(mel[0])))[:, :source.shape[1]]
+    mel = self._decode(self._state, enc, Speaker(enc.speaker, enc.std), self.rng)
+    return np.asarray(self.trainer.denormalize(np.asarray(mel[0])))[:, :source.shape[1]], enc
 
   # ---- files ----------------------------------------------------------------------------------
 
@@ -168,7 +168,7 @@ def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
   if os.path.dirname(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
   wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
-  corpus._atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype='PCM_16',
+  corpus.atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype='PCM_16',
                                                   format='WAV'))
 
 

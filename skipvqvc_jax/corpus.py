@@ -53,7 +53,7 @@ def speaker_of(feature_file: str) -> str:
 
 # ---- writing files safely -------------------------------------------------------------------------
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
   """Writes via a temporary file in the same folder and renames it: no half-written file is visible."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
@@ -72,7 +72,7 @@ def save_npy(path: str, array: np.ndarray) -> None:
   def write(tmp):
     with open(tmp, 'wb') as f:
       np.save(f, array, allow_pickle=False)
-  _atomic_write(path, write)
+  atomic_write(path, write)
 
 
 def save_json(path: str, obj) -> None:
@@ -80,7 +80,7 @@ def save_json(path: str, obj) -> None:
     with open(tmp, 'w') as f:
       json.dump(obj, f, indent=1, sort_keys=False)
       f.write('\n')
-  _atomic_write(path, write)
+  atomic_write(path, write)
 
 
 def load_json(path: str):
@@ -304,7 +304,7 @@ def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> Non
   def write(tmp):
     with open(tmp, 'wb') as f:
       np.savez(f, mean=mean.astype(np.float32), std=std.astype(np.float32), frames=count)
-  _atomic_write(os.path.join(output_dir, STATS_FILE), write)
+  atomic_write(os.path.join(output_dir, STATS_FILE), write)
 
 
 def _manifest(input_dir, params, min_frames, split, items, skipped) -> dict:

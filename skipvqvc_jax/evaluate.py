@@ -107,11 +107,11 @@ def choose_pairs(files: Sequence[str], num_pairs: int, seed: int) -> list[dict]:
 
 # ---- the run --------------------------------------------------------------------------------------
 
-def run(workdir: str, config=None, step: int | None = None, vocoder: str = 'griffin_lim',
-        num_pairs: int = 20, report_pairs: int = 6) -> dict:
-  """Evaluates the checkpoint (default: latest) of `workdir`; returns the metrics it writes."""
+def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num_pairs: int = 20,
+        report_pairs: int = 6) -> dict:
+  """Evaluates the checkpoint (default: latest) of `workdir`, as its own config.json describes it;
+  returns the metrics it writes."""
   from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
-  del config  # the workdir's own config.json describes the run
   converter = convert.Converter.restore(workdir, step, vocoder)
   cfg = converter.config
   step = train.latest_step(workdir) if step is None else step
@@ -124,8 +124,7 @@ def run(workdir: str, config=None, step: int | None = None, vocoder: str = 'grif
   l1, frames, codes = 0.0, 0, [[] for _ in range(converter.model.num_scales)]
   for f in files:
     mel = np.load(f)
-    enc = converter.encode(mel)
-    recon = converter.reconstruct_mel(mel)
+    recon, enc = converter.reconstruct(mel)
     l1 += float(np.abs(recon - mel).sum())
     frames += mel.size
     for s, c in enumerate(enc.codes):
@@ -221,13 +220,14 @@ def _flat(metrics: dict, prefix: str = '') -> dict:
 
 def _write_report(out_dir, assets, metrics, pairs, converter) -> None:
   """A static page: metrics table, and per pair the mels as images and the audio as players."""
+  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
   rows = ''.join(f'<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>' if isinstance(v, float)
                  else f'<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>'
                  for k, v in _flat(metrics).items())
   sections = []
   for i, pair in enumerate(pairs):
     mels = dict(source=np.load(pair['source']), target_reference=np.load(pair['reference']),
-                reconstruction=converter.reconstruct_mel(np.load(pair['source'])),
+                reconstruction=converter.reconstruct(np.load(pair['source']))[0],
                 conversion=pair['converted_mel'])
     if pair['parallel']:
       mels['target_same_sentence'] = np.load(pair['parallel'])
@@ -235,7 +235,6 @@ def _write_report(out_dir, assets, metrics, pairs, converter) -> None:
     for name, mel in mels.items():
       stem = f'pair{i:02d}_{name}'
       _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, name))
-      from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
       convert.write_wav(os.path.join(assets, stem + '.wav'), converter.vocoder(mel),
                         converter.vocoder.sample_rate)
       cells.append(f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
@@ -255,7 +254,7 @@ MCD-DTW compares each conversion with the target speaker's own recording of the 
 baseline compares the unconverted source with it.</p>
 <table>{rows}</table><h2>Conversions</h2>{''.join(sections)}</body></html>
 """
-  corpus._atomic_write(os.path.join(out_dir, 'report.html'),
+  corpus.atomic_write(os.path.join(out_dir, 'report.html'),
                        lambda tmp: open(tmp, 'w').write(page))
 
 

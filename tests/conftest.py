@@ -78,3 +78,16 @@ def main_flags(features, workdir, **overrides):
           'eval_batches': config.eval_batches}
   return ['--config=configs/vqvc_plus.py:n64_ch64', f'--workdir={workdir}'] + [
       f'--config.{k}={v}' for k, v in flat.items()]
+
+
+@pytest.fixture(scope='session')
+def ported_melgan(parity_dir, tmp_path_factory):
+  """The golden MelGAN generator ported with the CLI: (model directory, the CLI's stdout)."""
+  import subprocess
+  import sys
+  out = tmp_path_factory.mktemp('melgan') / 'melgan'
+  result = subprocess.run([sys.executable, '-m', 'skipvqvc_jax.port_torch',
+                           str(parity_dir / 'melgan_generator.npz'), str(out), '--model=melgan',
+                           '--prefix=param/'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  return out, result.stdout

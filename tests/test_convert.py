@@ -202,16 +202,11 @@ def test_eval_writes_metrics_and_a_report(workdir):
     assert (workdir / 'eval' / ref).exists(), ref
 
 
-def test_convert_with_a_ported_melgan_vocoder(workdir, parity_dir, tmp_path):
-  port = subprocess.run([sys.executable, '-m', 'skipvqvc_jax.port_torch',
-                         str(parity_dir / 'melgan_generator.npz'), str(tmp_path / 'melgan'),
-                         '--model=melgan', '--prefix=param/'], cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
-  assert port.returncode == 0, port.stderr
+def test_convert_with_a_ported_melgan_vocoder(workdir, ported_melgan, tmp_path):
   source = DEMO / 'kal' / 'kal_007.ogg'
   result = _main('--mode=convert', f'--workdir={workdir}', f'--source={source}',
                  f'--target={DEMO / "slt" / "slt_001.ogg"}', f'--output={tmp_path / "m.wav"}',
-                 f'--vocoder={tmp_path / "melgan"}')
+                 f'--vocoder={ported_melgan[0]}')
   assert result.returncode == 0, result.stderr[-2000:]
   info = sf.info(tmp_path / 'm.wav')
   assert info.samplerate == 22050 and info.frames == _frames(source) * 256

@@ -1,14 +1,10 @@
 """The MelGAN generator against the golden outputs of melgan-neurips, and its porting."""
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
 from skipvqvc_jax import port_torch, vocoders
 from skipvqvc_jax.vocoders import melgan
-from tests.conftest import REPO
 
 
 @pytest.fixture(scope='module')
@@ -76,14 +72,10 @@ def test_port_names_missing_keys(golden):
     port_torch.load_state_dict(melgan.MelGANGenerator(), state_dict)
 
 
-def test_cli_port_and_vocoder_directory(golden, parity_dir, tmp_path):
-  result = subprocess.run([sys.executable, '-m', 'skipvqvc_jax.port_torch',
-                           str(parity_dir / 'melgan_generator.npz'), str(tmp_path / 'melgan'),
-                           '--model=melgan', '--prefix=param/'], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-  assert result.returncode == 0, result.stderr
-  assert '"ngf": 32' in result.stdout and '"residual_layers": 3' in result.stdout
-  vocoder = vocoders.get(str(tmp_path / 'melgan'))
+def test_cli_port_and_vocoder_directory(golden, ported_melgan, tmp_path):
+  directory, stdout = ported_melgan
+  assert '"ngf": 32' in stdout and '"residual_layers": 3' in stdout
+  vocoder = vocoders.get(str(directory))
   wave = vocoder(golden['input/mel'][0])
   assert wave.shape == (134 * 256,) and vocoder.sample_rate == 22050
   assert np.abs(wave - golden['out/audio'][0, 0]).max() <= 1e-5
