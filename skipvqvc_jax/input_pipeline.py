@@ -12,6 +12,7 @@ a single-process run.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Sequence
@@ -93,16 +94,15 @@ class CropBatches(grain.MapDataset):
     self.offset = shard_index * local_batch
     self.per_epoch = len(source) // self.global_batch
     self.num_epochs = num_epochs
-    self._order_epoch, self._order = -1, None
+    # Batches are read roughly in order (by prefetch threads, so concurrently): the current and the
+    # next epoch's orders are enough, and lru_cache returns each caller its own epoch's order.
+    self._epoch_order = functools.lru_cache(maxsize=2)(self._permutation)
 
   def __len__(self) -> int:
     return sys.maxsize if self.num_epochs is None else self.per_epoch * self.num_epochs
 
-  def _epoch_order(self, epoch: int) -> np.ndarray:
-    if epoch != self._order_epoch:  # batches are read in order, so one epoch is cached
-      self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
-      self._order_epoch = epoch
-    return self._order
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
 
   def __getitem__(self, index):
     if isinstance(index, slice):
