@@ -206,10 +206,7 @@ class Steps:
     model = self.model(params)
     recon_key, convert_key = jax.random.split(rng)
     source, target = self.trainer.normalize(source), self.trainer.normalize(target)
-    if self.trainer.stretch_rhythm:
-      recon, _ = model.reconstruct(source, rhythm_mel=source, rng=recon_key)
-    else:
-      recon, _ = model.reconstruct(source, rng=recon_key)
+    recon, _ = model.reconstruct(source, rng=recon_key)  # the rhythm model: rhythm from source too
     return recon.astype(jnp.float32), model.convert(source, target, rng=convert_key).astype(
         jnp.float32)
 
@@ -309,7 +306,7 @@ class _Preemption:
 
 
 def _prepare_workdir(config, workdir: str, data: Data) -> None:
-  """Writes what a restore needs without flags: config.json, model.json and (mean_std) stats.npz."""
+  """Writes what a restore needs without flags: config.json and (mean_std) stats.npz."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
@@ -318,7 +315,8 @@ def _prepare_workdir(config, workdir: str, data: Data) -> None:
                           stats_file=data.stats_file)
   corpus.save_json(os.path.join(workdir, 'config.json'), resolved)
   if config.trainer == 'mean_std':
-    shutil.copyfile(data.stats_file, os.path.join(workdir, corpus.STATS_FILE))
+    corpus.atomic_write(os.path.join(workdir, corpus.STATS_FILE),
+                        lambda tmp: shutil.copyfile(data.stats_file, tmp))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
