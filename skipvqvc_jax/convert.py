@@ -125,17 +125,11 @@ class Converter:
   def convert_file(self, source: str, targets: Sequence[str], output: str,
                    output_mel: bool = False) -> str:
     """Converts one file; writes a wav (or, with output_mel, a MelGAN-compatible .npy)."""
-    mel = self.convert_mel(self.features(source), self.speaker([self.features(t) for t in targets]))
-    if output_mel:
-      output = os.path.splitext(output)[0] + '.npy'
-      corpus.save_npy(output, mel.astype(np.float32))
-    else:
-      write_wav(output, self.vocoder(mel), self.vocoder.sample_rate)
-    return output
+    return self.convert_many([(source, targets, output)], output_mel, log=lambda _: None)[0]
 
   def convert_many(self, jobs: Sequence[tuple[str, Sequence[str], str]], output_mel=False,
                    log=print) -> list[str]:
-    """(source, targets, output) jobs; each target speaker is encoded once."""
+    """(source, targets, output) jobs; each set of target references is encoded once."""
     speakers: dict[tuple, Speaker] = {}
     written = []
     for source, targets, output in jobs:
