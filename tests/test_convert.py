@@ -210,3 +210,17 @@ def test_convert_with_a_ported_melgan_vocoder(workdir, ported_melgan, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   info = sf.info(tmp_path / 'm.wav')
   assert info.samplerate == 22050 and info.frames == _frames(source) * 256
+
+
+def test_console_scripts(workdir, tmp_path):
+  bin_dir = os.path.dirname(sys.executable)
+  convert_script = os.path.join(bin_dir, 'skipvqvc-convert')
+  if not os.path.exists(convert_script):
+    pytest.skip('console scripts are installed by pip install -e ".[test]"')
+  result = subprocess.run([convert_script, f'--workdir={workdir}', f'--source={tmp_path / "no.wav"}',
+                           f'--target={DEMO / "slt" / "slt_001.ogg"}', f'--output={tmp_path / "o.wav"}'],
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1 and f'error: {tmp_path / "no.wav"}: no such file' in result.stderr
+  result = subprocess.run([os.path.join(bin_dir, 'skipvqvc-preprocess'), str(tmp_path / 'nothing'),
+                           str(tmp_path / 'out')], capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1 and 'does not exist' in result.stderr
