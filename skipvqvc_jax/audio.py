@@ -84,11 +84,6 @@ def hann_window(length: int) -> np.ndarray:
   return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)).astype(np.float32)
 
 
-def num_frames(num_samples: int, params: FeatureParams = FeatureParams()) -> int:
-  pad = (params.n_fft - params.hop_length) // 2
-  return 1 + (num_samples + 2 * pad - params.n_fft) // params.hop_length
-
-
 def magnitude(y: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
   """|STFT| of the reflect-padded waveform, (n_fft // 2 + 1, frames)."""
   pad = (params.n_fft - params.hop_length) // 2

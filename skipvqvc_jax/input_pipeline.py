@@ -48,7 +48,7 @@ class FeatureSource(grain.sources.RandomAccessDataSource):
 
   def __init__(self, files: Sequence[str], in_memory: bool | None = None):
     self.files = list(files)
-    self.speakers = sorted({corpus.speaker_of(f) for f in self.files})
+    self.speakers = speaker_names(self.files)
     index = {s: i for i, s in enumerate(self.speakers)}
     self.speaker_ids = np.array([index[corpus.speaker_of(f)] for f in self.files], np.int32)
     if in_memory is None:
@@ -138,6 +138,11 @@ def make_iterator(dataset: grain.MapDataset, *, prefetch: int = 4, threads: int 
   return iter(dataset.to_iter_dataset(options))
 
 
+def speaker_names(files: Sequence[str]) -> list[str]:
+  """The speakers of feature files, in the order of their ids in batches."""
+  return sorted({corpus.speaker_of(f) for f in files})
+
+
 def speakers(features_dir: str) -> list[str]:
-  """The speakers of a features folder, in the order of their ids in batches."""
-  return FeatureSource(list_features(features_dir)).speakers
+  """The speakers of a features folder (read from the file names; nothing is loaded)."""
+  return speaker_names(list_features(features_dir))

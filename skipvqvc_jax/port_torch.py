@@ -105,11 +105,6 @@ def _describe(model) -> str:
   return f'{model.name} (channel={model.channel}, n_embed={model.n_embed})'
 
 
-def expected_keys(model: VQVCPlus) -> list[str]:
-  """The state-dict names `model` takes (unused original modules excluded)."""
-  return sorted(_param_table(model))
-
-
 def load_state_dict(model, state_dict: Mapping[str, np.ndarray]):
   """Copies an original SkipVQVC state dict into `model` (in place) and returns it.
 
