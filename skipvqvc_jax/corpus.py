@@ -247,7 +247,8 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
   if items or known_skips:
     log(f'{len(items)} features already made, {len(tasks)} files to process')
 
-  for (utt, out_rel, key), result in zip(pending, _run_parallel(tasks, workers, progress)):
+  for (utt, out_rel, key), result in zip(pending, _run_parallel(_featurise, tasks, workers,
+                                                                progress)):
     if result['ok']:
       items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker,
                         frames=result['frames'], trim=result['trim']))
@@ -269,21 +270,80 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
   return manifest
 
 
-def _run_parallel(tasks: list, workers: int | None, progress: bool) -> Iterable[dict]:
-  """Results of _featurise in task order, over `workers` processes with a progress bar."""
+def _run_parallel(work: Callable[[tuple], dict], tasks: list, workers: int | None,
+                  progress: bool) -> Iterable[dict]:
+  """Results of `work` in task order, over `workers` processes with a progress bar."""
   import tqdm  # pylint: disable=import-outside-toplevel
   workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
   bar = tqdm.tqdm(total=len(tasks), unit='file', disable=not progress or not tasks)
   if workers <= 1:
     for task in tasks:
-      yield _featurise(task)
+      yield work(task)
       bar.update()
   else:
     with multiprocessing.get_context('spawn').Pool(workers) as pool:
-      for result in pool.imap(_featurise, tasks, chunksize=4):
+      for result in pool.imap(work, tasks, chunksize=4):
         yield result
         bar.update()
   bar.close()
+
+
+# ---- waveforms (vocoder training) -----------------------------------------------------------------
+
+WAVE_SCALE = 32767  # cached waveforms are int16: half the disk and memory of float32
+
+
+def num_frames(samples: int, params: audio.FeatureParams) -> int:
+  """Frames of `audio.log_mel` for a waveform of `samples` samples (hop-sized steps after padding)."""
+  # padded by n_fft - hop in all, one frame per hop while n_fft samples remain
+  return 1 + (samples - params.hop_length) // params.hop_length
+
+
+def _cache_waveform(task) -> dict:
+  """Worker: one source file -> its trimmed waveform as int16 (1, samples) .npy."""
+  source_path, out_path, params, trim, frames = task
+  try:
+    y = audio.load(source_path, params)
+    y = y[trim[0]:trim[1]] if trim else audio.trim(y, params)[0]
+  except (audio.AudioError, OSError) as e:
+    return dict(ok=False, reason=str(e))
+  if num_frames(len(y), params) != frames:
+    return dict(ok=False, reason=f'gives {num_frames(len(y), params)} frames, the features have '
+                                 f'{frames}: the audio changed since preprocessing')
+  save_npy(out_path, np.round(np.clip(y, -1.0, 1.0) * WAVE_SCALE).astype(np.int16)[None])
+  return dict(ok=True)
+
+
+def cache_waveforms(features_dir: str, out_dir: str, params: audio.FeatureParams, *,
+                    workers: int | None = None, progress: bool = False) -> None:
+  """The trimmed waveform behind every feature file of `features_dir`, as `out_dir/<file>.npy`.
+
+  A vocoder trains on audio segments and their mels; the manifest of the preprocessed corpus names
+  each feature's source and its trim range, so the waveform is re-read once and cut exactly as the
+  features were. Files already cached are kept (resumable); a source that is gone or changed is an
+  error naming it.
+  """
+  root_dir = features_dir if os.path.isfile(os.path.join(features_dir, MANIFEST)) else (
+      os.path.dirname(os.path.abspath(features_dir)))
+  manifest = read_manifest(root_dir)
+  subset = os.path.relpath(os.path.abspath(features_dir), os.path.abspath(root_dir))
+  check_feature_params(root_dir, params)
+  source_root = audio_root(manifest['input_dir'])
+  tasks = []
+  for item in manifest['items']:
+    if subset != '.' and not item['file'].startswith(subset + os.sep):
+      continue
+    out_path = os.path.join(out_dir, os.path.relpath(item['file'], subset))
+    if os.path.exists(out_path):
+      continue
+    source_path = os.path.join(source_root, item['source'])
+    if not os.path.isfile(source_path):
+      raise CorpusError(f'{source_path}, the source of {item["file"]} in {root_dir}, is missing: '
+                        f'training a vocoder needs the audio the features were made from')
+    tasks.append((source_path, out_path, params, item.get('trim'), item['frames']))
+  for task, result in zip(tasks, _run_parallel(_cache_waveform, tasks, workers, progress)):
+    if not result['ok']:
+      raise CorpusError(f'{task[0]}: {result["reason"]}')
 
 
 def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> None:

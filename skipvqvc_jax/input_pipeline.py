@@ -39,28 +39,30 @@ IN_MEMORY_LIMIT = 1 << 30  # feature sets up to 1 GiB are read once and kept in 
 
 
 class FeatureSource(grain.sources.RandomAccessDataSource):
-  """Random access to (mel, speaker id) pairs.
+  """Random access to (array, speaker id) pairs: `{key: (channels, time) array, 'speaker': id}`.
+
+  The arrays are log-mels (key 'mel') or, for vocoder training, cached waveforms (key 'audio').
 
   Small feature sets are read into memory once; larger ones are memory-mapped per access, so a crop
   reads only itself. Opening and mapping a file costs more than the crop, and on a machine whose cores
   also run the step that showed: 15% slower steps at the demo preset with mapped files (benchmarks).
   """
 
-  def __init__(self, files: Sequence[str], in_memory: bool | None = None):
-    self.files = list(files)
+  def __init__(self, files: Sequence[str], in_memory: bool | None = None, key: str = 'mel'):
+    self.files, self.key = list(files), key
     self.speakers = speaker_names(self.files)
     index = {s: i for i, s in enumerate(self.speakers)}
     self.speaker_ids = np.array([index[corpus.speaker_of(f)] for f in self.files], np.int32)
     if in_memory is None:
       in_memory = sum(os.path.getsize(f) for f in self.files) <= IN_MEMORY_LIMIT
-    self.mels = [np.load(f) for f in self.files] if in_memory else None
+    self.arrays = [np.load(f) for f in self.files] if in_memory else None
 
   def __len__(self) -> int:
     return len(self.files)
 
   def __getitem__(self, i: int) -> dict:
-    mel = self.mels[i] if self.mels is not None else np.load(self.files[i], mmap_mode='r')
-    return dict(mel=mel, speaker=self.speaker_ids[i])
+    array = self.arrays[i] if self.arrays is not None else np.load(self.files[i], mmap_mode='r')
+    return {self.key: array, 'speaker': self.speaker_ids[i]}
 
 
 def random_crop(mel: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -112,19 +114,21 @@ class CropBatches(grain.MapDataset):
     files = self._epoch_order(epoch)[first:first + self.local]
     positions = np.random.default_rng([self.seed, index]).random(self.global_batch)
     positions = positions[self.offset:self.offset + self.local]
-    mels = [crop_at(self.source[i]['mel'], self.frames, u) for i, u in zip(files, positions)]
-    return dict(mel=np.stack(mels), speaker=self.source.speaker_ids[files])
+    key = self.source.key
+    crops = [crop_at(self.source[i][key], self.frames, u) for i, u in zip(files, positions)]
+    return {key: np.stack(crops), 'speaker': self.source.speaker_ids[files]}
 
 
 def make_dataset(features_dir: str, *, batch_size: int, crop_frames: int = 128, seed: int = 0,
-                 shard_index: int = 0, shard_count: int = 1,
-                 num_epochs: int | None = None) -> grain.MapDataset:
+                 shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
+                 key: str = 'mel') -> grain.MapDataset:
   """Batches of random crops, reshuffled each epoch; this process's slice of every global batch.
 
   batch_size is per process (the global batch / the number of processes). With num_epochs=None the
-  stream is infinite; batch i is `dataset[i]`, whatever happened before.
+  stream is infinite; batch i is `dataset[i]`, whatever happened before. crop_frames counts the last
+  axis: frames of mels, or samples of waveforms (key='audio').
   """
-  source = FeatureSource(list_features(features_dir))
+  source = FeatureSource(list_features(features_dir), key=key)
   if len(source) < batch_size * shard_count:
     raise corpus.CorpusError(f'{features_dir}: {len(source)} files, fewer than the global batch of '
                              f'{batch_size * shard_count}')

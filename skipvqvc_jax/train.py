@@ -305,31 +305,90 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _prepare_workdir(config, workdir: str, data: Data) -> None:
-  """Writes what a restore needs without flags: config.json and (mean_std) stats.npz."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
+class VoiceConversionTask:
+  """Training a VQVC+ model: what the loop asks of a task (see `train_and_evaluate`).
+
+  A task owns its data, its initial state, the jitted train step, the host-side preparation of each
+  batch, evaluation and samples; the loop owns order, checkpoints, logging and stopping.
+  """
+
+  log_keys = ('loss', 'recon_loss', 'latent_loss', 'grad_norm')
+
+  def __init__(self, config, workdir: str, mesh):
+    self.config, self.mesh = config, mesh
+    self.data = resolve_data(config, workdir)
+    self.trainer = trainers.get(config.trainer, self.data.stats_file)
+    self.local_batch = sharding.local_batch_size(config.batch_size)
+    self.model = build_model(config)
+    self.steps = Steps(config, self.model, self.trainer, mesh)
+    self.train_step = self.steps.train_step
+    self.test_batches = eval_batches(config, self.data, self.trainer, self.local_batch)
+    self.pair = sample_pair(self.data.test_dir, config.data.crop_frames)
+    self.vocoder = vocoders.get(config.vocoder, feature_params(config))
+
+  @property
+  def traces(self) -> int:
+    return self.steps.traces
+
+  def initial_state(self) -> dict:
+    return initial_state(self.config, init_params(self.config, self.model), self.steps.tx)
+
+  def dataset(self):
+    return input_pipeline.make_dataset(
+        self.data.train_dir, batch_size=self.local_batch, crop_frames=self.config.data.crop_frames,
+        seed=self.config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  def inputs(self, batch: dict, step: int) -> dict:
+    return self.trainer.augment(batch['mel'], np.random.default_rng([self.config.seed, step]))
+
+  def prepare_workdir(self, workdir: str) -> None:
+    """The mean/std trainer's statistics go into the workdir, so a restore needs nothing else."""
+    if self.config.trainer == 'mean_std':
+      corpus.atomic_write(os.path.join(workdir, corpus.STATS_FILE),
+                          lambda tmp: shutil.copyfile(self.data.stats_file, tmp))
+
+  def evaluate(self, state: dict) -> dict:
+    return evaluate(self.steps, state, self.test_batches, self.mesh,
+                    jax.random.key(self.config.seed + 2))
+
+  def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
+    write_samples(writer, self.steps, state, self.pair, self.vocoder, step)
+
+
+def make_task(config, workdir: str, mesh):
+  """The task `config.task` names: voice conversion (the default) or a vocoder."""
+  task = config.get('task', 'voice_conversion')
+  if task == 'voice_conversion':
+    return VoiceConversionTask(config, workdir, mesh)
+  if task == 'vocoder':
+    from skipvqvc_jax.vocoders import training  # pylint: disable=import-outside-toplevel
+    return training.VocoderTask(config, workdir, mesh)
+  raise ValueError(f'config.task={task!r}: use voice_conversion or vocoder')
+
+
+def _save_config(config, workdir: str, data: Data) -> None:
+  """config.json with the resolved data folders: what a restore reads instead of flags."""
   resolved = config.to_dict()
   resolved['data'].update(train_dir=data.train_dir, test_dir=data.test_dir,
                           stats_file=data.stats_file)
   corpus.save_json(os.path.join(workdir, 'config.json'), resolved)
-  if config.trainer == 'mean_std':
-    corpus.atomic_write(os.path.join(workdir, corpus.STATS_FILE),
-                        lambda tmp: shutil.copyfile(data.stats_file, tmp))
+
+
+def _metrics_line(metrics: dict, keys) -> str:
+  return ' '.join(f'{k} {metrics[k]:.4f}' for k in keys if k in metrics)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns a summary."""
-  data = resolve_data(config, workdir)
-  trainer = trainers.get(config.trainer, data.stats_file)
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns a summary.
+
+  The one training loop of the project, for every task (`make_task`): data order, the train step,
+  evaluation and samples, checkpoints with the data iterator's position, preemption and divergence.
+  """
   mesh = sharding.make_mesh()
-  local_batch = sharding.local_batch_size(config.batch_size)
-  model = build_model(config)
-  steps = Steps(config, model, trainer, mesh)
+  task = make_task(config, workdir, mesh)
   ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
 
-  fresh = initial_state(config, init_params(config, model), steps.tx)
+  fresh = task.initial_state()
   latest = ckpt.latest_step()
   if latest is not None and not config.resume:
     if jax.process_index() == 0:
@@ -340,12 +399,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _sync('move-checkpoints')
     ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
     latest = None
-  _prepare_workdir(config, workdir, data)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    _save_config(config, workdir, task.data)
+    task.prepare_workdir(workdir)
 
-  dataset = input_pipeline.make_dataset(
-      data.train_dir, batch_size=local_batch, crop_frames=config.data.crop_frames, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count())
-  iterator = input_pipeline.make_iterator(dataset, prefetch=config.data.prefetch)
+  iterator = input_pipeline.make_iterator(task.dataset(), prefetch=config.data.prefetch)
   if latest is not None:
     state, data_state = ckpt.restore(abstract_like(fresh, mesh))
     iterator.set_state(data_state)
@@ -355,21 +414,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   del fresh
 
   writer = summaries.Writer(workdir)
-  vocoder = vocoders.get(config.vocoder, feature_params(config))
-  test_batches = eval_batches(config, data, trainer, local_batch)
-  pair = sample_pair(data.test_dir, config.data.crop_frames)
-  eval_rng = jax.random.key(config.seed + 2)
   step = int(jax.device_get(state['step']))
   summary: dict[str, Any] = dict(start_step=step, evals={}, status='finished')
 
   def run_eval(step):
-    metrics = evaluate(steps, state, test_batches, mesh, eval_rng)
+    metrics = task.evaluate(state)
     writer.scalars(step, metrics, 'test/')
-    write_samples(writer, steps, state, pair, vocoder, step)
+    task.write_samples(writer, state, step)
     writer.flush()
     summary['evals'][step] = metrics
-    logging.info('step %d: test loss %.4f recon %.4f latent %.4f', step, metrics['loss'],
-                 metrics['recon_loss'], metrics['latent_loss'])
+    logging.info('step %d: test %s', step, _metrics_line(metrics, task.log_keys))
 
   def save(step, force=False):
     ckpt.save(step, state, iterator.get_state(), force=force)
@@ -385,9 +439,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         save(step, force=True)
         summary['status'] = 'preempted'
         break
-      batch = next(iterator)
-      inputs = trainer.augment(batch['mel'], np.random.default_rng([config.seed, step]))
-      state, metrics = steps.train_step(state, sharding.global_batch(mesh, inputs))
+      inputs = task.inputs(next(iterator), step)
+      state, metrics = task.train_step(state, sharding.global_batch(mesh, inputs))
       if previous is not None:
         _check_finite(*previous, ckpt)
       step += 1
@@ -401,9 +454,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         host = {k: float(v) for k, v in host.items() if k != 'finite'}
         writer.scalars(step, dict(host, steps_per_sec=rate), 'train/')
         eta = (config.num_train_steps - step) / rate if rate else 0
-        logging.info('step %d/%d | loss %.4f recon %.4f latent %.4f | grad %.2f | %.2f steps/s | '
-                     'ETA %s', step, config.num_train_steps, host['loss'], host['recon_loss'],
-                     host['latent_loss'], host['grad_norm'], rate, _duration(eta))
+        logging.info('step %d/%d | %s | %.2f steps/s | ETA %s', step, config.num_train_steps,
+                     _metrics_line(host, task.log_keys), rate, _duration(eta))
         summary['last_train'] = host
         summary.setdefault('train_losses', {})[step] = host['loss']
         timer, timed_steps = time.perf_counter(), 0
@@ -415,7 +467,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt.wait()
   ckpt.close()
   writer.close()
-  summary.update(step=step, compiles=steps.traces, checkpoint_dir=ckpt.directory)
+  summary.update(step=step, compiles=task.traces, checkpoint_dir=ckpt.directory)
   if jax.process_index() == 0:
     corpus.save_json(os.path.join(workdir, 'train_summary.json'),
                      dict(summary, evals={str(k): v for k, v in summary['evals'].items()},

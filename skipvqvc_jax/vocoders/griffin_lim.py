@@ -50,6 +50,16 @@ def istft(spec, params: audio.FeatureParams):
   return signal[:, pad:length - pad]
 
 
+def log_mel(y, params: audio.FeatureParams, eps: float = 0.0):
+  """`audio.log_mel` of waveforms (batch, samples) in JAX: (batch, n_mels, samples // hop).
+
+  eps > 0 keeps the magnitude's gradient finite where a bin is exactly zero (generated audio)."""
+  spec = stft(y, params)
+  magnitude = jnp.sqrt(spec.real**2 + spec.imag**2 + eps) if eps else jnp.abs(spec)
+  mel = jnp.einsum('mf,btf->bmt', audio.mel_basis(params), magnitude)
+  return jnp.log10(jnp.maximum(mel, params.log_floor))
+
+
 def mel_inverse(params: audio.FeatureParams) -> np.ndarray:
   """(n_fft // 2 + 1, n_mels) pseudo-inverse of the mel filterbank."""
   return np.linalg.pinv(audio.mel_basis(params)).astype(np.float32)

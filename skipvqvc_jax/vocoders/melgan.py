@@ -30,20 +30,25 @@ def _uniform(key, shape, bound):
 class WNConv(nnx.Module):
   """A weight-normalised 1-D convolution or transposed convolution, channel-last activations.
 
-  v has PyTorch's layout: (out, in, k) for a convolution, (in, out, k) for a transposed one; g has one
-  entry per row of v's first axis.
+  v has PyTorch's layout: (out, in / groups, k) for a convolution, (in, out, k) for a transposed one; g
+  has one entry per row of v's first axis. `padding` zero-pads a convolution on both sides.
   """
 
   def __init__(self, in_channels: int, out_channels: int, kernel: int, *, dilation: int = 1,
-               stride: int = 1, transposed: bool = False, rngs: nnx.Rngs):
-    shape = (in_channels, out_channels, kernel) if transposed else (out_channels, in_channels, kernel)
-    fan_in = (out_channels if transposed else in_channels) * kernel  # PyTorch's fan-in per layout
+               stride: int = 1, padding: int = 0, groups: int = 1, transposed: bool = False,
+               rngs: nnx.Rngs):
+    if transposed:
+      shape = (in_channels, out_channels, kernel)
+    else:
+      shape = (out_channels, in_channels // groups, kernel)
+    fan_in = shape[1] * kernel  # PyTorch's fan-in for either layout
     bound = 1.0 / math.sqrt(fan_in)
     v = _uniform(rngs.params(), shape, bound)
     self.v = nnx.Param(v)
     self.g = nnx.Param(jnp.sqrt(jnp.sum(v**2, axis=(1, 2))))
     self.bias = nnx.Param(_uniform(rngs.params(), (out_channels,), bound))
     self.dilation, self.stride, self.transposed = dilation, stride, transposed
+    self.padding, self.groups = padding, groups
 
   def weight(self):
     v = self.v[...]
@@ -61,7 +66,8 @@ class WNConv(nnx.Module):
           dimension_numbers=('NWC', 'OIW', 'NWC'), precision=jax.lax.Precision.HIGHEST)
     else:
       y = jax.lax.conv_general_dilated(
-          x, w, window_strides=(1,), padding='VALID', rhs_dilation=(self.dilation,),
+          x, w, window_strides=(self.stride,), padding=[(self.padding, self.padding)],
+          rhs_dilation=(self.dilation,), feature_group_count=self.groups,
           dimension_numbers=('NWC', 'OIW', 'NWC'), precision=jax.lax.Precision.HIGHEST)
     return y + self.bias[...]
 
