@@ -1,25 +1,21 @@
-"""Defaults shared by every config: the original's training recipe, one comment per field."""
+"""Defaults shared by every config: the original's training recipe, one comment per field.
+
+`training_defaults()` holds what every task's loop reads (data, steps, logging, checkpoints, seed);
+`get_config()` adds the voice-conversion model and trainer; configs/vocoder.py adds a vocoder's.
+"""
 import ml_collections
 
 from skipvqvc_jax import audio
 
 
-def get_config() -> ml_collections.ConfigDict:
+def training_defaults() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-
-  config.model = ml_collections.ConfigDict()
-  config.model.name = 'vqvc+'  # a name from skipvqvc_jax.models.names()
-  config.model.channel = 64  # hidden width of the encoder convs and decoder GBlocks
-  config.model.n_embed = 64  # codebook size of the coarsest scale (variants derive the others)
-  config.model.gru_init = 'normal'  # GRU initial state: the original's N(0, 1) noise, or 'zeros'
-
-  config.trainer = 'normal'  # normal | mean_std | simple_normalize | rhythm
+  config.task = 'voice_conversion'  # voice_conversion | vocoder
 
   config.data = ml_collections.ConfigDict()
   config.data.train_dir = ''  # training features (.npy), or an audio corpus to preprocess first
   config.data.test_dir = ''  # unseen-speaker features; empty: the test split of train_dir's corpus
   config.data.stats_file = ''  # per-band mean/std for mean_std; empty: stats.npz beside train_dir
-  config.data.crop_frames = 128  # frames per training example
   config.data.num_test_speakers = -1  # when preprocessing audio: held-out speakers (-1: a tenth)
   config.data.prefetch = 4  # batches read ahead in background threads
 
@@ -31,21 +27,36 @@ def get_config() -> ml_collections.ConfigDict:
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
-  config.grad_clip_norm = 3.0  # global-norm clipping of the gradient
-  config.latent_loss_weight = 0.1  # loss = L1 reconstruction + this * latent loss
-  config.compute_dtype = 'float32'  # or 'bfloat16' on accelerators; parameters stay float32
 
   config.log_every_steps = 5  # train scalars and the console line
   config.eval_every_steps = 200  # test loss, mel images and audio
   config.eval_batches = 4  # test batches per evaluation (fixed, so evaluations compare)
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 3  # the last N checkpoints are kept
-  config.vocoder = 'griffin_lim'  # audio in TensorBoard
 
   config.seed = 0  # parameters, data order, crops and noise all derive from it
   config.resume = True  # continue from the workdir's latest checkpoint; False moves it aside
   config.init_from = ''  # a workdir or model directory to take initial parameters from
   config.distributed = False  # call jax.distributed.initialize() (pods; also set by the environment)
+  return config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = training_defaults()
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'vqvc+'  # a name from skipvqvc_jax.models.names()
+  config.model.channel = 64  # hidden width of the encoder convs and decoder GBlocks
+  config.model.n_embed = 64  # codebook size of the coarsest scale (variants derive the others)
+  config.model.gru_init = 'normal'  # GRU initial state: the original's N(0, 1) noise, or 'zeros'
+
+  config.trainer = 'normal'  # normal | mean_std | simple_normalize | rhythm
+  config.data.crop_frames = 128  # frames per training example
+
+  config.grad_clip_norm = 3.0  # global-norm clipping of the gradient
+  config.latent_loss_weight = 0.1  # loss = L1 reconstruction + this * latent loss
+  config.compute_dtype = 'float32'  # or 'bfloat16' on accelerators; parameters stay float32
+  config.vocoder = 'griffin_lim'  # audio in TensorBoard: griffin_lim or a vocoder directory/workdir
   return config
 
 

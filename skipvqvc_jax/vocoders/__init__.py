@@ -1,7 +1,8 @@
 """Vocoders behind one interface: `vocoder(log_mel) -> waveform`, with a `sample_rate` attribute.
 
-`get('griffin_lim')` is the built-in default; `get(PATH)` loads a neural vocoder saved as a model
-directory (`python -m skipvqvc_jax.port_torch melgan.pt PATH --model=melgan`).
+`get('griffin_lim')` is the built-in default; `get(PATH)` loads a MelGAN generator: the latest
+checkpoint of a vocoder training workdir (`main.py --config=configs/vocoder.py:melgan`), or a model
+directory (ported: `python -m skipvqvc_jax.port_torch melgan.pt PATH --model=melgan`).
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeaturePa
   """The vocoder named by a config or flag: 'griffin_lim' or a saved vocoder directory."""
   if name == 'griffin_lim':
     return GriffinLim(params)
-  if os.path.isfile(os.path.join(name, 'model.json')):
-    from skipvqvc_jax import checkpoints  # pylint: disable=import-outside-toplevel
-    return NeuralVocoder(checkpoints.load_model(name), params)
-  raise ValueError(f'unknown vocoder {name!r}: use griffin_lim or the directory of a saved vocoder '
-                   f'(python -m skipvqvc_jax.port_torch GENERATOR.pt DIR --model=melgan)')
+  from skipvqvc_jax.vocoders import training  # pylint: disable=import-outside-toplevel
+  if os.path.isfile(os.path.join(name, 'model.json')) or training.is_vocoder_workdir(name):
+    return NeuralVocoder(training.load_generator(name), params)
+  raise ValueError(f'unknown vocoder {name!r}: use griffin_lim, a vocoder training workdir '
+                   f'(configs/vocoder.py) or a ported one (python -m skipvqvc_jax.port_torch '
+                   f'GENERATOR.pt DIR --model=melgan)')

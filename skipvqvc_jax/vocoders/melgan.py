@@ -13,6 +13,7 @@ shortcut is a learned 1x1 conv. Weights are kept in PyTorch's layouts, so portin
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -57,19 +58,86 @@ class WNConv(nnx.Module):
   def __call__(self, x):
     w = self.weight()
     if self.transposed:
-      # A transposed conv is a conv of the stride-dilated input with the flipped kernel.
-      k, s = w.shape[2], self.stride
-      p = s // 2 + s % 2
-      y = jax.lax.conv_general_dilated(
-          x, jnp.flip(w, 2).transpose(1, 0, 2), window_strides=(1,),
-          padding=[(k - 1 - p, k - 1 - p + s % 2)], lhs_dilation=(s,),
-          dimension_numbers=('NWC', 'OIW', 'NWC'), precision=jax.lax.Precision.HIGHEST)
+      y = _transposed_conv(x, w, self.stride)
+    elif self.stride > 1 or self.groups > 1:
+      y = _strided_grouped_conv(x, w, self.stride, self.padding, self.groups)
     else:
       y = jax.lax.conv_general_dilated(
-          x, w, window_strides=(self.stride,), padding=[(self.padding, self.padding)],
-          rhs_dilation=(self.dilation,), feature_group_count=self.groups,
-          dimension_numbers=('NWC', 'OIW', 'NWC'), precision=jax.lax.Precision.HIGHEST)
+          x, w, window_strides=(1,), padding=[(self.padding, self.padding)],
+          rhs_dilation=(self.dilation,), dimension_numbers=('NWC', 'OIW', 'NWC'),
+          precision=jax.lax.Precision.HIGHEST)
     return y + self.bias[...]
+
+
+# XLA on CPU computes the gradients of strided, grouped and transposed convolutions 10-50x slower than
+# their forward pass (benchmarks/README.md); written as shifted slices and one einsum, they become
+# matmuls whose gradients are matmuls too. The sums are the same.
+
+def _taps(kernel: int, stride: int) -> int:
+  return -(-kernel // stride)
+
+
+def _transposed_conv(x, w, stride: int):
+  """PyTorch's ConvTranspose1d(k, stride s, padding s // 2 + s % 2, output_padding s % 2), polyphase.
+
+  y[n] = sum_m x[m] w[n + p - m s]; with n + p = q s + r the taps of phase r are w[j s + r], so phase
+  r is an ordinary convolution of x, and y interleaves the phases. x (B, T, in), w (in, out, k).
+  """
+  batch, length, _ = x.shape
+  k, s = w.shape[2], stride
+  p, extra = s // 2 + s % 2, s % 2
+  taps = _taps(k, s)
+  w = jnp.pad(w, ((0, 0), (0, 0), (0, taps * s - k))).reshape(w.shape[0], w.shape[1], taps, s)
+  padded = jnp.pad(x, ((0, 0), (taps - 1, taps - 1), (0, 0)))
+  q = length + taps - 1
+  shifted = jnp.stack([padded[:, taps - 1 - j:taps - 1 - j + q] for j in range(taps)], axis=2)
+  phases = jnp.einsum('bqji,iojr->bqro', shifted, w, precision=jax.lax.Precision.HIGHEST)
+  out_length = (length - 1) * s + k - 2 * p + extra
+  return phases.reshape(batch, q * s, -1)[:, p:p + out_length]
+
+
+def _conv_as_matmuls(x, w, stride: int, padding: int, groups: int):
+  """Conv1d(k, stride, zero padding, groups) of x (B, T, in) with w (out, in / groups, k), as matmuls.
+
+  y[t] = sum_k x[t s + k] w[k]; with k = j s + r, x[(t + j) s + r] is frame t + j, phase r of x cut
+  into frames of s samples, so the taps become `ceil(k / s)` shifted frame sequences.
+  """
+  batch, length, _ = x.shape
+  out_channels, per_group, k = w.shape
+  s, taps = stride, _taps(k, stride)
+  out_length = (length + 2 * padding - k) // s + 1
+  frames = out_length + taps - 1
+  padded = jnp.pad(x, ((0, 0), (padding, max(0, frames * s - length - padding)), (0, 0)))
+  # Groups lead, so the contraction is a batch of plain matmuls over (tap, phase, channel).
+  cut = padded[:, :frames * s].reshape(batch, frames, s, groups, per_group).transpose(3, 0, 1, 2, 4)
+  shifted = jnp.stack([cut[:, :, j:j + out_length] for j in range(taps)], axis=3)
+  shifted = shifted.reshape(groups, batch * out_length, taps * s * per_group)
+  w = jnp.pad(w, ((0, 0), (0, 0), (0, taps * s - k)))
+  w = w.reshape(groups, out_channels // groups, per_group, taps, s).transpose(0, 3, 4, 2, 1)
+  y = jnp.einsum('gmk,gko->gmo', shifted, w.reshape(groups, taps * s * per_group, -1),
+                 precision=jax.lax.Precision.HIGHEST)
+  return y.reshape(groups, batch, out_length, -1).transpose(1, 2, 0, 3).reshape(
+      batch, out_length, out_channels)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _strided_grouped_conv(x, w, stride: int, padding: int, groups: int):
+  """A strided or grouped Conv1d: XLA's convolution forward, the matmul form's gradients."""
+  return jax.lax.conv_general_dilated(
+      x, w, window_strides=(stride,), padding=[(padding, padding)], feature_group_count=groups,
+      dimension_numbers=('NWC', 'OIW', 'NWC'), precision=jax.lax.Precision.HIGHEST)
+
+
+def _strided_grouped_conv_fwd(x, w, stride, padding, groups):
+  return _strided_grouped_conv(x, w, stride, padding, groups), (x, w)
+
+
+def _strided_grouped_conv_bwd(stride, padding, groups, saved, grad):
+  _, pull_back = jax.vjp(lambda x, w: _conv_as_matmuls(x, w, stride, padding, groups), *saved)
+  return pull_back(grad)
+
+
+_strided_grouped_conv.defvjp(_strided_grouped_conv_fwd, _strided_grouped_conv_bwd)
 
 
 def _reflect(x, pad: int):
