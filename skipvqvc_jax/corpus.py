@@ -303,8 +303,7 @@ def _cache_waveform(task) -> dict:
   """Worker: one source file -> its trimmed waveform as int16 (1, samples) .npy."""
   source_path, out_path, params, trim, frames = task
   try:
-    y = audio.load(source_path, params)
-    y = y[trim[0]:trim[1]] if trim else audio.trim(y, params)[0]
+    y = trimmed_source(source_path, params, trim)
   except (audio.AudioError, OSError) as e:
     return dict(ok=False, reason=str(e))
   if num_frames(len(y), params) != frames:
@@ -312,6 +311,34 @@ def _cache_waveform(task) -> dict:
                                  f'{frames}: the audio changed since preprocessing')
   save_npy(out_path, np.round(np.clip(y, -1.0, 1.0) * WAVE_SCALE).astype(np.int16)[None])
   return dict(ok=True)
+
+
+def trimmed_source(source_path: str, params: audio.FeatureParams, trim) -> np.ndarray:
+  """The waveform a feature file was made from: the source cut to the manifest's trim range."""
+  y = audio.load(source_path, params)
+  return y[trim[0]:trim[1]] if trim else audio.trim(y, params)[0]
+
+
+def manifest_root(features_dir: str) -> str | None:
+  """The folder holding the manifest of a features folder: itself or its parent (train/, test/)."""
+  for folder in (features_dir, os.path.dirname(os.path.abspath(features_dir))):
+    if os.path.isfile(os.path.join(folder, MANIFEST)):
+      return folder
+  return None
+
+
+def source_waveform(feature_file: str, params: audio.FeatureParams) -> np.ndarray | None:
+  """The trimmed audio behind one feature file, or None when its manifest or source is gone."""
+  root = manifest_root(os.path.dirname(os.path.abspath(feature_file)))
+  if root is None:
+    return None
+  manifest = read_manifest(root)
+  rel = os.path.relpath(os.path.abspath(feature_file), os.path.abspath(root))
+  item = next((i for i in manifest['items'] if i['file'] == rel), None)
+  source = item and os.path.join(audio_root(manifest['input_dir']), item['source'])
+  if not source or not os.path.isfile(source):
+    return None
+  return trimmed_source(source, params, item.get('trim'))
 
 
 def cache_waveforms(features_dir: str, out_dir: str, params: audio.FeatureParams, *,
@@ -323,8 +350,7 @@ def cache_waveforms(features_dir: str, out_dir: str, params: audio.FeatureParams
   features were. Files already cached are kept (resumable); a source that is gone or changed is an
   error naming it.
   """
-  root_dir = features_dir if os.path.isfile(os.path.join(features_dir, MANIFEST)) else (
-      os.path.dirname(os.path.abspath(features_dir)))
+  root_dir = manifest_root(features_dir) or features_dir
   manifest = read_manifest(root_dir)
   subset = os.path.relpath(os.path.abspath(features_dir), os.path.abspath(root_dir))
   check_feature_params(root_dir, params)

@@ -8,7 +8,10 @@ TensorBoard scalars under eval/. Metrics:
   is given by one reference utterance of another sentence, and where the corpus is parallel (the target
   speaker also read the source's sentence) the mel-cepstral distortion with DTW against that recording,
   next to the no-conversion baseline (the source against the same recording);
-- speaker similarity with resemblyzer's pretrained speaker encoder, when it is installed (".[eval]").
+- speaker similarity with resemblyzer's pretrained speaker encoder, when it is installed (".[eval]");
+- the vocoders: Griffin-Lim and, with --vocoder=DIR, the neural vocoder resynthesise real test
+  utterances from their mels; MCD-DTW of the resynthesis' features against the originals (and speaker
+  similarity to the real recording, with ".[eval]") says what each vocoder costs before any conversion.
 """
 from __future__ import annotations
 
@@ -108,7 +111,7 @@ def choose_pairs(files: Sequence[str], num_pairs: int, seed: int) -> list[dict]:
 # ---- the run --------------------------------------------------------------------------------------
 
 def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num_pairs: int = 20,
-        report_pairs: int = 6) -> dict:
+        report_pairs: int = 6, num_vocoder_utterances: int = 8) -> dict:
   """Evaluates the checkpoint (default: latest) of `workdir`, as its own config.json describes it;
   returns the metrics it writes."""
   from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
@@ -154,7 +157,11 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
                                    if encoder is not None else dict(
       available=False, why='resemblyzer is not installed: pip install -e ".[eval]"'))
 
-  _write_report(out_dir, assets, metrics, pairs[:report_pairs], converter)
+  metrics['vocoders'], resynthesis = compare_vocoders(converter, files, num_vocoder_utterances,
+                                                      cfg.seed, encoder)
+
+  _write_report(out_dir, assets, metrics, pairs[:report_pairs], converter,
+                resynthesis if report_pairs else {})
   corpus.save_json(os.path.join(out_dir, 'pairs.json'), [
       {k: v for k, v in p.items() if k != 'converted_mel'} for p in pairs])
   corpus.save_json(os.path.join(out_dir, 'metrics.json'), metrics)
@@ -208,6 +215,45 @@ def speaker_similarity(encoder, converter, files: Sequence[str], pairs: list[dic
               accepted_as_target=float(np.mean(np.asarray(to_target) >= threshold)))
 
 
+def compare_vocoders(converter, files: Sequence[str], num_utterances: int, seed: int,
+                     encoder) -> tuple[dict, dict]:
+  """Griffin-Lim and the converter's vocoder (when neural) on resynthesis of real test utterances.
+
+  Returns (metrics per vocoder, {vocoder: waveform} of the first utterance for the report)."""
+  from skipvqvc_jax import vocoders  # pylint: disable=import-outside-toplevel
+  params = converter.params
+  candidates = {'griffin_lim': vocoders.get('griffin_lim', params)}
+  if converter.vocoder.name != 'griffin_lim':
+    candidates[converter.vocoder.name] = converter.vocoder
+  chosen = sorted(random.Random(seed).sample(list(files), min(num_utterances, len(files))))
+  real_embeddings = {}
+  if encoder is not None:
+    from resemblyzer import preprocess_wav  # pylint: disable=import-outside-toplevel
+    embed = lambda wave: encoder.embed_utterance(preprocess_wav(wave, source_sr=params.sample_rate))
+    for f in chosen:
+      wave = corpus.source_waveform(f, params)
+      if wave is not None:
+        real_embeddings[f] = embed(wave)
+  metrics: dict = dict(utterances=len(chosen))
+  first: dict = {}
+  if chosen:
+    first = dict(utterance=os.path.basename(chosen[0]),
+                 real=corpus.source_waveform(chosen[0], params))
+  for name, vocoder in candidates.items():
+    mcd, similarity = [], []
+    for f in chosen:
+      wave = vocoder(np.load(f))
+      mcd.append(mcd_dtw(audio.log_mel(wave, params), np.load(f)))
+      if f in real_embeddings:
+        similarity.append(float(embed(wave) @ real_embeddings[f]))
+      if f == chosen[0]:
+        first[name] = wave
+    metrics[name] = dict(resynthesis_mcd_dtw_db=float(np.mean(mcd)))
+    if similarity:
+      metrics[name]['similarity_to_real'] = float(np.mean(similarity))
+  return metrics, first
+
+
 def _flat(metrics: dict, prefix: str = '') -> dict:
   out = {}
   for k, v in metrics.items():
@@ -218,8 +264,32 @@ def _flat(metrics: dict, prefix: str = '') -> dict:
   return out
 
 
-def _write_report(out_dir, assets, metrics, pairs, converter) -> None:
-  """A static page: metrics table, and per pair the mels as images and the audio as players."""
+def _vocoder_section(assets: str, metrics: dict, resynthesis: dict, sample_rate: int) -> str:
+  """The vocoders' resynthesis scores, and one real utterance through each of them."""
+  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+  rows = ''.join(
+      f'<tr><td>{html.escape(name)}</td><td>{m["resynthesis_mcd_dtw_db"]:.2f}</td>'
+      f'<td>{m["similarity_to_real"]:.3f}</td></tr>' if 'similarity_to_real' in m else
+      f'<tr><td>{html.escape(name)}</td><td>{m["resynthesis_mcd_dtw_db"]:.2f}</td><td>-</td></tr>'
+      for name, m in metrics.items() if isinstance(m, dict))
+  players = []
+  for name, wave in resynthesis.items():
+    if name == 'utterance' or wave is None:
+      continue
+    convert.write_wav(os.path.join(assets, f'vocoder_{name}.wav'), wave, sample_rate)
+    players.append(f'<figure><figcaption>{html.escape(name)}</figcaption><audio controls '
+                   f'src="assets/vocoder_{name}.wav"></audio></figure>')
+  utterance = html.escape(resynthesis.get('utterance', ''))
+  return (f'<h2>Vocoders</h2><p>Real test utterances resynthesised from their mels ({metrics["utterances"]}'
+          f' utterances): MCD-DTW of the resynthesis against the original features, and speaker '
+          f'similarity to the real recording (with the eval extra).</p><table><tr><th>vocoder</th>'
+          f'<th>MCD-DTW (dB)</th><th>similarity</th></tr>{rows}</table>'
+          + (f'<p>{utterance}:</p>{"".join(players)}' if players else ''))
+
+
+def _write_report(out_dir, assets, metrics, pairs, converter, resynthesis: dict) -> None:
+  """A static page: metrics table, the vocoders, and per pair the mels as images and the audio as
+  players."""
   from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
   rows = ''.join(f'<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>' if isinstance(v, float)
                  else f'<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>'
@@ -252,7 +322,9 @@ margin:4px}} img{{width:340px;display:block}} audio{{width:340px}} td{{padding:2
 <p>Unseen test speakers; one reference utterance of another sentence per conversion.
 MCD-DTW compares each conversion with the target speaker's own recording of the same sentence; the
 baseline compares the unconverted source with it.</p>
-<table>{rows}</table><h2>Conversions</h2>{''.join(sections)}</body></html>
+<table>{rows}</table>
+{_vocoder_section(assets, metrics['vocoders'], resynthesis, converter.vocoder.sample_rate)}
+<h2>Conversions</h2>{''.join(sections)}</body></html>
 """
   corpus.atomic_write(os.path.join(out_dir, 'report.html'),
                        lambda tmp: open(tmp, 'w').write(page))

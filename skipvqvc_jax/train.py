@@ -42,14 +42,6 @@ def _holds_features(folder: str) -> bool:
   return os.path.isdir(folder) and any(f.endswith('.npy') for f in os.listdir(folder))
 
 
-def _manifest_dir(features_dir: str) -> str | None:
-  """Where the manifest of a features folder is: the folder itself or its parent (train/, test/)."""
-  for folder in (features_dir, os.path.dirname(os.path.abspath(features_dir))):
-    if os.path.isfile(os.path.join(folder, corpus.MANIFEST)):
-      return folder
-  return None
-
-
 @dataclasses.dataclass
 class Data:
   train_dir: str
@@ -85,13 +77,13 @@ def resolve_data(config, workdir: str) -> Data:
   if test_dir and not _holds_features(test_dir):
     raise corpus.CorpusError(f'data.test_dir {test_dir} holds no .npy features')
   for folder in {train_dir, test_dir}:
-    manifest_dir = _manifest_dir(folder)
+    manifest_dir = corpus.manifest_root(folder)
     if manifest_dir:
       corpus.check_feature_params(manifest_dir, params)
     else:
       logging.warning('%s has no manifest.json: cannot check its feature parameters', folder)
   stats_file = config.data.stats_file or os.path.join(
-      _manifest_dir(train_dir) or os.path.dirname(os.path.abspath(train_dir)), corpus.STATS_FILE)
+      corpus.manifest_root(train_dir) or os.path.dirname(os.path.abspath(train_dir)), corpus.STATS_FILE)
   return Data(train_dir, test_dir, stats_file)
 
 

@@ -169,7 +169,7 @@ def initial_state(config, g_params: dict, d_params: dict, tx) -> dict:
 
 def waveform_dir(features_dir: str, workdir: str, params: audio.FeatureParams) -> str:
   """The cached trimmed waveforms behind `features_dir`, made on first use (process 0)."""
-  root = train._manifest_dir(features_dir)  # pylint: disable=protected-access
+  root = corpus.manifest_root(features_dir)
   if root is None:
     raise corpus.CorpusError(f'{features_dir} has no manifest.json: a vocoder trains on the audio '
                              f'a preprocessed corpus names; point data.train_dir at the audio or at '

@@ -1,0 +1,182 @@
+"""Training a vocoder on real audio: exact audio/mel pairing, losses, resume, conversion and eval."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+from flax import nnx
+
+from configs import vocoder as vocoder_configs
+from skipvqvc_jax import audio, corpus, evaluate, train, vocoders
+from skipvqvc_jax.vocoders import griffin_lim, training
+from tests.conftest import REPO, tiny_config
+
+DEMO = REPO / 'data' / 'demo_corpus'
+
+
+def tiny_vocoder_config(features, **overrides):
+  """A MelGAN that trains a step in well under a second: narrow nets on 16-frame segments."""
+  config = vocoder_configs.get_config('melgan')
+  config.data.train_dir = str(features / 'train')
+  config.data.test_dir = str(features / 'test')
+  config.data.segment_frames = 16
+  config.generator.ngf = 4
+  config.generator.residual_layers = 1
+  config.discriminator.update(scales=2, ndf=4, layers=2, periods=(2, 3),
+                              period_channels=(4, 8, 8, 8, 8))
+  config.mel_loss_weight = 45.0
+  config.batch_size = 2
+  config.num_train_steps = 8
+  config.log_every_steps = 1
+  config.eval_every_steps = 1000
+  config.checkpoint_every_steps = 4
+  config.eval_batches = 1
+  config.sample_seconds = 0.5
+  for key, value in overrides.items():
+    config.update_from_flattened_dict({key: value})
+  return config
+
+
+def _generator_params(workdir):
+  return nnx.to_pure_dict(nnx.state(training.restore_generator(str(workdir)), nnx.Param))
+
+
+def test_every_preset_builds():
+  for preset in vocoder_configs.PRESETS:
+    config = vocoder_configs.get_config(preset)
+    generator = nnx.eval_shape(lambda: training.build_generator(config))
+    discriminators = nnx.eval_shape(lambda: training.build_discriminators(config))
+    assert generator.hop_length == config.features.hop_length
+    assert (discriminators.multi_period is None) == (not config.discriminator.periods)
+  assert vocoder_configs.get_config('hifigan_style').discriminator.periods == (2, 3, 5, 7, 11)
+
+
+def test_cached_waveforms_pair_exactly_with_their_features(small_features, tmp_path):
+  corpus.cache_waveforms(str(small_features / 'test'), str(tmp_path), audio.FeatureParams())
+  cached = sorted(os.listdir(tmp_path))
+  assert cached == sorted(os.listdir(small_features / 'test'))
+  for name in cached[:3]:
+    feature = np.load(small_features / 'test' / name)
+    wave = corpus.source_waveform(str(small_features / 'test' / name), audio.FeatureParams())
+    stored = np.load(tmp_path / name)
+    assert stored.dtype == np.int16 and stored.shape == (1, len(wave))
+    np.testing.assert_array_equal(stored[0], np.round(wave * corpus.WAVE_SCALE).astype(np.int16))
+    # The training step's features of the audio are the preprocessed features, frame for frame.
+    on_device = np.asarray(griffin_lim.log_mel(wave[None], audio.FeatureParams()))[0]
+    assert on_device.shape == feature.shape
+    np.testing.assert_allclose(on_device, feature, atol=2e-3)
+
+
+@pytest.fixture(scope='module')
+def straight(small_features, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('vocoder_straight')
+  return workdir, train.train_and_evaluate(tiny_vocoder_config(small_features), str(workdir))
+
+
+@pytest.fixture(scope='module')
+def resumed(small_features, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('vocoder_resumed')
+  first = train.train_and_evaluate(tiny_vocoder_config(small_features, num_train_steps=4),
+                                   str(workdir))
+  second = train.train_and_evaluate(tiny_vocoder_config(small_features), str(workdir))
+  return workdir, first, second
+
+
+def test_losses_move_and_both_networks_learn(straight, small_features):
+  workdir, summary = straight
+  assert summary['status'] == 'finished' and summary['step'] == 8 and summary['compiles'] == 1
+  losses = list(summary['train_losses'].values())
+  assert len(losses) == 8 and len(set(np.round(losses, 5))) == 8
+  # The mel loss pulls the generator's output towards the real spectrum within a few steps.
+  assert summary['evals'][8]['mel_l1'] < summary['evals'][0]['mel_l1']
+  last = summary['last_train']
+  assert np.isfinite([last['d_loss'], last['adversarial_loss'], last['feature_loss']]).all()
+  config = tiny_vocoder_config(small_features)
+  fresh = training.initial_state(
+      config, nnx.to_pure_dict(nnx.state(training.build_generator(config), nnx.Param)),
+      nnx.to_pure_dict(nnx.state(training.build_discriminators(config), nnx.Param)),
+      training.make_optimizer(config))
+  ckpt = train.checkpoints.TrainCheckpoints(str(workdir), 3, async_save=False)
+  state, data_state = ckpt.restore(train.abstract_like(fresh, train.sharding.make_mesh()))
+  ckpt.close()
+  for net in ('generator', 'discriminator'):
+    moved = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state['params'][net]),
+                                                         jax.tree.leaves(fresh['params'][net]))]
+    assert max(moved) > 1e-4, net
+  assert data_state  # the input pipeline's position is in the checkpoint
+  events = [f for f in os.listdir(workdir / 'tensorboard') if 'tfevents' in f]
+  assert events
+
+
+def test_resume_is_exact(straight, resumed):
+  workdir, summary = straight
+  resumed_dir, first, second = resumed
+  assert first['step'] == 4 and second['start_step'] == 4 and second['step'] == 8
+  for step in range(5, 9):
+    np.testing.assert_allclose(second['train_losses'][step], summary['train_losses'][step],
+                               rtol=1e-5)
+  a, b = _generator_params(workdir), _generator_params(resumed_dir)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def vc_workdir(small_features, tmp_path_factory):
+  path = tmp_path_factory.mktemp('vc')
+  train.train_and_evaluate(tiny_config(small_features, num_train_steps=2), str(path))
+  return path
+
+
+def test_convert_with_the_trained_vocoder(straight, vc_workdir, tmp_path):
+  source = DEMO / 'kal' / 'kal_007.ogg'
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--mode=convert', f'--workdir={vc_workdir}', f'--source={source}',
+       f'--target={DEMO / "slt" / "slt_001.ogg"}', f'--output={tmp_path / "out.wav"}',
+       f'--vocoder={straight[0]}'], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  wave, sr = sf.read(tmp_path / 'out.wav')
+  assert sr == 22050 and len(wave) == audio.file_to_log_mel(str(source))[0].shape[1] * 256
+  assert np.isfinite(wave).all() and 0 < np.abs(wave).max() <= 1
+
+
+def test_eval_compares_griffin_lim_with_the_neural_vocoder(straight, vc_workdir):
+  metrics = evaluate.run(str(vc_workdir), vocoder=str(straight[0]), num_pairs=2, report_pairs=1,
+                         num_vocoder_utterances=2)
+  compared = metrics['vocoders']
+  assert compared['utterances'] == 2 and set(compared) == {'utterances', 'griffin_lim', 'melgan'}
+  for name in ('griffin_lim', 'melgan'):
+    assert 0 < compared[name]['resynthesis_mcd_dtw_db'] < 100
+  # Griffin-Lim inverts the real magnitude; an 8-step vocoder is still far from it.
+  assert compared['griffin_lim']['resynthesis_mcd_dtw_db'] < compared['melgan']['resynthesis_mcd_dtw_db']
+  page = (vc_workdir / 'eval' / 'report.html').read_text()
+  assert '<h2>Vocoders</h2>' in page
+  for name in ('real', 'griffin_lim', 'melgan'):
+    assert (vc_workdir / 'eval' / 'assets' / f'vocoder_{name}.wav').exists()
+  assert json.load(open(vc_workdir / 'eval' / 'metrics.json'))['vocoders'] == compared
+
+
+def test_vocoder_data_errors_name_the_problem(small_features, tmp_path):
+  bare = tmp_path / 'bare'
+  shutil.copytree(small_features / 'train', bare)
+  with pytest.raises(corpus.CorpusError, match='has no manifest.json'):
+    training.waveform_dir(str(bare), str(tmp_path / 'w1'), audio.FeatureParams())
+  moved = tmp_path / 'moved'
+  shutil.copytree(small_features, moved)
+  manifest = corpus.load_json(moved / corpus.MANIFEST)
+  manifest['input_dir'] = str(tmp_path / 'audio_gone')
+  corpus.save_json(moved / corpus.MANIFEST, manifest)
+  with pytest.raises(corpus.CorpusError, match='is missing: training a vocoder needs the audio'):
+    training.waveform_dir(str(moved / 'train'), str(tmp_path / 'w2'), audio.FeatureParams())
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/vocoder.py:melgan',
+       f'--config.data.train_dir={moved / "train"}', f'--workdir={tmp_path / "w3"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'is missing: training a vocoder needs the audio' in result.stderr.strip().splitlines()[-1]
+  with pytest.raises(ValueError, match='a vocoder training workdir'):
+    vocoders.get(str(tmp_path))
