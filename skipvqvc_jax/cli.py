@@ -5,7 +5,8 @@
     python main.py --mode=convert --workdir=DIR --source=a.wav --target=b.wav --output=out.wav
 
 Without --workdir a training run goes to runs/{model}_n{n_embed}_ch{channel}_{trainer}, the original's
-naming. Evaluation and conversion read everything else from the workdir.
+naming (a vocoder: runs/vocoder_{melgan|hifigan_style}_ngf{ngf}). Evaluation and conversion read
+everything else from the workdir.
 """
 import json
 import os
@@ -19,7 +20,8 @@ config_flags.DEFINE_config_file('config', None, 'A config file and preset, e.g. 
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard logs and outputs go.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert'], 'What to do.')
 flags.DEFINE_integer('step', None, 'eval/convert: the checkpoint step to restore (default: latest).')
-flags.DEFINE_string('vocoder', 'griffin_lim', 'eval/convert: the vocoder that makes audio.')
+flags.DEFINE_string('vocoder', 'griffin_lim', 'eval/convert: the vocoder that makes audio: griffin_lim, '
+                    'a vocoder training workdir or a ported MelGAN directory.')
 flags.DEFINE_string('source', None, 'convert: the source audio file (its words and timing).')
 flags.DEFINE_list('target', None, 'convert: reference audio of the target voice; several files are '
                   'averaged.')
@@ -35,6 +37,9 @@ FLAGS = flags.FLAGS
 
 
 def default_workdir(config) -> str:
+  if config.get('task') == 'vocoder':
+    style = 'hifigan_style' if config.discriminator.periods else 'melgan'
+    return os.path.join('runs', f'vocoder_{style}_ngf{config.generator.ngf}')
   return os.path.join('runs', f'{config.model.name}_n{config.model.n_embed}_ch{config.model.channel}'
                               f'_{config.trainer}')
 

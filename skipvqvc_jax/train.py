@@ -1,10 +1,15 @@
-"""Training: the state, the jitted step, the loop, evaluation hooks. `train_and_evaluate` is the entry.
+"""Training: the one loop (`train_and_evaluate`), and the voice-conversion task it runs by default.
 
-The step is a pure function of (state, batch) -> (state, metrics), jitted once with the batch sharded
+The loop is the same for every task (`make_task`: voice conversion here, a vocoder in
+`vocoders/training.py`): data order, the jitted step, evaluation and samples, orbax checkpoints with the
+data iterator's position, preemption and divergence. A task supplies its data, initial state, train step,
+per-batch host preparation, evaluation and samples.
+
+A train step is a pure function of (state, batch) -> (state, metrics), jitted once with the batch sharded
 over the `data` mesh axis and the state replicated. The state is a plain dict of arrays: parameters (as
-a pure dict of the model's nnx.Param values), optimizer state, step and the base RNG key; the model's
-structure is closed over. Per-step randomness is `fold_in(rng, step)`, so a resumed run draws the same
-noise as an uninterrupted one.
+pure dicts of nnx.Param values), optimizer state, step and the base RNG key; the models' structure is
+closed over. Per-step randomness is `fold_in(rng, step)`, so a resumed run draws the same noise as an
+uninterrupted one.
 """
 from __future__ import annotations
 
