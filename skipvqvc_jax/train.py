@@ -511,6 +511,9 @@ def latest_step(workdir: str) -> int | None:
 def restore_model(workdir: str, step: int | None = None) -> models.VQVCPlus:
   """The model of a training workdir at `step` (default: the latest checkpoint), on this host."""
   config = read_workdir_config(workdir)
+  if config.get('task') == 'vocoder':
+    raise TrainingError(f'{workdir} trains a vocoder, not a voice-conversion model: pass it as '
+                        f'--vocoder={workdir} and --workdir a voice-conversion run')
   model = build_model(config)
   params = nnx.state(model, nnx.Param)
   fresh = initial_state(config, nnx.to_pure_dict(params), make_optimizer(config))

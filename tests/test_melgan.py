@@ -1,5 +1,7 @@
-"""The MelGAN generator against the golden outputs of melgan-neurips, and its porting."""
+"""The MelGAN generator against the golden outputs of melgan-neurips, its porting, and the rewritten
+convolutions (polyphase transposed; strided and grouped with matmul gradients) against XLA's."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -81,3 +83,42 @@ def test_cli_port_and_vocoder_directory(golden, ported_melgan, tmp_path):
   assert np.abs(wave - golden['out/audio'][0, 0]).max() <= 1e-5
   with pytest.raises(ValueError, match='unknown vocoder'):
     vocoders.get(str(tmp_path / 'nothing'))
+
+
+def _lax_transposed(x, w, s):
+  k, p = w.shape[2], s // 2 + s % 2
+  return jax.lax.conv_general_dilated(
+      x, jnp.flip(w, 2).transpose(1, 0, 2), (1,), [(k - 1 - p, k - 1 - p + s % 2)], lhs_dilation=(s,),
+      dimension_numbers=('NWC', 'OIW', 'NWC'), precision='highest')
+
+
+def _lax_conv(x, w, s, p, g):
+  return jax.lax.conv_general_dilated(x, w, (s,), [(p, p)], feature_group_count=g,
+                                      dimension_numbers=('NWC', 'OIW', 'NWC'), precision='highest')
+
+
+def _assert_same_with_gradients(ours, reference, x, w):
+  np.testing.assert_allclose(ours(x, w), reference(x, w), rtol=1e-5, atol=1e-4)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w) ** 2)
+  for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(reference), (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize('stride,kernel', [(8, 16), (2, 4), (3, 6), (5, 10), (3, 7)])
+def test_polyphase_transposed_conv_matches_xla(stride, kernel):
+  rng = np.random.default_rng(stride * kernel)
+  x = rng.normal(size=(2, 5, 6)).astype(np.float32)
+  w = rng.normal(size=(6, 4, kernel)).astype(np.float32)
+  _assert_same_with_gradients(lambda x, w: melgan._transposed_conv(x, w, stride),
+                              lambda x, w: _lax_transposed(x, w, stride), x, w)
+
+
+@pytest.mark.parametrize('stride,kernel,padding,groups', [(4, 41, 20, 4), (4, 41, 20, 2),
+                                                          (3, 5, 2, 1), (2, 7, 1, 3)])
+def test_strided_grouped_conv_matches_xla(stride, kernel, padding, groups):
+  rng = np.random.default_rng(kernel + groups)
+  x = rng.normal(size=(2, 67, 12)).astype(np.float32)
+  w = rng.normal(size=(6 * groups, 12 // groups, kernel)).astype(np.float32)
+  _assert_same_with_gradients(
+      lambda x, w: melgan._strided_grouped_conv(x, w, stride, padding, groups),
+      lambda x, w: _lax_conv(x, w, stride, padding, groups), x, w)

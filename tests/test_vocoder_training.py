@@ -12,7 +12,7 @@ import soundfile as sf
 from flax import nnx
 
 from configs import vocoder as vocoder_configs
-from skipvqvc_jax import audio, corpus, evaluate, train, vocoders
+from skipvqvc_jax import audio, convert, corpus, evaluate, train, vocoders
 from skipvqvc_jax.vocoders import griffin_lim, training
 from tests.conftest import REPO, tiny_config
 
@@ -142,6 +142,8 @@ def test_convert_with_the_trained_vocoder(straight, vc_workdir, tmp_path):
   wave, sr = sf.read(tmp_path / 'out.wav')
   assert sr == 22050 and len(wave) == audio.file_to_log_mel(str(source))[0].shape[1] * 256
   assert np.isfinite(wave).all() and 0 < np.abs(wave).max() <= 1
+  with pytest.raises(convert.ConversionError, match='trains a vocoder, not a voice-conversion model'):
+    convert.Converter.restore(str(straight[0]))
 
 
 def test_eval_compares_griffin_lim_with_the_neural_vocoder(straight, vc_workdir):
