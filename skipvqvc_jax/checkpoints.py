@@ -81,13 +81,28 @@ class TrainCheckpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def check_step(self, step: int | None) -> int:
+    """`step`, or the latest when None; a ValueError listing the saved steps when it is not saved."""
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'{os.path.dirname(self.directory)} has no checkpoint yet')
+    if step is None:
+      return steps[-1]
+    if step not in steps:
+      raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory}; saved steps: '
+                              f'{", ".join(map(str, steps))}')
+    return step
+
   def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, data_state) of `step` (default: the latest), placed as `abstract_state` says."""
-    step = self.latest_step() if step is None else step
+    step = self.check_step(step)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored.state, restored.data

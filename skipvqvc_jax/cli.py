@@ -97,7 +97,8 @@ def main(argv):
         logging.info('test metrics: %s', json.dumps(metrics))
       else:
         _convert(FLAGS.workdir)
-  except (corpus.CorpusError, train.TrainingError, convert.ConversionError, ValueError) as e:
+  except (corpus.CorpusError, train.TrainingError, convert.ConversionError, ValueError,
+          FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

@@ -519,9 +519,7 @@ def restore_model(workdir: str, step: int | None = None) -> models.VQVCPlus:
   fresh = initial_state(config, nnx.to_pure_dict(params), make_optimizer(config))
   ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints, async_save=False)
   try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise TrainingError(f'{workdir} has no checkpoint yet')
+    step = ckpt.check_step(step)
     state, _ = ckpt.restore(abstract_like(fresh, sharding.make_mesh()), step)
   finally:
     ckpt.close()

@@ -45,6 +45,12 @@ def test_one_pair_has_the_source_duration(converter, tmp_path):
   assert np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
 
 
+def test_step_picks_a_saved_checkpoint(workdir):
+  assert convert.Converter.restore(str(workdir), step=4).model is not None
+  with pytest.raises(convert.ConversionError, match=r'no checkpoint of step 3 in .*; saved steps: 4$'):
+    convert.Converter.restore(str(workdir), step=3)
+
+
 def test_several_references_are_averaged(converter):
   source = converter.features(str(DEMO / 'awb' / 'awb_005.ogg'))
   refs = [converter.features(str(DEMO / 'slt' / f'slt_00{i}.ogg')) for i in (1, 2, 3)]

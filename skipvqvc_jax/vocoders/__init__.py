@@ -42,7 +42,10 @@ def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeaturePa
     return GriffinLim(params)
   from skipvqvc_jax.vocoders import training  # pylint: disable=import-outside-toplevel
   if os.path.isfile(os.path.join(name, 'model.json')) or training.is_vocoder_workdir(name):
-    return NeuralVocoder(training.load_generator(name), params)
+    try:
+      return NeuralVocoder(training.load_generator(name), params)
+    except FileNotFoundError as e:  # a workdir with no (or not that) checkpoint
+      raise ValueError(f'vocoder {name}: {e}') from None
   raise ValueError(f'unknown vocoder {name!r}: use griffin_lim, a vocoder training workdir '
                    f'(configs/vocoder.py) or a ported one (python -m skipvqvc_jax.port_torch '
                    f'GENERATOR.pt DIR --model=melgan)')

@@ -282,9 +282,7 @@ def restore_generator(workdir: str, step: int | None = None) -> MelGANGenerator:
                         make_optimizer(config))
   ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints, async_save=False)
   try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise train.TrainingError(f'{workdir} has no checkpoint yet')
+    step = ckpt.check_step(step)
     state, _ = ckpt.restore(train.abstract_like(fresh, sharding.make_mesh()), step)
   finally:
     ckpt.close()
