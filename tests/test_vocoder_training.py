@@ -182,3 +182,18 @@ def test_vocoder_data_errors_name_the_problem(small_features, tmp_path):
   assert 'is missing: training a vocoder needs the audio' in result.stderr.strip().splitlines()[-1]
   with pytest.raises(ValueError, match='a vocoder training workdir'):
     vocoders.get(str(tmp_path))
+
+
+def test_fine_tuning_starts_from_a_ported_generator(small_features, ported_melgan, tmp_path):
+  config = tiny_vocoder_config(small_features, num_train_steps=1, **{
+      'generator.ngf': 32, 'generator.residual_layers': 3, 'init_from': str(ported_melgan[0])})
+  train.train_and_evaluate(config, str(tmp_path / 'tuned'))
+  ported = nnx.to_pure_dict(nnx.state(training.load_generator(str(ported_melgan[0])), nnx.Param))
+  tuned = _generator_params(tmp_path / 'tuned')
+  # One Adam step moves each weight by about the learning rate (1e-4), no more.
+  steps = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
+           for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(ported))]
+  assert 0 < max(steps) < 3e-4
+  with pytest.raises(train.TrainingError, match='holds .*ngf.: 32.*not the configured'):
+    train.train_and_evaluate(tiny_vocoder_config(small_features, init_from=str(ported_melgan[0])),
+                             str(tmp_path / 'mismatch'))
