@@ -248,15 +248,20 @@ def sample_pair(test_dir: str, frames: int) -> tuple[np.ndarray, np.ndarray, str
   return load(source), load(target), os.path.basename(source), os.path.basename(target)
 
 
-def evaluate(steps: Steps, state: dict, batches: list[dict], mesh, rng) -> dict:
-  """Mean test metrics over the fixed batches."""
+def mean_metrics(eval_step, batches: list[dict], mesh) -> dict:
+  """The mean over fixed local batches of `eval_step(index, global_batch)`'s metrics."""
   totals: dict[str, float] = {}
   for i, local in enumerate(batches):
-    metrics = steps.eval_step(state['params'], sharding.global_batch(mesh, local),
-                              jax.random.fold_in(rng, i))
-    for k, v in jax.device_get(metrics).items():
+    for k, v in jax.device_get(eval_step(i, sharding.global_batch(mesh, local))).items():
       totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
   return totals
+
+
+def evaluate(steps: Steps, state: dict, batches: list[dict], mesh, rng) -> dict:
+  """Mean test metrics over the fixed batches."""
+  return mean_metrics(
+      lambda i, batch: steps.eval_step(state['params'], batch, jax.random.fold_in(rng, i)),
+      batches, mesh)
 
 
 def write_samples(writer: summaries.Writer, steps: Steps, state: dict, pair, vocoder, step: int):

@@ -238,12 +238,8 @@ class VocoderTask:
     del workdir
 
   def evaluate(self, state: dict) -> dict:
-    totals: dict[str, float] = {}
-    for local in self.test_batches:
-      metrics = self.steps.eval_step(state['params'], sharding.global_batch(self.mesh, local))
-      for k, v in jax.device_get(metrics).items():
-        totals[k] = totals.get(k, 0.0) + float(v) / len(self.test_batches)
-    return totals
+    return train.mean_metrics(lambda _, batch: self.steps.eval_step(state['params'], batch),
+                              self.test_batches, self.mesh)
 
   def _sample_utterance(self) -> np.ndarray:
     """The first `sample_seconds` of the first test utterance, whole frames, float32."""
