@@ -60,10 +60,13 @@ def test_four_devices_give_the_same_loss_curve(single, small_features, tmp_path)
 def test_two_processes_match_the_single_process_run(single, small_features, tmp_path):
   workdir = tmp_path / 'pod'
   port = _free_port()
+  # Process 0 is told the coordinator by flag, process 1 by JAX_COORDINATOR_ADDRESS (pod launchers).
+  coordinator = [[f'--coordinator_address=localhost:{port}'], []]
+  env = [_env(2), dict(_env(2), JAX_COORDINATOR_ADDRESS=f'localhost:{port}')]
   procs = [subprocess.Popen(
       [sys.executable, 'main.py', *main_flags(small_features, workdir, num_train_steps=STEPS),
-       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={p}'],
-      cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+       *coordinator[p], '--num_processes=2', f'--process_id={p}'],
+      cwd=REPO, env=env[p], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for p in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
