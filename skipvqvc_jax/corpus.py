@@ -394,7 +394,6 @@ def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> Non
 
 
 def _manifest(input_dir, params, min_frames, split, items, skipped) -> dict:
-  from skipvqvc_jax import __version__  # pylint: disable=import-outside-toplevel
   seconds_per_frame = params.hop_length / params.sample_rate
   per_speaker: dict[str, dict] = {}
   for item in items:

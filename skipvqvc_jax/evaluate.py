@@ -16,7 +16,6 @@ TensorBoard scalars under eval/. Metrics:
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import random

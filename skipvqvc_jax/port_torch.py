@@ -20,7 +20,6 @@ from typing import Callable, Mapping
 import numpy as np
 from flax import nnx
 
-from skipvqvc_jax.models import VQVCPlus
 from skipvqvc_jax.models.layers import GBlock
 from skipvqvc_jax.vocoders import melgan
 

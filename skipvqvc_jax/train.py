@@ -14,7 +14,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import signal

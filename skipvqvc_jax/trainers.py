@@ -10,7 +10,6 @@ import dataclasses
 import os
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -1,5 +1,7 @@
+import glob
 import os
 import pathlib
+import struct
 import tempfile
 
 import pytest
@@ -91,3 +93,19 @@ def ported_melgan(parity_dir, tmp_path_factory):
                            '--prefix=param/'], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   return out, result.stdout
+
+
+def read_events(workdir):
+  """Every summary value in the run's TensorBoard event files: {tag: [(step, value proto)]}."""
+  from tensorboardX.proto import event_pb2
+  values = {}
+  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
+    with open(path, 'rb') as f:
+      while header := f.read(8):
+        (length,) = struct.unpack('<Q', header)
+        f.read(4)  # length checksum
+        event = event_pb2.Event.FromString(f.read(length))
+        f.read(4)  # data checksum
+        for value in event.summary.value:
+          values.setdefault(value.tag, []).append((event.step, value))
+  return values

@@ -1,30 +1,13 @@
 """The README's main job: the demo preset on the bundled corpus learns, and TensorBoard shows it."""
-import glob
 import os
-import struct
 
 import pytest
-from tensorboardX.proto import event_pb2
 
 from configs import vqvc_plus
 from skipvqvc_jax import train
+from tests.conftest import read_events
 
 STEPS = 80
-
-
-def read_events(workdir):
-  """Every summary value in the run's TensorBoard event files: {tag: [(step, value proto)]}."""
-  values = {}
-  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
-    with open(path, 'rb') as f:
-      while header := f.read(8):
-        (length,) = struct.unpack('<Q', header)
-        f.read(4)  # length checksum
-        event = event_pb2.Event.FromString(f.read(length))
-        f.read(4)  # data checksum
-        for value in event.summary.value:
-          values.setdefault(value.tag, []).append((event.step, value))
-  return values
 
 
 @pytest.fixture(scope='module')

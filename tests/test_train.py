@@ -14,7 +14,7 @@ from flax import nnx
 
 from configs import default, vqvc_plus, vqvc_plus_cvae, vqvc_plus_resample, vqvc_plus_rhythm
 from configs import vqvc_plus_speaker_quantize
-from skipvqvc_jax import corpus, models, train
+from skipvqvc_jax import corpus, train
 from tests.conftest import REPO, main_flags, tiny_config
 
 CONFIG_FILES = [vqvc_plus, vqvc_plus_rhythm, vqvc_plus_resample, vqvc_plus_speaker_quantize,

@@ -14,7 +14,7 @@ from flax import nnx
 from configs import vocoder as vocoder_configs
 from skipvqvc_jax import audio, convert, corpus, evaluate, train, vocoders
 from skipvqvc_jax.vocoders import griffin_lim, training
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, read_events, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
 
@@ -109,8 +109,20 @@ def test_losses_move_and_both_networks_learn(straight, small_features):
                                                          jax.tree.leaves(fresh['params'][net]))]
     assert max(moved) > 1e-4, net
   assert data_state  # the input pipeline's position is in the checkpoint
-  events = [f for f in os.listdir(workdir / 'tensorboard') if 'tfevents' in f]
-  assert events
+
+def test_tensorboard_holds_losses_audio_and_mels(straight):
+  values = read_events(str(straight[0]))
+  for tag in ('train/loss', 'train/d_loss', 'train/adversarial_loss', 'train/feature_loss',
+              'train/mel_l1', 'train/g_grad_norm', 'train/d_grad_norm', 'train/steps_per_sec',
+              'test/mel_l1', 'test/spectral_convergence'):
+    assert tag in values and all(v.HasField('simple_value') for _, v in values[tag]), tag
+  samples = int(0.5 * 22050) // 256 * 256  # sample_seconds of the first test utterance, whole frames
+  for name in ('real', 'generated', 'griffin_lim'):
+    sounds = values[f'audio/{name}']
+    assert [s for s, _ in sounds] == [0, 8]
+    assert sounds[-1][1].audio.sample_rate == 22050 and sounds[-1][1].audio.length_frames == samples
+  for name in ('real', 'generated'):
+    assert values[f'mel/{name}'][-1][1].image.encoded_image_string.startswith(b'\x89PNG')
 
 
 def test_resume_is_exact(straight, resumed):
