@@ -9,6 +9,13 @@ returns the model with those weights. Reading a `.pt` file needs torch, an optio
 The same entry points take a melgan-neurips generator state dict (`--model=melgan`, `weight_g` /
 `weight_v` pairs) for `skipvqvc_jax.vocoders.melgan.MelGANGenerator`.
 
+And back: `export_state_dict(model)`, or
+
+    python -m skipvqvc_jax.port_torch export SOURCE OUT.npz   # or OUT.pt, with torch
+
+writes a model directory's or a training workdir's latest model (a vocoder trained here too) under the
+original's names and layouts, for the original's scripts.
+
 The original constructs modules that its forward pass never uses: `dec.block0` in every model and
 `quantize_speakers` in `vqvc+_resample`. Their weights are accepted and dropped.
 """
@@ -182,13 +189,72 @@ def infer_melgan_size(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
   return dict(n_mels=n_mels, ngf=out_channels // 2 ** len(melgan.RATIOS), residual_layers=residual)
 
 
+def load_any(source: str):
+  """A model from a model directory, a voice-conversion workdir or a vocoder workdir (latest step)."""
+  import os  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax import checkpoints, train  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.vocoders import training  # pylint: disable=import-outside-toplevel
+  if os.path.isfile(os.path.join(source, 'model.json')):
+    return checkpoints.load_model(source)
+  if training.is_vocoder_workdir(source):
+    return training.restore_generator(source)
+  if os.path.isfile(os.path.join(source, 'config.json')):
+    return train.restore_model(source)
+  raise PortError(f'{source}: not a model directory or a training workdir')
+
+
+def write_state_dict(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
+  """Writes a state dict as `.npz` or, with torch, as a `.pt` that the original loads; atomically."""
+  from skipvqvc_jax import corpus  # pylint: disable=import-outside-toplevel
+  if path.endswith('.npz'):
+    def write(tmp):
+      with open(tmp, 'wb') as f:
+        np.savez(f, **state_dict)
+    corpus.atomic_write(path, write)
+    return
+  if not path.endswith('.pt'):
+    raise PortError(f'{path}: write a .npz or a .pt file')
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise PortError(f'{path}: writing .pt files needs torch: pip install -e ".[torch]"; or write '
+                    f'a .npz') from None
+  corpus.atomic_write(path, lambda tmp: torch.save(
+      {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, tmp))
+
+
+def export_main(argv) -> int:
+  """`python -m skipvqvc_jax.port_torch export SOURCE OUT.{npz,pt}`: ours -> the original's format."""
+  import argparse, json, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  parser = argparse.ArgumentParser(
+      prog='python -m skipvqvc_jax.port_torch export',
+      description="Write a model as the original's PyTorch state dict (melgan-neurips' names for a "
+                  'vocoder), e.g. to use a vocoder trained here in the original scripts.')
+  parser.add_argument('source', help='model directory, or training workdir (its latest checkpoint)')
+  parser.add_argument('out', help='.npz (no torch needed) or .pt (needs torch)')
+  args = parser.parse_args(argv)
+  try:
+    model = load_any(args.source)
+    state_dict = export_state_dict(model)
+    write_state_dict(args.out, state_dict)
+  except (PortError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps(dict(model=type(model).__name__, tensors=len(state_dict), out=args.out)))
+  return 0
+
+
 def main(argv=None):
   import argparse, json, os, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] == 'export':
+    return export_main(argv[1:])
   from skipvqvc_jax import models  # pylint: disable=import-outside-toplevel
   from skipvqvc_jax import checkpoints  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(
       prog='python -m skipvqvc_jax.port_torch',
-      description='Convert an original SkipVQVC checkpoint into a skipvqvc_jax model directory.')
+      description='Convert an original SkipVQVC checkpoint into a skipvqvc_jax model directory '
+                  '(the other way: python -m skipvqvc_jax.port_torch export SOURCE OUT.npz).')
   parser.add_argument('checkpoint', help='original .pt checkpoint (needs torch) or .npz of arrays')
   parser.add_argument('out_dir', help='directory to write (must not exist yet)')
   parser.add_argument('--model', required=True, choices=models.names() + ['melgan'])

@@ -209,3 +209,23 @@ def test_fine_tuning_starts_from_a_ported_generator(small_features, ported_melga
   with pytest.raises(train.TrainingError, match='holds .*ngf.: 32.*not the configured'):
     train.train_and_evaluate(tiny_vocoder_config(small_features, init_from=str(ported_melgan[0])),
                              str(tmp_path / 'mismatch'))
+
+
+def test_export_to_the_original_format_and_back(straight, tmp_path):
+  run = [sys.executable, '-m', 'skipvqvc_jax.port_torch']
+  result = subprocess.run(run + ['export', str(straight[0]), str(tmp_path / 'g.npz')], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  with np.load(tmp_path / 'g.npz') as state_dict:
+    assert 'model.1.weight_g' in state_dict.files and 'model.1.weight_v' in state_dict.files
+  result = subprocess.run(run + [str(tmp_path / 'g.npz'), str(tmp_path / 'back'), '--model=melgan'],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert json.loads(result.stdout)['ngf'] == 4
+  mel = np.random.default_rng(0).normal(-4, 1, (1, 80, 12)).astype(np.float32)
+  ours = training.restore_generator(str(straight[0]))(mel)
+  back = training.load_generator(str(tmp_path / 'back'))(mel)
+  np.testing.assert_allclose(back, ours, atol=1e-6)
+  result = subprocess.run(run + ['export', str(tmp_path), str(tmp_path / 'x.npz')], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2 and 'not a model directory or a training workdir' in result.stderr
