@@ -1,5 +1,8 @@
 """Waveform <-> MelGAN-compatible log-mel features: the one feature code path of the project.
 
+(Vocoder training computes the same features of its audio segments on the device with
+`vocoders.griffin_lim.log_mel`; a test holds the two to the same frames and values.)
+
 The features are the original's `Audio2Mel`: reflect-pad (n_fft - hop) / 2 on both sides, STFT with a
 periodic Hann window and `center=False`, magnitude, Slaney mel filterbank, log10(max(mel, 1e-5)). Audio is
 loaded at 22050 Hz (soxr high-quality resampling, channels averaged) and trimmed with `top_db=20`.

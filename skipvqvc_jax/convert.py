@@ -110,15 +110,16 @@ class Converter:
 
   def convert_mel(self, source: np.ndarray, target: Speaker) -> np.ndarray:
     """Raw log-mel of the source's content in the target's voice, with the source's frame count."""
-    enc = self.encode(source)
-    mel = self._decode(self._state, enc, target, self.rng)
-    return np.asarray(self.trainer.denormalize(np.asarray(mel[0])))[:, :source.shape[1]]
+    return self._decode_raw(self.encode(source), target, source.shape[1])
 
   def reconstruct(self, source: np.ndarray):
     """(raw log-mel reconstruction with the source's own speaker terms, the source's encoding)."""
     enc = self.encode(source)
-    mel = self._decode(self._state, enc, Speaker(enc.speaker, enc.std), self.rng)
-    return np.asarray(self.trainer.denormalize(np.asarray(mel[0])))[:, :source.shape[1]], enc
+    return self._decode_raw(enc, Speaker(enc.speaker, enc.std), source.shape[1]), enc
+
+  def _decode_raw(self, enc, speaker: Speaker, frames: int) -> np.ndarray:
+    mel = self._decode(self._state, enc, speaker, self.rng)
+    return np.asarray(self.trainer.denormalize(np.asarray(mel[0])))[:, :frames]
 
   # ---- files ----------------------------------------------------------------------------------
 
@@ -158,9 +159,7 @@ def _encode(model, mel):
 
 
 def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
-  """16-bit PCM wav, written under a temporary name and renamed."""
-  if os.path.dirname(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+  """16-bit PCM wav, written under a temporary name and renamed (its folder made if needed)."""
   wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
   corpus.atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype='PCM_16',
                                                   format='WAV'))

@@ -327,18 +327,25 @@ def manifest_root(features_dir: str) -> str | None:
   return None
 
 
-def source_waveform(feature_file: str, params: audio.FeatureParams) -> np.ndarray | None:
-  """The trimmed audio behind one feature file, or None when its manifest or source is gone."""
-  root = manifest_root(os.path.dirname(os.path.abspath(feature_file)))
-  if root is None:
-    return None
-  manifest = read_manifest(root)
-  rel = os.path.relpath(os.path.abspath(feature_file), os.path.abspath(root))
-  item = next((i for i in manifest['items'] if i['file'] == rel), None)
-  source = item and os.path.join(audio_root(manifest['input_dir']), item['source'])
-  if not source or not os.path.isfile(source):
-    return None
-  return trimmed_source(source, params, item.get('trim'))
+def source_waveforms(feature_files: Sequence[str], params: audio.FeatureParams) -> dict:
+  """{feature file: the trimmed audio it was made from, or None when its manifest or source is gone}.
+
+  Each manifest is read once, however many files it lists."""
+  manifests: dict[str, dict | None] = {}
+  waves = {}
+  for feature_file in feature_files:
+    root = manifest_root(os.path.dirname(os.path.abspath(feature_file)))
+    if root is not None and root not in manifests:
+      manifest = read_manifest(root)
+      manifests[root] = dict(source_root=audio_root(manifest['input_dir']),
+                             items={i['file']: i for i in manifest['items']})
+    entry = manifests.get(root) if root is not None else None
+    item = entry and entry['items'].get(
+        os.path.relpath(os.path.abspath(feature_file), os.path.abspath(root)))
+    source = item and os.path.join(entry['source_root'], item['source'])
+    waves[feature_file] = (trimmed_source(source, params, item.get('trim'))
+                           if source and os.path.isfile(source) else None)
+  return waves
 
 
 def cache_waveforms(features_dir: str, out_dir: str, params: audio.FeatureParams, *,

@@ -221,28 +221,27 @@ def compare_vocoders(converter, files: Sequence[str], num_utterances: int, seed:
   Returns (metrics per vocoder, {vocoder: waveform} of the first utterance for the report)."""
   from skipvqvc_jax import vocoders  # pylint: disable=import-outside-toplevel
   params = converter.params
-  candidates = {'griffin_lim': vocoders.get('griffin_lim', params)}
-  if converter.vocoder.name != 'griffin_lim':
+  neural = converter.vocoder.name != 'griffin_lim'
+  candidates = {'griffin_lim': vocoders.get('griffin_lim', params) if neural else converter.vocoder}
+  if neural:
     candidates[converter.vocoder.name] = converter.vocoder
   chosen = sorted(random.Random(seed).sample(list(files), min(num_utterances, len(files))))
+  if not chosen:
+    return dict(utterances=0), {}
+  mels = {f: np.load(f) for f in chosen}
+  real = corpus.source_waveforms(chosen, params)
   real_embeddings = {}
   if encoder is not None:
     from resemblyzer import preprocess_wav  # pylint: disable=import-outside-toplevel
     embed = lambda wave: encoder.embed_utterance(preprocess_wav(wave, source_sr=params.sample_rate))
-    for f in chosen:
-      wave = corpus.source_waveform(f, params)
-      if wave is not None:
-        real_embeddings[f] = embed(wave)
+    real_embeddings = {f: embed(wave) for f, wave in real.items() if wave is not None}
   metrics: dict = dict(utterances=len(chosen))
-  first: dict = {}
-  if chosen:
-    first = dict(utterance=os.path.basename(chosen[0]),
-                 real=corpus.source_waveform(chosen[0], params))
+  first = dict(utterance=os.path.basename(chosen[0]), real=real[chosen[0]])
   for name, vocoder in candidates.items():
     mcd, similarity = [], []
-    for f in chosen:
-      wave = vocoder(np.load(f))
-      mcd.append(mcd_dtw(audio.log_mel(wave, params), np.load(f)))
+    for f, mel in mels.items():
+      wave = vocoder(mel)
+      mcd.append(mcd_dtw(audio.log_mel(wave, params), mel))
       if f in real_embeddings:
         similarity.append(float(embed(wave) @ real_embeddings[f]))
       if f == chosen[0]:

@@ -189,20 +189,6 @@ def infer_melgan_size(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
   return dict(n_mels=n_mels, ngf=out_channels // 2 ** len(melgan.RATIOS), residual_layers=residual)
 
 
-def load_any(source: str):
-  """A model from a model directory, a voice-conversion workdir or a vocoder workdir (latest step)."""
-  import os  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax import checkpoints, train  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax.vocoders import training  # pylint: disable=import-outside-toplevel
-  if os.path.isfile(os.path.join(source, 'model.json')):
-    return checkpoints.load_model(source)
-  if training.is_vocoder_workdir(source):
-    return training.restore_generator(source)
-  if os.path.isfile(os.path.join(source, 'config.json')):
-    return train.restore_model(source)
-  raise PortError(f'{source}: not a model directory or a training workdir')
-
-
 def write_state_dict(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
   """Writes a state dict as `.npz` or, with torch, as a `.pt` that the original loads; atomically."""
   from skipvqvc_jax import corpus  # pylint: disable=import-outside-toplevel
@@ -233,8 +219,9 @@ def export_main(argv) -> int:
   parser.add_argument('source', help='model directory, or training workdir (its latest checkpoint)')
   parser.add_argument('out', help='.npz (no torch needed) or .pt (needs torch)')
   args = parser.parse_args(argv)
+  from skipvqvc_jax import train  # pylint: disable=import-outside-toplevel
   try:
-    model = load_any(args.source)
+    model = train.load_any(args.source)
     state_dict = export_state_dict(model)
     write_state_dict(args.out, state_dict)
   except (PortError, FileNotFoundError) as e:

@@ -121,16 +121,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def init_params(config, model: models.VQVCPlus) -> dict:
   """The model's parameters as a pure dict, from `config.init_from` when set."""
   if config.init_from:
-    source = config.init_from
-    if os.path.isfile(os.path.join(source, 'model.json')):
-      loaded = checkpoints.load_model(source)
-    else:
-      loaded = restore_model(source)
-    spec, ours = checkpoints.model_spec(loaded), checkpoints.model_spec(model)
-    if {k: v for k, v in spec.items() if k != 'gru_init'} != {
-        k: v for k, v in ours.items() if k != 'gru_init'}:
-      raise TrainingError(f'init_from {source} holds {spec}, not the configured {ours}')
-    model = loaded
+    model = load_matching(config.init_from, model, ignore=('gru_init',))
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
@@ -512,6 +503,16 @@ def latest_step(workdir: str) -> int | None:
     ckpt.close()
 
 
+def restore_state(workdir: str, config, fresh: dict, step: int | None = None) -> dict:
+  """The train state of a workdir at `step` (default: the latest), shaped like `fresh`, on this host."""
+  ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints, async_save=False)
+  try:
+    state, _ = ckpt.restore(abstract_like(fresh, sharding.make_mesh()), step)
+  finally:
+    ckpt.close()
+  return jax.device_get(state)
+
+
 def restore_model(workdir: str, step: int | None = None) -> models.VQVCPlus:
   """The model of a training workdir at `step` (default: the latest checkpoint), on this host."""
   config = read_workdir_config(workdir)
@@ -521,12 +522,30 @@ def restore_model(workdir: str, step: int | None = None) -> models.VQVCPlus:
   model = build_model(config)
   params = nnx.state(model, nnx.Param)
   fresh = initial_state(config, nnx.to_pure_dict(params), make_optimizer(config))
-  ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints, async_save=False)
-  try:
-    step = ckpt.check_step(step)
-    state, _ = ckpt.restore(abstract_like(fresh, sharding.make_mesh()), step)
-  finally:
-    ckpt.close()
-  nnx.replace_by_pure_dict(params, jax.device_get(state['params']))
+  nnx.replace_by_pure_dict(params, restore_state(workdir, config, fresh, step)['params'])
   nnx.update(model, params)
   return model
+
+
+def load_any(source: str):
+  """A model from a model directory, or the latest checkpoint of a voice-conversion or vocoder
+  training workdir."""
+  if os.path.isfile(os.path.join(source, 'model.json')):
+    return checkpoints.load_model(source)
+  if not os.path.isfile(os.path.join(source, 'config.json')):
+    raise FileNotFoundError(f'{source}: not a model directory or a training workdir')
+  if read_workdir_config(source).get('task') == 'vocoder':
+    from skipvqvc_jax.vocoders import training  # pylint: disable=import-outside-toplevel
+    return training.restore_generator(source)
+  return restore_model(source)
+
+
+def load_matching(source: str, like, ignore: tuple = ()):
+  """`load_any(source)`, refused unless it is built like the model `like` (but for `ignore`d
+  settings): what `config.init_from` starts from."""
+  loaded = load_any(source)
+  spec, ours = checkpoints.model_spec(loaded), checkpoints.model_spec(like)
+  if {k: v for k, v in spec.items() if k not in ignore} != {
+      k: v for k, v in ours.items() if k not in ignore}:
+    raise TrainingError(f'init_from {source} holds {spec}, not the configured {ours}')
+  return loaded

@@ -38,6 +38,8 @@ class WNConv(nnx.Module):
   def __init__(self, in_channels: int, out_channels: int, kernel: int, *, dilation: int = 1,
                stride: int = 1, padding: int = 0, groups: int = 1, transposed: bool = False,
                rngs: nnx.Rngs):
+    if dilation > 1 and (transposed or stride > 1 or groups > 1):
+      raise ValueError('dilation combines only with an ungrouped, unit-stride convolution')
     if transposed:
       shape = (in_channels, out_channels, kernel)
     else:

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from skipvqvc_jax import audio, checkpoints, corpus, input_pipeline, sharding, summaries, train
+from skipvqvc_jax import audio, corpus, input_pipeline, sharding, summaries, train
 from skipvqvc_jax.vocoders import griffin_lim
 from skipvqvc_jax.vocoders.discriminator import Discriminators
 from skipvqvc_jax.vocoders.melgan import MelGANGenerator
@@ -161,10 +161,11 @@ class VocoderSteps:
                 / jnp.linalg.norm(real_spec))
 
 
-def initial_state(config, g_params: dict, d_params: dict, tx) -> dict:
+def initial_state(g_params: dict, d_params: dict, tx) -> dict:
+  """Both networks' parameters and optimizer states, and the step (the step draws no randomness)."""
   return dict(params=dict(generator=g_params, discriminator=d_params),
               opt_state=dict(generator=tx.init(g_params), discriminator=tx.init(d_params)),
-              step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(config.seed)))
+              step=jnp.zeros((), jnp.int32))
 
 
 def waveform_dir(features_dir: str, workdir: str, params: audio.FeatureParams) -> str:
@@ -206,23 +207,19 @@ class VocoderTask:
         shard_index=jax.process_index(), shard_count=jax.process_count(), key='audio')
     self.test_batches = [dict(audio=test[i]['audio']) for i in range(config.eval_batches)]
     self.sample = self._sample_utterance()
-    self.griffin_lim = griffin_lim.GriffinLim(self.features)
+    self.sample_mel = audio.log_mel(self.sample, self.features)
+    self.sample_griffin_lim = None  # the same at every evaluation: made once, at the first
 
   @property
   def traces(self) -> int:
     return self.steps.traces
 
   def initial_state(self) -> dict:
-    g_params = nnx.to_pure_dict(nnx.state(self.generator, nnx.Param))
+    generator = self.generator
     if self.config.init_from:
-      loaded = load_generator(self.config.init_from)
-      if checkpoints.model_spec(loaded) != checkpoints.model_spec(self.generator):
-        raise train.TrainingError(f'init_from {self.config.init_from} holds '
-                                  f'{checkpoints.model_spec(loaded)}, not the configured '
-                                  f'{checkpoints.model_spec(self.generator)}')
-      g_params = nnx.to_pure_dict(nnx.state(loaded, nnx.Param))
-    d_params = nnx.to_pure_dict(nnx.state(self.discriminators, nnx.Param))
-    return initial_state(self.config, g_params, d_params, self.steps.tx)
+      generator = train.load_matching(self.config.init_from, generator)
+    return initial_state(nnx.to_pure_dict(nnx.state(generator, nnx.Param)),
+                         nnx.to_pure_dict(nnx.state(self.discriminators, nnx.Param)), self.steps.tx)
 
   def dataset(self):
     return input_pipeline.make_dataset(
@@ -250,20 +247,18 @@ class VocoderTask:
     return wave[:len(wave) // hop * hop]
 
   def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
-    mel = np.asarray(self._features_of(self.sample))
     generated = np.asarray(self.steps.generate(state['params']['generator'],
-                                               train.place(mel[None], self.mesh)))[0]
+                                               train.place(self.sample_mel[None], self.mesh)))[0]
     if jax.process_index() != 0:
       return
+    if self.sample_griffin_lim is None:
+      self.sample_griffin_lim = griffin_lim.GriffinLim(self.features)(self.sample_mel)
     sr = self.features.sample_rate
     writer.audio(step, 'audio/real', self.sample, sr)
     writer.audio(step, 'audio/generated', generated, sr)
-    writer.audio(step, 'audio/griffin_lim', self.griffin_lim(mel), sr)
-    writer.mel(step, 'mel/real', mel)
-    writer.mel(step, 'mel/generated', self._features_of(generated))
-
-  def _features_of(self, wave: np.ndarray) -> np.ndarray:
-    return audio.log_mel(wave, self.features)
+    writer.audio(step, 'audio/griffin_lim', self.sample_griffin_lim, sr)
+    writer.mel(step, 'mel/real', self.sample_mel)
+    writer.mel(step, 'mel/generated', audio.log_mel(generated, self.features))
 
 
 # ---- restoring ------------------------------------------------------------------------------------
@@ -273,16 +268,11 @@ def restore_generator(workdir: str, step: int | None = None) -> MelGANGenerator:
   config = train.read_workdir_config(workdir)
   generator, discriminators = build_generator(config), build_discriminators(config)
   g_params = nnx.state(generator, nnx.Param)
-  fresh = initial_state(config, nnx.to_pure_dict(g_params),
+  fresh = initial_state(nnx.to_pure_dict(g_params),
                         nnx.to_pure_dict(nnx.state(discriminators, nnx.Param)),
                         make_optimizer(config))
-  ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints, async_save=False)
-  try:
-    step = ckpt.check_step(step)
-    state, _ = ckpt.restore(train.abstract_like(fresh, sharding.make_mesh()), step)
-  finally:
-    ckpt.close()
-  nnx.replace_by_pure_dict(g_params, jax.device_get(state['params']['generator']))
+  state = train.restore_state(workdir, config, fresh, step)
+  nnx.replace_by_pure_dict(g_params, state['params']['generator'])
   nnx.update(generator, g_params)
   return generator
 
@@ -294,10 +284,7 @@ def is_vocoder_workdir(path: str) -> bool:
 
 def load_generator(path: str) -> MelGANGenerator:
   """A MelGAN generator from a saved model directory (ported) or a vocoder training workdir."""
-  if is_vocoder_workdir(path):
-    return restore_generator(path)
-  model = checkpoints.load_model(path)
+  model = train.load_any(path)
   if not isinstance(model, MelGANGenerator):
     raise ValueError(f'{path} holds a {type(model).__name__}, not a MelGAN generator')
   return model
-
