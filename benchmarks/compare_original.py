@@ -72,13 +72,15 @@ def time_ours(config_file, preset, steps, warmup):
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=import-outside-toplevel
   from configs import vqvc_plus, vqvc_plus_resample  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax import convert, sharding, train, trainers  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax import checkpoints, convert, sharding, trainers  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
   config = {'vqvc_plus': vqvc_plus, 'vqvc_plus_resample': vqvc_plus_resample}[config_file].get_config(
       preset)
   mesh = sharding.make_mesh()
-  model = train.build_model(config)
-  steps_ = train.Steps(config, model, trainers.get('normal'), mesh)
-  state = train.place(train.initial_state(config, train.init_params(config, model), steps_.tx), mesh)
+  model = voice_conversion.build_model(config)
+  steps_ = voice_conversion.Steps(config, model, trainers.get('normal'), mesh)
+  state = sharding.place(voice_conversion.make_state(checkpoints.params_of(model), steps_.tx,
+                                                     config.seed), mesh)
   mel = np.random.default_rng(0).normal(-4, 2, (8, 80, 128)).astype(np.float32)
   batch = sharding.global_batch(mesh, dict(mel=mel))
   box = [state]

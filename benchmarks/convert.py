@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from skipvqvc_jax import audio, convert, train, trainers  # pylint: disable=wrong-import-position
+from skipvqvc_jax import audio, convert, trainers  # pylint: disable=wrong-import-position
+from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=wrong-import-position
 from skipvqvc_jax.vocoders import GriffinLim  # pylint: disable=wrong-import-position
 
 DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'data', 'demo_corpus')
@@ -56,7 +57,7 @@ def main():
 
   module, preset = args.preset.split(':')
   config = importlib.import_module('configs.' + module.removesuffix('.py')).get_config(preset)
-  converter = convert.Converter(train.build_model(config), config, trainers.get('normal'))
+  converter = convert.Converter(voice_conversion.build_model(config), config, trainers.get('normal'))
   reference = converter.speaker([mel[:, :256]])
   model_s = timed(lambda: converter.convert_mel(mel, reference), args.repeat)
 

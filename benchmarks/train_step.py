@@ -27,16 +27,17 @@ def measure(preset: str, batch_size: int, steps: int, warmup: int, data: str | N
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax import input_pipeline, sharding, train, trainers  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax import checkpoints, input_pipeline, sharding, trainers  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
   module, name = preset.split(':')
   config = importlib.import_module('configs.' + module.removesuffix('.py')).get_config(name)
   config.batch_size = batch_size
   trainer = trainers.get('normal' if config.trainer == 'mean_std' else config.trainer)
   mesh = sharding.make_mesh()
-  model = train.build_model(config)
-  steps_ = train.Steps(config, model, trainer, mesh)
-  params = train.init_params(config, model)
-  state = train.place(train.initial_state(config, params, steps_.tx), mesh)
+  model = voice_conversion.build_model(config)
+  steps_ = voice_conversion.Steps(config, model, trainer, mesh)
+  params = checkpoints.params_of(model)
+  state = sharding.place(voice_conversion.make_state(params, steps_.tx, config.seed), mesh)
   rng = np.random.default_rng(0)
   mel = rng.normal(-4, 2, (batch_size, 80, 128)).astype(np.float32)
   batch = sharding.global_batch(mesh, trainer.augment(mel, np.random.default_rng(0)))

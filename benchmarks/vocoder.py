@@ -27,8 +27,9 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from configs import vocoder as vocoder_configs  # pylint: disable=wrong-import-position
-from skipvqvc_jax import audio, sharding, train, vocoders  # pylint: disable=wrong-import-position
-from skipvqvc_jax.vocoders import melgan, training  # pylint: disable=wrong-import-position
+from skipvqvc_jax import audio, checkpoints, sharding, vocoders  # pylint: disable=wrong-import-position
+from skipvqvc_jax.models import melgan  # pylint: disable=wrong-import-position
+from skipvqvc_jax.tasks import vocoder as training  # pylint: disable=wrong-import-position
 
 
 def train_step_seconds(preset: str, steps: int) -> tuple[float, int, int]:
@@ -37,9 +38,8 @@ def train_step_seconds(preset: str, steps: int) -> tuple[float, int, int]:
   mesh = sharding.make_mesh()
   generator, discriminators = training.build_generator(config), training.build_discriminators(config)
   step_fns = training.VocoderSteps(config, generator, discriminators, mesh)
-  state = train.place(training.initial_state(
-      nnx.to_pure_dict(nnx.state(generator, nnx.Param)),
-      nnx.to_pure_dict(nnx.state(discriminators, nnx.Param)), step_fns.tx), mesh)
+  state = sharding.place(training.make_state(
+      checkpoints.params_of(generator), checkpoints.params_of(discriminators), step_fns.tx), mesh)
   segment = config.data.segment_frames * config.features.hop_length
   rng = np.random.default_rng(0)
   batch = sharding.global_batch(mesh, dict(audio=(rng.normal(0, 3000, (config.batch_size, 1, segment))

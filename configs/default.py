@@ -6,6 +6,7 @@
 import ml_collections
 
 from skipvqvc_jax import audio
+from skipvqvc_jax.errors import ConfigError
 
 
 def training_defaults() -> ml_collections.ConfigDict:
@@ -63,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
 def from_table(presets: dict, preset: str, base=get_config) -> ml_collections.ConfigDict:
   """`base()` updated with presets[preset]; an unknown preset lists the valid ones."""
   if preset not in presets:
-    raise ValueError(f'unknown preset {preset!r}; valid presets: {", ".join(presets)}')
+    raise ConfigError(f'unknown preset {preset!r}; valid presets: {", ".join(presets)}')
   config = base()
   config.update_from_flattened_dict(presets[preset])
   return config

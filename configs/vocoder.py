@@ -65,6 +65,15 @@ PRESETS = {
     'demo': DEMO,
     'demo_hifigan_style': {**DEMO, **HIFIGAN_STYLE,
                            'discriminator.period_channels': (16, 32, 64, 128, 128)},
+    # big_vision's `runlocal`: both discriminator kinds and every loss, with nets so narrow that a
+    # step takes well under a second on 16-frame segments (the tests' config).
+    'tiny': {'data.train_dir': 'data/demo_corpus', 'data.num_test_speakers': 2,
+             'data.segment_frames': 16, 'generator.ngf': 4, 'generator.residual_layers': 1,
+             'discriminator.scales': 2, 'discriminator.ndf': 4, 'discriminator.layers': 2,
+             'discriminator.periods': (2, 3), 'discriminator.period_channels': (4, 8, 8, 8, 8),
+             'mel_loss_weight': 45.0, 'batch_size': 2, 'num_train_steps': 8, 'log_every_steps': 1,
+             'eval_every_steps': 1000, 'checkpoint_every_steps': 4, 'eval_batches': 1,
+             'sample_seconds': 0.5},
 }
 
 

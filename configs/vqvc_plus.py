@@ -12,6 +12,12 @@ PRESETS = {
     'demo': {'model.channel': 32, 'model.n_embed': 32, 'data.train_dir': 'data/demo_corpus',
              'data.num_test_speakers': 2, 'num_train_steps': 3000, 'log_every_steps': 10,
              'eval_every_steps': 500, 'checkpoint_every_steps': 500, 'eval_batches': 2},
+    # big_vision's `runlocal`: a narrow model on 32-frame crops that trains 8 steps in seconds (the
+    # tests' config; point data.train_dir at any features folder).
+    'tiny': {'model.channel': 16, 'model.n_embed': 16, 'data.train_dir': 'data/demo_corpus',
+             'data.num_test_speakers': 2, 'data.crop_frames': 32, 'batch_size': 4,
+             'num_train_steps': 8, 'log_every_steps': 1, 'eval_every_steps': 1000,
+             'checkpoint_every_steps': 4, 'eval_batches': 1},
 }
 
 

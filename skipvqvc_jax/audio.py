@@ -1,11 +1,12 @@
 """Waveform <-> MelGAN-compatible log-mel features: the one feature code path of the project.
 
-(Vocoder training computes the same features of its audio segments on the device with
-`vocoders.griffin_lim.log_mel`; a test holds the two to the same frames and values.)
-
 The features are the original's `Audio2Mel`: reflect-pad (n_fft - hop) / 2 on both sides, STFT with a
 periodic Hann window and `center=False`, magnitude, Slaney mel filterbank, log10(max(mel, 1e-5)). Audio is
 loaded at 22050 Hz (soxr high-quality resampling, channels averaged) and trimmed with `top_db=20`.
+
+Two implementations share the window and the framing: NumPy for one waveform (`log_mel`: preprocessing,
+conversion) and JAX for batches on the device (`stft`, `istft`, `batch_log_mel`: vocoder training and
+Griffin-Lim). A test holds the two to the same frames and values.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import functools
 import warnings
 
 import numpy as np
+
+from skipvqvc_jax.errors import AudioError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +43,6 @@ class FeatureParams:
     """'name: ours != theirs' for every differing field."""
     return [f'{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}'
             for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
-
-
-class AudioError(ValueError):
-  """The file cannot be used as speech audio; the message says why in one line."""
 
 
 def load(path: str, params: FeatureParams = FeatureParams()) -> np.ndarray:
@@ -87,17 +86,37 @@ def hann_window(length: int) -> np.ndarray:
   return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)).astype(np.float32)
 
 
+def analysis_window(params: FeatureParams = FeatureParams()) -> np.ndarray:
+  """The Hann window of win_length, centred in an n_fft frame (zeros around a shorter window)."""
+  window = np.zeros(params.n_fft, np.float32)
+  offset = (params.n_fft - params.win_length) // 2
+  window[offset:offset + params.win_length] = hann_window(params.win_length)
+  return window
+
+
+def edge_padding(params: FeatureParams = FeatureParams()) -> int:
+  """Reflect padding on each side: (n_fft - hop) / 2, so T frames cover T * hop samples."""
+  return (params.n_fft - params.hop_length) // 2
+
+
+def frame_indices(count: int, params: FeatureParams = FeatureParams()) -> np.ndarray:
+  """(count, n_fft) sample indices of the first `count` analysis frames in the padded waveform."""
+  return np.arange(count)[:, None] * params.hop_length + np.arange(params.n_fft)[None, :]
+
+
+def num_frames(samples: int, params: FeatureParams = FeatureParams()) -> int:
+  """Frames of `log_mel` for a waveform of `samples` samples: one per hop while n_fft samples remain."""
+  return 1 + (samples + 2 * edge_padding(params) - params.n_fft) // params.hop_length
+
+
 def magnitude(y: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
   """|STFT| of the reflect-padded waveform, (n_fft // 2 + 1, frames)."""
-  pad = (params.n_fft - params.hop_length) // 2
+  pad = edge_padding(params)
   if len(y) <= pad:
     raise AudioError(f'too short to analyse ({len(y)} samples)')
   padded = np.pad(np.asarray(y, np.float32), (pad, pad), mode='reflect')
-  frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft)[::params.hop_length]
-  window = np.zeros(params.n_fft, np.float32)  # a shorter window sits centred in the FFT frame
-  offset = (params.n_fft - params.win_length) // 2
-  window[offset:offset + params.win_length] = hann_window(params.win_length)
-  return np.abs(np.fft.rfft(frames * window, axis=-1)).T.astype(np.float32)
+  frames = padded[frame_indices(num_frames(len(y), params), params)]
+  return np.abs(np.fft.rfft(frames * analysis_window(params), axis=-1)).T.astype(np.float32)
 
 
 def log_mel(y: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
@@ -110,3 +129,42 @@ def file_to_log_mel(path: str, params: FeatureParams = FeatureParams()) -> tuple
   """Loads, trims and featurises one file; returns (log-mel, seconds of trimmed audio)."""
   y, _ = trim(load(path, params), params)
   return log_mel(y, params), len(y) / params.sample_rate
+
+
+# ---- the same features in JAX, for batches on the device -------------------------------------------
+# jax is imported inside these functions: preprocessing workers import this module and never need it.
+
+def stft(y, params: FeatureParams = FeatureParams()):
+  """Complex STFT (batch, frames, n_fft // 2 + 1) of y (batch, samples), framed as `magnitude`."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  pad = edge_padding(params)
+  padded = jnp.pad(y, ((0, 0), (pad, pad)), mode='reflect')
+  frames = padded[:, frame_indices(num_frames(y.shape[1], params), params)]
+  return jnp.fft.rfft(frames * analysis_window(params), axis=-1)
+
+
+def istft(spec, params: FeatureParams = FeatureParams()):
+  """Least-squares inverse of `stft`: windowed overlap-add, normalised by the summed squared window."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  batch, frame_count, _ = spec.shape
+  window = analysis_window(params)
+  frames = jnp.fft.irfft(spec, n=params.n_fft, axis=-1) * window
+  index = frame_indices(frame_count, params)
+  length = (frame_count - 1) * params.hop_length + params.n_fft
+  signal = jnp.zeros((batch, length), frames.dtype).at[:, index].add(frames)
+  norm = np.zeros(length, np.float32)
+  np.add.at(norm, index, np.broadcast_to(window**2, index.shape))
+  signal = signal / np.maximum(norm, 1e-8)
+  pad = edge_padding(params)
+  return signal[:, pad:length - pad]
+
+
+def batch_log_mel(y, params: FeatureParams = FeatureParams(), eps: float = 0.0):
+  """`log_mel` of waveforms (batch, samples) in JAX: (batch, n_mels, samples // hop).
+
+  eps > 0 keeps the magnitude's gradient finite where a bin is exactly zero (generated audio)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  spec = stft(y, params)
+  mag = jnp.sqrt(spec.real**2 + spec.imag**2 + eps) if eps else jnp.abs(spec)
+  mel = jnp.einsum('mf,btf->bmt', mel_basis(params), mag)
+  return jnp.log10(jnp.maximum(mel, params.log_floor))

@@ -15,6 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from skipvqvc_jax import errors
+
 config_flags.DEFINE_config_file('config', None, 'A config file and preset, e.g. '
                                 'configs/vqvc_plus.py:n64_ch64 (needed to train).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard logs and outputs go.')
@@ -55,12 +57,12 @@ def _convert(workdir: str) -> None:
     jobs = convert.read_pairs(FLAGS.pairs)
   elif FLAGS.source_dir:
     if not FLAGS.target:
-      raise convert.ConversionError('--source_dir needs --target')
+      raise errors.ConversionError('--source_dir needs --target')
     jobs = convert.source_dir_jobs(FLAGS.source_dir, FLAGS.target, FLAGS.output_dir)
   elif FLAGS.source and FLAGS.target and FLAGS.output:
     jobs = [(FLAGS.source, FLAGS.target, FLAGS.output)]
   else:
-    raise convert.ConversionError('give --source, --target and --output; or --pairs=FILE.csv; or '
+    raise errors.ConversionError('give --source, --target and --output; or --pairs=FILE.csv; or '
                                   '--source_dir and --target')
   converter = convert.Converter.restore(workdir, FLAGS.step, FLAGS.vocoder)
   converter.convert_many(jobs, FLAGS.output_mel, log=lambda line: logging.info('%s', line))
@@ -78,11 +80,14 @@ def main(argv):
     # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from skipvqvc_jax import convert, corpus, train  # pylint: disable=import-outside-toplevel
+  # Each mode imports only its own part of the library, after jax.distributed.initialize (which
+  # must precede other JAX use).
   try:
     if FLAGS.mode == 'train':
+      from skipvqvc_jax import train  # pylint: disable=import-outside-toplevel
       if config is None:
-        raise ValueError('training needs --config=FILE:PRESET, e.g. configs/vqvc_plus.py:demo')
+        raise errors.ConfigError('training needs --config=FILE:PRESET, e.g. '
+                                 'configs/vqvc_plus.py:demo')
       workdir = FLAGS.workdir or default_workdir(config)
       logging.info('JAX process %d/%d, devices: %s; workdir %s', jax.process_index(),
                    jax.process_count(), jax.devices(), workdir)
@@ -90,15 +95,14 @@ def main(argv):
       logging.info('%s at step %d', summary['status'], summary['step'])
     else:
       if not FLAGS.workdir:
-        raise ValueError(f'--mode={FLAGS.mode} needs --workdir of a training run')
+        raise errors.ConfigError(f'--mode={FLAGS.mode} needs --workdir of a training run')
       if FLAGS.mode == 'eval':
         from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
         metrics = evaluate.run(FLAGS.workdir, FLAGS.step, FLAGS.vocoder)
         logging.info('test metrics: %s', json.dumps(metrics))
       else:
         _convert(FLAGS.workdir)
-  except (corpus.CorpusError, train.TrainingError, convert.ConversionError, ValueError,
-          FileNotFoundError) as e:
+  except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

@@ -19,11 +19,9 @@ import numpy as np
 import soundfile as sf
 from flax import nnx
 
-from skipvqvc_jax import audio, corpus, train, trainers, vocoders
-
-
-class ConversionError(ValueError):
-  """A user-facing problem (missing file, bad audio, wrong checkpoint); one line."""
+from skipvqvc_jax import audio, checkpoints, corpus, trainers, vocoders
+from skipvqvc_jax.errors import AudioError, ConversionError, UserError
+from skipvqvc_jax.fileio import atomic_write, save_npy
 
 
 def bucket_frames(frames: int, multiple: int) -> int:
@@ -54,11 +52,11 @@ class Converter:
   def __init__(self, model, config, trainer: trainers.Trainer, vocoder: str = 'griffin_lim',
                seed: int = 0):
     self.model, self.config, self.trainer = model, config, trainer
-    self.params = train.feature_params(config)
+    self.params = audio.FeatureParams.from_dict(config.features)
     self.vocoder = vocoders.get(vocoder, self.params)
     self.rng = jax.random.key(seed)
     graphdef, self._state = nnx.split(model)
-    self._encode = jax.jit(lambda s, mel: _encode(nnx.merge(graphdef, s), mel))
+    self._encode = jax.jit(lambda s, mel: nnx.merge(graphdef, s).encode_deterministic(mel))
     self._decode = jax.jit(lambda s, enc, speaker, rng: nnx.merge(graphdef, s).decode(
         enc.content, speaker.speaker, speaker.std, enc.rhythm, rng=rng))
 
@@ -68,17 +66,17 @@ class Converter:
     if not os.path.isdir(workdir):
       raise ConversionError(f'checkpoint workdir {workdir} does not exist')
     try:
-      config = train.read_workdir_config(workdir)
-      model = train.restore_model(workdir, step)
-    except (train.TrainingError, FileNotFoundError) as e:
+      config = checkpoints.read_config(workdir)
+      if checkpoints.task_of(config) == 'vocoder':
+        raise ConversionError(f'{workdir} trains a vocoder, not a voice-conversion model: pass it '
+                              f'as --vocoder={workdir} and --workdir a voice-conversion run')
+      model = checkpoints.restore_model(workdir, step)
+      trainer = trainers.get(config.trainer, os.path.join(workdir, corpus.STATS_FILE))
+    except UserError as e:
       raise ConversionError(str(e)) from None
     except (ValueError, KeyError) as e:  # orbax: the stored tree is not this model's
       raise ConversionError(f'{workdir}: its checkpoint does not fit the model in its config.json '
                             f'({type(e).__name__})') from None
-    try:
-      trainer = trainers.get(config.trainer, os.path.join(workdir, corpus.STATS_FILE))
-    except corpus.CorpusError as e:
-      raise ConversionError(str(e)) from None
     return cls(model, config, trainer, vocoder)
 
   # ---- features -------------------------------------------------------------------------------
@@ -89,7 +87,7 @@ class Converter:
       raise ConversionError(f'{path}: no such file')
     try:
       mel, _ = audio.file_to_log_mel(path, self.params)
-    except audio.AudioError as e:
+    except AudioError as e:
       raise ConversionError(f'{path}: {e}') from None
     return mel
 
@@ -140,7 +138,7 @@ class Converter:
       mel = self.convert_mel(self.features(source), speakers[key])
       if output_mel:
         output = os.path.splitext(output)[0] + '.npy'
-        corpus.save_npy(output, mel.astype(np.float32))
+        save_npy(output, mel.astype(np.float32))
       else:
         write_wav(output, self.vocoder(mel), self.vocoder.sample_rate)
       log(f'{source} -> {output}')
@@ -148,20 +146,10 @@ class Converter:
     return written
 
 
-def _encode(model, mel):
-  if model.name == 'vqvc+_rhythm':
-    return model.encode(mel, mel)
-  if model.name == 'vqvc+_cvae':
-    # Conversion uses the speaker distribution's mean: no sampling noise in the output.
-    widths = [model.in_channel // 2 ** (s + 1) for s in range(model.num_scales)]
-    return model.encode(mel, noise=[jnp.zeros((mel.shape[0], w)) for w in widths])
-  return model.encode(mel, rng=jax.random.key(0))
-
-
 def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
   """16-bit PCM wav, written under a temporary name and renamed (its folder made if needed)."""
   wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
-  corpus.atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype='PCM_16',
+  atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype='PCM_16',
                                                   format='WAV'))
 
 

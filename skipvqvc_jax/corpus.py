@@ -11,16 +11,16 @@ Layout written by `preprocess` (the arrow audio -> features of the data path):
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import random
-import tempfile
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from skipvqvc_jax import audio
+from skipvqvc_jax.errors import AudioError, CorpusError
+from skipvqvc_jax.fileio import atomic_write, load_json, save_json, save_npy
 
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.mp3', '.ogg')
 VCTK_AUDIO_DIRS = ('wav48', 'wav48_silence_trimmed')  # a VCTK root is read from these subfolders
@@ -29,10 +29,6 @@ MANIFEST = 'manifest.json'
 SPLIT_FILE = 'split.json'
 STATS_FILE = 'stats.npz'
 MANIFEST_VERSION = 1
-
-
-class CorpusError(ValueError):
-  """A user-facing problem with a corpus or feature directory; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,46 +45,6 @@ class Utterance:
 def speaker_of(feature_file: str) -> str:
   """The speaker of a `{speaker}_{utterance}.npy` feature file (speaker names never hold '_')."""
   return os.path.basename(feature_file).split('_', 1)[0]
-
-
-# ---- writing files safely -------------------------------------------------------------------------
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-  """Writes via a temporary file in the same folder and renames it: no half-written file is visible."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def save_npy(path: str, array: np.ndarray) -> None:
-  def write(tmp):
-    with open(tmp, 'wb') as f:
-      np.save(f, array, allow_pickle=False)
-  atomic_write(path, write)
-
-
-def save_json(path: str, obj) -> None:
-  def write(tmp):
-    with open(tmp, 'w') as f:
-      json.dump(obj, f, indent=1, sort_keys=False)
-      f.write('\n')
-  atomic_write(path, write)
-
-
-def load_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise CorpusError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}); fix or delete it')
 
 
 # ---- finding audio --------------------------------------------------------------------------------
@@ -185,10 +141,10 @@ def _featurise(task):
   source_path, out_path, params, min_frames = task
   try:
     if os.path.getsize(source_path) == 0:
-      raise audio.AudioError('empty file (0 bytes)')
+      raise AudioError('empty file (0 bytes)')
     y, index = audio.trim(audio.load(source_path, params), params)
     mel = audio.log_mel(y, params)
-  except (audio.AudioError, OSError) as e:
+  except (AudioError, OSError) as e:
     return dict(ok=False, reason=str(e))
   if mel.shape[1] < min_frames:
     return dict(ok=False, reason=f'too short: {mel.shape[1]} frames < --min_frames={min_frames}')
@@ -247,7 +203,7 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
   if items or known_skips:
     log(f'{len(items)} features already made, {len(tasks)} files to process')
 
-  for (utt, out_rel, key), result in zip(pending, _run_parallel(_featurise, tasks, workers,
+  for (utt, out_rel, key), result in zip(pending, map_files(_featurise, tasks, workers,
                                                                 progress)):
     if result['ok']:
       items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker,
@@ -270,9 +226,10 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
   return manifest
 
 
-def _run_parallel(work: Callable[[tuple], dict], tasks: list, workers: int | None,
-                  progress: bool) -> Iterable[dict]:
-  """Results of `work` in task order, over `workers` processes with a progress bar."""
+def map_files(work: Callable[[tuple], dict], tasks: list, workers: int | None,
+              progress: bool) -> Iterable[dict]:
+  """Results of `work` (a picklable function of one task) in task order, over `workers` processes,
+  with a progress bar."""
   import tqdm  # pylint: disable=import-outside-toplevel
   workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
   bar = tqdm.tqdm(total=len(tasks), unit='file', disable=not progress or not tasks)
@@ -286,31 +243,6 @@ def _run_parallel(work: Callable[[tuple], dict], tasks: list, workers: int | Non
         yield result
         bar.update()
   bar.close()
-
-
-# ---- waveforms (vocoder training) -----------------------------------------------------------------
-
-WAVE_SCALE = 32767  # cached waveforms are int16: half the disk and memory of float32
-
-
-def num_frames(samples: int, params: audio.FeatureParams) -> int:
-  """Frames of `audio.log_mel` for a waveform of `samples` samples (hop-sized steps after padding)."""
-  # padded by n_fft - hop in all, one frame per hop while n_fft samples remain
-  return 1 + (samples - params.hop_length) // params.hop_length
-
-
-def _cache_waveform(task) -> dict:
-  """Worker: one source file -> its trimmed waveform as int16 (1, samples) .npy."""
-  source_path, out_path, params, trim, frames = task
-  try:
-    y = trimmed_source(source_path, params, trim)
-  except (audio.AudioError, OSError) as e:
-    return dict(ok=False, reason=str(e))
-  if num_frames(len(y), params) != frames:
-    return dict(ok=False, reason=f'gives {num_frames(len(y), params)} frames, the features have '
-                                 f'{frames}: the audio changed since preprocessing')
-  save_npy(out_path, np.round(np.clip(y, -1.0, 1.0) * WAVE_SCALE).astype(np.int16)[None])
-  return dict(ok=True)
 
 
 def trimmed_source(source_path: str, params: audio.FeatureParams, trim) -> np.ndarray:
@@ -346,37 +278,6 @@ def source_waveforms(feature_files: Sequence[str], params: audio.FeatureParams) 
     waves[feature_file] = (trimmed_source(source, params, item.get('trim'))
                            if source and os.path.isfile(source) else None)
   return waves
-
-
-def cache_waveforms(features_dir: str, out_dir: str, params: audio.FeatureParams, *,
-                    workers: int | None = None, progress: bool = False) -> None:
-  """The trimmed waveform behind every feature file of `features_dir`, as `out_dir/<file>.npy`.
-
-  A vocoder trains on audio segments and their mels; the manifest of the preprocessed corpus names
-  each feature's source and its trim range, so the waveform is re-read once and cut exactly as the
-  features were. Files already cached are kept (resumable); a source that is gone or changed is an
-  error naming it.
-  """
-  root_dir = manifest_root(features_dir) or features_dir
-  manifest = read_manifest(root_dir)
-  subset = os.path.relpath(os.path.abspath(features_dir), os.path.abspath(root_dir))
-  check_feature_params(root_dir, params)
-  source_root = audio_root(manifest['input_dir'])
-  tasks = []
-  for item in manifest['items']:
-    if subset != '.' and not item['file'].startswith(subset + os.sep):
-      continue
-    out_path = os.path.join(out_dir, os.path.relpath(item['file'], subset))
-    if os.path.exists(out_path):
-      continue
-    source_path = os.path.join(source_root, item['source'])
-    if not os.path.isfile(source_path):
-      raise CorpusError(f'{source_path}, the source of {item["file"]} in {root_dir}, is missing: '
-                        f'training a vocoder needs the audio the features were made from')
-    tasks.append((source_path, out_path, params, item.get('trim'), item['frames']))
-  for task, result in zip(tasks, _run_parallel(_cache_waveform, tasks, workers, progress)):
-    if not result['ok']:
-      raise CorpusError(f'{task[0]}: {result["reason"]}')
 
 
 def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> None:
@@ -431,7 +332,11 @@ def read_manifest(features_dir: str) -> dict:
   path = os.path.join(features_dir, MANIFEST)
   if not os.path.isfile(path):
     raise CorpusError(f'{features_dir} has no {MANIFEST}: run preprocess.py on your audio first')
-  return load_json(path)
+  manifest = load_json(path)
+  if manifest.get('version', 0) > MANIFEST_VERSION:
+    raise CorpusError(f'{path} has version {manifest["version"]}, newer than this skipvqvc_jax reads '
+                      f'({MANIFEST_VERSION}): upgrade skipvqvc_jax or preprocess again')
+  return manifest
 
 
 def check_feature_params(features_dir: str, expected: audio.FeatureParams) -> None:

@@ -24,7 +24,9 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
-from skipvqvc_jax import audio, corpus, input_pipeline, summaries, train
+from skipvqvc_jax import audio, checkpoints, convert, corpus, input_pipeline, summaries, vocoders
+from skipvqvc_jax.errors import CorpusError
+from skipvqvc_jax.fileio import save_json, save_text
 
 MCD_COEFFS = 24  # mel-cepstral coefficients c1..c24 (c0, the energy, is left out as usual)
 
@@ -91,7 +93,7 @@ def choose_pairs(files: Sequence[str], num_pairs: int, seed: int) -> list[dict]:
     by_speaker.setdefault(corpus.speaker_of(f), {})[utterance_name(f)] = f
   speakers = sorted(by_speaker)
   if len(speakers) < 2:
-    raise train.TrainingError('evaluation needs at least two test speakers to convert between')
+    raise CorpusError('evaluation needs at least two test speakers to convert between')
   rng = random.Random(seed)
   pairs = []
   for _ in range(num_pairs):
@@ -113,10 +115,9 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
         report_pairs: int = 6, num_vocoder_utterances: int = 8) -> dict:
   """Evaluates the checkpoint (default: latest) of `workdir`, as its own config.json describes it;
   returns the metrics it writes."""
-  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
   converter = convert.Converter.restore(workdir, step, vocoder)
   cfg = converter.config
-  step = train.latest_step(workdir) if step is None else step
+  step = checkpoints.latest_step(workdir) if step is None else step
   files = input_pipeline.list_features(cfg.data.test_dir)
   out_dir = os.path.join(workdir, 'eval')
   assets = os.path.join(out_dir, 'assets')
@@ -161,9 +162,9 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
 
   _write_report(out_dir, assets, metrics, pairs[:report_pairs], converter,
                 resynthesis if report_pairs else {})
-  corpus.save_json(os.path.join(out_dir, 'pairs.json'), [
+  save_json(os.path.join(out_dir, 'pairs.json'), [
       {k: v for k, v in p.items() if k != 'converted_mel'} for p in pairs])
-  corpus.save_json(os.path.join(out_dir, 'metrics.json'), metrics)
+  save_json(os.path.join(out_dir, 'metrics.json'), metrics)
   writer = summaries.Writer(workdir)
   writer.scalars(step, _flat(metrics), 'eval/')
   writer.close()
@@ -219,7 +220,6 @@ def compare_vocoders(converter, files: Sequence[str], num_utterances: int, seed:
   """Griffin-Lim and the converter's vocoder (when neural) on resynthesis of real test utterances.
 
   Returns (metrics per vocoder, {vocoder: waveform} of the first utterance for the report)."""
-  from skipvqvc_jax import vocoders  # pylint: disable=import-outside-toplevel
   params = converter.params
   neural = converter.vocoder.name != 'griffin_lim'
   candidates = {'griffin_lim': vocoders.get('griffin_lim', params) if neural else converter.vocoder}
@@ -264,7 +264,6 @@ def _flat(metrics: dict, prefix: str = '') -> dict:
 
 def _vocoder_section(assets: str, metrics: dict, resynthesis: dict, sample_rate: int) -> str:
   """The vocoders' resynthesis scores, and one real utterance through each of them."""
-  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
   rows = ''.join(
       f'<tr><td>{html.escape(name)}</td><td>{m["resynthesis_mcd_dtw_db"]:.2f}</td>'
       f'<td>{m["similarity_to_real"]:.3f}</td></tr>' if 'similarity_to_real' in m else
@@ -288,7 +287,6 @@ def _vocoder_section(assets: str, metrics: dict, resynthesis: dict, sample_rate:
 def _write_report(out_dir, assets, metrics, pairs, converter, resynthesis: dict) -> None:
   """A static page: metrics table, the vocoders, and per pair the mels as images and the audio as
   players."""
-  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
   rows = ''.join(f'<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>' if isinstance(v, float)
                  else f'<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>'
                  for k, v in _flat(metrics).items())
@@ -324,8 +322,7 @@ baseline compares the unconverted source with it.</p>
 {_vocoder_section(assets, metrics['vocoders'], resynthesis, converter.vocoder.sample_rate)}
 <h2>Conversions</h2>{''.join(sections)}</body></html>
 """
-  corpus.atomic_write(os.path.join(out_dir, 'report.html'),
-                       lambda tmp: open(tmp, 'w').write(page))
+  save_text(os.path.join(out_dir, 'report.html'), page)
 
 
 def _save_png(path: str, image: np.ndarray) -> None:

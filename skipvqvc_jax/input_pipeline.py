@@ -6,32 +6,39 @@ checkpointed and a resumed run sees exactly the batches an uninterrupted run wou
 
 Several processes: the stream of crops is defined once for the whole job (shuffled over every file), and
 global batch k is its k-th run of `global_batch` crops; process p reads only its contiguous slice of each
-global batch (see CropBatches). So the processes read disjoint examples (each crop is read by exactly one of them) and the
-global batches are the same whatever the number of processes: a pod run trains on exactly the batches of
-a single-process run.
+global batch (see CropBatches). So the processes read disjoint examples (each crop is read by exactly
+one of them) and the global batches are the same whatever the number of processes: a pod run trains on
+exactly the batches of a single-process run.
+
+`resolve_data` turns a config's data fields into the feature folders a run reads, preprocessing an audio
+corpus into the workdir first when it is given one.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
 from typing import Sequence
 
 import grain
+import jax
 import numpy as np
+from absl import logging
 
-from skipvqvc_jax import corpus
+from skipvqvc_jax import audio, corpus, sharding
+from skipvqvc_jax.errors import CorpusError
 
 
 def list_features(features_dir: str) -> list[str]:
   """The sorted `.npy` feature files of a folder; an error that says what to do when there are none."""
   if not os.path.isdir(features_dir):
-    raise corpus.CorpusError(f'features dir {features_dir} does not exist; run preprocess.py '
+    raise CorpusError(f'features dir {features_dir} does not exist; run preprocess.py '
                              f'INPUT_DIR OUTPUT_DIR and point the config at OUTPUT_DIR/train')
   files = sorted(os.path.join(features_dir, f) for f in os.listdir(features_dir)
                  if f.endswith('.npy') and not f.startswith('.'))
   if not files:
-    raise corpus.CorpusError(f'features dir {features_dir} holds no .npy features')
+    raise CorpusError(f'features dir {features_dir} holds no .npy features')
   return files
 
 
@@ -48,13 +55,11 @@ class FeatureSource(grain.sources.RandomAccessDataSource):
   also run the step that showed: 15% slower steps at the demo preset with mapped files (benchmarks).
   """
 
-  def __init__(self, files: Sequence[str], in_memory: bool | None = None, key: str = 'mel'):
+  def __init__(self, files: Sequence[str], key: str = 'mel'):
     self.files, self.key = list(files), key
-    self.speakers = speaker_names(self.files)
-    index = {s: i for i, s in enumerate(self.speakers)}
+    index = {s: i for i, s in enumerate(speaker_names(self.files))}
     self.speaker_ids = np.array([index[corpus.speaker_of(f)] for f in self.files], np.int32)
-    if in_memory is None:
-      in_memory = sum(os.path.getsize(f) for f in self.files) <= IN_MEMORY_LIMIT
+    in_memory = sum(os.path.getsize(f) for f in self.files) <= IN_MEMORY_LIMIT
     self.arrays = [np.load(f) for f in self.files] if in_memory else None
 
   def __len__(self) -> int:
@@ -89,19 +94,18 @@ class CropBatches(grain.MapDataset):
   """
 
   def __init__(self, source: FeatureSource, *, local_batch: int, crop_frames: int, seed: int,
-               shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None):
+               shard_index: int = 0, shard_count: int = 1):
     super().__init__()
     self.source, self.local, self.frames, self.seed = source, local_batch, crop_frames, seed
     self.global_batch = local_batch * shard_count
     self.offset = shard_index * local_batch
     self.per_epoch = len(source) // self.global_batch
-    self.num_epochs = num_epochs
     # Batches are read roughly in order (by prefetch threads, so concurrently): the current and the
     # next epoch's orders are enough, and lru_cache returns each caller its own epoch's order.
     self._epoch_order = functools.lru_cache(maxsize=2)(self._permutation)
 
   def __len__(self) -> int:
-    return sys.maxsize if self.num_epochs is None else self.per_epoch * self.num_epochs
+    return sys.maxsize  # an endless stream: the step budget ends training, not the data
 
   def _permutation(self, epoch: int) -> np.ndarray:
     return np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
@@ -120,20 +124,19 @@ class CropBatches(grain.MapDataset):
 
 
 def make_dataset(features_dir: str, *, batch_size: int, crop_frames: int = 128, seed: int = 0,
-                 shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
-                 key: str = 'mel') -> grain.MapDataset:
+                 shard_index: int = 0, shard_count: int = 1, key: str = 'mel') -> grain.MapDataset:
   """Batches of random crops, reshuffled each epoch; this process's slice of every global batch.
 
-  batch_size is per process (the global batch / the number of processes). With num_epochs=None the
-  stream is infinite; batch i is `dataset[i]`, whatever happened before. crop_frames counts the last
-  axis: frames of mels, or samples of waveforms (key='audio').
+  batch_size is per process (the global batch / the number of processes). The stream is endless;
+  batch i is `dataset[i]`, whatever happened before. crop_frames counts the last axis: frames of mels,
+  or samples of waveforms (key='audio').
   """
   source = FeatureSource(list_features(features_dir), key=key)
   if len(source) < batch_size * shard_count:
-    raise corpus.CorpusError(f'{features_dir}: {len(source)} files, fewer than the global batch of '
+    raise CorpusError(f'{features_dir}: {len(source)} files, fewer than the global batch of '
                              f'{batch_size * shard_count}')
   return CropBatches(source, local_batch=batch_size, crop_frames=crop_frames, seed=seed,
-                     shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs)
+                     shard_index=shard_index, shard_count=shard_count)
 
 
 def make_iterator(dataset: grain.MapDataset, *, prefetch: int = 4, threads: int = 2):
@@ -147,6 +150,62 @@ def speaker_names(files: Sequence[str]) -> list[str]:
   return sorted({corpus.speaker_of(f) for f in files})
 
 
-def speakers(features_dir: str) -> list[str]:
-  """The speakers of a features folder (read from the file names; nothing is loaded)."""
-  return speaker_names(list_features(features_dir))
+
+# ---- a run's data ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Data:
+  train_dir: str
+  test_dir: str
+  stats_file: str
+
+
+def _holds_features(folder: str) -> bool:
+  return os.path.isdir(folder) and any(f.endswith('.npy') for f in os.listdir(folder))
+
+
+def resolve_data(config, workdir: str) -> Data:
+  """Feature folders for training and testing; audio corpora are preprocessed into the workdir first."""
+  params = audio.FeatureParams.from_dict(config.features)
+  train_dir, test_dir = config.data.train_dir, config.data.test_dir
+  if not train_dir:
+    raise CorpusError('no training data: set --config.data.train_dir to a features folder or an '
+                      'audio corpus')
+  if not os.path.isdir(train_dir):
+    raise CorpusError(f'data.train_dir {train_dir} does not exist')
+  if not _holds_features(train_dir):
+    # An audio corpus: preprocess once into the workdir (resumable, so a rerun reuses it).
+    num_test = config.data.num_test_speakers
+    out = _preprocess_once(train_dir, os.path.join(workdir, 'features'), params, config.seed,
+                           None if num_test < 0 else num_test)
+    train_dir = os.path.join(out, 'train')
+    test_dir = test_dir or os.path.join(out, 'test')
+  elif not test_dir:
+    sibling = os.path.join(os.path.dirname(os.path.abspath(train_dir)), 'test')
+    test_dir = sibling if _holds_features(sibling) else train_dir
+    if test_dir == train_dir:
+      logging.warning('no test_dir and no test/ beside train_dir: evaluating on training speakers')
+  if os.path.isdir(test_dir) and not _holds_features(test_dir):
+    # Test audio: every speaker in it is a test speaker, so all of it lands on the 'train' side.
+    out = _preprocess_once(test_dir, os.path.join(workdir, 'test_features'), params, config.seed, 0)
+    test_dir = os.path.join(out, 'train')
+  if test_dir and not _holds_features(test_dir):
+    raise CorpusError(f'data.test_dir {test_dir} holds no .npy features')
+  for folder in {train_dir, test_dir}:
+    manifest_dir = corpus.manifest_root(folder)
+    if manifest_dir:
+      corpus.check_feature_params(manifest_dir, params)
+    else:
+      logging.warning('%s has no manifest.json: cannot check its feature parameters', folder)
+  stats_file = config.data.stats_file or os.path.join(
+      corpus.manifest_root(train_dir) or os.path.dirname(os.path.abspath(train_dir)), corpus.STATS_FILE)
+  return Data(train_dir, test_dir, stats_file)
+
+
+def _preprocess_once(audio_dir: str, out: str, params, seed: int, num_test: int | None) -> str:
+  if jax.process_index() == 0:
+    logging.info('preprocessing the audio in %s into %s', audio_dir, out)
+    corpus.preprocess(audio_dir, out, params, num_test_speakers=num_test, seed=seed,
+                      progress=False, log=logging.info)
+  sharding.sync('preprocess')
+  return out

@@ -7,7 +7,7 @@ import sys
 
 from absl import app, flags
 
-from skipvqvc_jax import audio, corpus
+from skipvqvc_jax import audio, corpus, errors
 
 _defaults = audio.FeatureParams()
 flags.DEFINE_integer('workers', None, 'Processes to decode with (default: all cores).')
@@ -37,7 +37,7 @@ def main(argv):
         argv[1], argv[2], params, min_frames=FLAGS.min_frames, test_speakers=FLAGS.test_speakers,
         num_test_speakers=FLAGS.num_test_speakers, seed=FLAGS.seed, workers=FLAGS.workers,
         progress=FLAGS.progress)
-  except corpus.CorpusError as e:
+  except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   t = manifest['totals']

@@ -1,9 +1,13 @@
-"""Data parallelism with jax.sharding: one `data` mesh axis over every device of every process."""
+"""Data parallelism with jax.sharding: one `data` mesh axis over every device of every process, and the
+few multi-process helpers the loop and the tasks share (placing a state, barriers, sharded means)."""
 from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from skipvqvc_jax.errors import ConfigError
 
 
 def make_mesh() -> Mesh:
@@ -23,7 +27,7 @@ def local_batch_size(global_batch: int) -> int:
   """This process's share of the global batch; the batch must split evenly over every device."""
   devices = jax.device_count()
   if global_batch % devices:
-    raise ValueError(f'batch_size {global_batch} does not split over {devices} devices; '
+    raise ConfigError(f'batch_size {global_batch} does not split over {devices} devices; '
                      f'use a multiple of {devices}')
   return global_batch // jax.process_count()
 
@@ -32,3 +36,33 @@ def global_batch(mesh: Mesh, local: dict) -> dict:
   """Assembles each process's local numpy batch into global arrays sharded over `data`."""
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def place(tree, mesh: Mesh):
+  """Replicates a tree of host values onto every device of the mesh (works across processes)."""
+  target = replicated(mesh)
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
+  return jax.tree.map(put, tree)
+
+
+def abstract_like(tree, mesh: Mesh):
+  """Shapes and dtypes of `tree`, replicated over the mesh: a restore target."""
+  target = replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target), tree)
+
+
+def sync(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (nothing to wait for in one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def mean_over_batches(step, batches: list[dict], mesh: Mesh) -> dict:
+  """The mean of `step(index, global_batch)`'s metrics over fixed local batches, as floats."""
+  totals: dict[str, float] = {}
+  for i, local in enumerate(batches):
+    for k, v in jax.device_get(step(i, global_batch(mesh, local))).items():
+      totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
+  return totals

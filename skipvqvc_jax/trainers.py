@@ -2,7 +2,7 @@
 
 A trainer says how mels are normalised before the model sees them (and how to undo it for audio), how a
 batch is augmented on the host before the step, and what the model is asked to reconstruct. Everything
-else (the step, the loop, checkpoints, logging) is shared in `train.py`.
+else is shared: the step in `tasks/voice_conversion.py`; the loop, checkpoints and logging in `train.py`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from skipvqvc_jax import corpus
+from skipvqvc_jax.errors import ConfigError, CorpusError
 
 NAMES = ('normal', 'mean_std', 'simple_normalize', 'rhythm')
 
@@ -36,7 +36,7 @@ class Trainer:
     """The model's reconstruction of normalised inputs['mel'], and its encoding."""
     mel = self.normalize(inputs['mel'])
     if 'content_mel' in inputs:
-      return model.reconstruct(self.normalize(inputs['content_mel']), rhythm_mel=mel, rng=rng)
+      return model.reconstruct(mel, self.normalize(inputs['content_mel']), rng=rng)
     return model.reconstruct(mel, rng=rng)
 
   def loss(self, model, inputs: dict, rng, latent_weight: float):
@@ -51,12 +51,12 @@ class Trainer:
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
   if not os.path.isfile(path):
-    raise corpus.CorpusError(f'the mean_std trainer needs per-band statistics: {path} not found; '
+    raise CorpusError(f'the mean_std trainer needs per-band statistics: {path} not found; '
                              f'preprocess.py writes it, or set --config.data.stats_file')
   with np.load(path) as stats:
     mean, std = stats['mean'].astype(np.float32), stats['std'].astype(np.float32)
   if mean.ndim != 1 or mean.shape != std.shape:
-    raise corpus.CorpusError(f'{path}: mean and std must be 1-D arrays of one size')
+    raise CorpusError(f'{path}: mean and std must be 1-D arrays of one size')
   return mean, np.maximum(std, 1e-5)
 
 
@@ -74,7 +74,7 @@ def get(name: str, stats_file: str | None = None) -> Trainer:
     mean, std = mean[:, None], std[:, None]  # per band, broadcast over frames
     return Trainer(name, normalize=lambda m: (m - mean) / std / 3,
                    denormalize=lambda m: m * std * 3 + mean)
-  raise ValueError(f'unknown trainer {name!r}; valid trainers: {", ".join(NAMES)}')
+  raise ConfigError(f'unknown trainer {name!r}; valid trainers: {", ".join(NAMES)}')
 
 
 # ---- the rhythm augmentation ----------------------------------------------------------------------

@@ -48,38 +48,23 @@ def small_features(small_corpus, tmp_path_factory) -> pathlib.Path:
   return out
 
 
-def tiny_config(features, **overrides):
-  """A config that trains in seconds: a narrow model on 32-frame crops."""
-  from configs import vqvc_plus
-  config = vqvc_plus.get_config('n64_ch64')
-  config.model.channel = 16
-  config.model.n_embed = 16
-  config.data.train_dir = str(features / 'train')
-  config.data.test_dir = str(features / 'test')
-  config.data.crop_frames = 32
-  config.batch_size = 4
-  config.num_train_steps = 8
-  config.log_every_steps = 1
-  config.eval_every_steps = 1000
-  config.checkpoint_every_steps = 4
-  config.eval_batches = 1
+def tiny_config(features, preset='vqvc_plus.py:tiny', **overrides):
+  """A `tiny` preset (seconds to train) reading the features in `features`/{train,test}."""
+  import importlib
+  module, name = preset.split(':')
+  config = importlib.import_module('configs.' + module.removesuffix('.py')).get_config(name)
+  overrides = {'data.train_dir': str(features / 'train'), 'data.test_dir': str(features / 'test'),
+               **overrides}
   for key, value in overrides.items():
     config.update_from_flattened_dict({key: value})
   return config
 
 
-def main_flags(features, workdir, **overrides):
-  """main.py flags for tiny_config(features, **overrides) in `workdir`."""
-  config = tiny_config(features, **overrides)
-  flat = {'model.channel': config.model.channel, 'model.n_embed': config.model.n_embed,
-          'data.train_dir': config.data.train_dir, 'data.test_dir': config.data.test_dir,
-          'data.crop_frames': config.data.crop_frames, 'batch_size': config.batch_size,
-          'num_train_steps': config.num_train_steps, 'log_every_steps': config.log_every_steps,
-          'eval_every_steps': config.eval_every_steps,
-          'checkpoint_every_steps': config.checkpoint_every_steps,
-          'eval_batches': config.eval_batches}
-  return ['--config=configs/vqvc_plus.py:n64_ch64', f'--workdir={workdir}'] + [
-      f'--config.{k}={v}' for k, v in flat.items()]
+def main_flags(features, workdir, preset='vqvc_plus.py:tiny', **overrides):
+  """main.py flags that train tiny_config(features, preset, **overrides) in `workdir`."""
+  overrides = {'data.train_dir': features / 'train', 'data.test_dir': features / 'test', **overrides}
+  return [f'--config=configs/{preset}', f'--workdir={workdir}'] + [
+      f'--config.{k}={v}' for k, v in overrides.items()]
 
 
 @pytest.fixture(scope='session')

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import audio, convert, evaluate, train
+from skipvqvc_jax import audio, convert, evaluate, input_pipeline, train
+from skipvqvc_jax.tasks import voice_conversion
 from skipvqvc_jax.vocoders import GriffinLim
 from tests.conftest import REPO, tiny_config
 
@@ -45,8 +46,13 @@ def test_one_pair_has_the_source_duration(converter, tmp_path):
   assert np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
 
 
-def test_step_picks_a_saved_checkpoint(workdir):
-  assert convert.Converter.restore(str(workdir), step=4).model is not None
+def test_step_picks_a_saved_checkpoint(workdir, converter):
+  at_4 = convert.Converter.restore(str(workdir), step=4)  # the latest, so the default's weights
+  mel = np.random.default_rng(0).normal(-4, 1, (80, 64)).astype(np.float32)
+  np.testing.assert_array_equal(at_4.reconstruct(mel)[0], converter.reconstruct(mel)[0])
+  untrained = convert.Converter(voice_conversion.build_model(at_4.config), at_4.config,
+                                at_4.trainer)
+  assert np.abs(untrained.reconstruct(mel)[0] - at_4.reconstruct(mel)[0]).max() > 1e-3
   with pytest.raises(convert.ConversionError, match=r'no checkpoint of step 3 in .*; saved steps: 4$'):
     convert.Converter.restore(str(workdir), step=3)
 
@@ -190,7 +196,10 @@ def test_eval_writes_metrics_and_a_report(workdir):
   assert conversion['pairs'] == conversion['parallel_pairs'] == 4
   assert 0 < conversion['mcd_dtw_db'] < 100 and 0 < conversion['baseline_mcd_dtw_db'] < 100
   pairs = json.load(open(workdir / 'eval' / 'pairs.json'))
-  assert pairs == json.load(open(workdir / 'eval' / 'pairs.json'))
+  # The pairs are a fixed, seeded choice over the test files: what choose_pairs gives again.
+  test_files = input_pipeline.list_features(json.load(open(workdir / 'config.json'))['data']['test_dir'])
+  chosen = ('source', 'target_speaker', 'reference', 'parallel')
+  assert [{k: p[k] for k in chosen} for p in pairs] == evaluate.choose_pairs(test_files, 4, seed=0)
   for pair in pairs:
     assert evaluate.utterance_name(pair['source']) == evaluate.utterance_name(pair['parallel'])
     assert evaluate.utterance_name(pair['reference']) != evaluate.utterance_name(pair['source'])

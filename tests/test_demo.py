@@ -5,7 +5,7 @@ import pytest
 
 from configs import vqvc_plus
 from skipvqvc_jax import train
-from tests.conftest import read_events
+from tests.conftest import REPO, read_events
 
 STEPS = 80
 
@@ -17,8 +17,12 @@ def demo_run(tmp_path_factory):
   config.num_train_steps = STEPS
   config.eval_every_steps = STEPS
   config.checkpoint_every_steps = STEPS
-  os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # data.train_dir is relative
-  return str(workdir), train.train_and_evaluate(config, str(workdir))
+  previous = os.getcwd()
+  os.chdir(REPO)  # data.train_dir is relative to the repository root, as in the README
+  try:
+    return str(workdir), train.train_and_evaluate(config, str(workdir))
+  finally:
+    os.chdir(previous)
 
 
 def test_demo_preprocesses_the_bundled_audio(demo_run):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from skipvqvc_jax import corpus, input_pipeline
+from skipvqvc_jax import corpus, errors, fileio, input_pipeline
 
 
 @pytest.fixture(scope='module')
@@ -21,7 +21,7 @@ def features(tmp_path_factory):
     mel = np.zeros((80, frames), np.float32)
     mel[0] = i
     mel[1] = np.arange(frames)
-    corpus.save_npy(str(folder / f'spk{i % 4}_{i:03d}.npy'), mel)
+    fileio.save_npy(str(folder / f'spk{i % 4}_{i:03d}.npy'), mel)
   return str(folder)
 
 
@@ -37,7 +37,7 @@ def test_batches_have_the_right_shape_and_speakers(features):
   for mel, speaker in zip(batch['mel'], batch['speaker']):
     i = int(mel[0, 0])
     source = os.path.join(features, f'spk{i % 4}_{i:03d}.npy')
-    assert input_pipeline.speakers(features)[speaker] == corpus.speaker_of(source)
+    assert input_pipeline.speaker_names(input_pipeline.list_features(features))[speaker] == corpus.speaker_of(source)
     frames = np.load(source).shape[1]
     if frames >= 128:  # a contiguous window
       assert np.array_equal(mel[1], np.arange(mel[1, 0], mel[1, 0] + 128))
@@ -91,7 +91,7 @@ def test_restored_iterator_continues_with_the_same_batches(features):
 
 
 def test_missing_or_empty_dirs_say_what_to_do(tmp_path):
-  with pytest.raises(corpus.CorpusError, match='does not exist; run preprocess.py'):
+  with pytest.raises(errors.CorpusError, match='does not exist; run preprocess.py'):
     input_pipeline.make_dataset(str(tmp_path / 'nope'), batch_size=2)
-  with pytest.raises(corpus.CorpusError, match='holds no .npy features'):
+  with pytest.raises(errors.CorpusError, match='holds no .npy features'):
     input_pipeline.make_dataset(str(tmp_path), batch_size=2)

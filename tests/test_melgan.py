@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from skipvqvc_jax import port_torch, vocoders
-from skipvqvc_jax.vocoders import melgan
+from skipvqvc_jax.models import melgan
 
 
 @pytest.fixture(scope='module')
@@ -41,7 +41,7 @@ def test_intermediate_activations_and_weights(generator, golden):
   up = generator.ups[0].up(jax.nn.leaky_relu(x, 0.2))
   act = golden['act/up0_convT'].transpose(0, 2, 1)
   assert np.abs(np.asarray(up) - act).max() <= 1e-5 * np.abs(act).max()
-  for name, variable in melgan.torch_table(generator).items():
+  for name, (variable, _) in generator.torch_table().items():
     if name.endswith('weight_v'):
       layer = name.removesuffix('.weight_v')
       derived = golden[f'derived/{layer}.weight']

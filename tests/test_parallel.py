@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from skipvqvc_jax import train
+from skipvqvc_jax import checkpoints, train
 from tests.conftest import REPO, main_flags, tiny_config
 
 STEPS = 6
@@ -28,7 +28,7 @@ def _losses(workdir):
 
 
 def _params(workdir):
-  return jax.tree.leaves(nnx.to_pure_dict(nnx.state(train.restore_model(str(workdir)), nnx.Param)))
+  return jax.tree.leaves(nnx.to_pure_dict(nnx.state(checkpoints.restore_model(str(workdir)), nnx.Param)))
 
 
 def _free_port():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import audio, corpus
+from skipvqvc_jax import audio, corpus, errors, fileio
 from tests import audio_fixtures
 from tests.conftest import REPO
 
@@ -125,13 +125,22 @@ def test_second_run_redoes_nothing_and_an_interrupted_run_finishes(tree, process
 def test_changed_split_or_parameters_are_refused(tree, processed):
   root, _ = tree
   out, _, _ = processed
-  with pytest.raises(corpus.CorpusError, match='split.json lists test speakers'):
+  with pytest.raises(errors.CorpusError, match='split.json lists test speakers'):
     corpus.preprocess(root, out, test_speakers=['alice'], progress=False)
-  with pytest.raises(corpus.CorpusError, match='n_mels: 80 != 40'):
+  with pytest.raises(errors.CorpusError, match='n_mels: 80 != 40'):
     corpus.preprocess(root, out, audio.FeatureParams(n_mels=40), progress=False)
   corpus.check_feature_params(out, audio.FeatureParams())
-  with pytest.raises(corpus.CorpusError, match=r'hop_length: 256 != 200.*manifest vs config'):
+  with pytest.raises(errors.CorpusError, match=r'hop_length: 256 != 200.*manifest vs config'):
     corpus.check_feature_params(out, audio.FeatureParams(hop_length=200))
+
+
+def test_a_manifest_from_a_newer_version_is_refused(processed, tmp_path):
+  out, _, _ = processed
+  manifest = fileio.load_json(os.path.join(out, corpus.MANIFEST))
+  assert manifest['version'] == corpus.MANIFEST_VERSION
+  fileio.save_json(str(tmp_path / corpus.MANIFEST), dict(manifest, version=corpus.MANIFEST_VERSION + 1))
+  with pytest.raises(errors.CorpusError, match='newer than this skipvqvc_jax reads'):
+    corpus.read_manifest(str(tmp_path))
 
 
 def test_seeded_split_is_reproducible_and_disjoint():

@@ -14,7 +14,8 @@ from flax import nnx
 
 from configs import default, vqvc_plus, vqvc_plus_cvae, vqvc_plus_resample, vqvc_plus_rhythm
 from configs import vqvc_plus_speaker_quantize
-from skipvqvc_jax import corpus, train
+from skipvqvc_jax import checkpoints, errors, fileio, train
+from skipvqvc_jax.tasks import voice_conversion
 from tests.conftest import REPO, main_flags, tiny_config
 
 CONFIG_FILES = [vqvc_plus, vqvc_plus_rhythm, vqvc_plus_resample, vqvc_plus_speaker_quantize,
@@ -22,7 +23,7 @@ CONFIG_FILES = [vqvc_plus, vqvc_plus_rhythm, vqvc_plus_resample, vqvc_plus_speak
 
 
 def _params(workdir):
-  return nnx.to_pure_dict(nnx.state(train.restore_model(str(workdir)), nnx.Param))
+  return nnx.to_pure_dict(nnx.state(checkpoints.restore_model(str(workdir)), nnx.Param))
 
 
 def _max_diff(a, b):
@@ -35,7 +36,7 @@ def test_every_preset_loads_and_builds(module):
   for preset in module.PRESETS:
     config = module.get_config(preset)
     # Building only the abstract shapes keeps channel-512 presets cheap.
-    abstract = nnx.eval_shape(lambda: train.build_model(config))
+    abstract = nnx.eval_shape(lambda: voice_conversion.build_model(config))
     assert abstract.name == config.model.name and abstract.channel == config.model.channel
     assert config.trainer in ('normal', 'mean_std', 'simple_normalize', 'rhythm')
   with pytest.raises(ValueError, match='valid presets: '):
@@ -107,6 +108,18 @@ def test_init_from_another_run(straight, small_features, tmp_path):
   assert summary['train_losses'][1] < fresh['train_losses'][1]
 
 
+def test_a_resumed_run_does_not_read_init_from_again(straight, small_features, tmp_path):
+  source = tmp_path / 'source'
+  shutil.copytree(straight[0], source)
+  workdir = str(tmp_path / 'w')
+  train.train_and_evaluate(tiny_config(small_features, num_train_steps=2, init_from=str(source)),
+                           workdir)
+  shutil.rmtree(source)  # once a run has its own checkpoint, init_from is neither read nor needed
+  summary = train.train_and_evaluate(
+      tiny_config(small_features, num_train_steps=4, init_from=str(source)), workdir)
+  assert summary['start_step'] == 2 and summary['step'] == 4
+
+
 @pytest.mark.parametrize('trainer', ['mean_std', 'rhythm'])
 def test_other_trainers_train(trainer, small_features, tmp_path):
   overrides = dict(trainer=trainer, num_train_steps=3)
@@ -167,7 +180,6 @@ def test_bfloat16_compute_keeps_float32_parameters(small_features, tmp_path):
 
 def test_an_unfinished_save_is_never_the_latest(straight):
   workdir, _ = straight
-  from skipvqvc_jax import checkpoints
   # What a crash in the middle of saving step 12 leaves behind: orbax's temporary folder.
   partial = workdir / 'checkpoints' / '12.orbax-checkpoint-tmp-1234'
   (partial / 'state').mkdir(parents=True)
@@ -175,23 +187,23 @@ def test_an_unfinished_save_is_never_the_latest(straight):
     manager = checkpoints.TrainCheckpoints(str(workdir), keep=3, async_save=False)
     assert manager.latest_step() == 8
     manager.close()
-    assert train.restore_model(str(workdir)).channel == 16
+    assert checkpoints.restore_model(str(workdir)).channel == 16
   finally:
     shutil.rmtree(partial)
 
 
 def test_user_errors_are_one_line(small_features, tmp_path):
-  with pytest.raises(corpus.CorpusError, match='does not exist'):
+  with pytest.raises(errors.CorpusError, match='does not exist'):
     train.train_and_evaluate(tiny_config(small_features, **{'data.train_dir': str(tmp_path / 'x')}),
                              str(tmp_path / 'w1'))
   # mean_std without statistics
   bare = tmp_path / 'bare'
   shutil.copytree(small_features / 'train', bare / 'train')
   shutil.copytree(small_features / 'test', bare / 'test')
-  with pytest.raises(corpus.CorpusError, match='needs per-band statistics: .*stats.npz not found'):
+  with pytest.raises(errors.CorpusError, match='needs per-band statistics: .*stats.npz not found'):
     train.train_and_evaluate(tiny_config(bare, trainer='mean_std'), str(tmp_path / 'w2'))
   # features made with other parameters than the config's
-  with pytest.raises(corpus.CorpusError, match=r'hop_length: 256 != 200'):
+  with pytest.raises(errors.CorpusError, match=r'hop_length: 256 != 200'):
     train.train_and_evaluate(tiny_config(small_features, **{'features.hop_length': 200}),
                              str(tmp_path / 'w3'))
 
@@ -207,11 +219,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_features
   for f in sorted((poisoned / 'train').glob('*.npy')):
     mel = np.load(f)
     mel[:, :] = np.inf
-    corpus.save_npy(str(f), mel)
-  with pytest.raises(train.TrainingError, match=r'loss became (inf|nan) at step 3: stopping; .* '
+    fileio.save_npy(str(f), mel)
+  with pytest.raises(errors.TrainingError, match=r'loss became (inf|nan) at step 3: stopping; .* '
                                                 r'last good checkpoint is step 2'):
     train.train_and_evaluate(config, str(workdir))
-  restored = train.restore_model(str(workdir))  # still readable, and finite
+  restored = checkpoints.restore_model(str(workdir))  # still readable, and finite
   assert all(np.isfinite(np.asarray(x)).all()
              for x in jax.tree.leaves(nnx.state(restored, nnx.Param)))
 
@@ -235,9 +247,9 @@ def test_sigterm_saves_a_restorable_checkpoint(small_features, tmp_path):
   out, _ = proc.communicate(timeout=240)
   assert proc.returncode == 0, ''.join(lines) + out
   assert 'preemption requested' in out and 'preempted at step' in out
-  step = train.latest_step(str(workdir))
+  step = checkpoints.latest_step(str(workdir))
   assert step is not None and step >= 3
-  assert train.restore_model(str(workdir)).channel == 16
+  assert checkpoints.restore_model(str(workdir)).channel == 16
 
 
 def test_main_reports_bad_data_in_one_line(tmp_path):

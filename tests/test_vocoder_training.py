@@ -11,53 +11,39 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
+import orbax.checkpoint as ocp
+
 from configs import vocoder as vocoder_configs
-from skipvqvc_jax import audio, convert, corpus, evaluate, train, vocoders
-from skipvqvc_jax.vocoders import griffin_lim, training
+from skipvqvc_jax import (audio, checkpoints, convert, corpus, errors, evaluate, fileio, train,
+                          vocoders)
+from skipvqvc_jax.tasks import vocoder as vocoder_task
+from skipvqvc_jax.tasks import waveforms
 from tests.conftest import REPO, read_events, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
 
 
 def tiny_vocoder_config(features, **overrides):
-  """A MelGAN that trains a step in well under a second: narrow nets on 16-frame segments."""
-  config = vocoder_configs.get_config('melgan')
-  config.data.train_dir = str(features / 'train')
-  config.data.test_dir = str(features / 'test')
-  config.data.segment_frames = 16
-  config.generator.ngf = 4
-  config.generator.residual_layers = 1
-  config.discriminator.update(scales=2, ndf=4, layers=2, periods=(2, 3),
-                              period_channels=(4, 8, 8, 8, 8))
-  config.mel_loss_weight = 45.0
-  config.batch_size = 2
-  config.num_train_steps = 8
-  config.log_every_steps = 1
-  config.eval_every_steps = 1000
-  config.checkpoint_every_steps = 4
-  config.eval_batches = 1
-  config.sample_seconds = 0.5
-  for key, value in overrides.items():
-    config.update_from_flattened_dict({key: value})
-  return config
+  """configs/vocoder.py:tiny on `features`: MelGAN's and HiFi-GAN's discriminators, every loss."""
+  return tiny_config(features, 'vocoder.py:tiny', **overrides)
 
 
 def _generator_params(workdir):
-  return nnx.to_pure_dict(nnx.state(training.restore_generator(str(workdir)), nnx.Param))
+  return nnx.to_pure_dict(nnx.state(checkpoints.restore_model(str(workdir)), nnx.Param))
 
 
 def test_every_preset_builds():
   for preset in vocoder_configs.PRESETS:
     config = vocoder_configs.get_config(preset)
-    generator = nnx.eval_shape(lambda: training.build_generator(config))
-    discriminators = nnx.eval_shape(lambda: training.build_discriminators(config))
+    generator = nnx.eval_shape(lambda: vocoder_task.build_generator(config))
+    discriminators = nnx.eval_shape(lambda: vocoder_task.build_discriminators(config))
     assert generator.hop_length == config.features.hop_length
     assert (discriminators.multi_period is None) == (not config.discriminator.periods)
   assert vocoder_configs.get_config('hifigan_style').discriminator.periods == (2, 3, 5, 7, 11)
 
 
 def test_cached_waveforms_pair_exactly_with_their_features(small_features, tmp_path):
-  corpus.cache_waveforms(str(small_features / 'test'), str(tmp_path), audio.FeatureParams())
+  waveforms.cache_waveforms(str(small_features / 'test'), str(tmp_path), audio.FeatureParams())
   cached = sorted(os.listdir(tmp_path))
   assert cached == sorted(os.listdir(small_features / 'test'))
   sources = corpus.source_waveforms([str(small_features / 'test' / name) for name in cached[:3]],
@@ -67,9 +53,9 @@ def test_cached_waveforms_pair_exactly_with_their_features(small_features, tmp_p
     wave = sources[str(small_features / 'test' / name)]
     stored = np.load(tmp_path / name)
     assert stored.dtype == np.int16 and stored.shape == (1, len(wave))
-    np.testing.assert_array_equal(stored[0], np.round(wave * corpus.WAVE_SCALE).astype(np.int16))
+    np.testing.assert_array_equal(stored[0], np.round(wave * waveforms.WAVE_SCALE).astype(np.int16))
     # The training step's features of the audio are the preprocessed features, frame for frame.
-    on_device = np.asarray(griffin_lim.log_mel(wave[None], audio.FeatureParams()))[0]
+    on_device = np.asarray(audio.batch_log_mel(wave[None], audio.FeatureParams()))[0]
     assert on_device.shape == feature.shape
     np.testing.assert_allclose(on_device, feature, atol=2e-3)
 
@@ -99,16 +85,14 @@ def test_losses_move_and_both_networks_learn(straight, small_features):
   last = summary['last_train']
   assert np.isfinite([last['d_loss'], last['adversarial_loss'], last['feature_loss']]).all()
   config = tiny_vocoder_config(small_features)
-  fresh = training.initial_state(
-      nnx.to_pure_dict(nnx.state(training.build_generator(config), nnx.Param)),
-      nnx.to_pure_dict(nnx.state(training.build_discriminators(config), nnx.Param)),
-      training.make_optimizer(config))
-  ckpt = train.checkpoints.TrainCheckpoints(str(workdir), 3, async_save=False)
-  state, data_state = ckpt.restore(train.abstract_like(fresh, train.sharding.make_mesh()))
-  ckpt.close()
+  fresh = dict(generator=checkpoints.params_of(vocoder_task.build_generator(config)),
+               discriminator=checkpoints.params_of(vocoder_task.build_discriminators(config)))
+  with checkpoints.TrainCheckpoints(str(workdir), async_save=False) as ckpt:
+    state = ckpt.restore_subtree(dict(params=fresh))
+    data_state = ckpt.manager.restore(8, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
   for net in ('generator', 'discriminator'):
     moved = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state['params'][net]),
-                                                         jax.tree.leaves(fresh['params'][net]))]
+                                                         jax.tree.leaves(fresh[net]))]
     assert max(moved) > 1e-4, net
   assert data_state  # the input pipeline's position is in the checkpoint
 
@@ -181,15 +165,15 @@ def test_eval_compares_griffin_lim_with_the_neural_vocoder(straight, vc_workdir)
 def test_vocoder_data_errors_name_the_problem(small_features, tmp_path):
   bare = tmp_path / 'bare'
   shutil.copytree(small_features / 'train', bare)
-  with pytest.raises(corpus.CorpusError, match='has no manifest.json'):
-    training.waveform_dir(str(bare), str(tmp_path / 'w1'), audio.FeatureParams())
+  with pytest.raises(errors.CorpusError, match='has no manifest.json'):
+    waveforms.waveform_dir(str(bare), str(tmp_path / 'w1'), audio.FeatureParams())
   moved = tmp_path / 'moved'
   shutil.copytree(small_features, moved)
-  manifest = corpus.load_json(moved / corpus.MANIFEST)
+  manifest = fileio.load_json(moved / corpus.MANIFEST)
   manifest['input_dir'] = str(tmp_path / 'audio_gone')
-  corpus.save_json(moved / corpus.MANIFEST, manifest)
-  with pytest.raises(corpus.CorpusError, match='is missing: training a vocoder needs the audio'):
-    training.waveform_dir(str(moved / 'train'), str(tmp_path / 'w2'), audio.FeatureParams())
+  fileio.save_json(moved / corpus.MANIFEST, manifest)
+  with pytest.raises(errors.CorpusError, match='is missing: training a vocoder needs the audio'):
+    waveforms.waveform_dir(str(moved / 'train'), str(tmp_path / 'w2'), audio.FeatureParams())
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/vocoder.py:melgan',
        f'--config.data.train_dir={moved / "train"}', f'--workdir={tmp_path / "w3"}'],
@@ -204,13 +188,13 @@ def test_fine_tuning_starts_from_a_ported_generator(small_features, ported_melga
   config = tiny_vocoder_config(small_features, num_train_steps=1, **{
       'generator.ngf': 32, 'generator.residual_layers': 3, 'init_from': str(ported_melgan[0])})
   train.train_and_evaluate(config, str(tmp_path / 'tuned'))
-  ported = nnx.to_pure_dict(nnx.state(training.load_generator(str(ported_melgan[0])), nnx.Param))
+  ported = nnx.to_pure_dict(nnx.state(vocoders.load_generator(str(ported_melgan[0])), nnx.Param))
   tuned = _generator_params(tmp_path / 'tuned')
   # One Adam step moves each weight by about the learning rate (1e-4), no more.
   steps = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
            for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(ported))]
   assert 0 < max(steps) < 3e-4
-  with pytest.raises(train.TrainingError, match='holds .*ngf.: 32.*not the configured'):
+  with pytest.raises(errors.TrainingError, match='holds .*ngf.: 32.*not the configured'):
     train.train_and_evaluate(tiny_vocoder_config(small_features, init_from=str(ported_melgan[0])),
                              str(tmp_path / 'mismatch'))
 
@@ -227,12 +211,12 @@ def test_export_to_the_original_format_and_back(straight, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert json.loads(result.stdout)['ngf'] == 4
   mel = np.random.default_rng(0).normal(-4, 1, (1, 80, 12)).astype(np.float32)
-  ours = training.restore_generator(str(straight[0]))(mel)
-  back = training.load_generator(str(tmp_path / 'back'))(mel)
+  ours = checkpoints.restore_model(str(straight[0]))(mel)
+  back = vocoders.load_generator(str(tmp_path / 'back'))(mel)
   np.testing.assert_allclose(back, ours, atol=1e-6)
   result = subprocess.run(run + ['export', str(tmp_path), str(tmp_path / 'x.npz')], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
-  assert result.returncode == 2 and 'not a model directory or a training workdir' in result.stderr
+  assert result.returncode == 1 and 'not a model directory or a training workdir' in result.stderr
 
 
 def test_two_devices_give_the_same_losses(straight, small_features, tmp_path):

@@ -1,4 +1,5 @@
-"""Building blocks of the VQVC+ decoder, channel-last: activations are (batch, frames, channels).
+"""Building blocks of the VQVC+ encoder and decoder. Activations are channel-last: (batch, frames,
+channels).
 
 Initialisers follow PyTorch's defaults so that a model trained from scratch here starts from the same
 distribution as the original; weights ported from the original replace them exactly.
@@ -6,7 +7,7 @@ distribution as the original; weights ported from the original replace them exac
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from flax import nnx
 
 LEAKY_SLOPE = 0.01  # torch.nn.LeakyReLU() default, used everywhere in the original.
 NUM_GROUPS = 4  # GroupNorm groups and grouped-conv groups in every GBlock.
+NUM_SCALES = 3  # the U-Net's scales: the encoder halves time this many times
 
 GruInit = Literal['normal', 'zeros']
 
@@ -167,3 +169,41 @@ class GBlock(nnx.Module):
   def __call__(self, x, noise_key=None):
     h = leaky_relu(self.norm_in(self.conv_in(x)))
     return self.conv_out(self.rc(h, noise_key))
+
+
+class EncoderStage(nnx.Module):
+  """Conv1d(k4, stride 2) -> leaky -> Conv1d(k3): halves time and maps to the scale's channels."""
+
+  def __init__(self, in_channels: int, middle: int, out_channels: int, rngs: nnx.Rngs):
+    self.conv_in = Conv1d(in_channels, middle, 4, stride=2, padding=1, rngs=rngs)
+    self.conv_out = Conv1d(middle, out_channels, 3, padding=1, rngs=rngs)
+
+  def __call__(self, x):
+    return self.conv_out(leaky_relu(self.conv_in(x)))
+
+
+class Decoder(nnx.Module):
+  """The U-Net decoder: per scale, coarse to fine, add the scale's input, upsample x2, refine.
+
+  Lists are indexed j = 0, 1, 2 from the coarsest scale (in_channel/8 channels) to the finest, as in the
+  original's `dec.resblock.{j}` / `dec.blocks.{j}` / `dec.blocks_refine.{j}`.
+  """
+
+  def __init__(self, in_channel: int, middle: int, *, gru_init: GruInit, rngs: nnx.Rngs):
+    channels = [in_channel // 2 ** (NUM_SCALES - j) for j in range(NUM_SCALES)]  # 10, 20, 40
+    make = lambda: nnx.List([GBlock(c, middle, gru_init=gru_init, rngs=rngs) for c in channels])
+    self.resblock = make()
+    self.blocks = make()
+    self.blocks_refine = make()
+
+  def __call__(self, stage_inputs: Sequence[jax.Array], noise_key=None):
+    """stage_inputs: coarse to fine, (B, T_j, C_j) channel-last. Returns (B, 8 * T_0, 8 * C_0)."""
+    keys = (jax.random.split(noise_key, 3 * NUM_SCALES).reshape(NUM_SCALES, 3)
+            if noise_key is not None else [[None] * 3] * NUM_SCALES)
+    x = 0.0
+    for j, z in enumerate(stage_inputs):
+      x = x + self.resblock[j](z, keys[j][0])
+      x = jnp.repeat(x, 2, axis=1)  # nearest-neighbour upsampling in time
+      x = x + self.blocks[j](x, keys[j][1])
+      x = jnp.concatenate([x, x + self.blocks_refine[j](x, keys[j][2])], axis=-1)
+    return x

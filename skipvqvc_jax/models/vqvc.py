@@ -17,10 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from skipvqvc_jax.models.layers import Conv1d, GBlock, GruInit, leaky_relu
+from skipvqvc_jax.errors import PortError
+from skipvqvc_jax.models.layers import NUM_SCALES, Decoder, EncoderStage, GruInit
 from skipvqvc_jax.models.quantizer import Quantizer
-
-NUM_SCALES = 3
 
 
 class Encoding(NamedTuple):
@@ -44,44 +43,6 @@ def _to_public(x):
 
 def _l2norm(x, axis):
   return jnp.linalg.norm(x, axis=axis, keepdims=True)
-
-
-class EncoderStage(nnx.Module):
-  """Conv1d(k4, stride 2) -> leaky -> Conv1d(k3): halves time and maps to the scale's channels."""
-
-  def __init__(self, in_channels: int, middle: int, out_channels: int, rngs: nnx.Rngs):
-    self.conv_in = Conv1d(in_channels, middle, 4, stride=2, padding=1, rngs=rngs)
-    self.conv_out = Conv1d(middle, out_channels, 3, padding=1, rngs=rngs)
-
-  def __call__(self, x):
-    return self.conv_out(leaky_relu(self.conv_in(x)))
-
-
-class Decoder(nnx.Module):
-  """The U-Net decoder: per scale, coarse to fine, add the scale's input, upsample x2, refine.
-
-  Lists are indexed j = 0, 1, 2 from the coarsest scale (in_channel/8 channels) to the finest, as in the
-  original's `dec.resblock.{j}` / `dec.blocks.{j}` / `dec.blocks_refine.{j}`.
-  """
-
-  def __init__(self, in_channel: int, middle: int, *, gru_init: GruInit, rngs: nnx.Rngs):
-    channels = [in_channel // 2 ** (NUM_SCALES - j) for j in range(NUM_SCALES)]  # 10, 20, 40
-    make = lambda: nnx.List([GBlock(c, middle, gru_init=gru_init, rngs=rngs) for c in channels])
-    self.resblock = make()
-    self.blocks = make()
-    self.blocks_refine = make()
-
-  def __call__(self, stage_inputs: Sequence[jax.Array], noise_key=None):
-    """stage_inputs: coarse to fine, (B, T_j, C_j) channel-last. Returns (B, 8 * T_0, 8 * C_0)."""
-    keys = (jax.random.split(noise_key, 3 * NUM_SCALES).reshape(NUM_SCALES, 3)
-            if noise_key is not None else [[None] * 3] * NUM_SCALES)
-    x = 0.0
-    for j, z in enumerate(stage_inputs):
-      x = x + self.resblock[j](z, keys[j][0])
-      x = jnp.repeat(x, 2, axis=1)  # nearest-neighbour upsampling in time
-      x = x + self.blocks[j](x, keys[j][1])
-      x = jnp.concatenate([x, x + self.blocks_refine[j](x, keys[j][2])], axis=-1)
-    return x
 
 
 class VQVCPlus(nnx.Module):
@@ -131,6 +92,66 @@ class VQVCPlus(nnx.Module):
   def _stage_input(self, j: int, q, sp, std, rhythm):
     """Decoder input at scale j (coarse to fine). The base model ignores std."""
     return q + sp
+
+  # ---- what rebuilds and ports the model -----------------------------------------------------------
+
+  # Original modules that never take part in a forward pass: their weights are accepted and dropped.
+  torch_unused: tuple[str, ...] = (r'dec\.block0\.',)
+
+  def spec(self) -> dict:
+    """What rebuilds this model: `models.build(**spec)`."""
+    return dict(name=self.name, channel=self.channel, n_embed=self.n_embed,
+                in_channel=self.in_channel, gru_init=self.gru_init)
+
+  def describe(self) -> str:
+    return f'{self.name} (channel={self.channel}, n_embed={self.n_embed})'
+
+  @staticmethod
+  def sizes_from_torch(state_dict) -> dict:
+    """channel, n_embed and in_channel of the original model that saved `state_dict`."""
+    try:
+      conv = state_dict['enc.0.0.weight'].shape
+      codebook = state_dict['quantize.2.embedding.weight'].shape
+    except KeyError as e:
+      raise PortError(f'not a SkipVQVC state dict: no {e.args[0]}') from None
+    # The coarsest content codebook has n_embed codes in every variant.
+    return dict(channel=conv[0], n_embed=codebook[0], in_channel=conv[1])
+
+  def torch_table(self) -> dict[str, tuple[nnx.Variable, str]]:
+    """The original's state-dict name of every parameter -> (our parameter, layout): 'conv' for
+    PyTorch's (out, in, k) kernels, 'gru' for its (3H, in) GRU matrices, 'same' otherwise."""
+    table: dict[str, tuple[nnx.Variable, str]] = {}
+
+    def conv(prefix, module):
+      table[f'{prefix}.weight'] = (module.kernel, 'conv')
+      table[f'{prefix}.bias'] = (module.bias, 'same')
+
+    def norm(prefix, module):
+      table[f'{prefix}.weight'] = (module.scale, 'same')
+      table[f'{prefix}.bias'] = (module.bias, 'same')
+
+    def gblock(prefix, block):
+      conv(f'{prefix}.block.0', block.conv_in)
+      norm(f'{prefix}.block.1', block.norm_in)
+      for suffix, direction in (('', block.rc.gru_forward), ('_reverse', block.rc.gru_backward)):
+        for torch_name, ours in (('weight_ih', direction.w_ih), ('weight_hh', direction.w_hh),
+                                 ('bias_ih', direction.b_ih), ('bias_hh', direction.b_hh)):
+          table[f'{prefix}.block.3.rec.{torch_name}_l0{suffix}'] = (ours, 'gru')
+      conv(f'{prefix}.block.3.conv', block.rc.conv)
+      norm(f'{prefix}.block.3.gn', block.rc.norm)
+      conv(f'{prefix}.block.4', block.conv_out)
+
+    for s, stage in enumerate(self.enc):
+      conv(f'enc.{s}.0', stage.conv_in)
+      conv(f'enc.{s}.2', stage.conv_out)
+    for s, quantizer in enumerate(self.quantize):
+      table[f'quantize.{s}.embedding.weight'] = (quantizer.embedding, 'same')
+    for s, quantizer in enumerate(getattr(self, 'quantize_speakers', [])):
+      table[f'quantize_speakers.{s}.embedding.weight'] = (quantizer.embedding, 'same')
+    for group in ('resblock', 'blocks', 'blocks_refine'):
+      for j, block in enumerate(getattr(self.dec, group)):
+        gblock(f'dec.{group}.{j}', block)
+    return table
 
   # ---- public API ---------------------------------------------------------------------------------
 
@@ -188,7 +209,7 @@ class VQVCPlus(nnx.Module):
       out['quantizer_in'].append(xn)
       out['content_losses'].append(quantized.loss)
       latent_loss = latent_loss + quantized.loss + extra_loss
-    return out, latent_loss, extras, x
+    return out, latent_loss, extras
 
   def _public_encoding(self, out, latent_loss, extras, rhythm=None) -> Encoding:
     pub = {k: [_to_public(v) for v in out[k]]
@@ -201,8 +222,13 @@ class VQVCPlus(nnx.Module):
   def encode(self, mel, *, rng=None) -> Encoding:
     """Encodes mels (B, in_channel, T) into per-scale content, speaker embeddings and stds."""
     self.check_mel(mel)
-    out, latent_loss, extras, _ = self._encode_scales(mel)
+    out, latent_loss, extras = self._encode_scales(mel)
     return self._public_encoding(out, latent_loss, extras)
+
+  def encode_deterministic(self, mel) -> Encoding:
+    """The encoding conversion uses: no sampled noise (a variant with a random speaker term gives its
+    mean), and the variant's extra inputs taken from `mel` itself."""
+    return self.encode(mel)
 
   def decode(self, content, speaker, std, rhythm=None, *, rng=None):
     """Decodes per-scale content (finest first) with speaker embeddings and stds to (B, mels, T)."""
@@ -244,10 +270,11 @@ def _match_batch(*per_scale_lists, batch: int):
 class VQVCPlusRhythm(VQVCPlus):
   """`vqvc+_rhythm`: a second, rhythm path through the same encoder.
 
-  `encode(rhythm_mel, mel)`: content and speaker come from `mel` (the trainer passes a time-stretched
-  copy), and the channel-mean of each encoder stage applied to `rhythm_mel` is the rhythm term. Content is
-  centred over channels; the decoder input is content * std + speaker, plus rhythm at the coarsest scale.
-  All three codebooks have n_embed codes. extras: `rhythm_encoder_out`, the rhythm path's raw encoder
+  `encode(mel, content_mel)` and `reconstruct(mel, content_mel)`: the timing comes from `mel` (the
+  channel-mean of each encoder stage applied to it is the rhythm term), content and speaker from
+  `content_mel` (the trainer passes a time-stretched copy; by default `mel` itself). Content is centred
+  over channels; the decoder input is content * std + speaker, plus rhythm at the coarsest scale. All
+  three codebooks have n_embed codes. extras: `rhythm_encoder_out`, the rhythm path's raw encoder
   outputs (B, C_s, T_s).
   """
 
@@ -264,16 +291,16 @@ class VQVCPlusRhythm(VQVCPlus):
     z = q * std + sp
     return z + rhythm if j == 0 else z
 
-  def encode(self, rhythm_mel, mel=None, *, rng=None) -> Encoding:
-    """Encodes `mel` for content and speaker, `rhythm_mel` for rhythm (mel defaults to rhythm_mel)."""
-    mel = rhythm_mel if mel is None else mel
-    self.check_mel(rhythm_mel, 'rhythm_mel')
+  def encode(self, mel, content_mel=None, *, rng=None) -> Encoding:
+    """Rhythm from `mel`; content and speaker from `content_mel` (default: `mel`)."""
+    content_mel = mel if content_mel is None else content_mel
     self.check_mel(mel)
-    if rhythm_mel.shape != mel.shape:
-      raise ValueError(f'{self.name}: rhythm_mel {tuple(rhythm_mel.shape)} and mel '
-                       f'{tuple(mel.shape)} must have the same shape')
-    out, latent_loss, extras, _ = self._encode_scales(mel)
-    rhythm, rhythm_encoder_out, x = [], [], _to_public(jnp.asarray(rhythm_mel))
+    self.check_mel(content_mel, 'content_mel')
+    if content_mel.shape != mel.shape:
+      raise ValueError(f'{self.name}: mel {tuple(mel.shape)} and content_mel '
+                       f'{tuple(content_mel.shape)} must have the same shape')
+    out, latent_loss, extras = self._encode_scales(content_mel)
+    rhythm, rhythm_encoder_out, x = [], [], _to_public(jnp.asarray(mel))
     for s in range(NUM_SCALES):
       x = self.enc[s](x)
       rhythm_encoder_out.append(_to_public(x))
@@ -281,10 +308,10 @@ class VQVCPlusRhythm(VQVCPlus):
     extras['rhythm_encoder_out'] = rhythm_encoder_out
     return self._public_encoding(out, latent_loss, extras, rhythm)
 
-  def reconstruct(self, mel, rhythm_mel=None, *, rng=None):
-    """Reconstructs `rhythm_mel`'s timing with `mel`'s content (rhythm_mel defaults to mel)."""
+  def reconstruct(self, mel, content_mel=None, *, rng=None):
+    """`mel`'s timing with `content_mel`'s content (default: `mel`); returns (mel, encoding)."""
     enc_key, dec_key = self._keys(rng, 2)
-    enc = self.encode(mel if rhythm_mel is None else rhythm_mel, mel, rng=enc_key)
+    enc = self.encode(mel, content_mel, rng=enc_key)
     return self.decode(enc.content, enc.speaker, enc.std, enc.rhythm, rng=dec_key), enc
 
 
@@ -298,6 +325,7 @@ class VQVCPlusResample(VQVCPlus):
 
   name = 'vqvc+_resample'
   resample_factor = 4
+  torch_unused = (r'dec\.block0\.', r'quantize_speakers\.')
 
   def _speaker(self, s, x, xn, q, noise):
     sp = jnp.mean(xn - q, axis=1, keepdims=True)
@@ -359,5 +387,10 @@ class VQVCPlusCVAE(VQVCPlus):
       noise = [jax.random.normal(k, (mel.shape[0], w))
                for k, w in zip(self._keys(rng, NUM_SCALES), widths)]
     noise = [jnp.asarray(n)[:, None, :] for n in noise]  # (B, 1, C) channel-last
-    out, latent_loss, extras, _ = self._encode_scales(mel, noise)
+    out, latent_loss, extras = self._encode_scales(mel, noise)
     return self._public_encoding(out, latent_loss, extras)
+
+  def encode_deterministic(self, mel) -> Encoding:
+    """The speaker distribution's mean: no sampling noise in a conversion."""
+    widths = [self.in_channel // 2 ** (s + 1) for s in range(NUM_SCALES)]
+    return self.encode(mel, noise=[jnp.zeros((mel.shape[0], w)) for w in widths])

@@ -6,24 +6,24 @@ directory (ported: `python -m skipvqvc_jax.port_torch melgan.pt PATH --model=mel
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 from flax import nnx
 
-from skipvqvc_jax import audio
+from skipvqvc_jax import audio, checkpoints
+from skipvqvc_jax.errors import CheckpointError, ConfigError
+from skipvqvc_jax.models import MelGANGenerator
 from skipvqvc_jax.vocoders.griffin_lim import GriffinLim
 
 
 class NeuralVocoder:
   """A MelGAN generator as a vocoder: raw log10 mels (n_mels, T) or (B, n_mels, T) -> waveforms."""
 
-  def __init__(self, generator, params: audio.FeatureParams = audio.FeatureParams()):
+  def __init__(self, generator: MelGANGenerator, params: audio.FeatureParams = audio.FeatureParams()):
     if generator.hop_length != params.hop_length or generator.n_mels != params.n_mels:
-      raise ValueError(f'the vocoder expects {generator.n_mels} mels at hop {generator.hop_length}, '
-                       f'the features have {params.n_mels} at hop {params.hop_length}')
-    self.name = 'melgan'
+      raise ConfigError(f'the vocoder expects {generator.n_mels} mels at hop {generator.hop_length}, '
+                        f'the features have {params.n_mels} at hop {params.hop_length}')
+    self.name = generator.name
     self.sample_rate = params.sample_rate
     graphdef, state = nnx.split(generator)
     self._state = state
@@ -36,16 +36,24 @@ class NeuralVocoder:
     return wave[0] if single else wave
 
 
+def load_generator(path: str) -> MelGANGenerator:
+  """A MelGAN generator from a model directory (ported) or a vocoder training workdir."""
+  model = checkpoints.load(path)
+  if not isinstance(model, MelGANGenerator):
+    raise ConfigError(f'{path} holds {model.describe()}, not a MelGAN generator')
+  return model
+
+
 def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeatureParams()):
   """The vocoder named by a config or flag: 'griffin_lim' or a saved vocoder directory."""
   if name == 'griffin_lim':
     return GriffinLim(params)
-  from skipvqvc_jax.vocoders import training  # pylint: disable=import-outside-toplevel
-  if os.path.isfile(os.path.join(name, 'model.json')) or training.is_vocoder_workdir(name):
+  if checkpoints.is_model_dir(name) or (checkpoints.is_workdir(name) and checkpoints.task_of(
+      checkpoints.read_config(name)) == 'vocoder'):
     try:
-      return NeuralVocoder(training.load_generator(name), params)
-    except FileNotFoundError as e:  # a workdir with no (or not that) checkpoint
-      raise ValueError(f'vocoder {name}: {e}') from None
-  raise ValueError(f'unknown vocoder {name!r}: use griffin_lim, a vocoder training workdir '
-                   f'(configs/vocoder.py) or a ported one (python -m skipvqvc_jax.port_torch '
-                   f'GENERATOR.pt DIR --model=melgan)')
+      return NeuralVocoder(load_generator(name), params)
+    except CheckpointError as e:  # a workdir with no (or not that) checkpoint
+      raise ConfigError(f'vocoder {name}: {e}') from None
+  raise ConfigError(f'unknown vocoder {name!r}: use griffin_lim, a vocoder training workdir '
+                    f'(configs/vocoder.py) or a ported one (python -m skipvqvc_jax.port_torch '
+                    f'GENERATOR.pt DIR --model=melgan)')

@@ -1,8 +1,9 @@
-"""Training a MelGAN generator on a corpus: the vocoder task of `train.train_and_evaluate`.
+"""Training a MelGAN generator on a corpus: the vocoder task of the loop (`train.Task`).
 
-Data: random segments of the trimmed waveforms behind a preprocessed corpus (`corpus.cache_waveforms`
+Data: random segments of the trimmed waveforms behind a preprocessed corpus (`tasks/waveforms.py`
 re-reads them once into the workdir, cut by the manifest's trim ranges), and their log-mels computed on
-the device from the segment itself with the feature code's framing, so audio and frames pair exactly.
+the device from the segment itself with the feature code's framing (`audio.batch_log_mel`), so audio and
+frames pair exactly.
 
 One jitted step updates both networks, in MelGAN's order: the discriminators on real audio and the
 generator's current output, then the generator against the updated discriminators (feature matching
@@ -11,31 +12,29 @@ per step: its output's gradient is pulled back through a saved VJP.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from skipvqvc_jax import audio, corpus, input_pipeline, sharding, summaries, train
+from skipvqvc_jax import audio, checkpoints, input_pipeline, models, sharding, summaries
+from skipvqvc_jax.errors import ConfigError
+from skipvqvc_jax.models import Discriminators, MelGANGenerator
+from skipvqvc_jax.tasks.waveforms import WAVE_SCALE, waveform_dir
 from skipvqvc_jax.vocoders import griffin_lim
-from skipvqvc_jax.vocoders.discriminator import Discriminators
-from skipvqvc_jax.vocoders.melgan import MelGANGenerator
 
 
 def build_generator(config) -> MelGANGenerator:
-  return MelGANGenerator(config.features.n_mels, config.generator.ngf,
-                         config.generator.residual_layers, seed=config.seed)
+  spec, _ = checkpoints.inference_spec(config)
+  return models.build(**spec, seed=config.seed)
 
 
 def build_discriminators(config) -> Discriminators:
   d = config.discriminator
-  return Discriminators(scales=d.scales, ndf=d.ndf, layers=d.layers, downsampling=d.downsampling,
-                        periods=tuple(d.periods), period_channels=tuple(d.period_channels),
-                        seed=config.seed + 1)
+  return models.build('discriminators', scales=d.scales, ndf=d.ndf, layers=d.layers,
+                      downsampling=d.downsampling, periods=tuple(d.periods),
+                      period_channels=tuple(d.period_channels), seed=config.seed + 1)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -81,11 +80,11 @@ class VocoderSteps:
   def __init__(self, config, generator: MelGANGenerator, discriminators: Discriminators, mesh):
     self.g_graph, _ = nnx.split(generator, nnx.Param)
     self.d_graph, _ = nnx.split(discriminators, nnx.Param)
-    self.features = train.feature_params(config)
+    self.features = audio.FeatureParams.from_dict(config.features)
     self.tx = make_optimizer(config)
     self.kind = config.adversarial_loss
     if self.kind not in ('hinge', 'least_squares'):
-      raise ValueError(f'adversarial_loss={self.kind!r}: use hinge or least_squares')
+      raise ConfigError(f'adversarial_loss={self.kind!r}: use hinge or least_squares')
     self.feature_weight, self.mel_weight = config.feature_loss_weight, config.mel_loss_weight
     self.traces = 0
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
@@ -102,11 +101,11 @@ class VocoderSteps:
     return nnx.merge(self.d_graph, discriminator_params)(wave)
 
   def _mel(self, wave, eps: float = 0.0):
-    return griffin_lim.log_mel(wave, self.features, eps)
+    return audio.batch_log_mel(wave, self.features, eps)
 
   def _train_step(self, state, batch):
     self.traces += 1  # runs at trace time only
-    real = batch['audio'][:, 0, :] / corpus.WAVE_SCALE
+    real = batch['audio'][:, 0, :] / WAVE_SCALE
     mel = self._mel(real)
     g_params, d_params = state['params']['generator'], state['params']['discriminator']
     fake, pull_back = jax.vjp(lambda p: self._generate(p, mel), g_params)
@@ -151,54 +150,40 @@ class VocoderSteps:
     return new_state, metrics
 
   def _eval_step(self, params, batch):
-    real = batch['audio'][:, 0, :] / corpus.WAVE_SCALE
+    real = batch['audio'][:, 0, :] / WAVE_SCALE
     mel = self._mel(real)
     fake = self._generate(params['generator'], mel)
-    spectrum = lambda y: jnp.abs(griffin_lim.stft(y, self.features))
+    spectrum = lambda y: jnp.abs(audio.stft(y, self.features))
     real_spec, fake_spec = spectrum(real), spectrum(fake)
     return dict(mel_l1=jnp.mean(jnp.abs(self._mel(fake) - mel)),
                 spectral_convergence=jnp.linalg.norm(real_spec - fake_spec)
                 / jnp.linalg.norm(real_spec))
 
 
-def initial_state(g_params: dict, d_params: dict, tx) -> dict:
-  """Both networks' parameters and optimizer states, and the step (the step draws no randomness)."""
+def make_state(g_params: dict, d_params: dict, tx: optax.GradientTransformation) -> dict:
+  """A train state at step 0: both networks' parameters and optimizer states, and the step."""
   return dict(params=dict(generator=g_params, discriminator=d_params),
               opt_state=dict(generator=tx.init(g_params), discriminator=tx.init(d_params)),
               step=jnp.zeros((), jnp.int32))
 
 
-def waveform_dir(features_dir: str, workdir: str, params: audio.FeatureParams) -> str:
-  """The cached trimmed waveforms behind `features_dir`, made on first use (process 0)."""
-  root = corpus.manifest_root(features_dir)
-  if root is None:
-    raise corpus.CorpusError(f'{features_dir} has no manifest.json: a vocoder trains on the audio '
-                             f'a preprocessed corpus names; point data.train_dir at the audio or at '
-                             f'the output of preprocess.py')
-  tag = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:10]
-  out = os.path.join(workdir, 'waveforms', tag,
-                     os.path.relpath(os.path.abspath(features_dir), os.path.abspath(root)))
-  if jax.process_index() == 0:
-    corpus.cache_waveforms(features_dir, out, params)
-  train._sync('waveforms')  # pylint: disable=protected-access
-  return out
-
-
 class VocoderTask:
-  """Training a vocoder: what the loop asks of a task (see `train.VoiceConversionTask`)."""
+  """Training a MelGAN generator against the configured discriminators."""
 
   log_keys = ('loss', 'd_loss', 'adversarial_loss', 'feature_loss', 'mel_l1',
               'spectral_convergence')
+  init_ignore = ()  # init_from must be a generator of exactly the configured size
 
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh
-    self.data = train.resolve_data(config, workdir)
-    self.features = train.feature_params(config)
+    self.data = input_pipeline.resolve_data(config, workdir)
+    self.features = audio.FeatureParams.from_dict(config.features)
     self.train_waves = waveform_dir(self.data.train_dir, workdir, self.features)
     self.test_waves = waveform_dir(self.data.test_dir, workdir, self.features)
     self.local_batch = sharding.local_batch_size(config.batch_size)
     self.segment = config.data.segment_frames * self.features.hop_length
     self.generator = build_generator(config)
+    self.model_spec = self.generator.spec()
     self.discriminators = build_discriminators(config)
     self.steps = VocoderSteps(config, self.generator, self.discriminators, mesh)
     self.train_step = self.steps.train_step
@@ -214,12 +199,11 @@ class VocoderTask:
   def traces(self) -> int:
     return self.steps.traces
 
-  def initial_state(self) -> dict:
-    generator = self.generator
-    if self.config.init_from:
-      generator = train.load_matching(self.config.init_from, generator)
-    return initial_state(nnx.to_pure_dict(nnx.state(generator, nnx.Param)),
-                         nnx.to_pure_dict(nnx.state(self.discriminators, nnx.Param)), self.steps.tx)
+  def initial_state(self, params: dict | None = None) -> dict:
+    """Step 0: the generator's `params` (from init_from) or its own initialisation; fresh
+    discriminators. The step draws no randomness, so the state holds no RNG key."""
+    g_params = checkpoints.params_of(self.generator) if params is None else params
+    return make_state(g_params, checkpoints.params_of(self.discriminators), self.steps.tx)
 
   def dataset(self):
     return input_pipeline.make_dataset(
@@ -234,21 +218,21 @@ class VocoderTask:
   def prepare_workdir(self, workdir: str) -> None:
     del workdir
 
-  def evaluate(self, state: dict) -> dict:
-    return train.mean_metrics(lambda _, batch: self.steps.eval_step(state['params'], batch),
-                              self.test_batches, self.mesh)
+  def test_metrics(self, state: dict) -> dict:
+    return sharding.mean_over_batches(lambda _, batch: self.steps.eval_step(state['params'], batch),
+                                      self.test_batches, self.mesh)
 
   def _sample_utterance(self) -> np.ndarray:
     """The first `sample_seconds` of the first test utterance, whole frames, float32."""
     files = input_pipeline.list_features(self.test_waves)
     hop = self.features.hop_length
     samples = int(self.config.sample_seconds * self.features.sample_rate) // hop * hop
-    wave = np.load(files[0])[0, :samples].astype(np.float32) / corpus.WAVE_SCALE
+    wave = np.load(files[0])[0, :samples].astype(np.float32) / WAVE_SCALE
     return wave[:len(wave) // hop * hop]
 
   def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
     generated = np.asarray(self.steps.generate(state['params']['generator'],
-                                               train.place(self.sample_mel[None], self.mesh)))[0]
+                                               sharding.place(self.sample_mel[None], self.mesh)))[0]
     if jax.process_index() != 0:
       return
     if self.sample_griffin_lim is None:
@@ -259,32 +243,3 @@ class VocoderTask:
     writer.audio(step, 'audio/griffin_lim', self.sample_griffin_lim, sr)
     writer.mel(step, 'mel/real', self.sample_mel)
     writer.mel(step, 'mel/generated', audio.log_mel(generated, self.features))
-
-
-# ---- restoring ------------------------------------------------------------------------------------
-
-def restore_generator(workdir: str, step: int | None = None) -> MelGANGenerator:
-  """The generator of a vocoder training workdir at `step` (default: the latest checkpoint)."""
-  config = train.read_workdir_config(workdir)
-  generator, discriminators = build_generator(config), build_discriminators(config)
-  g_params = nnx.state(generator, nnx.Param)
-  fresh = initial_state(nnx.to_pure_dict(g_params),
-                        nnx.to_pure_dict(nnx.state(discriminators, nnx.Param)),
-                        make_optimizer(config))
-  state = train.restore_state(workdir, config, fresh, step)
-  nnx.replace_by_pure_dict(g_params, state['params']['generator'])
-  nnx.update(generator, g_params)
-  return generator
-
-
-def is_vocoder_workdir(path: str) -> bool:
-  config_file = os.path.join(path, 'config.json')
-  return os.path.isfile(config_file) and corpus.load_json(config_file).get('task') == 'vocoder'
-
-
-def load_generator(path: str) -> MelGANGenerator:
-  """A MelGAN generator from a saved model directory (ported) or a vocoder training workdir."""
-  model = train.load_any(path)
-  if not isinstance(model, MelGANGenerator):
-    raise ValueError(f'{path} holds a {type(model).__name__}, not a MelGAN generator')
-  return model

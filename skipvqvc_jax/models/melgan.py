@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from skipvqvc_jax.errors import PortError
+
 RATIOS = (8, 8, 2, 2)
 SLOPE = 0.2
 
@@ -174,6 +176,7 @@ class Upsample(nnx.Module):
 class MelGANGenerator(nnx.Module):
   """Generator(input_size, ngf, n_residual_layers) of melgan-neurips; (80, 32, 3) is SkipVQVC's."""
 
+  name = 'melgan'
   hop_length = math.prod(RATIOS)
 
   def __init__(self, n_mels: int = 80, ngf: int = 32, residual_layers: int = 3, *, seed: int = 0):
@@ -185,6 +188,52 @@ class MelGANGenerator(nnx.Module):
                          for i, r in enumerate(RATIOS)])
     self.conv_out = WNConv(ngf, 1, 7, rngs=rngs)
 
+  def spec(self) -> dict:
+    """What rebuilds this model: `models.build(**spec)`."""
+    return dict(name=self.name, n_mels=self.n_mels, ngf=self.ngf,
+                residual_layers=self.residual_layers)
+
+  def describe(self) -> str:
+    return f'the MelGAN generator (ngf={self.ngf}, residual_layers={self.residual_layers})'
+
+  def torch_table(self) -> dict[str, tuple[nnx.Variable, str]]:
+    """The original's state-dict names (`model.<i>.weight_g`, ...) -> (our parameter, layout).
+
+    Layouts are PyTorch's but for g, kept as (C,) here and (C, 1, 1) there ('weight_g').
+    nn.Sequential indices: 1 conv in; per upsampling stage k: 2 + 5k leaky, 3 + 5k transposed conv,
+    4 + 5k ... residual blocks; conv out at 2 + 5 * stages + 2.
+    """
+    table = {}
+
+    def conv(prefix, layer: WNConv):
+      table[f'{prefix}.weight_g'] = (layer.g, 'weight_g')
+      table[f'{prefix}.weight_v'] = (layer.v, 'same')
+      table[f'{prefix}.bias'] = (layer.bias, 'same')
+
+    conv('model.1', self.conv_in)
+    index = 2
+    for up in self.ups:
+      conv(f'model.{index + 1}', up.up)
+      for j, block in enumerate(up.blocks):
+        prefix = f'model.{index + 2 + j}'
+        conv(f'{prefix}.block.2', block.conv_dilated)
+        conv(f'{prefix}.block.4', block.conv_1x1)
+        conv(f'{prefix}.shortcut', block.shortcut)
+      index += 2 + len(up.blocks)
+    conv(f'model.{index + 2}', self.conv_out)
+    return table
+
+  torch_unused: tuple[str, ...] = ()  # every original module takes part
+
+  @staticmethod
+  def sizes_from_torch(state_dict) -> dict:
+    """n_mels, ngf and residual_layers of a melgan-neurips generator state dict."""
+    if 'model.1.weight_v' not in state_dict:
+      raise PortError('not a MelGAN generator state dict: no model.1.weight_v')
+    out_channels, n_mels, _ = state_dict['model.1.weight_v'].shape
+    residual = len({k.split('.')[1] for k in state_dict if '.shortcut.' in k}) // len(RATIOS)
+    return dict(n_mels=n_mels, ngf=out_channels // 2 ** len(RATIOS), residual_layers=residual)
+
   def __call__(self, mel, *, pre_tanh: bool = False):
     """(batch, n_mels, frames) log10 mels -> (batch, 256 * frames) waveforms."""
     x = self.conv_in(_reflect(jnp.swapaxes(jnp.asarray(mel, jnp.float32), 1, 2), 3))
@@ -192,30 +241,3 @@ class MelGANGenerator(nnx.Module):
       x = up(x)
     x = self.conv_out(_reflect(jax.nn.leaky_relu(x, SLOPE), 3))[..., 0]
     return x if pre_tanh else jnp.tanh(x)
-
-
-def torch_table(model: MelGANGenerator) -> dict[str, nnx.Variable]:
-  """The original's state-dict names (`model.<i>.weight_g`, ...) -> our parameters (same layouts).
-
-  nn.Sequential indices: 1 conv in; per upsampling stage k: 2 + 5k leaky, 3 + 5k transposed conv,
-  4 + 5k ... residual blocks; conv out at 2 + 5 * stages + 2.
-  """
-  table = {}
-
-  def conv(prefix, layer: WNConv):
-    table[f'{prefix}.weight_g'] = layer.g
-    table[f'{prefix}.weight_v'] = layer.v
-    table[f'{prefix}.bias'] = layer.bias
-
-  conv('model.1', model.conv_in)
-  index = 2
-  for up in model.ups:
-    conv(f'model.{index + 1}', up.up)
-    for j, block in enumerate(up.blocks):
-      prefix = f'model.{index + 2 + j}'
-      conv(f'{prefix}.block.2', block.conv_dilated)
-      conv(f'{prefix}.block.4', block.conv_1x1)
-      conv(f'{prefix}.shortcut', block.shortcut)
-    index += 2 + len(up.blocks)
-  conv(f'model.{index + 2}', model.conv_out)
-  return table

@@ -2,7 +2,7 @@
 
 Every discriminator maps waveforms (batch, samples) to a list with one entry per sub-discriminator; an
 entry is the list of that sub-discriminator's activations, the last of which is its score map. The
-losses (`vocoders.training`) read scores from the last entries and match features on the others.
+losses (`tasks/vocoder.py`) read scores from the last entries and match features on the others.
 
 - Multi-scale (MelGAN, Kumar et al. 2019): `scales` copies of one conv stack, on the waveform and on
   its 2x and 4x average-pooled versions. Strided grouped convolutions (kernel 10 s + 1, stride s,
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from skipvqvc_jax.vocoders.melgan import SLOPE, WNConv
+from skipvqvc_jax.models.melgan import SLOPE, WNConv
 
 
 class ScaleDiscriminator(nnx.Module):
@@ -107,13 +107,21 @@ class MultiPeriodDiscriminator(nnx.Module):
 class Discriminators(nnx.Module):
   """The configured discriminators side by side; their sub-discriminator outputs concatenated."""
 
+  name = 'discriminators'
+
   def __init__(self, *, scales: int = 3, ndf: int = 16, layers: int = 4, downsampling: int = 4,
                periods: tuple = (), period_channels: tuple = (32, 128, 512, 1024, 1024),
                seed: int = 0):
     rngs = nnx.Rngs(params=seed)
+    self.sizes = dict(scales=scales, ndf=ndf, layers=layers, downsampling=downsampling,
+                      periods=tuple(periods), period_channels=tuple(period_channels))
     self.multi_scale = MultiScaleDiscriminator(scales, ndf, layers, downsampling, rngs=rngs)
     self.multi_period = (MultiPeriodDiscriminator(tuple(periods), tuple(period_channels), rngs=rngs)
                          if periods else None)
+
+  def spec(self) -> dict:
+    """What rebuilds this model: `models.build(**spec)`."""
+    return dict(name=self.name, **self.sizes)
 
   def __call__(self, wave) -> list:
     outputs = self.multi_scale(wave)

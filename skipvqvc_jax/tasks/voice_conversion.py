@@ -1,0 +1,197 @@
+"""Training a VQVC+ model: the voice-conversion task of the loop (`train.Task`).
+
+A train step is a pure function of (state, batch) -> (state, metrics), jitted once with the batch sharded
+over the `data` mesh axis and the state replicated. The state is a plain dict of arrays: parameters (as
+pure dicts of nnx.Param values), optimizer state, step and the base RNG key; the model's structure is
+closed over. Per-step randomness is `fold_in(rng, step)`, so a resumed run draws the same noise as an
+uninterrupted one. The trainer (`trainers.py`) is the few lines in which the original's scripts differ.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from skipvqvc_jax import (audio, checkpoints, corpus, input_pipeline, models, sharding, summaries,
+                          trainers, vocoders)
+from skipvqvc_jax.fileio import atomic_write
+
+
+def build_model(config):
+  spec, _ = checkpoints.inference_spec(config)
+  return models.build(**spec, seed=config.seed)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm),
+      optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps))
+
+
+def codebook_stats(codes: list, sizes: list[int]) -> dict:
+  """Per-scale perplexity (exp entropy of code frequencies) and share of codes used, over a batch."""
+  stats = {}
+  for s, (c, k) in enumerate(zip(codes, sizes)):
+    counts = jnp.zeros(k, jnp.float32).at[c.reshape(-1)].add(1.0)
+    p = counts / counts.sum()
+    stats[f'perplexity_s{s}'] = jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0)))
+    stats[f'usage_s{s}'] = jnp.mean(counts > 0)
+  return stats
+
+
+class Steps:
+  """The jitted train, eval and sample steps of one model, trainer and optimizer."""
+
+  def __init__(self, config, model, trainer: trainers.Trainer, mesh):
+    self.graphdef, _, self.rest = nnx.split(model, nnx.Param, ...)
+    self.trainer = trainer
+    self.tx = make_optimizer(config)
+    self.latent_weight = config.latent_loss_weight
+    self.dtype = jnp.dtype(config.compute_dtype)
+    self.codebook_sizes = [q.num_codes for q in model.quantize]
+    self.traces = 0  # how many times the train step was traced (= compiled)
+    replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    self.train_step = jax.jit(self._train_step, in_shardings=(replicated, batch),
+                              out_shardings=(replicated, replicated), donate_argnums=0)
+    self.eval_step = jax.jit(self._eval_step, in_shardings=(replicated, batch, replicated),
+                             out_shardings=replicated)
+    self.sample = jax.jit(self._sample)
+
+  def model(self, params):
+    if self.dtype != jnp.float32:
+      params = jax.tree.map(lambda p: p.astype(self.dtype), params)
+    return nnx.merge(self.graphdef, params, self.rest)
+
+  def loss(self, params, inputs, rng):
+    inputs = {k: v.astype(self.dtype) for k, v in inputs.items()}
+    return self.trainer.loss(self.model(params), inputs, rng, self.latent_weight)
+
+  def _train_step(self, state, inputs):
+    self.traces += 1  # runs at trace time only
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
+    (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(state['params'], inputs, rng)
+    updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step changes nothing: the state stays the last good one and the loop stops.
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = dict(state, params=keep(params, state['params']),
+                     opt_state=keep(opt_state, state['opt_state']),
+                     step=state['step'] + finite.astype(state['step'].dtype))
+    metrics = dict(loss=loss, recon_loss=aux['recon_loss'], latent_loss=aux['latent_loss'],
+                   grad_norm=grad_norm, finite=finite,
+                   **codebook_stats(aux['codes'], self.codebook_sizes))
+    return new_state, metrics
+
+  def _eval_step(self, params, inputs, rng):
+    loss, aux = self.loss(params, inputs, rng)
+    return dict(loss=loss, recon_loss=aux['recon_loss'], latent_loss=aux['latent_loss'],
+                **codebook_stats(aux['codes'], self.codebook_sizes))
+
+  def _sample(self, params, source, target, rng):
+    """Reconstruction of `source` and its conversion to `target`'s voice (normalised space)."""
+    model = self.model(params)
+    recon_key, convert_key = jax.random.split(rng)
+    source, target = self.trainer.normalize(source), self.trainer.normalize(target)
+    recon, _ = model.reconstruct(source, rng=recon_key)  # the rhythm model: rhythm from source too
+    return recon.astype(jnp.float32), model.convert(source, target, rng=convert_key).astype(
+        jnp.float32)
+
+
+def make_state(params: dict, tx: optax.GradientTransformation, seed: int) -> dict:
+  """A train state at step 0: parameters, their optimizer state, the step and the base RNG key."""
+  return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+              rng=jax.random.key_data(jax.random.key(seed)))
+
+
+def sample_pair(test_dir: str, frames: int) -> tuple[np.ndarray, np.ndarray, str, str]:
+  """A fixed (source, target) pair of test utterances from two speakers, the same on every process."""
+  files = input_pipeline.list_features(test_dir)
+  source = files[0]
+  target = next((f for f in files if corpus.speaker_of(f) != corpus.speaker_of(source)), files[-1])
+  load = lambda f: input_pipeline.random_crop(np.load(f)[:, :frames], frames,
+                                              np.random.default_rng(0))[None]
+  return load(source), load(target), os.path.basename(source), os.path.basename(target)
+
+
+class VoiceConversionTask:
+  """Training a VQVC+ model with one of the four trainers."""
+
+  log_keys = ('loss', 'recon_loss', 'latent_loss', 'grad_norm')
+  init_ignore = ('gru_init',)  # init_from may come from a model with the other GRU initial state
+
+  def __init__(self, config, workdir: str, mesh):
+    self.config, self.mesh = config, mesh
+    self.data = input_pipeline.resolve_data(config, workdir)
+    self.trainer = trainers.get(config.trainer, self.data.stats_file)
+    self.local_batch = sharding.local_batch_size(config.batch_size)
+    self.model = build_model(config)
+    self.model_spec = self.model.spec()
+    self.steps = Steps(config, self.model, self.trainer, mesh)
+    self.train_step = self.steps.train_step
+    self.test_batches = self._test_batches()
+    self.pair = sample_pair(self.data.test_dir, config.data.crop_frames)
+    self.vocoder = vocoders.get(config.vocoder, audio.FeatureParams.from_dict(config.features))
+
+  def _test_batches(self) -> list[dict]:
+    """A fixed list of test batches (this process's shard), augmented with a fixed seed."""
+    config = self.config
+    dataset = input_pipeline.make_dataset(
+        self.data.test_dir, batch_size=self.local_batch, crop_frames=config.data.crop_frames,
+        seed=config.seed + 1, shard_index=jax.process_index(), shard_count=jax.process_count())
+    rng = np.random.default_rng([config.seed, 1])
+    return [self.trainer.augment(dataset[i]['mel'], rng) for i in range(config.eval_batches)]
+
+  @property
+  def traces(self) -> int:
+    return self.steps.traces
+
+  def initial_state(self, params: dict | None = None) -> dict:
+    """Step 0: `params` (the model's, from init_from) or the model's own initialisation."""
+    params = checkpoints.params_of(self.model) if params is None else params
+    return make_state(params, self.steps.tx, self.config.seed)
+
+  def dataset(self):
+    return input_pipeline.make_dataset(
+        self.data.train_dir, batch_size=self.local_batch, crop_frames=self.config.data.crop_frames,
+        seed=self.config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  def inputs(self, batch: dict, step: int) -> dict:
+    return self.trainer.augment(batch['mel'], np.random.default_rng([self.config.seed, step]))
+
+  def prepare_workdir(self, workdir: str) -> None:
+    """The mean/std trainer's statistics go into the workdir, so a restore needs nothing else."""
+    if self.config.trainer == 'mean_std':
+      atomic_write(os.path.join(workdir, corpus.STATS_FILE),
+                   lambda tmp: shutil.copyfile(self.data.stats_file, tmp))
+
+  def test_metrics(self, state: dict) -> dict:
+    """Mean test metrics over the fixed batches."""
+    rng = jax.random.key(self.config.seed + 2)
+    return sharding.mean_over_batches(
+        lambda i, batch: self.steps.eval_step(state['params'], batch, jax.random.fold_in(rng, i)),
+        self.test_batches, self.mesh)
+
+  def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
+    """Mel images and audio of the fixed pair: source, target, reconstruction, conversion."""
+    source, target, source_name, target_name = self.pair
+    recon, converted = self.steps.sample(
+        state['params'], sharding.place(source, self.mesh), sharding.place(target, self.mesh),
+        jax.random.fold_in(jax.random.key(0), step))
+    denorm = self.trainer.denormalize
+    mels = dict(source=source[0], target=target[0], reconstruction=denorm(np.asarray(recon[0])),
+                conversion=denorm(np.asarray(converted[0])))
+    if jax.process_index() != 0:
+      return
+    waves = self.vocoder(np.stack(list(mels.values())))
+    for (name, mel), wave in zip(mels.items(), waves):
+      writer.mel(step, f'mel/{name}', mel)
+      writer.audio(step, f'audio/{name}', wave, self.vocoder.sample_rate)
+    logging.info('step %d: wrote samples (source %s, target %s)', step, source_name, target_name)

@@ -1,0 +1,108 @@
+"""The house as ARCHITECTURE.md draws it: layers that import only downwards, no circle, small rooms."""
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'skipvqvc_jax'
+
+# ARCHITECTURE.md's layers, bottom up: a module imports only from its own layer or below.
+LAYERS = {
+    1: ['errors', 'fileio', 'audio', 'models'],
+    2: ['corpus', 'checkpoints'],
+    3: ['input_pipeline', 'trainers', 'sharding', 'summaries', 'vocoders'],
+    4: ['tasks'],
+    5: ['train'],
+    6: ['convert', 'evaluate', 'port_torch', 'cli', 'preprocess_cli'],
+}
+LAYER_OF = {room: layer for layer, rooms in LAYERS.items() for room in rooms}
+TRAINING = {'train', 'tasks'}  # what restoring for inference must never go through
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(PACKAGE.parent).with_suffix('').parts
+  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+  """{module: the package modules it imports anywhere in its body}, from the source."""
+  graph = {}
+  for path in PACKAGE.rglob('*.py'):
+    name = _module_name(path)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        found |= {a.name for a in node.names if a.name.startswith('skipvqvc_jax')}
+      elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('skipvqvc_jax'):
+        # `from skipvqvc_jax import corpus` imports the module skipvqvc_jax.corpus.
+        for alias in node.names:
+          candidate = f'{node.module}.{alias.name}'
+          found.add(candidate if (PACKAGE.parent / candidate.replace('.', '/')).with_suffix(
+              '.py').exists() or (PACKAGE.parent / candidate.replace('.', '/')).is_dir()
+                    else node.module)
+    graph[name] = found - {name}
+  return graph
+
+
+def _room(module: str) -> str | None:
+  parts = module.split('.')
+  return parts[1] if len(parts) > 1 else None
+
+
+GRAPH = _imports()
+
+
+def test_every_room_has_a_layer():
+  rooms = {_room(m) for m in GRAPH} - {None}
+  assert rooms == set(LAYER_OF), rooms ^ set(LAYER_OF)
+
+
+@pytest.mark.parametrize('module', sorted(GRAPH))
+def test_imports_only_go_down(module):
+  room = _room(module)
+  if room is None:
+    return
+  for imported in GRAPH[module]:
+    other = _room(imported)
+    if other is None or other == room:
+      continue
+    assert LAYER_OF[other] <= LAYER_OF[room], f'{module} (layer {LAYER_OF[room]}) imports ' \
+                                              f'{imported} (layer {LAYER_OF[other]})'
+
+
+def test_no_import_circle():
+  state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+  def visit(module, path):
+    state[module] = 1
+    for imported in sorted(GRAPH.get(module, ())):
+      if state.get(imported) == 1:
+        raise AssertionError('import circle: ' + ' -> '.join(path + [module, imported]))
+      if imported in GRAPH and not state.get(imported):
+        visit(imported, path + [module])
+    state[module] = 2
+
+  for module in sorted(GRAPH):
+    if not state.get(module):
+      visit(module, [])
+
+
+def _reachable(module: str) -> set[str]:
+  seen, todo = set(), [module]
+  while todo:
+    for imported in GRAPH.get(todo.pop(), ()):
+      if imported not in seen:
+        seen.add(imported)
+        todo.append(imported)
+  return seen
+
+
+@pytest.mark.parametrize('module', ['skipvqvc_jax.convert', 'skipvqvc_jax.evaluate',
+                                    'skipvqvc_jax.port_torch', 'skipvqvc_jax.vocoders'])
+def test_inference_never_goes_through_training(module):
+  assert not {m for m in _reachable(module) if _room(m) in TRAINING}
+
+
+def test_rooms_are_small():
+  sizes = {path.name: len(path.read_text().splitlines()) for path in PACKAGE.rglob('*.py')}
+  assert max(sizes.values()) <= 400, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
