@@ -71,7 +71,7 @@ def time_original(original, folder, channel, n_embed, steps, warmup):
 def time_ours(config_file, preset, steps, warmup):
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=import-outside-toplevel
-  from configs import vqvc_plus, vqvc_plus_resample  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.configs import vqvc_plus, vqvc_plus_resample  # pylint: disable=import-outside-toplevel
   from skipvqvc_jax import checkpoints, convert, sharding, trainers  # pylint: disable=import-outside-toplevel
   from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
   config = {'vqvc_plus': vqvc_plus, 'vqvc_plus_resample': vqvc_plus_resample}[config_file].get_config(

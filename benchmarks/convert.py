@@ -56,7 +56,7 @@ def main():
   seconds = len(wave) / params.sample_rate
 
   module, preset = args.preset.split(':')
-  config = importlib.import_module('configs.' + module.removesuffix('.py')).get_config(preset)
+  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(preset)
   converter = convert.Converter(voice_conversion.build_model(config), config, trainers.get('normal'))
   reference = converter.speaker([mel[:, :256]])
   model_s = timed(lambda: converter.convert_mel(mel, reference), args.repeat)

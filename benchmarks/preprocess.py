@@ -13,7 +13,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from skipvqvc_jax import corpus  # pylint: disable=wrong-import-position
+from skipvqvc_jax import preprocessing  # pylint: disable=wrong-import-position
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     out = tempfile.mkdtemp(prefix='skipvqvc_bench_')
     try:
       start = time.perf_counter()
-      manifest = corpus.preprocess(args.input, out, workers=workers, progress=False,
+      manifest = preprocessing.preprocess(args.input, out, workers=workers, progress=False,
                                    log=lambda _: None)
       wall = time.perf_counter() - start
     finally:

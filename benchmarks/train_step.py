@@ -30,7 +30,7 @@ def measure(preset: str, batch_size: int, steps: int, warmup: int, data: str | N
   from skipvqvc_jax import checkpoints, input_pipeline, sharding, trainers  # pylint: disable=import-outside-toplevel
   from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
   module, name = preset.split(':')
-  config = importlib.import_module('configs.' + module.removesuffix('.py')).get_config(name)
+  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(name)
   config.batch_size = batch_size
   trainer = trainers.get('normal' if config.trainer == 'mean_std' else config.trainer)
   mesh = sharding.make_mesh()

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from configs import vocoder as vocoder_configs  # pylint: disable=wrong-import-position
+from skipvqvc_jax.configs import vocoder as vocoder_configs  # pylint: disable=wrong-import-position
 from skipvqvc_jax import audio, checkpoints, sharding, vocoders  # pylint: disable=wrong-import-position
 from skipvqvc_jax.models import melgan  # pylint: disable=wrong-import-position
 from skipvqvc_jax.tasks import vocoder as training  # pylint: disable=wrong-import-position

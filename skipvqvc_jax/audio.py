@@ -51,7 +51,16 @@ def load(path: str, params: FeatureParams = FeatureParams()) -> np.ndarray:
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # librosa warns when it falls back to audioread
     try:
-      y, _ = librosa.load(path, sr=params.sample_rate, mono=True, res_type='soxr_hq')
+      try:
+        path.encode('utf-8')
+        source = path
+      except UnicodeEncodeError:  # a name that is not UTF-8: the decoder cannot open it by name
+        source = open(path, 'rb')  # pylint: disable=consider-using-with  (closed below)
+      try:
+        y, _ = librosa.load(source, sr=params.sample_rate, mono=True, res_type='soxr_hq')
+      finally:
+        if source is not path:
+          source.close()
     except Exception as e:  # soundfile, audioread and decoder errors have no common base
       message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise AudioError(f'cannot decode audio ({message})') from None
@@ -109,20 +118,37 @@ def num_frames(samples: int, params: FeatureParams = FeatureParams()) -> int:
   return 1 + (samples + 2 * edge_padding(params) - params.n_fft) // params.hop_length
 
 
-def magnitude(y: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
-  """|STFT| of the reflect-padded waveform, (n_fft // 2 + 1, frames)."""
+BLOCK_FRAMES = 2048  # frames analysed at once: a long file's STFT never exists whole in memory
+
+
+def _padded(y: np.ndarray, params: FeatureParams) -> np.ndarray:
   pad = edge_padding(params)
   if len(y) <= pad:
     raise AudioError(f'too short to analyse ({len(y)} samples)')
-  padded = np.pad(np.asarray(y, np.float32), (pad, pad), mode='reflect')
-  frames = padded[frame_indices(num_frames(len(y), params), params)]
+  return np.pad(np.asarray(y, np.float32), (pad, pad), mode='reflect')
+
+
+def _magnitude_block(padded: np.ndarray, first: int, count: int, params: FeatureParams):
+  """|STFT| (n_fft // 2 + 1, count) of frames first .. first + count - 1 of a padded waveform."""
+  frames = padded[frame_indices(count, params) + first * params.hop_length]
   return np.abs(np.fft.rfft(frames * analysis_window(params), axis=-1)).T.astype(np.float32)
 
 
+def magnitude(y: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
+  """|STFT| of the reflect-padded waveform, (n_fft // 2 + 1, frames)."""
+  return _magnitude_block(_padded(y, params), 0, num_frames(len(y), params), params)
+
+
 def log_mel(y: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
-  """float32 (n_mels, frames) log10 mel spectrogram of a waveform at params.sample_rate."""
-  mel = mel_basis(params) @ magnitude(y, params)
-  return np.log10(np.maximum(mel, params.log_floor)).astype(np.float32)
+  """float32 (n_mels, frames) log10 mel spectrogram of a waveform at params.sample_rate, computed
+  BLOCK_FRAMES at a time (a 10-minute file's whole complex STFT alone would be 200 MB)."""
+  padded, count = _padded(y, params), num_frames(len(y), params)
+  out = np.empty((params.n_mels, count), np.float32)
+  for first in range(0, count, BLOCK_FRAMES):
+    block = _magnitude_block(padded, first, min(BLOCK_FRAMES, count - first), params)
+    out[:, first:first + block.shape[1]] = np.log10(np.maximum(mel_basis(params) @ block,
+                                                              params.log_floor))
+  return out
 
 
 def file_to_log_mel(path: str, params: FeatureParams = FeatureParams()) -> tuple[np.ndarray, float]:

@@ -12,15 +12,19 @@ generator when it trains a vocoder. Only those parameters are read (an orbax par
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
 from skipvqvc_jax import fileio, models
@@ -40,6 +44,7 @@ def save_model(directory: str, model) -> None:
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.', dir=parent)
   try:
+    os.chmod(staging, fileio.public_mode(directory=True))  # mkdtemp's own mode is 0700
     with open(os.path.join(staging, 'model.json'), 'w') as f:
       json.dump(model.spec(), f, indent=1)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -73,11 +78,30 @@ def is_workdir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
+DATA_PATHS = ('train_dir', 'test_dir', 'stats_file')  # config.json's paths into the data
+
+
+def portable_path(path: str, workdir: str) -> str:
+  """How config.json stores a data path: relative to the workdir when inside it (so the workdir can
+  move), else absolute (so it can be read from any directory)."""
+  path, workdir = os.path.abspath(path), os.path.abspath(workdir)
+  return os.path.relpath(path, workdir) if path.startswith(workdir + os.sep) else path
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (its config.json)."""
+  """The config a workdir was trained with (its config.json), data paths resolved."""
   if not is_workdir(workdir):
     raise TrainingError(f'{workdir} has no {CONFIG_FILE}: not a training workdir')
-  return ml_collections.ConfigDict(fileio.load_json(os.path.join(workdir, CONFIG_FILE)))
+  config = ml_collections.ConfigDict(fileio.load_json(os.path.join(workdir, CONFIG_FILE)))
+  for key in DATA_PATHS:
+    path = config.data.get(key)
+    if path and not os.path.isabs(path):
+      # Relative to the workdir; workdirs written before that stored paths relative to where
+      # training ran, so such a path is still taken as it is where only that one exists.
+      inside = os.path.join(workdir, path)
+      config.data[key] = os.path.abspath(
+          path if os.path.exists(path) and not os.path.exists(inside) else inside)
+  return config
 
 
 def task_of(config) -> str:
@@ -136,23 +160,66 @@ class TrainCheckpoints:
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
 
+  def _newest_intact(self, step: int | None, read, set_aside: bool):
+    """read(step) of `step`; or, when None, of the newest checkpoint that reads, newest first. A
+    checkpoint that fails to read (a truncated or missing file) is named in a warning and, with
+    set_aside, moved to checkpoints.damaged/ so that training can save that step again."""
+    if step is not None:
+      return read(self.check_step(step))
+    self.check_step(None)
+    for candidate in reversed(self.all_steps()):
+      try:
+        return read(candidate)
+      except CheckpointError:  # a checkpoint of another model: no older one fits better
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (tensorstore, orbax and OS errors alike)
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        moved = self._set_aside(candidate) if set_aside else None
+        logging.warning('checkpoint %d in %s is damaged (%s)%s; trying the one before it', candidate,
+                        self.directory, reason, f', moved to {moved}' if moved else '')
+    raise CheckpointError(f'no intact checkpoint in {self.directory} (every one is damaged; see the '
+                          f'warnings above)')
+
+  def _set_aside(self, step: int) -> str:
+    aside = os.path.join(self.workdir, 'checkpoints.damaged', f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    os.rename(os.path.join(self.directory, str(step)), aside)
+    self.manager.reload()
+    return aside
+
+  def _stored_state(self, step: int, checkpointer) -> tuple[str, dict]:
+    """(path, the tree of array metadata) of a checkpoint's state."""
+    path = os.path.join(self.directory, str(step), 'state')
+    metadata = checkpointer.metadata(path)
+    metadata = getattr(metadata, 'item_metadata', metadata)  # orbax >= 0.11.2x wraps the tree
+    return path, getattr(metadata, 'tree', metadata)
+
   def restore(self, abstract_state, step: int | None = None):
-    """(state, data_state) of `step` (default: the latest), placed as `abstract_state` says."""
-    step = self.check_step(step)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return restored.state, restored.data
+    """(state, data_state) of `step` (default: the newest intact one), placed as `abstract_state`
+    says. A damaged newest checkpoint is moved aside, with a warning."""
+    def read(step):
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        path, stored = self._stored_state(step, checkpointer)
+      _check_fits(stored, {'params': abstract_state['params']}, path, exact=True)
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      return restored.state, restored.data
+    return self._newest_intact(step, read, set_aside=True)
 
   def restore_subtree(self, abstract: dict, step: int | None = None) -> dict:
     """The part of the train state shaped like `abstract` (a nested dict from the state's root, e.g.
-    {'params': ...}), as host arrays: nothing else of the checkpoint is read."""
-    path = os.path.join(self.directory, str(self.check_step(step)), 'state')
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-      stored = checkpointer.metadata(path).item_metadata.tree
-      _check_fits(stored, abstract, path)
-      return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-          item=abstract, restore_args=restore_args, partial_restore=True))
+    {'params': ...}), as host arrays: nothing else of the checkpoint is read, and nothing is moved."""
+    # Stored dict keys are strings; nnx lists give integer keys, which older orbax will not match.
+    target = _string_keys(abstract)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+
+    def read(step):
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        path, stored = self._stored_state(step, checkpointer)
+        _check_fits(stored, abstract, path)
+        return _keys_like(checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True)), abstract)
+    return self._newest_intact(step, read, set_aside=False)
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
@@ -164,24 +231,84 @@ class TrainCheckpoints:
     self.manager.close()
 
 
+def _string_keys(tree):
+  return {str(k): _string_keys(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
+
+
+def _keys_like(restored, template):
+  """`restored` (string keys) with the keys of `template` (which may be integers)."""
+  if isinstance(template, dict):
+    return {k: _keys_like(restored[str(k)], v) for k, v in template.items()}
+  return restored
+
+
 def _shapes(tree) -> dict[str, tuple]:
   """{'/a/b/0': shape} of every array of a nested dict (list indices as strings, as orbax stores)."""
   return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _check_fits(stored, abstract, path: str) -> None:
-  """Refuses a partial restore whose target is not a part of what the checkpoint stores: orbax would
-  leave the missing parameters as they were, silently."""
+def _check_fits(stored, abstract, path: str, exact: bool = False) -> None:
+  """Refuses a restore whose target's parameters are not what the checkpoint stores (a checkpoint of
+  another model, not a damaged one): orbax's partial restore would leave missing ones as they were,
+  silently. exact: the stored parameters may not have more either."""
   have = _shapes({k: stored[k] for k in abstract if k in stored})
   want = _shapes(abstract)
   missing = sorted(set(want) - set(have))
+  extra = sorted(set(have) - set(want)) if exact else []
   wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-  if missing or wrong:
+  if missing or extra or wrong:
     detail = '; '.join(filter(None, [
         missing and f'{len(missing)} parameters missing (first {missing[0]})',
+        extra and f'{len(extra)} more parameters stored (first {extra[0]})',
         wrong and f'{wrong[0]} is {have[wrong[0]]}, the model has {want[wrong[0]]}']))
     raise CheckpointError(f'{path} does not fit the model in its config.json: {detail}')
+
+
+class WorkdirLock:
+  """One training run per workdir: {workdir}/.lock holds the owner's pid, host and start time, and the
+  owner holds an exclusive flock on it, which the kernel drops when the process dies however it dies.
+  A second run is refused naming the owner; a lock left by a dead process is taken over, saying so."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, '.lock')
+    self._file = None
+
+  def acquire(self) -> None:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    f = open(self.path, 'a+')  # pylint: disable=consider-using-with  (held for the whole run)
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      owner = f.read().strip()
+      f.close()
+      raise TrainingError(f'{os.path.dirname(self.path)} is in use by another run ({owner or "starting"})'
+                          f': wait for it to finish, or train in another --workdir') from None
+    f.seek(0)
+    previous = f.read().strip()
+    if previous:
+      logging.warning('taking over the lock of a run that is gone (%s)', previous)
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}')
+    f.flush()
+    self._file = f
+
+  def release(self) -> None:
+    if self._file is not None:
+      self._file.seek(0)
+      self._file.truncate()  # an empty lock file is a free workdir (deleting it would race a waiter)
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+  def __enter__(self):
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
 
 
 def saved_steps(workdir: str) -> list[int]:

@@ -1,12 +1,14 @@
-"""`main.py`: train, evaluate or convert.
+"""Train, evaluate or convert with VQVC+ (main.py; the console scripts skipvqvc, skipvqvc-convert).
 
     python main.py --config=configs/vqvc_plus.py:demo [--workdir=DIR]              # train
     python main.py --mode=eval --workdir=DIR                                        # evaluate
     python main.py --mode=convert --workdir=DIR --source=a.wav --target=b.wav --output=out.wav
 
-Without --workdir a training run goes to runs/{model}_n{n_embed}_ch{channel}_{trainer}, the original's
-naming (a vocoder: runs/vocoder_{melgan|hifigan_style}_ngf{ngf}). Evaluation and conversion read
-everything else from the workdir.
+--config=FILE.py:PRESET names a preset file and one of its presets; from another directory than the
+repository, name an installed one as --config=vqvc_plus.py:PRESET. --config.FIELD=VALUE overrides a
+field. Without --workdir a training run goes to runs/{model}_n{n_embed}_ch{channel}_{trainer}, the
+original's naming (a vocoder: runs/vocoder_{melgan|hifigan_style}_ngf{ngf}). Evaluation and conversion
+read everything else from the workdir.
 """
 import json
 import os
@@ -16,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from skipvqvc_jax import errors
+from skipvqvc_jax.usage import own_help, parse_flags
 
 config_flags.DEFINE_config_file('config', None, 'A config file and preset, e.g. '
                                 'configs/vqvc_plus.py:n64_ch64 (needed to train).', lock_config=True)
@@ -32,6 +35,10 @@ flags.DEFINE_string('pairs', None, 'convert: a CSV of source,target,output rows.
 flags.DEFINE_string('source_dir', None, 'convert: convert every audio file of this folder to --target.')
 flags.DEFINE_string('output_dir', 'converted', 'convert: where --source_dir outputs go.')
 flags.DEFINE_bool('output_mel', False, 'convert: write MelGAN-compatible .npy mels, not audio.')
+flags.DEFINE_bool('compilation_cache', True, "Keep JAX's compiled programs on disk, so the next run "
+                  'of the same shapes starts without compiling (--nocompilation_cache: off).')
+flags.DEFINE_string('compilation_cache_dir', None, 'Where compiled programs are kept (default: '
+                    '$SKIPVQVC_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /skipvqvc_jax/xla).')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
@@ -46,6 +53,45 @@ def default_workdir(config) -> str:
                               f'_{config.trainer}')
 
 
+def next_steps(config, workdir: str, status: str) -> str:
+  """The line a finished (or preempted) run ends with: the commands that use its workdir."""
+  program = sys.argv[0]
+  program = f'python {program}' if program.endswith('.py') else os.path.basename(program)
+  if status in ('preempted', 'interrupted'):
+    return f'to continue: run the same command again ({program} ... --workdir={workdir})'
+  if config.get('task') == 'vocoder':
+    return (f'next: convert through this vocoder with {program} --mode=convert --workdir=VC_RUN '
+            f'--source=SOURCE.wav --target=TARGET.wav --output=OUT.wav --vocoder={workdir}')
+  return (f'next: evaluate with {program} --mode=eval --workdir={workdir} ; convert with {program} '
+          f'--mode=convert --workdir={workdir} --source=SOURCE.wav --target=TARGET.wav '
+          f'--output=OUT.wav')
+
+
+def compilation_cache_dir() -> str:
+  """The user's cache folder for compiled programs: --compilation_cache_dir, else $SKIPVQVC_CACHE_DIR,
+  else $XDG_CACHE_HOME/skipvqvc_jax/xla (~/.cache/skipvqvc_jax/xla)."""
+  if FLAGS.compilation_cache_dir:
+    return FLAGS.compilation_cache_dir
+  if os.environ.get('SKIPVQVC_CACHE_DIR'):
+    return os.environ['SKIPVQVC_CACHE_DIR']
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'skipvqvc_jax', 'xla')
+
+
+def _use_compilation_cache(jax) -> None:
+  """JAX's persistent compilation cache, on unless --nocompilation_cache (or JAX's own environment
+  variable already names a folder): a second conversion or a resumed run loads its programs instead
+  of compiling them (on 2 CPU cores, tens of seconds per command)."""
+  if not FLAGS.compilation_cache:
+    jax.config.update('jax_enable_compilation_cache', False)
+    return
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', compilation_cache_dir())
+  # Conversion's programs compile in well under JAX's default threshold of 1 s each, but together
+  # they are most of a short command's time.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
 def _quiet_orbax(record) -> bool:
   """Orbax logs every save step at INFO; keep its warnings and errors only."""
   return record.levelno >= 30 or '/orbax/' not in record.pathname  # 30: the stdlib's WARNING
@@ -58,12 +104,14 @@ def _convert(workdir: str) -> None:
   elif FLAGS.source_dir:
     if not FLAGS.target:
       raise errors.ConversionError('--source_dir needs --target')
-    jobs = convert.source_dir_jobs(FLAGS.source_dir, FLAGS.target, FLAGS.output_dir)
+    jobs = convert.source_dir_jobs(FLAGS.source_dir, FLAGS.target, FLAGS.output_dir,
+                                   log=lambda line: logging.info('%s', line))
   elif FLAGS.source and FLAGS.target and FLAGS.output:
     jobs = [(FLAGS.source, FLAGS.target, FLAGS.output)]
   else:
     raise errors.ConversionError('give --source, --target and --output; or --pairs=FILE.csv; or '
                                   '--source_dir and --target')
+  convert.check_jobs(jobs, FLAGS.output_mel)  # before the seconds of restoring a model
   converter = convert.Converter.restore(workdir, FLAGS.step, FLAGS.vocoder)
   converter.convert_many(jobs, FLAGS.output_mel, log=lambda line: logging.info('%s', line))
 
@@ -73,6 +121,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   import jax  # pylint: disable=import-outside-toplevel
+  _use_compilation_cache(jax)
   config = FLAGS.config
   # Multi-process when a flag, the config or the environment (JAX_COORDINATOR_ADDRESS) says so.
   if (FLAGS.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
@@ -93,6 +142,8 @@ def main(argv):
                    jax.process_count(), jax.devices(), workdir)
       summary = train.train_and_evaluate(config, workdir)
       logging.info('%s at step %d', summary['status'], summary['step'])
+      if jax.process_index() == 0:
+        logging.info('%s', next_steps(config, workdir, summary['status']))
     else:
       if not FLAGS.workdir:
         raise errors.ConfigError(f'--mode={FLAGS.mode} needs --workdir of a training run')
@@ -108,12 +159,32 @@ def main(argv):
   return 0
 
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+
+
+def installed_presets(argv: list[str]) -> list[str]:
+  """argv with `--config=FILE.py:PRESET` pointing at the installed preset file when FILE.py names no
+  file here and is one of the package's (`vqvc_plus.py:demo` or `configs/vqvc_plus.py:demo` from any
+  directory)."""
+  out = []
+  for arg in argv:
+    if arg.startswith('--config='):
+      path, colon, preset = arg[len('--config='):].partition(':')
+      installed = os.path.join(CONFIGS_DIR, os.path.basename(path))
+      if (not os.path.exists(path) and os.path.dirname(path) in ('', 'configs')
+          and os.path.isfile(installed)):
+        arg = f'--config={installed}{colon}{preset}'
+    out.append(arg)
+  return out
+
+
 def run():
-  """Console script `skipvqvc`: main.py."""
-  app.run(main)
+  """Console script `skipvqvc`, and main.py."""
+  own_help(__name__, __doc__)
+  app.run(main, argv=installed_presets(sys.argv), flags_parser=parse_flags)
 
 
 def run_convert():
   """Console script `skipvqvc-convert`: main.py --mode=convert."""
   sys.argv.insert(1, '--mode=convert')
-  app.run(main)
+  run()

@@ -128,22 +128,58 @@ class Converter:
 
   def convert_many(self, jobs: Sequence[tuple[str, Sequence[str], str]], output_mel=False,
                    log=print) -> list[str]:
-    """(source, targets, output) jobs; each set of target references is encoded once."""
+    """(source, targets, output) jobs; each set of target references is encoded once.
+
+    The jobs are checked first (no output may overwrite an input or another job's output). A job
+    whose audio cannot be used does not stop the others: the failures are listed at the end, in one
+    ConversionError, after every other output is written."""
+    jobs = check_jobs(jobs, output_mel)
     speakers: dict[tuple, Speaker] = {}
-    written = []
+    written, failed = [], []
     for source, targets, output in jobs:
-      key = tuple(targets)
-      if key not in speakers:
-        speakers[key] = self.speaker([self.features(t) for t in targets])
-      mel = self.convert_mel(self.features(source), speakers[key])
+      try:
+        key = tuple(targets)
+        if key not in speakers:
+          speakers[key] = self.speaker([self.features(t) for t in targets])
+        mel = self.convert_mel(self.features(source), speakers[key])
+      except ConversionError as e:
+        if len(jobs) == 1:
+          raise
+        log(f'failed: {e}')
+        failed.append(str(e))
+        continue
       if output_mel:
-        output = os.path.splitext(output)[0] + '.npy'
         save_npy(output, mel.astype(np.float32))
       else:
         write_wav(output, self.vocoder(mel), self.vocoder.sample_rate)
       log(f'{source} -> {output}')
       written.append(output)
+    if failed:
+      raise ConversionError(f'{len(failed)} of {len(jobs)} conversions failed (the other '
+                            f'{len(written)} are written): ' + '; '.join(failed[:3])
+                            + (' ...' if len(failed) > 3 else ''))
     return written
+
+
+def check_jobs(jobs, output_mel: bool = False) -> list[tuple[str, list[str], str]]:
+  """The jobs with their final output names, or a ConversionError before anything is converted:
+  an output that is a folder, that would overwrite a source or target, or that two jobs share."""
+  checked, writers = [], {}
+  inputs = {os.path.realpath(p) for source, targets, _ in jobs for p in [source, *targets]}
+  for source, targets, output in jobs:
+    if output_mel:
+      output = os.path.splitext(output)[0] + '.npy'
+    if os.path.isdir(output):
+      raise ConversionError(f'output {output} is a folder: give a file name (or --source_dir with '
+                            f'--output_dir)')
+    if os.path.realpath(output) in inputs:
+      raise ConversionError(f'output {output} would overwrite an input audio file: choose another')
+    if os.path.realpath(output) in writers:
+      raise ConversionError(f'{writers[os.path.realpath(output)]} and {source} would both be written '
+                            f'to {output}: give them different outputs')
+    writers[os.path.realpath(output)] = source
+    checked.append((source, list(targets), output))
+  return checked
 
 
 def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
@@ -154,30 +190,43 @@ def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
 
 
 def read_pairs(path: str) -> list[tuple[str, list[str], str]]:
-  """pairs.csv rows `source,target,output` (targets may be several, separated by ';')."""
+  """pairs.csv rows `source,target,output` (targets may be several, separated by ';'); a header row
+  `source,...` and lines starting with # are skipped. Every row is checked before any is converted."""
   if not os.path.isfile(path):
     raise ConversionError(f'{path}: no such file')
   jobs = []
-  with open(path, newline='') as f:
+  with open(path, newline='', encoding='utf-8-sig') as f:  # utf-8-sig: spreadsheets write a BOM
     for line, row in enumerate(csv.reader(f), 1):
       if not row or row[0].startswith('#') or (line == 1 and row[0].strip() == 'source'):
         continue
       if len(row) != 3:
         raise ConversionError(f'{path} line {line}: expected source,target,output; got {row}')
       source, target, output = (x.strip() for x in row)
-      jobs.append((source, [t for t in target.split(';') if t], output))
+      targets = [t.strip() for t in target.split(';') if t.strip()]
+      for name, value in (('source', source), ('target', targets), ('output', output)):
+        if not value:
+          raise ConversionError(f'{path} line {line}: the {name} is empty')
+      jobs.append((source, targets, output))
   if not jobs:
     raise ConversionError(f'{path}: no source,target,output rows')
   return jobs
 
 
-def source_dir_jobs(source_dir: str, targets: Sequence[str], output_dir: str):
-  """Every audio file of source_dir converted to `targets`, written as output_dir/<name>.wav."""
+def source_dir_jobs(source_dir: str, targets: Sequence[str], output_dir: str, log=print):
+  """Every audio file of source_dir converted to `targets`, written as output_dir/<name>.wav (files
+  that share a name, like a.ogg and a.wav, as a_ogg.wav and a_wav.wav, said once)."""
   if not os.path.isdir(source_dir):
     raise ConversionError(f'--source_dir {source_dir} does not exist')
   files = sorted(f for f in os.listdir(source_dir)
                  if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS)
   if not files:
     raise ConversionError(f'--source_dir {source_dir} holds no audio files')
-  return [(os.path.join(source_dir, f), list(targets),
-           os.path.join(output_dir, os.path.splitext(f)[0] + '.wav')) for f in files]
+  stems = [os.path.splitext(f)[0] for f in files]
+  shared = {stem for stem in stems if stems.count(stem) > 1}
+  names = [f'{stem}_{os.path.splitext(f)[1][1:]}' if stem in shared else stem
+           for f, stem in zip(files, stems)]
+  if shared:
+    log('files sharing a name are written with their extension: '
+        + ', '.join(f'{f} -> {n}.wav' for f, n in zip(files, names) if n not in stems))
+  return [(os.path.join(source_dir, f), list(targets), os.path.join(output_dir, n + '.wav'))
+          for f, n in zip(files, names)]

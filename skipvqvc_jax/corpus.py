@@ -1,6 +1,7 @@
-"""A speech corpus on disk: finding utterances, the speaker split, features, statistics, the manifest.
+"""A speech corpus on disk: finding utterances, the speaker split, statistics, the manifest, the audio
+behind a feature file.
 
-Layout written by `preprocess` (the arrow audio -> features of the data path):
+Layout written by `preprocessing.preprocess` (the arrow audio -> features of the data path):
 
     OUTPUT_DIR/train/{speaker}_{utterance}.npy   float32 (n_mels, frames) log-mels
     OUTPUT_DIR/test/{speaker}_{utterance}.npy    speakers unseen in training
@@ -11,16 +12,15 @@ Layout written by `preprocess` (the arrow audio -> features of the data path):
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import random
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from skipvqvc_jax import audio
-from skipvqvc_jax.errors import AudioError, CorpusError
-from skipvqvc_jax.fileio import atomic_write, load_json, save_json, save_npy
+from skipvqvc_jax.errors import CorpusError
+from skipvqvc_jax.fileio import atomic_write, load_json
 
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.mp3', '.ogg')
 VCTK_AUDIO_DIRS = ('wav48', 'wav48_silence_trimmed')  # a VCTK root is read from these subfolders
@@ -40,6 +40,12 @@ class Utterance:
   @property
   def feature_file(self) -> str:
     return f'{self.speaker}_{self.name}.npy'
+
+
+def speaker_name(folder: str) -> str:
+  """The speaker name of a speaker folder: '_' separates speaker from utterance in feature names, so
+  it becomes '-' (`fl_rms` -> `fl-rms`). Flags naming speakers accept either spelling."""
+  return os.path.basename(os.path.normpath(folder)).replace('_', '-')
 
 
 def speaker_of(feature_file: str) -> str:
@@ -70,14 +76,16 @@ def find_utterances(input_dir: str) -> tuple[list[Utterance], list[dict]]:
         continue
       rel = os.path.relpath(os.path.join(folder, file), root)
       stem, ext = os.path.splitext(file)
-      if ext.lower() not in AUDIO_EXTENSIONS:
+      if not os.path.exists(os.path.join(folder, file)):
+        skipped.append(dict(source=rel, reason='a broken link (what it points to is gone)'))
+      elif ext.lower() not in AUDIO_EXTENSIONS:
         skipped.append(dict(source=rel, reason=f'not an audio file (extension {ext or "none"}; '
                                                f'reading {", ".join(AUDIO_EXTENSIONS)})'))
       elif folder == root:
         skipped.append(dict(source=rel, reason='not inside a <speaker>/ folder'))
       else:
         # '_' separates speaker from utterance in feature names, so it may not occur in a speaker.
-        speaker = os.path.basename(folder).replace('_', '-')
+        speaker = speaker_name(folder)
         name = stem[len(speaker) + 1:] if stem.startswith(speaker + '_') else stem
         utterances.append(Utterance(rel, speaker, name))
   if not utterances and not skipped:
@@ -94,10 +102,13 @@ def find_utterances(input_dir: str) -> tuple[list[Utterance], list[dict]]:
 # ---- the speaker split ----------------------------------------------------------------------------
 
 def choose_test_speakers(speakers: Sequence[str], num_test: int | None, seed: int) -> list[str]:
-  """A seeded choice of unseen test speakers; by default a tenth of them, at least one of two or more."""
+  """A seeded choice of unseen test speakers; by default a tenth of them, at least two of four or
+  more (one of two or three)."""
   speakers = sorted(speakers)
   if num_test is None:
-    num_test = max(1, round(len(speakers) / 10)) if len(speakers) >= 2 else 0
+    # A tenth, but two where four or more speakers leave room: evaluation converts between two.
+    num_test = (max(2 if len(speakers) >= 4 else 1, round(len(speakers) / 10))
+                if len(speakers) >= 2 else 0)
   if not 0 <= num_test < len(speakers):
     raise CorpusError(f'--num_test_speakers={num_test} must leave at least one of the '
                       f'{len(speakers)} speakers for training')
@@ -132,117 +143,6 @@ def resolve_split(output_dir: str, speakers: Sequence[str], test_speakers: Seque
     test = choose_test_speakers(speakers, num_test, seed)
     rule = f'{len(test)} speakers drawn with random.Random({seed}).sample from the sorted list'
   return dict(train=[s for s in speakers if s not in test], test=test, rule=rule)
-
-
-# ---- features -------------------------------------------------------------------------------------
-
-def _featurise(task):
-  """Worker: one audio file -> one .npy. Returns a result dict; never raises for bad audio."""
-  source_path, out_path, params, min_frames = task
-  try:
-    if os.path.getsize(source_path) == 0:
-      raise AudioError('empty file (0 bytes)')
-    y, index = audio.trim(audio.load(source_path, params), params)
-    mel = audio.log_mel(y, params)
-  except (AudioError, OSError) as e:
-    return dict(ok=False, reason=str(e))
-  if mel.shape[1] < min_frames:
-    return dict(ok=False, reason=f'too short: {mel.shape[1]} frames < --min_frames={min_frames}')
-  save_npy(out_path, mel)
-  return dict(ok=True, frames=int(mel.shape[1]), trim=list(index))
-
-
-def _source_key(path: str) -> list:
-  st = os.stat(path)
-  return [st.st_size, st.st_mtime_ns]
-
-
-def _frames_on_disk(path: str) -> int:
-  return int(np.load(path, mmap_mode='r').shape[1])
-
-
-def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = audio.FeatureParams(),
-               *, min_frames: int = 100, test_speakers: Sequence[str] | None = None,
-               num_test_speakers: int | None = None, seed: int = 0, workers: int | None = None,
-               progress: bool = True, log: Callable[[str], None] = print) -> dict:
-  """Audio corpus -> features, split, statistics and manifest. Returns the manifest.
-
-  Resumable: features already on disk are kept, and files skipped by an earlier run are not decoded
-  again while unchanged. Raises CorpusError when the input is missing or nothing usable came out.
-  """
-  utterances, skipped = find_utterances(input_dir)
-  root = audio_root(input_dir)
-  os.makedirs(output_dir, exist_ok=True)
-  old_manifest_path = os.path.join(output_dir, MANIFEST)
-  old = load_json(old_manifest_path) if os.path.exists(old_manifest_path) else {}
-  if old and audio.FeatureParams.from_dict(old['feature_params']) != params:
-    raise CorpusError(f'{output_dir} holds features made with other parameters ('
-                      + '; '.join(audio.FeatureParams.from_dict(old['feature_params'])
-                                  .mismatches(params)) + '); use a new output dir')
-  known_skips = {s['source']: s for s in old.get('skipped', []) if 'key' in s}
-  known_items = {i['source']: i for i in old.get('items', [])}
-  split = resolve_split(output_dir, [u.speaker for u in utterances], test_speakers,
-                        num_test_speakers, seed) if utterances else dict(train=[], test=[])
-  side = {s: 'train' for s in split['train']} | {s: 'test' for s in split['test']}
-
-  items, tasks, pending, carried = [], [], [], []
-  for utt in utterances:
-    source_path = os.path.join(root, utt.source)
-    out_rel = os.path.join(side[utt.speaker], utt.feature_file)
-    out_path = os.path.join(output_dir, out_rel)
-    key = _source_key(source_path)
-    if os.path.exists(out_path):
-      previous = known_items.get(utt.source, {})
-      items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker,
-                        frames=_frames_on_disk(out_path), trim=previous.get('trim')))
-    elif utt.source in known_skips and known_skips[utt.source]['key'] == key:
-      carried.append(known_skips[utt.source])
-    else:
-      tasks.append((source_path, out_path, params, min_frames))
-      pending.append((utt, out_rel, key))
-  if items or known_skips:
-    log(f'{len(items)} features already made, {len(tasks)} files to process')
-
-  for (utt, out_rel, key), result in zip(pending, map_files(_featurise, tasks, workers,
-                                                                progress)):
-    if result['ok']:
-      items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker,
-                        frames=result['frames'], trim=result['trim']))
-    else:
-      skipped.append(dict(source=utt.source, reason=result['reason'], key=key))
-  for s in skipped:
-    log(f'skipped {s["source"]}: {s["reason"]}')
-  skipped += carried  # reported by the run that found them
-
-  if not items:
-    raise CorpusError(f'no usable audio in {input_dir}: {len(skipped)} files skipped '
-                      f'(see the reasons above)')
-  items.sort(key=lambda i: i['file'])
-  save_json(os.path.join(output_dir, SPLIT_FILE), split)
-  write_stats(output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)],
-              params.n_mels)
-  manifest = _manifest(input_dir, params, min_frames, split, items, skipped)
-  save_json(os.path.join(output_dir, MANIFEST), manifest)
-  return manifest
-
-
-def map_files(work: Callable[[tuple], dict], tasks: list, workers: int | None,
-              progress: bool) -> Iterable[dict]:
-  """Results of `work` (a picklable function of one task) in task order, over `workers` processes,
-  with a progress bar."""
-  import tqdm  # pylint: disable=import-outside-toplevel
-  workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
-  bar = tqdm.tqdm(total=len(tasks), unit='file', disable=not progress or not tasks)
-  if workers <= 1:
-    for task in tasks:
-      yield work(task)
-      bar.update()
-  else:
-    with multiprocessing.get_context('spawn').Pool(workers) as pool:
-      for result in pool.imap(work, tasks, chunksize=4):
-        yield result
-        bar.update()
-  bar.close()
 
 
 def trimmed_source(source_path: str, params: audio.FeatureParams, trim) -> np.ndarray:
@@ -301,7 +201,8 @@ def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> Non
   atomic_write(os.path.join(output_dir, STATS_FILE), write)
 
 
-def _manifest(input_dir, params, min_frames, split, items, skipped) -> dict:
+def manifest(input_dir, params, min_frames, split, items, skipped, complete: bool = True) -> dict:
+  """The manifest of a features folder: what was made from what, with which parameters."""
   seconds_per_frame = params.hop_length / params.sample_rate
   per_speaker: dict[str, dict] = {}
   for item in items:
@@ -318,6 +219,7 @@ def _manifest(input_dir, params, min_frames, split, items, skipped) -> dict:
         frames=frames, seconds=round(frames * seconds_per_frame, 2))
   return dict(
       version=MANIFEST_VERSION,
+      complete=complete,  # False: preprocessing stopped; the items are what it had made
       feature_params=params.to_dict(),
       min_frames=min_frames,
       input_dir=os.path.abspath(input_dir),
@@ -333,6 +235,9 @@ def read_manifest(features_dir: str) -> dict:
   if not os.path.isfile(path):
     raise CorpusError(f'{features_dir} has no {MANIFEST}: run preprocess.py on your audio first')
   manifest = load_json(path)
+  if not manifest.get('complete', True):
+    raise CorpusError(f'preprocessing of {features_dir} did not finish: run preprocess.py on its '
+                      f'audio again to complete it')
   if manifest.get('version', 0) > MANIFEST_VERSION:
     raise CorpusError(f'{path} has version {manifest["version"]}, newer than this skipvqvc_jax reads '
                       f'({MANIFEST_VERSION}): upgrade skipvqvc_jax or preprocess again')

@@ -27,6 +27,7 @@ from absl import logging
 from skipvqvc_jax import audio, checkpoints, convert, corpus, input_pipeline, summaries, vocoders
 from skipvqvc_jax.errors import CorpusError
 from skipvqvc_jax.fileio import save_json, save_text
+from skipvqvc_jax.progress import Progress
 
 MCD_COEFFS = 24  # mel-cepstral coefficients c1..c24 (c0, the energy, is left out as usual)
 
@@ -118,6 +119,10 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
   converter = convert.Converter.restore(workdir, step, vocoder)
   cfg = converter.config
   step = checkpoints.latest_step(workdir) if step is None else step
+  if not os.path.isdir(cfg.data.test_dir):
+    raise CorpusError(f'{cfg.data.test_dir}, the test features {workdir}/config.json names, is gone: '
+                      f'preprocess the test speakers there again, or point data.test_dir in '
+                      f'config.json at their features')
   files = input_pipeline.list_features(cfg.data.test_dir)
   out_dir = os.path.join(workdir, 'eval')
   assets = os.path.join(out_dir, 'assets')
@@ -125,8 +130,10 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
 
   # Reconstruction and codebooks over whole utterances.
   l1, frames, codes = 0.0, 0, [[] for _ in range(converter.model.num_scales)]
+  progress = Progress('eval: reconstructing the test utterances', len(files), logging.info)
   for f in files:
-    mel = np.load(f)
+    progress.update()
+    mel = input_pipeline.load_features(f)
     recon, enc = converter.reconstruct(mel)
     l1 += float(np.abs(recon - mel).sum())
     frames += mel.size
@@ -139,11 +146,13 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
   # Conversions.
   pairs = choose_pairs(files, num_pairs, cfg.seed)
   mcd, baseline = [], []
+  progress = Progress('eval: converting', len(pairs), logging.info, unit='pairs')
   for pair in pairs:
-    source, reference = np.load(pair['source']), np.load(pair['reference'])
+    progress.update()
+    source, reference = input_pipeline.load_features(pair['source']), input_pipeline.load_features(pair['reference'])
     pair['converted_mel'] = converter.convert_mel(source, converter.speaker([reference]))
     if pair['parallel']:
-      truth = np.load(pair['parallel'])
+      truth = input_pipeline.load_features(pair['parallel'])
       pair['mcd_db'] = mcd_dtw(pair['converted_mel'], truth)
       pair['baseline_mcd_db'] = mcd_dtw(source, truth)
       mcd.append(pair['mcd_db'])
@@ -193,7 +202,11 @@ def speaker_similarity(encoder, converter, files: Sequence[str], pairs: list[dic
   from resemblyzer import preprocess_wav  # pylint: disable=import-outside-toplevel
   sr = converter.vocoder.sample_rate
   embed = lambda mel: encoder.embed_utterance(preprocess_wav(converter.vocoder(mel), source_sr=sr))
-  real = {f: embed(np.load(f)) for f in files}
+  progress = Progress('eval: speaker embeddings of the test utterances', len(files), logging.info)
+  real = {}
+  for f in files:
+    progress.update()
+    real[f] = embed(input_pipeline.load_features(f))
   names = sorted(real)
   same, different = [], []
   for i, a in enumerate(names):
@@ -228,7 +241,7 @@ def compare_vocoders(converter, files: Sequence[str], num_utterances: int, seed:
   chosen = sorted(random.Random(seed).sample(list(files), min(num_utterances, len(files))))
   if not chosen:
     return dict(utterances=0), {}
-  mels = {f: np.load(f) for f in chosen}
+  mels = {f: input_pipeline.load_features(f) for f in chosen}
   real = corpus.source_waveforms(chosen, params)
   real_embeddings = {}
   if encoder is not None:
@@ -238,6 +251,7 @@ def compare_vocoders(converter, files: Sequence[str], num_utterances: int, seed:
   metrics: dict = dict(utterances=len(chosen))
   first = dict(utterance=os.path.basename(chosen[0]), real=real[chosen[0]])
   for name, vocoder in candidates.items():
+    logging.info('eval: resynthesising %d test utterances with %s', len(mels), name)
     mcd, similarity = [], []
     for f, mel in mels.items():
       wave = vocoder(mel)
@@ -292,11 +306,11 @@ def _write_report(out_dir, assets, metrics, pairs, converter, resynthesis: dict)
                  for k, v in _flat(metrics).items())
   sections = []
   for i, pair in enumerate(pairs):
-    mels = dict(source=np.load(pair['source']), target_reference=np.load(pair['reference']),
-                reconstruction=converter.reconstruct(np.load(pair['source']))[0],
+    mels = dict(source=input_pipeline.load_features(pair['source']), target_reference=input_pipeline.load_features(pair['reference']),
+                reconstruction=converter.reconstruct(input_pipeline.load_features(pair['source']))[0],
                 conversion=pair['converted_mel'])
     if pair['parallel']:
-      mels['target_same_sentence'] = np.load(pair['parallel'])
+      mels['target_same_sentence'] = input_pipeline.load_features(pair['parallel'])
     cells = []
     for name, mel in mels.items():
       stem = f'pair{i:02d}_{name}'

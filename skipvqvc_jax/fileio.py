@@ -1,6 +1,7 @@
 """Writing files so that no reader ever sees half of one, and reading the JSON the project writes."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -11,14 +12,37 @@ import numpy as np
 from skipvqvc_jax.errors import CorpusError
 
 
+def _read_umask() -> int:
+  """The process's umask, without changing it (os.umask can only set it, which races other threads)."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('Umask:'):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+  os.umask(mask)
+  return mask
+
+
+def public_mode(directory: bool = False) -> int:
+  """The mode open() or mkdir() would give a new file or folder: 0o666 (0o777) less the umask, so
+  colleagues on a shared server read what the project writes wherever the umask lets them."""
+  return (0o777 if directory else 0o666) & ~_read_umask()
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-  """Writes via a temporary file in the same folder and renames it: no half-written file is visible."""
+  """Writes via a temporary file in the same folder and renames it: no half-written file is visible.
+
+  The file gets the usual mode for a new file under the umask (mkstemp's own is 0600)."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
   os.close(fd)
   try:
     write(tmp)
+    os.chmod(tmp, public_mode())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -27,9 +51,14 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
 
 
 def save_npy(path: str, array: np.ndarray) -> None:
+  # Serialised in memory first: numpy's own short-write error carries no errno, a file's write does
+  # (ENOSPC: the disk is full).
+  buffer = io.BytesIO()
+  np.save(buffer, array, allow_pickle=False)
+
   def write(tmp):
     with open(tmp, 'wb') as f:
-      np.save(f, array, allow_pickle=False)
+      f.write(buffer.getbuffer())
   atomic_write(path, write)
 
 

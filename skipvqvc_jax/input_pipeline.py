@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from skipvqvc_jax import audio, corpus, sharding
+from skipvqvc_jax import audio, corpus, preprocessing, sharding
 from skipvqvc_jax.errors import CorpusError
 
 
@@ -40,6 +40,15 @@ def list_features(features_dir: str) -> list[str]:
   if not files:
     raise CorpusError(f'features dir {features_dir} holds no .npy features')
   return files
+
+
+def load_features(path: str, mmap: bool = False) -> np.ndarray:
+  """One feature (or cached waveform) file; one that cannot be read is a CorpusError naming it."""
+  try:
+    return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise CorpusError(f'{path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__}'
+                      f'); preprocess its audio again') from None
 
 
 IN_MEMORY_LIMIT = 1 << 30  # feature sets up to 1 GiB are read once and kept in RAM
@@ -60,13 +69,13 @@ class FeatureSource(grain.sources.RandomAccessDataSource):
     index = {s: i for i, s in enumerate(speaker_names(self.files))}
     self.speaker_ids = np.array([index[corpus.speaker_of(f)] for f in self.files], np.int32)
     in_memory = sum(os.path.getsize(f) for f in self.files) <= IN_MEMORY_LIMIT
-    self.arrays = [np.load(f) for f in self.files] if in_memory else None
+    self.arrays = [load_features(f) for f in self.files] if in_memory else None
 
   def __len__(self) -> int:
     return len(self.files)
 
   def __getitem__(self, i: int) -> dict:
-    array = self.arrays[i] if self.arrays is not None else np.load(self.files[i], mmap_mode='r')
+    array = self.arrays[i] if self.arrays is not None else load_features(self.files[i], mmap=True)
     return {self.key: array, 'speaker': self.speaker_ids[i]}
 
 
@@ -205,7 +214,7 @@ def resolve_data(config, workdir: str) -> Data:
 def _preprocess_once(audio_dir: str, out: str, params, seed: int, num_test: int | None) -> str:
   if jax.process_index() == 0:
     logging.info('preprocessing the audio in %s into %s', audio_dir, out)
-    corpus.preprocess(audio_dir, out, params, num_test_speakers=num_test, seed=seed,
+    preprocessing.preprocess(audio_dir, out, params, num_test_speakers=num_test, seed=seed,
                       progress=False, log=logging.info)
   sharding.sync('preprocess')
   return out

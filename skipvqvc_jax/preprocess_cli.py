@@ -1,4 +1,7 @@
-"""`python preprocess.py INPUT_DIR OUTPUT_DIR [flags]`: audio corpus -> log-mel features.
+"""Audio corpus -> MelGAN-compatible log-mel features (preprocess.py; the console script
+skipvqvc-preprocess).
+
+    python preprocess.py INPUT_DIR OUTPUT_DIR [flags]
 
 INPUT_DIR holds <speaker>/<utterance>.{wav,flac,mp3,ogg} (or is a VCTK root with wav48/). OUTPUT_DIR
 gets train/ and test/ (unseen speakers) features, split.json, stats.npz and manifest.json.
@@ -7,7 +10,8 @@ import sys
 
 from absl import app, flags
 
-from skipvqvc_jax import audio, corpus, errors
+from skipvqvc_jax import audio, errors, preprocessing
+from skipvqvc_jax.usage import own_help, parse_flags
 
 _defaults = audio.FeatureParams()
 flags.DEFINE_integer('workers', None, 'Processes to decode with (default: all cores).')
@@ -33,12 +37,12 @@ def main(argv):
       win_length=FLAGS.win_length, n_mels=FLAGS.n_mels,
       trim_top_db=FLAGS.top_db if FLAGS.top_db >= 0 else None)
   try:
-    manifest = corpus.preprocess(
+    manifest = preprocessing.preprocess(
         argv[1], argv[2], params, min_frames=FLAGS.min_frames, test_speakers=FLAGS.test_speakers,
         num_test_speakers=FLAGS.num_test_speakers, seed=FLAGS.seed, workers=FLAGS.workers,
-        progress=FLAGS.progress)
+        progress=FLAGS.progress, log=lambda line: print(preprocessing.printable(line)))
   except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {preprocessing.printable(str(e))}', file=sys.stderr)
     return 1
   t = manifest['totals']
   print(f'{argv[2]}: train {t["train"]["speakers"]} speakers, {t["train"]["utterances"]} '
@@ -49,5 +53,6 @@ def main(argv):
 
 
 def run():
-  """Console-script entry point."""
-  app.run(main)
+  """Console script `skipvqvc-preprocess`, and preprocess.py."""
+  own_help(__name__, __doc__)
+  app.run(main, flags_parser=parse_flags)

@@ -41,9 +41,9 @@ def small_corpus(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope='session')
 def small_features(small_corpus, tmp_path_factory) -> pathlib.Path:
   """small_corpus preprocessed, with esf2 and esm1 as the unseen test speakers."""
-  from skipvqvc_jax import corpus
+  from skipvqvc_jax import preprocessing
   out = tmp_path_factory.mktemp('small_features')
-  corpus.preprocess(str(small_corpus), str(out), test_speakers=['esf2', 'esm1'], workers=1,
+  preprocessing.preprocess(str(small_corpus), str(out), test_speakers=['esf2', 'esm1'], workers=1,
                     progress=False, log=lambda _: None)
   return out
 
@@ -52,7 +52,7 @@ def tiny_config(features, preset='vqvc_plus.py:tiny', **overrides):
   """A `tiny` preset (seconds to train) reading the features in `features`/{train,test}."""
   import importlib
   module, name = preset.split(':')
-  config = importlib.import_module('configs.' + module.removesuffix('.py')).get_config(name)
+  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(name)
   overrides = {'data.train_dir': str(features / 'train'), 'data.test_dir': str(features / 'test'),
                **overrides}
   for key, value in overrides.items():

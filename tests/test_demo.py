@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from configs import vqvc_plus
+from skipvqvc_jax.configs import vqvc_plus
 from skipvqvc_jax import train
 from tests.conftest import REPO, read_events
 

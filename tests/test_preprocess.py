@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import audio, corpus, errors, fileio
+from skipvqvc_jax import audio, corpus, errors, fileio, preprocessing
 from tests import audio_fixtures
 from tests.conftest import REPO
 
@@ -37,7 +37,7 @@ def processed(tree, tmp_path_factory):
   root, files = tree
   out = str(tmp_path_factory.mktemp('features'))
   logs = []
-  manifest = corpus.preprocess(root, out, test_speakers=['bob'], workers=2, progress=False,
+  manifest = preprocessing.preprocess(root, out, test_speakers=['bob'], workers=2, progress=False,
                                log=logs.append)
   return out, manifest, logs
 
@@ -106,7 +106,7 @@ def test_second_run_redoes_nothing_and_an_interrupted_run_finishes(tree, process
   decoded = []
   real_load = audio.load
   monkeypatch.setattr(audio, 'load', lambda path, *a: decoded.append(path) or real_load(path, *a))
-  again = corpus.preprocess(root, out, test_speakers=['bob'], workers=1, progress=False,
+  again = preprocessing.preprocess(root, out, test_speakers=['bob'], workers=1, progress=False,
                             log=lambda _: None)
   assert decoded == []  # neither finished features nor known-bad files are decoded again
   assert again['items'] == manifest['items'] and again['skipped'] == manifest['skipped']
@@ -114,7 +114,7 @@ def test_second_run_redoes_nothing_and_an_interrupted_run_finishes(tree, process
   # An interruption: one feature never written, and no manifest yet.
   os.remove(os.path.join(out, 'train', 'alice_002.npy'))
   os.remove(os.path.join(out, 'manifest.json'))
-  resumed = corpus.preprocess(root, out, workers=1, progress=False, log=lambda _: None)
+  resumed = preprocessing.preprocess(root, out, workers=1, progress=False, log=lambda _: None)
   redone = {os.path.relpath(p, root) for p in decoded}
   assert 'alice/alice_002.flac' in redone
   assert not redone & {'alice/alice_001.wav', 'bob/take1.wav', 'carol/carol_001.flac'}
@@ -126,9 +126,9 @@ def test_changed_split_or_parameters_are_refused(tree, processed):
   root, _ = tree
   out, _, _ = processed
   with pytest.raises(errors.CorpusError, match='split.json lists test speakers'):
-    corpus.preprocess(root, out, test_speakers=['alice'], progress=False)
+    preprocessing.preprocess(root, out, test_speakers=['alice'], progress=False)
   with pytest.raises(errors.CorpusError, match='n_mels: 80 != 40'):
-    corpus.preprocess(root, out, audio.FeatureParams(n_mels=40), progress=False)
+    preprocessing.preprocess(root, out, audio.FeatureParams(n_mels=40), progress=False)
   corpus.check_feature_params(out, audio.FeatureParams())
   with pytest.raises(errors.CorpusError, match=r'hop_length: 256 != 200.*manifest vs config'):
     corpus.check_feature_params(out, audio.FeatureParams(hop_length=200))
@@ -148,6 +148,9 @@ def test_seeded_split_is_reproducible_and_disjoint():
   a = corpus.choose_test_speakers(speakers, None, seed=3)
   assert a == corpus.choose_test_speakers(list(reversed(speakers)), None, seed=3)
   assert len(a) == 3 and a != corpus.choose_test_speakers(speakers, None, seed=4)
+  # Under 15 speakers a tenth would be one, and evaluation needs two to convert between.
+  assert [len(corpus.choose_test_speakers(speakers[:n], None, seed=0)) for n in (2, 3, 4, 14)] == [
+      1, 1, 2, 2]
 
 
 def test_feature_golden(parity_dir):

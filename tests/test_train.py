@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default, vqvc_plus, vqvc_plus_cvae, vqvc_plus_resample, vqvc_plus_rhythm
-from configs import vqvc_plus_speaker_quantize
+from skipvqvc_jax.configs import default, vqvc_plus, vqvc_plus_cvae, vqvc_plus_resample, vqvc_plus_rhythm
+from skipvqvc_jax.configs import vqvc_plus_speaker_quantize
 from skipvqvc_jax import checkpoints, errors, fileio, train
 from skipvqvc_jax.tasks import voice_conversion
 from tests.conftest import REPO, main_flags, tiny_config

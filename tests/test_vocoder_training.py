@@ -13,7 +13,7 @@ from flax import nnx
 
 import orbax.checkpoint as ocp
 
-from configs import vocoder as vocoder_configs
+from skipvqvc_jax.configs import vocoder as vocoder_configs
 from skipvqvc_jax import (audio, checkpoints, convert, corpus, errors, evaluate, fileio, train,
                           vocoders)
 from skipvqvc_jax.tasks import vocoder as vocoder_task

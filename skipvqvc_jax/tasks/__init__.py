@@ -10,9 +10,18 @@ from skipvqvc_jax.tasks.voice_conversion import VoiceConversionTask
 TASKS = {'voice_conversion': VoiceConversionTask, 'vocoder': VocoderTask}
 
 
-def make(config, workdir: str, mesh):
-  """The task `config.task` names (default: voice conversion), set up to train in `workdir`."""
+def _task_class(config):
   name = config.get('task', 'voice_conversion')
   if name not in TASKS:
-    raise ConfigError(f'config.task={name!r}: use {" or ".join(TASKS)}')
-  return TASKS[name](config, workdir, mesh)
+    raise ConfigError(f'--config.task={name!r}: use {" or ".join(TASKS)}')
+  return TASKS[name]
+
+
+def check_config(config) -> None:
+  """One-line errors for the task's settings that cannot work, before anything is read or written."""
+  _task_class(config).check_config(config)
+
+
+def make(config, workdir: str, mesh):
+  """The task `config.task` names (default: voice conversion), set up to train in `workdir`."""
+  return _task_class(config)(config, workdir, mesh)

@@ -167,12 +167,28 @@ def make_state(g_params: dict, d_params: dict, tx: optax.GradientTransformation)
               step=jnp.zeros((), jnp.int32))
 
 
+def check_config(config) -> None:
+  """One-line errors for vocoder settings that cannot work, before any data is read."""
+  if config.adversarial_loss not in ('hinge', 'least_squares'):
+    raise ConfigError(f'--config.adversarial_loss={config.adversarial_loss!r}: use hinge or '
+                      f'least_squares')
+  for field in ('generator.ngf', 'generator.residual_layers', 'data.segment_frames'):
+    group, name = field.split('.')
+    value = config[group][name]
+    if not isinstance(value, int) or value < 1:
+      raise ConfigError(f'--config.{field}={value!r}: must be a whole number >= 1')
+  if config.discriminator.ndf % 4 or config.discriminator.ndf < 4:
+    raise ConfigError(f'--config.discriminator.ndf={config.discriminator.ndf!r}: must be a '
+                      f'multiple of 4 (its grouped convolutions)')
+
+
 class VocoderTask:
   """Training a MelGAN generator against the configured discriminators."""
 
   log_keys = ('loss', 'd_loss', 'adversarial_loss', 'feature_loss', 'mel_l1',
               'spectral_convergence')
   init_ignore = ()  # init_from must be a generator of exactly the configured size
+  check_config = staticmethod(check_config)
 
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh
@@ -227,7 +243,7 @@ class VocoderTask:
     files = input_pipeline.list_features(self.test_waves)
     hop = self.features.hop_length
     samples = int(self.config.sample_seconds * self.features.sample_rate) // hop * hop
-    wave = np.load(files[0])[0, :samples].astype(np.float32) / WAVE_SCALE
+    wave = input_pipeline.load_features(files[0])[0, :samples].astype(np.float32) / WAVE_SCALE
     return wave[:len(wave) // hop * hop]
 
   def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:

@@ -20,12 +20,31 @@ from flax import nnx
 
 from skipvqvc_jax import (audio, checkpoints, corpus, input_pipeline, models, sharding, summaries,
                           trainers, vocoders)
+from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.fileio import atomic_write
 
 
 def build_model(config):
   spec, _ = checkpoints.inference_spec(config)
   return models.build(**spec, seed=config.seed)
+
+
+def check_config(config) -> None:
+  """One-line errors for model and data settings that cannot work, before any data is read."""
+  model = config.model
+  if model.name not in models.names():
+    raise ConfigError(f'--config.model.name={model.name!r}: valid models: {", ".join(models.names())}')
+  if not isinstance(model.channel, int) or model.channel < 4 or model.channel % 4:
+    raise ConfigError(f'--config.model.channel={model.channel!r}: must be a positive multiple of 4 '
+                      f'(the GBlocks use 4 groups)')
+  if not isinstance(model.n_embed, int) or model.n_embed < 4:
+    raise ConfigError(f'--config.model.n_embed={model.n_embed!r}: must be a whole number >= 4 (the '
+                      f'finest scale has n_embed / 4 codes)')
+  multiple = models.get_class(model.name).resample_factor * 8
+  crop = config.data.crop_frames
+  if not isinstance(crop, int) or crop < multiple or crop % multiple:
+    raise ConfigError(f'--config.data.crop_frames={crop!r}: {model.name} needs a positive multiple '
+                      f'of {multiple}')
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -116,7 +135,7 @@ def sample_pair(test_dir: str, frames: int) -> tuple[np.ndarray, np.ndarray, str
   files = input_pipeline.list_features(test_dir)
   source = files[0]
   target = next((f for f in files if corpus.speaker_of(f) != corpus.speaker_of(source)), files[-1])
-  load = lambda f: input_pipeline.random_crop(np.load(f)[:, :frames], frames,
+  load = lambda f: input_pipeline.random_crop(input_pipeline.load_features(f)[:, :frames], frames,
                                               np.random.default_rng(0))[None]
   return load(source), load(target), os.path.basename(source), os.path.basename(target)
 
@@ -126,6 +145,8 @@ class VoiceConversionTask:
 
   log_keys = ('loss', 'recon_loss', 'latent_loss', 'grad_norm')
   init_ignore = ('gru_init',)  # init_from may come from a model with the other GRU initial state
+
+  check_config = staticmethod(check_config)
 
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh

@@ -12,8 +12,9 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 
-from skipvqvc_jax import audio, corpus, sharding
+from skipvqvc_jax import audio, corpus, preprocessing, sharding
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import save_npy
 
@@ -35,7 +36,7 @@ def _cache_one(task) -> dict:
 
 
 def cache_waveforms(features_dir: str, out_dir: str, params: audio.FeatureParams, *,
-                    workers: int | None = None, progress: bool = False) -> None:
+                    workers: int | None = None, progress: bool = False, log=None) -> None:
   """The trimmed waveform behind every feature file of `features_dir`, as `out_dir/<file>.npy`.
 
   Files already cached are kept (resumable); a source that is gone or changed is an error naming it.
@@ -57,7 +58,8 @@ def cache_waveforms(features_dir: str, out_dir: str, params: audio.FeatureParams
       raise CorpusError(f'{source_path}, the source of {item["file"]} in {root_dir}, is missing: '
                         f'training a vocoder needs the audio the features were made from')
     tasks.append((source_path, out_path, params, item.get('trim'), item['frames']))
-  for task, result in zip(tasks, corpus.map_files(_cache_one, tasks, workers, progress)):
+  for task, result in zip(tasks, preprocessing.map_files(_cache_one, tasks, workers, progress, log,
+                                                  'caching waveforms')):
     if not result['ok']:
       raise CorpusError(f'{task[0]}: {result["reason"]}')
 
@@ -73,6 +75,6 @@ def waveform_dir(features_dir: str, workdir: str, params: audio.FeatureParams) -
   out = os.path.join(workdir, 'waveforms', tag,
                      os.path.relpath(os.path.abspath(features_dir), os.path.abspath(root)))
   if jax.process_index() == 0:
-    cache_waveforms(features_dir, out, params)
+    cache_waveforms(features_dir, out, params, log=logging.info)
   sharding.sync('waveforms')
   return out

@@ -14,6 +14,7 @@ from skipvqvc_jax import audio, checkpoints
 from skipvqvc_jax.errors import CheckpointError, ConfigError
 from skipvqvc_jax.models import MelGANGenerator
 from skipvqvc_jax.vocoders.griffin_lim import GriffinLim
+from skipvqvc_jax.vocoders.windows import vocode_in_windows
 
 
 class NeuralVocoder:
@@ -24,16 +25,18 @@ class NeuralVocoder:
       raise ConfigError(f'the vocoder expects {generator.n_mels} mels at hop {generator.hop_length}, '
                         f'the features have {params.n_mels} at hop {params.hop_length}')
     self.name = generator.name
-    self.sample_rate = params.sample_rate
+    self.sample_rate, self.hop_length = params.sample_rate, params.hop_length
     graphdef, state = nnx.split(generator)
     self._state = state
     self._run = jax.jit(lambda s, mel: nnx.merge(graphdef, s)(mel))
 
   def __call__(self, log_mel) -> np.ndarray:
+    """One mel (n_mels, T) -> T * hop samples (a long one in overlapping windows); or a batch."""
     log_mel = np.asarray(log_mel, np.float32)
-    single = log_mel.ndim == 2
-    wave = np.asarray(self._run(self._state, log_mel[None] if single else log_mel))
-    return wave[0] if single else wave
+    run = lambda mels: np.asarray(self._run(self._state, mels))
+    if log_mel.ndim == 2:
+      return vocode_in_windows(run, log_mel, self.hop_length)
+    return run(log_mel)
 
 
 def load_generator(path: str) -> MelGANGenerator:

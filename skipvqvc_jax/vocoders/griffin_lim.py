@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from skipvqvc_jax import audio
+from skipvqvc_jax.vocoders.windows import vocode_in_windows
 
 
 def mel_inverse(params: audio.FeatureParams) -> np.ndarray:
@@ -46,9 +47,10 @@ class GriffinLim:
     self.sample_rate = params.sample_rate
 
   def __call__(self, log_mel) -> np.ndarray:
+    """One mel (n_mels, T) -> T * hop samples (a long one in overlapping windows); or a batch."""
     log_mel = np.asarray(log_mel, np.float32)
-    single = log_mel.ndim == 2
-    wave = _griffin_lim(log_mel[None] if single else log_mel, jax.random.key(self.seed),
-                        self.params, self.n_iter, self.momentum)
-    wave = np.asarray(wave, np.float32)
-    return wave[0] if single else wave
+    run = lambda mels: np.asarray(_griffin_lim(mels, jax.random.key(self.seed), self.params,
+                                               self.n_iter, self.momentum), np.float32)
+    if log_mel.ndim == 2:
+      return vocode_in_windows(run, log_mel, self.params.hop_length)
+    return run(log_mel)

@@ -5,7 +5,7 @@ import math
 
 import ml_collections
 
-from configs import default
+from skipvqvc_jax.configs import default
 
 
 def base() -> ml_collections.ConfigDict:

@@ -1,5 +1,5 @@
 """`vqvc+_rhythm` with the rhythm trainer: --config=configs/vqvc_plus_rhythm.py:n128_ch128."""
-from configs import default
+from skipvqvc_jax.configs import default
 
 PRESETS = {
     'n128_ch128': {'model.name': 'vqvc+_rhythm', 'model.channel': 128, 'model.n_embed': 128,

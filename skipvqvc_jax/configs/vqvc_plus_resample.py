@@ -1,5 +1,5 @@
 """`vqvc+_resample`: --config=configs/vqvc_plus_resample.py:n512_ch512."""
-from configs import default
+from skipvqvc_jax.configs import default
 
 PRESETS = {
     'n512_ch512': {'model.name': 'vqvc+_resample', 'model.channel': 512, 'model.n_embed': 512},

@@ -1,5 +1,5 @@
 """`vqvc+` presets: --config=configs/vqvc_plus.py:PRESET."""
-from configs import default
+from skipvqvc_jax.configs import default
 
 PRESETS = {
     # The paper's setting.

@@ -1,5 +1,5 @@
 """`vqvc+_cvae` (speaker VAE): --config=configs/vqvc_plus_cvae.py:n64_ch64."""
-from configs import default
+from skipvqvc_jax.configs import default
 
 PRESETS = {
     'n64_ch64': {'model.name': 'vqvc+_cvae', 'model.channel': 64, 'model.n_embed': 64},

@@ -1,0 +1,242 @@
+"""Audio corpus -> features: the arrow audio -> features of the data path (`preprocess.py`).
+
+The output folder is one consistent set, whatever happened to it before: features are kept only while
+their parameters, split side and source still match (a speaker moved to the other side has its features
+moved; features whose audio is gone or changed, or that cannot be read, are removed or redone), and the
+manifest always describes exactly what is there. A run records its parameters before it writes any
+feature, so an interrupted run cannot be continued with other parameters.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import multiprocessing
+import os
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from skipvqvc_jax import audio, corpus
+from skipvqvc_jax.errors import AudioError, CorpusError
+from skipvqvc_jax.fileio import load_json, save_json, save_npy
+from skipvqvc_jax.progress import Progress
+
+STAMP = '.preprocessing.json'  # the parameters of the run writing the folder, until its manifest is
+
+
+def _featurise(task):
+  """Worker: one audio file -> one .npy. Returns a result dict; never raises for bad audio."""
+  source_path, out_path, params, min_frames = task
+  try:
+    if os.path.getsize(source_path) == 0:
+      raise AudioError('empty file (0 bytes)')
+    y, index = audio.trim(audio.load(source_path, params), params)
+    mel = audio.log_mel(y, params)
+  except (AudioError, OSError) as e:
+    return dict(ok=False, reason=str(e))
+  if mel.shape[1] < min_frames:
+    return dict(ok=False, reason=f'too short: {mel.shape[1]} frames < --min_frames={min_frames}')
+  try:
+    save_npy(out_path, mel)
+  except OSError as e:  # the output's disk, not the audio: every other file would fail the same way
+    return dict(ok=False, fatal=f'cannot write {out_path}: {e.strerror or e}'
+                + ('; free some space and rerun (the features made so far are kept)'
+                   if e.errno == errno.ENOSPC else ''))
+  return dict(ok=True, frames=int(mel.shape[1]), trim=list(index))
+
+
+def _source_key(path: str) -> list:
+  st = os.stat(path)
+  return [st.st_size, st.st_mtime_ns]
+
+
+def _readable_frames(path: str, n_mels: int) -> int | None:
+  """Frames of a feature file on disk, or None when it cannot be used (truncated, other n_mels)."""
+  try:
+    mel = np.load(path, mmap_mode='r', allow_pickle=False)
+  except (OSError, ValueError, EOFError):
+    return None
+  return int(mel.shape[1]) if mel.ndim == 2 and mel.shape[0] == n_mels and mel.shape[1] else None
+
+
+def _check_parameters(output_dir: str, params: audio.FeatureParams) -> None:
+  """Refuses an output folder whose features (finished or not) were made with other parameters."""
+  for name in (corpus.MANIFEST, STAMP):
+    path = os.path.join(output_dir, name)
+    if os.path.exists(path):
+      found = audio.FeatureParams.from_dict(load_json(path)['feature_params'])
+      if found != params:
+        raise CorpusError(f'{output_dir} holds features made with other parameters ('
+                          + '; '.join(found.mismatches(params)) + '); use a new output dir')
+
+
+def _tidy(output_dir: str, expected: dict[str, str], log) -> None:
+  """Makes the feature files on disk a subset of `expected` ({feature file: its split side}):
+  features of a speaker whose side changed are moved; files no utterance makes any more, and the
+  temporary files of killed writers, are removed."""
+  moved = removed = 0
+  for side in corpus.SPLITS:
+    folder = os.path.join(output_dir, side)
+    if not os.path.isdir(folder):
+      continue
+    for name in sorted(os.listdir(folder)):
+      path = os.path.join(folder, name)
+      if name.startswith('.') and name.endswith('.tmp'):
+        os.remove(path)
+      elif name.endswith('.npy') and expected.get(name) != side:
+        if name in expected and not os.path.exists(os.path.join(output_dir, expected[name], name)):
+          os.makedirs(os.path.join(output_dir, expected[name]), exist_ok=True)
+          os.replace(path, os.path.join(output_dir, expected[name], name))
+          moved += 1
+        else:
+          os.remove(path)
+          removed += 1
+  if moved or removed:
+    log(f'{moved} features moved to the other side of the split, {removed} removed (their audio '
+        f'is gone, or its speaker is in the other side already)')
+
+
+def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = audio.FeatureParams(),
+               *, min_frames: int = 100, test_speakers: Sequence[str] | None = None,
+               num_test_speakers: int | None = None, seed: int = 0, workers: int | None = None,
+               progress: bool = True, log: Callable[[str], None] = print) -> dict:
+  """Audio corpus -> features, split, statistics and manifest. Returns the manifest.
+
+  Resumable: features already on disk are kept while they still match, and files skipped by an
+  earlier run are not decoded again while unchanged. Raises CorpusError when the input is missing,
+  nothing usable came out, or the output folder holds features made with other parameters.
+  """
+  log = _printable_lines(log)
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise CorpusError(f'output {output_dir} is a file, not a folder: choose another output dir')
+  utterances, skipped = corpus.find_utterances(input_dir)
+  renamed = sorted({os.path.dirname(u.source) for u in utterances
+                    if os.path.basename(os.path.dirname(u.source)) != u.speaker})
+  if renamed:
+    log('speaker folders renamed in feature names (_ separates speaker from utterance): '
+        + ', '.join(f'{os.path.basename(f)} -> {corpus.speaker_name(f)}' for f in renamed))
+  if test_speakers is not None:
+    test_speakers = [corpus.speaker_name(s) for s in test_speakers]
+  root = corpus.audio_root(input_dir)
+  os.makedirs(output_dir, exist_ok=True)
+  _check_parameters(output_dir, params)
+  manifest_path = os.path.join(output_dir, corpus.MANIFEST)
+  old = load_json(manifest_path) if os.path.exists(manifest_path) else {}
+  known_skips = {s['source']: s for s in old.get('skipped', []) if 'key' in s}
+  known_items = {i['source']: i for i in old.get('items', [])}
+  split = corpus.resolve_split(output_dir, [u.speaker for u in utterances], test_speakers,
+                               num_test_speakers, seed) if utterances else dict(train=[], test=[])
+  if len(split['test']) == 1:
+    log(f'only one test speaker ({split["test"][0]}): --mode=eval needs two to convert between')
+  side = {s: 'train' for s in split['train']} | {s: 'test' for s in split['test']}
+  save_json(os.path.join(output_dir, STAMP), dict(feature_params=params.to_dict(),
+                                                  min_frames=min_frames))
+  _tidy(output_dir, {u.feature_file: side[u.speaker] for u in utterances}, log)
+
+  items, tasks, pending, carried = [], [], [], []
+  for utt in utterances:
+    source_path = os.path.join(root, utt.source)
+    out_rel = os.path.join(side[utt.speaker], utt.feature_file)
+    out_path = os.path.join(output_dir, out_rel)
+    key = _source_key(source_path)
+    previous = known_items.get(utt.source, {})
+    frames = _readable_frames(out_path, params.n_mels) if os.path.exists(out_path) else None
+    if frames is not None and previous.get('key', key) == key:
+      items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker, frames=frames,
+                        trim=previous.get('trim'), key=key))
+    elif frames is None and utt.source in known_skips and known_skips[utt.source]['key'] == key:
+      carried.append(known_skips[utt.source])
+    else:  # new, changed since, or a feature file that cannot be read: (re)made
+      tasks.append((source_path, out_path, params, min_frames))
+      pending.append((utt, out_rel, key))
+  if items or known_skips:
+    log(f'{len(items)} features already made, {len(tasks)} files to process')
+
+  try:
+    for (utt, out_rel, key), result in zip(pending, map_files(_featurise, tasks, workers, progress,
+                                                             log, 'preprocessing')):
+      if 'fatal' in result:
+        raise CorpusError(result['fatal'])
+      if result['ok']:
+        items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker,
+                          frames=result['frames'], trim=result['trim'], key=key))
+      else:
+        skipped.append(dict(source=utt.source, reason=result['reason'], key=key))
+  except BaseException:
+    # Whatever stopped the run, the manifest says what is there (and that it is not finished),
+    # including features whose results were still on their way back from the workers.
+    made = {i['file'] for i in items}
+    for utt, out_rel, key in pending:
+      frames = _readable_frames(os.path.join(output_dir, out_rel), params.n_mels)
+      if out_rel not in made and frames is not None:
+        items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker, frames=frames,
+                          trim=None, key=key))
+    items.sort(key=lambda i: i['file'])
+    save_json(manifest_path, corpus.manifest(input_dir, params, min_frames, split, items,
+                                             skipped + carried, complete=False))
+    raise
+  for s in skipped:
+    log(f'skipped {s["source"]}: {s["reason"]}')
+  skipped += carried  # reported by the run that found them
+
+  if not items:
+    raise CorpusError(f'no usable audio in {input_dir}: {len(skipped)} files skipped '
+                      f'(see the reasons above)')
+  items.sort(key=lambda i: i['file'])
+  save_json(os.path.join(output_dir, corpus.SPLIT_FILE), split)
+  corpus.write_stats(output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)],
+                     params.n_mels)
+  manifest = corpus.manifest(input_dir, params, min_frames, split, items, skipped)
+  save_json(manifest_path, manifest)
+  os.remove(os.path.join(output_dir, STAMP))
+  return manifest
+
+
+def printable(text: str) -> str:
+  """Text with file names in it as any terminal prints it: name bytes that are not UTF-8 (kept by
+  Python as surrogate escapes) as \\x escapes."""
+  return os.fsencode(text).decode('utf-8', 'backslashreplace')
+
+
+def _printable_lines(log):
+  return lambda line: log(printable(line))
+
+
+def map_files(work: Callable[[tuple], dict], tasks: list, workers: int | None, progress: bool,
+              log: Callable[[str], None] | None = None, what: str = 'files') -> Iterable[dict]:
+  """Results of `work` (a picklable function of one task) in task order, over `workers` processes.
+
+  progress=True shows a terminal progress bar; otherwise, given `log`, a line every 10 seconds. A
+  worker that dies (the out-of-memory killer, a signal) stops the run with a CorpusError instead of
+  leaving it waiting forever for that worker's results."""
+  import tqdm  # pylint: disable=import-outside-toplevel  (slow to import; only here)
+  workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
+  bar = tqdm.tqdm(total=len(tasks), unit='file', disable=not progress or not tasks)
+  lines = Progress(what, len(tasks), log, unit='files') if log and not progress and tasks else None
+
+  done = [0]
+
+  def advance():
+    done[0] += 1
+    bar.update()
+    if lines:
+      lines.update()
+
+  # Counted before each result is handed over: a consumer zipping the results stops at the last one.
+  if workers <= 1:
+    for task in tasks:
+      result = work(task)
+      advance()
+      yield result
+  else:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+      try:
+        for result in pool.map(work, tasks, chunksize=4):
+          advance()
+          yield result
+      except concurrent.futures.process.BrokenProcessPool:
+        raise CorpusError(f'{what}: a worker process died (killed by the system: out of memory?) '
+                          f'after {done[0]} of {len(tasks)} files; rerun to continue (finished files '
+                          f'are kept), with fewer --workers if memory is short') from None
+  bar.close()
