@@ -27,6 +27,9 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert'], 'What to do.')
 flags.DEFINE_integer('step', None, 'eval/convert: the checkpoint step to restore (default: latest).')
 flags.DEFINE_string('vocoder', 'griffin_lim', 'eval/convert: the vocoder that makes audio: griffin_lim, '
                     'a vocoder training workdir or a ported MelGAN directory.')
+flags.DEFINE_integer('eval_pairs', 20, 'eval: conversions scored (seeded pairs of test speakers).')
+flags.DEFINE_integer('eval_per_speaker', 50, 'eval: test utterances per speaker in the speaker '
+                     'statistics (a seeded choice; bounds the time on large test sets).')
 flags.DEFINE_string('source', None, 'convert: the source audio file (its words and timing).')
 flags.DEFINE_list('target', None, 'convert: reference audio of the target voice; several files are '
                   'averaged.')
@@ -149,7 +152,8 @@ def main(argv):
         raise errors.ConfigError(f'--mode={FLAGS.mode} needs --workdir of a training run')
       if FLAGS.mode == 'eval':
         from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
-        metrics = evaluate.run(FLAGS.workdir, FLAGS.step, FLAGS.vocoder)
+        metrics = evaluate.run(FLAGS.workdir, FLAGS.step, FLAGS.vocoder, num_pairs=FLAGS.eval_pairs,
+                               per_speaker=FLAGS.eval_per_speaker)
         logging.info('test metrics: %s', json.dumps(metrics))
       else:
         _convert(FLAGS.workdir)

@@ -18,12 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
-from skipvqvc_jax import audio
+from skipvqvc_jax import audio, layouts
 from skipvqvc_jax.errors import CorpusError
 from skipvqvc_jax.fileio import atomic_write, load_json
 
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.mp3', '.ogg')
-VCTK_AUDIO_DIRS = ('wav48', 'wav48_silence_trimmed')  # a VCTK root is read from these subfolders
 SPLITS = ('train', 'test')
 MANIFEST = 'manifest.json'
 SPLIT_FILE = 'split.json'
@@ -36,6 +35,7 @@ class Utterance:
   source: str  # path relative to the input root
   speaker: str
   name: str  # utterance name, without the speaker prefix
+  transcript: str | None = None  # what is said, where the corpus has transcripts
 
   @property
   def feature_file(self) -> str:
@@ -48,26 +48,36 @@ def speaker_name(folder: str) -> str:
   return os.path.basename(os.path.normpath(folder)).replace('_', '-')
 
 
+# The original's preprocessing names features after their path: wav48_p225_001.npy.
+ORIGINAL_PREFIXES = (layouts.VCTK_092 + '_', layouts.VCTK_080 + '_')
+
+
 def speaker_of(feature_file: str) -> str:
-  """The speaker of a `{speaker}_{utterance}.npy` feature file (speaker names never hold '_')."""
-  return os.path.basename(feature_file).split('_', 1)[0]
+  """The speaker of a `{speaker}_{utterance}.npy` feature file (speaker names never hold '_'); the
+  original's `wav48_{speaker}_{utterance}.npy` names are read too."""
+  name = os.path.basename(feature_file)
+  for prefix in ORIGINAL_PREFIXES:
+    if name.startswith(prefix):
+      name = name[len(prefix):]
+      break
+  return name.split('_', 1)[0]
 
 
 # ---- finding audio --------------------------------------------------------------------------------
 
 def audio_root(input_dir: str) -> str:
-  """The folder that holds <speaker>/ subfolders: VCTK's wav48/ inside a VCTK root, else input_dir."""
-  for name in VCTK_AUDIO_DIRS:
-    if os.path.isdir(os.path.join(input_dir, name)):
-      return os.path.join(input_dir, name)
-  return input_dir
+  """The folder that holds <speaker>/ subfolders: VCTK's wav48*/ inside a VCTK root, else input_dir."""
+  return layouts.detect(input_dir).root
 
 
-def find_utterances(input_dir: str) -> tuple[list[Utterance], list[dict]]:
-  """Every audio file under <speaker>/ folders, and the files that cannot be used, with reasons."""
+def find_utterances(input_dir: str, speaker_depth: int | None = None, mic: str = 'mic1'
+                    ) -> tuple[list[Utterance], list[dict], layouts.Layout]:
+  """Every audio file of a corpus (its layout: `layouts`), the files that cannot be used with
+  reasons, and the layout."""
   if not os.path.isdir(input_dir):
     raise CorpusError(f'input dir {input_dir} does not exist or is not a folder')
-  root = audio_root(input_dir)
+  layout = layouts.detect(input_dir, speaker_depth, mic)
+  root = layout.root
   utterances, skipped = [], []
   for folder, dirs, files in os.walk(root, followlinks=True):
     dirs.sort()
@@ -76,18 +86,22 @@ def find_utterances(input_dir: str) -> tuple[list[Utterance], list[dict]]:
         continue
       rel = os.path.relpath(os.path.join(folder, file), root)
       stem, ext = os.path.splitext(file)
+      speaker_dir = layouts.speaker_folder(rel, layout)
       if not os.path.exists(os.path.join(folder, file)):
         skipped.append(dict(source=rel, reason='a broken link (what it points to is gone)'))
+      elif file.endswith('.txt') and layout.name != 'flat':
+        continue  # the corpus' transcripts
       elif ext.lower() not in AUDIO_EXTENSIONS:
         skipped.append(dict(source=rel, reason=f'not an audio file (extension {ext or "none"}; '
                                                f'reading {", ".join(AUDIO_EXTENSIONS)})'))
-      elif folder == root:
+      elif speaker_dir is None:
         skipped.append(dict(source=rel, reason='not inside a <speaker>/ folder'))
       else:
         # '_' separates speaker from utterance in feature names, so it may not occur in a speaker.
-        speaker = speaker_name(folder)
-        name = stem[len(speaker) + 1:] if stem.startswith(speaker + '_') else stem
-        utterances.append(Utterance(rel, speaker, name))
+        speaker = speaker_name(speaker_dir)
+        name = layouts.utterance(stem, speaker, layout)
+        if name is not None:  # None: the other microphone of VCTK 0.92
+          utterances.append(Utterance(rel, speaker, name, layouts.transcript(rel, layout)))
   if not utterances and not skipped:
     raise CorpusError(f'input dir {input_dir} is empty: expected <speaker>/<utterance>.wav files')
   seen: dict[str, str] = {}
@@ -96,7 +110,7 @@ def find_utterances(input_dir: str) -> tuple[list[Utterance], list[dict]]:
       raise CorpusError(f'{utt.source} and {seen[utt.feature_file]} would both become '
                         f'{utt.feature_file}; rename one')
     seen[utt.feature_file] = utt.source
-  return utterances, skipped
+  return utterances, skipped, layout
 
 
 # ---- the speaker split ----------------------------------------------------------------------------
@@ -201,7 +215,8 @@ def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> Non
   atomic_write(os.path.join(output_dir, STATS_FILE), write)
 
 
-def manifest(input_dir, params, min_frames, split, items, skipped, complete: bool = True) -> dict:
+def manifest(input_dir, params, min_frames, split, items, skipped, complete: bool = True,
+             layout: layouts.Layout | None = None) -> dict:
   """The manifest of a features folder: what was made from what, with which parameters."""
   seconds_per_frame = params.hop_length / params.sample_rate
   per_speaker: dict[str, dict] = {}
@@ -221,6 +236,7 @@ def manifest(input_dir, params, min_frames, split, items, skipped, complete: boo
       version=MANIFEST_VERSION,
       complete=complete,  # False: preprocessing stopped; the items are what it had made
       feature_params=params.to_dict(),
+      layout=(layout or layouts.detect(input_dir)).to_dict(),
       min_frames=min_frames,
       input_dir=os.path.abspath(input_dir),
       split=dict(train=split['train'], test=split['test']),

@@ -1,21 +1,22 @@
 """`main.py --mode=eval`: measure a checkpoint on the unseen-speaker test set and write a report.
 
-Writes {workdir}/eval/metrics.json, pairs.json, report.html (with its images and audio in assets/), and
-TensorBoard scalars under eval/. Metrics:
+Writes {workdir}/eval/step_N/metrics.json, pairs.json, report.html (with its images and audio in
+assets/), eval/index.html over every evaluation, and TensorBoard scalars under eval/. Metrics:
 - reconstruction L1 of whole test utterances in raw log-mel units;
 - per-scale codebook usage, perplexity and dead codes over every test frame;
 - one-shot conversion over a fixed, seeded list of (source utterance, target speaker) pairs: the target
-  is given by one reference utterance of another sentence, and where the corpus is parallel (the target
-  speaker also read the source's sentence) the mel-cepstral distortion with DTW against that recording,
-  next to the no-conversion baseline (the source against the same recording);
+  is given by one reference utterance of another sentence, and where the target speaker also said the
+  source's sentence (same transcript, or same utterance name without transcripts), the log-mel
+  cepstral distortion (LMCD) with DTW against that recording, next to the no-conversion baseline;
+  with the eval extra and the recordings' audio, also the standard WORLD/SPTK mel-cepstral distortion;
 - speaker similarity with resemblyzer's pretrained speaker encoder, when it is installed (".[eval]");
 - the vocoders: Griffin-Lim and, with --vocoder=DIR, the neural vocoder resynthesise real test
-  utterances from their mels; MCD-DTW of the resynthesis' features against the originals (and speaker
+  utterances from their mels; LMCD of the resynthesis' features against the originals (and speaker
   similarity to the real recording, with ".[eval]") says what each vocoder costs before any conversion.
 """
 from __future__ import annotations
 
-import html
+import importlib.util
 import math
 import os
 import random
@@ -24,9 +25,10 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
-from skipvqvc_jax import audio, checkpoints, convert, corpus, input_pipeline, summaries, vocoders
+from skipvqvc_jax import (audio, checkpoints, convert, corpus, input_pipeline, layouts, report,
+                          summaries, vocoders)
 from skipvqvc_jax.errors import CorpusError
-from skipvqvc_jax.fileio import save_json, save_text
+from skipvqvc_jax.fileio import save_json
 from skipvqvc_jax.progress import Progress
 
 MCD_COEFFS = 24  # mel-cepstral coefficients c1..c24 (c0, the energy, is left out as usual)
@@ -47,14 +49,49 @@ def mel_cepstrum(log10_mel: np.ndarray, coeffs: int = MCD_COEFFS) -> np.ndarray:
   return cep[1:coeffs + 1].T
 
 
-def mcd_dtw(log10_mel: np.ndarray, reference: np.ndarray) -> float:
-  """Mel-cepstral distortion in dB between two log-mels, averaged over their DTW alignment."""
+def cepstral_distortion_dtw(a: np.ndarray, b: np.ndarray) -> float:
+  """(10 / ln 10) sqrt(2 sum_d (a_d - b_d)^2) in dB, averaged over the DTW alignment of two
+  (frames, coefficients) cepstra."""
   import librosa  # pylint: disable=import-outside-toplevel
-  a, b = mel_cepstrum(log10_mel), mel_cepstrum(reference)
-  cost = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+  import scipy.spatial  # pylint: disable=import-outside-toplevel
+  cost = scipy.spatial.distance.cdist(a, b)  # (Ta, Tb), never a (Ta, Tb, coefficients) tensor
   _, path = librosa.sequence.dtw(C=cost)
   diff = a[path[:, 0]] - b[path[:, 1]]
   return float(np.mean(10.0 / np.log(10.0) * np.sqrt(2.0 * (diff**2).sum(-1))))
+
+
+def lmcd_dtw(log10_mel: np.ndarray, reference: np.ndarray) -> float:
+  """Log-mel cepstral distortion (dB) between two log-mels: the MCD formula on the cepstrum of the
+  80-band log-mel (`mel_cepstrum`), not on a WORLD/SPTK mel-cepstrum; its values are not comparable
+  with the MCD of papers (`world_mcd_dtw` is)."""
+  return cepstral_distortion_dtw(mel_cepstrum(log10_mel), mel_cepstrum(reference))
+
+
+WORLD_ALPHA = 0.455  # the all-pass constant of the mel warping at 22050 Hz (SPTK's table)
+
+
+def world_mel_cepstrum(wave: np.ndarray, sample_rate: int, order: int = MCD_COEFFS) -> np.ndarray:
+  """(frames, order) mel-cepstra c1..c_order of a waveform: WORLD analysis (DIO + StoneMask F0,
+  CheapTrick envelope, 5 ms frames), then SPTK's sp2mc (alpha 0.455 at 22050 Hz)."""
+  import pysptk  # pylint: disable=import-outside-toplevel  (the eval extra)
+  import pyworld  # pylint: disable=import-outside-toplevel
+  x = np.asarray(wave, np.float64)
+  f0, times = pyworld.dio(x, sample_rate, frame_period=5.0)
+  f0 = pyworld.stonemask(x, f0, times, sample_rate)
+  envelope = pyworld.cheaptrick(x, f0, times, sample_rate)
+  return pysptk.sp2mc(envelope, order=order, alpha=WORLD_ALPHA)[:, 1:]
+
+
+def world_mcd_dtw(wave: np.ndarray, reference: np.ndarray, sample_rate: int) -> float:
+  """The mel-cepstral distortion of voice-conversion papers (dB): MCD = (10 / ln 10)
+  sqrt(2 sum_{d=1}^{24} (c_d - c'_d)^2) over WORLD/SPTK mel-cepstra, averaged along the frame-wise DTW
+  alignment of the two waveforms."""
+  return cepstral_distortion_dtw(world_mel_cepstrum(wave, sample_rate),
+                                 world_mel_cepstrum(reference, sample_rate))
+
+
+def world_available() -> bool:
+  return all(importlib.util.find_spec(name) for name in ('pysptk', 'pyworld'))
 
 
 def codebook_metrics(codes_per_scale: Sequence[np.ndarray], sizes: Sequence[int]) -> dict:
@@ -82,16 +119,31 @@ def speaker_similarity_encoder():
 # ---- pairs ----------------------------------------------------------------------------------------
 
 def utterance_name(feature_file: str) -> str:
-  """The sentence part of `{speaker}_{utterance}.npy` (VCTK and the demo corpus share these)."""
+  """The utterance part of `{speaker}_{utterance}.npy`."""
   return os.path.splitext(os.path.basename(feature_file))[0].split('_', 1)[1]
 
 
-def choose_pairs(files: Sequence[str], num_pairs: int, seed: int) -> list[dict]:
+def sentences(files: Sequence[str]) -> dict[str, str]:
+  """{file: what it says}: the normalised transcript where the corpus' manifest has one; otherwise
+  the utterance name (the demo corpus' speakers read the same numbered sentences; on VCTK only the
+  first few dozen numbers are the same text, so its transcripts decide there)."""
+  transcripts: dict[str, str] = {}
+  for root in {corpus.manifest_root(os.path.dirname(os.path.abspath(f))) for f in files} - {None}:
+    for item in corpus.read_manifest(root)['items']:
+      if item.get('transcript'):
+        transcripts[os.path.basename(item['file'])] = layouts.normalise(item['transcript'])
+  return {f: transcripts.get(os.path.basename(f)) or 'utterance ' + utterance_name(f) for f in files}
+
+
+def choose_pairs(files: Sequence[str], num_pairs: int, seed: int,
+                 said: dict[str, str] | None = None) -> list[dict]:
   """A seeded list of conversions: source utterance, target speaker, a reference of another sentence,
-  and the target's recording of the source sentence where it exists (parallel corpora)."""
+  and the target's recording of the source sentence where it exists (`said`: each file's sentence,
+  by default its utterance name)."""
+  said = said or {f: utterance_name(f) for f in files}
   by_speaker: dict[str, dict[str, str]] = {}
   for f in files:
-    by_speaker.setdefault(corpus.speaker_of(f), {})[utterance_name(f)] = f
+    by_speaker.setdefault(corpus.speaker_of(f), {}).setdefault(said[f], f)
   speakers = sorted(by_speaker)
   if len(speakers) < 2:
     raise CorpusError('evaluation needs at least two test speakers to convert between')
@@ -113,9 +165,11 @@ def choose_pairs(files: Sequence[str], num_pairs: int, seed: int) -> list[dict]:
 # ---- the run --------------------------------------------------------------------------------------
 
 def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num_pairs: int = 20,
-        report_pairs: int = 6, num_vocoder_utterances: int = 8) -> dict:
-  """Evaluates the checkpoint (default: latest) of `workdir`, as its own config.json describes it;
-  returns the metrics it writes."""
+        report_pairs: int = 6, num_vocoder_utterances: int = 8, per_speaker: int = 50) -> dict:
+  """Evaluates the checkpoint (default: latest) of `workdir`, as its own config.json describes it,
+  into {workdir}/eval/step_N/; returns the metrics it writes. The speaker statistics use at most
+  `per_speaker` test utterances of each speaker (a seeded choice): a VCTK-size test set then
+  finishes in minutes."""
   converter = convert.Converter.restore(workdir, step, vocoder)
   cfg = converter.config
   step = checkpoints.latest_step(workdir) if step is None else step
@@ -124,7 +178,7 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
                       f'preprocess the test speakers there again, or point data.test_dir in '
                       f'config.json at their features')
   files = input_pipeline.list_features(cfg.data.test_dir)
-  out_dir = os.path.join(workdir, 'eval')
+  out_dir = os.path.join(workdir, 'eval', f'step_{step}')
   assets = os.path.join(out_dir, 'assets')
   os.makedirs(assets, exist_ok=True)
 
@@ -144,75 +198,123 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
   metrics.update(codebook_metrics(codes, [q.num_codes for q in converter.model.quantize]))
 
   # Conversions.
-  pairs = choose_pairs(files, num_pairs, cfg.seed)
+  pairs = choose_pairs(files, num_pairs, cfg.seed, sentences(files))
   mcd, baseline = [], []
   progress = Progress('eval: converting', len(pairs), logging.info, unit='pairs')
   for pair in pairs:
     progress.update()
-    source, reference = input_pipeline.load_features(pair['source']), input_pipeline.load_features(pair['reference'])
+    source = input_pipeline.load_features(pair['source'])
+    reference = input_pipeline.load_features(pair['reference'])
     pair['converted_mel'] = converter.convert_mel(source, converter.speaker([reference]))
     if pair['parallel']:
       truth = input_pipeline.load_features(pair['parallel'])
-      pair['mcd_db'] = mcd_dtw(pair['converted_mel'], truth)
-      pair['baseline_mcd_db'] = mcd_dtw(source, truth)
-      mcd.append(pair['mcd_db'])
-      baseline.append(pair['baseline_mcd_db'])
+      pair['lmcd_db'] = lmcd_dtw(pair['converted_mel'], truth)
+      pair['baseline_lmcd_db'] = lmcd_dtw(source, truth)
+      mcd.append(pair['lmcd_db'])
+      baseline.append(pair['baseline_lmcd_db'])
   metrics['conversion'] = dict(
       pairs=len(pairs), parallel_pairs=len(mcd),
-      mcd_dtw_db=float(np.mean(mcd)) if mcd else None,
-      baseline_mcd_dtw_db=float(np.mean(baseline)) if baseline else None)
+      lmcd_dtw_db=float(np.mean(mcd)) if mcd else None,
+      baseline_lmcd_dtw_db=float(np.mean(baseline)) if baseline else None)
+  metrics['conversion'].update(world_mcd(converter, pairs))
   encoder = speaker_similarity_encoder()
-  metrics['speaker_similarity'] = (speaker_similarity(encoder, converter, files, pairs)
+  metrics['speaker_similarity'] = (speaker_similarity(
+      speaker_embedder(encoder, converter.vocoder), capped(files, per_speaker, cfg.seed), pairs)
                                    if encoder is not None else dict(
       available=False, why='resemblyzer is not installed: pip install -e ".[eval]"'))
 
   metrics['vocoders'], resynthesis = compare_vocoders(converter, files, num_vocoder_utterances,
                                                       cfg.seed, encoder)
 
-  _write_report(out_dir, assets, metrics, pairs[:report_pairs], converter,
-                resynthesis if report_pairs else {})
+  report.write_report(out_dir, assets, metrics, pairs[:report_pairs], converter,
+                      resynthesis if report_pairs else {})
   save_json(os.path.join(out_dir, 'pairs.json'), [
       {k: v for k, v in p.items() if k != 'converted_mel'} for p in pairs])
   save_json(os.path.join(out_dir, 'metrics.json'), metrics)
+  report.write_index(os.path.join(workdir, 'eval'))
   writer = summaries.Writer(workdir)
-  writer.scalars(step, _flat(metrics), 'eval/')
+  writer.scalars(step, report.flat(metrics), 'eval/')
   writer.close()
   logging.info('wrote %s', os.path.join(out_dir, 'report.html'))
   return metrics
 
 
+def world_mcd(converter, pairs: list[dict]) -> dict:
+  """With the eval extra: the standard MCD of each parallel pair's converted audio (through the
+  converter's vocoder) against the target speaker's real recording, and of the real source against
+  it (the baseline). Needs the recordings the features were made from (their manifest's audio)."""
+  parallel = [p for p in pairs if p['parallel']]
+  if not world_available():
+    return dict(mcd_world_dtw_db=None, mcd_world_why='pip install -e ".[eval]" (pyworld, pysptk)')
+  sr = converter.vocoder.sample_rate
+  real = corpus.source_waveforms(
+      sorted({f for p in parallel for f in (p['source'], p['parallel'])}), converter.params)
+  scored, baseline = [], []
+  for pair in parallel:
+    truth, source = real.get(pair['parallel']), real.get(pair['source'])
+    if truth is None or source is None:
+      continue
+    pair['mcd_world_db'] = world_mcd_dtw(converter.vocoder(pair['converted_mel']), truth, sr)
+    pair['baseline_mcd_world_db'] = world_mcd_dtw(source, truth, sr)
+    scored.append(pair['mcd_world_db'])
+    baseline.append(pair['baseline_mcd_world_db'])
+  return dict(mcd_world_pairs=len(scored),
+              mcd_world_dtw_db=float(np.mean(scored)) if scored else None,
+              baseline_mcd_world_dtw_db=float(np.mean(baseline)) if baseline else None)
+
+
+def capped(files: Sequence[str], per_speaker: int, seed: int) -> list[str]:
+  """At most `per_speaker` files of each speaker, a seeded choice, in file order."""
+  by_speaker: dict[str, list[str]] = {}
+  for f in files:
+    by_speaker.setdefault(corpus.speaker_of(f), []).append(f)
+  rng = random.Random(seed)
+  chosen = {f for group in by_speaker.values()
+            for f in (group if len(group) <= per_speaker else rng.sample(group, per_speaker))}
+  return [f for f in files if f in chosen]
+
+
 def equal_error_threshold(same: Sequence[float], different: Sequence[float]) -> tuple[float, float]:
   """(threshold, equal error rate): where rejecting same-speaker and accepting other-speaker scores
-  are equally likely."""
-  same, different = np.asarray(same), np.asarray(different)
+  are equally likely. Every distinct score is a candidate threshold; the error rates at all of them
+  come from the sorted scores (O(n log n): millions of pairs take a second)."""
+  same, different = np.sort(np.asarray(same)), np.sort(np.asarray(different))
   candidates = np.unique(np.concatenate([same, different]))
-  false_reject = np.array([(same < t).mean() for t in candidates])
-  false_accept = np.array([(different >= t).mean() for t in candidates])
+  false_reject = np.searchsorted(same, candidates, side='left') / len(same)
+  false_accept = 1.0 - np.searchsorted(different, candidates, side='left') / len(different)
   i = int(np.argmin(np.abs(false_reject - false_accept)))
   return float(candidates[i]), float((false_reject[i] + false_accept[i]) / 2)
 
 
-def speaker_similarity(encoder, converter, files: Sequence[str], pairs: list[dict]) -> dict:
-  """Cosine similarities of conversions to their target reference and to their source, and the share
-  accepted as the target at the EER threshold of real test utterances.
+def speaker_embedder(encoder, vocoder):
+  """mel -> resemblyzer's unit-length speaker embedding of the mel through `vocoder`.
 
   Every waveform, real or converted, goes through the same vocoder first, so the speaker encoder
-  compares like with like and the threshold is not set by vocoder artefacts.
-  """
+  compares like with like and the threshold is not set by vocoder artefacts."""
   from resemblyzer import preprocess_wav  # pylint: disable=import-outside-toplevel
-  sr = converter.vocoder.sample_rate
-  embed = lambda mel: encoder.embed_utterance(preprocess_wav(converter.vocoder(mel), source_sr=sr))
-  progress = Progress('eval: speaker embeddings of the test utterances', len(files), logging.info)
+  return lambda mel: encoder.embed_utterance(preprocess_wav(vocoder(mel),
+                                                            source_sr=vocoder.sample_rate))
+
+
+def speaker_similarity(embed, files: Sequence[str], pairs: list[dict]) -> dict:
+  """Cosine similarities of conversions to their target reference and to their source, and the share
+  accepted as the target at the EER threshold of the real test utterances `files` (embed: mel ->
+  unit-length embedding)."""
+  # The statistics' utterances, and the sources and references of the pairs (embedded once each).
+  needed = list(dict.fromkeys([*files, *(p[k] for p in pairs for k in ('source', 'reference'))]))
+  progress = Progress('eval: speaker embeddings of the test utterances', len(needed), logging.info)
   real = {}
-  for f in files:
+  for f in needed:
     progress.update()
     real[f] = embed(input_pipeline.load_features(f))
-  names = sorted(real)
-  same, different = [], []
-  for i, a in enumerate(names):
-    for b in names[i + 1:]:
-      score = float(real[a] @ real[b])
-      (same if corpus.speaker_of(a) == corpus.speaker_of(b) else different).append(score)
+  names = sorted(files)
+  # Every pair's cosine similarity as one matrix product (the embeddings have unit length).
+  embeddings = np.stack([real[f] for f in names]).astype(np.float32)
+  scores = embeddings @ embeddings.T
+  speakers = np.array([corpus.speaker_of(f) for f in names])
+  upper = np.triu(np.ones(scores.shape, bool), k=1)
+  same_speaker = speakers[:, None] == speakers[None, :]
+  same, different = scores[upper & same_speaker], scores[upper & ~same_speaker]
   threshold, eer = equal_error_threshold(same, different)
   to_target, to_source = [], []
   for pair in pairs:
@@ -221,7 +323,7 @@ def speaker_similarity(encoder, converter, files: Sequence[str], pairs: list[dic
     pair['similarity_to_source'] = float(converted @ real[pair['source']])
     to_target.append(pair['similarity_to_target'])
     to_source.append(pair['similarity_to_source'])
-  return dict(available=True, encoder='resemblyzer VoiceEncoder',
+  return dict(available=True, encoder='resemblyzer VoiceEncoder', utterances=len(files),
               to_target=float(np.mean(to_target)), to_source=float(np.mean(to_source)),
               real_same_speaker=float(np.mean(same)), real_other_speaker=float(np.mean(different)),
               eer_threshold=threshold, real_eer=eer,
@@ -255,90 +357,12 @@ def compare_vocoders(converter, files: Sequence[str], num_utterances: int, seed:
     mcd, similarity = [], []
     for f, mel in mels.items():
       wave = vocoder(mel)
-      mcd.append(mcd_dtw(audio.log_mel(wave, params), mel))
+      mcd.append(lmcd_dtw(audio.log_mel(wave, params), mel))
       if f in real_embeddings:
         similarity.append(float(embed(wave) @ real_embeddings[f]))
       if f == chosen[0]:
         first[name] = wave
-    metrics[name] = dict(resynthesis_mcd_dtw_db=float(np.mean(mcd)))
+    metrics[name] = dict(resynthesis_lmcd_dtw_db=float(np.mean(mcd)))
     if similarity:
       metrics[name]['similarity_to_real'] = float(np.mean(similarity))
   return metrics, first
-
-
-def _flat(metrics: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in metrics.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}/'))
-    elif isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
-      out[prefix + k] = v
-  return out
-
-
-def _vocoder_section(assets: str, metrics: dict, resynthesis: dict, sample_rate: int) -> str:
-  """The vocoders' resynthesis scores, and one real utterance through each of them."""
-  rows = ''.join(
-      f'<tr><td>{html.escape(name)}</td><td>{m["resynthesis_mcd_dtw_db"]:.2f}</td>'
-      f'<td>{m["similarity_to_real"]:.3f}</td></tr>' if 'similarity_to_real' in m else
-      f'<tr><td>{html.escape(name)}</td><td>{m["resynthesis_mcd_dtw_db"]:.2f}</td><td>-</td></tr>'
-      for name, m in metrics.items() if isinstance(m, dict))
-  players = []
-  for name, wave in resynthesis.items():
-    if name == 'utterance' or wave is None:
-      continue
-    convert.write_wav(os.path.join(assets, f'vocoder_{name}.wav'), wave, sample_rate)
-    players.append(f'<figure><figcaption>{html.escape(name)}</figcaption><audio controls '
-                   f'src="assets/vocoder_{name}.wav"></audio></figure>')
-  utterance = html.escape(resynthesis.get('utterance', ''))
-  return (f'<h2>Vocoders</h2><p>Real test utterances resynthesised from their mels ({metrics["utterances"]}'
-          f' utterances): MCD-DTW of the resynthesis against the original features, and speaker '
-          f'similarity to the real recording (with the eval extra).</p><table><tr><th>vocoder</th>'
-          f'<th>MCD-DTW (dB)</th><th>similarity</th></tr>{rows}</table>'
-          + (f'<p>{utterance}:</p>{"".join(players)}' if players else ''))
-
-
-def _write_report(out_dir, assets, metrics, pairs, converter, resynthesis: dict) -> None:
-  """A static page: metrics table, the vocoders, and per pair the mels as images and the audio as
-  players."""
-  rows = ''.join(f'<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>' if isinstance(v, float)
-                 else f'<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>'
-                 for k, v in _flat(metrics).items())
-  sections = []
-  for i, pair in enumerate(pairs):
-    mels = dict(source=input_pipeline.load_features(pair['source']), target_reference=input_pipeline.load_features(pair['reference']),
-                reconstruction=converter.reconstruct(input_pipeline.load_features(pair['source']))[0],
-                conversion=pair['converted_mel'])
-    if pair['parallel']:
-      mels['target_same_sentence'] = input_pipeline.load_features(pair['parallel'])
-    cells = []
-    for name, mel in mels.items():
-      stem = f'pair{i:02d}_{name}'
-      _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, name))
-      convert.write_wav(os.path.join(assets, stem + '.wav'), converter.vocoder(mel),
-                        converter.vocoder.sample_rate)
-      cells.append(f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
-                   f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>')
-    scores = (f'MCD-DTW {pair["mcd_db"]:.2f} dB (no conversion: {pair["baseline_mcd_db"]:.2f} dB)'
-              if pair.get('mcd_db') is not None else 'no parallel recording')
-    sections.append(f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair["source"]))} &rarr; '
-                    f'{html.escape(pair["target_speaker"])}</h3><p>{scores}</p>{"".join(cells)}'
-                    f'</section>')
-  page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>skipvqvc_jax evaluation, step {metrics['step']}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} figure{{display:inline-block;
-margin:4px}} img{{width:340px;display:block}} audio{{width:340px}} td{{padding:2px 10px}}</style>
-</head><body><h1>Evaluation at step {metrics['step']}</h1>
-<p>Unseen test speakers; one reference utterance of another sentence per conversion.
-MCD-DTW compares each conversion with the target speaker's own recording of the same sentence; the
-baseline compares the unconverted source with it.</p>
-<table>{rows}</table>
-{_vocoder_section(assets, metrics['vocoders'], resynthesis, converter.vocoder.sample_rate)}
-<h2>Conversions</h2>{''.join(sections)}</body></html>
-"""
-  save_text(os.path.join(out_dir, 'report.html'), page)
-
-
-def _save_png(path: str, image: np.ndarray) -> None:
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  plt.imsave(path, image)

@@ -186,7 +186,7 @@ def resolve_data(config, workdir: str) -> Data:
     # An audio corpus: preprocess once into the workdir (resumable, so a rerun reuses it).
     num_test = config.data.num_test_speakers
     out = _preprocess_once(train_dir, os.path.join(workdir, 'features'), params, config.seed,
-                           None if num_test < 0 else num_test)
+                           None if num_test < 0 else num_test, config.data)
     train_dir = os.path.join(out, 'train')
     test_dir = test_dir or os.path.join(out, 'test')
   elif not test_dir:
@@ -196,7 +196,8 @@ def resolve_data(config, workdir: str) -> Data:
       logging.warning('no test_dir and no test/ beside train_dir: evaluating on training speakers')
   if os.path.isdir(test_dir) and not _holds_features(test_dir):
     # Test audio: every speaker in it is a test speaker, so all of it lands on the 'train' side.
-    out = _preprocess_once(test_dir, os.path.join(workdir, 'test_features'), params, config.seed, 0)
+    out = _preprocess_once(test_dir, os.path.join(workdir, 'test_features'), params, config.seed, 0,
+                           config.data)
     test_dir = os.path.join(out, 'train')
   if test_dir and not _holds_features(test_dir):
     raise CorpusError(f'data.test_dir {test_dir} holds no .npy features')
@@ -211,10 +212,13 @@ def resolve_data(config, workdir: str) -> Data:
   return Data(train_dir, test_dir, stats_file)
 
 
-def _preprocess_once(audio_dir: str, out: str, params, seed: int, num_test: int | None) -> str:
+def _preprocess_once(audio_dir: str, out: str, params, seed: int, num_test: int | None,
+                     data) -> str:
   if jax.process_index() == 0:
     logging.info('preprocessing the audio in %s into %s', audio_dir, out)
     preprocessing.preprocess(audio_dir, out, params, num_test_speakers=num_test, seed=seed,
-                      progress=False, log=logging.info)
+                             progress=False, log=logging.info,
+                             speaker_depth=data.get('speaker_depth') or None,
+                             mic=data.get('mic', 'mic1'))
   sharding.sync('preprocess')
   return out

@@ -19,6 +19,10 @@ flags.DEFINE_integer('min_frames', 100, 'Skip utterances with fewer frames after
 flags.DEFINE_list('test_speakers', None, 'Speakers held out for testing (default: a seeded tenth).')
 flags.DEFINE_integer('num_test_speakers', None, 'How many speakers the seeded rule holds out.')
 flags.DEFINE_integer('seed', 0, 'Seed of the test-speaker choice.')
+flags.DEFINE_integer('speaker_depth', None, 'Which folder below the corpus root names the speaker '
+                     '(1: the top folder, the default; LibriTTS/LibriSpeech subset folders are '
+                     'looked through).')
+flags.DEFINE_enum('mic', 'mic1', ['mic1', 'mic2'], 'VCTK 0.92: the microphone whose files are read.')
 flags.DEFINE_integer('sample_rate', _defaults.sample_rate, 'Audio is resampled to this rate.')
 flags.DEFINE_integer('n_fft', _defaults.n_fft, 'FFT size.')
 flags.DEFINE_integer('hop_length', _defaults.hop_length, 'Samples between frames.')
@@ -40,7 +44,8 @@ def main(argv):
     manifest = preprocessing.preprocess(
         argv[1], argv[2], params, min_frames=FLAGS.min_frames, test_speakers=FLAGS.test_speakers,
         num_test_speakers=FLAGS.num_test_speakers, seed=FLAGS.seed, workers=FLAGS.workers,
-        progress=FLAGS.progress, log=lambda line: print(preprocessing.printable(line)))
+        progress=FLAGS.progress, log=lambda line: print(preprocessing.printable(line)),
+        speaker_depth=FLAGS.speaker_depth, mic=FLAGS.mic)
   except errors.UserError as e:
     print(f'error: {preprocessing.printable(str(e))}', file=sys.stderr)
     return 1

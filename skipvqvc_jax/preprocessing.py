@@ -99,7 +99,8 @@ def _tidy(output_dir: str, expected: dict[str, str], log) -> None:
 def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = audio.FeatureParams(),
                *, min_frames: int = 100, test_speakers: Sequence[str] | None = None,
                num_test_speakers: int | None = None, seed: int = 0, workers: int | None = None,
-               progress: bool = True, log: Callable[[str], None] = print) -> dict:
+               progress: bool = True, log: Callable[[str], None] = print,
+               speaker_depth: int | None = None, mic: str = 'mic1') -> dict:
   """Audio corpus -> features, split, statistics and manifest. Returns the manifest.
 
   Resumable: features already on disk are kept while they still match, and files skipped by an
@@ -109,7 +110,11 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
   log = _printable_lines(log)
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise CorpusError(f'output {output_dir} is a file, not a folder: choose another output dir')
-  utterances, skipped = corpus.find_utterances(input_dir)
+  utterances, skipped, layout = corpus.find_utterances(input_dir, speaker_depth, mic)
+  log(f'{input_dir}: {layout.name} layout, {len({u.speaker for u in utterances})} speakers, '
+      f'{len(utterances)} utterances' + (f' ({layout.mic} files)' if layout.mic else '')
+      + (f', {sum(u.transcript is not None for u in utterances)} with transcripts'
+         if layout.name != 'flat' else ''))
   renamed = sorted({os.path.dirname(u.source) for u in utterances
                     if os.path.basename(os.path.dirname(u.source)) != u.speaker})
   if renamed:
@@ -117,7 +122,7 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
         + ', '.join(f'{os.path.basename(f)} -> {corpus.speaker_name(f)}' for f in renamed))
   if test_speakers is not None:
     test_speakers = [corpus.speaker_name(s) for s in test_speakers]
-  root = corpus.audio_root(input_dir)
+  root = layout.root
   os.makedirs(output_dir, exist_ok=True)
   _check_parameters(output_dir, params)
   manifest_path = os.path.join(output_dir, corpus.MANIFEST)
@@ -142,8 +147,7 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
     previous = known_items.get(utt.source, {})
     frames = _readable_frames(out_path, params.n_mels) if os.path.exists(out_path) else None
     if frames is not None and previous.get('key', key) == key:
-      items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker, frames=frames,
-                        trim=previous.get('trim'), key=key))
+      items.append(_item(utt, out_rel, frames, previous.get('trim'), key))
     elif frames is None and utt.source in known_skips and known_skips[utt.source]['key'] == key:
       carried.append(known_skips[utt.source])
     else:  # new, changed since, or a feature file that cannot be read: (re)made
@@ -158,8 +162,7 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
       if 'fatal' in result:
         raise CorpusError(result['fatal'])
       if result['ok']:
-        items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker,
-                          frames=result['frames'], trim=result['trim'], key=key))
+        items.append(_item(utt, out_rel, result['frames'], result['trim'], key))
       else:
         skipped.append(dict(source=utt.source, reason=result['reason'], key=key))
   except BaseException:
@@ -169,11 +172,10 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
     for utt, out_rel, key in pending:
       frames = _readable_frames(os.path.join(output_dir, out_rel), params.n_mels)
       if out_rel not in made and frames is not None:
-        items.append(dict(file=out_rel, source=utt.source, speaker=utt.speaker, frames=frames,
-                          trim=None, key=key))
+        items.append(_item(utt, out_rel, frames, None, key))
     items.sort(key=lambda i: i['file'])
     save_json(manifest_path, corpus.manifest(input_dir, params, min_frames, split, items,
-                                             skipped + carried, complete=False))
+                                             skipped + carried, complete=False, layout=layout))
     raise
   for s in skipped:
     log(f'skipped {s["source"]}: {s["reason"]}')
@@ -186,10 +188,19 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
   save_json(os.path.join(output_dir, corpus.SPLIT_FILE), split)
   corpus.write_stats(output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)],
                      params.n_mels)
-  manifest = corpus.manifest(input_dir, params, min_frames, split, items, skipped)
+  manifest = corpus.manifest(input_dir, params, min_frames, split, items, skipped, layout=layout)
   save_json(manifest_path, manifest)
   os.remove(os.path.join(output_dir, STAMP))
   return manifest
+
+
+def _item(utt: corpus.Utterance, out_rel: str, frames: int, trim, key) -> dict:
+  """A manifest item: the feature file, its source, speaker, frames, trim range, source key and,
+  where the corpus has one, its transcript."""
+  item = dict(file=out_rel, source=utt.source, speaker=utt.speaker, frames=frames, trim=trim, key=key)
+  if utt.transcript is not None:
+    item['transcript'] = utt.transcript
+  return item
 
 
 def printable(text: str) -> str:

@@ -9,11 +9,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'skipvqvc_jax'
 # ARCHITECTURE.md's layers, bottom up: a module imports only from its own layer or below.
 LAYERS = {
     1: ['errors', 'fileio', 'progress', 'audio', 'models'],
-    2: ['corpus', 'preprocessing', 'checkpoints', 'configs'],
+    2: ['layouts', 'corpus', 'preprocessing', 'checkpoints', 'configs'],
     3: ['input_pipeline', 'trainers', 'sharding', 'summaries', 'vocoders'],
     4: ['tasks'],
     5: ['train'],
-    6: ['convert', 'evaluate', 'port_torch', 'cli', 'preprocess_cli', 'usage'],
+    6: ['convert', 'evaluate', 'report', 'port_torch', 'cli', 'preprocess_cli', 'usage'],
 }
 LAYER_OF = {room: layer for layer, rooms in LAYERS.items() for room in rooms}
 TRAINING = {'train', 'tasks'}  # what restoring for inference must never go through

@@ -150,16 +150,16 @@ def test_eval_compares_griffin_lim_with_the_neural_vocoder(straight, vc_workdir)
   compared = metrics['vocoders']
   assert compared['utterances'] == 2 and set(compared) == {'utterances', 'griffin_lim', 'melgan'}
   for name in ('griffin_lim', 'melgan'):
-    assert 0 < compared[name]['resynthesis_mcd_dtw_db'] < 100
+    assert 0 < compared[name]['resynthesis_lmcd_dtw_db'] < 100
     if metrics['speaker_similarity']['available']:  # with the eval extra installed
       assert -1 <= compared[name]['similarity_to_real'] <= 1
   # Griffin-Lim inverts the real magnitude; an 8-step vocoder is still far from it.
-  assert compared['griffin_lim']['resynthesis_mcd_dtw_db'] < compared['melgan']['resynthesis_mcd_dtw_db']
-  page = (vc_workdir / 'eval' / 'report.html').read_text()
+  assert compared['griffin_lim']['resynthesis_lmcd_dtw_db'] < compared['melgan']['resynthesis_lmcd_dtw_db']
+  page = (vc_workdir / 'eval' / 'step_2' / 'report.html').read_text()
   assert '<h2>Vocoders</h2>' in page
   for name in ('real', 'griffin_lim', 'melgan'):
-    assert (vc_workdir / 'eval' / 'assets' / f'vocoder_{name}.wav').exists()
-  assert json.load(open(vc_workdir / 'eval' / 'metrics.json'))['vocoders'] == compared
+    assert (vc_workdir / 'eval' / 'step_2' / 'assets' / f'vocoder_{name}.wav').exists()
+  assert json.load(open(vc_workdir / 'eval' / 'step_2' / 'metrics.json'))['vocoders'] == compared
 
 
 def test_vocoder_data_errors_name_the_problem(small_features, tmp_path):
