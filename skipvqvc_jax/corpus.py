@@ -66,8 +66,10 @@ def speaker_of(feature_file: str) -> str:
 # ---- finding audio --------------------------------------------------------------------------------
 
 def audio_root(input_dir: str) -> str:
-  """The folder that holds <speaker>/ subfolders: VCTK's wav48*/ inside a VCTK root, else input_dir."""
-  return layouts.detect(input_dir).root
+  """The folder the manifest's sources are relative to: VCTK's wav48*/ inside a VCTK root, else
+  input_dir."""
+  vctk = layouts.vctk_root(input_dir)
+  return vctk[1] if vctk else input_dir
 
 
 def find_utterances(input_dir: str, speaker_depth: int | None = None, mic: str = 'mic1'
@@ -215,8 +217,8 @@ def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> Non
   atomic_write(os.path.join(output_dir, STATS_FILE), write)
 
 
-def manifest(input_dir, params, min_frames, split, items, skipped, complete: bool = True,
-             layout: layouts.Layout | None = None) -> dict:
+def manifest(input_dir, params, min_frames, split, items, skipped, layout: layouts.Layout,
+             complete: bool = True) -> dict:
   """The manifest of a features folder: what was made from what, with which parameters."""
   seconds_per_frame = params.hop_length / params.sample_rate
   per_speaker: dict[str, dict] = {}
@@ -236,7 +238,7 @@ def manifest(input_dir, params, min_frames, split, items, skipped, complete: boo
       version=MANIFEST_VERSION,
       complete=complete,  # False: preprocessing stopped; the items are what it had made
       feature_params=params.to_dict(),
-      layout=(layout or layouts.detect(input_dir)).to_dict(),
+      layout=layout.to_dict(),
       min_frames=min_frames,
       input_dir=os.path.abspath(input_dir),
       split=dict(train=split['train'], test=split['test']),

@@ -15,6 +15,7 @@ below the root instead (1: the top folder), for any other nesting.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 
@@ -35,28 +36,38 @@ class Layout:
     return dict(name=self.name, speaker_depth=self.speaker_depth, mic=self.mic)
 
 
-def _has_file(root: str, suffix: str, depth: int = 4) -> bool:
+TRANSCRIPT_SUFFIXES = {'.normalized.txt': 'libritts', '.trans.txt': 'librispeech'}
+
+
+def _transcript_kind(root: str, depth: int = 4) -> str | None:
+  """The layout whose transcript files appear first within `depth` folders of root, if any."""
   base = root.count(os.sep)
   for folder, dirs, files in os.walk(root):
-    if any(f.endswith(suffix) for f in files):
-      return True
+    for name in files:
+      for suffix, kind in TRANSCRIPT_SUFFIXES.items():
+        if name.endswith(suffix):
+          return kind
     if folder.count(os.sep) - base >= depth:
       dirs.clear()
-  return False
+  return None
+
+
+def vctk_root(input_dir: str) -> tuple[str, str] | None:
+  """(layout name, audio folder) of a VCTK root; None for any other corpus. Only a folder test, so
+  readers of a manifest can find the audio again without walking the corpus."""
+  for folder, name in ((VCTK_092, 'vctk-0.92'), (VCTK_080, 'vctk-0.80')):
+    if os.path.isdir(os.path.join(input_dir, folder)):
+      return name, os.path.join(input_dir, folder)
+  return None
 
 
 def detect(input_dir: str, speaker_depth: int | None = None, mic: str = 'mic1') -> Layout:
   """The layout of a corpus root (see the module's table)."""
   depth = speaker_depth or 1
-  for folder, name in ((VCTK_092, 'vctk-0.92'), (VCTK_080, 'vctk-0.80')):
-    if os.path.isdir(os.path.join(input_dir, folder)):
-      return Layout(name, input_dir, os.path.join(input_dir, folder), depth,
-                    mic if name == 'vctk-0.92' else None)
-  if _has_file(input_dir, '.normalized.txt'):
-    return Layout('libritts', input_dir, input_dir, depth)
-  if _has_file(input_dir, '.trans.txt'):
-    return Layout('librispeech', input_dir, input_dir, depth)
-  return Layout('flat', input_dir, input_dir, depth)
+  vctk = vctk_root(input_dir)
+  if vctk:
+    return Layout(vctk[0], input_dir, vctk[1], depth, mic if vctk[0] == 'vctk-0.92' else None)
+  return Layout(_transcript_kind(input_dir) or 'flat', input_dir, input_dir, depth)
 
 
 def speaker_folder(rel: str, layout: Layout) -> str | None:
@@ -92,20 +103,26 @@ def transcript(rel: str, layout: Layout) -> str | None:
   elif layout.name == 'libritts':
     candidates = [os.path.splitext(path)[0] + ext for ext in ('.normalized.txt', '.original.txt')]
   elif layout.name == 'librispeech':
-    folder = os.path.dirname(path)
-    for name in os.listdir(folder):
-      if name.endswith('.trans.txt'):
-        with open(os.path.join(folder, name), errors='replace') as f:
-          for line in f:
-            key, _, text = line.strip().partition(' ')
-            if key == stem:
-              return text.strip()
-    return None
+    return _chapter_transcripts(os.path.dirname(path)).get(stem)
   for candidate in candidates:
     if os.path.isfile(candidate):
       with open(candidate, errors='replace') as f:
         return ' '.join(f.read().split())
   return None
+
+
+@functools.lru_cache(maxsize=4)
+def _chapter_transcripts(folder: str) -> dict[str, str]:
+  """{utterance: text} of a LibriSpeech chapter's `.trans.txt`, read once for all its utterances
+  (the corpus is walked in order, so a chapter's files come together)."""
+  texts = {}
+  for name in os.listdir(folder):
+    if name.endswith('.trans.txt'):
+      with open(os.path.join(folder, name), errors='replace') as f:
+        for line in f:
+          key, _, text = line.strip().partition(' ')
+          texts[key] = text.strip()
+  return texts
 
 
 def normalise(text: str) -> str:

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from skipvqvc_jax import audio, corpus
+from skipvqvc_jax import audio, corpus, layouts
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import load_json, save_json, save_npy
 from skipvqvc_jax.progress import Progress
@@ -115,11 +115,11 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
       f'{len(utterances)} utterances' + (f' ({layout.mic} files)' if layout.mic else '')
       + (f', {sum(u.transcript is not None for u in utterances)} with transcripts'
          if layout.name != 'flat' else ''))
-  renamed = sorted({os.path.dirname(u.source) for u in utterances
-                    if os.path.basename(os.path.dirname(u.source)) != u.speaker})
+  folders = {layouts.speaker_folder(u.source, layout) for u in utterances}
+  renamed = sorted(f for f in folders if f != corpus.speaker_name(f))
   if renamed:
     log('speaker folders renamed in feature names (_ separates speaker from utterance): '
-        + ', '.join(f'{os.path.basename(f)} -> {corpus.speaker_name(f)}' for f in renamed))
+        + ', '.join(f'{f} -> {corpus.speaker_name(f)}' for f in renamed))
   if test_speakers is not None:
     test_speakers = [corpus.speaker_name(s) for s in test_speakers]
   root = layout.root

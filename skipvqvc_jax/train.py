@@ -287,10 +287,11 @@ def _train(config, workdir: str) -> dict[str, Any]:
 
 def _check_free_space(ckpt: checkpoints.TrainCheckpoints, state_bytes: int) -> None:
   """Stops before a checkpoint that the disk cannot hold: orbax would fail half-way, in background
-  threads, leaving a partial folder and a screen of tracebacks."""
-  ckpt.wait()  # the previous save's bytes are on disk now
+  threads, leaving a partial folder and a screen of tracebacks. Twice the state: room for the new
+  checkpoint while the previous (asynchronous) save may still be writing, without waiting for it."""
   free, needed = shutil.disk_usage(ckpt.directory).free, 2 * state_bytes + (16 << 10)
   if free < needed:
+    ckpt.wait()
     kept = ckpt.latest_step()
     raise TrainingError(
         f'the disk of {ckpt.directory} is full ({free >> 10} KiB free, a checkpoint needs about '

@@ -212,8 +212,12 @@ def test_cli_errors_are_one_line(workdir, tmp_path):
   assert not (tmp_path / 'x.wav').exists()
 
 
-def test_eval_writes_metrics_and_a_report(workdir):
+def test_eval_writes_metrics_and_a_report(workdir, caplog):
+  caplog.set_level('INFO')
   metrics = evaluate.run(str(workdir), num_pairs=4, report_pairs=2)
+  # Each phase says how far it is.
+  for phase in ('eval: reconstructing the test utterances: 12/12', 'eval: converting: 4/4 pairs'):
+    assert phase in caplog.text, phase
   written = json.load(open(workdir / 'eval' / 'step_4' / 'metrics.json'))
   assert written == json.loads(json.dumps(metrics))
   assert written['test_utterances'] == 12 and written['recon_l1_logmel'] > 0

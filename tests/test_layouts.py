@@ -68,9 +68,11 @@ def test_libritts_speakers_are_top_folders_not_chapters(tmp_path):
       _audio(str(folder / f'{stem}.wav'), k)
       _text(str(folder / f'{stem}.normalized.txt'), f'Text of chapter {chapter}.')
       _text(str(folder / f'{stem}.original.txt'), f'Text of chapter {chapter}!')
+  logs = []
   manifest = preprocessing.preprocess(str(root), str(tmp_path / 'out'), test_speakers=['1034'],
-                                      **QUIET)
+                                      workers=1, progress=False, log=logs.append)
   assert manifest['layout']['name'] == 'libritts'
+  assert not [line for line in logs if 'renamed' in line]  # chapter folders are not speakers
   speakers, files = _speakers_and_files(manifest)
   assert speakers == {'8419', '103', '1034'}  # not the chapters 286667, 293469, ...
   assert manifest['speakers']['8419']['utterances'] == 2

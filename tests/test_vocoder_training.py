@@ -43,7 +43,10 @@ def test_every_preset_builds():
 
 
 def test_cached_waveforms_pair_exactly_with_their_features(small_features, tmp_path):
-  waveforms.cache_waveforms(str(small_features / 'test'), str(tmp_path), audio.FeatureParams())
+  logs = []
+  waveforms.cache_waveforms(str(small_features / 'test'), str(tmp_path), audio.FeatureParams(),
+                            log=logs.append)
+  assert logs[-1].startswith('caching waveforms: 12/12 files (100%)')  # the phase reports
   cached = sorted(os.listdir(tmp_path))
   assert cached == sorted(os.listdir(small_features / 'test'))
   sources = corpus.source_waveforms([str(small_features / 'test' / name) for name in cached[:3]],

@@ -155,10 +155,14 @@ class VQVCPlus(nnx.Module):
 
   # ---- public API ---------------------------------------------------------------------------------
 
+  @classmethod
+  def frames_multiple_of(cls) -> int:
+    """Frames must be a multiple of this: 2 per scale, times the content resampling per scale."""
+    return 2 ** NUM_SCALES * cls.resample_factor
+
   @property
   def frame_multiple(self) -> int:
-    """Frames must be a multiple of this: 2 per scale, times the content resampling per scale."""
-    return 2 ** NUM_SCALES * self.resample_factor
+    return self.frames_multiple_of()
 
   @property
   def num_scales(self) -> int:

@@ -82,9 +82,7 @@ class VocoderSteps:
     self.d_graph, _ = nnx.split(discriminators, nnx.Param)
     self.features = audio.FeatureParams.from_dict(config.features)
     self.tx = make_optimizer(config)
-    self.kind = config.adversarial_loss
-    if self.kind not in ('hinge', 'least_squares'):
-      raise ConfigError(f'adversarial_loss={self.kind!r}: use hinge or least_squares')
+    self.kind = config.adversarial_loss  # hinge or least_squares (check_config)
     self.feature_weight, self.mel_weight = config.feature_loss_weight, config.mel_loss_weight
     self.traces = 0
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)

@@ -40,7 +40,7 @@ def check_config(config) -> None:
   if not isinstance(model.n_embed, int) or model.n_embed < 4:
     raise ConfigError(f'--config.model.n_embed={model.n_embed!r}: must be a whole number >= 4 (the '
                       f'finest scale has n_embed / 4 codes)')
-  multiple = models.get_class(model.name).resample_factor * 8
+  multiple = models.get_class(model.name).frames_multiple_of()
   crop = config.data.crop_frames
   if not isinstance(crop, int) or crop < multiple or crop % multiple:
     raise ConfigError(f'--config.data.crop_frames={crop!r}: {model.name} needs a positive multiple '
