@@ -41,6 +41,7 @@ LAYOUTS = {
     'same': lambda w: w,
     'conv': lambda w: np.transpose(w, (2, 1, 0)),  # (out, in/groups, k) <-> (k, in/groups, out)
     'gru': lambda w: np.transpose(w) if w.ndim == 2 else w,  # (3H, in) <-> (in, 3H); biases as is
+    'linear': np.transpose,  # nn.Linear's (out, in) <-> (in, out)
     'weight_g': lambda w: w.reshape(-1) if w.ndim == 3 else w.reshape(-1, 1, 1),  # (C,1,1) <-> (C,)
 }
 

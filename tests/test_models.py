@@ -17,7 +17,8 @@ def _mel(batch, frames, seed=0):
 
 def test_registry_names_and_unknown_name():
   assert models.names() == ['vqvc+', 'vqvc+_rhythm', 'vqvc+_resample', 'vqvc+_speaker_quantize',
-                            'vqvc+_cvae']
+                            'vqvc+_cvae', 'vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_rhythm',
+                            'vqvc+_multi_ps', 'vqvc+_multi_cav', 'vqvc+_multi_codebook_gen']
   with pytest.raises(ValueError, match='valid models: vqvc\\+, vqvc\\+_rhythm'):
     models.build('vqvc', **SMALL)
 
@@ -33,7 +34,7 @@ def test_codebook_sizes_follow_each_variant():
 @pytest.mark.parametrize('name', models.names())
 def test_every_model_jits_for_two_lengths(name):
   model = models.build(name, **SMALL)
-  reconstruct = nnx.jit(lambda m, x, rng: m.reconstruct(x, rng=rng)[0])
+  reconstruct = nnx.jit(lambda m, x, rng: models.final_mel(m.reconstruct(x, rng=rng)[0]))
   for frames in (model.frame_multiple * 2, model.frame_multiple * 3):
     mel = _mel(2, frames)
     out = reconstruct(model, mel, jax.random.key(0))

@@ -10,13 +10,18 @@ from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.models.discriminator import Discriminators
 from skipvqvc_jax.models.layers import GruInit
 from skipvqvc_jax.models.melgan import MelGANGenerator
+from skipvqvc_jax.models.multi import (VQVCPlusMulti, VQVCPlusMultiPS, VQVCPlusMultiRhythm,
+                                       VQVCPlusMultiSimple)
+from skipvqvc_jax.models.multi_speaker import VQVCPlusMultiCAV, VQVCPlusMultiCodebookGen
 from skipvqvc_jax.models.vqvc import (Encoding, VQVCPlus, VQVCPlusCVAE, VQVCPlusResample,
                                       VQVCPlusRhythm, VQVCPlusSpeakerQuantize)
 
 # kind -> {name: class}; the voice-conversion names are the original's `--model` spellings.
 _REGISTRY: dict[str, dict[str, type]] = {
     'voice_conversion': {cls.name: cls for cls in (
-        VQVCPlus, VQVCPlusRhythm, VQVCPlusResample, VQVCPlusSpeakerQuantize, VQVCPlusCVAE)},
+        VQVCPlus, VQVCPlusRhythm, VQVCPlusResample, VQVCPlusSpeakerQuantize, VQVCPlusCVAE,
+        VQVCPlusMulti, VQVCPlusMultiSimple, VQVCPlusMultiRhythm, VQVCPlusMultiPS, VQVCPlusMultiCAV,
+        VQVCPlusMultiCodebookGen)},
     'vocoder': {MelGANGenerator.name: MelGANGenerator},
     'discriminator': {Discriminators.name: Discriminators},
 }
@@ -35,6 +40,16 @@ def get_class(name: str) -> type:
     raise ConfigError(f'unknown model {name!r}; valid models: {", ".join(_ALL)}') from None
 
 
+def is_multi_scale(name: str) -> bool:
+  """Whether model `name` decodes to a list of mels, one per scale (the `vqvc+_multi*` family)."""
+  return getattr(get_class(name), 'multi_scale', False)
+
+
+def final_mel(output):
+  """The full mel of a model's decoder output: the last scale of a multi-scale model's list."""
+  return output[-1] if isinstance(output, (list, tuple)) else output
+
+
 def build(name: str, *, seed: int = 0, **sizes):
   """Builds model `name` with its constructor's sizes (for the VQVC+ family the original's:
   channel, n_embed, in_channel, gru_init) and a seeded initialisation."""
@@ -42,4 +57,4 @@ def build(name: str, *, seed: int = 0, **sizes):
 
 
 __all__ = ['Discriminators', 'Encoding', 'GruInit', 'MelGANGenerator', 'VQVCPlus', 'build',
-           'get_class', 'names']
+           'final_mel', 'get_class', 'is_multi_scale', 'names']

@@ -35,16 +35,23 @@ class Conv1d(nnx.Conv):
   """A 1-D convolution with PyTorch's padding convention and default initialisation."""
 
   def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-               padding: int = 0, groups: int = 1, rngs: nnx.Rngs):
+               padding: int = 0, groups: int = 1, dilation: int = 1, rngs: nnx.Rngs):
     bound = 1.0 / math.sqrt(in_channels // groups * kernel_size)
     super().__init__(in_channels, out_channels, (kernel_size,), strides=(stride,),
                      padding=[(padding, padding)], feature_group_count=groups,
-                     kernel_init=uniform_init(bound), bias_init=uniform_init(bound), rngs=rngs)
+                     kernel_dilation=(dilation,), kernel_init=uniform_init(bound),
+                     bias_init=uniform_init(bound), rngs=rngs)
 
 
-def group_norm(channels: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
+def linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
+  """nn.Linear with PyTorch's default initialisation."""
+  init = uniform_init(1.0 / math.sqrt(in_features))
+  return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, rngs=rngs)
+
+
+def group_norm(channels: int, rngs: nnx.Rngs, groups: int = NUM_GROUPS) -> nnx.GroupNorm:
   # Two-pass variance: the one-pass E[x^2]-E[x]^2 form drifts from PyTorch by more than 1e-5.
-  return nnx.GroupNorm(channels, num_groups=NUM_GROUPS, epsilon=1e-5, use_fast_variance=False,
+  return nnx.GroupNorm(channels, num_groups=groups, epsilon=1e-5, use_fast_variance=False,
                        rngs=rngs)
 
 
@@ -207,3 +214,34 @@ class Decoder(nnx.Module):
       x = x + self.blocks[j](x, keys[j][1])
       x = jnp.concatenate([x, x + self.blocks_refine[j](x, keys[j][2])], axis=-1)
     return x
+
+
+# ---- the original's state-dict names --------------------------------------------------------------
+# Each adds `prefix.weight` / `prefix.bias` -> (our variable, layout) to a model's torch_table.
+
+def torch_conv(table: dict, prefix: str, module: nnx.Conv) -> None:
+  table[f'{prefix}.weight'] = (module.kernel, 'conv')
+  table[f'{prefix}.bias'] = (module.bias, 'same')
+
+
+def torch_linear(table: dict, prefix: str, module: nnx.Linear) -> None:
+  table[f'{prefix}.weight'] = (module.kernel, 'linear')
+  table[f'{prefix}.bias'] = (module.bias, 'same')
+
+
+def torch_norm(table: dict, prefix: str, module: nnx.GroupNorm) -> None:
+  table[f'{prefix}.weight'] = (module.scale, 'same')
+  table[f'{prefix}.bias'] = (module.bias, 'same')
+
+
+def torch_gblock(table: dict, prefix: str, block: GBlock) -> None:
+  """A recurrent GBlock: `block.0` conv, `block.1` norm, `block.3` RCBlock, `block.4` conv."""
+  torch_conv(table, f'{prefix}.block.0', block.conv_in)
+  torch_norm(table, f'{prefix}.block.1', block.norm_in)
+  for suffix, direction in (('', block.rc.gru_forward), ('_reverse', block.rc.gru_backward)):
+    for torch_name, ours in (('weight_ih', direction.w_ih), ('weight_hh', direction.w_hh),
+                             ('bias_ih', direction.b_ih), ('bias_hh', direction.b_hh)):
+      table[f'{prefix}.block.3.rec.{torch_name}_l0{suffix}'] = (ours, 'gru')
+  torch_conv(table, f'{prefix}.block.3.conv', block.rc.conv)
+  torch_norm(table, f'{prefix}.block.3.gn', block.rc.norm)
+  torch_conv(table, f'{prefix}.block.4', block.conv_out)

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from skipvqvc_jax.errors import PortError
-from skipvqvc_jax.models.layers import NUM_SCALES, Decoder, EncoderStage, GruInit
+from skipvqvc_jax.models.layers import (NUM_SCALES, Decoder, EncoderStage, GruInit, torch_conv,
+                                        torch_gblock)
 from skipvqvc_jax.models.quantizer import Quantizer
 
 
@@ -34,6 +35,14 @@ class Encoding(NamedTuple):
   content_losses: list  # each content quantizer's commitment term, scalars
   rhythm: list | None = None  # vqvc+_rhythm: channel-mean of the rhythm path, (B, 1, T_s)
   extras: dict | None = None  # variant-specific diagnostics (see each variant)
+
+
+def check_sizes(in_channel: int, gru_init: str) -> None:
+  if gru_init not in ('normal', 'zeros'):
+    raise ValueError(f"gru_init must be 'normal' or 'zeros', got {gru_init!r}")
+  if in_channel % 2 ** (NUM_SCALES + 1):
+    raise ValueError(f'in_channel must be a multiple of {2 ** (NUM_SCALES + 1)} '
+                     f'(GroupNorm needs 4 groups at the coarsest scale); got {in_channel}')
 
 
 def _to_public(x):
@@ -54,11 +63,7 @@ class VQVCPlus(nnx.Module):
 
   def __init__(self, in_channel: int = 80, channel: int = 512, n_embed: int = 128, *,
                gru_init: GruInit = 'normal', seed: int = 0):
-    if gru_init not in ('normal', 'zeros'):
-      raise ValueError(f"gru_init must be 'normal' or 'zeros', got {gru_init!r}")
-    if in_channel % 2 ** (NUM_SCALES + 1):
-      raise ValueError(f'in_channel must be a multiple of {2 ** (NUM_SCALES + 1)} '
-                       f'(GroupNorm needs 4 groups at the coarsest scale); got {in_channel}')
+    check_sizes(in_channel, gru_init)
     self.in_channel, self.channel, self.n_embed = in_channel, channel, n_embed
     self.gru_init = gru_init
     rngs = nnx.Rngs(params=seed)
@@ -106,51 +111,33 @@ class VQVCPlus(nnx.Module):
   def describe(self) -> str:
     return f'{self.name} (channel={self.channel}, n_embed={self.n_embed})'
 
-  @staticmethod
-  def sizes_from_torch(state_dict) -> dict:
+  @classmethod
+  def sizes_from_torch(cls, state_dict) -> dict:
     """channel, n_embed and in_channel of the original model that saved `state_dict`."""
-    try:
-      conv = state_dict['enc.0.0.weight'].shape
-      codebook = state_dict['quantize.2.embedding.weight'].shape
-    except KeyError as e:
-      raise PortError(f'not a SkipVQVC state dict: no {e.args[0]}') from None
-    # The coarsest content codebook has n_embed codes in every variant.
-    return dict(channel=conv[0], n_embed=codebook[0], in_channel=conv[1])
+    names = ('quantize.0.embedding.weight', 'quantize.0.embedding')  # nn.Embedding or a raw Parameter
+    codebook = next((state_dict[k].shape for k in names if k in state_dict), None)
+    if 'enc.0.0.weight' not in state_dict or codebook is None:
+      missing = 'enc.0.0.weight' if 'enc.0.0.weight' not in state_dict else names[0]
+      raise PortError(f'not a SkipVQVC state dict: no {missing}')
+    conv = state_dict['enc.0.0.weight'].shape
+    # The finest scale's codebook size is a fixed fraction of n_embed in each variant.
+    return dict(channel=conv[0], n_embed=codebook[0] * 64 // cls.codebook_sizes(64)[0],
+                in_channel=conv[1])
 
   def torch_table(self) -> dict[str, tuple[nnx.Variable, str]]:
     """The original's state-dict name of every parameter -> (our parameter, layout): 'conv' for
     PyTorch's (out, in, k) kernels, 'gru' for its (3H, in) GRU matrices, 'same' otherwise."""
     table: dict[str, tuple[nnx.Variable, str]] = {}
-
-    def conv(prefix, module):
-      table[f'{prefix}.weight'] = (module.kernel, 'conv')
-      table[f'{prefix}.bias'] = (module.bias, 'same')
-
-    def norm(prefix, module):
-      table[f'{prefix}.weight'] = (module.scale, 'same')
-      table[f'{prefix}.bias'] = (module.bias, 'same')
-
-    def gblock(prefix, block):
-      conv(f'{prefix}.block.0', block.conv_in)
-      norm(f'{prefix}.block.1', block.norm_in)
-      for suffix, direction in (('', block.rc.gru_forward), ('_reverse', block.rc.gru_backward)):
-        for torch_name, ours in (('weight_ih', direction.w_ih), ('weight_hh', direction.w_hh),
-                                 ('bias_ih', direction.b_ih), ('bias_hh', direction.b_hh)):
-          table[f'{prefix}.block.3.rec.{torch_name}_l0{suffix}'] = (ours, 'gru')
-      conv(f'{prefix}.block.3.conv', block.rc.conv)
-      norm(f'{prefix}.block.3.gn', block.rc.norm)
-      conv(f'{prefix}.block.4', block.conv_out)
-
     for s, stage in enumerate(self.enc):
-      conv(f'enc.{s}.0', stage.conv_in)
-      conv(f'enc.{s}.2', stage.conv_out)
+      torch_conv(table, f'enc.{s}.0', stage.conv_in)
+      torch_conv(table, f'enc.{s}.2', stage.conv_out)
     for s, quantizer in enumerate(self.quantize):
       table[f'quantize.{s}.embedding.weight'] = (quantizer.embedding, 'same')
     for s, quantizer in enumerate(getattr(self, 'quantize_speakers', [])):
       table[f'quantize_speakers.{s}.embedding.weight'] = (quantizer.embedding, 'same')
     for group in ('resblock', 'blocks', 'blocks_refine'):
       for j, block in enumerate(getattr(self.dec, group)):
-        gblock(f'dec.{group}.{j}', block)
+        torch_gblock(table, f'dec.{group}.{j}', block)
     return table
 
   # ---- public API ---------------------------------------------------------------------------------

@@ -40,6 +40,19 @@ def check_config(config) -> None:
   if not isinstance(model.n_embed, int) or model.n_embed < 4:
     raise ConfigError(f'--config.model.n_embed={model.n_embed!r}: must be a whole number >= 4 (the '
                       f'finest scale has n_embed / 4 codes)')
+  if config.trainer not in trainers.NAMES:
+    raise ConfigError(f'--config.trainer={config.trainer!r}: valid trainers: '
+                      f'{", ".join(trainers.NAMES)}')
+  multi_trainer = config.trainer in ('multi', 'simple_normalize_multi',
+                                     'simple_normalize_multi_rhythm')
+  if models.is_multi_scale(model.name) != multi_trainer:
+    raise ConfigError(
+        f'--config.trainer={config.trainer!r} cannot train {model.name}: the multi-scale models '
+        f'(vqvc+_multi*) take the multi trainers (multi, simple_normalize_multi, '
+        f'simple_normalize_multi_rhythm), the others the rest')
+  if (model.name == 'vqvc+_multi_rhythm') != (config.trainer == 'simple_normalize_multi_rhythm'):
+    raise ConfigError(f'--config.trainer={config.trainer!r} with {model.name}: vqvc+_multi_rhythm '
+                      f'and the simple_normalize_multi_rhythm trainer go together')
   multiple = models.get_class(model.name).frames_multiple_of()
   crop = config.data.crop_frames
   if not isinstance(crop, int) or crop < multiple or crop % multiple:
@@ -62,6 +75,18 @@ def codebook_stats(codes: list, sizes: list[int]) -> dict:
     stats[f'perplexity_s{s}'] = jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0)))
     stats[f'usage_s{s}'] = jnp.mean(counts > 0)
   return stats
+
+
+def renormed_params(params: dict, aux: dict) -> dict:
+  """`params` with the codebooks a max_norm lookup renormalised during the forward pass (the
+  original's nn.Embedding does it in place; the optimizer then updates the renormalised rows)."""
+  if 'renormed_codebooks' not in aux:
+    return params
+  quantize = dict(params['quantize'])
+  for s, table in enumerate(aux['renormed_codebooks']):
+    old = quantize[s]['embedding']
+    quantize[s] = dict(quantize[s], embedding=table.astype(old.dtype))
+  return dict(params, quantize=quantize)
 
 
 class Steps:
@@ -95,8 +120,9 @@ class Steps:
     self.traces += 1  # runs at trace time only
     rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(state['params'], inputs, rng)
-    updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
+    params = renormed_params(state['params'], aux)
+    updates, opt_state = self.tx.update(grads, state['opt_state'], params)
+    params = optax.apply_updates(params, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite step changes nothing: the state stays the last good one and the loop stops.
@@ -115,13 +141,14 @@ class Steps:
                 **codebook_stats(aux['codes'], self.codebook_sizes))
 
   def _sample(self, params, source, target, rng):
-    """Reconstruction of `source` and its conversion to `target`'s voice (normalised space)."""
+    """Reconstruction of `source` and its conversion to `target`'s voice (normalised space); for a
+    multi-scale model, lists of every scale's output, coarsest first."""
     model = self.model(params)
     recon_key, convert_key = jax.random.split(rng)
     source, target = self.trainer.normalize(source), self.trainer.normalize(target)
     recon, _ = model.reconstruct(source, rng=recon_key)  # the rhythm model: rhythm from source too
-    return recon.astype(jnp.float32), model.convert(source, target, rng=convert_key).astype(
-        jnp.float32)
+    converted = model.convert(source, target, rng=convert_key)
+    return jax.tree.map(lambda x: x.astype(jnp.float32), (recon, converted))
 
 
 def make_state(params: dict, tx: optax.GradientTransformation, seed: int) -> dict:
@@ -189,7 +216,7 @@ class VoiceConversionTask:
 
   def prepare_workdir(self, workdir: str) -> None:
     """The mean/std trainer's statistics go into the workdir, so a restore needs nothing else."""
-    if self.config.trainer == 'mean_std':
+    if self.trainer.uses_stats:
       atomic_write(os.path.join(workdir, corpus.STATS_FILE),
                    lambda tmp: shutil.copyfile(self.data.stats_file, tmp))
 
@@ -206,13 +233,18 @@ class VoiceConversionTask:
     recon, converted = self.steps.sample(
         state['params'], sharding.place(source, self.mesh), sharding.place(target, self.mesh),
         jax.random.fold_in(jax.random.key(0), step))
-    denorm = self.trainer.denormalize
-    mels = dict(source=source[0], target=target[0], reconstruction=denorm(np.asarray(recon[0])),
-                conversion=denorm(np.asarray(converted[0])))
+    denorm = lambda mel: self.trainer.denormalize(np.asarray(models.final_mel(mel)[0]))
+    mels = dict(source=source[0], target=target[0], reconstruction=denorm(recon),
+                conversion=denorm(converted))
     if jax.process_index() != 0:
       return
     waves = self.vocoder(np.stack(list(mels.values())))
     for (name, mel), wave in zip(mels.items(), waves):
       writer.mel(step, f'mel/{name}', mel)
       writer.audio(step, f'audio/{name}', wave, self.vocoder.sample_rate)
+    for name, outputs in (('reconstruction', recon), ('conversion', converted)):
+      for j, mel in enumerate(outputs if isinstance(outputs, (list, tuple)) else []):
+        # Every scale of a multi-scale model, in the low bands it is trained on.
+        writer.mel(step, f'mel_scales/{name}_d{j}',
+                   self.trainer.denormalize_bands(np.asarray(mel[0]), source.shape[1]))
     logging.info('step %d: wrote samples (source %s, target %s)', step, source_name, target_name)
