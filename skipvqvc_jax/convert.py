@@ -108,16 +108,29 @@ class Converter:
 
   def convert_mel(self, source: np.ndarray, target: Speaker) -> np.ndarray:
     """Raw log-mel of the source's content in the target's voice, with the source's frame count."""
-    return self._decode_raw(self.encode(source), target, source.shape[1])
+    return self.convert_scales(source, target)[-1]
 
   def reconstruct(self, source: np.ndarray):
     """(raw log-mel reconstruction with the source's own speaker terms, the source's encoding)."""
+    scales, enc = self.reconstruct_scales(source)
+    return scales[-1], enc
+
+  def convert_scales(self, source: np.ndarray, target: Speaker) -> list[np.ndarray]:
+    """`convert_mel` at every decoder scale, coarsest first (one scale for single-scale models):
+    a multi-scale model's coarser outputs are its lowest bands at 1/4 and 1/2 of the frame rate."""
+    return self._decode_raw(self.encode(source), target, source.shape[1])
+
+  def reconstruct_scales(self, source: np.ndarray):
+    """`reconstruct` at every decoder scale, coarsest first: (list of raw log-mels, encoding)."""
     enc = self.encode(source)
     return self._decode_raw(enc, Speaker(enc.speaker, enc.std), source.shape[1]), enc
 
-  def _decode_raw(self, enc, speaker: Speaker, frames: int) -> np.ndarray:
-    mel = self._decode(self._state, enc, speaker, self.rng)
-    return np.asarray(self.trainer.denormalize(np.asarray(mel[0])))[:, :frames]
+  def _decode_raw(self, enc, speaker: Speaker, frames: int) -> list[np.ndarray]:
+    out = self._decode(self._state, enc, speaker, self.rng)
+    scales = [np.asarray(o[0]) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    n_mels, padded = scales[-1].shape
+    return [self.trainer.denormalize_bands(mel, n_mels)[:, :-(-frames * mel.shape[1] // padded)]
+            for mel in scales]
 
   # ---- files ----------------------------------------------------------------------------------
 

@@ -74,9 +74,10 @@ def write_report(out_dir, assets, metrics, pairs, converter, resynthesis: dict) 
                  for k, v in flat(metrics).items())
   sections = []
   for i, pair in enumerate(pairs):
-    mels = dict(source=input_pipeline.load_features(pair['source']), target_reference=input_pipeline.load_features(pair['reference']),
-                reconstruction=converter.reconstruct(input_pipeline.load_features(pair['source']))[0],
-                conversion=pair['converted_mel'])
+    source = input_pipeline.load_features(pair['source'])
+    recon_scales, _ = converter.reconstruct_scales(source)
+    mels = dict(source=source, target_reference=input_pipeline.load_features(pair['reference']),
+                reconstruction=recon_scales[-1], conversion=pair['converted_mel'])
     if pair['parallel']:
       mels['target_same_sentence'] = input_pipeline.load_features(pair['parallel'])
     cells = []
@@ -87,6 +88,16 @@ def write_report(out_dir, assets, metrics, pairs, converter, resynthesis: dict) 
                         converter.vocoder.sample_rate)
       cells.append(f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
                    f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>')
+    if len(recon_scales) > 1:  # a multi-scale model: its coarser outputs, as images
+      reference = converter.speaker([input_pipeline.load_features(pair['reference'])])
+      scales = dict(reconstruction=recon_scales, conversion=converter.convert_scales(source, reference))
+      for name, outputs in scales.items():
+        for j, mel in enumerate(outputs[:-1]):
+          stem = f'pair{i:02d}_{name}_d{j}'
+          _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))
+          cells.append(f'<figure><figcaption>{name}, scale d{j} ({mel.shape[0]} bands, 1/'
+                       f'{2 ** (len(outputs) - 1 - j)} frame rate)</figcaption><img '
+                       f'src="assets/{stem}.png" alt="{name} scale d{j} mel"></figure>')
     scores = (f'log-mel cepstral distortion {pair["lmcd_db"]:.2f} dB (no conversion: {pair["baseline_lmcd_db"]:.2f} dB)'
               if pair.get('lmcd_db') is not None else 'no parallel recording')
     sections.append(f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair["source"]))} &rarr; '

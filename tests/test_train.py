@@ -13,13 +13,15 @@ import pytest
 from flax import nnx
 
 from skipvqvc_jax.configs import default, vqvc_plus, vqvc_plus_cvae, vqvc_plus_resample, vqvc_plus_rhythm
-from skipvqvc_jax.configs import vqvc_plus_speaker_quantize
+from skipvqvc_jax.configs import vqvc_plus_speaker_quantize, vqvc_plus_multi, vqvc_plus_multi_simple
+from skipvqvc_jax.configs import vqvc_plus_multi_rhythm, vqvc_plus_multi_speaker
 from skipvqvc_jax import checkpoints, errors, fileio, train
 from skipvqvc_jax.tasks import voice_conversion
 from tests.conftest import REPO, main_flags, tiny_config
 
 CONFIG_FILES = [vqvc_plus, vqvc_plus_rhythm, vqvc_plus_resample, vqvc_plus_speaker_quantize,
-                vqvc_plus_cvae]
+                vqvc_plus_cvae, vqvc_plus_multi, vqvc_plus_multi_simple, vqvc_plus_multi_rhythm,
+                vqvc_plus_multi_speaker]
 
 
 def _params(workdir):
@@ -38,7 +40,7 @@ def test_every_preset_loads_and_builds(module):
     # Building only the abstract shapes keeps channel-512 presets cheap.
     abstract = nnx.eval_shape(lambda: voice_conversion.build_model(config))
     assert abstract.name == config.model.name and abstract.channel == config.model.channel
-    assert config.trainer in ('normal', 'mean_std', 'simple_normalize', 'rhythm')
+    voice_conversion.check_config(config)  # the model and trainer go together
   with pytest.raises(ValueError, match='valid presets: '):
     module.get_config('no_such_preset')
 
@@ -48,6 +50,13 @@ def test_original_runs_are_presets():
   assert vqvc_plus.get_config('n64_ch512_simple_normalize').trainer == 'simple_normalize'
   assert vqvc_plus_rhythm.get_config('n128_ch128').trainer == 'rhythm'
   assert vqvc_plus_resample.get_config('n512_ch512').model.n_embed == 512
+  # The notebooks' checkpoints: VQVAE.ipynb and inference.ipynb.
+  multi, simple = vqvc_plus_multi.get_config('n64_ch512'), vqvc_plus_multi_simple.get_config()
+  assert (multi.model.name, multi.model.n_embed, multi.model.channel, multi.trainer) == (
+      'vqvc+_multi', 64, 512, 'simple_normalize_multi')
+  assert (simple.model.name, simple.model.n_embed, simple.model.channel, simple.trainer) == (
+      'vqvc+_multi_simple', 128, 512, 'simple_normalize_multi')
+  assert vqvc_plus_multi.get_config('n64_ch64_mean_std').trainer == 'multi'
   base = default.get_config()
   assert (base.batch_size, base.learning_rate, base.grad_clip_norm, base.latent_loss_weight,
           base.log_every_steps, base.eval_every_steps) == (8, 1e-3, 3.0, 0.1, 5, 200)

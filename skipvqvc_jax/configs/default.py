@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.n_embed = 64  # codebook size of the coarsest scale (variants derive the others)
   config.model.gru_init = 'normal'  # GRU initial state: the original's N(0, 1) noise, or 'zeros'
 
-  config.trainer = 'normal'  # normal | mean_std | simple_normalize | rhythm
+  config.trainer = 'normal'  # a name from skipvqvc_jax.trainers.NAMES
   config.data.crop_frames = 128  # frames per training example
 
   config.grad_clip_norm = 3.0  # global-norm clipping of the gradient
