@@ -6,8 +6,11 @@
 PATH is a local clone of the original repository (never part of this one). Needs torch; without it, or
 without the path, it says so and exits. Both sides: float32, global batch 8 x 80 x 128, the same number
 of CPU threads. The original's step is its trainer's: `model(audio)` (which also decodes a speaker-
-shuffled copy), L1 + 0.1 latent loss, backward, clip_grad_norm_(3), Adam. Ours is the jitted train step
-of `skipvqvc_jax.train`. Inference: encode + decode of one 1 x 80 x 512 utterance.
+shuffled copy), L1 + 0.1 latent loss (for the multi-scale models the trainers' three-scale L1 on the
+simple-normalised input), backward, clip_grad_norm_(3), Adam. Ours is the jitted train step of
+`skipvqvc_jax.train` with the same trainer. Inference: encode + decode of one 1 x 80 x 512 utterance.
+Presets: n64_ch64, n128_ch128, n512_ch512 (vqvc+ / vqvc+_resample), multi_simple_n64_ch64,
+multi_simple_n128_ch512, multi_n64_ch64, multi_n64_ch512.
 """
 import argparse
 import importlib.util
@@ -19,10 +22,14 @@ import time
 import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-PRESETS = {  # preset -> (config file, original model folder)
-    'n64_ch64': ('vqvc_plus', 'vqvc+'),
-    'n128_ch128': ('vqvc_plus', 'vqvc+'),
-    'n512_ch512': ('vqvc_plus_resample', 'vqvc+_resample'),
+PRESETS = {  # name -> (our config file, its preset, original model folder)
+    'n64_ch64': ('vqvc_plus', 'n64_ch64', 'vqvc+'),
+    'n128_ch128': ('vqvc_plus', 'n128_ch128', 'vqvc+'),
+    'n512_ch512': ('vqvc_plus_resample', 'n512_ch512', 'vqvc+_resample'),
+    'multi_simple_n64_ch64': ('vqvc_plus_multi_simple', 'n64_ch64', 'vqvc+_multi_simple'),
+    'multi_simple_n128_ch512': ('vqvc_plus_multi_simple', 'n128_ch512', 'vqvc+_multi_simple'),
+    'multi_n64_ch64': ('vqvc_plus_multi', 'n64_ch64', 'vqvc+_multi'),
+    'multi_n64_ch512': ('vqvc_plus_multi', 'n64_ch512', 'vqvc+_multi'),
 }
 
 
@@ -49,10 +56,16 @@ def time_original(original, folder, channel, n_embed, steps, warmup):
   model = module.VC_MODEL(in_channel=80, channel=channel, n_embed=n_embed)
   opt = torch.optim.Adam(model.parameters())
   audio = torch.from_numpy(np.random.default_rng(0).normal(-4, 2, (8, 80, 128)).astype(np.float32))
+  multi = folder.startswith('vqvc+_multi')
+  if multi:  # train_simple_normalize_multi.py: normalised input, targets per scale
+    audio = (audio * 25 + 50) / 50
+    targets = [audio[:, :20, ::4], audio[:, :40, ::2], audio]
 
   def step():
     out, _, _, _, latent, _ = model(audio)
-    loss = torch.nn.functional.l1_loss(out, audio) + 0.1 * latent.mean()
+    recon = (sum(torch.nn.functional.l1_loss(o, t) for o, t in zip(out, targets)) if multi
+             else torch.nn.functional.l1_loss(out, audio))
+    loss = recon + 0.1 * latent.mean()
     model.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 3)
@@ -62,23 +75,23 @@ def time_original(original, folder, channel, n_embed, steps, warmup):
 
   def infer():
     with torch.no_grad():
-      q, sp, std, _ = model.encode(utterance)
-      model.decode(q, sp, std)
+      encoding = model.encode(utterance)  # (q, sp, std, ...) in every model timed here
+      model.decode(*encoding[:3])
 
   return _median_time(step, steps, warmup), _median_time(infer, steps, warmup)
 
 
 def time_ours(config_file, preset, steps, warmup):
   sys.path.insert(0, ROOT)
+  import importlib  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax.configs import vqvc_plus, vqvc_plus_resample  # pylint: disable=import-outside-toplevel
   from skipvqvc_jax import checkpoints, convert, sharding, trainers  # pylint: disable=import-outside-toplevel
   from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
-  config = {'vqvc_plus': vqvc_plus, 'vqvc_plus_resample': vqvc_plus_resample}[config_file].get_config(
-      preset)
+  config = importlib.import_module(f'skipvqvc_jax.configs.{config_file}').get_config(preset)
+  trainer = trainers.get(config.trainer)
   mesh = sharding.make_mesh()
   model = voice_conversion.build_model(config)
-  steps_ = voice_conversion.Steps(config, model, trainers.get('normal'), mesh)
+  steps_ = voice_conversion.Steps(config, model, trainer, mesh)
   state = sharding.place(voice_conversion.make_state(checkpoints.params_of(model), steps_.tx,
                                                      config.seed), mesh)
   mel = np.random.default_rng(0).normal(-4, 2, (8, 80, 128)).astype(np.float32)
@@ -89,7 +102,7 @@ def time_ours(config_file, preset, steps, warmup):
     box[0], metrics = steps_.train_step(box[0], batch)
     jax.block_until_ready(metrics)
 
-  converter = convert.Converter(model, config, trainers.get('normal'))
+  converter = convert.Converter(model, config, trainer)
   utterance = np.random.default_rng(1).normal(-4, 2, (80, 512)).astype(np.float32)
   target = converter.speaker([utterance])
   infer = lambda: converter.convert_mel(utterance, target)
@@ -114,16 +127,16 @@ def main():
     print(f'skipped: --original={args.original} is not a clone of SkipVQVC (no model/vqvc+/vq_model.py)')
     return
   torch.set_num_threads(args.threads)
-  print(f'{"preset":12} {"original ms/step":>16} {"ours ms/step":>12} {"speed-up":>8} | '
+  print(f'{"preset":24} {"original ms/step":>16} {"ours ms/step":>12} {"speed-up":>8} | '
         f'{"original infer ms":>17} {"ours infer ms":>13} {"speed-up":>8}')
   for preset in args.presets.split(','):
-    config_file, folder = PRESETS[preset]
-    channel, n_embed = int(preset.split('_ch')[1]), int(preset.split('_')[0][1:])
+    config_file, our_preset, folder = PRESETS[preset]
+    n_embed, channel = (int(part[1:]) for part in our_preset.replace('_ch', '_c').split('_')[:2])
     steps = max(3, args.steps // 5) if channel >= 512 else args.steps
     o_step, o_infer = time_original(args.original, folder, channel, n_embed, steps,
                                     min(args.warmup, 2) if channel >= 512 else args.warmup)
-    j_step, j_infer = time_ours(config_file, preset, steps, args.warmup)
-    print(f'{preset:12} {o_step * 1e3:>16.1f} {j_step * 1e3:>12.1f} {o_step / j_step:>7.2f}x | '
+    j_step, j_infer = time_ours(config_file, our_preset, steps, args.warmup)
+    print(f'{preset:24} {o_step * 1e3:>16.1f} {j_step * 1e3:>12.1f} {o_step / j_step:>7.2f}x | '
           f'{o_infer * 1e3:>17.1f} {j_infer * 1e3:>13.1f} {o_infer / j_infer:>7.2f}x', flush=True)
 
 

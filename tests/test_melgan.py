@@ -7,11 +7,12 @@ import pytest
 
 from skipvqvc_jax import port_torch, vocoders
 from skipvqvc_jax.models import melgan
+from tests.conftest import parity_file
 
 
 @pytest.fixture(scope='module')
 def golden(parity_dir):
-  with np.load(parity_dir / 'melgan_generator.npz') as data:
+  with np.load(parity_file(parity_dir, 'melgan_generator.npz')) as data:
     return {k: data[k] for k in data.files}
 
 

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from skipvqvc_jax import audio, corpus, errors, fileio, preprocessing
 from tests import audio_fixtures
-from tests.conftest import REPO
+from tests.conftest import REPO, parity_file
 
 
 def independent_log_mel(path):
@@ -154,7 +154,7 @@ def test_seeded_split_is_reproducible_and_disjoint():
 
 
 def test_feature_golden(parity_dir):
-  golden = np.load(parity_dir / 'features.npz')
+  golden = np.load(parity_file(parity_dir, 'features.npz'))
   mel, seconds = audio.file_to_log_mel(str(parity_dir / 'audio_22050.wav'))
   assert mel.shape == golden['mel/logmel_trim'].shape
   assert np.abs(mel - golden['mel/logmel_trim']).max() <= 1e-4

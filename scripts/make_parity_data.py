@@ -1,0 +1,377 @@
+"""Writes the golden data the parity tests read, from a local clone of the original SkipVQVC.
+
+    pip install -e ".[torch]"
+    git clone https://github.com/ericwudayi/SkipVQVC /tmp/SkipVQVC
+    python scripts/make_parity_data.py --original=/tmp/SkipVQVC parity/
+    SKIPVQVC_PARITY_DIR=parity pytest tests/test_parity.py tests/test_parity_multi.py
+
+The original's models are imported from the clone by path (nothing of theirs is copied here) and run on
+CPU in float32 with one thread, with runtime patches only: `.cuda()` is a no-op, the GRU initial state is
+zero instead of N(0, 1) noise (`gru_init='zeros'` here), and `vqvc+_rhythm`, whose RCBlock has no
+`forward` as published, borrows the one of `model/vqvc+`. For each of the five models of section 2
+and the six multi-scale ones (`multi/`) it writes an `.npz` with the keys the tests read:
+`param/*` (the initial weights under the original's names), `input/*`, the encoder's intermediates and
+codes (captured with hooks on the original's modules), the decoder's outputs for reconstruction, a
+speaker-swapped conversion and decoding from codes, and one training step (`train/*`, the raw gradients
+`grad/*`, the weights after clip-to-3 and Adam `step1_param/*`) with `torch.randperm` replaced by the
+swap. The inputs are two crops of bundled demo-corpus utterances, so the numbers differ from
+`../shared/parity` but test the same things. Features and the MelGAN generator are not covered (they need
+melgan-neurips); those tests skip when their files are absent.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+SECTION2 = {'vqvcplus_n64_ch64': 'vqvc+', 'vqvcplus_rhythm_n64_ch64': 'vqvc+_rhythm',
+            'vqvcplus_resample_n64_ch64': 'vqvc+_resample',
+            'vqvcplus_speaker_quantize_n64_ch64': 'vqvc+_speaker_quantize',
+            'vqvcplus_cvae_n64_ch64': 'vqvc+_cvae'}
+MULTI = {f'vqvcplus_{f[6:]}_n64_ch64': f for f in (
+    'vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_rhythm', 'vqvc+_multi_ps', 'vqvc+_multi_cav',
+    'vqvc+_multi_codebook_gen')}
+MAX_NORM = ('vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_ps')
+STRETCH = (0.5, 1.5, 1.25, 0.75)  # per 32-frame segment, segments kept in order
+SWAP = [1, 0]
+
+
+def import_original(clone: str, folder: str):
+  """The module model/{folder}/vq_model.py of the clone, imported by path."""
+  path = os.path.join(clone, 'model', folder, 'vq_model.py')
+  if not os.path.isfile(path):
+    raise SystemExit(f'error: {path} not found: --original must be a clone of ericwudayi/SkipVQVC')
+  spec = importlib.util.spec_from_file_location(f'original_{folder.replace("+", "plus")}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_original(clone: str, folder: str):
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.Tensor.cuda = lambda self, *a, **k: self
+  torch.nn.Module.cuda = lambda self, *a, **k: self
+  module = import_original(clone, folder)
+  if hasattr(module, 'RCBlock'):
+    if 'forward' not in vars(module.RCBlock):
+      # vqvc+_rhythm as published: its RCBlock has no forward; the only plausible one is vqvc+'s.
+      module.RCBlock.forward = import_original(clone, 'vqvc+').RCBlock.forward
+    # The GRU's N(0, 1) initial state -> zeros.
+    module.RCBlock.init_hidden = lambda self, batch, hidden: torch.zeros(2, batch, hidden)
+  torch.manual_seed(0)
+  return module.VC_MODEL(in_channel=80, channel=64, n_embed=64).eval()
+
+
+def demo_inputs() -> np.ndarray:
+  """(2, 80, 128) log-mels: crops of two demo-corpus speakers, made with our feature code."""
+  sys.path.insert(0, ROOT)
+  from skipvqvc_jax import audio  # pylint: disable=import-outside-toplevel
+  corpus = os.path.join(ROOT, 'data', 'demo_corpus')
+  mels = [audio.file_to_log_mel(os.path.join(corpus, speaker, f'{speaker}_001.ogg'))[0][:, 16:144]
+          for speaker in ('awb', 'slt')]
+  return np.stack(mels).astype(np.float32)
+
+
+def stretched(x: np.ndarray) -> np.ndarray:
+  """The trainers' segment stretch with fixed factors: output frame i of a segment stretched by f
+  takes frame floor(i * (1 / f)), with 1 / f formed in float32 as torch does."""
+  index = np.concatenate([32 * n + np.floor(np.arange(int(32 * f)) * np.float32(1 / f)).astype(int)
+                          for n, f in enumerate(STRETCH)])
+  return x[..., index]
+
+
+class Recorder:
+  """Forward hooks on the original's modules: every call's inputs and outputs, in call order."""
+
+  def __init__(self):
+    self.calls: dict[str, list] = {}
+    self.handles = []
+
+  def watch(self, name, module, pre=False):
+    if pre:
+      hook = lambda m, args: self.calls.setdefault(name, []).append((args, None))
+      self.handles.append(module.register_forward_pre_hook(hook))
+    else:
+      hook = lambda m, args, out: self.calls.setdefault(name, []).append((args, out))
+      self.handles.append(module.register_forward_hook(hook))
+
+  def first(self, name, nth=0):
+    return self.calls[name][nth]
+
+  def close(self):
+    for h in self.handles:
+      h.remove()
+
+
+def np32(t):
+  return t.detach().cpu().numpy().astype(np.float32)
+
+
+@contextlib.contextmanager
+def fixed_randperm(perm):
+  import torch  # pylint: disable=import-outside-toplevel
+  original = torch.randperm
+  torch.randperm = lambda n, *a, **k: torch.tensor(perm[:n])
+  try:
+    yield
+  finally:
+    torch.randperm = original
+
+
+@contextlib.contextmanager
+def recorded_randn(store: list, replay: bool):
+  """vqvc+_cvae draws its speaker noise with torch.randn: record it once, replay it after."""
+  import torch  # pylint: disable=import-outside-toplevel
+  original, calls = torch.randn, iter(list(store))
+
+  def randn(*size, **kwargs):
+    if replay:
+      return next(calls)
+    value = original(*size, **kwargs)
+    store.append(value)
+    return value
+  torch.randn = randn
+  try:
+    yield
+  finally:
+    torch.randn = original
+
+
+def encode_call(folder, model, x, x_shuffle):
+  if folder in ('vqvc+_rhythm', 'vqvc+_multi_rhythm'):
+    return model.encode(x, x_shuffle)
+  return model.encode(x)
+
+
+def decode_call(folder, model, enc, perm=None):
+  """The original's decode of an encode result, with the per-item terms permuted by perm."""
+  p = (lambda terms: [t[perm] for t in terms]) if perm is not None else (lambda terms: terms)
+  if folder in ('vqvc+_rhythm', 'vqvc+_multi_rhythm'):
+    q, sp, std, rhy, _ = enc
+    return model.decode(q, p(sp), p(std), p(rhy))
+  if folder == 'vqvc+_multi_ps':
+    return model.dec(enc[0], p(enc[1]))
+  if folder == 'vqvc+_multi_codebook_gen':
+    q, content, speaker, _, codes = enc
+    if perm is None:
+      return model.decode(q)
+    swapped = [tuple(t[perm] for t in s) for s in speaker]
+    return model.decode(model.change_codebook(content, swapped, codes)[0])
+  return model.decode(enc[0], p(enc[1]), p(enc[2]))
+
+
+def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list):
+  """encode -> decode with hooks; the out/* keys of the tests."""
+  import torch  # pylint: disable=import-outside-toplevel
+  multi = folder.startswith('vqvc+_multi')
+  rec = Recorder()
+  for s in range(3):
+    rec.watch(f'enc{s}', model.enc[s])
+    rec.watch(f'q{s}', model.quantize[s])
+    if hasattr(model.quantize[s], 'embedding') and isinstance(model.quantize[s].embedding,
+                                                               torch.nn.Embedding):
+      rec.watch(f'lookup{s}', model.quantize[s].embedding, pre=True)
+    for name in ('quantize_speakers', 'gnorm', 'quantize_simple', 'speaker_blocks'):
+      if hasattr(model, name):
+        rec.watch(f'{name}{s}', getattr(model, name)[s])
+    if hasattr(model, 'quantize_speakers'):
+      rec.watch(f'splookup{s}', model.quantize_speakers[s].embedding, pre=True)
+    if hasattr(model, 'speaker_blocks'):
+      rec.watch(f'pool{s}', model.speaker_blocks[s].dense, pre=True)
+  with torch.no_grad(), recorded_randn(noise, replay=False):
+    enc = encode_call(folder, model, x, x_shuffle)
+  rec.close()
+  batch = x.shape[0]
+  rhythm = folder in ('vqvc+_rhythm', 'vqvc+_multi_rhythm')
+  for s in range(3):
+    # Each stage runs the content path first, then the rhythm path. Section 2's vqvc+_rhythm file
+    # keeps the rhythm path under enc_s (as ../shared/parity does), the multi one the content path.
+    out[f'out/enc_s{s}'] = np32(rec.first(f'enc{s}', 1 if folder == 'vqvc+_rhythm' else 0)[1])
+    if folder == 'vqvc+_multi_rhythm':
+      out[f'out/enc_rhy_s{s}'] = np32(rec.first(f'enc{s}', 1)[1])
+    args, result = rec.first(f'q{s}')
+    out[f'out/qin_s{s}'] = np32(args[0])
+    out[f'out/qdiff_s{s}'] = np32(result[1])
+    if f'lookup{s}' in rec.calls:
+      codes = rec.first(f'lookup{s}')[0][0]
+    else:
+      codes = result[2]
+    out[f'out/codes_s{s}'] = codes.reshape(batch, -1).numpy().astype(np.int32)
+    if folder == 'vqvc+_multi_codebook_gen':
+      q, content, speaker, _, _ = enc
+      out[f'out/q_s{s}'] = np32(q[s])
+      sargs, sresult = rec.first(f'quantize_simple{s}')
+      out[f'out/sqin_s{s}'] = np32(sargs[0])
+      out[f'out/sqdiff_s{s}'] = np32(sresult[1])
+      out[f'out/sq_s{s}'] = np32(content[s])
+      weight = model.quantize_simple[s].embedding.weight.detach()
+      flat = sargs[0].reshape(-1, weight.shape[1])
+      dist = (flat ** 2).sum(1, keepdim=True) - 2 * flat @ weight.T + (weight ** 2).sum(1)[None]
+      out[f'out/scodes_s{s}'] = dist.argmin(1).reshape(batch, -1).numpy().astype(np.int32)
+      for k in (1, 2, 3):
+        out[f'out/spk{k}_s{s}'] = np32(speaker[s][k - 1])
+      mul, add = speaker[s][2].T, speaker[s][1].T
+      book = torch.matmul(model.quantize[s].embedding.detach(), mul)
+      book = book / torch.norm(book, dim=1, keepdim=True) + add
+      out[f'out/codebook_s{s}'] = np32(book.permute(2, 0, 1))
+    else:
+      out[f'out/q_s{s}'] = np32(enc[0][s])
+      out[f'out/sp_s{s}'] = np32(enc[1][s])
+      if folder != 'vqvc+_multi_ps':
+        out[f'out/std_s{s}'] = np32(enc[2][s])
+    if rhythm:
+      out[f'out/rhy_s{s}'] = np32(enc[3][s])
+    if folder == 'vqvc+_speaker_quantize':
+      sargs, sresult = rec.first(f'quantize_speakers{s}')
+      out[f'out/spqin_s{s}'] = np32(sargs[0])
+      out[f'out/spqdiff_s{s}'] = np32(sresult[1])
+      out[f'out/sp_codes_s{s}'] = rec.first(f'splookup{s}')[0][0].reshape(batch, 1).numpy().astype(
+          np.int32)
+    if folder == 'vqvc+_cvae':
+      out[f'input/noise_s{s}'] = np32(noise[s]).reshape(batch, -1)
+    if folder == 'vqvc+_multi_ps':
+      out[f'out/gn_s{s}'] = np32(rec.first(f'gnorm{s}')[1])
+    if hasattr(model, 'speaker_blocks'):
+      out[f'out/spk_pool_s{s}'] = np32(rec.first(f'pool{s}')[0][0])
+    if folder == 'vqvc+_multi_cav':
+      weight = model.quantize[s].embedding.detach()
+      unit = weight / torch.norm(weight, dim=1, keepdim=True)
+      chosen = unit[codes.reshape(-1)].reshape(args[0].shape)
+      out[f'out/qmse_s{s}'] = np32(((chosen - args[0]) ** 2).mean())
+      sq = (unit ** 2).sum(1, keepdim=True)
+      out[f'out/qentropy_s{s}'] = np32(torch.sum(sq - 2 * unit @ unit.T + sq.T))
+    if folder in MAX_NORM:
+      out[f'out/codebook_after_encode_s{s}'] = np32(model.quantize[s].embedding.weight)
+  latent_index = {'vqvc+_rhythm': 4, 'vqvc+_multi_rhythm': 4, 'vqvc+_multi_ps': 2,
+                  'vqvc+_multi_codebook_gen': 3}.get(folder, 3)
+  out['out/latent_diff'] = np32(enc[latent_index])
+  with torch.no_grad():
+    recon, converted = decode_call(folder, model, enc), decode_call(folder, model, enc, SWAP)
+  if not multi:
+    out['out/recon'], out['out/convert_swap'] = np32(recon), np32(converted)
+    return
+  for j in range(3):
+    out[f'out/recon_d{j}'], out[f'out/convert_swap_d{j}'] = np32(recon[j]), np32(converted[j])
+  with torch.no_grad():
+    if folder == 'vqvc+_multi_codebook_gen':
+      _, content, speaker, _, codes = enc
+      swapped = [tuple(t[SWAP] for t in sp) for sp in speaker]
+      conv_q, conv_diff, conv_codes = model.change_codebook(content, swapped, codes)
+      for s in range(3):
+        out[f'out/conv_q_s{s}'] = np32(conv_q[s])
+      out['out/conv_latent_diff'] = np32(conv_diff)
+      out['out/latent_perm_term'] = np32(sum((enc[0][s] - conv_q[s]).mean() for s in range(3)))
+      return
+    rows = []
+    for s in range(3):
+      codes = torch.from_numpy(out[f'out/codes_s{s}']).long()
+      table = model.quantize[s].embedding
+      if folder == 'vqvc+_multi_cav':
+        row = table[codes] / torch.norm(table[codes], dim=-1, keepdim=True)
+      else:
+        row = table(codes)  # through the embedding: max_norm applies
+      row = row.permute(0, 2, 1)
+      if folder == 'vqvc+_multi_rhythm':
+        row = row - row.mean(1, keepdim=True)
+      rows.append(row)
+    from_codes = decode_call(folder, model, (rows,) + tuple(enc[1:]))
+  for j in range(3):
+    out[f'out/recon_from_codes_d{j}'] = np32(from_codes[j])
+
+
+def training_step(folder, model, x, x_shuffle, out: dict, noise: list):
+  """One step of the original's trainer arithmetic: train/*, grad/*, step1_param/*."""
+  import torch  # pylint: disable=import-outside-toplevel
+  multi = folder.startswith('vqvc+_multi')
+  rhythm = folder in ('vqvc+_rhythm', 'vqvc+_multi_rhythm')
+  # The non-rhythm multi trainers replace the input by its stretched copy.
+  source = x_shuffle if multi and not rhythm else x
+  model.zero_grad()
+  with fixed_randperm(SWAP), recorded_randn(noise, replay=True):
+    result = model(x, x_shuffle) if rhythm else model(source)
+  outputs, latent = result[0], result[4].mean()
+  if multi:
+    targets = [source[:, :20, ::4], source[:, :40, ::2], source]
+    terms = [torch.nn.functional.l1_loss(o, t) for o, t in zip(outputs, targets)]
+    recon_loss = sum(terms)
+    for j, (o, t, term) in enumerate(zip(outputs, targets, terms)):
+      out[f'train/target_d{j}'], out[f'train/recon_d{j}'] = np32(t), np32(o)
+      out[f'train/recon_loss_d{j}'] = np32(term)
+  else:
+    recon_loss = torch.nn.functional.l1_loss(outputs, x)
+  loss = recon_loss + 0.1 * latent
+  if folder in MAX_NORM:
+    for s in range(3):
+      out[f'train/codebook_renormed_s{s}'] = np32(model.quantize[s].embedding.weight)
+  loss.backward()
+  named = dict(model.named_parameters())
+  for name, p in named.items():
+    if p.grad is not None:
+      out[f'grad/{name}'] = np32(p.grad)
+  norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 3)
+  out.update({'train/loss': np32(loss), 'train/recon_loss': np32(recon_loss),
+              'train/latent_loss': np32(latent), 'train/grad_total_norm': np32(norm),
+              'train/clip_coef': np.float32(min(1.0, 3 / (float(norm) + 1e-6)))})
+  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+  optimizer.step()
+  for name, value in model.state_dict().items():
+    out[f'step1_param/{name}'] = np32(value)
+
+
+def make_one(clone: str, folder: str, multi: bool, x_logmel: np.ndarray) -> dict:
+  import torch  # pylint: disable=import-outside-toplevel
+  model = load_original(clone, folder)
+  initial = {k: v.clone() for k, v in model.state_dict().items()}
+  out = {f'param/{k}': np32(v) for k, v in initial.items()}
+  x = (x_logmel * np.float32(25) + np.float32(50)) / np.float32(50) if multi else x_logmel
+  x_shuffle = stretched(x)
+  out.update({'input/x': x, 'input/x_shuffle': x_shuffle})
+  if multi:
+    out.update({'input/x_logmel': x_logmel, 'input/swap_perm': np.asarray(SWAP, np.int32)})
+  noise: list = []
+  forward_golden(folder, model, torch.from_numpy(x), torch.from_numpy(x_shuffle), out, noise)
+  model.load_state_dict(initial)  # the forward pass renormalised max_norm codebooks in place
+  training_step(folder, model, torch.from_numpy(x), torch.from_numpy(x_shuffle), out, noise)
+  return out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--original', required=True, help='a clone of ericwudayi/SkipVQVC')
+  parser.add_argument('out', help='folder to write (SKIPVQVC_PARITY_DIR for the tests)')
+  args = parser.parse_args(argv)
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print('error: this script runs the original models: pip install -e ".[torch]"', file=sys.stderr)
+    return 1
+  torch.set_num_threads(1)
+  x_logmel = demo_inputs()
+  manifests = {'': {}, 'multi': {}}
+  for group, table in (('', SECTION2), ('multi', MULTI)):
+    os.makedirs(os.path.join(args.out, group), exist_ok=True)
+    for stem, folder in table.items():
+      arrays = make_one(args.original, folder, group == 'multi', x_logmel)
+      path = os.path.join(args.out, group, f'{stem}.npz')
+      with open(path + '.tmp', 'wb') as f:
+        np.savez_compressed(f, **arrays)
+      os.replace(path + '.tmp', path)
+      manifests[group][f'{stem}.npz'] = dict(
+          keys={k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
+          meta=dict(model=folder, torch=torch.__version__, swap_perm=SWAP,
+                    stretch_factors=list(STRETCH), loss=float(arrays['train/loss'])))
+      print(f'{path}: {len(arrays)} arrays, loss {float(arrays["train/loss"]):.6f}', flush=True)
+  for group, files in manifests.items():
+    with open(os.path.join(args.out, group, 'manifest.json'), 'w') as f:
+      json.dump(dict(files=files, made_by='scripts/make_parity_data.py'), f, indent=1)
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())
