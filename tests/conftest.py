@@ -4,6 +4,7 @@ import pathlib
 import struct
 import tempfile
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -23,6 +24,28 @@ def parity_dir() -> pathlib.Path:
   if not (path / 'manifest.json').is_file():
     pytest.skip(f'golden parity data not found at {path} (set SKIPVQVC_PARITY_DIR to its folder)')
   return path
+
+
+def assert_close(actual, expected, what: str, atol: float) -> None:
+  """Same shape and max abs error <= atol, naming the array."""
+  actual = np.asarray(actual)
+  assert actual.shape == expected.shape, f'{what}: shape {actual.shape} != {expected.shape}'
+  err = np.abs(actual - expected).max()
+  assert err <= atol, f'{what}: max abs error {err:.3g} > {atol}'
+
+
+def assert_gradients_match(grads_model, golden: dict) -> dict:
+  """Every gradient the original computed (`grad/*`), by the original's names, against ours (held in
+  a model merged from the gradients); returns the golden gradients by name."""
+  from skipvqvc_jax import port_torch
+  ours = port_torch.export_state_dict(grads_model)
+  expected_grads = {k.removeprefix('grad/'): v for k, v in golden.items() if k.startswith('grad/')}
+  # Parameters the original never uses get no gradient there and do not exist here.
+  assert set(expected_grads) == set(ours), set(expected_grads) ^ set(ours)
+  for key, expected in expected_grads.items():
+    np.testing.assert_allclose(ours[key], expected, rtol=1e-3,
+                               atol=1e-6 + 1e-4 * np.abs(expected).max(), err_msg=key)
+  return expected_grads
 
 
 def parity_file(parity_dir: pathlib.Path, name: str) -> pathlib.Path:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import checkpoints, convert, errors, evaluate, input_pipeline, models, port_torch, train
+from skipvqvc_jax import checkpoints, convert, errors, evaluate, input_pipeline, port_torch, train
 from skipvqvc_jax.tasks import voice_conversion
 from tests.conftest import REPO, read_events, tiny_config
 

@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from tests.conftest import assert_close, assert_gradients_match
 from skipvqvc_jax import models, port_torch, trainers
 from skipvqvc_jax.configs import default
 from skipvqvc_jax.tasks import voice_conversion
@@ -56,10 +56,7 @@ def _encode(name, model, g):
 
 
 def _close(actual, expected, what, atol=ATOL):
-  actual = np.asarray(actual)
-  assert actual.shape == expected.shape, f'{what}: shape {actual.shape} != {expected.shape}'
-  err = np.abs(actual - expected).max()
-  assert err <= atol, f'{what}: max abs error {err:.3g} > {atol}'
+  assert_close(actual, expected, what, atol)
 
 
 def _scales(outputs, g, key, what, atol=ATOL):
@@ -170,12 +167,7 @@ def test_training_step(golden):
     _close(aux['recon_losses'][j], g[f'train/recon_loss_d{j}'], f'recon_loss_d{j}', 1e-5)
   np.testing.assert_allclose(optax.tree.norm(grads), g['train/grad_total_norm'], rtol=1e-4)
 
-  named_grads = port_torch.export_state_dict(nnx.merge(graphdef, grads, rest))
-  golden_grads = {k.removeprefix('grad/'): v for k, v in g.items() if k.startswith('grad/')}
-  assert set(golden_grads) == set(named_grads), set(golden_grads) ^ set(named_grads)
-  for key, expected in golden_grads.items():
-    np.testing.assert_allclose(named_grads[key], expected, rtol=1e-3,
-                               atol=1e-6 + 1e-4 * np.abs(expected).max(), err_msg=key)
+  golden_grads = assert_gradients_match(nnx.merge(graphdef, grads, rest), g)
 
   # Our step itself: renormalised codebook rows written back, then clip to 3 and Adam.
   tx = voice_conversion.make_optimizer(default.get_config())

@@ -22,7 +22,10 @@ from flax import nnx
 from skipvqvc_jax.models.layers import (NUM_SCALES, Conv1d, EncoderStage, GBlock, GruInit,
                                         group_norm, leaky_relu, torch_conv, torch_gblock, torch_norm)
 from skipvqvc_jax.models.quantizer import Quantizer
-from skipvqvc_jax.models.vqvc import Encoding, VQVCPlus, _l2norm, _match_batch, _to_public, check_sizes
+from skipvqvc_jax.models.encoding import (Encoding, l2norm, match_batch, to_public,
+                                          check_rhythm_inputs, check_sizes, rhythm_path,
+                                          rhythm_stage_input)
+from skipvqvc_jax.models.vqvc import VQVCPlus
 
 
 class ConvBlock(nnx.Module):
@@ -97,18 +100,18 @@ class MultiDecoder(nnx.Module):
 def time_normalise(x):
   """(x - its mean over time) / (its L2 norm over time + 1e-4), and that norm (the original's std)."""
   centred = x - jnp.mean(x, axis=1, keepdims=True)
-  std = _l2norm(centred, 1) + 1e-4
+  std = l2norm(centred, 1) + 1e-4
   return centred / std, std
 
 
 def unit_frames(x):
-  return x / _l2norm(x, -1)
+  return x / l2norm(x, -1)
 
 
 def residual_speaker(x, q):
   """The time-mean of what quantization left out, at norm 1/3."""
   sp = jnp.mean(x - q, axis=1, keepdims=True)
-  return sp / (_l2norm(sp, -1) + 1e-4) / 3
+  return sp / (l2norm(sp, -1) + 1e-4) / 3
 
 
 class VQVCPlusMulti(VQVCPlus):
@@ -193,7 +196,7 @@ class VQVCPlusMulti(VQVCPlus):
   # ---- public API ---------------------------------------------------------------------------------
 
   def _encode_scales(self, mel, noise=None):
-    x = _to_public(jnp.asarray(mel))
+    x = to_public(jnp.asarray(mel))
     pieces = []
     for s in range(NUM_SCALES):
       x = self.enc[s](x)
@@ -208,12 +211,12 @@ class VQVCPlusMulti(VQVCPlus):
         extras.setdefault(key, []).append(value)
     latent_loss = sum(p['loss'] + p.get('extra_loss', 0.0) for p in pieces)
     return Encoding(
-        content=[_to_public(v) for v in per_scale('content')],
-        speaker=[_to_public(v) for v in per_scale('speaker')],
-        std=[_to_public(v) for v in per_scale('std')], latent_loss=latent_loss,
-        codes=per_scale('codes'), encoder_out=[_to_public(v) for v in per_scale('encoder_out')],
+        content=[to_public(v) for v in per_scale('content')],
+        speaker=[to_public(v) for v in per_scale('speaker')],
+        std=[to_public(v) for v in per_scale('std')], latent_loss=latent_loss,
+        codes=per_scale('codes'), encoder_out=[to_public(v) for v in per_scale('encoder_out')],
         quantizer_in=per_scale('quantizer_in'), content_losses=per_scale('loss'),
-        rhythm=None if rhythm is None else [_to_public(r) for r in rhythm], extras=extras or None)
+        rhythm=None if rhythm is None else [to_public(r) for r in rhythm], extras=extras or None)
 
   def encode(self, mel, *, rng=None) -> Encoding:
     """Per-scale content, speaker terms, stds and codes of mels (B, in_channel, T)."""
@@ -222,20 +225,20 @@ class VQVCPlusMulti(VQVCPlus):
 
   def _decode_content(self, content, speaker, std, rhythm, rng) -> list:
     """Decodes channel-last per-scale decoder content (finest first); public outputs, coarse first."""
-    inputs = [self._stage_input(j, content[s], _to_public(speaker[s]), _to_public(std[s]),
-                                None if rhythm is None else _to_public(rhythm[s]))
+    inputs = [self._stage_input(j, content[s], to_public(speaker[s]), to_public(std[s]),
+                                None if rhythm is None else to_public(rhythm[s]))
               for j, s in enumerate(reversed(range(NUM_SCALES)))]
     key = self._keys(rng, 1)[0] if self.decoder_body == 'rc' and self.gru_init == 'normal' else None
-    return [_to_public(y) for y in self.dec(inputs, key)]
+    return [to_public(y) for y in self.dec(inputs, key)]
 
   def decode(self, content, speaker, std, rhythm=None, *, rng=None) -> list:
     """Per-scale content (finest first) with speaker terms and stds -> the decoder's three outputs,
     coarsest first; the last is the mel (B, in_channel, T)."""
-    return self._decode_content([_to_public(c) for c in content], speaker, std, rhythm, rng)
+    return self._decode_content([to_public(c) for c in content], speaker, std, rhythm, rng)
 
   def lookup(self, codes, speaker=None, std=None) -> list:
     """The content `encode` would give for these codes: codebook rows (B, C_s, T_s) per scale."""
-    return [_to_public(self._content_of_rows(self.quantize[s].lookup(jnp.asarray(c))))
+    return [to_public(self._content_of_rows(self.quantize[s].lookup(jnp.asarray(c))))
             for s, c in enumerate(codes)]
 
   def _content_of_rows(self, rows):
@@ -269,7 +272,7 @@ class VQVCPlusMulti(VQVCPlus):
     keys = self._keys(rng, 3)
     src = self.encode_deterministic(source_mel)
     tgt = self.encode_deterministic(target_mel)
-    speaker, std = _match_batch(tgt.speaker, tgt.std, batch=src.content[0].shape[0])
+    speaker, std = match_batch(tgt.speaker, tgt.std, batch=src.content[0].shape[0])
     return self.decode(src.content, speaker, std, src.rhythm, rng=keys[2])
 
 
@@ -309,23 +312,14 @@ class VQVCPlusMultiRhythm(VQVCPlusMulti):
     return rows - jnp.mean(rows, axis=-1, keepdims=True)
 
   def _stage_input(self, j, q, sp, std, rhythm):
-    z = q * std + sp
-    return z + rhythm if j == 0 else z
+    return rhythm_stage_input(j, q, sp, std, rhythm)
 
   def encode(self, mel, content_mel=None, *, rng=None) -> Encoding:
     """Rhythm from `mel`; content and speaker from `content_mel` (default: `mel`)."""
-    content_mel = mel if content_mel is None else content_mel
-    self.check_mel(mel)
-    self.check_mel(content_mel, 'content_mel')
-    if content_mel.shape != mel.shape:
-      raise ValueError(f'{self.name}: mel {tuple(mel.shape)} and content_mel '
-                       f'{tuple(content_mel.shape)} must have the same shape')
-    pieces = self._encode_scales(content_mel)
-    rhythm, x = [], _to_public(jnp.asarray(mel))
-    for s in range(NUM_SCALES):
-      x = self.enc[s](x)
-      pieces[s]['extras'] = dict(rhythm_encoder_out=_to_public(x))
-      rhythm.append(jnp.mean(x, axis=-1, keepdims=True))
+    pieces = self._encode_scales(check_rhythm_inputs(self, mel, content_mel))
+    rhythm, encoder_out = rhythm_path(self, mel)
+    for piece, out in zip(pieces, encoder_out):
+      piece['extras'] = dict(rhythm_encoder_out=out)
     return self._encoding(pieces, rhythm)
 
   def reconstruct(self, mel, content_mel=None, *, rng=None):

@@ -9,7 +9,7 @@ from flax import nnx
 from skipvqvc_jax.models.layers import NUM_SCALES, Conv1d, leaky_relu, linear, torch_conv, torch_linear
 from skipvqvc_jax.models.multi import VQVCPlusMulti, time_normalise
 from skipvqvc_jax.models.quantizer import RawQuantizer, SpeakerCodebookQuantizer, UnitQuantizer
-from skipvqvc_jax.models.vqvc import Encoding, _to_public
+from skipvqvc_jax.models.encoding import Encoding, to_public
 
 SPEAKER_WIDTH = 128  # hard-coded in the original's SBlock
 SPEAKER_DILATION = 8
@@ -165,12 +165,12 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
 
   def _requantize(self, s, content, speaker, std):
     """Channel-last content of scale s quantized against the codebook of (speaker, std)."""
-    add, mul = _to_public(speaker)[:, 0], _to_public(std)[:, 0]
+    add, mul = to_public(speaker)[:, 0], to_public(std)[:, 0]
     return self.quantize[s](content + add[:, None], add, mul).value
 
   def decode(self, content, speaker, std, rhythm=None, *, rng=None) -> list:
     """The speaker-free content (finest first) quantized against (speaker, std)'s codebooks, decoded."""
-    quantized = [self._requantize(s, _to_public(c), speaker[s], std[s])
+    quantized = [self._requantize(s, to_public(c), speaker[s], std[s])
                  for s, c in enumerate(content)]
     return self._decode_content(quantized, speaker, std, rhythm, rng)
 
@@ -181,13 +181,13 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
     """Rows of the codebooks of (speaker, std): each item's own speaker terms make its codebook."""
     if speaker is None or std is None:
       raise ValueError(f'{self.name}: codebooks are made from speaker terms; pass speaker and std')
-    return [_to_public(self.quantize[s].lookup(jnp.asarray(c), _to_public(speaker[s])[:, 0],
-                                               _to_public(std[s])[:, 0]))
+    return [to_public(self.quantize[s].lookup(jnp.asarray(c), to_public(speaker[s])[:, 0],
+                                               to_public(std[s])[:, 0]))
             for s, c in enumerate(codes)]
 
   def _decode_codes(self, codes, speaker, std, rhythm, rng) -> list:
     rows = self.lookup(codes, speaker, std)  # already quantized: decoded as they are
-    return self._decode_content([_to_public(r) for r in rows], speaker, std, rhythm, rng)
+    return self._decode_content([to_public(r) for r in rows], speaker, std, rhythm, rng)
 
   def training_latent(self, enc: Encoding, rng=None, perm=None):
     """forward()'s extra latent term: sum over scales of the signed mean of (content quantized with
@@ -197,7 +197,7 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
     total = 0.0
     for s in range(NUM_SCALES):
       own = enc.extras['quantized'][s]
-      swapped = self._requantize(s, _to_public(enc.content[s]), enc.speaker[s][perm],
+      swapped = self._requantize(s, to_public(enc.content[s]), enc.speaker[s][perm],
                                  enc.std[s][perm])
       total = total + jnp.mean(own - swapped)
     return total

@@ -11,47 +11,19 @@ each scale).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from skipvqvc_jax.errors import PortError
+from skipvqvc_jax.models.encoding import (Encoding, l2norm, match_batch, to_public,
+                                          check_rhythm_inputs, check_sizes, rhythm_path,
+                                          rhythm_stage_input)
 from skipvqvc_jax.models.layers import (NUM_SCALES, Decoder, EncoderStage, GruInit, torch_conv,
                                         torch_gblock)
 from skipvqvc_jax.models.quantizer import Quantizer
-
-
-class Encoding(NamedTuple):
-  """What `encode` returns. Per-scale lists are finest scale first (the original's encoder order)."""
-  content: list  # quantized content, (B, C_s, T_s)
-  speaker: list  # speaker embedding, (B, C_s, 1)
-  std: list  # time-norm of the centred encoder output, (B, C_s, 1)
-  latent_loss: jax.Array  # scalar: quantizer commitment terms (+ variant terms)
-  codes: list  # content codebook index per frame, (B, T_s) int32
-  encoder_out: list  # raw encoder stage output, (B, C_s, T_s)
-  quantizer_in: list  # the normalised frames fed to the content quantizer, (B, T_s, C_s)
-  content_losses: list  # each content quantizer's commitment term, scalars
-  rhythm: list | None = None  # vqvc+_rhythm: channel-mean of the rhythm path, (B, 1, T_s)
-  extras: dict | None = None  # variant-specific diagnostics (see each variant)
-
-
-def check_sizes(in_channel: int, gru_init: str) -> None:
-  if gru_init not in ('normal', 'zeros'):
-    raise ValueError(f"gru_init must be 'normal' or 'zeros', got {gru_init!r}")
-  if in_channel % 2 ** (NUM_SCALES + 1):
-    raise ValueError(f'in_channel must be a multiple of {2 ** (NUM_SCALES + 1)} '
-                     f'(GroupNorm needs 4 groups at the coarsest scale); got {in_channel}')
-
-
-def _to_public(x):
-  """(B, T, C) <-> (B, C, T); the same swap converts both ways."""
-  return jnp.swapaxes(x, 1, 2)
-
-
-def _l2norm(x, axis):
-  return jnp.linalg.norm(x, axis=axis, keepdims=True)
 
 
 class VQVCPlus(nnx.Module):
@@ -89,7 +61,7 @@ class VQVCPlus(nnx.Module):
   def _speaker(self, s: int, x, xn, q, noise):
     """Speaker embedding (B, 1, C) of scale s, its extra latent loss, and diagnostics."""
     sp = jnp.mean(x - q, axis=1, keepdims=True)
-    return sp / (_l2norm(sp, -1) + 1e-4) / 3, 0.0, {}
+    return sp / (l2norm(sp, -1) + 1e-4) / 3, 0.0, {}
 
   def _finish_content(self, q):
     return q
@@ -176,7 +148,7 @@ class VQVCPlus(nnx.Module):
 
   def _encode_scales(self, mel, noise=None):
     """Runs the shared encoder path; returns channel-last per-scale pieces and the latent loss."""
-    x = _to_public(jnp.asarray(mel))
+    x = to_public(jnp.asarray(mel))
     out = dict(content=[], speaker=[], std=[], codes=[], encoder_out=[], quantizer_in=[],
                content_losses=[])
     extras: dict[str, list] = {}
@@ -184,9 +156,9 @@ class VQVCPlus(nnx.Module):
     for s in range(NUM_SCALES):
       x = self.enc[s](x)
       centred = x - jnp.mean(x, axis=1, keepdims=True)
-      std = _l2norm(centred, 1) + 1e-4  # an L2 norm over time, called std in the original
+      std = l2norm(centred, 1) + 1e-4  # an L2 norm over time, called std in the original
       xn = centred / std
-      xn = xn / _l2norm(xn, -1)  # unit vector per frame
+      xn = xn / l2norm(xn, -1)  # unit vector per frame
       quantized = self.quantize[s](xn)
       sp, extra_loss, info = self._speaker(s, x, xn, quantized.value,
                                            None if noise is None else noise[s])
@@ -203,11 +175,11 @@ class VQVCPlus(nnx.Module):
     return out, latent_loss, extras
 
   def _public_encoding(self, out, latent_loss, extras, rhythm=None) -> Encoding:
-    pub = {k: [_to_public(v) for v in out[k]]
+    pub = {k: [to_public(v) for v in out[k]]
            for k in ('content', 'speaker', 'std', 'encoder_out')}
     return Encoding(**pub, latent_loss=latent_loss, codes=out['codes'],
                     quantizer_in=out['quantizer_in'], content_losses=out['content_losses'],
-                    rhythm=None if rhythm is None else [_to_public(r) for r in rhythm],
+                    rhythm=None if rhythm is None else [to_public(r) for r in rhythm],
                     extras=extras or None)
 
   def encode(self, mel, *, rng=None) -> Encoding:
@@ -223,11 +195,11 @@ class VQVCPlus(nnx.Module):
 
   def decode(self, content, speaker, std, rhythm=None, *, rng=None):
     """Decodes per-scale content (finest first) with speaker embeddings and stds to (B, mels, T)."""
-    inputs = [self._stage_input(j, _to_public(content[s]), _to_public(speaker[s]),
-                                _to_public(std[s]), None if rhythm is None else _to_public(rhythm[s]))
+    inputs = [self._stage_input(j, to_public(content[s]), to_public(speaker[s]),
+                                to_public(std[s]), None if rhythm is None else to_public(rhythm[s]))
               for j, s in enumerate(reversed(range(NUM_SCALES)))]
     key = self._keys(rng, 1)[0] if self.gru_init == 'normal' else None
-    return _to_public(self.dec(inputs, key))
+    return to_public(self.dec(inputs, key))
 
   def reconstruct(self, mel, *, rng=None):
     """decode(encode(mel)): returns (reconstruction, encoding)."""
@@ -243,19 +215,8 @@ class VQVCPlus(nnx.Module):
     keys = self._keys(rng, 3)
     src = self.encode(source_mel, rng=keys[0])
     tgt = self.encode(target_mel, rng=keys[1])
-    speaker, std = _match_batch(tgt.speaker, tgt.std, batch=src.content[0].shape[0])
+    speaker, std = match_batch(tgt.speaker, tgt.std, batch=src.content[0].shape[0])
     return self.decode(src.content, speaker, std, src.rhythm, rng=keys[2])
-
-
-def _match_batch(*per_scale_lists, batch: int):
-  """Broadcasts per-scale arrays with batch 1 to `batch`; other batch sizes must already match."""
-  def fit(a):
-    if a.shape[0] == batch:
-      return a
-    if a.shape[0] == 1:
-      return jnp.broadcast_to(a, (batch,) + a.shape[1:])
-    raise ValueError(f'target batch {a.shape[0]} must be 1 or match the source batch {batch}')
-  return tuple([fit(a) for a in lst] for lst in per_scale_lists)
 
 
 class VQVCPlusRhythm(VQVCPlus):
@@ -279,24 +240,13 @@ class VQVCPlusRhythm(VQVCPlus):
     return q - jnp.mean(q, axis=-1, keepdims=True)
 
   def _stage_input(self, j, q, sp, std, rhythm):
-    z = q * std + sp
-    return z + rhythm if j == 0 else z
+    return rhythm_stage_input(j, q, sp, std, rhythm)
 
   def encode(self, mel, content_mel=None, *, rng=None) -> Encoding:
     """Rhythm from `mel`; content and speaker from `content_mel` (default: `mel`)."""
-    content_mel = mel if content_mel is None else content_mel
-    self.check_mel(mel)
-    self.check_mel(content_mel, 'content_mel')
-    if content_mel.shape != mel.shape:
-      raise ValueError(f'{self.name}: mel {tuple(mel.shape)} and content_mel '
-                       f'{tuple(content_mel.shape)} must have the same shape')
+    content_mel = check_rhythm_inputs(self, mel, content_mel)
     out, latent_loss, extras = self._encode_scales(content_mel)
-    rhythm, rhythm_encoder_out, x = [], [], _to_public(jnp.asarray(mel))
-    for s in range(NUM_SCALES):
-      x = self.enc[s](x)
-      rhythm_encoder_out.append(_to_public(x))
-      rhythm.append(jnp.mean(x, axis=-1, keepdims=True))
-    extras['rhythm_encoder_out'] = rhythm_encoder_out
+    rhythm, extras['rhythm_encoder_out'] = rhythm_path(self, mel)
     return self._public_encoding(out, latent_loss, extras, rhythm)
 
   def reconstruct(self, mel, content_mel=None, *, rng=None):
@@ -320,7 +270,7 @@ class VQVCPlusResample(VQVCPlus):
 
   def _speaker(self, s, x, xn, q, noise):
     sp = jnp.mean(xn - q, axis=1, keepdims=True)
-    return sp / (_l2norm(sp, -1) + 1e-4) / 3, 0.0, {}
+    return sp / (l2norm(sp, -1) + 1e-4) / 3, 0.0, {}
 
   def _finish_content(self, q):
     f = self.resample_factor
@@ -347,7 +297,7 @@ class VQVCPlusSpeakerQuantize(VQVCPlus):
 
   def _speaker(self, s, x, xn, q, noise):
     sp = jnp.mean(x - q, axis=1, keepdims=True)
-    sp = sp / (_l2norm(sp, -1) + 1e-4)
+    sp = sp / (l2norm(sp, -1) + 1e-4)
     quantized = self.quantize_speakers[s](sp)
     info = dict(speaker_codes=quantized.codes, speaker_quantizer_in=sp,
                 speaker_losses=quantized.loss)
