@@ -5,7 +5,7 @@
 
 PATH is a local clone of the original repository (never part of this one). Needs torch; without it, or
 without the path, it says so and exits. Both sides: float32, global batch 8 x 80 x 128, the same number
-of CPU threads. The original's step is its trainer's: `model(audio)` (which also decodes a speaker-
+of CPU threads, each side in a fresh process of its own. The original's step is its trainer's: `model(audio)` (which also decodes a speaker-
 shuffled copy), L1 + 0.1 latent loss (for the multi-scale models the trainers' three-scale L1 on the
 simple-normalised input), backward, clip_grad_norm_(3), Adam. Ours is the jitted train step of
 `skipvqvc_jax.train` with the same trainer. Inference: encode + decode of one 1 x 80 x 512 utterance.
@@ -14,8 +14,10 @@ multi_simple_n128_ch512, multi_n64_ch64, multi_n64_ch512.
 """
 import argparse
 import importlib.util
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -109,6 +111,22 @@ def time_ours(config_file, preset, steps, warmup):
   return _median_time(step, steps, warmup), _median_time(infer, steps, warmup)
 
 
+def run_side(args) -> None:
+  """One side of one preset, in this process: prints {"step": s, "infer": s}."""
+  config_file, our_preset, folder = PRESETS[args.preset]
+  n_embed, channel = (int(part[1:]) for part in our_preset.replace('_ch', '_c').split('_')[:2])
+  # The recurrent models at ch512 take over a second a step: fewer steps there.
+  slow = channel >= 512 and not folder.startswith('vqvc+_multi')
+  steps, warmup = (max(3, args.steps // 5), min(args.warmup, 2)) if slow else (args.steps, args.warmup)
+  if args.side == 'original':
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(args.threads)
+    step, infer = time_original(args.original, folder, channel, n_embed, steps, warmup)
+  else:
+    step, infer = time_ours(config_file, our_preset, steps, warmup)
+  print(json.dumps(dict(step=step, infer=infer)))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--original', default=None, help='local clone of ericwudayi/SkipVQVC')
@@ -116,26 +134,30 @@ def main():
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--warmup', type=int, default=5)
   parser.add_argument('--threads', type=int, default=2)
+  parser.add_argument('--side', choices=['original', 'ours'], help=argparse.SUPPRESS)
+  parser.add_argument('--preset', help=argparse.SUPPRESS)
   args = parser.parse_args()
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
+  if args.side:
+    return run_side(args)
+  if importlib.util.find_spec('torch') is None:
     print('skipped: torch is not installed (pip install -e ".[torch]")')
     return
   if not args.original or not os.path.isfile(os.path.join(args.original, 'model', 'vqvc+',
                                                           'vq_model.py')):
     print(f'skipped: --original={args.original} is not a clone of SkipVQVC (no model/vqvc+/vq_model.py)')
     return
-  torch.set_num_threads(args.threads)
   print(f'{"preset":24} {"original ms/step":>16} {"ours ms/step":>12} {"speed-up":>8} | '
         f'{"original infer ms":>17} {"ours infer ms":>13} {"speed-up":>8}')
   for preset in args.presets.split(','):
-    config_file, our_preset, folder = PRESETS[preset]
-    n_embed, channel = (int(part[1:]) for part in our_preset.replace('_ch', '_c').split('_')[:2])
-    steps = max(3, args.steps // 5) if channel >= 512 else args.steps
-    o_step, o_infer = time_original(args.original, folder, channel, n_embed, steps,
-                                    min(args.warmup, 2) if channel >= 512 else args.warmup)
-    j_step, j_infer = time_ours(config_file, our_preset, steps, args.warmup)
+    # Each side in a fresh process, one after the other: neither runs beside the other's idle
+    # thread pools (torch's OpenMP workers spin after each op), and neither inherits its memory.
+    side = lambda name: json.loads(subprocess.run(
+        [sys.executable, __file__, f'--side={name}', f'--preset={preset}',
+         f'--original={args.original}', f'--steps={args.steps}', f'--warmup={args.warmup}',
+         f'--threads={args.threads}'], check=True, capture_output=True, text=True,
+    ).stdout.strip().splitlines()[-1])
+    original, ours = side('original'), side('ours')
+    o_step, o_infer, j_step, j_infer = original['step'], original['infer'], ours['step'], ours['infer']
     print(f'{preset:24} {o_step * 1e3:>16.1f} {j_step * 1e3:>12.1f} {o_step / j_step:>7.2f}x | '
           f'{o_infer * 1e3:>17.1f} {j_infer * 1e3:>13.1f} {o_infer / j_infer:>7.2f}x', flush=True)
 

@@ -51,6 +51,7 @@ def linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
 
 def group_norm(channels: int, rngs: nnx.Rngs, groups: int = NUM_GROUPS) -> nnx.GroupNorm:
   # Two-pass variance: the one-pass E[x^2]-E[x]^2 form drifts from PyTorch by more than 1e-5.
+  # (A hand-written GroupNorm with time sums first measured 7% slower in the vqvc+ n64_ch64 step.)
   return nnx.GroupNorm(channels, num_groups=groups, epsilon=1e-5, use_fast_variance=False,
                        rngs=rngs)
 
