@@ -3,6 +3,7 @@ training (all three multi trainers), exact resume with the in-place codebook ren
 per-scale images in TensorBoard and the eval report, one-shot conversion from a checkpoint trained here
 and from a ported original checkpoint, reconstruction and decoding from edited codes."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import soundfile as sf
 
 from skipvqvc_jax import checkpoints, convert, errors, evaluate, input_pipeline, port_torch, train
 from skipvqvc_jax.tasks import voice_conversion
-from tests.conftest import REPO, read_events, tiny_config
+from tests.conftest import REPO, main_flags, read_events, tiny_config
 
 PRESET = 'vqvc_plus_multi.py:tiny'
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -63,6 +64,23 @@ def test_resume_is_exact(straight, small_features, tmp_path):
     assert second['train_losses'][step] == pytest.approx(summary['train_losses'][step], abs=1e-6)
   for a, b in zip(_codebook_norms(workdir), _codebook_norms(tmp_path)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_four_devices_renormalise_the_same_rows(straight, small_features, tmp_path):
+  """The max_norm lookup sees the codes of the whole global batch when it is sharded over devices:
+  a 4-device run takes the same steps as the 1-device one."""
+  workdir, summary = straight
+  result = subprocess.run(
+      [sys.executable, 'main.py', *main_flags(small_features, tmp_path, PRESET, eval_every_steps=8)],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  four = json.load(open(tmp_path / 'train_summary.json'))['train_losses']
+  np.testing.assert_allclose([four[str(s)] for s in range(1, 9)],
+                             [summary['train_losses'][s] for s in range(1, 9)], atol=1e-5, rtol=0)
+  # Unused rows keep their N(0, 1) norm of ~6, so a row renormalised on one side only would show.
+  for a, b in zip(_codebook_norms(workdir), _codebook_norms(tmp_path)):
+    np.testing.assert_allclose(a, b, atol=1e-4)  # 8 Adam steps of differently ordered sums
 
 
 def test_tensorboard_has_every_scale(straight):
