@@ -205,7 +205,9 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
     progress.update()
     source = input_pipeline.load_features(pair['source'])
     reference = input_pipeline.load_features(pair['reference'])
-    pair['converted_mel'] = converter.convert_mel(source, converter.speaker([reference]))
+    # Every decoder scale (one for single-scale models): the report shows a multi-scale model's all.
+    pair['converted_scales'] = converter.convert_scales(source, converter.speaker([reference]))
+    pair['converted_mel'] = pair['converted_scales'][-1]
     if pair['parallel']:
       truth = input_pipeline.load_features(pair['parallel'])
       pair['lmcd_db'] = lmcd_dtw(pair['converted_mel'], truth)
@@ -229,7 +231,7 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
   report.write_report(out_dir, assets, metrics, pairs[:report_pairs], converter,
                       resynthesis if report_pairs else {})
   save_json(os.path.join(out_dir, 'pairs.json'), [
-      {k: v for k, v in p.items() if k != 'converted_mel'} for p in pairs])
+      {k: v for k, v in p.items() if k not in ('converted_mel', 'converted_scales')} for p in pairs])
   save_json(os.path.join(out_dir, 'metrics.json'), metrics)
   report.write_index(os.path.join(workdir, 'eval'))
   writer = summaries.Writer(workdir)

@@ -89,9 +89,7 @@ def write_report(out_dir, assets, metrics, pairs, converter, resynthesis: dict) 
       cells.append(f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
                    f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>')
     if len(recon_scales) > 1:  # a multi-scale model: its coarser outputs, as images
-      reference = converter.speaker([input_pipeline.load_features(pair['reference'])])
-      scales = dict(reconstruction=recon_scales, conversion=converter.convert_scales(source, reference))
-      for name, outputs in scales.items():
+      for name, outputs in (('reconstruction', recon_scales), ('conversion', pair['converted_scales'])):
         for j, mel in enumerate(outputs[:-1]):
           stem = f'pair{i:02d}_{name}_d{j}'
           _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))

@@ -21,7 +21,18 @@ from skipvqvc_jax.errors import ConfigError, CorpusError
 
 NAMES = ('normal', 'mean_std', 'simple_normalize', 'rhythm', 'multi', 'simple_normalize_multi',
          'simple_normalize_multi_rhythm')
-STRETCHES = ('none', 'rhythm', 'input')
+_MULTI_SCALE = ('multi', 'simple_normalize_multi', 'simple_normalize_multi_rhythm')
+_RHYTHM = ('rhythm', 'simple_normalize_multi_rhythm')
+
+
+def is_multi_scale(name: str) -> bool:
+  """Whether trainer `name` scores every decoder scale (it trains the vqvc+_multi* models)."""
+  return name in _MULTI_SCALE
+
+
+def stretches_rhythm(name: str) -> bool:
+  """Whether trainer `name` feeds a stretched copy to a rhythm model's content path."""
+  return name in _RHYTHM
 
 
 def latent_key(rng):
@@ -122,21 +133,19 @@ def _mean_std(name: str, stats_file: str | None, scale: float, **kwargs) -> Trai
 
 def get(name: str, stats_file: str | None = None) -> Trainer:
   """Trainer `name`; `mean_std` and `multi` read their statistics from stats_file."""
-  if name == 'normal':
-    return Trainer(name)
-  if name == 'rhythm':
-    return Trainer(name, stretch='rhythm')
-  if name == 'simple_normalize':
-    return _simple_normalize(name)
+  if name not in NAMES:
+    raise ConfigError(f'unknown trainer {name!r}; valid trainers: {", ".join(NAMES)}')
+  # The non-rhythm multi trainers replace the input by its stretched copy.
+  kwargs = dict(multi_scale=is_multi_scale(name),
+                stretch='rhythm' if stretches_rhythm(name) else 'input' if is_multi_scale(name)
+                else 'none')
+  if name in ('normal', 'rhythm'):
+    return Trainer(name, **kwargs)
   if name == 'mean_std':
-    return _mean_std(name, stats_file, 3.0)
+    return _mean_std(name, stats_file, 3.0, **kwargs)
   if name == 'multi':  # the original's VCTK mean/std (no /3 here), from our statistics file
-    return _mean_std(name, stats_file, 1.0, stretch='input', multi_scale=True)
-  if name == 'simple_normalize_multi':
-    return _simple_normalize(name, stretch='input', multi_scale=True)
-  if name == 'simple_normalize_multi_rhythm':
-    return _simple_normalize(name, stretch='rhythm', multi_scale=True)
-  raise ConfigError(f'unknown trainer {name!r}; valid trainers: {", ".join(NAMES)}')
+    return _mean_std(name, stats_file, 1.0, **kwargs)
+  return _simple_normalize(name, **kwargs)  # simple_normalize, simple_normalize_multi[_rhythm]
 
 
 # ---- the rhythm augmentation ----------------------------------------------------------------------

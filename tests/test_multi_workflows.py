@@ -110,6 +110,7 @@ def test_other_multi_trainers_and_models_train(preset, trainer, small_features, 
     ('vqvc+', 'simple_normalize_multi', 'cannot train vqvc\\+'),
     ('vqvc+_multi', 'normal', 'cannot train vqvc\\+_multi'),
     ('vqvc+_multi', 'simple_normalize_multi_rhythm', 'go together'),
+    ('vqvc+', 'rhythm', 'go together'),  # used to fail inside the step with a TypeError
     ('vqvc+_multi', 'nope', 'valid trainers: normal')])
 def test_mismatched_model_and_trainer_is_a_one_line_error(model, trainer, match, small_features):
   config = tiny_config(small_features, PRESET, trainer=trainer, **{'model.name': model})

@@ -154,6 +154,15 @@ def test_normalisations_invert_and_follow_the_original(small_features):
   np.testing.assert_allclose(mean_std.normalize(mel),
                              (mel - stats['mean'][:, None]) / stats['std'][:, None] / 3, rtol=1e-5)
   np.testing.assert_allclose(mean_std.denormalize(mean_std.normalize(mel)), mel, atol=1e-4)
+  # train_multi.py: the corpus mean/std without mean_std's / 3.
+  multi = trainers.get('multi', str(small_features / 'stats.npz'))
+  np.testing.assert_allclose(multi.normalize(mel),
+                             (mel - stats['mean'][:, None]) / stats['std'][:, None], rtol=1e-5)
+  # A multi-scale model's coarser outputs are the lowest bands: they take those bands' statistics.
+  low = multi.normalize(mel[0])[:20]
+  np.testing.assert_allclose(multi.denormalize_bands(low, 80), mel[0, :20], atol=1e-4)
+  assert trainers.get('simple_normalize_multi').stretch == 'input'
+  assert trainers.get('simple_normalize_multi_rhythm').stretch == 'rhythm'
   with pytest.raises(ValueError, match='valid trainers: normal, mean_std'):
     trainers.get('fancy')
 

@@ -57,29 +57,29 @@ def _group_mean(per_channel, groups: int, count: int):
   return jnp.repeat(jnp.sum(per_channel.reshape(b, groups, size), -1) / count, size, axis=1)[:, None]
 
 
-def _normalise_groups(x, groups: int):
-  """(x - group mean) / sqrt(group variance + 1e-5) over (frames, group's channels); and 1/sqrt(.).
+def _normalise_groups(x, groups: int, epsilon: float):
+  """(x - group mean) / sqrt(group variance + epsilon) over (frames, group's channels); and 1/sqrt(.).
 
   Two-pass variance: the one-pass E[x^2]-E[x]^2 form drifts from PyTorch by more than 1e-5.
   """
   count = x.shape[1] * (x.shape[2] // groups)
   centred = x - _group_mean(jnp.sum(x, axis=1), groups, count)
-  inv = jax.lax.rsqrt(_group_mean(jnp.sum(centred * centred, axis=1), groups, count) + 1e-5)
+  inv = jax.lax.rsqrt(_group_mean(jnp.sum(centred * centred, axis=1), groups, count) + epsilon)
   return centred * inv, inv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def group_norm_affine(x, scale, bias, groups: int):
-  """PyTorch's GroupNorm (eps 1e-5, affine) over channel-last (batch, frames, channels)."""
-  return _normalise_groups(x, groups)[0] * scale + bias
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm_affine(x, scale, bias, groups: int, epsilon: float):
+  """PyTorch's GroupNorm (affine) over channel-last (batch, frames, channels)."""
+  return _normalise_groups(x, groups, epsilon)[0] * scale + bias
 
 
-def _group_norm_fwd(x, scale, bias, groups):
-  xhat, inv = _normalise_groups(x, groups)
+def _group_norm_fwd(x, scale, bias, groups, epsilon):
+  xhat, inv = _normalise_groups(x, groups, epsilon)
   return xhat * scale + bias, (xhat, inv, scale)
 
 
-def _group_norm_bwd(groups, residuals, dy):
+def _group_norm_bwd(groups, epsilon, residuals, dy):
   """All four gradient terms from two sums over time of dy and dy * xhat, shared.
 
   Autodiff's gradient makes XLA's CPU backend reduce over (batch, frames) for the scale and the bias
@@ -103,7 +103,7 @@ class GroupNorm(nnx.GroupNorm):
 
   def __call__(self, x, *args, **kwargs):
     return group_norm_affine(x, self.scale[...].astype(x.dtype), self.bias[...].astype(x.dtype),
-                             self.num_groups)
+                             self.num_groups, self.epsilon)
 
 
 def group_norm(channels: int, rngs: nnx.Rngs, groups: int = NUM_GROUPS) -> GroupNorm:

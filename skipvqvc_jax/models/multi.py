@@ -195,7 +195,8 @@ class VQVCPlusMulti(VQVCPlus):
 
   # ---- public API ---------------------------------------------------------------------------------
 
-  def _encode_scales(self, mel, noise=None):
+  def _encode_pieces(self, mel):
+    """One dict per scale (finest first): `_encode_scale`'s pieces and the raw encoder output."""
     x = to_public(jnp.asarray(mel))
     pieces = []
     for s in range(NUM_SCALES):
@@ -221,7 +222,7 @@ class VQVCPlusMulti(VQVCPlus):
   def encode(self, mel, *, rng=None) -> Encoding:
     """Per-scale content, speaker terms, stds and codes of mels (B, in_channel, T)."""
     self.check_mel(mel)
-    return self._encoding(self._encode_scales(mel))
+    return self._encoding(self._encode_pieces(mel))
 
   def _decode_content(self, content, speaker, std, rhythm, rng) -> list:
     """Decodes channel-last per-scale decoder content (finest first); public outputs, coarse first."""
@@ -296,6 +297,7 @@ class VQVCPlusMultiRhythm(VQVCPlusMulti):
   """
 
   name = 'vqvc+_multi_rhythm'
+  takes_content_mel = True
   decoder_body = 'rc'
   max_norm = False
   refine_residual = False
@@ -316,7 +318,7 @@ class VQVCPlusMultiRhythm(VQVCPlusMulti):
 
   def encode(self, mel, content_mel=None, *, rng=None) -> Encoding:
     """Rhythm from `mel`; content and speaker from `content_mel` (default: `mel`)."""
-    pieces = self._encode_scales(check_rhythm_inputs(self, mel, content_mel))
+    pieces = self._encode_pieces(check_rhythm_inputs(self, mel, content_mel))
     rhythm, encoder_out = rhythm_path(self, mel)
     for piece, out in zip(pieces, encoder_out):
       piece['extras'] = dict(rhythm_encoder_out=out)

@@ -28,8 +28,9 @@ def _live_taps(kernel: int, frames: int) -> tuple[int, int]:
   return lo, hi
 
 
-def _dilated(conv: Conv1d, x, kernel: int):
+def _dilated(conv: Conv1d, x):
   """conv(x) with the original's dilation 8 and padding 4 (kernel - 1), over the live taps only."""
+  kernel = conv.kernel.shape[0]
   lo, hi = _live_taps(kernel, x.shape[1])
   bias = conv.bias[...].astype(x.dtype)
   if hi <= lo:  # an even kernel over fewer than 5 frames: every tap falls beside them
@@ -51,7 +52,7 @@ class SpeakerBlock(nnx.Module):
   def __init__(self, channels: int, kernel: int, groups: int, heads: tuple[str, ...],
                rngs: nnx.Rngs):
     pad = (kernel - 1) * SPEAKER_DILATION // 2
-    self.kernel, self.heads = kernel, heads
+    self.heads = heads
     self.conv0 = Conv1d(channels, SPEAKER_WIDTH, kernel, padding=pad, groups=groups,
                         dilation=SPEAKER_DILATION, rngs=rngs)
     self.conv1 = Conv1d(SPEAKER_WIDTH, SPEAKER_WIDTH, kernel, padding=pad, groups=groups,
@@ -63,7 +64,7 @@ class SpeakerBlock(nnx.Module):
 
   def __call__(self, x):
     """x (B, T, C) -> (time-mean of the conv stack (B, 128), then each head's output (B, C))."""
-    h = _dilated(self.conv1, _dilated(self.conv0, x, self.kernel), self.kernel)
+    h = _dilated(self.conv1, _dilated(self.conv0, x))
     pooled = jnp.mean(self.conv3(leaky_relu(h)), axis=1)
     h = leaky_relu(self.dense(pooled))
     return pooled, [getattr(self, head)(h) for head in self.heads]

@@ -32,6 +32,7 @@ class VQVCPlus(nnx.Module):
   name = 'vqvc+'
   # Content codes are resampled by this factor per scale (the resample variant); frames must allow it.
   resample_factor = 1
+  takes_content_mel = False  # the rhythm variants: encode/reconstruct(mel, content_mel)
 
   def __init__(self, in_channel: int = 80, channel: int = 512, n_embed: int = 128, *,
                gru_init: GruInit = 'normal', seed: int = 0):
@@ -231,6 +232,7 @@ class VQVCPlusRhythm(VQVCPlus):
   """
 
   name = 'vqvc+_rhythm'
+  takes_content_mel = True
 
   @staticmethod
   def codebook_sizes(n_embed: int) -> list[int]:

@@ -43,16 +43,15 @@ def check_config(config) -> None:
   if config.trainer not in trainers.NAMES:
     raise ConfigError(f'--config.trainer={config.trainer!r}: valid trainers: '
                       f'{", ".join(trainers.NAMES)}')
-  multi_trainer = config.trainer in ('multi', 'simple_normalize_multi',
-                                     'simple_normalize_multi_rhythm')
-  if models.is_multi_scale(model.name) != multi_trainer:
+  multi_trainers = [name for name in trainers.NAMES if trainers.is_multi_scale(name)]
+  if models.is_multi_scale(model.name) != trainers.is_multi_scale(config.trainer):
     raise ConfigError(
         f'--config.trainer={config.trainer!r} cannot train {model.name}: the multi-scale models '
-        f'(vqvc+_multi*) take the multi trainers (multi, simple_normalize_multi, '
-        f'simple_normalize_multi_rhythm), the others the rest')
-  if (model.name == 'vqvc+_multi_rhythm') != (config.trainer == 'simple_normalize_multi_rhythm'):
-    raise ConfigError(f'--config.trainer={config.trainer!r} with {model.name}: vqvc+_multi_rhythm '
-                      f'and the simple_normalize_multi_rhythm trainer go together')
+        f'(vqvc+_multi*) take the multi trainers ({", ".join(multi_trainers)}), the others the rest')
+  if trainers.stretches_rhythm(config.trainer) and not models.get_class(model.name).takes_content_mel:
+    raise ConfigError(f'--config.trainer={config.trainer!r} feeds a rhythm path that {model.name} '
+                      f'does not have: the rhythm trainers and the rhythm models (vqvc+_rhythm, '
+                      f'vqvc+_multi_rhythm) go together')
   multiple = models.get_class(model.name).frames_multiple_of()
   crop = config.data.crop_frames
   if not isinstance(crop, int) or crop < multiple or crop % multiple:
