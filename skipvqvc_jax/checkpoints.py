@@ -1,22 +1,25 @@
 """Restoring a run, in one place: what conversion, evaluation, porting, vocoders and the tasks stand on.
 
-Two kinds of saved model:
-- a *model directory*: `model.json` (the model's `spec()`) and `params/` (orbax), written by
-  `save_model` (for example by `port_torch`);
-- a *training workdir*: `config.json` and `checkpoints/<step>/` with the whole train state (parameters,
-  optimizer state, step, RNG) and the data iterator's position, written by `TrainCheckpoints`.
+Two kinds of saved model, each described by the same `model.json` (`ModelInfo`: the model's `spec()`,
+and where its parameters sit in a training checkpoint's state):
+- a *model directory*: `model.json` and `params/` (orbax), written by `save_model` (for example by
+  `port_torch`);
+- a *training workdir*: `model.json` (written by the loop from its task before the first step),
+  `config.json` and `checkpoints/<step>/` with the whole train state (parameters, optimizer state,
+  step, RNG) and the data iterator's position, written by `TrainCheckpoints`.
 
-`load(source, step)` gives the inference model of either: a workdir's voice-conversion model, or its
-generator when it trains a vocoder. Only those parameters are read (an orbax partial restore shaped by
-`nnx.eval_shape`): no optimizer state, no discriminators, no data iterator.
+`load(source, step)` restores the model of either. From a workdir only the model's parameters are
+read (an orbax partial restore shaped by `nnx.eval_shape`): no optimizer state, no discriminators, no
+data iterator. Nothing here knows a task's config layout: a new task or model argument changes its
+`model.json`, not this module.
 """
+
 from __future__ import annotations
 
-import fcntl
+import dataclasses
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 
@@ -31,9 +34,51 @@ from skipvqvc_jax import fileio, models
 from skipvqvc_jax.errors import CheckpointError, TrainingError
 
 CONFIG_FILE = 'config.json'
+MODEL_FILE = 'model.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """What `model.json` says of a saved model: how to build it, and where a training checkpoint keeps
+  its parameters (('params',) for a voice-conversion run, ('params', 'generator') for a vocoder's)."""
+
+  spec: dict  # `models.build(**spec)` rebuilds the model
+  state_path: tuple[str, ...] = ('params',)
+
+  @property
+  def kind(self) -> str:
+    """The model's kind: 'voice_conversion' or 'vocoder' (`models.kind_of`)."""
+    return models.kind_of(self.spec['name'])
+
+  def to_json(self) -> dict:
+    return dict(model=self.spec, state_path=list(self.state_path))
+
+  @classmethod
+  def from_json(cls, data: dict) -> ModelInfo:
+    if 'model' not in data:  # a model directory written before state_path: the spec alone
+      return cls(dict(data))
+    return cls(dict(data['model']), tuple(data.get('state_path', ('params',))))
+
+
+def write_model_info(directory: str, info: ModelInfo) -> None:
+  fileio.save_json(os.path.join(directory, MODEL_FILE), info.to_json())
+
+
+def read_model_info(source: str) -> ModelInfo:
+  """The `model.json` of a model directory or a training workdir."""
+  path = os.path.join(source, MODEL_FILE)
+  if os.path.isfile(path):
+    return ModelInfo.from_json(fileio.load_json(path))
+  if is_workdir(source):
+    raise CheckpointError(
+      f'{source} has no {MODEL_FILE} (workdirs written before skipvqvc_jax 0.2 lack it): rerun its '
+      f'training command once; it resumes at its last step and writes {MODEL_FILE}'
+    )
+  raise CheckpointError(f'{source}: not a model directory or a training workdir (no {MODEL_FILE})')
 
 
 # ---- model directories ----------------------------------------------------------------------------
+
 
 def save_model(directory: str, model) -> None:
   """Writes `model` to a new `directory`, atomically: it appears complete or not at all."""
@@ -45,8 +90,8 @@ def save_model(directory: str, model) -> None:
   staging = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.', dir=parent)
   try:
     os.chmod(staging, fileio.public_mode(directory=True))  # mkdtemp's own mode is 0700
-    with open(os.path.join(staging, 'model.json'), 'w') as f:
-      json.dump(model.spec(), f, indent=1)
+    with open(os.path.join(staging, MODEL_FILE), 'w') as f:
+      json.dump(ModelInfo(model.spec()).to_json(), f, indent=1)
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.join(staging, 'params'), nnx.state(model, nnx.Param))
       checkpointer.wait_until_finished()
@@ -57,22 +102,52 @@ def save_model(directory: str, model) -> None:
 
 
 def is_model_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, 'model.json'))
+  return os.path.isfile(os.path.join(path, MODEL_FILE)) and not is_workdir(path)
 
 
-def load_model(directory: str):
-  """Rebuilds the model saved in `directory` and restores its parameters onto the default device."""
-  if not is_model_dir(directory):
-    raise CheckpointError(f'{directory}: no model.json; not a saved skipvqvc_jax model')
-  model = models.build(**fileio.load_json(os.path.join(directory, 'model.json')))
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model, nnx.Param))
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.abspath(os.path.join(directory, 'params')), abstract)
+def load(source: str, step: int | None = None):
+  """The model of a model directory, or of a training workdir's checkpoint at `step` (default: the
+  newest intact one), rebuilt from its model.json, its parameters on the default device."""
+  info = read_model_info(source)
+  model = models.build(**info.spec)
+  params = nnx.state(model, nnx.Param)
+  if not is_workdir(source):
+    if step is not None:
+      raise CheckpointError(f'{source} is a model directory: it has no steps to choose from')
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+    with ocp.StandardCheckpointer() as checkpointer:
+      nnx.update(model, checkpointer.restore(os.path.abspath(os.path.join(source, 'params')), abstract))
+    return model
+  # A training checkpoint holds the whole train state: read only the model's subtree of it.
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(params))
+  for key in reversed(info.state_path):
+    abstract = {key: abstract}
+  with TrainCheckpoints(source, async_save=False) as ckpt:
+    restored = ckpt.restore_subtree(abstract, step)
+  for key in info.state_path:
+    restored = restored[key]
+  nnx.replace_by_pure_dict(params, restored)
   nnx.update(model, params)
   return model
 
 
+def load_matching(source: str, spec: dict, ignore: tuple = ()):
+  """`load(source)`, refused unless it is built as `spec` says (but for `ignore`d sizes): what a run's
+  `init_from` starts from."""
+  loaded = load(source)
+  found = {k: v for k, v in loaded.spec().items() if k not in ignore}
+  if found != {k: v for k, v in spec.items() if k not in ignore}:
+    raise TrainingError(f'init_from {source} holds {loaded.spec()}, not the configured {spec}')
+  return loaded
+
+
+def params_of(model) -> dict:
+  """A model's parameters as a pure dict of arrays (what a train state holds)."""
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
 # ---- training workdirs ----------------------------------------------------------------------------
+
 
 def is_workdir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, CONFIG_FILE))
@@ -100,22 +175,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
       # training ran, so such a path is still taken as it is where only that one exists.
       inside = os.path.join(workdir, path)
       config.data[key] = os.path.abspath(
-          path if os.path.exists(path) and not os.path.exists(inside) else inside)
+        path if os.path.exists(path) and not os.path.exists(inside) else inside
+      )
   return config
-
-
-def task_of(config) -> str:
-  return config.get('task', 'voice_conversion')
-
-
-def inference_spec(config) -> tuple[dict, tuple[str, ...]]:
-  """(the `models.build` arguments of the model a run trains for inference, where its parameters sit
-  in the train state): the voice-conversion model, or a vocoder run's generator."""
-  if task_of(config) == 'vocoder':
-    return (dict(name='melgan', n_mels=config.features.n_mels, ngf=config.generator.ngf,
-                 residual_layers=config.generator.residual_layers), ('params', 'generator'))
-  return (dict(name=config.model.name, channel=config.model.channel, n_embed=config.model.n_embed,
-               in_channel=config.features.n_mels, gru_init=config.model.gru_init), ('params',))
 
 
 class TrainCheckpoints:
@@ -262,53 +324,7 @@ def _check_fits(stored, abstract, path: str, exact: bool = False) -> None:
         missing and f'{len(missing)} parameters missing (first {missing[0]})',
         extra and f'{len(extra)} more parameters stored (first {extra[0]})',
         wrong and f'{wrong[0]} is {have[wrong[0]]}, the model has {want[wrong[0]]}']))
-    raise CheckpointError(f'{path} does not fit the model in its config.json: {detail}')
-
-
-class WorkdirLock:
-  """One training run per workdir: {workdir}/.lock holds the owner's pid, host and start time, and the
-  owner holds an exclusive flock on it, which the kernel drops when the process dies however it dies.
-  A second run is refused naming the owner; a lock left by a dead process is taken over, saying so."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, '.lock')
-    self._file = None
-
-  def acquire(self) -> None:
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    f = open(self.path, 'a+')  # pylint: disable=consider-using-with  (held for the whole run)
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      f.seek(0)
-      owner = f.read().strip()
-      f.close()
-      raise TrainingError(f'{os.path.dirname(self.path)} is in use by another run ({owner or "starting"})'
-                          f': wait for it to finish, or train in another --workdir') from None
-    f.seek(0)
-    previous = f.read().strip()
-    if previous:
-      logging.warning('taking over the lock of a run that is gone (%s)', previous)
-    f.seek(0)
-    f.truncate()
-    f.write(f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}')
-    f.flush()
-    self._file = f
-
-  def release(self) -> None:
-    if self._file is not None:
-      self._file.seek(0)
-      self._file.truncate()  # an empty lock file is a free workdir (deleting it would race a waiter)
-      fcntl.flock(self._file, fcntl.LOCK_UN)
-      self._file.close()
-      self._file = None
-
-  def __enter__(self):
-    self.acquire()
-    return self
-
-  def __exit__(self, *exc):
-    self.release()
+    raise CheckpointError(f'{path} does not fit the model in its model.json: {detail}')
 
 
 def saved_steps(workdir: str) -> list[int]:
@@ -319,44 +335,3 @@ def saved_steps(workdir: str) -> list[int]:
 def latest_step(workdir: str) -> int | None:
   steps = saved_steps(workdir)
   return steps[-1] if steps else None
-
-
-def restore_model(workdir: str, step: int | None = None):
-  """The inference model of a training workdir at `step` (default: the latest), on this host."""
-  spec, path = inference_spec(read_config(workdir))
-  model = models.build(**spec)
-  params = nnx.state(model, nnx.Param)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(params))
-  for key in reversed(path):
-    abstract = {key: abstract}
-  with TrainCheckpoints(workdir, async_save=False) as ckpt:
-    restored = ckpt.restore_subtree(abstract, step)
-  for key in path:
-    restored = restored[key]
-  nnx.replace_by_pure_dict(params, restored)
-  nnx.update(model, params)
-  return model
-
-
-def load(source: str, step: int | None = None):
-  """The model of a model directory, or of a training workdir's checkpoint (default: the latest)."""
-  if is_model_dir(source):
-    return load_model(source)
-  if not is_workdir(source):
-    raise CheckpointError(f'{source}: not a model directory or a training workdir')
-  return restore_model(source, step)
-
-
-def load_matching(source: str, spec: dict, ignore: tuple = ()):
-  """`load(source)`, refused unless it is built as `spec` says (but for `ignore`d sizes): what a run's
-  `init_from` starts from."""
-  loaded = load(source)
-  found = {k: v for k, v in loaded.spec().items() if k not in ignore}
-  if found != {k: v for k, v in spec.items() if k not in ignore}:
-    raise TrainingError(f'init_from {source} holds {loaded.spec()}, not the configured {spec}')
-  return loaded
-
-
-def params_of(model) -> dict:
-  """A model's parameters as a pure dict of arrays (what a train state holds)."""
-  return nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -49,7 +49,7 @@ class Speaker(NamedTuple):
 class Converter:
   """A restored model and everything needed to convert audio files with it."""
 
-  def __init__(self, model, config, trainer: trainers.Trainer, vocoder: str = 'griffin_lim',
+  def __init__(self, model, config, trainer: trainers.Normalised, vocoder: str = 'griffin_lim',
                seed: int = 0):
     self.model, self.config, self.trainer = model, config, trainer
     self.params = audio.FeatureParams.from_dict(config.features)
@@ -67,15 +67,15 @@ class Converter:
       raise ConversionError(f'checkpoint workdir {workdir} does not exist')
     try:
       config = checkpoints.read_config(workdir)
-      if checkpoints.task_of(config) == 'vocoder':
+      if checkpoints.read_model_info(workdir).kind != 'voice_conversion':
         raise ConversionError(f'{workdir} trains a vocoder, not a voice-conversion model: pass it '
                               f'as --vocoder={workdir} and --workdir a voice-conversion run')
-      model = checkpoints.restore_model(workdir, step)
+      model = checkpoints.load(workdir, step)
       trainer = trainers.get(config.trainer, os.path.join(workdir, corpus.STATS_FILE))
     except UserError as e:
       raise ConversionError(str(e)) from None
     except (ValueError, KeyError) as e:  # orbax: the stored tree is not this model's
-      raise ConversionError(f'{workdir}: its checkpoint does not fit the model in its config.json '
+      raise ConversionError(f'{workdir}: its checkpoint does not fit the model in its model.json '
                             f'({type(e).__name__})') from None
     return cls(model, config, trainer, vocoder)
 
@@ -127,7 +127,7 @@ class Converter:
 
   def _decode_raw(self, enc, speaker: Speaker, frames: int) -> list[np.ndarray]:
     out = self._decode(self._state, enc, speaker, self.rng)
-    scales = [np.asarray(o[0]) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    scales = [np.asarray(o[0]) for o in out]
     n_mels, padded = scales[-1].shape
     return [self.trainer.denormalize_bands(mel, n_mels)[:, :-(-frames * mel.shape[1] // padded)]
             for mel in scales]

@@ -66,20 +66,20 @@ def _vocoder_section(assets: str, metrics: dict, resynthesis: dict, sample_rate:
 
 
 
-def write_report(out_dir, assets, metrics, pairs, converter, resynthesis: dict) -> None:
-  """A static page: metrics table, the vocoders, and per pair the mels as images and the audio as
-  players."""
+def write_report(out_dir, assets, metrics, results, converter, resynthesis: dict) -> None:
+  """A static page: metrics table, the vocoders, and per pair (`evaluate.PairResult`: what the
+  evaluation computed) the mels as images and the audio as players."""
   rows = ''.join(f'<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>' if isinstance(v, float)
                  else f'<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>'
                  for k, v in flat(metrics).items())
   sections = []
-  for i, pair in enumerate(pairs):
-    source = input_pipeline.load_features(pair['source'])
-    recon_scales, _ = converter.reconstruct_scales(source)
-    mels = dict(source=source, target_reference=input_pipeline.load_features(pair['reference']),
-                reconstruction=recon_scales[-1], conversion=pair['converted_mel'])
-    if pair['parallel']:
-      mels['target_same_sentence'] = input_pipeline.load_features(pair['parallel'])
+  for i, result in enumerate(results):
+    pair = result.pair
+    mels = dict(source=input_pipeline.load_features(pair.source),
+                target_reference=input_pipeline.load_features(pair.reference),
+                reconstruction=result.reconstruction_scales[-1], conversion=result.converted_mel)
+    if pair.parallel:
+      mels['target_same_sentence'] = input_pipeline.load_features(pair.parallel)
     cells = []
     for name, mel in mels.items():
       stem = f'pair{i:02d}_{name}'
@@ -88,18 +88,20 @@ def write_report(out_dir, assets, metrics, pairs, converter, resynthesis: dict) 
                         converter.vocoder.sample_rate)
       cells.append(f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
                    f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>')
-    if len(recon_scales) > 1:  # a multi-scale model: its coarser outputs, as images
-      for name, outputs in (('reconstruction', recon_scales), ('conversion', pair['converted_scales'])):
-        for j, mel in enumerate(outputs[:-1]):
-          stem = f'pair{i:02d}_{name}_d{j}'
-          _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))
-          cells.append(f'<figure><figcaption>{name}, scale d{j} ({mel.shape[0]} bands, 1/'
-                       f'{2 ** (len(outputs) - 1 - j)} frame rate)</figcaption><img '
-                       f'src="assets/{stem}.png" alt="{name} scale d{j} mel"></figure>')
-    scores = (f'log-mel cepstral distortion {pair["lmcd_db"]:.2f} dB (no conversion: {pair["baseline_lmcd_db"]:.2f} dB)'
-              if pair.get('lmcd_db') is not None else 'no parallel recording')
-    sections.append(f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair["source"]))} &rarr; '
-                    f'{html.escape(pair["target_speaker"])}</h3><p>{scores}</p>{"".join(cells)}'
+    scales = (('reconstruction', result.reconstruction_scales),
+              ('conversion', result.converted_scales))
+    for name, outputs in scales:  # a multi-scale model's coarser outputs, as images
+      for j, mel in enumerate(outputs[:-1]):
+        stem = f'pair{i:02d}_{name}_d{j}'
+        _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))
+        cells.append(f'<figure><figcaption>{name}, scale d{j} ({mel.shape[0]} bands, 1/'
+                     f'{2 ** (len(outputs) - 1 - j)} frame rate)</figcaption><img '
+                     f'src="assets/{stem}.png" alt="{name} scale d{j} mel"></figure>')
+    scores = (f'log-mel cepstral distortion {result.lmcd_db:.2f} dB (no conversion: '
+              f'{result.baseline_lmcd_db:.2f} dB)' if result.lmcd_db is not None
+              else 'no parallel recording')
+    sections.append(f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair.source))} &rarr; '
+                    f'{html.escape(pair.target_speaker)}</h3><p>{scores}</p>{"".join(cells)}'
                     f'</section>')
   page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>skipvqvc_jax evaluation, step {metrics['step']}</title>

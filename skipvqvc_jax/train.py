@@ -1,62 +1,26 @@
-"""Training: the one loop (`train_and_evaluate`) and the contract of the tasks it runs (`Task`).
+"""Training: the one loop (`train_and_evaluate`), the same for every task.
 
-The loop is the same for every task (`tasks.make`: voice conversion or a vocoder): where the run starts
-(`starting_state`), data order, the jitted step, evaluation and samples, orbax checkpoints with the data
-iterator's position, preemption and divergence. Everything task-specific is behind `Task`.
+The loop owns where a run starts (`starting_state`), data order, the jitted step, evaluation and
+samples, orbax checkpoints with the data iterator's position, preemption and divergence. Everything
+task-specific (voice conversion or a vocoder) is behind `tasks.Task`.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import signal
 import time
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import jax
 import ml_collections
 from absl import logging
 
-from skipvqvc_jax import checkpoints, input_pipeline, progress, sharding, summaries, tasks
+from skipvqvc_jax import checkpoints, input_pipeline, locks, progress, sharding, summaries, tasks
 from skipvqvc_jax.errors import ConfigError, TrainingError
 from skipvqvc_jax.fileio import save_json
-
-
-class Task(Protocol):
-  """What the loop asks of a task (`tasks/voice_conversion.py`, `tasks/vocoder.py`).
-
-  A task owns its data, its models, its initial state, the jitted train step, the host-side
-  preparation of each batch, evaluation and samples; the loop owns order, checkpoints, logging and
-  stopping. States are dicts of arrays with at least `params` and an int32 `step`.
-  """
-
-  data: input_pipeline.Data  # the resolved feature folders (written to config.json)
-  log_keys: tuple[str, ...]  # metrics on the console line
-  model_spec: dict  # the spec of the model `init_from` must match (`models.build` arguments)
-  init_ignore: tuple[str, ...]  # spec entries `init_from` may differ in
-  train_step: Callable[[dict, dict], tuple[dict, dict]]  # jitted (state, global batch) ->
-  # (state, metrics); metrics hold `loss` and `finite` (False: the state was left unchanged)
-
-  @property
-  def traces(self) -> int:
-    """How many times the train step was traced (compiled)."""
-
-  def initial_state(self, params: dict | None = None) -> dict:
-    """The host state at step 0, from `params` of the inference model (init_from) when given."""
-
-  def dataset(self):
-    """This process's endless stream of training batches (a grain MapDataset)."""
-
-  def inputs(self, batch: dict, step: int) -> dict:
-    """Host-side: batch `step` of the dataset -> this process's share of the step's inputs."""
-
-  def prepare_workdir(self, workdir: str) -> None:
-    """Writes what a restore of the workdir needs besides config.json and checkpoints."""
-
-  def test_metrics(self, state: dict) -> dict:
-    """Mean metrics over fixed test batches."""
-
-  def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
-    """Mel images and audio to TensorBoard."""
+from skipvqvc_jax.tasks import Task
 
 
 class _StopRequests:
@@ -109,29 +73,30 @@ def check_workdir(workdir: str) -> None:
     raise ConfigError(f'--workdir {workdir} is a file, not a folder: choose another --workdir')
 
 
-def _save_config(config, workdir: str, data: input_pipeline.Data) -> None:
-  """config.json with the resolved data folders: what a restore reads instead of flags."""
+def _describe_workdir(config, workdir: str, task: Task) -> None:
+  """config.json with the resolved data folders, and the task's model.json: what a restore reads
+  instead of flags."""
   resolved = config.to_dict()
-  resolved['data'].update({key: checkpoints.portable_path(getattr(data, key), workdir)
+  resolved['data'].update({key: checkpoints.portable_path(getattr(task.data, key), workdir)
                            for key in checkpoints.DATA_PATHS})
   save_json(os.path.join(workdir, checkpoints.CONFIG_FILE), resolved)
+  checkpoints.write_model_info(workdir, task.model_info(config))
 
 
 def _check_same_run(config, workdir: str) -> None:
   """Refuses to resume a workdir whose checkpoints belong to another model or task, before its
-  config.json (which conversion and evaluation read) is touched."""
-  if not checkpoints.is_workdir(workdir):
-    return
-  old = checkpoints.read_config(workdir)
-  (old_spec, _), (new_spec, _) = checkpoints.inference_spec(old), checkpoints.inference_spec(config)
-  if checkpoints.task_of(old) != checkpoints.task_of(config) or old_spec != new_spec:
+  config.json and model.json (which conversion and evaluation read) are touched."""
+  if not os.path.isfile(os.path.join(workdir, checkpoints.MODEL_FILE)):
+    return  # written before model.json: the restore itself checks every parameter's shape
+  old, new = checkpoints.read_model_info(workdir), tasks.model_info(config)
+  if old != new:
     raise TrainingError(
-        f'{workdir} holds a run of {old_spec}; this config trains {new_spec}: choose another '
+        f'{workdir} holds a run of {old.spec}; this config trains {new.spec}: choose another '
         f'--workdir, or add --config.resume=False to move its checkpoints aside and start anew')
 
 
 def _move_checkpoints_aside(ckpt: checkpoints.TrainCheckpoints, config, workdir: str):
-  """resume=False: the old checkpoints (with the config.json that describes them) go to
+  """resume=False: the old checkpoints (with the config.json and model.json that describe them) go to
   checkpoints.old-<time>/, and a new manager starts."""
   if jax.process_index() == 0:
     aside = f'{ckpt.directory}.old-{time.strftime("%Y%m%d-%H%M%S")}'
@@ -139,8 +104,9 @@ def _move_checkpoints_aside(ckpt: checkpoints.TrainCheckpoints, config, workdir:
                     ckpt.latest_step(), aside)
     ckpt.close()
     os.rename(ckpt.directory, aside)
-    if checkpoints.is_workdir(workdir):
-      shutil.copy2(os.path.join(workdir, checkpoints.CONFIG_FILE), aside)
+    for name in (checkpoints.CONFIG_FILE, checkpoints.MODEL_FILE):
+      if os.path.isfile(os.path.join(workdir, name)):
+        shutil.copy2(os.path.join(workdir, name), aside)
   sharding.sync('move-checkpoints')
   return checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
 
@@ -172,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns a summary."""
   check_config(config)
   check_workdir(workdir)
-  lock = checkpoints.WorkdirLock(workdir)
+  lock = locks.WorkdirLock(workdir)
   if jax.process_index() == 0:
     lock.acquire()
   try:
@@ -181,7 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     lock.release()
 
 
-def _train(config, workdir: str) -> dict[str, Any]:
+def _open_run(config, workdir: str):
+  """(checkpoints, mesh, task) of a run, after the checks a resume must pass; config.json and
+  model.json written."""
   ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
   if ckpt.latest_step() is not None:
     if config.resume:
@@ -192,97 +160,125 @@ def _train(config, workdir: str) -> dict[str, Any]:
   task = tasks.make(config, workdir, mesh)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    _save_config(config, workdir, task.data)
+    _describe_workdir(config, workdir, task)
     task.prepare_workdir(workdir)
+  return ckpt, mesh, task
 
+
+def _train(config, workdir: str) -> dict[str, Any]:
+  ckpt, mesh, task = _open_run(config, workdir)
   state, data_state = starting_state(task, config, ckpt, mesh)
   iterator = input_pipeline.make_iterator(task.dataset(), prefetch=config.data.prefetch)
   if data_state is not None:
     iterator.set_state(data_state)
-
-  writer = summaries.Writer(workdir)
-  step = int(jax.device_get(state['step']))
-  summary: dict[str, Any] = dict(start_step=step, evals={}, status='finished')
-
-  paused = [0.0]  # seconds of evaluation and checkpointing since the last log line
-
-  def run_eval(step):
-    start = time.perf_counter()
-    metrics = task.test_metrics(state)
-    writer.scalars(step, metrics, 'test/')
-    task.write_samples(writer, state, step)
-    writer.flush()
-    summary['evals'][step] = metrics
-    logging.info('step %d: test %s', step, _metrics_line(metrics, task.log_keys))
-    paused[0] += time.perf_counter() - start
-
-  saved = [None]  # the last step saved by this run
-
-  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-
-  def save(step, force=False):
-    start = time.perf_counter()
-    if saved[0] != step:  # a stop request right after a checkpoint step has nothing left to save
-      _check_free_space(ckpt, state_bytes)
-      ckpt.save(step, state, iterator.get_state(), force=force)
-      saved[0] = step
-    paused[0] += time.perf_counter() - start
-
-  if step == 0:
-    run_eval(0)
-  previous = None  # the last step's metrics, checked one step late to keep the device busy
-  timer, timed_steps = time.perf_counter(), 0
-  rate = None  # steps/s, smoothed over log intervals, without compilation and evaluation pauses
-  first_step_done = False
+  run = _Run(config, task, ckpt, iterator, summaries.Writer(workdir), state)
+  if run.step == 0:
+    run.evaluate()
   with _StopRequests() as stop:
-    while step < config.num_train_steps:
-      if stop.requested or ckpt.reached_preemption(step):
-        logging.warning('%s: saving step %d and stopping',
-                        'preemption requested' if stop.requested != 'SIGINT' else 'interrupted', step)
-        save(step, force=True)
-        summary['status'] = 'preempted' if stop.requested != 'SIGINT' else 'interrupted'
+    while run.step < config.num_train_steps:
+      if stop.requested or ckpt.reached_preemption(run.step):
+        run.stop(stop.requested)
         break
-      inputs = task.inputs(next(iterator), step)
-      state, metrics = task.train_step(state, sharding.global_batch(mesh, inputs))
-      if previous is not None:
-        _check_finite(*previous, ckpt)
-      step += 1
-      previous = (metrics, step)
-      timed_steps += 1
-      if not first_step_done:  # the first step compiles: time the ones after it
-        jax.block_until_ready(metrics)
-        timer, timed_steps, paused[0] = time.perf_counter(), 0, 0.0
-        first_step_done = True
-      if step % config.log_every_steps == 0 or step == config.num_train_steps:
-        _check_finite(*previous, ckpt)
-        host = jax.device_get(metrics)
-        elapsed = time.perf_counter() - timer - paused[0]
-        if timed_steps and elapsed > 0:
-          rate = timed_steps / elapsed if rate is None else 0.7 * rate + 0.3 * timed_steps / elapsed
-        host = {k: float(v) for k, v in host.items() if k != 'finite'}
-        writer.scalars(step, dict(host, steps_per_sec=rate or 0.0), 'train/')
-        eta = (config.num_train_steps - step) / rate if rate else 0
-        speed = (f'{rate:.2f} steps/s | ETA {progress.duration(eta)}' if rate
-                 else 'steps/s from the next line on (the first step compiles)')
-        logging.info('step %d/%d | %s | %s', step, config.num_train_steps,
-                     _metrics_line(host, task.log_keys), speed)
-        summary['last_train'] = host
-        summary.setdefault('train_losses', {})[step] = host['loss']
-        timer, timed_steps, paused[0] = time.perf_counter(), 0, 0.0
-      if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-        run_eval(step)
-      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-        _check_finite(*previous, ckpt)
-        save(step)
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
-  summary.update(step=step, compiles=task.traces, checkpoint_dir=ckpt.directory)
-  if jax.process_index() == 0:
-    save_json(os.path.join(workdir, 'train_summary.json'),
-              dict(summary, evals={str(k): v for k, v in summary['evals'].items()},
-                   train_losses={str(k): v for k, v in summary.get('train_losses', {}).items()}))
-  return summary
+      run.train_step(sharding.global_batch(mesh, task.inputs(next(iterator), run.step)))
+      last = run.step == config.num_train_steps
+      if run.step % config.log_every_steps == 0 or last:
+        run.log()
+      if run.step % config.eval_every_steps == 0 or last:
+        run.evaluate()
+      if run.step % config.checkpoint_every_steps == 0 or last:
+        run.check_finite()
+        run.save()
+  return run.close(workdir)
+
+
+class _Run:
+  """A training run's moving parts between steps: the state, the last step's metrics (checked one
+  step late, to keep the device busy), the step rate without pauses, and the summary."""
+
+  def __init__(self, config, task: Task, ckpt, iterator, writer: summaries.Writer, state):
+    self.config, self.task, self.ckpt, self.iterator, self.writer = config, task, ckpt, iterator, writer
+    self.state = state
+    self.step = int(jax.device_get(state['step']))
+    self.summary: dict[str, Any] = dict(start_step=self.step, evals={}, status='finished')
+    self.state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    self.previous = None  # (metrics, step) of the last step
+    self.saved = None  # the last step saved by this run
+    self.paused = 0.0  # seconds of evaluation and checkpointing since the last log line
+    self.timer, self.timed_steps = time.perf_counter(), 0
+    self.rate = None  # steps/s, smoothed over log intervals, without compilation and pauses
+    self.compiled = False
+
+  def train_step(self, batch) -> None:
+    self.state, metrics = self.task.train_step(self.state, batch)
+    if self.previous is not None:
+      self.check_finite()
+    self.step += 1
+    self.previous = (metrics, self.step)
+    self.timed_steps += 1
+    if not self.compiled:  # the first step compiles: time the ones after it
+      jax.block_until_ready(metrics)
+      self.timer, self.timed_steps, self.paused = time.perf_counter(), 0, 0.0
+      self.compiled = True
+
+  def check_finite(self) -> None:
+    _check_finite(*self.previous, self.ckpt)
+
+  def log(self) -> None:
+    self.check_finite()
+    host = jax.device_get(self.previous[0])
+    elapsed = time.perf_counter() - self.timer - self.paused
+    if self.timed_steps and elapsed > 0:
+      rate = self.timed_steps / elapsed
+      self.rate = rate if self.rate is None else 0.7 * self.rate + 0.3 * rate
+    host = {k: float(v) for k, v in host.items() if k != 'finite'}
+    self.writer.scalars(self.step, dict(host, steps_per_sec=self.rate or 0.0), 'train/')
+    total = self.config.num_train_steps
+    eta = (total - self.step) / self.rate if self.rate else 0
+    speed = (f'{self.rate:.2f} steps/s | ETA {progress.duration(eta)}' if self.rate
+             else 'steps/s from the next line on (the first step compiles)')
+    logging.info('step %d/%d | %s | %s', self.step, total,
+                 _metrics_line(host, self.task.log_keys), speed)
+    self.summary['last_train'] = host
+    self.summary.setdefault('train_losses', {})[self.step] = host['loss']
+    self.timer, self.timed_steps, self.paused = time.perf_counter(), 0, 0.0
+
+  def evaluate(self) -> None:
+    start = time.perf_counter()
+    metrics = self.task.test_metrics(self.state)
+    self.writer.scalars(self.step, metrics, 'test/')
+    self.task.write_samples(self.writer, self.state, self.step)
+    self.writer.flush()
+    self.summary['evals'][self.step] = metrics
+    logging.info('step %d: test %s', self.step, _metrics_line(metrics, self.task.log_keys))
+    self.paused += time.perf_counter() - start
+
+  def save(self, force: bool = False) -> None:
+    start = time.perf_counter()
+    if self.saved != self.step:  # a stop request right after a checkpoint has nothing left to save
+      _check_free_space(self.ckpt, self.state_bytes)
+      self.ckpt.save(self.step, self.state, self.iterator.get_state(), force=force)
+      self.saved = self.step
+    self.paused += time.perf_counter() - start
+
+  def stop(self, requested: str | None) -> None:
+    """SIGTERM or preemption (`requested` None: orbax's preemption notice), or Ctrl-C: save, stop."""
+    interrupted = requested == 'SIGINT'
+    logging.warning('%s: saving step %d and stopping',
+                    'interrupted' if interrupted else 'preemption requested', self.step)
+    self.save(force=True)
+    self.summary['status'] = 'interrupted' if interrupted else 'preempted'
+
+  def close(self, workdir: str) -> dict[str, Any]:
+    self.ckpt.wait()
+    self.ckpt.close()
+    self.writer.close()
+    summary = dict(self.summary, step=self.step, compiles=self.task.traces,
+                   checkpoint_dir=self.ckpt.directory)
+    if jax.process_index() == 0:
+      save_json(os.path.join(workdir, 'train_summary.json'),
+                dict(summary, evals={str(k): v for k, v in summary['evals'].items()},
+                     train_losses={str(k): v for k, v in summary.get('train_losses', {}).items()}))
+    return summary
 
 
 def _check_free_space(ckpt: checkpoints.TrainCheckpoints, state_bytes: int) -> None:

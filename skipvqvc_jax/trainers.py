@@ -1,12 +1,14 @@
-"""The trainers: the few lines in which the original's training scripts differ.
+"""The trainers: the few lines in which the original's training scripts differ, as a table.
 
-A trainer says how mels are normalised before the model sees them (and how to undo it for audio), how a
-batch is augmented on the host before the step, and what the model is asked to reconstruct. Everything
+A trainer is data (`Trainer`): how mels are normalised before the model sees them (and how that is
+undone for audio), how a batch is augmented on the host before the step, and which kind of model it
+takes (single-scale or multi-scale, with a rhythm path or not). The loss is the same for all: L1 at
+every scale the model decodes (one for a single-scale model; the multi-scale models' coarser scales
+against the low bands of the target at their frame rate), plus the weighted latent loss. Everything
 else is shared: the step in `tasks/voice_conversion.py`; the loop, checkpoints and logging in `train.py`.
-
-The multi trainers (`train_multi.py`, `train_simple_normalize_multi*.py`) train the multi-scale models:
-each decoder scale is scored against the low bands of the target at its frame rate.
+A new trainer is one row of `TRAINERS` (and a new normalisation, one entry of `NORMALISATIONS`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,20 +21,93 @@ import numpy as np
 
 from skipvqvc_jax.errors import ConfigError, CorpusError
 
-NAMES = ('normal', 'mean_std', 'simple_normalize', 'rhythm', 'multi', 'simple_normalize_multi',
-         'simple_normalize_multi_rhythm')
-_MULTI_SCALE = ('multi', 'simple_normalize_multi', 'simple_normalize_multi_rhythm')
-_RHYTHM = ('rhythm', 'simple_normalize_multi_rhythm')
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """One of the original's training scripts: what it normalises, augments and trains."""
+
+  name: str
+  original: str  # the original's script
+  # raw log-mel -> model space: 'none', 'simple' (x / 2 + 1), 'mean_std' (corpus statistics / 3) or
+  # 'mean_std_unscaled' (without the / 3); see NORMALISATIONS.
+  normalisation: str
+  # The time-stretch augmentation: 'rhythm' reconstructs the (resized) input from a stretched copy's
+  # content; 'input' replaces the input by the stretched copy (the non-rhythm multi trainers).
+  stretch: str
+  multi_scale: bool  # takes the models that decode at every scale (else the single-scale ones)
+
+  @property
+  def uses_stats(self) -> bool:
+    return NORMALISATIONS[self.normalisation].stats_scale is not None
+
+  def check_model(self, model_class) -> None:
+    """A one-line ConfigError unless this trainer can train models of `model_class`."""
+    if model_class.multi_scale != self.multi_scale:
+      kind = lambda multi: 'multi-scale' if multi else 'single-scale'
+      takes = [t.name for t in TRAINERS.values() if t.multi_scale == model_class.multi_scale]
+      raise ConfigError(
+        f'--config.trainer={self.name!r} cannot train {model_class.name}: it trains '
+        f'{kind(self.multi_scale)} models; {model_class.name} takes {", ".join(takes)}'
+      )
+    if self.stretch == 'rhythm' and not model_class.takes_content_mel:
+      raise ConfigError(
+        f'--config.trainer={self.name!r} feeds a rhythm path that {model_class.name} '
+        f'does not have: the rhythm trainers and the rhythm models (vqvc+_rhythm, '
+        f'vqvc+_multi_rhythm) go together'
+      )
+
+  def bind(self, stats_file: str | None = None) -> Normalised:
+    """This trainer with its normalisation ready to use (reading the statistics it needs)."""
+    normalize, denormalize = NORMALISATIONS[self.normalisation].make(stats_file, self.name)
+    return Normalised(self, normalize, denormalize)
 
 
-def is_multi_scale(name: str) -> bool:
-  """Whether trainer `name` scores every decoder scale (it trains the vqvc+_multi* models)."""
-  return name in _MULTI_SCALE
+@dataclasses.dataclass(frozen=True)
+class Normalisation:
+  """raw log-mel <-> model space; with statistics: (mel - mean) / std / stats_scale per band."""
+
+  forward: Callable | None = None
+  inverse: Callable | None = None
+  stats_scale: float | None = None
+
+  def make(self, stats_file: str | None, trainer: str) -> tuple[Callable, Callable]:
+    if self.stats_scale is None:
+      return self.forward, self.inverse
+    mean, std = load_stats(stats_file or '', trainer)
+    mean, std, scale = mean[:, None], std[:, None], self.stats_scale  # per band, over frames
+    return (lambda m: (m - mean) / std / scale), (lambda m: m * std * scale + mean)
 
 
-def stretches_rhythm(name: str) -> bool:
-  """Whether trainer `name` feeds a stretched copy to a rhythm model's content path."""
-  return name in _RHYTHM
+NORMALISATIONS = {
+  'none': Normalisation(lambda mel: mel, lambda mel: mel),
+  # x / 2 + 1, written as the original does: (x * 25 + 50) / 50.
+  'simple': Normalisation(lambda m: (m * 25 + 50) / 50, lambda m: (m * 50 - 50) / 25),
+  'mean_std': Normalisation(stats_scale=3.0),
+  # train_multi.py: the original's VCTK mean/std (no / 3), from our statistics file.
+  'mean_std_unscaled': Normalisation(stats_scale=1.0),
+}
+
+TRAINERS = {
+  t.name: t
+  for t in (
+    Trainer('normal', 'train.py', 'none', 'none', multi_scale=False),
+    Trainer('mean_std', 'train_mean_std.py', 'mean_std', 'none', multi_scale=False),
+    Trainer('simple_normalize', 'train_simple_normalize.py', 'simple', 'none', multi_scale=False),
+    Trainer('rhythm', 'train_rhythm.py', 'none', 'rhythm', multi_scale=False),
+    Trainer('multi', 'train_multi.py', 'mean_std_unscaled', 'input', multi_scale=True),
+    Trainer(
+      'simple_normalize_multi', 'train_simple_normalize_multi.py', 'simple', 'input', True
+    ),
+    Trainer(
+      'simple_normalize_multi_rhythm',
+      'train_simple_normalize_multi_rhythm.py',
+      'simple',
+      'rhythm',
+      multi_scale=True,
+    ),
+  )
+}
+NAMES = tuple(TRAINERS)
 
 
 def latent_key(rng):
@@ -40,35 +115,45 @@ def latent_key(rng):
   return jax.random.fold_in(rng, 1)
 
 
-def multi_scale_l1(outputs, target):
-  """Sum over scales of mean |output - target|, coarsest first: a scale at 1/f of the frame rate is
-  scored against the lowest 1/f of the bands at every f-th frame (the original's nearest x1/2
-  interpolation, then keeping the lower half of the bands, once per scale)."""
+def scale_l1(outputs: list, target):
+  """Sum over the decoder's scales of mean |output - target|, coarsest first: a scale at 1/f of the
+  frame rate is scored against the lowest 1/f of the bands at every f-th frame (the original's
+  nearest x1/2 interpolation, then keeping the lower half of the bands, once per scale). A
+  single-scale model's one output is scored against the whole target. Returns (sum, per scale)."""
   losses = []
   for j, out in enumerate(outputs):
     f = 2 ** (len(outputs) - 1 - j)
-    scaled = target[:, :target.shape[1] // f, ::f]
+    scaled = target[:, : target.shape[1] // f, ::f]
     losses.append(jnp.mean(jnp.abs(out.astype(jnp.float32) - scaled)))
   return sum(losses), losses
 
 
 @dataclasses.dataclass(frozen=True)
-class Trainer:
-  name: str
-  normalize: Callable = lambda mel: mel  # raw log-mel -> model space; works on numpy and jax arrays
-  denormalize: Callable = lambda mel: mel  # model space -> raw log-mel (for vocoders and images)
-  # The time-stretch augmentation: 'rhythm' reconstructs the (resized) input from a stretched copy's
-  # content; 'input' replaces the input by the stretched copy (the non-rhythm multi trainers).
-  stretch: str = 'none'
-  multi_scale: bool = False  # for models that decode at every scale
-  uses_stats: bool = False  # normalises with the corpus statistics file
+class Normalised:
+  """A trainer with its normalisation bound: what training, conversion and samples call."""
+
+  spec: Trainer
+  normalize: Callable  # raw log-mel -> model space; works on numpy and jax arrays
+  denormalize: Callable  # model space -> raw log-mel (for vocoders and images)
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  @property
+  def stretch(self) -> str:
+    return self.spec.stretch
+
+  @property
+  def uses_stats(self) -> bool:
+    return self.spec.uses_stats
 
   def denormalize_bands(self, mel: np.ndarray, n_mels: int) -> np.ndarray:
     """Raw log-mel of the lowest mel.shape[0] of n_mels bands (a multi-scale model's coarser
     outputs), with those bands' statistics."""
     full = np.zeros((n_mels, mel.shape[-1]), np.float32)
-    full[:mel.shape[0]] = mel
-    return np.asarray(self.denormalize(full))[:mel.shape[0]]
+    full[: mel.shape[0]] = mel
+    return np.asarray(self.denormalize(full))[: mel.shape[0]]
 
   def augment(self, mel: np.ndarray, rng: np.random.Generator) -> dict:
     """Host-side: a batch of raw mels -> the step's inputs (`mel`, plus `content_mel` for rhythm)."""
@@ -80,37 +165,34 @@ class Trainer:
     return dict(mel=target, content_mel=stretched)
 
   def reconstruct(self, model, inputs: dict, rng):
-    """The model's reconstruction of normalised inputs['mel'], and its encoding."""
+    """The model's reconstruction of normalised inputs['mel'] (every scale), and its encoding."""
+    content_mel = inputs.get('content_mel')
     mel = self.normalize(inputs['mel'])
-    if 'content_mel' in inputs:
-      return model.reconstruct(mel, self.normalize(inputs['content_mel']), rng=rng)
-    return model.reconstruct(mel, rng=rng)
+    return model.reconstruct(mel, None if content_mel is None else self.normalize(content_mel), rng=rng)
 
   def loss(self, model, inputs: dict, rng, latent_weight: float):
-    """L1 reconstruction + latent_weight * latent loss, in normalised space (as the original).
+    """L1 at every scale + latent_weight * latent loss, in normalised space (as the original).
 
-    aux: the two terms, the codes, per-scale L1 terms (multi-scale) and the codebooks after a
-    max_norm lookup's renormalisation, which the step writes back (`renormed_codebooks`)."""
+    aux: the two terms, the codes, the per-scale L1 terms and the codebooks after a max_norm
+    lookup's renormalisation, which the step writes back (`renormed_codebooks`)."""
     recon, enc = self.reconstruct(model, inputs, rng)
-    target = self.normalize(inputs['mel'])
-    aux = {}
-    if self.multi_scale:
-      recon_loss, aux['recon_losses'] = multi_scale_l1(recon, target)
-      latent_loss = enc.latent_loss + model.training_latent(enc, latent_key(rng))
-    else:
-      recon_loss = jnp.mean(jnp.abs(recon.astype(jnp.float32) - target))
-      latent_loss = enc.latent_loss
+    recon_loss, recon_losses = scale_l1(recon, self.normalize(inputs['mel']))
+    latent_loss = enc.latent_loss + model.training_latent(enc, latent_key(rng))
+    aux = dict(recon_losses=recon_losses)
     if enc.extras and 'renormed_codebooks' in enc.extras:
       aux['renormed_codebooks'] = enc.extras['renormed_codebooks']
     latent_loss = jnp.asarray(latent_loss, jnp.float32)
     return recon_loss + latent_weight * latent_loss, dict(
-        aux, recon_loss=recon_loss, latent_loss=latent_loss, codes=enc.codes)
+      aux, recon_loss=recon_loss, latent_loss=latent_loss, codes=enc.codes
+    )
 
 
 def load_stats(path: str, trainer: str = 'mean_std') -> tuple[np.ndarray, np.ndarray]:
   if not os.path.isfile(path):
-    raise CorpusError(f'the {trainer} trainer needs per-band statistics: {path} not found; '
-                             f'preprocess.py writes it, or set --config.data.stats_file')
+    raise CorpusError(
+      f'the {trainer} trainer needs per-band statistics: {path} not found; '
+      f'preprocess.py writes it, or set --config.data.stats_file'
+    )
   with np.load(path) as stats:
     mean, std = stats['mean'].astype(np.float32), stats['std'].astype(np.float32)
   if mean.ndim != 1 or mean.shape != std.shape:
@@ -118,34 +200,16 @@ def load_stats(path: str, trainer: str = 'mean_std') -> tuple[np.ndarray, np.nda
   return mean, np.maximum(std, 1e-5)
 
 
-def _simple_normalize(name: str, **kwargs) -> Trainer:
-  """x / 2 + 1, written as the original does: (x * 25 + 50) / 50."""
-  return Trainer(name, normalize=lambda m: (m * 25 + 50) / 50,
-                 denormalize=lambda m: (m * 50 - 50) / 25, **kwargs)
+def spec(name: str) -> Trainer:
+  """The table's row of trainer `name`."""
+  if name not in TRAINERS:
+    raise ConfigError(f'unknown trainer {name!r}; valid trainers: {", ".join(TRAINERS)}')
+  return TRAINERS[name]
 
 
-def _mean_std(name: str, stats_file: str | None, scale: float, **kwargs) -> Trainer:
-  mean, std = load_stats(stats_file or '', name)
-  mean, std = mean[:, None], std[:, None]  # per band, broadcast over frames
-  return Trainer(name, normalize=lambda m: (m - mean) / std / scale,
-                 denormalize=lambda m: m * std * scale + mean, uses_stats=True, **kwargs)
-
-
-def get(name: str, stats_file: str | None = None) -> Trainer:
-  """Trainer `name`; `mean_std` and `multi` read their statistics from stats_file."""
-  if name not in NAMES:
-    raise ConfigError(f'unknown trainer {name!r}; valid trainers: {", ".join(NAMES)}')
-  # The non-rhythm multi trainers replace the input by its stretched copy.
-  kwargs = dict(multi_scale=is_multi_scale(name),
-                stretch='rhythm' if stretches_rhythm(name) else 'input' if is_multi_scale(name)
-                else 'none')
-  if name in ('normal', 'rhythm'):
-    return Trainer(name, **kwargs)
-  if name == 'mean_std':
-    return _mean_std(name, stats_file, 3.0, **kwargs)
-  if name == 'multi':  # the original's VCTK mean/std (no /3 here), from our statistics file
-    return _mean_std(name, stats_file, 1.0, **kwargs)
-  return _simple_normalize(name, **kwargs)  # simple_normalize, simple_normalize_multi[_rhythm]
+def get(name: str, stats_file: str | None = None) -> Normalised:
+  """Trainer `name`, bound to its normalisation (`mean_std` and `multi` read stats_file)."""
+  return spec(name).bind(stats_file)
 
 
 # ---- the rhythm augmentation ----------------------------------------------------------------------

@@ -92,6 +92,16 @@ def tiny_config(features, preset='vqvc_plus.py:tiny', **overrides):
   return config
 
 
+@pytest.fixture(scope='session')
+def workdir(small_features, tmp_path_factory):
+  """A tiny voice-conversion run of 4 steps (checkpoints at 2 and 4): what conversion and
+  evaluation tests restore."""
+  from skipvqvc_jax import train
+  path = tmp_path_factory.mktemp('run')
+  train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(path))
+  return path
+
+
 def main_flags(features, workdir, preset='vqvc_plus.py:tiny', **overrides):
   """main.py flags that train tiny_config(features, preset, **overrides) in `workdir`."""
   overrides = {'data.train_dir': features / 'train', 'data.test_dir': features / 'test', **overrides}

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import soundfile as sf
 
-from skipvqvc_jax import corpus, evaluate, fileio, preprocessing
+from skipvqvc_jax import corpus, fileio, preprocessing
+from skipvqvc_jax import pairs as eval_pairs
 from tests import audio_fixtures
 
 QUIET = dict(workers=1, progress=False, log=lambda _: None)
@@ -128,14 +129,14 @@ def test_parallel_pairs_need_the_same_text_not_the_same_number(tmp_path):
   preprocessing.preprocess(str(root), str(tmp_path / 'out'), test_speakers=['p225', 'p226'],
                            **QUIET)
   files = sorted(str(p) for p in (tmp_path / 'out' / 'test').glob('*.npy'))
-  said = evaluate.sentences(files)
+  said = eval_pairs.sentences(files)
   assert said[files[0]] == 'please call stella'  # normalised
-  pairs = evaluate.choose_pairs(files, 40, seed=0, said=said)
-  parallel = [p for p in pairs if p['parallel']]
+  pairs = eval_pairs.choose_pairs(files, 40, seed=0, said=said)
+  parallel = [p for p in pairs if p.parallel]
   assert parallel and len(parallel) < len(pairs)  # only sentence 1 is shared
   for pair in parallel:
-    assert said[pair['source']] == said[pair['parallel']] == 'please call stella'
+    assert said[pair.source] == said[pair.parallel] == 'please call stella'
   for pair in pairs:
-    assert said[pair['reference']] != said[pair['source']]
+    assert said[pair.reference] != said[pair.source]
   assert np.load(files[0]).shape[0] == 80
   assert fileio.load_json(tmp_path / 'out' / 'manifest.json')['layout']['name'] == 'vctk-0.80'

@@ -125,12 +125,32 @@ def test_gru_initial_state_noise_is_explicit_and_optional():
 def test_convert_uses_target_speaker_and_broadcasts_one_target():
   model = models.build('vqvc+', gru_init='zeros', **SMALL)
   source, target = _mel(3, 64, seed=1), _mel(1, 48, seed=2) + 1.0
-  converted = model.convert(source, target)
+  converted = models.final_mel(model.convert(source, target))
   assert converted.shape == (3, 80, 64)
   src, tgt = model.encode(source), model.encode(target)
   speaker = [jnp.broadcast_to(t, (3,) + t.shape[1:]) for t in tgt.speaker]
-  np.testing.assert_allclose(converted, model.decode(src.content, speaker, src.std), atol=1e-5)
-  assert np.abs(np.asarray(converted) - np.asarray(model.reconstruct(source)[0])).max() > 1e-3
+  np.testing.assert_allclose(converted, model.decode(src.content, speaker, src.std)[-1], atol=1e-5)
+  assert np.abs(np.asarray(converted) - np.asarray(model.reconstruct(source)[0][-1])).max() > 1e-3
+
+
+@pytest.mark.parametrize('name', models.names())
+def test_every_model_decodes_to_a_list_of_scales_ending_with_the_mel(name):
+  model = models.build(name, gru_init='zeros', **SMALL)
+  mel = _mel(1, model.frame_multiple * 2)
+  recon, enc = model.reconstruct(mel)
+  assert isinstance(recon, list) and len(recon) == (3 if model.multi_scale else 1)
+  # Coarsest first: scale j of a multi-scale model has 1/2^(2-j) of the bands and frames.
+  assert [r.shape for r in recon] == [
+    (1, 80 >> (len(recon) - 1 - j), mel.shape[2] >> (len(recon) - 1 - j)) for j in range(len(recon))
+  ]
+  from_codes = model.decode_codes(enc.codes, enc.speaker, enc.std, enc.rhythm)
+  assert [r.shape for r in from_codes] == [r.shape for r in recon]
+  if not model.takes_content_mel:
+    with pytest.raises(ValueError, match='no rhythm path'):
+      model.encode(mel, mel)
+  if name != 'vqvc+_cvae':
+    with pytest.raises(ValueError, match='draws no noise'):
+      model.encode(mel, noise=[None] * 3)
 
 
 def test_rhythm_model_takes_rhythm_from_its_first_input():

@@ -20,7 +20,7 @@ DEMO = REPO / 'data' / 'demo_corpus'
 
 
 def _codebook_norms(workdir):
-  model = checkpoints.restore_model(str(workdir))
+  model = checkpoints.load(str(workdir))
   return [np.linalg.norm(np.asarray(q.embedding[...]), axis=1) for q in model.quantize]
 
 

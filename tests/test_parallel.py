@@ -28,7 +28,7 @@ def _losses(workdir):
 
 
 def _params(workdir):
-  return jax.tree.leaves(nnx.to_pure_dict(nnx.state(checkpoints.restore_model(str(workdir)), nnx.Param)))
+  return jax.tree.leaves(nnx.to_pure_dict(nnx.state(checkpoints.load(str(workdir)), nnx.Param)))
 
 
 def _free_port():

@@ -80,7 +80,7 @@ def test_cli_writes_a_model_directory_that_restores_exactly(source, tmp_path):
   result = _port_cli(npz, tmp_path / 'ported', '--model=vqvc+', '--prefix=param/',
                      '--gru_init=zeros')
   assert result.returncode == 0, result.stderr
-  restored = checkpoints.load_model(str(tmp_path / 'ported'))
+  restored = checkpoints.load(str(tmp_path / 'ported'))
   assert (restored.channel, restored.n_embed) == (16, 16)  # read from the weights
   np.testing.assert_array_equal(restored.reconstruct(_mel())[0], model.reconstruct(_mel())[0])
   again = _port_cli(npz, tmp_path / 'ported', '--model=vqvc+', '--prefix=param/')
@@ -107,5 +107,5 @@ def test_cli_reads_original_pt_checkpoints(source, tmp_path):
               'optimizer': {}}, pt)
   result = _port_cli(pt, tmp_path / 'ported', '--model=vqvc+', '--gru_init=zeros')
   assert result.returncode == 0, result.stderr
-  restored = checkpoints.load_model(str(tmp_path / 'ported'))
+  restored = checkpoints.load(str(tmp_path / 'ported'))
   np.testing.assert_array_equal(restored.reconstruct(_mel())[0], model.reconstruct(_mel())[0])

@@ -29,7 +29,7 @@ def tiny_vocoder_config(features, **overrides):
 
 
 def _generator_params(workdir):
-  return nnx.to_pure_dict(nnx.state(checkpoints.restore_model(str(workdir)), nnx.Param))
+  return nnx.to_pure_dict(nnx.state(checkpoints.load(str(workdir)), nnx.Param))
 
 
 def test_every_preset_builds():
@@ -214,7 +214,7 @@ def test_export_to_the_original_format_and_back(straight, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert json.loads(result.stdout)['ngf'] == 4
   mel = np.random.default_rng(0).normal(-4, 1, (1, 80, 12)).astype(np.float32)
-  ours = checkpoints.restore_model(str(straight[0]))(mel)
+  ours = checkpoints.load(str(straight[0]))(mel)
   back = vocoders.load_generator(str(tmp_path / 'back'))(mel)
   np.testing.assert_allclose(back, ours, atol=1e-6)
   result = subprocess.run(run + ['export', str(tmp_path), str(tmp_path / 'x.npz')], cwd=REPO,

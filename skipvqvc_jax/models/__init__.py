@@ -12,8 +12,10 @@ from skipvqvc_jax.models.layers import GruInit
 from skipvqvc_jax.models.melgan import MelGANGenerator
 from skipvqvc_jax.models.multi import (VQVCPlusMulti, VQVCPlusMultiPS, VQVCPlusMultiRhythm,
                                        VQVCPlusMultiSimple)
+from skipvqvc_jax.models.quantizer import code_statistics
 from skipvqvc_jax.models.multi_speaker import VQVCPlusMultiCAV, VQVCPlusMultiCodebookGen
-from skipvqvc_jax.models.vqvc import (Encoding, VQVCPlus, VQVCPlusCVAE, VQVCPlusResample,
+from skipvqvc_jax.models.base import Encoding, VQVCModel
+from skipvqvc_jax.models.vqvc import (VQVCPlus, VQVCPlusCVAE, VQVCPlusResample,
                                       VQVCPlusRhythm, VQVCPlusSpeakerQuantize)
 
 # kind -> {name: class}; the voice-conversion names are the original's `--model` spellings.
@@ -40,14 +42,20 @@ def get_class(name: str) -> type:
     raise ConfigError(f'unknown model {name!r}; valid models: {", ".join(_ALL)}') from None
 
 
+def kind_of(name: str) -> str:
+  """The kind of model `name`: voice_conversion, vocoder or discriminator."""
+  get_class(name)  # a one-line error for an unknown name
+  return next(kind for kind, family in _REGISTRY.items() if name in family)
+
+
 def is_multi_scale(name: str) -> bool:
-  """Whether model `name` decodes to a list of mels, one per scale (the `vqvc+_multi*` family)."""
-  return getattr(get_class(name), 'multi_scale', False)
+  """Whether model `name` decodes at every scale (the `vqvc+_multi*` family), as it declares."""
+  return get_class(name).multi_scale
 
 
-def final_mel(output):
-  """The full mel of a model's decoder output: the last scale of a multi-scale model's list."""
-  return output[-1] if isinstance(output, (list, tuple)) else output
+def final_mel(outputs: list):
+  """The full mel of a model's decoder outputs (every model's list of scales ends with it)."""
+  return outputs[-1]
 
 
 def build(name: str, *, seed: int = 0, **sizes):
@@ -56,5 +64,5 @@ def build(name: str, *, seed: int = 0, **sizes):
   return get_class(name)(**sizes, seed=seed)
 
 
-__all__ = ['Discriminators', 'Encoding', 'GruInit', 'MelGANGenerator', 'VQVCPlus', 'build',
-           'final_mel', 'get_class', 'is_multi_scale', 'names']
+__all__ = ['Discriminators', 'Encoding', 'code_statistics', 'GruInit', 'MelGANGenerator', 'VQVCModel', 'VQVCPlus', 'build',
+           'final_mel', 'get_class', 'is_multi_scale', 'kind_of', 'names']

@@ -258,8 +258,9 @@ class Decoder(nnx.Module):
     self.blocks = make()
     self.blocks_refine = make()
 
-  def __call__(self, stage_inputs: Sequence[jax.Array], noise_key=None):
-    """stage_inputs: coarse to fine, (B, T_j, C_j) channel-last. Returns (B, 8 * T_0, 8 * C_0)."""
+  def __call__(self, stage_inputs: Sequence[jax.Array], noise_key=None) -> list:
+    """stage_inputs: coarse to fine, (B, T_j, C_j) channel-last. Returns [(B, 8 * T_0, 8 * C_0)]: a
+    list of one output, as every model's decoder answers with a list of scales."""
     keys = (jax.random.split(noise_key, 3 * NUM_SCALES).reshape(NUM_SCALES, 3)
             if noise_key is not None else [[None] * 3] * NUM_SCALES)
     x = 0.0
@@ -268,7 +269,12 @@ class Decoder(nnx.Module):
       x = jnp.repeat(x, 2, axis=1)  # nearest-neighbour upsampling in time
       x = x + self.blocks[j](x, keys[j][1])
       x = jnp.concatenate([x, x + self.blocks_refine[j](x, keys[j][2])], axis=-1)
-    return x
+    return [x]
+
+  def torch_names(self, table: dict) -> None:
+    for group in ('resblock', 'blocks', 'blocks_refine'):
+      for j, block in enumerate(getattr(self, group)):
+        torch_gblock(table, f'dec.{group}.{j}', block)
 
 
 # ---- the original's state-dict names --------------------------------------------------------------

@@ -3,8 +3,7 @@
 The encoder is VQVC+'s. The decoder returns the output of each of its three stages, coarsest first as the
 original does: (B, in/4, T/4), (B, in/2, T/2) and the full mel (B, in, T); the multi trainers score each
 against the low bands of the input at that frame rate. So `decode`, `reconstruct`, `convert` and
-`decode_codes` return a list of three mels, and `models.final_mel` picks the last one wherever a single
-mel is wanted (conversion, evaluation, audio).
+`decode_codes` return a list of three mels, the last the full mel (as every model's list ends).
 
 This module has the base (`vqvc+_multi`) and the variants that change only its blocks: `vqvc+_multi_simple`
 (plain decoder blocks), `vqvc+_multi_rhythm` (recurrent blocks and a rhythm path) and `vqvc+_multi_ps`
@@ -19,13 +18,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from skipvqvc_jax.models.layers import (NUM_SCALES, Conv1d, EncoderStage, GBlock, GruInit,
-                                        group_norm, leaky_relu, torch_conv, torch_gblock, torch_norm)
-from skipvqvc_jax.models.quantizer import Quantizer
-from skipvqvc_jax.models.encoding import (Encoding, l2norm, match_batch, to_public,
-                                          check_rhythm_inputs, check_sizes, rhythm_path,
-                                          rhythm_stage_input)
-from skipvqvc_jax.models.vqvc import VQVCPlus
+from skipvqvc_jax.models.base import (
+  RhythmVariant,
+  VQVCModel,
+  residual_speaker,
+  time_normalise,
+  unit_frames,
+)
+from skipvqvc_jax.models.layers import (
+  NUM_SCALES,
+  Conv1d,
+  GBlock,
+  group_norm,
+  GruInit,
+  leaky_relu,
+  torch_conv,
+  torch_gblock,
+  torch_norm,
+)
 
 
 class ConvBlock(nnx.Module):
@@ -97,184 +107,57 @@ class MultiDecoder(nnx.Module):
           block.torch_names(table, f'dec.{group}.{j}')
 
 
-def time_normalise(x):
-  """(x - its mean over time) / (its L2 norm over time + 1e-4), and that norm (the original's std)."""
-  centred = x - jnp.mean(x, axis=1, keepdims=True)
-  std = l2norm(centred, 1) + 1e-4
-  return centred / std, std
-
-
-def unit_frames(x):
-  return x / l2norm(x, -1)
-
-
-def residual_speaker(x, q):
-  """The time-mean of what quantization left out, at norm 1/3."""
-  sp = jnp.mean(x - q, axis=1, keepdims=True)
-  return sp / (l2norm(sp, -1) + 1e-4) / 3
-
-
-class VQVCPlusMulti(VQVCPlus):
+class VQVCPlusMulti(VQVCModel):
   """`vqvc+_multi`: VQVC+'s encoder, max_norm codebooks of n_embed, n_embed/2, n_embed/4 codes (the
   finest scale has the most), decoder input q + speaker, conv-GroupNorm-conv decoder blocks.
 
-  It shares VQVC+'s constructor arguments, spec, frame checks and porting names; `encode` returns the
-  same `Encoding` (std is returned but not decoded, as in the original), and with max_norm its
-  `extras['renormed_codebooks']` are the codebooks after the lookup's renormalisation (see `Quantizer`).
+  The multi-scale sibling of the base: the decoder answers at each of its three stages. `encode`
+  returns the same `Encoding` as VQVC+ (std is returned but not decoded, as in the original), and with
+  max_norm its `extras['renormed_codebooks']` are the codebooks after the lookup's renormalisation (see
+  `Quantizer`).
   """
 
   name = 'vqvc+_multi'
   multi_scale = True
-  decoder_body = 'gn'
+  codebook_divisors = (1, 2, 4)
   max_norm = True
+  decoder_body = 'gn'
   refine_residual = True
   decoder_inputs = NUM_SCALES
-  codebook_torch_name = 'embedding.weight'  # an nn.Embedding; 'embedding' for a raw nn.Parameter
 
-  def __init__(self, in_channel: int = 80, channel: int = 512, n_embed: int = 128, *,
-               gru_init: GruInit = 'normal', seed: int = 0):
-    # Not VQVCPlus.__init__: the quantizers and decoder differ; the conventions are the same.
-    check_sizes(in_channel, gru_init)
-    self.in_channel, self.channel, self.n_embed, self.gru_init = in_channel, channel, n_embed, gru_init
-    rngs = nnx.Rngs(params=seed)
-    self.rngs = nnx.Rngs(noise=jax.random.fold_in(jax.random.key(seed), 1))
-    widths = [in_channel // 2 ** s for s in range(NUM_SCALES + 1)]  # 80, 40, 20, 10
-    self.enc = nnx.List([EncoderStage(widths[s], channel, widths[s + 1], rngs)
-                         for s in range(NUM_SCALES)])
-    self._init_quantizers(widths[1:], self.codebook_sizes(n_embed), rngs)
-    self._init_variant(widths[1:], rngs)
-    self.dec = MultiDecoder(in_channel, channel, body=self.decoder_body, gru_init=gru_init,
-                            refine_residual=self.refine_residual, inputs=self.decoder_inputs,
-                            rngs=rngs)
+  def _make_decoder(self, rngs: nnx.Rngs) -> nnx.Module:
+    return MultiDecoder(
+      self.in_channel,
+      self.channel,
+      body=self.decoder_body,
+      gru_init=self.gru_init,
+      refine_residual=self.refine_residual,
+      inputs=self.decoder_inputs,
+      rngs=rngs,
+    )
 
-  # ---- what the variants change -------------------------------------------------------------------
-
-  @staticmethod
-  def codebook_sizes(n_embed: int) -> list[int]:
-    return [n_embed // 2 ** s for s in range(NUM_SCALES)]
-
-  def _init_quantizers(self, widths: list[int], sizes: list[int], rngs: nnx.Rngs):
-    self.quantize = nnx.List([Quantizer(w, k, max_norm=self.max_norm, rngs=rngs)
-                              for w, k in zip(widths, sizes)])
+  @property
+  def _decoder_draws_noise(self) -> bool:
+    return self.decoder_body == 'rc' and self.gru_init == 'normal'
 
   def _normalise(self, s: int, x):
     """The quantizer's input at scale s (channel-last) and the std term."""
     xn, std = time_normalise(x)
     return unit_frames(xn), std
 
-  def _encode_scale(self, s: int, x) -> dict:
-    """One scale of `encode` from the raw encoder output x (B, T, C); everything channel-last."""
+  def _encode_scale(self, s: int, x, noise) -> dict:
     xn, std = self._normalise(s, x)
     quantized = self.quantize[s](xn)
-    return dict(content=quantized.value, speaker=residual_speaker(x, quantized.value), std=std,
-                codes=quantized.codes, quantizer_in=xn, loss=quantized.loss,
-                extras={} if quantized.table is None else dict(renormed_codebooks=quantized.table))
-
-  def _stage_input(self, j: int, q, sp, std, rhythm):
-    return q + sp
-
-  def training_latent(self, enc: Encoding, rng=None, perm=None):
-    """Latent-loss terms the original's forward() adds in training only (codebook_gen)."""
-    return 0.0
-
-  def _torch_variant(self, table: dict) -> None:
-    pass
-
-  # ---- porting ------------------------------------------------------------------------------------
-
-  def torch_table(self) -> dict:
-    table: dict = {}
-    for s, stage in enumerate(self.enc):
-      torch_conv(table, f'enc.{s}.0', stage.conv_in)
-      torch_conv(table, f'enc.{s}.2', stage.conv_out)
-    for s, quantizer in enumerate(self.quantize):
-      table[f'quantize.{s}.{self.codebook_torch_name}'] = (quantizer.embedding, 'same')
-    self._torch_variant(table)
-    self.dec.torch_names(table)
-    return table
-
-  # ---- public API ---------------------------------------------------------------------------------
-
-  def _encode_pieces(self, mel):
-    """One dict per scale (finest first): `_encode_scale`'s pieces and the raw encoder output."""
-    x = to_public(jnp.asarray(mel))
-    pieces = []
-    for s in range(NUM_SCALES):
-      x = self.enc[s](x)
-      pieces.append(dict(self._encode_scale(s, x), encoder_out=x))
-    return pieces
-
-  def _encoding(self, pieces, rhythm=None) -> Encoding:
-    per_scale = lambda key: [p[key] for p in pieces]
-    extras: dict = {}
-    for p in pieces:
-      for key, value in p['extras'].items():
-        extras.setdefault(key, []).append(value)
-    latent_loss = sum(p['loss'] + p.get('extra_loss', 0.0) for p in pieces)
-    return Encoding(
-        content=[to_public(v) for v in per_scale('content')],
-        speaker=[to_public(v) for v in per_scale('speaker')],
-        std=[to_public(v) for v in per_scale('std')], latent_loss=latent_loss,
-        codes=per_scale('codes'), encoder_out=[to_public(v) for v in per_scale('encoder_out')],
-        quantizer_in=per_scale('quantizer_in'), content_losses=per_scale('loss'),
-        rhythm=None if rhythm is None else [to_public(r) for r in rhythm], extras=extras or None)
-
-  def encode(self, mel, *, rng=None) -> Encoding:
-    """Per-scale content, speaker terms, stds and codes of mels (B, in_channel, T)."""
-    self.check_mel(mel)
-    return self._encoding(self._encode_pieces(mel))
-
-  def _decode_content(self, content, speaker, std, rhythm, rng) -> list:
-    """Decodes channel-last per-scale decoder content (finest first); public outputs, coarse first."""
-    inputs = [self._stage_input(j, content[s], to_public(speaker[s]), to_public(std[s]),
-                                None if rhythm is None else to_public(rhythm[s]))
-              for j, s in enumerate(reversed(range(NUM_SCALES)))]
-    key = self._keys(rng, 1)[0] if self.decoder_body == 'rc' and self.gru_init == 'normal' else None
-    return [to_public(y) for y in self.dec(inputs, key)]
-
-  def decode(self, content, speaker, std, rhythm=None, *, rng=None) -> list:
-    """Per-scale content (finest first) with speaker terms and stds -> the decoder's three outputs,
-    coarsest first; the last is the mel (B, in_channel, T)."""
-    return self._decode_content([to_public(c) for c in content], speaker, std, rhythm, rng)
-
-  def lookup(self, codes, speaker=None, std=None) -> list:
-    """The content `encode` would give for these codes: codebook rows (B, C_s, T_s) per scale."""
-    return [to_public(self._content_of_rows(self.quantize[s].lookup(jnp.asarray(c))))
-            for s, c in enumerate(codes)]
-
-  def _content_of_rows(self, rows):
-    return rows
-
-  def decode_codes(self, codes, speaker, std, rhythm=None, *, rng=None) -> list:
-    """Decodes code indices (B, T_s) per scale, finest first, as the VQVAE notebook does: edit an
-    `encode`'s codes, decode them with its (or another utterance's) speaker terms."""
-    if len(codes) != NUM_SCALES:
-      raise ValueError(f'{self.name}: decode_codes needs codes for all {NUM_SCALES} scales')
-    for s, (c, q) in enumerate(zip(codes, self.quantize)):
-      values = jnp.asarray(c)
-      if not jnp.issubdtype(values.dtype, jnp.integer):
-        raise ValueError(f'{self.name}: codes of scale {s} must be integers, got {values.dtype}')
-      if int(values.min()) < 0 or int(values.max()) >= q.num_codes:
-        raise ValueError(f'{self.name}: codes of scale {s} must lie in [0, {q.num_codes}); got '
-                         f'{int(values.min())}..{int(values.max())}')
-    return self._decode_codes(codes, speaker, std, rhythm, rng)
-
-  def _decode_codes(self, codes, speaker, std, rhythm, rng) -> list:
-    return self.decode(self.lookup(codes, speaker, std), speaker, std, rhythm, rng=rng)
-
-  def reconstruct(self, mel, *, rng=None):
-    """(the decoder's outputs for mel with its own speaker terms, coarsest first; the encoding)."""
-    enc_key, dec_key = self._keys(rng, 2)
-    enc = self.encode(mel, rng=enc_key)
-    return self.decode(enc.content, enc.speaker, enc.std, enc.rhythm, rng=dec_key), enc
-
-  def convert(self, source_mel, target_mel, *, rng=None) -> list:
-    """The source's content with the target's speaker terms (a target batch of 1 serves all)."""
-    keys = self._keys(rng, 3)
-    src = self.encode_deterministic(source_mel)
-    tgt = self.encode_deterministic(target_mel)
-    speaker, std = match_batch(tgt.speaker, tgt.std, batch=src.content[0].shape[0])
-    return self.decode(src.content, speaker, std, src.rhythm, rng=keys[2])
+    extras = {} if quantized.table is None else dict(renormed_codebooks=quantized.table)
+    return dict(
+      content=self._content_of_rows(quantized.value),
+      speaker=residual_speaker(x - quantized.value),
+      std=std,
+      codes=quantized.codes,
+      quantizer_in=xn,
+      loss=quantized.loss,
+      extras=extras,
+    )
 
 
 class VQVCPlusMultiSimple(VQVCPlusMulti):
@@ -286,7 +169,7 @@ class VQVCPlusMultiSimple(VQVCPlusMulti):
   torch_unused = ()
 
 
-class VQVCPlusMultiRhythm(VQVCPlusMulti):
+class VQVCPlusMultiRhythm(RhythmVariant, VQVCPlusMulti):
   """`vqvc+_multi_rhythm`: recurrent decoder blocks, codebooks without max_norm of n_embed/4,
   n_embed/2, n_embed codes, and the rhythm path of `vqvc+_rhythm`.
 
@@ -297,38 +180,10 @@ class VQVCPlusMultiRhythm(VQVCPlusMulti):
   """
 
   name = 'vqvc+_multi_rhythm'
-  takes_content_mel = True
   decoder_body = 'rc'
   max_norm = False
   refine_residual = False
-
-  @staticmethod
-  def codebook_sizes(n_embed: int) -> list[int]:
-    return [n_embed // 2 ** (NUM_SCALES - 1 - s) for s in range(NUM_SCALES)]
-
-  def _encode_scale(self, s, x):
-    piece = super()._encode_scale(s, x)
-    return dict(piece, content=self._content_of_rows(piece['content']))
-
-  def _content_of_rows(self, rows):
-    return rows - jnp.mean(rows, axis=-1, keepdims=True)
-
-  def _stage_input(self, j, q, sp, std, rhythm):
-    return rhythm_stage_input(j, q, sp, std, rhythm)
-
-  def encode(self, mel, content_mel=None, *, rng=None) -> Encoding:
-    """Rhythm from `mel`; content and speaker from `content_mel` (default: `mel`)."""
-    pieces = self._encode_pieces(check_rhythm_inputs(self, mel, content_mel))
-    rhythm, encoder_out = rhythm_path(self, mel)
-    for piece, out in zip(pieces, encoder_out):
-      piece['extras'] = dict(rhythm_encoder_out=out)
-    return self._encoding(pieces, rhythm)
-
-  def reconstruct(self, mel, content_mel=None, *, rng=None):
-    """`mel`'s timing with `content_mel`'s content (default: `mel`); returns (outputs, encoding)."""
-    enc_key, dec_key = self._keys(rng, 2)
-    enc = self.encode(mel, content_mel, rng=enc_key)
-    return self.decode(enc.content, enc.speaker, enc.std, enc.rhythm, rng=dec_key), enc
+  codebook_divisors = (4, 2, 1)
 
 
 class VQVCPlusMultiPS(VQVCPlusMulti):
@@ -341,9 +196,7 @@ class VQVCPlusMultiPS(VQVCPlusMulti):
   decoder_inputs = 1
   torch_unused = (r'dec\.block0\.', r'dec\.resblock\.[12]\.')
 
-  @staticmethod
-  def codebook_sizes(n_embed: int) -> list[int]:
-    return [n_embed] * NUM_SCALES
+  codebook_divisors = (1, 1, 1)
 
   def _init_variant(self, widths, rngs):
     self.gnorm = nnx.List([group_norm(w, rngs, groups=2) for w in widths])
@@ -351,8 +204,8 @@ class VQVCPlusMultiPS(VQVCPlusMulti):
   def _normalise(self, s, x):
     return unit_frames(self.gnorm[s](x)), jnp.ones_like(x[:, :1])
 
-  def _encode_scale(self, s, x):
-    piece = super()._encode_scale(s, x)
+  def _encode_scale(self, s, x, noise):
+    piece = super()._encode_scale(s, x, noise)
     piece['extras']['group_norm_out'] = self.gnorm[s](x)
     return piece
 

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from skipvqvc_jax.models.base import Encoding, time_normalise, to_public
 from skipvqvc_jax.models.layers import NUM_SCALES, Conv1d, leaky_relu, linear, torch_conv, torch_linear
-from skipvqvc_jax.models.multi import VQVCPlusMulti, time_normalise
+from skipvqvc_jax.models.multi import VQVCPlusMulti
 from skipvqvc_jax.models.quantizer import RawQuantizer, SpeakerCodebookQuantizer, UnitQuantizer
-from skipvqvc_jax.models.encoding import Encoding, to_public
 
 SPEAKER_WIDTH = 128  # hard-coded in the original's SBlock
 SPEAKER_DILATION = 8
@@ -105,7 +105,7 @@ class VQVCPlusMultiCAV(_SpeakerNetworkMulti):
   def _init_quantizers(self, widths, sizes, rngs):
     self.quantize = nnx.List([UnitQuantizer(w, k, rngs=rngs) for w, k in zip(widths, sizes)])
 
-  def _encode_scale(self, s, x):
+  def _encode_scale(self, s, x, noise):
     pooled, (bias, gain) = self.speaker_blocks[s](x)
     xn, _ = time_normalise(x)  # no per-frame norm here
     quantized = self.quantize[s](xn)
@@ -137,9 +137,7 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
   simple_codebook_size = 64
   torch_unused = (r'dec\.block0\.', r'speaker_blocks\.\d\.dense1\.')
 
-  @staticmethod
-  def codebook_sizes(n_embed: int) -> list[int]:
-    return [n_embed // 2 ** (NUM_SCALES - 1 - s) for s in range(NUM_SCALES)]
+  codebook_divisors = (4, 2, 1)
 
   def _init_quantizers(self, widths, sizes, rngs):
     self.quantize = nnx.List([SpeakerCodebookQuantizer(w, k, rngs=rngs)
@@ -147,7 +145,7 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
     self.quantize_simple = nnx.List([RawQuantizer(w, self.simple_codebook_size, rngs=rngs)
                                      for w in widths])
 
-  def _encode_scale(self, s, x):
+  def _encode_scale(self, s, x, noise):
     pooled, (add, mul) = self.speaker_blocks[s](x)
     xn, _ = time_normalise(x)
     simple = self.quantize_simple[s](xn)
@@ -173,7 +171,7 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
     """The speaker-free content (finest first) quantized against (speaker, std)'s codebooks, decoded."""
     quantized = [self._requantize(s, to_public(c), speaker[s], std[s])
                  for s, c in enumerate(content)]
-    return self._decode_content(quantized, speaker, std, rhythm, rng)
+    return self._decode_channel_last(quantized, speaker, std, rhythm, rng)
 
   def _stage_input(self, j, q, sp, std, rhythm):
     return q
@@ -188,7 +186,7 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
 
   def _decode_codes(self, codes, speaker, std, rhythm, rng) -> list:
     rows = self.lookup(codes, speaker, std)  # already quantized: decoded as they are
-    return self._decode_content([to_public(r) for r in rows], speaker, std, rhythm, rng)
+    return self._decode_channel_last([to_public(r) for r in rows], speaker, std, rhythm, rng)
 
   def training_latent(self, enc: Encoding, rng=None, perm=None):
     """forward()'s extra latent term: sum over scales of the signed mean of (content quantized with

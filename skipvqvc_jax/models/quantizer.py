@@ -56,6 +56,16 @@ def max_norm_renorm(table, codes):
   return jnp.where(used[:, None] & (norms > 1), table * (1.0 / (norms + 1e-7)), table)
 
 
+def code_statistics(codes, num_codes: int) -> dict:
+  """Of a codebook of `num_codes` over `codes` (any shape, jitted or not): the perplexity (exp of
+  the entropy of the code frequencies), the number of codes used, and their share."""
+  counts = jnp.zeros(num_codes, jnp.float32).at[jnp.ravel(jnp.asarray(codes))].add(1.0)
+  p = counts / counts.sum()
+  used = jnp.sum(counts > 0)
+  return dict(perplexity=jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0))), used=used,
+              usage=used / num_codes)
+
+
 class Quantizer(nnx.Module):
   """Codebook of `num_codes` vectors of size `dim` (PyTorch nn.Embedding layout and N(0, 1) init).
 

@@ -1,16 +1,18 @@
 """What the one training loop can train: each task gives the loop its data, its initial state, its
 jitted step, the per-batch host preparation, its test metrics and its samples (the contract is
-`train.Task`)."""
+`tasks.base.Task`). A new task is a module here and one entry of `TASKS`."""
+
 from __future__ import annotations
 
 from skipvqvc_jax.errors import ConfigError
+from skipvqvc_jax.tasks.base import Task
 from skipvqvc_jax.tasks.vocoder import VocoderTask
 from skipvqvc_jax.tasks.voice_conversion import VoiceConversionTask
 
-TASKS = {'voice_conversion': VoiceConversionTask, 'vocoder': VocoderTask}
+TASKS: dict[str, type[Task]] = {'voice_conversion': VoiceConversionTask, 'vocoder': VocoderTask}
 
 
-def _task_class(config):
+def _task_class(config) -> type[Task]:
   name = config.get('task', 'voice_conversion')
   if name not in TASKS:
     raise ConfigError(f'--config.task={name!r}: use {" or ".join(TASKS)}')
@@ -22,6 +24,14 @@ def check_config(config) -> None:
   _task_class(config).check_config(config)
 
 
-def make(config, workdir: str, mesh):
+def model_info(config):
+  """The `checkpoints.ModelInfo` (model.json) of the model `config` trains."""
+  return _task_class(config).model_info(config)
+
+
+def make(config, workdir: str, mesh) -> Task:
   """The task `config.task` names (default: voice conversion), set up to train in `workdir`."""
   return _task_class(config)(config, workdir, mesh)
+
+
+__all__ = ['TASKS', 'Task', 'check_config', 'make', 'model_info']

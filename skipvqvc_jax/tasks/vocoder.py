@@ -1,4 +1,4 @@
-"""Training a MelGAN generator on a corpus: the vocoder task of the loop (`train.Task`).
+"""Training a MelGAN generator on a corpus: the vocoder task of the loop (`tasks.base.Task`).
 
 Data: random segments of the trimmed waveforms behind a preprocessed corpus (`tasks/waveforms.py`
 re-reads them once into the workdir, cut by the manifest's trim ranges), and their log-mels computed on
@@ -21,13 +21,20 @@ from flax import nnx
 from skipvqvc_jax import audio, checkpoints, input_pipeline, models, sharding, summaries
 from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.models import Discriminators, MelGANGenerator
+from skipvqvc_jax.tasks.base import keep_if_finite
 from skipvqvc_jax.tasks.waveforms import WAVE_SCALE, waveform_dir
 from skipvqvc_jax.vocoders import griffin_lim
 
 
+def model_info(config) -> checkpoints.ModelInfo:
+  """The generator a config trains; the train state holds it under `params/generator`."""
+  spec = dict(name='melgan', n_mels=config.features.n_mels, ngf=config.generator.ngf,
+              residual_layers=config.generator.residual_layers)
+  return checkpoints.ModelInfo(spec, ('params', 'generator'))
+
+
 def build_generator(config) -> MelGANGenerator:
-  spec, _ = checkpoints.inference_spec(config)
-  return models.build(**spec, seed=config.seed)
+  return models.build(**model_info(config).spec, seed=config.seed)
 
 
 def build_discriminators(config) -> Discriminators:
@@ -134,13 +141,9 @@ class VocoderSteps:
     g_norm, d_norm = optax.tree.norm(g_grads), optax.tree.norm(d_grads)
     finite = (jnp.isfinite(g_loss) & jnp.isfinite(d_loss) & jnp.isfinite(g_norm)
               & jnp.isfinite(d_norm))
-    # A non-finite step changes nothing: the state stays the last good one and the loop stops.
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = dict(
-        state, params=keep(dict(generator=new_g_params, discriminator=new_d_params),
-                           state['params']),
-        opt_state=keep(dict(generator=g_opt, discriminator=d_opt), state['opt_state']),
-        step=state['step'] + finite.astype(state['step'].dtype))
+    new_state = keep_if_finite(finite, dict(
+        params=dict(generator=new_g_params, discriminator=new_d_params),
+        opt_state=dict(generator=g_opt, discriminator=d_opt)), state)
     metrics = dict(loss=g_loss, d_loss=d_loss, g_grad_norm=g_norm, d_grad_norm=d_norm,
                    d_real=sum(jnp.mean(o[-1]) for o in on_real) / len(on_real),
                    d_fake=sum(jnp.mean(o[-1]) for o in on_fake) / len(on_fake),
@@ -187,6 +190,7 @@ class VocoderTask:
               'spectral_convergence')
   init_ignore = ()  # init_from must be a generator of exactly the configured size
   check_config = staticmethod(check_config)
+  model_info = staticmethod(model_info)
 
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh

@@ -1,4 +1,4 @@
-"""Training a VQVC+ model: the voice-conversion task of the loop (`train.Task`).
+"""Training a VQVC+ model: the voice-conversion task of the loop (`tasks.base.Task`).
 
 A train step is a pure function of (state, batch) -> (state, metrics), jitted once with the batch sharded
 over the `data` mesh axis and the state replicated. The state is a plain dict of arrays: parameters (as
@@ -22,11 +22,19 @@ from skipvqvc_jax import (audio, checkpoints, corpus, input_pipeline, models, sh
                           trainers, vocoders)
 from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.fileio import atomic_write
+from skipvqvc_jax.tasks.base import keep_if_finite
+
+
+def model_info(config) -> checkpoints.ModelInfo:
+  """The voice-conversion model a config trains; its parameters are the train state's `params`."""
+  m = config.model
+  spec = dict(name=m.name, channel=m.channel, n_embed=m.n_embed, in_channel=config.features.n_mels,
+              gru_init=m.gru_init)
+  return checkpoints.ModelInfo(spec, ('params',))
 
 
 def build_model(config):
-  spec, _ = checkpoints.inference_spec(config)
-  return models.build(**spec, seed=config.seed)
+  return models.build(**model_info(config).spec, seed=config.seed)
 
 
 def check_config(config) -> None:
@@ -40,19 +48,12 @@ def check_config(config) -> None:
   if not isinstance(model.n_embed, int) or model.n_embed < 4:
     raise ConfigError(f'--config.model.n_embed={model.n_embed!r}: must be a whole number >= 4 (the '
                       f'finest scale has n_embed / 4 codes)')
-  if config.trainer not in trainers.NAMES:
+  model_class = models.get_class(model.name)
+  if config.trainer not in trainers.TRAINERS:
     raise ConfigError(f'--config.trainer={config.trainer!r}: valid trainers: '
-                      f'{", ".join(trainers.NAMES)}')
-  multi_trainers = [name for name in trainers.NAMES if trainers.is_multi_scale(name)]
-  if models.is_multi_scale(model.name) != trainers.is_multi_scale(config.trainer):
-    raise ConfigError(
-        f'--config.trainer={config.trainer!r} cannot train {model.name}: the multi-scale models '
-        f'(vqvc+_multi*) take the multi trainers ({", ".join(multi_trainers)}), the others the rest')
-  if trainers.stretches_rhythm(config.trainer) and not models.get_class(model.name).takes_content_mel:
-    raise ConfigError(f'--config.trainer={config.trainer!r} feeds a rhythm path that {model.name} '
-                      f'does not have: the rhythm trainers and the rhythm models (vqvc+_rhythm, '
-                      f'vqvc+_multi_rhythm) go together')
-  multiple = models.get_class(model.name).frames_multiple_of()
+                      f'{", ".join(trainers.TRAINERS)}')
+  trainers.TRAINERS[config.trainer].check_model(model_class)
+  multiple = model_class.frames_multiple_of()
   crop = config.data.crop_frames
   if not isinstance(crop, int) or crop < multiple or crop % multiple:
     raise ConfigError(f'--config.data.crop_frames={crop!r}: {model.name} needs a positive multiple '
@@ -66,13 +67,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def codebook_stats(codes: list, sizes: list[int]) -> dict:
-  """Per-scale perplexity (exp entropy of code frequencies) and share of codes used, over a batch."""
+  """Per-scale perplexity and share of codes used, over a batch (`models.code_statistics`)."""
   stats = {}
   for s, (c, k) in enumerate(zip(codes, sizes)):
-    counts = jnp.zeros(k, jnp.float32).at[c.reshape(-1)].add(1.0)
-    p = counts / counts.sum()
-    stats[f'perplexity_s{s}'] = jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0)))
-    stats[f'usage_s{s}'] = jnp.mean(counts > 0)
+    scale = models.code_statistics(c, k)
+    stats[f'perplexity_s{s}'], stats[f'usage_s{s}'] = scale['perplexity'], scale['usage']
   return stats
 
 
@@ -91,7 +90,7 @@ def renormed_params(params: dict, aux: dict) -> dict:
 class Steps:
   """The jitted train, eval and sample steps of one model, trainer and optimizer."""
 
-  def __init__(self, config, model, trainer: trainers.Trainer, mesh):
+  def __init__(self, config, model, trainer: trainers.Normalised, mesh):
     self.graphdef, _, self.rest = nnx.split(model, nnx.Param, ...)
     self.trainer = trainer
     self.tx = make_optimizer(config)
@@ -124,11 +123,7 @@ class Steps:
     params = optax.apply_updates(params, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A non-finite step changes nothing: the state stays the last good one and the loop stops.
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = dict(state, params=keep(params, state['params']),
-                     opt_state=keep(opt_state, state['opt_state']),
-                     step=state['step'] + finite.astype(state['step'].dtype))
+    new_state = keep_if_finite(finite, dict(params=params, opt_state=opt_state), state)
     metrics = dict(loss=loss, recon_loss=aux['recon_loss'], latent_loss=aux['latent_loss'],
                    grad_norm=grad_norm, finite=finite,
                    **codebook_stats(aux['codes'], self.codebook_sizes))
@@ -167,12 +162,13 @@ def sample_pair(test_dir: str, frames: int) -> tuple[np.ndarray, np.ndarray, str
 
 
 class VoiceConversionTask:
-  """Training a VQVC+ model with one of the four trainers."""
+  """Training a VQVC+ model with one of the trainers (`trainers.TRAINERS`)."""
 
   log_keys = ('loss', 'recon_loss', 'latent_loss', 'grad_norm')
   init_ignore = ('gru_init',)  # init_from may come from a model with the other GRU initial state
 
   check_config = staticmethod(check_config)
+  model_info = staticmethod(model_info)
 
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh
@@ -232,7 +228,7 @@ class VoiceConversionTask:
     recon, converted = self.steps.sample(
         state['params'], sharding.place(source, self.mesh), sharding.place(target, self.mesh),
         jax.random.fold_in(jax.random.key(0), step))
-    denorm = lambda mel: self.trainer.denormalize(np.asarray(models.final_mel(mel)[0]))
+    denorm = lambda outputs: self.trainer.denormalize(np.asarray(outputs[-1][0]))
     mels = dict(source=source[0], target=target[0], reconstruction=denorm(recon),
                 conversion=denorm(converted))
     if jax.process_index() != 0:
@@ -242,7 +238,7 @@ class VoiceConversionTask:
       writer.mel(step, f'mel/{name}', mel)
       writer.audio(step, f'audio/{name}', wave, self.vocoder.sample_rate)
     for name, outputs in (('reconstruction', recon), ('conversion', converted)):
-      for j, mel in enumerate(outputs if isinstance(outputs, (list, tuple)) else []):
+      for j, mel in enumerate(outputs if len(outputs) > 1 else []):
         # Every scale of a multi-scale model, in the low bands it is trained on.
         writer.mel(step, f'mel_scales/{name}_d{j}',
                    self.trainer.denormalize_bands(np.asarray(mel[0]), source.shape[1]))

@@ -41,18 +41,17 @@ class NeuralVocoder:
 
 def load_generator(path: str) -> MelGANGenerator:
   """A MelGAN generator from a model directory (ported) or a vocoder training workdir."""
-  model = checkpoints.load(path)
-  if not isinstance(model, MelGANGenerator):
-    raise ConfigError(f'{path} holds {model.describe()}, not a MelGAN generator')
-  return model
+  info = checkpoints.read_model_info(path)
+  if info.kind != 'vocoder':
+    raise ConfigError(f'{path} holds a {info.spec["name"]} model, not a MelGAN generator')
+  return checkpoints.load(path)
 
 
 def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeatureParams()):
   """The vocoder named by a config or flag: 'griffin_lim' or a saved vocoder directory."""
   if name == 'griffin_lim':
     return GriffinLim(params)
-  if checkpoints.is_model_dir(name) or (checkpoints.is_workdir(name) and checkpoints.task_of(
-      checkpoints.read_config(name)) == 'vocoder'):
+  if checkpoints.is_model_dir(name) or checkpoints.is_workdir(name):
     try:
       return NeuralVocoder(load_generator(name), params)
     except CheckpointError as e:  # a workdir with no (or not that) checkpoint

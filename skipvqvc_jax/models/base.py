@@ -1,0 +1,392 @@
+"""The base of every VQVC+ model (`VQVCModel`) and what the models share: the `Encoding` that `encode`
+returns, the array layout, the time normalisation, and the rhythm path of the rhythm variants.
+
+Two siblings derive from the base: `vqvc.VQVCPlus` (single-scale: the decoder answers with the full mel)
+and `multi.VQVCPlusMulti` (multi-scale: the decoder answers at each of its three stages). Every model's
+`decode`, `reconstruct`, `convert` and `decode_codes` return a list of mels, coarsest first, whose last
+item is the full mel (a single-scale model: a list of one).
+
+Public arrays use the original's layout: mels (batch, mels, frames), content (batch, channels, frames),
+speaker and std (batch, channels, 1). Inside, activations are channel-last (batch, frames, channels).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from skipvqvc_jax.errors import PortError
+from skipvqvc_jax.models.layers import NUM_SCALES, EncoderStage, GruInit, torch_conv
+from skipvqvc_jax.models.quantizer import Quantizer
+
+
+class Encoding(NamedTuple):
+  """What `encode` returns. Per-scale lists are finest scale first (the original's encoder order)."""
+
+  content: list  # quantized content, (B, C_s, T_s)
+  speaker: list  # speaker embedding, (B, C_s, 1)
+  std: list  # time-norm of the centred encoder output, (B, C_s, 1)
+  latent_loss: jax.Array  # scalar: quantizer commitment terms (+ variant terms)
+  codes: list  # content codebook index per frame, (B, T_s) int32
+  encoder_out: list  # raw encoder stage output, (B, C_s, T_s)
+  quantizer_in: list  # the normalised frames fed to the content quantizer, (B, T_s, C_s)
+  content_losses: list  # each content quantizer's commitment term, scalars
+  rhythm: list | None = None  # the rhythm models: channel-mean of the rhythm path, (B, 1, T_s)
+  extras: dict | None = None  # variant-specific diagnostics (see each variant)
+
+
+# ---- layout and normalisation ---------------------------------------------------------------------
+
+
+def to_public(x):
+  """(B, T, C) <-> (B, C, T); the same swap converts both ways."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def l2norm(x, axis):
+  return jnp.linalg.norm(x, axis=axis, keepdims=True)
+
+
+def time_normalise(x):
+  """(x - its mean over time) / (its L2 norm over time + 1e-4), and that norm (the original's std)."""
+  centred = x - jnp.mean(x, axis=1, keepdims=True)
+  std = l2norm(centred, 1) + 1e-4
+  return centred / std, std
+
+
+def unit_frames(x):
+  return x / l2norm(x, -1)
+
+
+def residual_speaker(residual):
+  """The time-mean of what quantization left out, at norm 1/3: the speaker term of most variants."""
+  sp = jnp.mean(residual, axis=1, keepdims=True)
+  return sp / (l2norm(sp, -1) + 1e-4) / 3
+
+
+def rhythm_stage_input(j: int, q, sp, std, rhythm):
+  """The rhythm models' decoder input: content * std + speaker, plus rhythm at the coarsest scale."""
+  z = q * std + sp
+  return z + rhythm if j == 0 else z
+
+
+class RhythmVariant:
+  """What the two rhythm models (`vqvc+_rhythm`, `vqvc+_multi_rhythm`) add to their sibling: a second
+  pass of `mel` through the encoder gives the timing (see `VQVCModel.encode`), content is centred over
+  channels, and the decoder takes content * std + speaker, plus the rhythm at the coarsest scale."""
+
+  takes_content_mel = True
+
+  def _content_of_rows(self, rows):
+    return rows - jnp.mean(rows, axis=-1, keepdims=True)
+
+  def _stage_input(self, j, q, sp, std, rhythm):
+    return rhythm_stage_input(j, q, sp, std, rhythm)
+
+
+# ---- the base -------------------------------------------------------------------------------------
+
+
+class VQVCModel(nnx.Module):
+  """A three-scale vector-quantized U-Net autoencoder: what every VQVC+ model shares.
+
+  A model declares what it is in class attributes (`multi_scale`, `takes_content_mel`, its codebook
+  sizes, its frame multiple, its original's unused weights) and differs from its sibling in a few
+  hooks: `_init_quantizers`/`_init_variant`/`_make_decoder` (what it is built of), `_encode_scale` (one
+  scale of the encoder), `_content_of_rows` (content from codebook rows), `_stage_input` (what the
+  decoder adds at each scale) and `_decoder_outputs` (the decoder's answer, a list).
+  """
+
+  name: ClassVar[str]
+  multi_scale: ClassVar[bool]  # decodes to every scale: trained by the multi-scale trainers
+  takes_content_mel: ClassVar[bool] = False  # encode/reconstruct(mel, content_mel): rhythm models
+  # Scale s (finest first) has n_embed // codebook_divisors[s] content codes.
+  codebook_divisors: ClassVar[tuple[int, ...]] = (4, 2, 1)
+  resample_factor: ClassVar[int] = 1  # content codes are resampled by this factor (vqvc+_resample)
+  max_norm: ClassVar[bool] = False  # the codebooks renormalise the rows they look up
+  codebook_torch_name: ClassVar[str] = 'embedding.weight'  # nn.Embedding; 'embedding' for a Parameter
+  # Original modules that never take part in a forward pass: their weights are accepted and dropped.
+  torch_unused: ClassVar[tuple[str, ...]] = (r'dec\.block0\.',)
+
+  def __init__(
+    self,
+    in_channel: int = 80,
+    channel: int = 512,
+    n_embed: int = 128,
+    *,
+    gru_init: GruInit = 'normal',
+    seed: int = 0,
+  ):
+    if gru_init not in ('normal', 'zeros'):
+      raise ValueError(f"gru_init must be 'normal' or 'zeros', got {gru_init!r}")
+    if in_channel % 2 ** (NUM_SCALES + 1):
+      raise ValueError(
+        f'in_channel must be a multiple of {2 ** (NUM_SCALES + 1)} '
+        f'(GroupNorm needs 4 groups at the coarsest scale); got {in_channel}'
+      )
+    self.in_channel, self.channel, self.n_embed = in_channel, channel, n_embed
+    self.gru_init = gru_init
+    rngs = nnx.Rngs(params=seed)
+    # A separate stream for the stochastic parts (GRU initial state, VAE noise) when no key is given.
+    self.rngs = nnx.Rngs(noise=jax.random.fold_in(jax.random.key(seed), 1))
+    widths = [in_channel // 2**s for s in range(NUM_SCALES + 1)]  # 80, 40, 20, 10
+    self.enc = nnx.List(
+      [EncoderStage(widths[s], channel, widths[s + 1], rngs) for s in range(NUM_SCALES)]
+    )
+    self._init_quantizers(widths[1:], self.codebook_sizes(n_embed), rngs)
+    self._init_variant(widths[1:], rngs)
+    self.dec = self._make_decoder(rngs)
+
+  # ---- what the siblings and variants change ------------------------------------------------------
+
+  def _init_quantizers(self, widths: list[int], sizes: list[int], rngs: nnx.Rngs):
+    self.quantize = nnx.List(
+      [Quantizer(w, k, max_norm=self.max_norm, rngs=rngs) for w, k in zip(widths, sizes)]
+    )
+
+  def _init_variant(self, widths: list[int], rngs: nnx.Rngs):
+    pass
+
+  def _make_decoder(self, rngs: nnx.Rngs) -> nnx.Module:
+    raise NotImplementedError
+
+  def _encode_scale(self, s: int, x, noise) -> dict:
+    """One scale of `encode` from the raw encoder output x (B, T, C), channel-last: content, speaker,
+    std, codes, quantizer_in, loss, extra_loss and extras (a dict of this scale's diagnostics)."""
+    raise NotImplementedError
+
+  def _content_of_rows(self, rows):
+    """The content `encode` gives for these quantized rows (B, T, C)."""
+    return rows
+
+  def _stage_input(self, j: int, q, sp, std, rhythm):
+    """Decoder input at scale j (coarse to fine). The base model ignores std."""
+    return q + sp
+
+  @property
+  def _decoder_draws_noise(self) -> bool:
+    """Whether the decoder has recurrent blocks that draw their initial state."""
+    return self.gru_init == 'normal'
+
+  def _decoder_outputs(self, inputs: list, key) -> list:
+    """The decoder's outputs (channel-last, coarsest first) for per-scale inputs, coarse to fine."""
+    return self.dec(inputs, key)
+
+  def _noise(self, mel, rng, noise) -> list:
+    """Per-scale noise for `_encode_scale` (only a model with a random speaker term draws any)."""
+    if noise is not None:
+      raise ValueError(f'{self.name} draws no noise: encode takes no noise argument')
+    return [None] * NUM_SCALES
+
+  def training_latent(self, enc: Encoding, rng=None, perm=None):
+    """Latent-loss terms the original's forward() adds in training only (codebook_gen)."""
+    return 0.0
+
+  def _torch_variant(self, table: dict) -> None:
+    pass
+
+  # ---- what rebuilds and ports the model ----------------------------------------------------------
+
+  @classmethod
+  def codebook_sizes(cls, n_embed: int) -> list[int]:
+    return [n_embed // d for d in cls.codebook_divisors]
+
+  def spec(self) -> dict:
+    """What rebuilds this model: `models.build(**spec)`."""
+    sizes = ('channel', 'n_embed', 'in_channel', 'gru_init')
+    return dict(name=self.name, **{size: getattr(self, size) for size in sizes})
+
+  def describe(self) -> str:
+    return f'{self.name} (channel={self.channel}, n_embed={self.n_embed})'
+
+  @classmethod
+  def sizes_from_torch(cls, state_dict) -> dict:
+    """channel, n_embed and in_channel of the original model that saved `state_dict`."""
+    names = ('quantize.0.embedding.weight', 'quantize.0.embedding')  # nn.Embedding or a Parameter
+    codebook = next((state_dict[k].shape for k in names if k in state_dict), None)
+    if 'enc.0.0.weight' not in state_dict or codebook is None:
+      missing = 'enc.0.0.weight' if 'enc.0.0.weight' not in state_dict else names[0]
+      raise PortError(f'not a SkipVQVC state dict: no {missing}')
+    conv = state_dict['enc.0.0.weight'].shape
+    return dict(
+      channel=conv[0], n_embed=codebook[0] * cls.codebook_divisors[0], in_channel=conv[1]
+    )
+
+  def torch_table(self) -> dict[str, tuple[nnx.Variable, str]]:
+    """The original's state-dict name of every parameter -> (our parameter, layout): 'conv' for
+    PyTorch's (out, in, k) kernels, 'gru' for its (3H, in) GRU matrices, 'linear' for its (out, in)
+    dense matrices, 'same' otherwise."""
+    table: dict[str, tuple[nnx.Variable, str]] = {}
+    for s, stage in enumerate(self.enc):
+      torch_conv(table, f'enc.{s}.0', stage.conv_in)
+      torch_conv(table, f'enc.{s}.2', stage.conv_out)
+    for s, quantizer in enumerate(self.quantize):
+      table[f'quantize.{s}.{self.codebook_torch_name}'] = (quantizer.embedding, 'same')
+    self._torch_variant(table)
+    self.dec.torch_names(table)
+    return table
+
+  # ---- sizes --------------------------------------------------------------------------------------
+
+  @classmethod
+  def frames_multiple_of(cls) -> int:
+    """Frames must be a multiple of this: 2 per scale, times the content resampling per scale."""
+    return 2**NUM_SCALES * cls.resample_factor
+
+  @property
+  def frame_multiple(self) -> int:
+    return self.frames_multiple_of()
+
+  @property
+  def num_scales(self) -> int:
+    return NUM_SCALES
+
+  def check_mel(self, mel, what: str = 'mel'):
+    """Raises ValueError with a clear message unless mel is (batch, in_channel, k * frame_multiple)."""
+    shape = tuple(mel.shape)
+    if len(shape) != 3 or shape[1] != self.in_channel:
+      raise ValueError(f'{self.name}: {what} must be (batch, {self.in_channel}, frames); got {shape}')
+    frames = shape[2]
+    if frames == 0 or frames % self.frame_multiple:
+      resampled = self.resample_factor > 1
+      raise ValueError(
+        f'{self.name}: {what} has {frames} frames, which is not a positive multiple of '
+        f'{self.frame_multiple} (the model halves time {NUM_SCALES} times'
+        + (f' and resamples codes by {self.resample_factor}' if resampled else '')
+        + '); pad or crop it first'
+      )
+
+  def _keys(self, rng, n: int):
+    """n keys from an explicit rng, else from the model's own noise stream."""
+    if rng is None:
+      rng = self.rngs.noise()
+    return list(jax.random.split(rng, n))
+
+  # ---- encoding -----------------------------------------------------------------------------------
+
+  def encode(self, mel, content_mel=None, *, rng=None, noise: Sequence[Any] | None = None):
+    """Per-scale content, speaker terms, stds and codes of mels (B, in_channel, T) as an `Encoding`.
+
+    A rhythm model (`takes_content_mel`) takes its timing from `mel` (the channel-mean of each
+    encoder stage applied to it) and content and speaker from `content_mel` (default: `mel`);
+    extras['rhythm_encoder_out'] holds the rhythm path's encoder outputs (B, C_s, T_s)."""
+    self.check_mel(mel)
+    if self.takes_content_mel:
+      content_mel = mel if content_mel is None else content_mel
+      self.check_mel(content_mel, 'content_mel')
+      if content_mel.shape != mel.shape:
+        raise ValueError(
+          f'{self.name}: mel {tuple(mel.shape)} and content_mel '
+          f'{tuple(content_mel.shape)} must have the same shape'
+        )
+    elif content_mel is not None:
+      raise ValueError(f'{self.name} has no rhythm path: encode takes no content_mel')
+    noise = self._noise(mel, rng, noise)
+    pieces, x = [], to_public(jnp.asarray(mel if content_mel is None else content_mel))
+    for s in range(NUM_SCALES):
+      x = self.enc[s](x)
+      pieces.append(dict(self._encode_scale(s, x, noise[s]), encoder_out=x))
+    rhythm = None
+    if self.takes_content_mel:
+      rhythm, x = [], to_public(jnp.asarray(mel))
+      for s, piece in enumerate(pieces):
+        x = self.enc[s](x)
+        piece['extras'] = dict(piece['extras'], rhythm_encoder_out=to_public(x))
+        rhythm.append(jnp.mean(x, axis=-1, keepdims=True))
+    return self._encoding(pieces, rhythm)
+
+  def _encoding(self, pieces: list[dict], rhythm=None) -> Encoding:
+    per_scale = lambda key: [p[key] for p in pieces]
+    public = lambda key: [to_public(p[key]) for p in pieces]
+    extras: dict = {}
+    latent_loss = 0.0
+    for p in pieces:
+      for key, value in p['extras'].items():
+        extras.setdefault(key, []).append(value)
+      latent_loss = latent_loss + p['loss'] + p.get('extra_loss', 0.0)
+    return Encoding(
+      content=public('content'),
+      speaker=public('speaker'),
+      std=public('std'),
+      latent_loss=latent_loss,
+      codes=per_scale('codes'),
+      encoder_out=public('encoder_out'),
+      quantizer_in=per_scale('quantizer_in'),
+      content_losses=per_scale('loss'),
+      rhythm=None if rhythm is None else [to_public(r) for r in rhythm],
+      extras=extras or None,
+    )
+
+  def encode_deterministic(self, mel) -> Encoding:
+    """The encoding conversion uses: no sampled noise (a variant with a random speaker term gives its
+    mean), and the variant's extra inputs taken from `mel` itself."""
+    return self.encode(mel)
+
+  # ---- decoding -----------------------------------------------------------------------------------
+
+  def decode(self, content, speaker, std, rhythm=None, *, rng=None) -> list:
+    """Per-scale content (finest first) with speaker terms and stds -> the decoder's outputs,
+    coarsest first; the last is the mel (B, in_channel, T)."""
+    return self._decode_channel_last([to_public(c) for c in content], speaker, std, rhythm, rng)
+
+  def _decode_channel_last(self, content, speaker, std, rhythm, rng) -> list:
+    """`decode` of channel-last content, finest first; public outputs, coarsest first."""
+    inputs = []
+    for j, s in enumerate(reversed(range(NUM_SCALES))):  # coarse to fine
+      r = None if rhythm is None else to_public(rhythm[s])
+      inputs.append(self._stage_input(j, content[s], to_public(speaker[s]), to_public(std[s]), r))
+    key = self._keys(rng, 1)[0] if self._decoder_draws_noise else None
+    return [to_public(y) for y in self._decoder_outputs(inputs, key)]
+
+  def lookup(self, codes, speaker=None, std=None) -> list:
+    """The content `encode` would give for these codes: codebook rows (B, C_s, T_s) per scale."""
+    return [
+      to_public(self._content_of_rows(self.quantize[s].lookup(jnp.asarray(c))))
+      for s, c in enumerate(codes)
+    ]
+
+  def decode_codes(self, codes, speaker, std, rhythm=None, *, rng=None) -> list:
+    """Decodes code indices (B, T_s) per scale, finest first, as the VQVAE notebook does: edit an
+    `encode`'s codes, decode them with its (or another utterance's) speaker terms."""
+    if len(codes) != NUM_SCALES:
+      raise ValueError(f'{self.name}: decode_codes needs codes for all {NUM_SCALES} scales')
+    for s, (c, q) in enumerate(zip(codes, self.quantize)):
+      values = jnp.asarray(c)
+      if not jnp.issubdtype(values.dtype, jnp.integer):
+        raise ValueError(f'{self.name}: codes of scale {s} must be integers, got {values.dtype}')
+      if int(values.min()) < 0 or int(values.max()) >= q.num_codes:
+        raise ValueError(
+          f'{self.name}: codes of scale {s} must lie in [0, {q.num_codes}); got '
+          f'{int(values.min())}..{int(values.max())}'
+        )
+    return self._decode_codes(codes, speaker, std, rhythm, rng)
+
+  def _decode_codes(self, codes, speaker, std, rhythm, rng) -> list:
+    return self.decode(self.lookup(codes, speaker, std), speaker, std, rhythm, rng=rng)
+
+  # ---- both -----------------------------------------------------------------------------------------
+
+  def reconstruct(self, mel, content_mel=None, *, rng=None):
+    """(decode(encode(mel)): the decoder's outputs, coarsest first; the encoding). A rhythm model
+    takes `mel`'s timing with `content_mel`'s content (default: `mel`)."""
+    enc_key, dec_key = self._keys(rng, 2)
+    enc = self.encode(mel, content_mel, rng=enc_key)
+    return self.decode(enc.content, enc.speaker, enc.std, enc.rhythm, rng=dec_key), enc
+
+  def convert(self, source_mel, target_mel, *, rng=None) -> list:
+    """The source's content spoken with the target's speaker terms (a target batch of 1 serves every
+    source item); the decoder's outputs, coarsest first."""
+    keys = self._keys(rng, 3)
+    src = self.encode(source_mel, rng=keys[0])
+    tgt = self.encode(target_mel, rng=keys[1])
+    batch = src.content[0].shape[0]
+    if tgt.content[0].shape[0] not in (1, batch):
+      raise ValueError(f'target batch {tgt.content[0].shape[0]} must be 1 or match the source batch '
+                       f'{batch}')
+    # A target batch of 1 serves every source item.
+    speaker, std = ([jnp.broadcast_to(a, (batch,) + a.shape[1:]) for a in terms]
+                    for terms in (tgt.speaker, tgt.std))
+    return self.decode(src.content, speaker, std, src.rhythm, rng=keys[2])

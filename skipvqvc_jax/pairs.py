@@ -1,0 +1,106 @@
+"""The conversions an evaluation makes and what it computes for each: a seeded choice of (source
+utterance, target speaker, reference, parallel recording) over the test set (`choose_pairs`), each
+pair's results as a `PairResult`, and the seeded per-speaker cap of the speaker statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from typing import Sequence
+
+import numpy as np
+
+from skipvqvc_jax import corpus, layouts
+from skipvqvc_jax.errors import CorpusError
+
+
+def utterance_name(feature_file: str) -> str:
+  """The utterance part of `{speaker}_{utterance}.npy`."""
+  return os.path.splitext(os.path.basename(feature_file))[0].split('_', 1)[1]
+
+
+def sentences(files: Sequence[str]) -> dict[str, str]:
+  """{file: what it says}: the normalised transcript where the corpus' manifest has one; otherwise
+  the utterance name (the demo corpus' speakers read the same numbered sentences; on VCTK only the
+  first few dozen numbers are the same text, so its transcripts decide there)."""
+  transcripts: dict[str, str] = {}
+  for root in {corpus.manifest_root(os.path.dirname(os.path.abspath(f))) for f in files} - {None}:
+    for item in corpus.read_manifest(root)['items']:
+      if item.get('transcript'):
+        transcripts[os.path.basename(item['file'])] = layouts.normalise(item['transcript'])
+  return {f: transcripts.get(os.path.basename(f)) or 'utterance ' + utterance_name(f) for f in files}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  """One conversion of the evaluation: a source utterance into a target speaker given by a reference
+  utterance of another sentence; `parallel` is the target's own recording of the source sentence."""
+
+  source: str
+  target_speaker: str
+  reference: str
+  parallel: str | None
+
+
+@dataclasses.dataclass
+class PairResult:
+  """What evaluation computed for one pair: the conversion at every decoder scale (coarsest first),
+  the source's reconstruction (for the pairs the report shows) and the scores that apply."""
+
+  pair: Pair
+  converted_scales: list
+  reconstruction_scales: list | None = None
+  lmcd_db: float | None = None  # log-mel cepstral distortion to `parallel` (DTW)
+  baseline_lmcd_db: float | None = None  # the unconverted source's
+  mcd_world_db: float | None = None  # the WORLD/SPTK MCD (eval extra)
+  baseline_mcd_world_db: float | None = None
+  similarity_to_target: float | None = None  # speaker similarity (eval extra)
+  similarity_to_source: float | None = None
+
+  @property
+  def converted_mel(self) -> np.ndarray:
+    return self.converted_scales[-1]
+
+  def to_json(self) -> dict:
+    """pairs.json's row: the pair and every score computed for it."""
+    scores = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if f.name not in ('pair', 'converted_scales', 'reconstruction_scales')}
+    return dict(dataclasses.asdict(self.pair), **{k: v for k, v in scores.items() if v is not None})
+
+
+def choose_pairs(files: Sequence[str], num_pairs: int, seed: int,
+                 said: dict[str, str] | None = None) -> list[Pair]:
+  """A seeded list of conversions: source utterance, target speaker, a reference of another sentence,
+  and the target's recording of the source sentence where it exists (`said`: each file's sentence,
+  by default its utterance name)."""
+  said = said or {f: utterance_name(f) for f in files}
+  by_speaker: dict[str, dict[str, str]] = {}
+  for f in files:
+    by_speaker.setdefault(corpus.speaker_of(f), {}).setdefault(said[f], f)
+  speakers = sorted(by_speaker)
+  if len(speakers) < 2:
+    raise CorpusError('evaluation needs at least two test speakers to convert between')
+  rng = random.Random(seed)
+  pairs = []
+  for _ in range(num_pairs):
+    source_speaker, target_speaker = rng.sample(speakers, 2)
+    sentence = rng.choice(sorted(by_speaker[source_speaker]))
+    others = sorted(u for u in by_speaker[target_speaker] if u != sentence)
+    if not others:
+      continue
+    pairs.append(Pair(source=by_speaker[source_speaker][sentence], target_speaker=target_speaker,
+                      reference=by_speaker[target_speaker][rng.choice(others)],
+                      parallel=by_speaker[target_speaker].get(sentence)))
+  return pairs
+
+
+def capped(files: Sequence[str], per_speaker: int, seed: int) -> list[str]:
+  """At most `per_speaker` files of each speaker, a seeded choice, in file order."""
+  by_speaker: dict[str, list[str]] = {}
+  for f in files:
+    by_speaker.setdefault(corpus.speaker_of(f), []).append(f)
+  rng = random.Random(seed)
+  chosen = {f for group in by_speaker.values()
+            for f in (group if len(group) <= per_speaker else rng.sample(group, per_speaker))}
+  return [f for f in files if f in chosen]
