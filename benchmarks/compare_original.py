@@ -12,6 +12,7 @@ simple-normalised input), backward, clip_grad_norm_(3), Adam. Ours is the jitted
 Presets: n64_ch64, n128_ch128, n512_ch512 (vqvc+ / vqvc+_resample), multi_simple_n64_ch64,
 multi_simple_n128_ch512, multi_n64_ch64, multi_n64_ch512.
 """
+
 import argparse
 import importlib.util
 import json
@@ -25,13 +26,13 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 PRESETS = {  # name -> (our config file, its preset, original model folder)
-    'n64_ch64': ('vqvc_plus', 'n64_ch64', 'vqvc+'),
-    'n128_ch128': ('vqvc_plus', 'n128_ch128', 'vqvc+'),
-    'n512_ch512': ('vqvc_plus_resample', 'n512_ch512', 'vqvc+_resample'),
-    'multi_simple_n64_ch64': ('vqvc_plus_multi_simple', 'n64_ch64', 'vqvc+_multi_simple'),
-    'multi_simple_n128_ch512': ('vqvc_plus_multi_simple', 'n128_ch512', 'vqvc+_multi_simple'),
-    'multi_n64_ch64': ('vqvc_plus_multi', 'n64_ch64', 'vqvc+_multi'),
-    'multi_n64_ch512': ('vqvc_plus_multi', 'n64_ch512', 'vqvc+_multi'),
+  'n64_ch64': ('vqvc_plus', 'n64_ch64', 'vqvc+'),
+  'n128_ch128': ('vqvc_plus', 'n128_ch128', 'vqvc+'),
+  'n512_ch512': ('vqvc_plus_resample', 'n512_ch512', 'vqvc+_resample'),
+  'multi_simple_n64_ch64': ('vqvc_plus_multi_simple', 'n64_ch64', 'vqvc+_multi_simple'),
+  'multi_simple_n128_ch512': ('vqvc_plus_multi_simple', 'n128_ch512', 'vqvc+_multi_simple'),
+  'multi_n64_ch64': ('vqvc_plus_multi', 'n64_ch64', 'vqvc+_multi'),
+  'multi_n64_ch512': ('vqvc_plus_multi', 'n64_ch512', 'vqvc+_multi'),
 }
 
 
@@ -48,10 +49,12 @@ def _median_time(fn, steps, warmup):
 
 def time_original(original, folder, channel, n_embed, steps, warmup):
   import torch  # pylint: disable=import-outside-toplevel
+
   torch.Tensor.cuda = lambda self, *a, **k: self  # the original calls .cuda() inside Quantize
   torch.nn.Module.cuda = lambda self, *a, **k: self
   spec = importlib.util.spec_from_file_location(
-      'original_vq_model', os.path.join(original, 'model', folder, 'vq_model.py'))
+    'original_vq_model', os.path.join(original, 'model', folder, 'vq_model.py')
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   torch.manual_seed(0)
@@ -65,15 +68,20 @@ def time_original(original, folder, channel, n_embed, steps, warmup):
 
   def step():
     out, _, _, _, latent, _ = model(audio)
-    recon = (sum(torch.nn.functional.l1_loss(o, t) for o, t in zip(out, targets)) if multi
-             else torch.nn.functional.l1_loss(out, audio))
+    recon = (
+      sum(torch.nn.functional.l1_loss(o, t) for o, t in zip(out, targets))
+      if multi
+      else torch.nn.functional.l1_loss(out, audio)
+    )
     loss = recon + 0.1 * latent.mean()
     model.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 3)
     opt.step()
 
-  utterance = torch.from_numpy(np.random.default_rng(1).normal(-4, 2, (1, 80, 512)).astype(np.float32))
+  utterance = torch.from_numpy(
+    np.random.default_rng(1).normal(-4, 2, (1, 80, 512)).astype(np.float32)
+  )
 
   def infer():
     with torch.no_grad():
@@ -86,16 +94,20 @@ def time_original(original, folder, channel, n_embed, steps, warmup):
 def time_ours(config_file, preset, steps, warmup):
   sys.path.insert(0, ROOT)
   import importlib  # pylint: disable=import-outside-toplevel
+
   import jax  # pylint: disable=import-outside-toplevel
+
   from skipvqvc_jax import checkpoints, convert, sharding, trainers  # pylint: disable=import-outside-toplevel
   from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
+
   config = importlib.import_module(f'skipvqvc_jax.configs.{config_file}').get_config(preset)
   trainer = trainers.get(config.trainer)
   mesh = sharding.make_mesh()
   model = voice_conversion.build_model(config)
   steps_ = voice_conversion.Steps(config, model, trainer, mesh)
-  state = sharding.place(voice_conversion.make_state(checkpoints.params_of(model), steps_.tx,
-                                                     config.seed), mesh)
+  state = sharding.place(
+    voice_conversion.make_state(checkpoints.params_of(model), steps_.tx, config.seed), mesh
+  )
   mel = np.random.default_rng(0).normal(-4, 2, (8, 80, 128)).astype(np.float32)
   batch = sharding.global_batch(mesh, dict(mel=mel))
   box = [state]
@@ -117,9 +129,12 @@ def run_side(args) -> None:
   n_embed, channel = (int(part[1:]) for part in our_preset.replace('_ch', '_c').split('_')[:2])
   # The recurrent models at ch512 take over a second a step: fewer steps there.
   slow = channel >= 512 and not folder.startswith('vqvc+_multi')
-  steps, warmup = (max(3, args.steps // 5), min(args.warmup, 2)) if slow else (args.steps, args.warmup)
+  steps, warmup = (
+    (max(3, args.steps // 5), min(args.warmup, 2)) if slow else (args.steps, args.warmup)
+  )
   if args.side == 'original':
     import torch  # pylint: disable=import-outside-toplevel
+
     torch.set_num_threads(args.threads)
     step, infer = time_original(args.original, folder, channel, n_embed, steps, warmup)
   else:
@@ -142,24 +157,51 @@ def main():
   if importlib.util.find_spec('torch') is None:
     print('skipped: torch is not installed (pip install -e ".[torch]")')
     return
-  if not args.original or not os.path.isfile(os.path.join(args.original, 'model', 'vqvc+',
-                                                          'vq_model.py')):
-    print(f'skipped: --original={args.original} is not a clone of SkipVQVC (no model/vqvc+/vq_model.py)')
+  if not args.original or not os.path.isfile(
+    os.path.join(args.original, 'model', 'vqvc+', 'vq_model.py')
+  ):
+    print(
+      f'skipped: --original={args.original} is not a clone of SkipVQVC (no model/vqvc+/vq_model.py)'
+    )
     return
-  print(f'{"preset":24} {"original ms/step":>16} {"ours ms/step":>12} {"speed-up":>8} | '
-        f'{"original infer ms":>17} {"ours infer ms":>13} {"speed-up":>8}')
+  print(
+    f'{"preset":24} {"original ms/step":>16} {"ours ms/step":>12} {"speed-up":>8} | '
+    f'{"original infer ms":>17} {"ours infer ms":>13} {"speed-up":>8}'
+  )
   for preset in args.presets.split(','):
     # Each side in a fresh process, one after the other: neither runs beside the other's idle
     # thread pools (torch's OpenMP workers spin after each op), and neither inherits its memory.
-    side = lambda name: json.loads(subprocess.run(
-        [sys.executable, __file__, f'--side={name}', f'--preset={preset}',
-         f'--original={args.original}', f'--steps={args.steps}', f'--warmup={args.warmup}',
-         f'--threads={args.threads}'], check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1])
+    side = lambda name: json.loads(
+      subprocess.run(
+        [
+          sys.executable,
+          __file__,
+          f'--side={name}',
+          f'--preset={preset}',
+          f'--original={args.original}',
+          f'--steps={args.steps}',
+          f'--warmup={args.warmup}',
+          f'--threads={args.threads}',
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+      )
+      .stdout.strip()
+      .splitlines()[-1]
+    )
     original, ours = side('original'), side('ours')
-    o_step, o_infer, j_step, j_infer = original['step'], original['infer'], ours['step'], ours['infer']
-    print(f'{preset:24} {o_step * 1e3:>16.1f} {j_step * 1e3:>12.1f} {o_step / j_step:>7.2f}x | '
-          f'{o_infer * 1e3:>17.1f} {j_infer * 1e3:>13.1f} {o_infer / j_infer:>7.2f}x', flush=True)
+    o_step, o_infer, j_step, j_infer = (
+      original['step'],
+      original['infer'],
+      ours['step'],
+      ours['infer'],
+    )
+    print(
+      f'{preset:24} {o_step * 1e3:>16.1f} {j_step * 1e3:>12.1f} {o_step / j_step:>7.2f}x | '
+      f'{o_infer * 1e3:>17.1f} {j_infer * 1e3:>13.1f} {o_infer / j_infer:>7.2f}x',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ weights (speed does not depend on them). Beside ours, librosa's own inverse (`me
 solve) and `griffinlim` run on the same mel with the same number of iterations; the spectral convergence
 of each result's mel against the input mel is printed so speed is compared at equal quality.
 """
+
 import argparse
 import importlib
 import os
@@ -35,8 +36,8 @@ def timed(fn, repeat):
 
 
 def mel_convergence(wave, log_mel, params):
-  rebuilt = audio.mel_basis(params) @ audio.magnitude(wave, params)[:, :log_mel.shape[1]]
-  target = 10.0 ** log_mel[:, :rebuilt.shape[1]]
+  rebuilt = audio.mel_basis(params) @ audio.magnitude(wave, params)[:, : log_mel.shape[1]]
+  target = 10.0 ** log_mel[:, : rebuilt.shape[1]]
   return float(np.linalg.norm(rebuilt - target) / np.linalg.norm(target))
 
 
@@ -51,13 +52,17 @@ def main():
   speaker = sorted(os.listdir(DEMO))[0]
   files = sorted(os.listdir(os.path.join(DEMO, speaker)))
   wave = np.concatenate([audio.trim(audio.load(os.path.join(DEMO, speaker, f)))[0] for f in files])
-  wave = wave[:int(args.seconds * params.sample_rate)]
+  wave = wave[: int(args.seconds * params.sample_rate)]
   mel = audio.log_mel(wave, params)
   seconds = len(wave) / params.sample_rate
 
   module, preset = args.preset.split(':')
-  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(preset)
-  converter = convert.Converter(voice_conversion.build_model(config), config, trainers.get('normal'))
+  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
+    preset
+  )
+  converter = convert.Converter(
+    voice_conversion.build_model(config), config, trainers.get('normal')
+  )
   reference = converter.speaker([mel[:, :256]])
   model_s = timed(lambda: converter.convert_mel(mel, reference), args.repeat)
 
@@ -66,29 +71,49 @@ def main():
   ours_sc = mel_convergence(ours(mel), mel, params)
 
   import librosa  # pylint: disable=import-outside-toplevel
+
   def librosa_vocoder():
-    stft = librosa.feature.inverse.mel_to_stft(10.0 ** mel, sr=params.sample_rate, n_fft=params.n_fft,
-                                               power=1.0)
-    return librosa.griffinlim(stft, n_iter=args.iterations, hop_length=params.hop_length,
-                              win_length=params.win_length, n_fft=params.n_fft, random_state=0)
+    stft = librosa.feature.inverse.mel_to_stft(
+      10.0**mel, sr=params.sample_rate, n_fft=params.n_fft, power=1.0
+    )
+    return librosa.griffinlim(
+      stft,
+      n_iter=args.iterations,
+      hop_length=params.hop_length,
+      win_length=params.win_length,
+      n_fft=params.n_fft,
+      random_state=0,
+    )
+
   librosa_s = timed(librosa_vocoder, max(1, args.repeat // 2))
   librosa_sc = mel_convergence(librosa_vocoder(), mel, params)
   start = time.perf_counter()
-  librosa.feature.inverse.mel_to_stft(10.0 ** mel, sr=params.sample_rate, n_fft=params.n_fft,
-                                      power=1.0)
+  librosa.feature.inverse.mel_to_stft(
+    10.0**mel, sr=params.sample_rate, n_fft=params.n_fft, power=1.0
+  )
   nnls_s = time.perf_counter() - start
 
-  print(f'{seconds:.1f} s of audio ({mel.shape[1]} frames), {args.preset}, '
-        f'{os.cpu_count()} cores, median of {args.repeat}')
-  print(f'model alone (encode source + decode):  {model_s * 1e3:8.1f} ms  RTF {model_s / seconds:.4f}')
-  print(f'our Griffin-Lim ({args.iterations} it.):           {ours_s * 1e3:8.1f} ms  '
-        f'RTF {ours_s / seconds:.4f}  mel spectral convergence {ours_sc:.3f}')
-  print(f'model + our Griffin-Lim:               {(model_s + ours_s) * 1e3:8.1f} ms  '
-        f'RTF {(model_s + ours_s) / seconds:.4f}')
-  print(f'librosa mel_to_stft + griffinlim:      {librosa_s * 1e3:8.1f} ms  '
-        f'RTF {librosa_s / seconds:.4f}  mel spectral convergence {librosa_sc:.3f} '
-        f'(of it NNLS inverse {nnls_s * 1e3:.0f} ms)')
-  print(f'our Griffin-Lim is {librosa_s / ours_s:.1f}x faster than librosa\'s')
+  print(
+    f'{seconds:.1f} s of audio ({mel.shape[1]} frames), {args.preset}, '
+    f'{os.cpu_count()} cores, median of {args.repeat}'
+  )
+  print(
+    f'model alone (encode source + decode):  {model_s * 1e3:8.1f} ms  RTF {model_s / seconds:.4f}'
+  )
+  print(
+    f'our Griffin-Lim ({args.iterations} it.):           {ours_s * 1e3:8.1f} ms  '
+    f'RTF {ours_s / seconds:.4f}  mel spectral convergence {ours_sc:.3f}'
+  )
+  print(
+    f'model + our Griffin-Lim:               {(model_s + ours_s) * 1e3:8.1f} ms  '
+    f'RTF {(model_s + ours_s) / seconds:.4f}'
+  )
+  print(
+    f'librosa mel_to_stft + griffinlim:      {librosa_s * 1e3:8.1f} ms  '
+    f'RTF {librosa_s / seconds:.4f}  mel spectral convergence {librosa_sc:.3f} '
+    f'(of it NNLS inverse {nnls_s * 1e3:.0f} ms)'
+  )
+  print(f"our Griffin-Lim is {librosa_s / ours_s:.1f}x faster than librosa's")
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ The source is the bundled demo corpus' utterances end to end, cut to --minutes; 
 `Converter.convert_file` does for `main.py --mode=convert` (features, model, Griffin-Lim, wav), with a
 model of random weights (memory does not depend on them). Peak = the process's maximum resident set.
 """
+
 import argparse
 import glob
 import json
@@ -22,18 +23,26 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 def measure(source: str, target: str, preset: str) -> dict:
   sys.path.insert(0, ROOT)
   import importlib  # pylint: disable=import-outside-toplevel
+
   from skipvqvc_jax import convert, trainers  # pylint: disable=import-outside-toplevel
   from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
+
   module, name = preset.split(':')
   config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
-      name)
-  converter = convert.Converter(voice_conversion.build_model(config), config, trainers.get('normal'))
+    name
+  )
+  converter = convert.Converter(
+    voice_conversion.build_model(config), config, trainers.get('normal')
+  )
   out = os.path.join(os.path.dirname(source), 'out.wav')
   start = time.perf_counter()
   converter.convert_file(source, [target], out)
   seconds = time.perf_counter() - start
-  return dict(peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, seconds=seconds,
-              out_bytes=os.path.getsize(out))
+  return dict(
+    peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    seconds=seconds,
+    out_bytes=os.path.getsize(out),
+  )
 
 
 def main():
@@ -48,7 +57,9 @@ def main():
   sys.path.insert(0, ROOT)
   import numpy as np  # pylint: disable=import-outside-toplevel
   import soundfile as sf  # pylint: disable=import-outside-toplevel
+
   from skipvqvc_jax import audio  # pylint: disable=import-outside-toplevel
+
   files = sorted(glob.glob(os.path.join(ROOT, 'data', 'demo_corpus', '*', '*.ogg')))
   samples, parts = int(args.minutes * 60 * 22050), []
   while sum(len(p) for p in parts) < samples:
@@ -56,13 +67,19 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     source = os.path.join(tmp, 'long.wav')
     sf.write(source, np.concatenate(parts)[:samples], 22050)
-    result = subprocess.run([sys.executable, __file__, f'--preset={args.preset}', '--one', source,
-                             files[0]], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+      [sys.executable, __file__, f'--preset={args.preset}', '--one', source, files[0]],
+      capture_output=True,
+      text=True,
+      check=False,
+    )
     if result.returncode:
       raise SystemExit(result.stderr[-3000:])
     r = json.loads(result.stdout.strip().splitlines()[-1])
-  print(f'{args.minutes:.1f} min source, {args.preset}, Griffin-Lim: peak {r["peak_mib"]:.0f} MiB '
-        f'resident, {r["seconds"]:.1f} s ({os.cpu_count()} cores)')
+  print(
+    f'{args.minutes:.1f} min source, {args.preset}, Griffin-Lim: peak {r["peak_mib"]:.0f} MiB '
+    f'resident, {r["seconds"]:.1f} s ({os.cpu_count()} cores)'
+  )
 
 
 if __name__ == '__main__':

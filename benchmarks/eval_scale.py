@@ -8,6 +8,7 @@ made by one training step of the preset on a few generated training speakers; th
 runs as a user runs it, in a fresh process, with Griffin-Lim, and with speaker similarity when the
 eval extra (resemblyzer) is installed.
 """
+
 import argparse
 import json
 import os
@@ -45,24 +46,37 @@ def main():
     write_speakers(os.path.join(tmp, 'test'), args.speakers, args.utterances, 'te', seed=1)
     workdir = os.path.join(tmp, 'run')
     main_py = [sys.executable, os.path.join(ROOT, 'main.py')]
-    train = subprocess.run(main_py + [
-        f'--config=configs/{args.preset}', f'--workdir={workdir}', '--config.num_train_steps=1',
-        f'--config.data.train_dir={tmp}/train', f'--config.data.test_dir={tmp}/test',
-        '--config.eval_batches=1'], cwd=ROOT, capture_output=True, text=True)
+    train = subprocess.run(
+      main_py
+      + [
+        f'--config=configs/{args.preset}',
+        f'--workdir={workdir}',
+        '--config.num_train_steps=1',
+        f'--config.data.train_dir={tmp}/train',
+        f'--config.data.test_dir={tmp}/test',
+        '--config.eval_batches=1',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+    )
     if train.returncode:
       raise SystemExit(train.stderr[-3000:])
     start = time.perf_counter()
-    result = subprocess.run(main_py + ['--mode=eval', f'--workdir={workdir}'], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+      main_py + ['--mode=eval', f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     if result.returncode:
       raise SystemExit(result.stderr[-3000:])
     metrics = json.load(open(os.path.join(workdir, 'eval', 'step_1', 'metrics.json')))
   similarity = metrics['speaker_similarity']
-  print(f'{args.speakers} speakers x {args.utterances} utterances ({metrics["test_utterances"]} '
-        f'test utterances), {args.preset}, Griffin-Lim, {os.cpu_count()} cores: eval {seconds / 60:.1f} '
-        f'min wall; speaker similarity '
-        + ('included' if similarity.get('available') else f'not run ({similarity.get("why")})'))
+  print(
+    f'{args.speakers} speakers x {args.utterances} utterances ({metrics["test_utterances"]} '
+    f'test utterances), {args.preset}, Griffin-Lim, {os.cpu_count()} cores: eval {seconds / 60:.1f} '
+    f'min wall; speaker similarity '
+    + ('included' if similarity.get('available') else f'not run ({similarity.get("why")})')
+  )
 
 
 if __name__ == '__main__':

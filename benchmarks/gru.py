@@ -12,13 +12,13 @@ sequential part of the step. Variants:
   two-scans       input projections up front, one scan per direction
   naive           one scan per direction with the input matmul inside the scan body
 """
+
 import argparse
 import functools
-import statistics
-import time
-
 import os
+import statistics
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -93,8 +93,9 @@ def naive(x, p):
   w_ih, w_hh, b_ih, b_hh = p
   out = []
   for d, seq in enumerate((x, x[:, ::-1])):
-    step = lambda h, xt, d=d: (lambda h2: (h2, h2))(_cell(xt @ w_ih[d] + b_ih[d], h, w_hh[d],
-                                                           b_hh[d]))
+    step = lambda h, xt, d=d: (lambda h2: (h2, h2))(
+      _cell(xt @ w_ih[d] + b_ih[d], h, w_hh[d], b_hh[d])
+    )
     _, hs = jax.lax.scan(step, jnp.zeros((x.shape[0], x.shape[2])), seq.swapaxes(0, 1))
     out.append(hs if d == 0 else hs[::-1])
   return (out[0] + out[1]).swapaxes(0, 1)
@@ -116,17 +117,27 @@ def main():
   parser.add_argument('--frames', default='16,64,128')
   parser.add_argument('--batch', type=int, default=8)
   args = parser.parse_args()
-  variants = {'ours': ours, 'fused-custom': fused_custom, 'fused-scan': fused, 'fused-unroll-2': functools.partial(fused, unroll=2),
-              'fused-unroll-4': functools.partial(fused, unroll=4),
-              'fused-unroll-8': functools.partial(fused, unroll=8),
-              'two-scans': two_scans, 'naive': naive}
-  print(f'forward + backward of one bidirectional GRU, batch {args.batch}, median ms '
-        f'({jax.devices()[0].device_kind})')
+  variants = {
+    'ours': ours,
+    'fused-custom': fused_custom,
+    'fused-scan': fused,
+    'fused-unroll-2': functools.partial(fused, unroll=2),
+    'fused-unroll-4': functools.partial(fused, unroll=4),
+    'fused-unroll-8': functools.partial(fused, unroll=8),
+    'two-scans': two_scans,
+    'naive': naive,
+  }
+  print(
+    f'forward + backward of one bidirectional GRU, batch {args.batch}, median ms '
+    f'({jax.devices()[0].device_kind})'
+  )
   print(f'{"channels":>8} {"frames":>6} ' + ' '.join(f'{v:>15}' for v in variants))
   rng = np.random.default_rng(0)
   for c in map(int, args.channels.split(',')):
-    params = tuple(jnp.asarray(rng.normal(0, 0.1, s), jnp.float32)
-                   for s in ((2, c, 3 * c), (2, c, 3 * c), (2, 3 * c), (2, 3 * c)))
+    params = tuple(
+      jnp.asarray(rng.normal(0, 0.1, s), jnp.float32)
+      for s in ((2, c, 3 * c), (2, c, 3 * c), (2, 3 * c), (2, 3 * c))
+    )
     for t in map(int, args.frames.split(',')):
       x = jnp.asarray(rng.normal(0, 1, (args.batch, t, c)), jnp.float32)
       row = []
@@ -136,8 +147,10 @@ def main():
       print(f'{c:>8} {t:>6} ' + ' '.join(f'{ms:>15.3f}' for ms in row), flush=True)
   print('forward only, batch 1 (inference), median ms')
   for c in map(int, args.channels.split(',')):
-    params = tuple(jnp.asarray(rng.normal(0, 0.1, s), jnp.float32)
-                   for s in ((2, c, 3 * c), (2, c, 3 * c), (2, 3 * c), (2, 3 * c)))
+    params = tuple(
+      jnp.asarray(rng.normal(0, 0.1, s), jnp.float32)
+      for s in ((2, c, 3 * c), (2, c, 3 * c), (2, 3 * c), (2, 3 * c))
+    )
     x = jnp.asarray(rng.normal(0, 1, (1, 512, c)), jnp.float32)
     row = [timed(jax.jit(fn), x, params, repeat=10) * 1e3 for fn in variants.values()]
     print(f'{c:>8} {512:>6} ' + ' '.join(f'{ms:>15.3f}' for ms in row), flush=True)

@@ -5,6 +5,7 @@
 Each repeat preprocesses the whole input into a fresh temporary folder (decode, resample, trim, STFT,
 mel, write), so nothing is reused between repeats; it prints the figure for each and the best.
 """
+
 import argparse
 import os
 import shutil
@@ -29,17 +30,22 @@ def main():
     out = tempfile.mkdtemp(prefix='skipvqvc_bench_')
     try:
       start = time.perf_counter()
-      manifest = preprocessing.preprocess(args.input, out, workers=workers, progress=False,
-                                   log=lambda _: None)
+      manifest = preprocessing.preprocess(
+        args.input, out, workers=workers, progress=False, log=lambda _: None
+      )
       wall = time.perf_counter() - start
     finally:
       shutil.rmtree(out)
     audio_seconds = manifest['totals']['train']['seconds'] + manifest['totals']['test']['seconds']
     rates.append(audio_seconds / wall)
-    print(f'run {i + 1}: {audio_seconds:.1f} s of trimmed audio in {wall:.2f} s wall '
-          f'= {rates[-1]:.1f} audio-s/s ({len(manifest["items"])} files, {workers} workers)')
-  print(f'best: {max(rates):.1f} seconds of audio per second ({workers} workers, '
-        f'{os.cpu_count()} cores)')
+    print(
+      f'run {i + 1}: {audio_seconds:.1f} s of trimmed audio in {wall:.2f} s wall '
+      f'= {rates[-1]:.1f} audio-s/s ({len(manifest["items"])} files, {workers} workers)'
+    )
+  print(
+    f'best: {max(rates):.1f} seconds of audio per second ({workers} workers, '
+    f'{os.cpu_count()} cores)'
+  )
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ global (split over all local devices); crops are 128 frames. Without --data the 
 kept in memory; with --data batches come from the input pipeline reading .npy files, to show whether
 loading keeps up.
 """
+
 import argparse
 import importlib
 import json
@@ -19,18 +20,24 @@ import sys
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-DEFAULT_PRESETS = ('vqvc_plus.py:n64_ch64,vqvc_plus.py:n128_ch128,vqvc_plus_rhythm.py:n128_ch128,'
-                   'vqvc_plus_resample.py:n512_ch512,vqvc_plus.py:demo')
+DEFAULT_PRESETS = (
+  'vqvc_plus.py:n64_ch64,vqvc_plus.py:n128_ch128,vqvc_plus_rhythm.py:n128_ch128,'
+  'vqvc_plus_resample.py:n512_ch512,vqvc_plus.py:demo'
+)
 
 
 def measure(preset: str, batch_size: int, steps: int, warmup: int, data: str | None) -> dict:
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   from skipvqvc_jax import checkpoints, input_pipeline, sharding, trainers  # pylint: disable=import-outside-toplevel
   from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
+
   module, name = preset.split(':')
-  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(name)
+  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
+    name
+  )
   config.batch_size = batch_size
   trainer = trainers.get('normal' if config.trainer == 'mean_std' else config.trainer)
   mesh = sharding.make_mesh()
@@ -43,14 +50,16 @@ def measure(preset: str, batch_size: int, steps: int, warmup: int, data: str | N
   batch = sharding.global_batch(mesh, trainer.augment(mel, np.random.default_rng(0)))
   iterator = None
   if data:
-    iterator = input_pipeline.make_iterator(input_pipeline.make_dataset(
-        data, batch_size=batch_size, crop_frames=128, seed=0))
+    iterator = input_pipeline.make_iterator(
+      input_pipeline.make_dataset(data, batch_size=batch_size, crop_frames=128, seed=0)
+    )
 
   def next_batch(step):
     if iterator is None:
       return batch
-    return sharding.global_batch(mesh, trainer.augment(next(iterator)['mel'],
-                                                       np.random.default_rng(step)))
+    return sharding.global_batch(
+      mesh, trainer.augment(next(iterator)['mel'], np.random.default_rng(step))
+    )
 
   start = time.perf_counter()
   compiled = steps_.train_step.lower(state, batch).compile()
@@ -66,14 +75,22 @@ def measure(preset: str, batch_size: int, steps: int, warmup: int, data: str | N
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   device = jax.devices()[0]
-  peak_device = (device.memory_stats() or {}).get('peak_bytes_in_use') if device.platform != 'cpu' \
-      else None
-  return dict(preset=preset, batch=batch_size, devices=f'{jax.device_count()}x {device.device_kind}',
-              params_m=sum(x.size for x in jax.tree.leaves(params)) / 1e6,
-              compile_s=compile_s, ms_per_step=median * 1e3, steps_per_s=1 / median,
-              frames_per_s=batch_size * 128 / median, data='npy' if data else 'memory',
-              peak_host_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              peak_device_mib=peak_device / 2**20 if peak_device else None)
+  peak_device = (
+    (device.memory_stats() or {}).get('peak_bytes_in_use') if device.platform != 'cpu' else None
+  )
+  return dict(
+    preset=preset,
+    batch=batch_size,
+    devices=f'{jax.device_count()}x {device.device_kind}',
+    params_m=sum(x.size for x in jax.tree.leaves(params)) / 1e6,
+    compile_s=compile_s,
+    ms_per_step=median * 1e3,
+    steps_per_s=1 / median,
+    frames_per_s=batch_size * 128 / median,
+    data='npy' if data else 'memory',
+    peak_host_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    peak_device_mib=peak_device / 2**20 if peak_device else None,
+  )
 
 
 def main():
@@ -89,22 +106,31 @@ def main():
     preset, batch = args.one.rsplit(',', 1)
     print(json.dumps(measure(preset, int(batch), args.steps, args.warmup, args.data)))
     return
-  print(f'{"preset":34} {"batch":>5} {"params M":>8} {"compile s":>9} {"ms/step":>8} {"steps/s":>8} '
-        f'{"frames/s":>9} {"peak host MiB":>13}  devices')
+  print(
+    f'{"preset":34} {"batch":>5} {"params M":>8} {"compile s":>9} {"ms/step":>8} {"steps/s":>8} '
+    f'{"frames/s":>9} {"peak host MiB":>13}  devices'
+  )
   for preset in args.presets.split(','):
     for batch in args.batch_sizes.split(','):
-      command = [sys.executable, __file__, f'--one={preset},{batch}', f'--steps={args.steps}',
-                 f'--warmup={args.warmup}'] + ([f'--data={args.data}'] if args.data else [])
+      command = [
+        sys.executable,
+        __file__,
+        f'--one={preset},{batch}',
+        f'--steps={args.steps}',
+        f'--warmup={args.warmup}',
+      ] + ([f'--data={args.data}'] if args.data else [])
       out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
       if out.returncode:
         print(f'{preset:34} {batch:>5} failed: {out.stderr.strip().splitlines()[-1]}')
         continue
       r = json.loads(out.stdout.strip().splitlines()[-1])
-      print(f'{r["preset"]:34} {r["batch"]:>5} {r["params_m"]:>8.2f} {r["compile_s"]:>9.1f} '
-            f'{r["ms_per_step"]:>8.1f} {r["steps_per_s"]:>8.2f} {r["frames_per_s"]:>9.0f} '
-            f'{r["peak_host_mib"]:>13.0f}  {r["devices"]}'
-            + (f', peak device {r["peak_device_mib"]:.0f} MiB' if r['peak_device_mib'] else '')
-            + (' (npy data)' if r['data'] == 'npy' else ''))
+      print(
+        f'{r["preset"]:34} {r["batch"]:>5} {r["params_m"]:>8.2f} {r["compile_s"]:>9.1f} '
+        f'{r["ms_per_step"]:>8.1f} {r["steps_per_s"]:>8.2f} {r["frames_per_s"]:>9.0f} '
+        f'{r["peak_host_mib"]:>13.0f}  {r["devices"]}'
+        + (f', peak device {r["peak_device_mib"]:.0f} MiB' if r['peak_device_mib'] else '')
+        + (' (npy data)' if r['data'] == 'npy' else '')
+      )
 
 
 if __name__ == '__main__':

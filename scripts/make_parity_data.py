@@ -18,6 +18,7 @@ swap. The inputs are two crops of bundled demo-corpus utterances, so the numbers
 `../shared/parity` but test the same things. Features and the MelGAN generator are not covered (they need
 melgan-neurips); those tests skip when their files are absent.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,24 @@ import sys
 import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-SECTION2 = {'vqvcplus_n64_ch64': 'vqvc+', 'vqvcplus_rhythm_n64_ch64': 'vqvc+_rhythm',
-            'vqvcplus_resample_n64_ch64': 'vqvc+_resample',
-            'vqvcplus_speaker_quantize_n64_ch64': 'vqvc+_speaker_quantize',
-            'vqvcplus_cvae_n64_ch64': 'vqvc+_cvae'}
-MULTI = {f'vqvcplus_{f[6:]}_n64_ch64': f for f in (
-    'vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_rhythm', 'vqvc+_multi_ps', 'vqvc+_multi_cav',
-    'vqvc+_multi_codebook_gen')}
+SECTION2 = {
+  'vqvcplus_n64_ch64': 'vqvc+',
+  'vqvcplus_rhythm_n64_ch64': 'vqvc+_rhythm',
+  'vqvcplus_resample_n64_ch64': 'vqvc+_resample',
+  'vqvcplus_speaker_quantize_n64_ch64': 'vqvc+_speaker_quantize',
+  'vqvcplus_cvae_n64_ch64': 'vqvc+_cvae',
+}
+MULTI = {
+  f'vqvcplus_{f[6:]}_n64_ch64': f
+  for f in (
+    'vqvc+_multi',
+    'vqvc+_multi_simple',
+    'vqvc+_multi_rhythm',
+    'vqvc+_multi_ps',
+    'vqvc+_multi_cav',
+    'vqvc+_multi_codebook_gen',
+  )
+}
 MAX_NORM = ('vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_ps')
 STRETCH = (0.5, 1.5, 1.25, 0.75)  # per 32-frame segment, segments kept in order
 SWAP = [1, 0]
@@ -55,6 +67,7 @@ def import_original(clone: str, folder: str):
 
 def load_original(clone: str, folder: str):
   import torch  # pylint: disable=import-outside-toplevel
+
   torch.Tensor.cuda = lambda self, *a, **k: self
   torch.nn.Module.cuda = lambda self, *a, **k: self
   module = import_original(clone, folder)
@@ -72,17 +85,24 @@ def demo_inputs() -> np.ndarray:
   """(2, 80, 128) log-mels: crops of two demo-corpus speakers, made with our feature code."""
   sys.path.insert(0, ROOT)
   from skipvqvc_jax import audio  # pylint: disable=import-outside-toplevel
+
   corpus = os.path.join(ROOT, 'data', 'demo_corpus')
-  mels = [audio.file_to_log_mel(os.path.join(corpus, speaker, f'{speaker}_001.ogg'))[0][:, 16:144]
-          for speaker in ('awb', 'slt')]
+  mels = [
+    audio.file_to_log_mel(os.path.join(corpus, speaker, f'{speaker}_001.ogg'))[0][:, 16:144]
+    for speaker in ('awb', 'slt')
+  ]
   return np.stack(mels).astype(np.float32)
 
 
 def stretched(x: np.ndarray) -> np.ndarray:
   """The trainers' segment stretch with fixed factors: output frame i of a segment stretched by f
   takes frame floor(i * (1 / f)), with 1 / f formed in float32 as torch does."""
-  index = np.concatenate([32 * n + np.floor(np.arange(int(32 * f)) * np.float32(1 / f)).astype(int)
-                          for n, f in enumerate(STRETCH)])
+  index = np.concatenate(
+    [
+      32 * n + np.floor(np.arange(int(32 * f)) * np.float32(1 / f)).astype(int)
+      for n, f in enumerate(STRETCH)
+    ]
+  )
   return x[..., index]
 
 
@@ -116,6 +136,7 @@ def np32(t):
 @contextlib.contextmanager
 def fixed_randperm(perm):
   import torch  # pylint: disable=import-outside-toplevel
+
   original = torch.randperm
   torch.randperm = lambda n, *a, **k: torch.tensor(perm[:n])
   try:
@@ -128,6 +149,7 @@ def fixed_randperm(perm):
 def recorded_randn(store: list, replay: bool):
   """vqvc+_cvae draws its speaker noise with torch.randn: record it once, replay it after."""
   import torch  # pylint: disable=import-outside-toplevel
+
   original, calls = torch.randn, iter(list(store))
 
   def randn(*size, **kwargs):
@@ -136,6 +158,7 @@ def recorded_randn(store: list, replay: bool):
     value = original(*size, **kwargs)
     store.append(value)
     return value
+
   torch.randn = randn
   try:
     yield
@@ -169,13 +192,15 @@ def decode_call(folder, model, enc, perm=None):
 def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list):
   """encode -> decode with hooks; the out/* keys of the tests."""
   import torch  # pylint: disable=import-outside-toplevel
+
   multi = folder.startswith('vqvc+_multi')
   rec = Recorder()
   for s in range(3):
     rec.watch(f'enc{s}', model.enc[s])
     rec.watch(f'q{s}', model.quantize[s])
-    if hasattr(model.quantize[s], 'embedding') and isinstance(model.quantize[s].embedding,
-                                                               torch.nn.Embedding):
+    if hasattr(model.quantize[s], 'embedding') and isinstance(
+      model.quantize[s].embedding, torch.nn.Embedding
+    ):
       rec.watch(f'lookup{s}', model.quantize[s].embedding, pre=True)
     for name in ('quantize_speakers', 'gnorm', 'quantize_simple', 'speaker_blocks'):
       if hasattr(model, name):
@@ -212,7 +237,7 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list):
       out[f'out/sq_s{s}'] = np32(content[s])
       weight = model.quantize_simple[s].embedding.weight.detach()
       flat = sargs[0].reshape(-1, weight.shape[1])
-      dist = (flat ** 2).sum(1, keepdim=True) - 2 * flat @ weight.T + (weight ** 2).sum(1)[None]
+      dist = (flat**2).sum(1, keepdim=True) - 2 * flat @ weight.T + (weight**2).sum(1)[None]
       out[f'out/scodes_s{s}'] = dist.argmin(1).reshape(batch, -1).numpy().astype(np.int32)
       for k in (1, 2, 3):
         out[f'out/spk{k}_s{s}'] = np32(speaker[s][k - 1])
@@ -231,8 +256,9 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list):
       sargs, sresult = rec.first(f'quantize_speakers{s}')
       out[f'out/spqin_s{s}'] = np32(sargs[0])
       out[f'out/spqdiff_s{s}'] = np32(sresult[1])
-      out[f'out/sp_codes_s{s}'] = rec.first(f'splookup{s}')[0][0].reshape(batch, 1).numpy().astype(
-          np.int32)
+      out[f'out/sp_codes_s{s}'] = (
+        rec.first(f'splookup{s}')[0][0].reshape(batch, 1).numpy().astype(np.int32)
+      )
     if folder == 'vqvc+_cvae':
       out[f'input/noise_s{s}'] = np32(noise[s]).reshape(batch, -1)
     if folder == 'vqvc+_multi_ps':
@@ -244,12 +270,16 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list):
       unit = weight / torch.norm(weight, dim=1, keepdim=True)
       chosen = unit[codes.reshape(-1)].reshape(args[0].shape)
       out[f'out/qmse_s{s}'] = np32(((chosen - args[0]) ** 2).mean())
-      sq = (unit ** 2).sum(1, keepdim=True)
+      sq = (unit**2).sum(1, keepdim=True)
       out[f'out/qentropy_s{s}'] = np32(torch.sum(sq - 2 * unit @ unit.T + sq.T))
     if folder in MAX_NORM:
       out[f'out/codebook_after_encode_s{s}'] = np32(model.quantize[s].embedding.weight)
-  latent_index = {'vqvc+_rhythm': 4, 'vqvc+_multi_rhythm': 4, 'vqvc+_multi_ps': 2,
-                  'vqvc+_multi_codebook_gen': 3}.get(folder, 3)
+  latent_index = {
+    'vqvc+_rhythm': 4,
+    'vqvc+_multi_rhythm': 4,
+    'vqvc+_multi_ps': 2,
+    'vqvc+_multi_codebook_gen': 3,
+  }.get(folder, 3)
   out['out/latent_diff'] = np32(enc[latent_index])
   with torch.no_grad():
     recon, converted = decode_call(folder, model, enc), decode_call(folder, model, enc, SWAP)
@@ -288,6 +318,7 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list):
 def training_step(folder, model, x, x_shuffle, out: dict, noise: list):
   """One step of the original's trainer arithmetic: train/*, grad/*, step1_param/*."""
   import torch  # pylint: disable=import-outside-toplevel
+
   multi = folder.startswith('vqvc+_multi')
   rhythm = folder in ('vqvc+_rhythm', 'vqvc+_multi_rhythm')
   # The non-rhythm multi trainers replace the input by its stretched copy.
@@ -315,9 +346,15 @@ def training_step(folder, model, x, x_shuffle, out: dict, noise: list):
     if p.grad is not None:
       out[f'grad/{name}'] = np32(p.grad)
   norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 3)
-  out.update({'train/loss': np32(loss), 'train/recon_loss': np32(recon_loss),
-              'train/latent_loss': np32(latent), 'train/grad_total_norm': np32(norm),
-              'train/clip_coef': np.float32(min(1.0, 3 / (float(norm) + 1e-6)))})
+  out.update(
+    {
+      'train/loss': np32(loss),
+      'train/recon_loss': np32(recon_loss),
+      'train/latent_loss': np32(latent),
+      'train/grad_total_norm': np32(norm),
+      'train/clip_coef': np.float32(min(1.0, 3 / (float(norm) + 1e-6))),
+    }
+  )
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
   optimizer.step()
   for name, value in model.state_dict().items():
@@ -326,6 +363,7 @@ def training_step(folder, model, x, x_shuffle, out: dict, noise: list):
 
 def make_one(clone: str, folder: str, multi: bool, x_logmel: np.ndarray) -> dict:
   import torch  # pylint: disable=import-outside-toplevel
+
   model = load_original(clone, folder)
   initial = {k: v.clone() for k, v in model.state_dict().items()}
   out = {f'param/{k}': np32(v) for k, v in initial.items()}
@@ -363,9 +401,15 @@ def main(argv=None) -> int:
         np.savez_compressed(f, **arrays)
       os.replace(path + '.tmp', path)
       manifests[group][f'{stem}.npz'] = dict(
-          keys={k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
-          meta=dict(model=folder, torch=torch.__version__, swap_perm=SWAP,
-                    stretch_factors=list(STRETCH), loss=float(arrays['train/loss'])))
+        keys={k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
+        meta=dict(
+          model=folder,
+          torch=torch.__version__,
+          swap_perm=SWAP,
+          stretch_factors=list(STRETCH),
+          loss=float(arrays['train/loss']),
+        ),
+      )
       print(f'{path}: {len(arrays)} arrays, loss {float(arrays["train/loss"]):.6f}', flush=True)
   for group, files in manifests.items():
     with open(os.path.join(args.out, group, 'manifest.json'), 'w') as f:

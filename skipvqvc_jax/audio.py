@@ -8,6 +8,7 @@ Two implementations share the window and the framing: NumPy for one waveform (`l
 conversion) and JAX for batches on the device (`stft`, `istft`, `batch_log_mel`: vocoder training and
 Griffin-Lim). A test holds the two to the same frames and values.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ from skipvqvc_jax.errors import AudioError
 @dataclasses.dataclass(frozen=True)
 class FeatureParams:
   """Everything that determines a feature file; stored in the manifest and checked by training."""
+
   sample_rate: int = 22050
   n_fft: int = 1024
   hop_length: int = 256
@@ -36,18 +38,22 @@ class FeatureParams:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: dict) -> 'FeatureParams':
+  def from_dict(cls, d: dict) -> FeatureParams:
     return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
-  def mismatches(self, other: 'FeatureParams') -> list[str]:
+  def mismatches(self, other: FeatureParams) -> list[str]:
     """'name: ours != theirs' for every differing field."""
-    return [f'{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}'
-            for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+    return [
+      f'{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}'
+      for f in dataclasses.fields(self)
+      if getattr(self, f.name) != getattr(other, f.name)
+    ]
 
 
 def load(path: str, params: FeatureParams = FeatureParams()) -> np.ndarray:
   """Reads any audio file librosa can decode as float32 mono at params.sample_rate."""
   import librosa  # pylint: disable=import-outside-toplevel  (slow import; workers pay it once)
+
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # librosa warns when it falls back to audioread
     try:
@@ -71,13 +77,16 @@ def load(path: str, params: FeatureParams = FeatureParams()) -> np.ndarray:
   return y.astype(np.float32)
 
 
-def trim(y: np.ndarray, params: FeatureParams = FeatureParams()) -> tuple[np.ndarray, tuple[int, int]]:
+def trim(
+  y: np.ndarray, params: FeatureParams = FeatureParams()
+) -> tuple[np.ndarray, tuple[int, int]]:
   """Trims leading and trailing silence (librosa.effects.trim); returns the audio and [start, end)."""
   if params.trim_top_db is None:
     return y, (0, len(y))
   if np.max(np.abs(y)) < 1e-4:  # below -80 dBFS: trim would keep noise, so call it silence
     raise AudioError('silent (peak below -80 dBFS)')
   import librosa  # pylint: disable=import-outside-toplevel
+
   trimmed, index = librosa.effects.trim(y, top_db=params.trim_top_db)
   return trimmed, (int(index[0]), int(index[1]))
 
@@ -86,8 +95,14 @@ def trim(y: np.ndarray, params: FeatureParams = FeatureParams()) -> tuple[np.nda
 def mel_basis(params: FeatureParams = FeatureParams()) -> np.ndarray:
   """The (n_mels, n_fft // 2 + 1) Slaney mel filterbank, float32."""
   import librosa  # pylint: disable=import-outside-toplevel
-  return librosa.filters.mel(sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels,
-                             fmin=params.fmin, fmax=params.fmax).astype(np.float32)
+
+  return librosa.filters.mel(
+    sr=params.sample_rate,
+    n_fft=params.n_fft,
+    n_mels=params.n_mels,
+    fmin=params.fmin,
+    fmax=params.fmax,
+  ).astype(np.float32)
 
 
 def hann_window(length: int) -> np.ndarray:
@@ -99,7 +114,7 @@ def analysis_window(params: FeatureParams = FeatureParams()) -> np.ndarray:
   """The Hann window of win_length, centred in an n_fft frame (zeros around a shorter window)."""
   window = np.zeros(params.n_fft, np.float32)
   offset = (params.n_fft - params.win_length) // 2
-  window[offset:offset + params.win_length] = hann_window(params.win_length)
+  window[offset : offset + params.win_length] = hann_window(params.win_length)
   return window
 
 
@@ -146,8 +161,9 @@ def log_mel(y: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarra
   out = np.empty((params.n_mels, count), np.float32)
   for first in range(0, count, BLOCK_FRAMES):
     block = _magnitude_block(padded, first, min(BLOCK_FRAMES, count - first), params)
-    out[:, first:first + block.shape[1]] = np.log10(np.maximum(mel_basis(params) @ block,
-                                                              params.log_floor))
+    out[:, first : first + block.shape[1]] = np.log10(
+      np.maximum(mel_basis(params) @ block, params.log_floor)
+    )
   return out
 
 
@@ -160,9 +176,11 @@ def file_to_log_mel(path: str, params: FeatureParams = FeatureParams()) -> tuple
 # ---- the same features in JAX, for batches on the device -------------------------------------------
 # jax is imported inside these functions: preprocessing workers import this module and never need it.
 
+
 def stft(y, params: FeatureParams = FeatureParams()):
   """Complex STFT (batch, frames, n_fft // 2 + 1) of y (batch, samples), framed as `magnitude`."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   pad = edge_padding(params)
   padded = jnp.pad(y, ((0, 0), (pad, pad)), mode='reflect')
   frames = padded[:, frame_indices(num_frames(y.shape[1], params), params)]
@@ -172,6 +190,7 @@ def stft(y, params: FeatureParams = FeatureParams()):
 def istft(spec, params: FeatureParams = FeatureParams()):
   """Least-squares inverse of `stft`: windowed overlap-add, normalised by the summed squared window."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   batch, frame_count, _ = spec.shape
   window = analysis_window(params)
   frames = jnp.fft.irfft(spec, n=params.n_fft, axis=-1) * window
@@ -182,7 +201,7 @@ def istft(spec, params: FeatureParams = FeatureParams()):
   np.add.at(norm, index, np.broadcast_to(window**2, index.shape))
   signal = signal / np.maximum(norm, 1e-8)
   pad = edge_padding(params)
-  return signal[:, pad:length - pad]
+  return signal[:, pad : length - pad]
 
 
 def batch_log_mel(y, params: FeatureParams = FeatureParams(), eps: float = 0.0):
@@ -190,6 +209,7 @@ def batch_log_mel(y, params: FeatureParams = FeatureParams(), eps: float = 0.0):
 
   eps > 0 keeps the magnitude's gradient finite where a bin is exactly zero (generated audio)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   spec = stft(y, params)
   mag = jnp.sqrt(spec.real**2 + spec.imag**2 + eps) if eps else jnp.abs(spec)
   mel = jnp.einsum('mf,btf->bmt', mel_basis(params), mag)

@@ -116,7 +116,9 @@ def load(source: str, step: int | None = None):
       raise CheckpointError(f'{source} is a model directory: it has no steps to choose from')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
     with ocp.StandardCheckpointer() as checkpointer:
-      nnx.update(model, checkpointer.restore(os.path.abspath(os.path.join(source, 'params')), abstract))
+      nnx.update(
+        model, checkpointer.restore(os.path.abspath(os.path.join(source, 'params')), abstract)
+      )
     return model
   # A training checkpoint holds the whole train state: read only the model's subtree of it.
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(params))
@@ -190,8 +192,9 @@ class TrainCheckpoints:
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def __enter__(self):
@@ -214,13 +217,20 @@ class TrainCheckpoints:
     if step is None:
       return steps[-1]
     if step not in steps:
-      raise CheckpointError(f'no checkpoint of step {step} in {self.directory}; saved steps: '
-                              f'{", ".join(map(str, steps))}')
+      raise CheckpointError(
+        f'no checkpoint of step {step} in {self.directory}; saved steps: '
+        f'{", ".join(map(str, steps))}'
+      )
     return step
 
   def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+    return self.manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+      ),
+      force=force,
+    )
 
   def _newest_intact(self, step: int | None, read, set_aside: bool):
     """read(step) of `step`; or, when None, of the newest checkpoint that reads, newest first. A
@@ -237,13 +247,21 @@ class TrainCheckpoints:
       except Exception as e:  # pylint: disable=broad-except  (tensorstore, orbax and OS errors alike)
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         moved = self._set_aside(candidate) if set_aside else None
-        logging.warning('checkpoint %d in %s is damaged (%s)%s; trying the one before it', candidate,
-                        self.directory, reason, f', moved to {moved}' if moved else '')
-    raise CheckpointError(f'no intact checkpoint in {self.directory} (every one is damaged; see the '
-                          f'warnings above)')
+        logging.warning(
+          'checkpoint %d in %s is damaged (%s)%s; trying the one before it',
+          candidate,
+          self.directory,
+          reason,
+          f', moved to {moved}' if moved else '',
+        )
+    raise CheckpointError(
+      f'no intact checkpoint in {self.directory} (every one is damaged; see the warnings above)'
+    )
 
   def _set_aside(self, step: int) -> str:
-    aside = os.path.join(self.workdir, 'checkpoints.damaged', f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    aside = os.path.join(
+      self.workdir, 'checkpoints.damaged', f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+    )
     os.makedirs(os.path.dirname(aside), exist_ok=True)
     os.rename(os.path.join(self.directory, str(step)), aside)
     self.manager.reload()
@@ -259,13 +277,19 @@ class TrainCheckpoints:
   def restore(self, abstract_state, step: int | None = None):
     """(state, data_state) of `step` (default: the newest intact one), placed as `abstract_state`
     says. A damaged newest checkpoint is moved aside, with a warning."""
+
     def read(step):
       with ocp.PyTreeCheckpointer() as checkpointer:
         path, stored = self._stored_state(step, checkpointer)
       _check_fits(stored, {'params': abstract_state['params']}, path, exact=True)
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+        ),
+      )
       return restored.state, restored.data
+
     return self._newest_intact(step, read, set_aside=True)
 
   def restore_subtree(self, abstract: dict, step: int | None = None) -> dict:
@@ -279,8 +303,16 @@ class TrainCheckpoints:
       with ocp.PyTreeCheckpointer() as checkpointer:
         path, stored = self._stored_state(step, checkpointer)
         _check_fits(stored, abstract, path)
-        return _keys_like(checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True)), abstract)
+        return _keys_like(
+          checkpointer.restore(
+            path,
+            args=ocp.args.PyTreeRestore(
+              item=target, restore_args=restore_args, partial_restore=True
+            ),
+          ),
+          abstract,
+        )
+
     return self._newest_intact(step, read, set_aside=False)
 
   def reached_preemption(self, step: int) -> bool:
@@ -306,8 +338,10 @@ def _keys_like(restored, template):
 
 def _shapes(tree) -> dict[str, tuple]:
   """{'/a/b/0': shape} of every array of a nested dict (list indices as strings, as orbax stores)."""
-  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def _check_fits(stored, abstract, path: str, exact: bool = False) -> None:
@@ -320,10 +354,16 @@ def _check_fits(stored, abstract, path: str, exact: bool = False) -> None:
   extra = sorted(set(have) - set(want)) if exact else []
   wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
   if missing or extra or wrong:
-    detail = '; '.join(filter(None, [
-        missing and f'{len(missing)} parameters missing (first {missing[0]})',
-        extra and f'{len(extra)} more parameters stored (first {extra[0]})',
-        wrong and f'{wrong[0]} is {have[wrong[0]]}, the model has {want[wrong[0]]}']))
+    detail = '; '.join(
+      filter(
+        None,
+        [
+          missing and f'{len(missing)} parameters missing (first {missing[0]})',
+          extra and f'{len(extra)} more parameters stored (first {extra[0]})',
+          wrong and f'{wrong[0]} is {have[wrong[0]]}, the model has {want[wrong[0]]}',
+        ],
+      )
+    )
     raise CheckpointError(f'{path} does not fit the model in its model.json: {detail}')
 
 

@@ -10,6 +10,7 @@ field. Without --workdir a training run goes to runs/{model}_n{n_embed}_ch{chann
 original's naming (a vocoder: runs/vocoder_{melgan|hifigan_style}_ngf{ngf}). Evaluation and conversion
 read everything else from the workdir.
 """
+
 import json
 import os
 import sys
@@ -20,28 +21,53 @@ from ml_collections import config_flags
 from skipvqvc_jax import errors
 from skipvqvc_jax.usage import own_help, parse_flags
 
-config_flags.DEFINE_config_file('config', None, 'A config file and preset, e.g. '
-                                'configs/vqvc_plus.py:n64_ch64 (needed to train).', lock_config=True)
+config_flags.DEFINE_config_file(
+  'config',
+  None,
+  'A config file and preset, e.g. configs/vqvc_plus.py:n64_ch64 (needed to train).',
+  lock_config=True,
+)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard logs and outputs go.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert'], 'What to do.')
-flags.DEFINE_integer('step', None, 'eval/convert: the checkpoint step to restore (default: latest).')
-flags.DEFINE_string('vocoder', 'griffin_lim', 'eval/convert: the vocoder that makes audio: griffin_lim, '
-                    'a vocoder training workdir or a ported MelGAN directory.')
+flags.DEFINE_integer(
+  'step', None, 'eval/convert: the checkpoint step to restore (default: latest).'
+)
+flags.DEFINE_string(
+  'vocoder',
+  'griffin_lim',
+  'eval/convert: the vocoder that makes audio: griffin_lim, '
+  'a vocoder training workdir or a ported MelGAN directory.',
+)
 flags.DEFINE_integer('eval_pairs', 20, 'eval: conversions scored (seeded pairs of test speakers).')
-flags.DEFINE_integer('eval_per_speaker', 50, 'eval: test utterances per speaker in the speaker '
-                     'statistics (a seeded choice; bounds the time on large test sets).')
+flags.DEFINE_integer(
+  'eval_per_speaker',
+  50,
+  'eval: test utterances per speaker in the speaker '
+  'statistics (a seeded choice; bounds the time on large test sets).',
+)
 flags.DEFINE_string('source', None, 'convert: the source audio file (its words and timing).')
-flags.DEFINE_list('target', None, 'convert: reference audio of the target voice; several files are '
-                  'averaged.')
+flags.DEFINE_list(
+  'target', None, 'convert: reference audio of the target voice; several files are averaged.'
+)
 flags.DEFINE_string('output', None, 'convert: the output wav for --source.')
 flags.DEFINE_string('pairs', None, 'convert: a CSV of source,target,output rows.')
-flags.DEFINE_string('source_dir', None, 'convert: convert every audio file of this folder to --target.')
+flags.DEFINE_string(
+  'source_dir', None, 'convert: convert every audio file of this folder to --target.'
+)
 flags.DEFINE_string('output_dir', 'converted', 'convert: where --source_dir outputs go.')
 flags.DEFINE_bool('output_mel', False, 'convert: write MelGAN-compatible .npy mels, not audio.')
-flags.DEFINE_bool('compilation_cache', True, "Keep JAX's compiled programs on disk, so the next run "
-                  'of the same shapes starts without compiling (--nocompilation_cache: off).')
-flags.DEFINE_string('compilation_cache_dir', None, 'Where compiled programs are kept (default: '
-                    '$SKIPVQVC_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /skipvqvc_jax/xla).')
+flags.DEFINE_bool(
+  'compilation_cache',
+  True,
+  "Keep JAX's compiled programs on disk, so the next run "
+  'of the same shapes starts without compiling (--nocompilation_cache: off).',
+)
+flags.DEFINE_string(
+  'compilation_cache_dir',
+  None,
+  'Where compiled programs are kept (default: '
+  '$SKIPVQVC_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /skipvqvc_jax/xla).',
+)
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
@@ -52,8 +78,9 @@ def default_workdir(config) -> str:
   if config.get('task') == 'vocoder':
     style = 'hifigan_style' if config.discriminator.periods else 'melgan'
     return os.path.join('runs', f'vocoder_{style}_ngf{config.generator.ngf}')
-  return os.path.join('runs', f'{config.model.name}_n{config.model.n_embed}_ch{config.model.channel}'
-                              f'_{config.trainer}')
+  return os.path.join(
+    'runs', f'{config.model.name}_n{config.model.n_embed}_ch{config.model.channel}_{config.trainer}'
+  )
 
 
 def next_steps(config, workdir: str, status: str) -> str:
@@ -63,11 +90,15 @@ def next_steps(config, workdir: str, status: str) -> str:
   if status in ('preempted', 'interrupted'):
     return f'to continue: run the same command again ({program} ... --workdir={workdir})'
   if config.get('task') == 'vocoder':
-    return (f'next: convert through this vocoder with {program} --mode=convert --workdir=VC_RUN '
-            f'--source=SOURCE.wav --target=TARGET.wav --output=OUT.wav --vocoder={workdir}')
-  return (f'next: evaluate with {program} --mode=eval --workdir={workdir} ; convert with {program} '
-          f'--mode=convert --workdir={workdir} --source=SOURCE.wav --target=TARGET.wav '
-          f'--output=OUT.wav')
+    return (
+      f'next: convert through this vocoder with {program} --mode=convert --workdir=VC_RUN '
+      f'--source=SOURCE.wav --target=TARGET.wav --output=OUT.wav --vocoder={workdir}'
+    )
+  return (
+    f'next: evaluate with {program} --mode=eval --workdir={workdir} ; convert with {program} '
+    f'--mode=convert --workdir={workdir} --source=SOURCE.wav --target=TARGET.wav '
+    f'--output=OUT.wav'
+  )
 
 
 def compilation_cache_dir() -> str:
@@ -102,18 +133,21 @@ def _quiet_orbax(record) -> bool:
 
 def _convert(workdir: str) -> None:
   from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+
   if FLAGS.pairs:
     jobs = convert.read_pairs(FLAGS.pairs)
   elif FLAGS.source_dir:
     if not FLAGS.target:
       raise errors.ConversionError('--source_dir needs --target')
-    jobs = convert.source_dir_jobs(FLAGS.source_dir, FLAGS.target, FLAGS.output_dir,
-                                   log=lambda line: logging.info('%s', line))
+    jobs = convert.source_dir_jobs(
+      FLAGS.source_dir, FLAGS.target, FLAGS.output_dir, log=lambda line: logging.info('%s', line)
+    )
   elif FLAGS.source and FLAGS.target and FLAGS.output:
     jobs = [(FLAGS.source, FLAGS.target, FLAGS.output)]
   else:
-    raise errors.ConversionError('give --source, --target and --output; or --pairs=FILE.csv; or '
-                                  '--source_dir and --target')
+    raise errors.ConversionError(
+      'give --source, --target and --output; or --pairs=FILE.csv; or --source_dir and --target'
+    )
   convert.check_jobs(jobs, FLAGS.output_mel)  # before the seconds of restoring a model
   converter = convert.Converter.restore(workdir, FLAGS.step, FLAGS.vocoder)
   converter.convert_many(jobs, FLAGS.output_mel, log=lambda line: logging.info('%s', line))
@@ -124,11 +158,15 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   import jax  # pylint: disable=import-outside-toplevel
+
   _use_compilation_cache(jax)
   config = FLAGS.config
   # Multi-process when a flag, the config or the environment (JAX_COORDINATOR_ADDRESS) says so.
-  if (FLAGS.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
-      or (config is not None and config.distributed)):
+  if (
+    FLAGS.coordinator_address
+    or os.environ.get('JAX_COORDINATOR_ADDRESS')
+    or (config is not None and config.distributed)
+  ):
     # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -137,12 +175,19 @@ def main(argv):
   try:
     if FLAGS.mode == 'train':
       from skipvqvc_jax import train  # pylint: disable=import-outside-toplevel
+
       if config is None:
-        raise errors.ConfigError('training needs --config=FILE:PRESET, e.g. '
-                                 'configs/vqvc_plus.py:demo')
+        raise errors.ConfigError(
+          'training needs --config=FILE:PRESET, e.g. configs/vqvc_plus.py:demo'
+        )
       workdir = FLAGS.workdir or default_workdir(config)
-      logging.info('JAX process %d/%d, devices: %s; workdir %s', jax.process_index(),
-                   jax.process_count(), jax.devices(), workdir)
+      logging.info(
+        'JAX process %d/%d, devices: %s; workdir %s',
+        jax.process_index(),
+        jax.process_count(),
+        jax.devices(),
+        workdir,
+      )
       summary = train.train_and_evaluate(config, workdir)
       logging.info('%s at step %d', summary['status'], summary['step'])
       if jax.process_index() == 0:
@@ -152,8 +197,14 @@ def main(argv):
         raise errors.ConfigError(f'--mode={FLAGS.mode} needs --workdir of a training run')
       if FLAGS.mode == 'eval':
         from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
-        metrics = evaluate.run(FLAGS.workdir, FLAGS.step, FLAGS.vocoder, num_pairs=FLAGS.eval_pairs,
-                               per_speaker=FLAGS.eval_per_speaker)
+
+        metrics = evaluate.run(
+          FLAGS.workdir,
+          FLAGS.step,
+          FLAGS.vocoder,
+          num_pairs=FLAGS.eval_pairs,
+          per_speaker=FLAGS.eval_per_speaker,
+        )
         logging.info('test metrics: %s', json.dumps(metrics))
       else:
         _convert(FLAGS.workdir)
@@ -173,10 +224,13 @@ def installed_presets(argv: list[str]) -> list[str]:
   out = []
   for arg in argv:
     if arg.startswith('--config='):
-      path, colon, preset = arg[len('--config='):].partition(':')
+      path, colon, preset = arg[len('--config=') :].partition(':')
       installed = os.path.join(CONFIGS_DIR, os.path.basename(path))
-      if (not os.path.exists(path) and os.path.dirname(path) in ('', 'configs')
-          and os.path.isfile(installed)):
+      if (
+        not os.path.exists(path)
+        and os.path.dirname(path) in ('', 'configs')
+        and os.path.isfile(installed)
+      ):
         arg = f'--config={installed}{colon}{preset}'
     out.append(arg)
   return out

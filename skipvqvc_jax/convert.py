@@ -6,12 +6,14 @@ decoding, so the output has the source's duration. Encoding and decoding are jit
 (a compile per bucket, not per file). Several target references are averaged per scale: their speaker
 embeddings and their stds.
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import os
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +44,7 @@ def pad_to(mel: np.ndarray, frames: int) -> np.ndarray:
 
 class Speaker(NamedTuple):
   """What a conversion takes from the target: per-scale speaker embeddings and stds (batch 1)."""
+
   speaker: list
   std: list
 
@@ -49,16 +52,20 @@ class Speaker(NamedTuple):
 class Converter:
   """A restored model and everything needed to convert audio files with it."""
 
-  def __init__(self, model, config, trainer: trainers.Normalised, vocoder: str = 'griffin_lim',
-               seed: int = 0):
+  def __init__(
+    self, model, config, trainer: trainers.Normalised, vocoder: str = 'griffin_lim', seed: int = 0
+  ):
     self.model, self.config, self.trainer = model, config, trainer
     self.params = audio.FeatureParams.from_dict(config.features)
     self.vocoder = vocoders.get(vocoder, self.params)
     self.rng = jax.random.key(seed)
     graphdef, self._state = nnx.split(model)
     self._encode = jax.jit(lambda s, mel: nnx.merge(graphdef, s).encode_deterministic(mel))
-    self._decode = jax.jit(lambda s, enc, speaker, rng: nnx.merge(graphdef, s).decode(
-        enc.content, speaker.speaker, speaker.std, enc.rhythm, rng=rng))
+    self._decode = jax.jit(
+      lambda s, enc, speaker, rng: nnx.merge(graphdef, s).decode(
+        enc.content, speaker.speaker, speaker.std, enc.rhythm, rng=rng
+      )
+    )
 
   @classmethod
   def restore(cls, workdir: str, step: int | None = None, vocoder: str = 'griffin_lim'):
@@ -68,15 +75,18 @@ class Converter:
     try:
       config = checkpoints.read_config(workdir)
       if checkpoints.read_model_info(workdir).kind != 'voice_conversion':
-        raise ConversionError(f'{workdir} trains a vocoder, not a voice-conversion model: pass it '
-                              f'as --vocoder={workdir} and --workdir a voice-conversion run')
+        raise ConversionError(
+          f'{workdir} trains a vocoder, not a voice-conversion model: pass it '
+          f'as --vocoder={workdir} and --workdir a voice-conversion run'
+        )
       model = checkpoints.load(workdir, step)
       trainer = trainers.get(config.trainer, os.path.join(workdir, corpus.STATS_FILE))
     except UserError as e:
       raise ConversionError(str(e)) from None
     except (ValueError, KeyError) as e:  # orbax: the stored tree is not this model's
-      raise ConversionError(f'{workdir}: its checkpoint does not fit the model in its model.json '
-                            f'({type(e).__name__})') from None
+      raise ConversionError(
+        f'{workdir}: its checkpoint does not fit the model in its model.json ({type(e).__name__})'
+      ) from None
     return cls(model, config, trainer, vocoder)
 
   # ---- features -------------------------------------------------------------------------------
@@ -129,18 +139,22 @@ class Converter:
     out = self._decode(self._state, enc, speaker, self.rng)
     scales = [np.asarray(o[0]) for o in out]
     n_mels, padded = scales[-1].shape
-    return [self.trainer.denormalize_bands(mel, n_mels)[:, :-(-frames * mel.shape[1] // padded)]
-            for mel in scales]
+    return [
+      self.trainer.denormalize_bands(mel, n_mels)[:, : -(-frames * mel.shape[1] // padded)]
+      for mel in scales
+    ]
 
   # ---- files ----------------------------------------------------------------------------------
 
-  def convert_file(self, source: str, targets: Sequence[str], output: str,
-                   output_mel: bool = False) -> str:
+  def convert_file(
+    self, source: str, targets: Sequence[str], output: str, output_mel: bool = False
+  ) -> str:
     """Converts one file; writes a wav (or, with output_mel, a MelGAN-compatible .npy)."""
     return self.convert_many([(source, targets, output)], output_mel, log=lambda _: None)[0]
 
-  def convert_many(self, jobs: Sequence[tuple[str, Sequence[str], str]], output_mel=False,
-                   log=print) -> list[str]:
+  def convert_many(
+    self, jobs: Sequence[tuple[str, Sequence[str], str]], output_mel=False, log=print
+  ) -> list[str]:
     """(source, targets, output) jobs; each set of target references is encoded once.
 
     The jobs are checked first (no output may overwrite an input or another job's output). A job
@@ -168,9 +182,12 @@ class Converter:
       log(f'{source} -> {output}')
       written.append(output)
     if failed:
-      raise ConversionError(f'{len(failed)} of {len(jobs)} conversions failed (the other '
-                            f'{len(written)} are written): ' + '; '.join(failed[:3])
-                            + (' ...' if len(failed) > 3 else ''))
+      raise ConversionError(
+        f'{len(failed)} of {len(jobs)} conversions failed (the other '
+        f'{len(written)} are written): '
+        + '; '.join(failed[:3])
+        + (' ...' if len(failed) > 3 else '')
+      )
     return written
 
 
@@ -183,13 +200,16 @@ def check_jobs(jobs, output_mel: bool = False) -> list[tuple[str, list[str], str
     if output_mel:
       output = os.path.splitext(output)[0] + '.npy'
     if os.path.isdir(output):
-      raise ConversionError(f'output {output} is a folder: give a file name (or --source_dir with '
-                            f'--output_dir)')
+      raise ConversionError(
+        f'output {output} is a folder: give a file name (or --source_dir with --output_dir)'
+      )
     if os.path.realpath(output) in inputs:
       raise ConversionError(f'output {output} would overwrite an input audio file: choose another')
     if os.path.realpath(output) in writers:
-      raise ConversionError(f'{writers[os.path.realpath(output)]} and {source} would both be written '
-                            f'to {output}: give them different outputs')
+      raise ConversionError(
+        f'{writers[os.path.realpath(output)]} and {source} would both be written '
+        f'to {output}: give them different outputs'
+      )
     writers[os.path.realpath(output)] = source
     checked.append((source, list(targets), output))
   return checked
@@ -198,8 +218,7 @@ def check_jobs(jobs, output_mel: bool = False) -> list[tuple[str, list[str], str
 def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
   """16-bit PCM wav, written under a temporary name and renamed (its folder made if needed)."""
   wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
-  atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype='PCM_16',
-                                                  format='WAV'))
+  atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype='PCM_16', format='WAV'))
 
 
 def read_pairs(path: str) -> list[tuple[str, list[str], str]]:
@@ -230,16 +249,23 @@ def source_dir_jobs(source_dir: str, targets: Sequence[str], output_dir: str, lo
   that share a name, like a.ogg and a.wav, as a_ogg.wav and a_wav.wav, said once)."""
   if not os.path.isdir(source_dir):
     raise ConversionError(f'--source_dir {source_dir} does not exist')
-  files = sorted(f for f in os.listdir(source_dir)
-                 if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS)
+  files = sorted(
+    f for f in os.listdir(source_dir) if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS
+  )
   if not files:
     raise ConversionError(f'--source_dir {source_dir} holds no audio files')
   stems = [os.path.splitext(f)[0] for f in files]
   shared = {stem for stem in stems if stems.count(stem) > 1}
-  names = [f'{stem}_{os.path.splitext(f)[1][1:]}' if stem in shared else stem
-           for f, stem in zip(files, stems)]
+  names = [
+    f'{stem}_{os.path.splitext(f)[1][1:]}' if stem in shared else stem
+    for f, stem in zip(files, stems)
+  ]
   if shared:
-    log('files sharing a name are written with their extension: '
-        + ', '.join(f'{f} -> {n}.wav' for f, n in zip(files, names) if n not in stems))
-  return [(os.path.join(source_dir, f), list(targets), os.path.join(output_dir, n + '.wav'))
-          for f, n in zip(files, names)]
+    log(
+      'files sharing a name are written with their extension: '
+      + ', '.join(f'{f} -> {n}.wav' for f, n in zip(files, names) if n not in stems)
+    )
+  return [
+    (os.path.join(source_dir, f), list(targets), os.path.join(output_dir, n + '.wav'))
+    for f, n in zip(files, names)
+  ]

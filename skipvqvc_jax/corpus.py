@@ -9,12 +9,13 @@ Layout written by `preprocessing.preprocess` (the arrow audio -> features of the
     OUTPUT_DIR/stats.npz                         per-band mean and std over the training frames
     OUTPUT_DIR/manifest.json                     feature parameters, counts, every file and every skip
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -58,12 +59,13 @@ def speaker_of(feature_file: str) -> str:
   name = os.path.basename(feature_file)
   for prefix in ORIGINAL_PREFIXES:
     if name.startswith(prefix):
-      name = name[len(prefix):]
+      name = name[len(prefix) :]
       break
   return name.split('_', 1)[0]
 
 
 # ---- finding audio --------------------------------------------------------------------------------
+
 
 def audio_root(input_dir: str) -> str:
   """The folder the manifest's sources are relative to: VCTK's wav48*/ inside a VCTK root, else
@@ -72,8 +74,9 @@ def audio_root(input_dir: str) -> str:
   return vctk[1] if vctk else input_dir
 
 
-def find_utterances(input_dir: str, speaker_depth: int | None = None, mic: str = 'mic1'
-                    ) -> tuple[list[Utterance], list[dict], layouts.Layout]:
+def find_utterances(
+  input_dir: str, speaker_depth: int | None = None, mic: str = 'mic1'
+) -> tuple[list[Utterance], list[dict], layouts.Layout]:
   """Every audio file of a corpus (its layout: `layouts`), the files that cannot be used with
   reasons, and the layout."""
   if not os.path.isdir(input_dir):
@@ -94,8 +97,13 @@ def find_utterances(input_dir: str, speaker_depth: int | None = None, mic: str =
       elif file.endswith('.txt') and layout.name != 'flat':
         continue  # the corpus' transcripts
       elif ext.lower() not in AUDIO_EXTENSIONS:
-        skipped.append(dict(source=rel, reason=f'not an audio file (extension {ext or "none"}; '
-                                               f'reading {", ".join(AUDIO_EXTENSIONS)})'))
+        skipped.append(
+          dict(
+            source=rel,
+            reason=f'not an audio file (extension {ext or "none"}; '
+            f'reading {", ".join(AUDIO_EXTENSIONS)})',
+          )
+        )
       elif speaker_dir is None:
         skipped.append(dict(source=rel, reason='not inside a <speaker>/ folder'))
       else:
@@ -109,13 +117,16 @@ def find_utterances(input_dir: str, speaker_depth: int | None = None, mic: str =
   seen: dict[str, str] = {}
   for utt in utterances:
     if utt.feature_file in seen:
-      raise CorpusError(f'{utt.source} and {seen[utt.feature_file]} would both become '
-                        f'{utt.feature_file}; rename one')
+      raise CorpusError(
+        f'{utt.source} and {seen[utt.feature_file]} would both become '
+        f'{utt.feature_file}; rename one'
+      )
     seen[utt.feature_file] = utt.source
   return utterances, skipped, layout
 
 
 # ---- the speaker split ----------------------------------------------------------------------------
+
 
 def choose_test_speakers(speakers: Sequence[str], num_test: int | None, seed: int) -> list[str]:
   """A seeded choice of unseen test speakers; by default a tenth of them, at least two of four or
@@ -123,16 +134,24 @@ def choose_test_speakers(speakers: Sequence[str], num_test: int | None, seed: in
   speakers = sorted(speakers)
   if num_test is None:
     # A tenth, but two where four or more speakers leave room: evaluation converts between two.
-    num_test = (max(2 if len(speakers) >= 4 else 1, round(len(speakers) / 10))
-                if len(speakers) >= 2 else 0)
+    num_test = (
+      max(2 if len(speakers) >= 4 else 1, round(len(speakers) / 10)) if len(speakers) >= 2 else 0
+    )
   if not 0 <= num_test < len(speakers):
-    raise CorpusError(f'--num_test_speakers={num_test} must leave at least one of the '
-                      f'{len(speakers)} speakers for training')
+    raise CorpusError(
+      f'--num_test_speakers={num_test} must leave at least one of the '
+      f'{len(speakers)} speakers for training'
+    )
   return sorted(random.Random(seed).sample(speakers, num_test))
 
 
-def resolve_split(output_dir: str, speakers: Sequence[str], test_speakers: Sequence[str] | None,
-                  num_test: int | None, seed: int) -> dict:
+def resolve_split(
+  output_dir: str,
+  speakers: Sequence[str],
+  test_speakers: Sequence[str] | None,
+  num_test: int | None,
+  seed: int,
+) -> dict:
   """The split to use: split.json from an earlier run (so reruns agree), the listed or seeded one."""
   path = os.path.join(output_dir, SPLIT_FILE)
   speakers = sorted(set(speakers))
@@ -140,12 +159,16 @@ def resolve_split(output_dir: str, speakers: Sequence[str], test_speakers: Seque
     split = load_json(path)
     known = set(split.get('train', [])) | set(split.get('test', []))
     if test_speakers is not None and sorted(test_speakers) != sorted(split.get('test', [])):
-      raise CorpusError(f'{path} lists test speakers {split.get("test")}, not --test_speakers; '
-                        f'delete it to change the split')
+      raise CorpusError(
+        f'{path} lists test speakers {split.get("test")}, not --test_speakers; '
+        f'delete it to change the split'
+      )
     new = sorted(set(speakers) - known)
     if new:
-      raise CorpusError(f'{path} does not place speakers {", ".join(new)}; add them to its '
-                        f'"train" or "test" list, or delete it to choose a new split')
+      raise CorpusError(
+        f'{path} does not place speakers {", ".join(new)}; add them to its '
+        f'"train" or "test" list, or delete it to choose a new split'
+      )
     return split
   if test_speakers is not None:
     unknown = sorted(set(test_speakers) - set(speakers))
@@ -164,7 +187,7 @@ def resolve_split(output_dir: str, speakers: Sequence[str], test_speakers: Seque
 def trimmed_source(source_path: str, params: audio.FeatureParams, trim) -> np.ndarray:
   """The waveform a feature file was made from: the source cut to the manifest's trim range."""
   y = audio.load(source_path, params)
-  return y[trim[0]:trim[1]] if trim else audio.trim(y, params)[0]
+  return y[trim[0] : trim[1]] if trim else audio.trim(y, params)[0]
 
 
 def manifest_root(features_dir: str) -> str | None:
@@ -185,14 +208,20 @@ def source_waveforms(feature_files: Sequence[str], params: audio.FeatureParams) 
     root = manifest_root(os.path.dirname(os.path.abspath(feature_file)))
     if root is not None and root not in manifests:
       manifest = read_manifest(root)
-      manifests[root] = dict(source_root=audio_root(manifest['input_dir']),
-                             items={i['file']: i for i in manifest['items']})
+      manifests[root] = dict(
+        source_root=audio_root(manifest['input_dir']),
+        items={i['file']: i for i in manifest['items']},
+      )
     entry = manifests.get(root) if root is not None else None
     item = entry and entry['items'].get(
-        os.path.relpath(os.path.abspath(feature_file), os.path.abspath(root)))
+      os.path.relpath(os.path.abspath(feature_file), os.path.abspath(root))
+    )
     source = item and os.path.join(entry['source_root'], item['source'])
-    waves[feature_file] = (trimmed_source(source, params, item.get('trim'))
-                           if source and os.path.isfile(source) else None)
+    waves[feature_file] = (
+      trimmed_source(source, params, item.get('trim'))
+      if source and os.path.isfile(source)
+      else None
+    )
   return waves
 
 
@@ -214,11 +243,20 @@ def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> Non
   def write(tmp):
     with open(tmp, 'wb') as f:
       np.savez(f, mean=mean.astype(np.float32), std=std.astype(np.float32), frames=count)
+
   atomic_write(os.path.join(output_dir, STATS_FILE), write)
 
 
-def manifest(input_dir, params, min_frames, split, items, skipped, layout: layouts.Layout,
-             complete: bool = True) -> dict:
+def manifest(
+  input_dir,
+  params,
+  min_frames,
+  split,
+  items,
+  skipped,
+  layout: layouts.Layout,
+  complete: bool = True,
+) -> dict:
   """The manifest of a features folder: what was made from what, with which parameters."""
   seconds_per_frame = params.hop_length / params.sample_rate
   per_speaker: dict[str, dict] = {}
@@ -231,21 +269,24 @@ def manifest(input_dir, params, min_frames, split, items, skipped, layout: layou
   for side in SPLITS:
     frames = sum(v['frames'] for s, v in per_speaker.items() if side_of(s) == side)
     totals[side] = dict(
-        speakers=sum(1 for s in per_speaker if side_of(s) == side),
-        utterances=sum(v['utterances'] for s, v in per_speaker.items() if side_of(s) == side),
-        frames=frames, seconds=round(frames * seconds_per_frame, 2))
+      speakers=sum(1 for s in per_speaker if side_of(s) == side),
+      utterances=sum(v['utterances'] for s, v in per_speaker.items() if side_of(s) == side),
+      frames=frames,
+      seconds=round(frames * seconds_per_frame, 2),
+    )
   return dict(
-      version=MANIFEST_VERSION,
-      complete=complete,  # False: preprocessing stopped; the items are what it had made
-      feature_params=params.to_dict(),
-      layout=layout.to_dict(),
-      min_frames=min_frames,
-      input_dir=os.path.abspath(input_dir),
-      split=dict(train=split['train'], test=split['test']),
-      totals=totals,
-      speakers={s: dict(v, split=side_of(s)) for s, v in sorted(per_speaker.items())},
-      items=items,
-      skipped=sorted(skipped, key=lambda s: s['source']))
+    version=MANIFEST_VERSION,
+    complete=complete,  # False: preprocessing stopped; the items are what it had made
+    feature_params=params.to_dict(),
+    layout=layout.to_dict(),
+    min_frames=min_frames,
+    input_dir=os.path.abspath(input_dir),
+    split=dict(train=split['train'], test=split['test']),
+    totals=totals,
+    speakers={s: dict(v, split=side_of(s)) for s, v in sorted(per_speaker.items())},
+    items=items,
+    skipped=sorted(skipped, key=lambda s: s['source']),
+  )
 
 
 def read_manifest(features_dir: str) -> dict:
@@ -254,11 +295,15 @@ def read_manifest(features_dir: str) -> dict:
     raise CorpusError(f'{features_dir} has no {MANIFEST}: run preprocess.py on your audio first')
   manifest = load_json(path)
   if not manifest.get('complete', True):
-    raise CorpusError(f'preprocessing of {features_dir} did not finish: run preprocess.py on its '
-                      f'audio again to complete it')
+    raise CorpusError(
+      f'preprocessing of {features_dir} did not finish: run preprocess.py on its '
+      f'audio again to complete it'
+    )
   if manifest.get('version', 0) > MANIFEST_VERSION:
-    raise CorpusError(f'{path} has version {manifest["version"]}, newer than this skipvqvc_jax reads '
-                      f'({MANIFEST_VERSION}): upgrade skipvqvc_jax or preprocess again')
+    raise CorpusError(
+      f'{path} has version {manifest["version"]}, newer than this skipvqvc_jax reads '
+      f'({MANIFEST_VERSION}): upgrade skipvqvc_jax or preprocess again'
+    )
   return manifest
 
 
@@ -267,5 +312,7 @@ def check_feature_params(features_dir: str, expected: audio.FeatureParams) -> No
   found = audio.FeatureParams.from_dict(read_manifest(features_dir)['feature_params'])
   problems = found.mismatches(expected)
   if problems:
-    raise CorpusError(f'{features_dir} was made with other feature parameters than the config '
-                      f'({"; ".join(problems)}, manifest vs config)')
+    raise CorpusError(
+      f'{features_dir} was made with other feature parameters than the config '
+      f'({"; ".join(problems)}, manifest vs config)'
+    )

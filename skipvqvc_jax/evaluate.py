@@ -14,12 +14,13 @@ assets/), eval/index.html over every evaluation, and TensorBoard scalars under e
   utterances from their mels; LMCD of the resynthesis' features against the originals (and speaker
   similarity to the real recording, with ".[eval]") says what each vocoder costs before any conversion.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
@@ -43,14 +44,19 @@ from skipvqvc_jax.progress import Progress
 
 # ---- metrics ----------------------------------------------------------------------------------------
 
+
 def codebook_metrics(codes_per_scale: Sequence[Sequence[np.ndarray]], sizes: Sequence[int]) -> dict:
   """Per scale: size, codes used, usage, perplexity and dead codes over every frame given."""
   out = {}
   for s, (codes, k) in enumerate(zip(codes_per_scale, sizes)):
     stats = models.code_statistics(np.concatenate([c.ravel() for c in codes]), k)
-    out[f'codebook_s{s}'] = dict(size=int(k), used=int(stats['used']), usage=float(stats['usage']),
-                                 perplexity=float(stats['perplexity']),
-                                 dead_codes=int(k - stats['used']))
+    out[f'codebook_s{s}'] = dict(
+      size=int(k),
+      used=int(stats['used']),
+      usage=float(stats['usage']),
+      perplexity=float(stats['perplexity']),
+      dead_codes=int(k - stats['used']),
+    )
   return out
 
 
@@ -67,8 +73,16 @@ def speaker_similarity_encoder():
 
 # ---- the run --------------------------------------------------------------------------------------
 
-def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num_pairs: int = 20,
-        report_pairs: int = 6, num_vocoder_utterances: int = 8, per_speaker: int = 50) -> dict:
+
+def run(
+  workdir: str,
+  step: int | None = None,
+  vocoder: str = 'griffin_lim',
+  num_pairs: int = 20,
+  report_pairs: int = 6,
+  num_vocoder_utterances: int = 8,
+  per_speaker: int = 50,
+) -> dict:
   """Evaluates the checkpoint (default: latest) of `workdir`, as its own config.json describes it,
   into {workdir}/eval/step_N/; returns the metrics it writes. The speaker statistics use at most
   `per_speaker` test utterances of each speaker (a seeded choice): a VCTK-size test set then
@@ -77,9 +91,11 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
   cfg = converter.config
   step = checkpoints.latest_step(workdir) if step is None else step
   if not os.path.isdir(cfg.data.test_dir):
-    raise CorpusError(f'{cfg.data.test_dir}, the test features {workdir}/config.json names, is gone: '
-                      f'preprocess the test speakers there again, or point data.test_dir in '
-                      f'config.json at their features')
+    raise CorpusError(
+      f'{cfg.data.test_dir}, the test features {workdir}/config.json names, is gone: '
+      f'preprocess the test speakers there again, or point data.test_dir in '
+      f'config.json at their features'
+    )
   files = input_pipeline.list_features(cfg.data.test_dir)
   out_dir = os.path.join(workdir, 'eval', f'step_{step}')
   assets = os.path.join(out_dir, 'assets')
@@ -93,22 +109,30 @@ def run(workdir: str, step: int | None = None, vocoder: str = 'griffin_lim', num
   results = convert_pairs(converter, pairs, reconstructions)
   parallel = [r for r in results if r.lmcd_db is not None]
   metrics['conversion'] = dict(
-      pairs=len(results), parallel_pairs=len(parallel),
-      lmcd_dtw_db=float(np.mean([r.lmcd_db for r in parallel])) if parallel else None,
-      baseline_lmcd_dtw_db=(float(np.mean([r.baseline_lmcd_db for r in parallel])) if parallel
-                            else None))
+    pairs=len(results),
+    parallel_pairs=len(parallel),
+    lmcd_dtw_db=float(np.mean([r.lmcd_db for r in parallel])) if parallel else None,
+    baseline_lmcd_dtw_db=(
+      float(np.mean([r.baseline_lmcd_db for r in parallel])) if parallel else None
+    ),
+  )
   metrics['conversion'].update(world_mcd(converter, results))
   encoder = speaker_similarity_encoder()
-  metrics['speaker_similarity'] = (speaker_similarity(
-      speaker_embedder(encoder, converter.vocoder), capped(files, per_speaker, cfg.seed), results)
-                                   if encoder is not None else dict(
-      available=False, why='resemblyzer is not installed: pip install -e ".[eval]"'))
+  metrics['speaker_similarity'] = (
+    speaker_similarity(
+      speaker_embedder(encoder, converter.vocoder), capped(files, per_speaker, cfg.seed), results
+    )
+    if encoder is not None
+    else dict(available=False, why='resemblyzer is not installed: pip install -e ".[eval]"')
+  )
 
-  metrics['vocoders'], resynthesis = compare_vocoders(converter, files, num_vocoder_utterances,
-                                                      cfg.seed, encoder)
+  metrics['vocoders'], resynthesis = compare_vocoders(
+    converter, files, num_vocoder_utterances, cfg.seed, encoder
+  )
 
-  report.write_report(out_dir, assets, metrics, results[:report_pairs], converter,
-                      resynthesis if report_pairs else {})
+  report.write_report(
+    out_dir, assets, metrics, results[:report_pairs], converter, resynthesis if report_pairs else {}
+  )
   save_json(os.path.join(out_dir, 'pairs.json'), [r.to_json() for r in results])
   save_json(os.path.join(out_dir, 'metrics.json'), metrics)
   report.write_index(os.path.join(workdir, 'eval'))
@@ -135,7 +159,7 @@ def reconstruction_metrics(converter, files: Sequence[str], keep=frozenset()) ->
     frames += mel.size
     for s, c in enumerate(enc.codes):
       # Only codes of real frames count, not of the padding.
-      codes[s].append(np.asarray(c[0])[:math.ceil(mel.shape[1] / 2 ** (s + 1))])
+      codes[s].append(np.asarray(c[0])[: math.ceil(mel.shape[1] / 2 ** (s + 1))])
   metrics = dict(recon_l1_logmel=l1 / frames)
   metrics.update(codebook_metrics(codes, [q.num_codes for q in converter.model.quantize]))
   return metrics, kept
@@ -150,8 +174,11 @@ def convert_pairs(converter, pairs: Sequence[Pair], reconstructions: dict) -> li
     progress.update()
     source = input_pipeline.load_features(pair.source)
     reference = input_pipeline.load_features(pair.reference)
-    result = PairResult(pair, converter.convert_scales(source, converter.speaker([reference])),
-                        reconstructions.get(pair.source))
+    result = PairResult(
+      pair,
+      converter.convert_scales(source, converter.speaker([reference])),
+      reconstructions.get(pair.source),
+    )
     if pair.parallel:
       truth = input_pipeline.load_features(pair.parallel)
       result.lmcd_db = lmcd_dtw(result.converted_mel, truth)
@@ -169,7 +196,8 @@ def world_mcd(converter, results: list[PairResult]) -> dict:
     return dict(mcd_world_dtw_db=None, mcd_world_why='pip install -e ".[eval]" (pyworld, pysptk)')
   sr = converter.vocoder.sample_rate
   real = corpus.source_waveforms(
-      sorted({f for r in parallel for f in (r.pair.source, r.pair.parallel)}), converter.params)
+    sorted({f for r in parallel for f in (r.pair.source, r.pair.parallel)}), converter.params
+  )
   scored = []
   for result in parallel:
     truth, source = real.get(result.pair.parallel), real.get(result.pair.source)
@@ -178,10 +206,13 @@ def world_mcd(converter, results: list[PairResult]) -> dict:
     result.mcd_world_db = world_mcd_dtw(converter.vocoder(result.converted_mel), truth, sr)
     result.baseline_mcd_world_db = world_mcd_dtw(source, truth, sr)
     scored.append(result)
-  return dict(mcd_world_pairs=len(scored),
-              mcd_world_dtw_db=float(np.mean([r.mcd_world_db for r in scored])) if scored else None,
-              baseline_mcd_world_dtw_db=(float(np.mean([r.baseline_mcd_world_db for r in scored]))
-                                         if scored else None))
+  return dict(
+    mcd_world_pairs=len(scored),
+    mcd_world_dtw_db=float(np.mean([r.mcd_world_db for r in scored])) if scored else None,
+    baseline_mcd_world_dtw_db=(
+      float(np.mean([r.baseline_mcd_world_db for r in scored])) if scored else None
+    ),
+  )
 
 
 def speaker_embedder(encoder, vocoder):
@@ -190,8 +221,10 @@ def speaker_embedder(encoder, vocoder):
   Every waveform, real or converted, goes through the same vocoder first, so the speaker encoder
   compares like with like and the threshold is not set by vocoder artefacts."""
   from resemblyzer import preprocess_wav  # pylint: disable=import-outside-toplevel
-  return lambda mel: encoder.embed_utterance(preprocess_wav(vocoder(mel),
-                                                            source_sr=vocoder.sample_rate))
+
+  return lambda mel: encoder.embed_utterance(
+    preprocess_wav(vocoder(mel), source_sr=vocoder.sample_rate)
+  )
 
 
 def speaker_similarity(embed, files: Sequence[str], results: list[PairResult]) -> dict:
@@ -199,8 +232,9 @@ def speaker_similarity(embed, files: Sequence[str], results: list[PairResult]) -
   accepted as the target at the EER threshold of the real test utterances `files` (embed: mel ->
   unit-length embedding)."""
   # The statistics' utterances, and the sources and references of the pairs (embedded once each).
-  needed = list(dict.fromkeys([*files, *(f for r in results
-                                         for f in (r.pair.source, r.pair.reference))]))
+  needed = list(
+    dict.fromkeys([*files, *(f for r in results for f in (r.pair.source, r.pair.reference))])
+  )
   progress = Progress('eval: speaker embeddings of the test utterances', len(needed), logging.info)
   real = {}
   for f in needed:
@@ -220,16 +254,23 @@ def speaker_similarity(embed, files: Sequence[str], results: list[PairResult]) -
     result.similarity_to_target = float(converted @ real[result.pair.reference])
     result.similarity_to_source = float(converted @ real[result.pair.source])
   to_target = np.array([r.similarity_to_target for r in results])
-  return dict(available=True, encoder='resemblyzer VoiceEncoder', utterances=len(files),
-              to_target=float(np.mean(to_target)),
-              to_source=float(np.mean([r.similarity_to_source for r in results])),
-              real_same_speaker=float(np.mean(same)), real_other_speaker=float(np.mean(different)),
-              eer_threshold=threshold, real_eer=eer,
-              accepted_as_target=float(np.mean(to_target >= threshold)))
+  return dict(
+    available=True,
+    encoder='resemblyzer VoiceEncoder',
+    utterances=len(files),
+    to_target=float(np.mean(to_target)),
+    to_source=float(np.mean([r.similarity_to_source for r in results])),
+    real_same_speaker=float(np.mean(same)),
+    real_other_speaker=float(np.mean(different)),
+    eer_threshold=threshold,
+    real_eer=eer,
+    accepted_as_target=float(np.mean(to_target >= threshold)),
+  )
 
 
-def compare_vocoders(converter, files: Sequence[str], num_utterances: int, seed: int,
-                     encoder) -> tuple[dict, dict]:
+def compare_vocoders(
+  converter, files: Sequence[str], num_utterances: int, seed: int, encoder
+) -> tuple[dict, dict]:
   """Griffin-Lim and the converter's vocoder (when neural) on resynthesis of real test utterances.
 
   Returns (metrics per vocoder, {vocoder: waveform} of the first utterance for the report)."""
@@ -246,6 +287,7 @@ def compare_vocoders(converter, files: Sequence[str], num_utterances: int, seed:
   real_embeddings = {}
   if encoder is not None:
     from resemblyzer import preprocess_wav  # pylint: disable=import-outside-toplevel
+
     embed = lambda wave: encoder.embed_utterance(preprocess_wav(wave, source_sr=params.sample_rate))
     real_embeddings = {f: embed(wave) for f, wave in real.items() if wave is not None}
   metrics: dict = dict(utterances=len(chosen))

@@ -1,11 +1,12 @@
 """Writing files so that no reader ever sees half of one, and reading the JSON the project writes."""
+
 from __future__ import annotations
 
 import io
 import json
 import os
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,6 +60,7 @@ def save_npy(path: str, array: np.ndarray) -> None:
   def write(tmp):
     with open(tmp, 'wb') as f:
       f.write(buffer.getbuffer())
+
   atomic_write(path, write)
 
 
@@ -67,6 +69,7 @@ def save_json(path: str, obj) -> None:
     with open(tmp, 'w') as f:
       json.dump(obj, f, indent=1, sort_keys=False)
       f.write('\n')
+
   atomic_write(path, write)
 
 
@@ -74,6 +77,7 @@ def save_text(path: str, text: str) -> None:
   def write(tmp):
     with open(tmp, 'w') as f:
       f.write(text)
+
   atomic_write(path, write)
 
 
@@ -82,4 +86,6 @@ def load_json(path: str):
     with open(path) as f:
       return json.load(f)
   except json.JSONDecodeError as e:
-    raise CorpusError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}); fix or delete it')
+    raise CorpusError(
+      f'{path} is not valid JSON ({e.msg} at line {e.lineno}); fix or delete it'
+    ) from None

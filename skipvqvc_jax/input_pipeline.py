@@ -13,13 +13,14 @@ exactly the batches of a single-process run.
 `resolve_data` turns a config's data fields into the feature folders a run reads, preprocessing an audio
 corpus into the workdir first when it is given one.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import grain
 import jax
@@ -33,10 +34,15 @@ from skipvqvc_jax.errors import CorpusError
 def list_features(features_dir: str) -> list[str]:
   """The sorted `.npy` feature files of a folder; an error that says what to do when there are none."""
   if not os.path.isdir(features_dir):
-    raise CorpusError(f'features dir {features_dir} does not exist; run preprocess.py '
-                             f'INPUT_DIR OUTPUT_DIR and point the config at OUTPUT_DIR/train')
-  files = sorted(os.path.join(features_dir, f) for f in os.listdir(features_dir)
-                 if f.endswith('.npy') and not f.startswith('.'))
+    raise CorpusError(
+      f'features dir {features_dir} does not exist; run preprocess.py '
+      f'INPUT_DIR OUTPUT_DIR and point the config at OUTPUT_DIR/train'
+    )
+  files = sorted(
+    os.path.join(features_dir, f)
+    for f in os.listdir(features_dir)
+    if f.endswith('.npy') and not f.startswith('.')
+  )
   if not files:
     raise CorpusError(f'features dir {features_dir} holds no .npy features')
   return files
@@ -47,8 +53,10 @@ def load_features(path: str, mmap: bool = False) -> np.ndarray:
   try:
     return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
-    raise CorpusError(f'{path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__}'
-                      f'); preprocess its audio again') from None
+    raise CorpusError(
+      f'{path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__}'
+      f'); preprocess its audio again'
+    ) from None
 
 
 IN_MEMORY_LIMIT = 1 << 30  # feature sets up to 1 GiB are read once and kept in RAM
@@ -89,7 +97,7 @@ def crop_at(mel: np.ndarray, frames: int, position: float) -> np.ndarray:
   length = mel.shape[1]
   if length > frames:
     start = int(position * (length - frames + 1))
-    return np.array(mel[:, start:start + frames], np.float32)
+    return np.array(mel[:, start : start + frames], np.float32)
   return np.pad(np.asarray(mel, np.float32), ((0, 0), (0, frames - length)), mode='reflect')
 
 
@@ -102,8 +110,16 @@ class CropBatches(grain.MapDataset):
   Everything is per batch and vectorised: no per-example machinery beyond the crop copy.
   """
 
-  def __init__(self, source: FeatureSource, *, local_batch: int, crop_frames: int, seed: int,
-               shard_index: int = 0, shard_count: int = 1):
+  def __init__(
+    self,
+    source: FeatureSource,
+    *,
+    local_batch: int,
+    crop_frames: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+  ):
     super().__init__()
     self.source, self.local, self.frames, self.seed = source, local_batch, crop_frames, seed
     self.global_batch = local_batch * shard_count
@@ -124,16 +140,24 @@ class CropBatches(grain.MapDataset):
       return self.slice(index)
     epoch, k = divmod(index, self.per_epoch)
     first = k * self.global_batch + self.offset
-    files = self._epoch_order(epoch)[first:first + self.local]
+    files = self._epoch_order(epoch)[first : first + self.local]
     positions = np.random.default_rng([self.seed, index]).random(self.global_batch)
-    positions = positions[self.offset:self.offset + self.local]
+    positions = positions[self.offset : self.offset + self.local]
     key = self.source.key
     crops = [crop_at(self.source[i][key], self.frames, u) for i, u in zip(files, positions)]
     return {key: np.stack(crops), 'speaker': self.source.speaker_ids[files]}
 
 
-def make_dataset(features_dir: str, *, batch_size: int, crop_frames: int = 128, seed: int = 0,
-                 shard_index: int = 0, shard_count: int = 1, key: str = 'mel') -> grain.MapDataset:
+def make_dataset(
+  features_dir: str,
+  *,
+  batch_size: int,
+  crop_frames: int = 128,
+  seed: int = 0,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  key: str = 'mel',
+) -> grain.MapDataset:
   """Batches of random crops, reshuffled each epoch; this process's slice of every global batch.
 
   batch_size is per process (the global batch / the number of processes). The stream is endless;
@@ -142,10 +166,18 @@ def make_dataset(features_dir: str, *, batch_size: int, crop_frames: int = 128, 
   """
   source = FeatureSource(list_features(features_dir), key=key)
   if len(source) < batch_size * shard_count:
-    raise CorpusError(f'{features_dir}: {len(source)} files, fewer than the global batch of '
-                             f'{batch_size * shard_count}')
-  return CropBatches(source, local_batch=batch_size, crop_frames=crop_frames, seed=seed,
-                     shard_index=shard_index, shard_count=shard_count)
+    raise CorpusError(
+      f'{features_dir}: {len(source)} files, fewer than the global batch of '
+      f'{batch_size * shard_count}'
+    )
+  return CropBatches(
+    source,
+    local_batch=batch_size,
+    crop_frames=crop_frames,
+    seed=seed,
+    shard_index=shard_index,
+    shard_count=shard_count,
+  )
 
 
 def make_iterator(dataset: grain.MapDataset, *, prefetch: int = 4, threads: int = 2):
@@ -159,8 +191,8 @@ def speaker_names(files: Sequence[str]) -> list[str]:
   return sorted({corpus.speaker_of(f) for f in files})
 
 
-
 # ---- a run's data ---------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Data:
@@ -178,15 +210,22 @@ def resolve_data(config, workdir: str) -> Data:
   params = audio.FeatureParams.from_dict(config.features)
   train_dir, test_dir = config.data.train_dir, config.data.test_dir
   if not train_dir:
-    raise CorpusError('no training data: set --config.data.train_dir to a features folder or an '
-                      'audio corpus')
+    raise CorpusError(
+      'no training data: set --config.data.train_dir to a features folder or an audio corpus'
+    )
   if not os.path.isdir(train_dir):
     raise CorpusError(f'data.train_dir {train_dir} does not exist')
   if not _holds_features(train_dir):
     # An audio corpus: preprocess once into the workdir (resumable, so a rerun reuses it).
     num_test = config.data.num_test_speakers
-    out = _preprocess_once(train_dir, os.path.join(workdir, 'features'), params, config.seed,
-                           None if num_test < 0 else num_test, config.data)
+    out = _preprocess_once(
+      train_dir,
+      os.path.join(workdir, 'features'),
+      params,
+      config.seed,
+      None if num_test < 0 else num_test,
+      config.data,
+    )
     train_dir = os.path.join(out, 'train')
     test_dir = test_dir or os.path.join(out, 'test')
   elif not test_dir:
@@ -196,8 +235,9 @@ def resolve_data(config, workdir: str) -> Data:
       logging.warning('no test_dir and no test/ beside train_dir: evaluating on training speakers')
   if os.path.isdir(test_dir) and not _holds_features(test_dir):
     # Test audio: every speaker in it is a test speaker, so all of it lands on the 'train' side.
-    out = _preprocess_once(test_dir, os.path.join(workdir, 'test_features'), params, config.seed, 0,
-                           config.data)
+    out = _preprocess_once(
+      test_dir, os.path.join(workdir, 'test_features'), params, config.seed, 0, config.data
+    )
     test_dir = os.path.join(out, 'train')
   if test_dir and not _holds_features(test_dir):
     raise CorpusError(f'data.test_dir {test_dir} holds no .npy features')
@@ -208,17 +248,27 @@ def resolve_data(config, workdir: str) -> Data:
     else:
       logging.warning('%s has no manifest.json: cannot check its feature parameters', folder)
   stats_file = config.data.stats_file or os.path.join(
-      corpus.manifest_root(train_dir) or os.path.dirname(os.path.abspath(train_dir)), corpus.STATS_FILE)
+    corpus.manifest_root(train_dir) or os.path.dirname(os.path.abspath(train_dir)),
+    corpus.STATS_FILE,
+  )
   return Data(train_dir, test_dir, stats_file)
 
 
-def _preprocess_once(audio_dir: str, out: str, params, seed: int, num_test: int | None,
-                     data) -> str:
+def _preprocess_once(
+  audio_dir: str, out: str, params, seed: int, num_test: int | None, data
+) -> str:
   if jax.process_index() == 0:
     logging.info('preprocessing the audio in %s into %s', audio_dir, out)
-    preprocessing.preprocess(audio_dir, out, params, num_test_speakers=num_test, seed=seed,
-                             progress=False, log=logging.info,
-                             speaker_depth=data.get('speaker_depth') or None,
-                             mic=data.get('mic', 'mic1'))
+    preprocessing.preprocess(
+      audio_dir,
+      out,
+      params,
+      num_test_speakers=num_test,
+      seed=seed,
+      progress=False,
+      log=logging.info,
+      speaker_depth=data.get('speaker_depth') or None,
+      mic=data.get('mic', 'mic1'),
+    )
   sharding.sync('preprocess')
   return out

@@ -12,6 +12,7 @@ Subset folders of LibriTTS and LibriSpeech (`train-clean-100/`, `dev-other/`, ..
 so a corpus root and a subset folder both work. `speaker_depth=N` names the speaker by the N-th folder
 below the root instead (1: the top folder), for any other nesting.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,7 +89,7 @@ def utterance(stem: str, speaker: str, layout: Layout) -> str | None:
       if match.group(2) != layout.mic:
         return None
       stem = match.group(1)
-  return stem[len(speaker) + 1:] if stem.startswith(speaker + '_') else stem
+  return stem[len(speaker) + 1 :] if stem.startswith(speaker + '_') else stem
 
 
 def transcript(rel: str, layout: Layout) -> str | None:

@@ -30,15 +30,19 @@ class WorkdirLock:
       f.seek(0)
       owner = f.read().strip()
       f.close()
-      raise TrainingError(f'{os.path.dirname(self.path)} is in use by another run ({owner or "starting"})'
-                          f': wait for it to finish, or train in another --workdir') from None
+      raise TrainingError(
+        f'{os.path.dirname(self.path)} is in use by another run ({owner or "starting"})'
+        f': wait for it to finish, or train in another --workdir'
+      ) from None
     f.seek(0)
     previous = f.read().strip()
     if previous:
       logging.warning('taking over the lock of a run that is gone (%s)', previous)
     f.seek(0)
     f.truncate()
-    f.write(f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}')
+    f.write(
+      f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}'
+    )
     f.flush()
     self._file = f
 

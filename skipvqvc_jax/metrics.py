@@ -5,7 +5,7 @@ speaker scores."""
 from __future__ import annotations
 
 import importlib.util
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,9 +20,10 @@ def mel_cepstrum(log10_mel: np.ndarray, coeffs: int = MCD_COEFFS) -> np.ndarray:
   MCD formula assumes (an orthonormal DCT would inflate it by sqrt(N / 2)).
   """
   import scipy.fft  # pylint: disable=import-outside-toplevel
+
   log_mel = np.log(10.0) * np.asarray(log10_mel, np.float64)
   cep = scipy.fft.dct(log_mel, type=2, norm=None, axis=0) / log_mel.shape[0]  # (2/N) sum cos
-  return cep[1:coeffs + 1].T
+  return cep[1 : coeffs + 1].T
 
 
 def cepstral_distortion_dtw(a: np.ndarray, b: np.ndarray) -> float:
@@ -30,6 +31,7 @@ def cepstral_distortion_dtw(a: np.ndarray, b: np.ndarray) -> float:
   (frames, coefficients) cepstra."""
   import librosa  # pylint: disable=import-outside-toplevel
   import scipy.spatial  # pylint: disable=import-outside-toplevel
+
   cost = scipy.spatial.distance.cdist(a, b)  # (Ta, Tb), never a (Ta, Tb, coefficients) tensor
   _, path = librosa.sequence.dtw(C=cost)
   diff = a[path[:, 0]] - b[path[:, 1]]
@@ -51,6 +53,7 @@ def world_mel_cepstrum(wave: np.ndarray, sample_rate: int, order: int = MCD_COEF
   CheapTrick envelope, 5 ms frames), then SPTK's sp2mc (alpha 0.455 at 22050 Hz)."""
   import pysptk  # pylint: disable=import-outside-toplevel  (the eval extra)
   import pyworld  # pylint: disable=import-outside-toplevel
+
   x = np.asarray(wave, np.float64)
   f0, times = pyworld.dio(x, sample_rate, frame_period=5.0)
   f0 = pyworld.stonemask(x, f0, times, sample_rate)
@@ -62,8 +65,9 @@ def world_mcd_dtw(wave: np.ndarray, reference: np.ndarray, sample_rate: int) -> 
   """The mel-cepstral distortion of voice-conversion papers (dB): MCD = (10 / ln 10)
   sqrt(2 sum_{d=1}^{24} (c_d - c'_d)^2) over WORLD/SPTK mel-cepstra, averaged along the frame-wise DTW
   alignment of the two waveforms."""
-  return cepstral_distortion_dtw(world_mel_cepstrum(wave, sample_rate),
-                                 world_mel_cepstrum(reference, sample_rate))
+  return cepstral_distortion_dtw(
+    world_mel_cepstrum(wave, sample_rate), world_mel_cepstrum(reference, sample_rate)
+  )
 
 
 def world_available() -> bool:

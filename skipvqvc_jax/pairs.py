@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,7 +29,9 @@ def sentences(files: Sequence[str]) -> dict[str, str]:
     for item in corpus.read_manifest(root)['items']:
       if item.get('transcript'):
         transcripts[os.path.basename(item['file'])] = layouts.normalise(item['transcript'])
-  return {f: transcripts.get(os.path.basename(f)) or 'utterance ' + utterance_name(f) for f in files}
+  return {
+    f: transcripts.get(os.path.basename(f)) or 'utterance ' + utterance_name(f) for f in files
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +66,17 @@ class PairResult:
 
   def to_json(self) -> dict:
     """pairs.json's row: the pair and every score computed for it."""
-    scores = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-              if f.name not in ('pair', 'converted_scales', 'reconstruction_scales')}
+    scores = {
+      f.name: getattr(self, f.name)
+      for f in dataclasses.fields(self)
+      if f.name not in ('pair', 'converted_scales', 'reconstruction_scales')
+    }
     return dict(dataclasses.asdict(self.pair), **{k: v for k, v in scores.items() if v is not None})
 
 
-def choose_pairs(files: Sequence[str], num_pairs: int, seed: int,
-                 said: dict[str, str] | None = None) -> list[Pair]:
+def choose_pairs(
+  files: Sequence[str], num_pairs: int, seed: int, said: dict[str, str] | None = None
+) -> list[Pair]:
   """A seeded list of conversions: source utterance, target speaker, a reference of another sentence,
   and the target's recording of the source sentence where it exists (`said`: each file's sentence,
   by default its utterance name)."""
@@ -89,9 +95,14 @@ def choose_pairs(files: Sequence[str], num_pairs: int, seed: int,
     others = sorted(u for u in by_speaker[target_speaker] if u != sentence)
     if not others:
       continue
-    pairs.append(Pair(source=by_speaker[source_speaker][sentence], target_speaker=target_speaker,
-                      reference=by_speaker[target_speaker][rng.choice(others)],
-                      parallel=by_speaker[target_speaker].get(sentence)))
+    pairs.append(
+      Pair(
+        source=by_speaker[source_speaker][sentence],
+        target_speaker=target_speaker,
+        reference=by_speaker[target_speaker][rng.choice(others)],
+        parallel=by_speaker[target_speaker].get(sentence),
+      )
+    )
   return pairs
 
 
@@ -101,6 +112,9 @@ def capped(files: Sequence[str], per_speaker: int, seed: int) -> list[str]:
   for f in files:
     by_speaker.setdefault(corpus.speaker_of(f), []).append(f)
   rng = random.Random(seed)
-  chosen = {f for group in by_speaker.values()
-            for f in (group if len(group) <= per_speaker else rng.sample(group, per_speaker))}
+  chosen = {
+    f
+    for group in by_speaker.values()
+    for f in (group if len(group) <= per_speaker else rng.sample(group, per_speaker))
+  }
   return [f for f in files if f in chosen]

@@ -21,6 +21,7 @@ the original builds but never runs (`torch_unused`: `dec.block0` in every VQVC+ 
 in `vqvc+_resample`; their weights are accepted and dropped) and how to read its sizes from a state dict
 (`sizes_from_torch`). This module converts layouts and reads and writes files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ import json
 import os
 import re
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -38,11 +39,11 @@ from skipvqvc_jax.fileio import atomic_write
 
 # PyTorch layouts -> ours; each conversion is its own inverse, so the same table also exports.
 LAYOUTS = {
-    'same': lambda w: w,
-    'conv': lambda w: np.transpose(w, (2, 1, 0)),  # (out, in/groups, k) <-> (k, in/groups, out)
-    'gru': lambda w: np.transpose(w) if w.ndim == 2 else w,  # (3H, in) <-> (in, 3H); biases as is
-    'linear': np.transpose,  # nn.Linear's (out, in) <-> (in, out)
-    'weight_g': lambda w: w.reshape(-1) if w.ndim == 3 else w.reshape(-1, 1, 1),  # (C,1,1) <-> (C,)
+  'same': lambda w: w,
+  'conv': lambda w: np.transpose(w, (2, 1, 0)),  # (out, in/groups, k) <-> (k, in/groups, out)
+  'gru': lambda w: np.transpose(w) if w.ndim == 2 else w,  # (3H, in) <-> (in, 3H); biases as is
+  'linear': np.transpose,  # nn.Linear's (out, in) <-> (in, out)
+  'weight_g': lambda w: w.reshape(-1) if w.ndim == 3 else w.reshape(-1, 1, 1),  # (C,1,1) <-> (C,)
 }
 
 
@@ -83,8 +84,10 @@ def load_state_dict(model, state_dict: Mapping[str, np.ndarray]):
 
 def export_state_dict(model) -> dict[str, np.ndarray]:
   """Our parameters under the original's names and layouts (unused original modules omitted)."""
-  return {name: LAYOUTS[layout](np.asarray(variable[...]))
-          for name, (variable, layout) in model.torch_table().items()}
+  return {
+    name: LAYOUTS[layout](np.asarray(variable[...]))
+    for name, (variable, layout) in model.torch_table().items()
+  }
 
 
 def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
@@ -103,16 +106,18 @@ def read_state_dict(path: str, prefix: str = '') -> dict[str, np.ndarray]:
   """Reads a state dict from a `.pt` file (needs torch) or an `.npz` of arrays named like one."""
   if path.endswith('.npz'):
     with np.load(path) as data:
-      return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+      return {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
   return read_torch_checkpoint(path)
 
 
 def write_state_dict(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
   """Writes a state dict as `.npz` or, with torch, as a `.pt` that the original loads; atomically."""
   if path.endswith('.npz'):
+
     def write(tmp):
       with open(tmp, 'wb') as f:
         np.savez(f, **state_dict)
+
     atomic_write(path, write)
     return
   if not path.endswith('.pt'):
@@ -120,10 +125,15 @@ def write_state_dict(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
   try:
     import torch  # pylint: disable=import-outside-toplevel  (an optional extra)
   except ImportError:
-    raise PortError(f'{path}: writing .pt files needs torch: pip install -e ".[torch]"; or write '
-                    f'a .npz') from None
-  atomic_write(path, lambda tmp: torch.save(
-      {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, tmp))
+    raise PortError(
+      f'{path}: writing .pt files needs torch: pip install -e ".[torch]"; or write a .npz'
+    ) from None
+  atomic_write(
+    path,
+    lambda tmp: torch.save(
+      {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, tmp
+    ),
+  )
 
 
 def _fail(error: Exception) -> int:
@@ -134,9 +144,10 @@ def _fail(error: Exception) -> int:
 def export_main(argv) -> int:
   """`python -m skipvqvc_jax.port_torch export SOURCE OUT.{npz,pt}`: ours -> the original's format."""
   parser = argparse.ArgumentParser(
-      prog='python -m skipvqvc_jax.port_torch export',
-      description="Write a model as the original's PyTorch state dict (melgan-neurips' names for a "
-                  'vocoder), e.g. to use a vocoder trained here in the original scripts.')
+    prog='python -m skipvqvc_jax.port_torch export',
+    description="Write a model as the original's PyTorch state dict (melgan-neurips' names for a "
+    'vocoder), e.g. to use a vocoder trained here in the original scripts.',
+  )
   parser.add_argument('source', help='model directory, or training workdir (its latest checkpoint)')
   parser.add_argument('out', help='.npz (no torch needed) or .pt (needs torch)')
   args = parser.parse_args(argv)
@@ -156,16 +167,21 @@ def main(argv=None):
     return export_main(argv[1:])
   portable = models.names('voice_conversion') + models.names('vocoder')
   parser = argparse.ArgumentParser(
-      prog='python -m skipvqvc_jax.port_torch',
-      description='Convert an original SkipVQVC checkpoint into a skipvqvc_jax model directory '
-                  '(the other way: python -m skipvqvc_jax.port_torch export SOURCE OUT.npz).')
+    prog='python -m skipvqvc_jax.port_torch',
+    description='Convert an original SkipVQVC checkpoint into a skipvqvc_jax model directory '
+    '(the other way: python -m skipvqvc_jax.port_torch export SOURCE OUT.npz).',
+  )
   parser.add_argument('checkpoint', help='original .pt checkpoint (needs torch) or .npz of arrays')
   parser.add_argument('out_dir', help='directory to write (must not exist yet)')
   parser.add_argument('--model', required=True, choices=portable)
   parser.add_argument('--channel', type=int, help='VQVC+: default: read from the weights')
   parser.add_argument('--n_embed', type=int, help='VQVC+: default: read from the weights')
-  parser.add_argument('--gru_init', choices=['normal', 'zeros'], default='normal',
-                      help="VQVC+: GRU initial state: the original's N(0, 1) noise, or zeros")
+  parser.add_argument(
+    '--gru_init',
+    choices=['normal', 'zeros'],
+    default='normal',
+    help="VQVC+: GRU initial state: the original's N(0, 1) noise, or zeros",
+  )
   parser.add_argument('--prefix', default='', help='key prefix to strip in an .npz (e.g. param/)')
   args = parser.parse_args(argv)
   try:
@@ -174,8 +190,11 @@ def main(argv=None):
     state_dict = read_state_dict(args.checkpoint, args.prefix)
     size = models.get_class(args.model).sizes_from_torch(state_dict)
     if args.model in models.names('voice_conversion'):
-      size.update(channel=args.channel or size['channel'], n_embed=args.n_embed or size['n_embed'],
-                  gru_init=args.gru_init)
+      size.update(
+        channel=args.channel or size['channel'],
+        n_embed=args.n_embed or size['n_embed'],
+        gru_init=args.gru_init,
+      )
     model = load_state_dict(models.build(args.model, **size), state_dict)
     checkpoints.save_model(args.out_dir, model)
   except UserError as e:

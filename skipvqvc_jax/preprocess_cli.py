@@ -6,6 +6,7 @@ skipvqvc-preprocess).
 INPUT_DIR holds <speaker>/<utterance>.{wav,flac,mp3,ogg} (or is a VCTK root with wav48/). OUTPUT_DIR
 gets train/ and test/ (unseen speakers) features, split.json, stats.npz and manifest.json.
 """
+
 import sys
 
 from absl import app, flags
@@ -19,16 +20,24 @@ flags.DEFINE_integer('min_frames', 100, 'Skip utterances with fewer frames after
 flags.DEFINE_list('test_speakers', None, 'Speakers held out for testing (default: a seeded tenth).')
 flags.DEFINE_integer('num_test_speakers', None, 'How many speakers the seeded rule holds out.')
 flags.DEFINE_integer('seed', 0, 'Seed of the test-speaker choice.')
-flags.DEFINE_integer('speaker_depth', None, 'Which folder below the corpus root names the speaker '
-                     '(1: the top folder, the default; LibriTTS/LibriSpeech subset folders are '
-                     'looked through).')
-flags.DEFINE_enum('mic', 'mic1', ['mic1', 'mic2'], 'VCTK 0.92: the microphone whose files are read.')
+flags.DEFINE_integer(
+  'speaker_depth',
+  None,
+  'Which folder below the corpus root names the speaker '
+  '(1: the top folder, the default; LibriTTS/LibriSpeech subset folders are '
+  'looked through).',
+)
+flags.DEFINE_enum(
+  'mic', 'mic1', ['mic1', 'mic2'], 'VCTK 0.92: the microphone whose files are read.'
+)
 flags.DEFINE_integer('sample_rate', _defaults.sample_rate, 'Audio is resampled to this rate.')
 flags.DEFINE_integer('n_fft', _defaults.n_fft, 'FFT size.')
 flags.DEFINE_integer('hop_length', _defaults.hop_length, 'Samples between frames.')
 flags.DEFINE_integer('win_length', _defaults.win_length, 'Hann window length.')
 flags.DEFINE_integer('n_mels', _defaults.n_mels, 'Mel bands.')
-flags.DEFINE_float('top_db', _defaults.trim_top_db, 'Silence trimming threshold; negative: no trim.')
+flags.DEFINE_float(
+  'top_db', _defaults.trim_top_db, 'Silence trimming threshold; negative: no trim.'
+)
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 FLAGS = flags.FLAGS
 
@@ -37,23 +46,38 @@ def main(argv):
   if len(argv) != 3:
     raise app.UsageError('usage: preprocess.py INPUT_DIR OUTPUT_DIR [flags]')
   params = audio.FeatureParams(
-      sample_rate=FLAGS.sample_rate, n_fft=FLAGS.n_fft, hop_length=FLAGS.hop_length,
-      win_length=FLAGS.win_length, n_mels=FLAGS.n_mels,
-      trim_top_db=FLAGS.top_db if FLAGS.top_db >= 0 else None)
+    sample_rate=FLAGS.sample_rate,
+    n_fft=FLAGS.n_fft,
+    hop_length=FLAGS.hop_length,
+    win_length=FLAGS.win_length,
+    n_mels=FLAGS.n_mels,
+    trim_top_db=FLAGS.top_db if FLAGS.top_db >= 0 else None,
+  )
   try:
     manifest = preprocessing.preprocess(
-        argv[1], argv[2], params, min_frames=FLAGS.min_frames, test_speakers=FLAGS.test_speakers,
-        num_test_speakers=FLAGS.num_test_speakers, seed=FLAGS.seed, workers=FLAGS.workers,
-        progress=FLAGS.progress, log=lambda line: print(preprocessing.printable(line)),
-        speaker_depth=FLAGS.speaker_depth, mic=FLAGS.mic)
+      argv[1],
+      argv[2],
+      params,
+      min_frames=FLAGS.min_frames,
+      test_speakers=FLAGS.test_speakers,
+      num_test_speakers=FLAGS.num_test_speakers,
+      seed=FLAGS.seed,
+      workers=FLAGS.workers,
+      progress=FLAGS.progress,
+      log=lambda line: print(preprocessing.printable(line)),
+      speaker_depth=FLAGS.speaker_depth,
+      mic=FLAGS.mic,
+    )
   except errors.UserError as e:
     print(f'error: {preprocessing.printable(str(e))}', file=sys.stderr)
     return 1
   t = manifest['totals']
-  print(f'{argv[2]}: train {t["train"]["speakers"]} speakers, {t["train"]["utterances"]} '
-        f'utterances, {t["train"]["seconds"] / 60:.1f} min; test {t["test"]["speakers"]} speakers, '
-        f'{t["test"]["utterances"]} utterances, {t["test"]["seconds"] / 60:.1f} min; '
-        f'{len(manifest["skipped"])} files skipped')
+  print(
+    f'{argv[2]}: train {t["train"]["speakers"]} speakers, {t["train"]["utterances"]} '
+    f'utterances, {t["train"]["seconds"] / 60:.1f} min; test {t["test"]["speakers"]} speakers, '
+    f'{t["test"]["utterances"]} utterances, {t["test"]["seconds"] / 60:.1f} min; '
+    f'{len(manifest["skipped"])} files skipped'
+  )
   return 0
 
 

@@ -6,13 +6,14 @@ moved; features whose audio is gone or changed, or that cannot be read, are remo
 manifest always describes exactly what is there. A run records its parameters before it writes any
 feature, so an interrupted run cannot be continued with other parameters.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
 import errno
 import multiprocessing
 import os
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -39,9 +40,15 @@ def _featurise(task):
   try:
     save_npy(out_path, mel)
   except OSError as e:  # the output's disk, not the audio: every other file would fail the same way
-    return dict(ok=False, fatal=f'cannot write {out_path}: {e.strerror or e}'
-                + ('; free some space and rerun (the features made so far are kept)'
-                   if e.errno == errno.ENOSPC else ''))
+    return dict(
+      ok=False,
+      fatal=f'cannot write {out_path}: {e.strerror or e}'
+      + (
+        '; free some space and rerun (the features made so far are kept)'
+        if e.errno == errno.ENOSPC
+        else ''
+      ),
+    )
   return dict(ok=True, frames=int(mel.shape[1]), trim=list(index))
 
 
@@ -66,8 +73,11 @@ def _check_parameters(output_dir: str, params: audio.FeatureParams) -> None:
     if os.path.exists(path):
       found = audio.FeatureParams.from_dict(load_json(path)['feature_params'])
       if found != params:
-        raise CorpusError(f'{output_dir} holds features made with other parameters ('
-                          + '; '.join(found.mismatches(params)) + '); use a new output dir')
+        raise CorpusError(
+          f'{output_dir} holds features made with other parameters ('
+          + '; '.join(found.mismatches(params))
+          + '); use a new output dir'
+        )
 
 
 def _tidy(output_dir: str, expected: dict[str, str], log) -> None:
@@ -92,15 +102,27 @@ def _tidy(output_dir: str, expected: dict[str, str], log) -> None:
           os.remove(path)
           removed += 1
   if moved or removed:
-    log(f'{moved} features moved to the other side of the split, {removed} removed (their audio '
-        f'is gone, or its speaker is in the other side already)')
+    log(
+      f'{moved} features moved to the other side of the split, {removed} removed (their audio '
+      f'is gone, or its speaker is in the other side already)'
+    )
 
 
-def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = audio.FeatureParams(),
-               *, min_frames: int = 100, test_speakers: Sequence[str] | None = None,
-               num_test_speakers: int | None = None, seed: int = 0, workers: int | None = None,
-               progress: bool = True, log: Callable[[str], None] = print,
-               speaker_depth: int | None = None, mic: str = 'mic1') -> dict:
+def preprocess(
+  input_dir: str,
+  output_dir: str,
+  params: audio.FeatureParams = audio.FeatureParams(),
+  *,
+  min_frames: int = 100,
+  test_speakers: Sequence[str] | None = None,
+  num_test_speakers: int | None = None,
+  seed: int = 0,
+  workers: int | None = None,
+  progress: bool = True,
+  log: Callable[[str], None] = print,
+  speaker_depth: int | None = None,
+  mic: str = 'mic1',
+) -> dict:
   """Audio corpus -> features, split, statistics and manifest. Returns the manifest.
 
   Resumable: features already on disk are kept while they still match, and files skipped by an
@@ -111,15 +133,23 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise CorpusError(f'output {output_dir} is a file, not a folder: choose another output dir')
   utterances, skipped, layout = corpus.find_utterances(input_dir, speaker_depth, mic)
-  log(f'{input_dir}: {layout.name} layout, {len({u.speaker for u in utterances})} speakers, '
-      f'{len(utterances)} utterances' + (f' ({layout.mic} files)' if layout.mic else '')
-      + (f', {sum(u.transcript is not None for u in utterances)} with transcripts'
-         if layout.name != 'flat' else ''))
+  log(
+    f'{input_dir}: {layout.name} layout, {len({u.speaker for u in utterances})} speakers, '
+    f'{len(utterances)} utterances'
+    + (f' ({layout.mic} files)' if layout.mic else '')
+    + (
+      f', {sum(u.transcript is not None for u in utterances)} with transcripts'
+      if layout.name != 'flat'
+      else ''
+    )
+  )
   folders = {layouts.speaker_folder(u.source, layout) for u in utterances}
   renamed = sorted(f for f in folders if f != corpus.speaker_name(f))
   if renamed:
-    log('speaker folders renamed in feature names (_ separates speaker from utterance): '
-        + ', '.join(f'{f} -> {corpus.speaker_name(f)}' for f in renamed))
+    log(
+      'speaker folders renamed in feature names (_ separates speaker from utterance): '
+      + ', '.join(f'{f} -> {corpus.speaker_name(f)}' for f in renamed)
+    )
   if test_speakers is not None:
     test_speakers = [corpus.speaker_name(s) for s in test_speakers]
   root = layout.root
@@ -129,13 +159,19 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
   old = load_json(manifest_path) if os.path.exists(manifest_path) else {}
   known_skips = {s['source']: s for s in old.get('skipped', []) if 'key' in s}
   known_items = {i['source']: i for i in old.get('items', [])}
-  split = corpus.resolve_split(output_dir, [u.speaker for u in utterances], test_speakers,
-                               num_test_speakers, seed) if utterances else dict(train=[], test=[])
+  split = (
+    corpus.resolve_split(
+      output_dir, [u.speaker for u in utterances], test_speakers, num_test_speakers, seed
+    )
+    if utterances
+    else dict(train=[], test=[])
+  )
   if len(split['test']) == 1:
     log(f'only one test speaker ({split["test"][0]}): --mode=eval needs two to convert between')
   side = {s: 'train' for s in split['train']} | {s: 'test' for s in split['test']}
-  save_json(os.path.join(output_dir, STAMP), dict(feature_params=params.to_dict(),
-                                                  min_frames=min_frames))
+  save_json(
+    os.path.join(output_dir, STAMP), dict(feature_params=params.to_dict(), min_frames=min_frames)
+  )
   _tidy(output_dir, {u.feature_file: side[u.speaker] for u in utterances}, log)
 
   items, tasks, pending, carried = [], [], [], []
@@ -157,8 +193,9 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
     log(f'{len(items)} features already made, {len(tasks)} files to process')
 
   try:
-    for (utt, out_rel, key), result in zip(pending, map_files(_featurise, tasks, workers, progress,
-                                                             log, 'preprocessing')):
+    for (utt, out_rel, key), result in zip(
+      pending, map_files(_featurise, tasks, workers, progress, log, 'preprocessing')
+    ):
       if 'fatal' in result:
         raise CorpusError(result['fatal'])
       if result['ok']:
@@ -174,20 +211,33 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
       if out_rel not in made and frames is not None:
         items.append(_item(utt, out_rel, frames, None, key))
     items.sort(key=lambda i: i['file'])
-    save_json(manifest_path, corpus.manifest(input_dir, params, min_frames, split, items,
-                                             skipped + carried, complete=False, layout=layout))
+    save_json(
+      manifest_path,
+      corpus.manifest(
+        input_dir,
+        params,
+        min_frames,
+        split,
+        items,
+        skipped + carried,
+        complete=False,
+        layout=layout,
+      ),
+    )
     raise
   for s in skipped:
     log(f'skipped {s["source"]}: {s["reason"]}')
   skipped += carried  # reported by the run that found them
 
   if not items:
-    raise CorpusError(f'no usable audio in {input_dir}: {len(skipped)} files skipped '
-                      f'(see the reasons above)')
+    raise CorpusError(
+      f'no usable audio in {input_dir}: {len(skipped)} files skipped (see the reasons above)'
+    )
   items.sort(key=lambda i: i['file'])
   save_json(os.path.join(output_dir, corpus.SPLIT_FILE), split)
-  corpus.write_stats(output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)],
-                     params.n_mels)
+  corpus.write_stats(
+    output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)], params.n_mels
+  )
   manifest = corpus.manifest(input_dir, params, min_frames, split, items, skipped, layout=layout)
   save_json(manifest_path, manifest)
   os.remove(os.path.join(output_dir, STAMP))
@@ -197,7 +247,9 @@ def preprocess(input_dir: str, output_dir: str, params: audio.FeatureParams = au
 def _item(utt: corpus.Utterance, out_rel: str, frames: int, trim, key) -> dict:
   """A manifest item: the feature file, its source, speaker, frames, trim range, source key and,
   where the corpus has one, its transcript."""
-  item = dict(file=out_rel, source=utt.source, speaker=utt.speaker, frames=frames, trim=trim, key=key)
+  item = dict(
+    file=out_rel, source=utt.source, speaker=utt.speaker, frames=frames, trim=trim, key=key
+  )
   if utt.transcript is not None:
     item['transcript'] = utt.transcript
   return item
@@ -213,14 +265,21 @@ def _printable_lines(log):
   return lambda line: log(printable(line))
 
 
-def map_files(work: Callable[[tuple], dict], tasks: list, workers: int | None, progress: bool,
-              log: Callable[[str], None] | None = None, what: str = 'files') -> Iterable[dict]:
+def map_files(
+  work: Callable[[tuple], dict],
+  tasks: list,
+  workers: int | None,
+  progress: bool,
+  log: Callable[[str], None] | None = None,
+  what: str = 'files',
+) -> Iterable[dict]:
   """Results of `work` (a picklable function of one task) in task order, over `workers` processes.
 
   progress=True shows a terminal progress bar; otherwise, given `log`, a line every 10 seconds. A
   worker that dies (the out-of-memory killer, a signal) stops the run with a CorpusError instead of
   leaving it waiting forever for that worker's results."""
   import tqdm  # pylint: disable=import-outside-toplevel  (slow to import; only here)
+
   workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
   bar = tqdm.tqdm(total=len(tasks), unit='file', disable=not progress or not tasks)
   lines = Progress(what, len(tasks), log, unit='files') if log and not progress and tasks else None
@@ -241,13 +300,16 @@ def map_files(work: Callable[[tuple], dict], tasks: list, workers: int | None, p
       yield result
   else:
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+      workers, mp_context=multiprocessing.get_context('spawn')
+    ) as pool:
       try:
         for result in pool.map(work, tasks, chunksize=4):
           advance()
           yield result
       except concurrent.futures.process.BrokenProcessPool:
-        raise CorpusError(f'{what}: a worker process died (killed by the system: out of memory?) '
-                          f'after {done[0]} of {len(tasks)} files; rerun to continue (finished files '
-                          f'are kept), with fewer --workers if memory is short') from None
+        raise CorpusError(
+          f'{what}: a worker process died (killed by the system: out of memory?) '
+          f'after {done[0]} of {len(tasks)} files; rerun to continue (finished files '
+          f'are kept), with fewer --workers if memory is short'
+        ) from None
   bar.close()

@@ -4,10 +4,11 @@ For phases that run inside training or evaluation (preprocessing an audio corpus
 evaluating a test set), where a terminal progress bar would be lost in the log. At most one line per
 `every` seconds, and one at the end.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def duration(seconds: float) -> str:
@@ -21,8 +22,9 @@ def duration(seconds: float) -> str:
 class Progress:
   """Counts `total` items of a phase named `what` and logs `what: done/total (p%), elapsed, ETA`."""
 
-  def __init__(self, what: str, total: int, log: Callable[[str], None], every: float = 10.0,
-               unit: str = ''):
+  def __init__(
+    self, what: str, total: int, log: Callable[[str], None], every: float = 10.0, unit: str = ''
+  ):
     self.what, self.total, self.log, self.every = what, total, log, every
     self.unit = f' {unit}' if unit else ''
     self.done = 0
@@ -35,6 +37,8 @@ class Progress:
       self.last = now
       elapsed = now - self.start
       eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-      self.log(f'{self.what}: {self.done}/{self.total}{self.unit} '
-               f'({100 * self.done / max(self.total, 1):.0f}%), {duration(elapsed)}'
-               + (f', ETA {duration(eta)}' if self.done < self.total else ''))
+      self.log(
+        f'{self.what}: {self.done}/{self.total}{self.unit} '
+        f'({100 * self.done / max(self.total, 1):.0f}%), {duration(elapsed)}'
+        + (f', ETA {duration(eta)}' if self.done < self.total else '')
+      )

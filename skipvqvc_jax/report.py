@@ -1,5 +1,6 @@
 """The evaluation's pages: a report per evaluated checkpoint (metrics, the vocoders, each pair's mels
 as images and audio as players) and an index of every evaluation of a run."""
+
 from __future__ import annotations
 
 import html
@@ -23,86 +24,117 @@ def flat(metrics: dict, prefix: str = '') -> dict:
 
 def write_index(eval_dir: str) -> None:
   """eval/index.html: every evaluation of the workdir side by side, with links to their reports."""
-  steps = sorted(int(d.split('_', 1)[1]) for d in os.listdir(eval_dir)
-                 if d.startswith('step_') and os.path.isfile(os.path.join(eval_dir, d, 'metrics.json')))
+  steps = sorted(
+    int(d.split('_', 1)[1])
+    for d in os.listdir(eval_dir)
+    if d.startswith('step_') and os.path.isfile(os.path.join(eval_dir, d, 'metrics.json'))
+  )
   rows = []
   for step in steps:
     m = fileio.load_json(os.path.join(eval_dir, f'step_{step}', 'metrics.json'))
     conversion, similarity = m.get('conversion', {}), m.get('speaker_similarity', {})
     cell = lambda v: '-' if v is None else f'{v:.3f}'
-    rows.append(f'<tr><td><a href="step_{step}/report.html">step {step}</a></td>'
-                f'<td>{cell(m.get("recon_l1_logmel"))}</td>'
-                f'<td>{cell(conversion.get("lmcd_dtw_db"))}</td>'
-                f'<td>{cell(similarity.get("accepted_as_target"))}</td></tr>')
-  save_text(os.path.join(eval_dir, 'index.html'), f"""<!doctype html>
+    rows.append(
+      f'<tr><td><a href="step_{step}/report.html">step {step}</a></td>'
+      f'<td>{cell(m.get("recon_l1_logmel"))}</td>'
+      f'<td>{cell(conversion.get("lmcd_dtw_db"))}</td>'
+      f'<td>{cell(similarity.get("accepted_as_target"))}</td></tr>'
+    )
+  save_text(
+    os.path.join(eval_dir, 'index.html'),
+    f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>skipvqvc_jax evaluations</title></head><body>
 <h1>Evaluations</h1><table><tr><th>checkpoint</th><th>reconstruction L1 (log-mel)</th>
 <th>log-mel cepstral distortion (dB)</th><th>accepted as target</th></tr>{''.join(rows)}</table>
 </body></html>
-""")
-
+""",
+  )
 
 
 def _vocoder_section(assets: str, metrics: dict, resynthesis: dict, sample_rate: int) -> str:
   """The vocoders' resynthesis scores, and one real utterance through each of them."""
   rows = ''.join(
-      f'<tr><td>{html.escape(name)}</td><td>{m["resynthesis_lmcd_dtw_db"]:.2f}</td>'
-      f'<td>{m["similarity_to_real"]:.3f}</td></tr>' if 'similarity_to_real' in m else
-      f'<tr><td>{html.escape(name)}</td><td>{m["resynthesis_lmcd_dtw_db"]:.2f}</td><td>-</td></tr>'
-      for name, m in metrics.items() if isinstance(m, dict))
+    f'<tr><td>{html.escape(name)}</td><td>{m["resynthesis_lmcd_dtw_db"]:.2f}</td>'
+    f'<td>{m["similarity_to_real"]:.3f}</td></tr>'
+    if 'similarity_to_real' in m
+    else f'<tr><td>{html.escape(name)}</td><td>{m["resynthesis_lmcd_dtw_db"]:.2f}</td><td>-</td></tr>'
+    for name, m in metrics.items()
+    if isinstance(m, dict)
+  )
   players = []
   for name, wave in resynthesis.items():
     if name == 'utterance' or wave is None:
       continue
     convert.write_wav(os.path.join(assets, f'vocoder_{name}.wav'), wave, sample_rate)
-    players.append(f'<figure><figcaption>{html.escape(name)}</figcaption><audio controls '
-                   f'src="assets/vocoder_{name}.wav"></audio></figure>')
+    players.append(
+      f'<figure><figcaption>{html.escape(name)}</figcaption><audio controls '
+      f'src="assets/vocoder_{name}.wav"></audio></figure>'
+    )
   utterance = html.escape(resynthesis.get('utterance', ''))
-  return (f'<h2>Vocoders</h2><p>Real test utterances resynthesised from their mels ({metrics["utterances"]}'
-          f' utterances): log-mel cepstral distortion (DTW) of the resynthesis against the original features, and speaker '
-          f'similarity to the real recording (with the eval extra).</p><table><tr><th>vocoder</th>'
-          f'<th>log-mel CD (dB)</th><th>similarity</th></tr>{rows}</table>'
-          + (f'<p>{utterance}:</p>{"".join(players)}' if players else ''))
-
+  return (
+    f'<h2>Vocoders</h2><p>Real test utterances resynthesised from their mels ({metrics["utterances"]}'
+    f' utterances): log-mel cepstral distortion (DTW) of the resynthesis against the original features, and speaker '
+    f'similarity to the real recording (with the eval extra).</p><table><tr><th>vocoder</th>'
+    f'<th>log-mel CD (dB)</th><th>similarity</th></tr>{rows}</table>'
+    + (f'<p>{utterance}:</p>{"".join(players)}' if players else '')
+  )
 
 
 def write_report(out_dir, assets, metrics, results, converter, resynthesis: dict) -> None:
   """A static page: metrics table, the vocoders, and per pair (`evaluate.PairResult`: what the
   evaluation computed) the mels as images and the audio as players."""
-  rows = ''.join(f'<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>' if isinstance(v, float)
-                 else f'<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>'
-                 for k, v in flat(metrics).items())
+  rows = ''.join(
+    f'<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>'
+    if isinstance(v, float)
+    else f'<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>'
+    for k, v in flat(metrics).items()
+  )
   sections = []
   for i, result in enumerate(results):
     pair = result.pair
-    mels = dict(source=input_pipeline.load_features(pair.source),
-                target_reference=input_pipeline.load_features(pair.reference),
-                reconstruction=result.reconstruction_scales[-1], conversion=result.converted_mel)
+    mels = dict(
+      source=input_pipeline.load_features(pair.source),
+      target_reference=input_pipeline.load_features(pair.reference),
+      reconstruction=result.reconstruction_scales[-1],
+      conversion=result.converted_mel,
+    )
     if pair.parallel:
       mels['target_same_sentence'] = input_pipeline.load_features(pair.parallel)
     cells = []
     for name, mel in mels.items():
       stem = f'pair{i:02d}_{name}'
       _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, name))
-      convert.write_wav(os.path.join(assets, stem + '.wav'), converter.vocoder(mel),
-                        converter.vocoder.sample_rate)
-      cells.append(f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
-                   f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>')
-    scales = (('reconstruction', result.reconstruction_scales),
-              ('conversion', result.converted_scales))
+      convert.write_wav(
+        os.path.join(assets, stem + '.wav'), converter.vocoder(mel), converter.vocoder.sample_rate
+      )
+      cells.append(
+        f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
+        f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>'
+      )
+    scales = (
+      ('reconstruction', result.reconstruction_scales),
+      ('conversion', result.converted_scales),
+    )
     for name, outputs in scales:  # a multi-scale model's coarser outputs, as images
       for j, mel in enumerate(outputs[:-1]):
         stem = f'pair{i:02d}_{name}_d{j}'
         _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))
-        cells.append(f'<figure><figcaption>{name}, scale d{j} ({mel.shape[0]} bands, 1/'
-                     f'{2 ** (len(outputs) - 1 - j)} frame rate)</figcaption><img '
-                     f'src="assets/{stem}.png" alt="{name} scale d{j} mel"></figure>')
-    scores = (f'log-mel cepstral distortion {result.lmcd_db:.2f} dB (no conversion: '
-              f'{result.baseline_lmcd_db:.2f} dB)' if result.lmcd_db is not None
-              else 'no parallel recording')
-    sections.append(f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair.source))} &rarr; '
-                    f'{html.escape(pair.target_speaker)}</h3><p>{scores}</p>{"".join(cells)}'
-                    f'</section>')
+        cells.append(
+          f'<figure><figcaption>{name}, scale d{j} ({mel.shape[0]} bands, 1/'
+          f'{2 ** (len(outputs) - 1 - j)} frame rate)</figcaption><img '
+          f'src="assets/{stem}.png" alt="{name} scale d{j} mel"></figure>'
+        )
+    scores = (
+      f'log-mel cepstral distortion {result.lmcd_db:.2f} dB (no conversion: '
+      f'{result.baseline_lmcd_db:.2f} dB)'
+      if result.lmcd_db is not None
+      else 'no parallel recording'
+    )
+    sections.append(
+      f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair.source))} &rarr; '
+      f'{html.escape(pair.target_speaker)}</h3><p>{scores}</p>{"".join(cells)}'
+      f'</section>'
+    )
   page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>skipvqvc_jax evaluation, step {metrics['step']}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} figure{{display:inline-block;
@@ -122,4 +154,5 @@ baseline compares the unconverted source with it.</p>
 
 def _save_png(path: str, image: np.ndarray) -> None:
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
   plt.imsave(path, image)

@@ -1,11 +1,13 @@
 """Data parallelism with jax.sharding: one `data` mesh axis over every device of every process, and the
 few multi-process helpers the loop and the tasks share (placing a state, barriers, sharded means)."""
+
 from __future__ import annotations
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from skipvqvc_jax.errors import ConfigError
 
@@ -27,23 +29,29 @@ def local_batch_size(global_batch: int) -> int:
   """This process's share of the global batch; the batch must split evenly over every device."""
   devices = jax.device_count()
   if global_batch % devices:
-    raise ConfigError(f'batch_size {global_batch} does not split over {devices} devices; '
-                     f'use a multiple of {devices}')
+    raise ConfigError(
+      f'batch_size {global_batch} does not split over {devices} devices; '
+      f'use a multiple of {devices}'
+    )
   return global_batch // jax.process_count()
 
 
 def global_batch(mesh: Mesh, local: dict) -> dict:
   """Assembles each process's local numpy batch into global arrays sharded over `data`."""
   sharding = batch_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+  }
 
 
 def place(tree, mesh: Mesh):
   """Replicates a tree of host values onto every device of the mesh (works across processes)."""
   target = replicated(mesh)
+
   def put(x):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
+
   return jax.tree.map(put, tree)
 
 

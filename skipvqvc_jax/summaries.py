@@ -1,4 +1,5 @@
 """TensorBoard output with tensorboardX: scalars, mel images and audio, written by process 0 only."""
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,10 @@ import numpy as np
 def mel_image(mel: np.ndarray, title: str = '') -> np.ndarray:
   """(n_mels, frames) log-mel -> an RGB uint8 (H, W, 3) picture, low bands at the bottom."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
   fig, ax = plt.subplots(figsize=(8, 3), dpi=80)
   im = ax.imshow(mel, aspect='auto', origin='lower', interpolation='none', cmap='magma')
   fig.colorbar(im, ax=ax)
@@ -32,6 +35,7 @@ class Writer:
     self._writer = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
       self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def scalars(self, step: int, values: dict, prefix: str = '') -> None:

@@ -53,8 +53,15 @@ class _StopRequests:
 
 # Loop fields that must be whole numbers of at least this much (keep_checkpoints=0 would let orbax
 # delete every checkpoint, the ones already there too).
-POSITIVE_FIELDS = {'batch_size': 1, 'num_train_steps': 0, 'log_every_steps': 1, 'eval_every_steps': 1,
-                   'checkpoint_every_steps': 1, 'keep_checkpoints': 1, 'eval_batches': 1}
+POSITIVE_FIELDS = {
+  'batch_size': 1,
+  'num_train_steps': 0,
+  'log_every_steps': 1,
+  'eval_every_steps': 1,
+  'checkpoint_every_steps': 1,
+  'keep_checkpoints': 1,
+  'eval_batches': 1,
+}
 
 
 def check_config(config) -> None:
@@ -77,8 +84,12 @@ def _describe_workdir(config, workdir: str, task: Task) -> None:
   """config.json with the resolved data folders, and the task's model.json: what a restore reads
   instead of flags."""
   resolved = config.to_dict()
-  resolved['data'].update({key: checkpoints.portable_path(getattr(task.data, key), workdir)
-                           for key in checkpoints.DATA_PATHS})
+  resolved['data'].update(
+    {
+      key: checkpoints.portable_path(getattr(task.data, key), workdir)
+      for key in checkpoints.DATA_PATHS
+    }
+  )
   save_json(os.path.join(workdir, checkpoints.CONFIG_FILE), resolved)
   checkpoints.write_model_info(workdir, task.model_info(config))
 
@@ -91,8 +102,9 @@ def _check_same_run(config, workdir: str) -> None:
   old, new = checkpoints.read_model_info(workdir), tasks.model_info(config)
   if old != new:
     raise TrainingError(
-        f'{workdir} holds a run of {old.spec}; this config trains {new.spec}: choose another '
-        f'--workdir, or add --config.resume=False to move its checkpoints aside and start anew')
+      f'{workdir} holds a run of {old.spec}; this config trains {new.spec}: choose another '
+      f'--workdir, or add --config.resume=False to move its checkpoints aside and start anew'
+    )
 
 
 def _move_checkpoints_aside(ckpt: checkpoints.TrainCheckpoints, config, workdir: str):
@@ -100,8 +112,9 @@ def _move_checkpoints_aside(ckpt: checkpoints.TrainCheckpoints, config, workdir:
   checkpoints.old-<time>/, and a new manager starts."""
   if jax.process_index() == 0:
     aside = f'{ckpt.directory}.old-{time.strftime("%Y%m%d-%H%M%S")}'
-    logging.warning('resume=False: moving the checkpoints up to step %d to %s',
-                    ckpt.latest_step(), aside)
+    logging.warning(
+      'resume=False: moving the checkpoints up to step %d to %s', ckpt.latest_step(), aside
+    )
     ckpt.close()
     os.rename(ckpt.directory, aside)
     for name in (checkpoints.CONFIG_FILE, checkpoints.MODEL_FILE):
@@ -196,7 +209,13 @@ class _Run:
   step late, to keep the device busy), the step rate without pauses, and the summary."""
 
   def __init__(self, config, task: Task, ckpt, iterator, writer: summaries.Writer, state):
-    self.config, self.task, self.ckpt, self.iterator, self.writer = config, task, ckpt, iterator, writer
+    self.config, self.task, self.ckpt, self.iterator, self.writer = (
+      config,
+      task,
+      ckpt,
+      iterator,
+      writer,
+    )
     self.state = state
     self.step = int(jax.device_get(state['step']))
     self.summary: dict[str, Any] = dict(start_step=self.step, evals={}, status='finished')
@@ -234,10 +253,14 @@ class _Run:
     self.writer.scalars(self.step, dict(host, steps_per_sec=self.rate or 0.0), 'train/')
     total = self.config.num_train_steps
     eta = (total - self.step) / self.rate if self.rate else 0
-    speed = (f'{self.rate:.2f} steps/s | ETA {progress.duration(eta)}' if self.rate
-             else 'steps/s from the next line on (the first step compiles)')
-    logging.info('step %d/%d | %s | %s', self.step, total,
-                 _metrics_line(host, self.task.log_keys), speed)
+    speed = (
+      f'{self.rate:.2f} steps/s | ETA {progress.duration(eta)}'
+      if self.rate
+      else 'steps/s from the next line on (the first step compiles)'
+    )
+    logging.info(
+      'step %d/%d | %s | %s', self.step, total, _metrics_line(host, self.task.log_keys), speed
+    )
     self.summary['last_train'] = host
     self.summary.setdefault('train_losses', {})[self.step] = host['loss']
     self.timer, self.timed_steps, self.paused = time.perf_counter(), 0, 0.0
@@ -263,8 +286,11 @@ class _Run:
   def stop(self, requested: str | None) -> None:
     """SIGTERM or preemption (`requested` None: orbax's preemption notice), or Ctrl-C: save, stop."""
     interrupted = requested == 'SIGINT'
-    logging.warning('%s: saving step %d and stopping',
-                    'interrupted' if interrupted else 'preemption requested', self.step)
+    logging.warning(
+      '%s: saving step %d and stopping',
+      'interrupted' if interrupted else 'preemption requested',
+      self.step,
+    )
     self.save(force=True)
     self.summary['status'] = 'interrupted' if interrupted else 'preempted'
 
@@ -272,12 +298,18 @@ class _Run:
     self.ckpt.wait()
     self.ckpt.close()
     self.writer.close()
-    summary = dict(self.summary, step=self.step, compiles=self.task.traces,
-                   checkpoint_dir=self.ckpt.directory)
+    summary = dict(
+      self.summary, step=self.step, compiles=self.task.traces, checkpoint_dir=self.ckpt.directory
+    )
     if jax.process_index() == 0:
-      save_json(os.path.join(workdir, 'train_summary.json'),
-                dict(summary, evals={str(k): v for k, v in summary['evals'].items()},
-                     train_losses={str(k): v for k, v in summary.get('train_losses', {}).items()}))
+      save_json(
+        os.path.join(workdir, 'train_summary.json'),
+        dict(
+          summary,
+          evals={str(k): v for k, v in summary['evals'].items()},
+          train_losses={str(k): v for k, v in summary.get('train_losses', {}).items()},
+        ),
+      )
     return summary
 
 
@@ -290,9 +322,10 @@ def _check_free_space(ckpt: checkpoints.TrainCheckpoints, state_bytes: int) -> N
     ckpt.wait()
     kept = ckpt.latest_step()
     raise TrainingError(
-        f'the disk of {ckpt.directory} is full ({free >> 10} KiB free, a checkpoint needs about '
-        f'{needed >> 10} KiB): free some space and rerun to continue from the last complete '
-        f'checkpoint ({"step " + str(kept) if kept is not None else "none yet"})')
+      f'the disk of {ckpt.directory} is full ({free >> 10} KiB free, a checkpoint needs about '
+      f'{needed >> 10} KiB): free some space and rerun to continue from the last complete '
+      f'checkpoint ({"step " + str(kept) if kept is not None else "none yet"})'
+    )
 
 
 def _check_finite(metrics: dict, step: int, ckpt) -> None:
@@ -302,7 +335,11 @@ def _check_finite(metrics: dict, step: int, ckpt) -> None:
     ckpt.wait()
     kept = ckpt.latest_step()
     raise TrainingError(
-        f'loss became {loss} at step {step}: stopping; the state was not updated, and the last '
-        f'good checkpoint is ' + (f'step {kept} in {ckpt.directory}' if kept is not None
-                                   else 'none (no checkpoint was saved yet)'))
-
+      f'loss became {loss} at step {step}: stopping; the state was not updated, and the last '
+      f'good checkpoint is '
+      + (
+        f'step {kept} in {ckpt.directory}'
+        if kept is not None
+        else 'none (no checkpoint was saved yet)'
+      )
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -95,9 +95,7 @@ TRAINERS = {
     Trainer('simple_normalize', 'train_simple_normalize.py', 'simple', 'none', multi_scale=False),
     Trainer('rhythm', 'train_rhythm.py', 'none', 'rhythm', multi_scale=False),
     Trainer('multi', 'train_multi.py', 'mean_std_unscaled', 'input', multi_scale=True),
-    Trainer(
-      'simple_normalize_multi', 'train_simple_normalize_multi.py', 'simple', 'input', True
-    ),
+    Trainer('simple_normalize_multi', 'train_simple_normalize_multi.py', 'simple', 'input', True),
     Trainer(
       'simple_normalize_multi_rhythm',
       'train_simple_normalize_multi_rhythm.py',
@@ -168,7 +166,9 @@ class Normalised:
     """The model's reconstruction of normalised inputs['mel'] (every scale), and its encoding."""
     content_mel = inputs.get('content_mel')
     mel = self.normalize(inputs['mel'])
-    return model.reconstruct(mel, None if content_mel is None else self.normalize(content_mel), rng=rng)
+    return model.reconstruct(
+      mel, None if content_mel is None else self.normalize(content_mel), rng=rng
+    )
 
   def loss(self, model, inputs: dict, rng, latent_weight: float):
     """L1 at every scale + latent_weight * latent loss, in normalised space (as the original).
@@ -235,11 +235,18 @@ def rhythm_stretch(mel: np.ndarray, rng: np.random.Generator, low: float = 0.5, 
   length = max(2 * RHYTHM_BUCKET, int(round(raw.sum() / RHYTHM_BUCKET)) * RHYTHM_BUCKET)
   # Segment boundaries in the output, scaled so the segments fill exactly `length` frames.
   bounds = np.round(np.concatenate([[0], np.cumsum(raw)]) * length / raw.sum()).astype(int)
-  index = np.concatenate([
-      RHYTHM_SEGMENT * n + np.minimum(
-          np.floor(np.arange(bounds[n + 1] - bounds[n]) * RHYTHM_SEGMENT
-                   / max(bounds[n + 1] - bounds[n], 1)).astype(int), RHYTHM_SEGMENT - 1)
-      for n in range(segments)])
+  index = np.concatenate(
+    [
+      RHYTHM_SEGMENT * n
+      + np.minimum(
+        np.floor(
+          np.arange(bounds[n + 1] - bounds[n]) * RHYTHM_SEGMENT / max(bounds[n + 1] - bounds[n], 1)
+        ).astype(int),
+        RHYTHM_SEGMENT - 1,
+      )
+      for n in range(segments)
+    ]
+  )
   stretched = mel[..., index]
   # Nearest resize of the whole (segment-covered) input to `length` frames: the target.
   target = mel[..., np.floor(np.arange(length) * (segments * RHYTHM_SEGMENT) / length).astype(int)]

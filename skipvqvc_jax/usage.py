@@ -1,4 +1,5 @@
 """What the programs print for --help (their own usage text and flags) and for a bad flag (one line)."""
+
 import re
 import sys
 
@@ -34,6 +35,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     field = re.search(r"'([\w.]+)'", text)
     hint = re.search(r'Did you mean "([\w.]+)"', text)
     name = field.group(1) if field else '?'
-    print(f'error: --config.{name}: the config has no field {name}'
-          + (f'; did you mean {hint.group(1)}?' if hint else ''), file=sys.stderr)
+    print(
+      f'error: --config.{name}: the config has no field {name}'
+      + (f'; did you mean {hint.group(1)}?' if hint else ''),
+      file=sys.stderr,
+    )
     sys.exit(1)

@@ -1,4 +1,5 @@
 """Small real audio files for tests: voiced-like harmonic chirps written with soundfile."""
+
 import os
 
 import numpy as np

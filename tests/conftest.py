@@ -11,8 +11,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Tests build the same small models many times, in this process and in subprocesses: a persistent
 # compilation cache turns every compile after the first into a disk read.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      os.path.join(tempfile.gettempdir(), 'skipvqvc_jax_test_xla_cache'))
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'skipvqvc_jax_test_xla_cache')
+)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
@@ -38,13 +39,15 @@ def assert_gradients_match(grads_model, golden: dict) -> dict:
   """Every gradient the original computed (`grad/*`), by the original's names, against ours (held in
   a model merged from the gradients); returns the golden gradients by name."""
   from skipvqvc_jax import port_torch
+
   ours = port_torch.export_state_dict(grads_model)
   expected_grads = {k.removeprefix('grad/'): v for k, v in golden.items() if k.startswith('grad/')}
   # Parameters the original never uses get no gradient there and do not exist here.
   assert set(expected_grads) == set(ours), set(expected_grads) ^ set(ours)
   for key, expected in expected_grads.items():
-    np.testing.assert_allclose(ours[key], expected, rtol=1e-3,
-                               atol=1e-6 + 1e-4 * np.abs(expected).max(), err_msg=key)
+    np.testing.assert_allclose(
+      ours[key], expected, rtol=1e-3, atol=1e-6 + 1e-4 * np.abs(expected).max(), err_msg=key
+    )
   return expected_grads
 
 
@@ -61,6 +64,7 @@ def parity_file(parity_dir: pathlib.Path, name: str) -> pathlib.Path:
 def small_corpus(tmp_path_factory) -> pathlib.Path:
   """A slice of the bundled demo corpus: 4 speakers x 6 utterances (audio files on disk)."""
   import shutil
+
   root = tmp_path_factory.mktemp('small_corpus')
   for speaker in ('awb', 'slt', 'esf2', 'esm1'):
     (root / speaker).mkdir()
@@ -74,19 +78,32 @@ def small_corpus(tmp_path_factory) -> pathlib.Path:
 def small_features(small_corpus, tmp_path_factory) -> pathlib.Path:
   """small_corpus preprocessed, with esf2 and esm1 as the unseen test speakers."""
   from skipvqvc_jax import preprocessing
+
   out = tmp_path_factory.mktemp('small_features')
-  preprocessing.preprocess(str(small_corpus), str(out), test_speakers=['esf2', 'esm1'], workers=1,
-                    progress=False, log=lambda _: None)
+  preprocessing.preprocess(
+    str(small_corpus),
+    str(out),
+    test_speakers=['esf2', 'esm1'],
+    workers=1,
+    progress=False,
+    log=lambda _: None,
+  )
   return out
 
 
 def tiny_config(features, preset='vqvc_plus.py:tiny', **overrides):
   """A `tiny` preset (seconds to train) reading the features in `features`/{train,test}."""
   import importlib
+
   module, name = preset.split(':')
-  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(name)
-  overrides = {'data.train_dir': str(features / 'train'), 'data.test_dir': str(features / 'test'),
-               **overrides}
+  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
+    name
+  )
+  overrides = {
+    'data.train_dir': str(features / 'train'),
+    'data.test_dir': str(features / 'test'),
+    **overrides,
+  }
   for key, value in overrides.items():
     config.update_from_flattened_dict({key: value})
   return config
@@ -97,6 +114,7 @@ def workdir(small_features, tmp_path_factory):
   """A tiny voice-conversion run of 4 steps (checkpoints at 2 and 4): what conversion and
   evaluation tests restore."""
   from skipvqvc_jax import train
+
   path = tmp_path_factory.mktemp('run')
   train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(path))
   return path
@@ -104,9 +122,14 @@ def workdir(small_features, tmp_path_factory):
 
 def main_flags(features, workdir, preset='vqvc_plus.py:tiny', **overrides):
   """main.py flags that train tiny_config(features, preset, **overrides) in `workdir`."""
-  overrides = {'data.train_dir': features / 'train', 'data.test_dir': features / 'test', **overrides}
+  overrides = {
+    'data.train_dir': features / 'train',
+    'data.test_dir': features / 'test',
+    **overrides,
+  }
   return [f'--config=configs/{preset}', f'--workdir={workdir}'] + [
-      f'--config.{k}={v}' for k, v in overrides.items()]
+    f'--config.{k}={v}' for k, v in overrides.items()
+  ]
 
 
 @pytest.fixture(scope='session')
@@ -114,11 +137,23 @@ def ported_melgan(parity_dir, tmp_path_factory):
   """The golden MelGAN generator ported with the CLI: (model directory, the CLI's stdout)."""
   import subprocess
   import sys
+
   out = tmp_path_factory.mktemp('melgan') / 'melgan'
-  result = subprocess.run([sys.executable, '-m', 'skipvqvc_jax.port_torch',
-                           str(parity_file(parity_dir, 'melgan_generator.npz')), str(out),
-                           '--model=melgan',
-                           '--prefix=param/'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'skipvqvc_jax.port_torch',
+      str(parity_file(parity_dir, 'melgan_generator.npz')),
+      str(out),
+      '--model=melgan',
+      '--prefix=param/',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   return out, result.stdout
 
@@ -126,6 +161,7 @@ def ported_melgan(parity_dir, tmp_path_factory):
 def read_events(workdir):
   """Every summary value in the run's TensorBoard event files: {tag: [(step, value proto)]}."""
   from tensorboardX.proto import event_pb2
+
   values = {}
   for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
     with open(path, 'rb') as f:

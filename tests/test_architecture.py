@@ -1,4 +1,5 @@
 """The house as ARCHITECTURE.md draws it: layers that import only downwards, no circle, small rooms."""
+
 import ast
 import pathlib
 
@@ -8,12 +9,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'skipvqvc_jax'
 
 # ARCHITECTURE.md's layers, bottom up: a module imports only from its own layer or below.
 LAYERS = {
-    1: ['errors', 'fileio', 'progress', 'audio', 'metrics', 'models'],
-    2: ['layouts', 'corpus', 'preprocessing', 'checkpoints', 'locks', 'configs'],
-    3: ['input_pipeline', 'pairs', 'trainers', 'sharding', 'summaries', 'vocoders'],
-    4: ['tasks'],
-    5: ['train'],
-    6: ['convert', 'evaluate', 'report', 'port_torch', 'cli', 'preprocess_cli', 'usage'],
+  1: ['errors', 'fileio', 'progress', 'audio', 'metrics', 'models'],
+  2: ['layouts', 'corpus', 'preprocessing', 'checkpoints', 'locks', 'configs'],
+  3: ['input_pipeline', 'pairs', 'trainers', 'sharding', 'summaries', 'vocoders'],
+  4: ['tasks'],
+  5: ['train'],
+  6: ['convert', 'evaluate', 'report', 'port_torch', 'cli', 'preprocess_cli', 'usage'],
 }
 LAYER_OF = {room: layer for layer, rooms in LAYERS.items() for room in rooms}
 TRAINING = {'train', 'tasks'}  # what restoring for inference must never go through
@@ -33,13 +34,18 @@ def _imports() -> dict[str, set[str]]:
     for node in ast.walk(ast.parse(path.read_text())):
       if isinstance(node, ast.Import):
         found |= {a.name for a in node.names if a.name.startswith('skipvqvc_jax')}
-      elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('skipvqvc_jax'):
+      elif (
+        isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('skipvqvc_jax')
+      ):
         # `from skipvqvc_jax import corpus` imports the module skipvqvc_jax.corpus.
         for alias in node.names:
           candidate = f'{node.module}.{alias.name}'
-          found.add(candidate if (PACKAGE.parent / candidate.replace('.', '/')).with_suffix(
-              '.py').exists() or (PACKAGE.parent / candidate.replace('.', '/')).is_dir()
-                    else node.module)
+          found.add(
+            candidate
+            if (PACKAGE.parent / candidate.replace('.', '/')).with_suffix('.py').exists()
+            or (PACKAGE.parent / candidate.replace('.', '/')).is_dir()
+            else node.module
+          )
     graph[name] = found - {name}
   return graph
 
@@ -66,8 +72,9 @@ def test_imports_only_go_down(module):
     other = _room(imported)
     if other is None or other == room:
       continue
-    assert LAYER_OF[other] <= LAYER_OF[room], f'{module} (layer {LAYER_OF[room]}) imports ' \
-                                              f'{imported} (layer {LAYER_OF[other]})'
+    assert LAYER_OF[other] <= LAYER_OF[room], (
+      f'{module} (layer {LAYER_OF[room]}) imports {imported} (layer {LAYER_OF[other]})'
+    )
 
 
 def test_no_import_circle():
@@ -97,8 +104,15 @@ def _reachable(module: str) -> set[str]:
   return seen
 
 
-@pytest.mark.parametrize('module', ['skipvqvc_jax.convert', 'skipvqvc_jax.evaluate',
-                                    'skipvqvc_jax.port_torch', 'skipvqvc_jax.vocoders'])
+@pytest.mark.parametrize(
+  'module',
+  [
+    'skipvqvc_jax.convert',
+    'skipvqvc_jax.evaluate',
+    'skipvqvc_jax.port_torch',
+    'skipvqvc_jax.vocoders',
+  ],
+)
 def test_inference_never_goes_through_training(module):
   assert not {m for m in _reachable(module) if _room(m) in TRAINING}
 
@@ -131,6 +145,7 @@ def test_how_to_add_names_each_kind_and_files_that_exist():
 
 def test_every_model_declares_what_it_is():
   from skipvqvc_jax import models
+
   for name in models.names():
     cls = models.get_class(name)
     assert issubclass(cls, models.VQVCModel) and cls.name == name
@@ -142,11 +157,14 @@ def test_every_task_implements_the_contract():
   import typing
 
   from skipvqvc_jax import tasks
+
   members = {m for m in dir(tasks.Task) if not m.startswith('_')} | set(
-    typing.get_type_hints(tasks.Task))
+    typing.get_type_hints(tasks.Task)
+  )
   for name, cls in tasks.TASKS.items():
     # Instance attributes are set in __init__: look for them in its source.
     import inspect
+
     source = inspect.getsource(cls)
     missing = [m for m in members if not hasattr(cls, m) and f'self.{m} =' not in source]
     assert not missing, f'{name} lacks {missing}'
@@ -156,8 +174,12 @@ def test_every_metric_is_used_by_evaluation():
   import inspect
 
   from skipvqvc_jax import metrics
+
   evaluation = (PACKAGE / 'evaluate.py').read_text()
-  public = [n for n, f in inspect.getmembers(metrics, inspect.isfunction)
-            if f.__module__ == metrics.__name__ and not n.startswith('_')]
+  public = [
+    n
+    for n, f in inspect.getmembers(metrics, inspect.isfunction)
+    if f.__module__ == metrics.__name__ and not n.startswith('_')
+  ]
   helpers = {'mel_cepstrum', 'cepstral_distortion_dtw', 'world_mel_cepstrum'}  # used by the others
   assert [n for n in public if n not in helpers and n not in evaluation] == []

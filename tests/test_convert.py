@@ -1,4 +1,5 @@
 """Conversion from a checkpoint trained here (the shared `workdir`), on the demo corpus' audio files."""
+
 import csv
 import json
 import os
@@ -28,8 +29,9 @@ def _frames(path):
 
 def test_one_pair_has_the_source_duration(converter, tmp_path):
   source = DEMO / 'awb' / 'awb_005.ogg'
-  out = converter.convert_file(str(source), [str(DEMO / 'slt' / 'slt_001.ogg')],
-                               str(tmp_path / 'out.wav'))
+  out = converter.convert_file(
+    str(source), [str(DEMO / 'slt' / 'slt_001.ogg')], str(tmp_path / 'out.wav')
+  )
   wave, sr = sf.read(out)
   info = sf.info(out)
   assert sr == 22050 and info.format == 'WAV' and wave.ndim == 1
@@ -42,10 +44,13 @@ def test_step_picks_a_saved_checkpoint(workdir, converter):
   at_4 = convert.Converter.restore(str(workdir), step=4)  # the latest, so the default's weights
   mel = np.random.default_rng(0).normal(-4, 1, (80, 64)).astype(np.float32)
   np.testing.assert_array_equal(at_4.reconstruct(mel)[0], converter.reconstruct(mel)[0])
-  untrained = convert.Converter(voice_conversion.build_model(at_4.config), at_4.config,
-                                at_4.trainer)
+  untrained = convert.Converter(
+    voice_conversion.build_model(at_4.config), at_4.config, at_4.trainer
+  )
   assert np.abs(untrained.reconstruct(mel)[0] - at_4.reconstruct(mel)[0]).max() > 1e-3
-  with pytest.raises(convert.ConversionError, match=r'no checkpoint of step 3 in .*; saved steps: 4$'):
+  with pytest.raises(
+    convert.ConversionError, match=r'no checkpoint of step 3 in .*; saved steps: 4$'
+  ):
     convert.Converter.restore(str(workdir), step=3)
 
 
@@ -58,8 +63,12 @@ def test_several_references_are_averaged(converter):
   assert np.abs(one - three).max() > 1e-4
   # The average of the references' embeddings, scale by scale.
   encs = [converter.encode(r) for r in refs]
-  np.testing.assert_allclose(converter.speaker(refs).speaker[0],
-                             np.mean([e.speaker[0] for e in encs], axis=0), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    converter.speaker(refs).speaker[0],
+    np.mean([e.speaker[0] for e in encs], axis=0),
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 def test_one_compile_per_length_bucket(converter):
@@ -69,24 +78,32 @@ def test_one_compile_per_length_bucket(converter):
   before = converter._encode._cache_size()
   rng = np.random.default_rng(0)
   for frames in (201, 205, 208):  # one bucket
-    converter.convert_mel(rng.normal(-4, 1, (80, frames)).astype(np.float32),
-                          converter.speaker([rng.normal(-4, 1, (80, 150)).astype(np.float32)]))
+    converter.convert_mel(
+      rng.normal(-4, 1, (80, frames)).astype(np.float32),
+      converter.speaker([rng.normal(-4, 1, (80, 150)).astype(np.float32)]),
+    )
   assert converter._encode._cache_size() - before <= 2  # the 208 bucket and the 152 bucket
 
 
 def test_sixty_second_source(converter, tmp_path):
   parts = [audio.load(str(p)) for p in sorted((DEMO / 'rms').glob('*.ogg'))]
-  long = np.concatenate(parts)[:60 * 22050]
+  long = np.concatenate(parts)[: 60 * 22050]
   assert len(long) == 60 * 22050
   sf.write(tmp_path / 'long.wav', long, 22050)
-  out = converter.convert_file(str(tmp_path / 'long.wav'), [str(DEMO / 'slt' / 'slt_001.ogg')],
-                               str(tmp_path / 'long_out.wav'))
+  out = converter.convert_file(
+    str(tmp_path / 'long.wav'), [str(DEMO / 'slt' / 'slt_001.ogg')], str(tmp_path / 'long_out.wav')
+  )
   assert abs(sf.info(out).frames - _frames(tmp_path / 'long.wav') * 256) <= 256
 
 
 def _main(*args):
-  return subprocess.run([sys.executable, 'main.py', *map(str, args)], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, 'main.py', *map(str, args)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_cli_pairs_source_dir_and_output_mel(workdir, tmp_path):
@@ -95,8 +112,13 @@ def test_cli_pairs_source_dir_and_output_mel(workdir, tmp_path):
     w = csv.writer(f)
     w.writerow(['source', 'target', 'output'])
     w.writerow([DEMO / 'awb' / 'awb_010.ogg', DEMO / 'slt' / 'slt_001.ogg', tmp_path / 'a.wav'])
-    w.writerow([DEMO / 'kal' / 'kal_010.ogg',
-                f'{DEMO / "slt" / "slt_001.ogg"};{DEMO / "slt" / "slt_002.ogg"}', tmp_path / 'b.wav'])
+    w.writerow(
+      [
+        DEMO / 'kal' / 'kal_010.ogg',
+        f'{DEMO / "slt" / "slt_001.ogg"};{DEMO / "slt" / "slt_002.ogg"}',
+        tmp_path / 'b.wav',
+      ]
+    )
   result = _main('--mode=convert', f'--workdir={workdir}', f'--pairs={pairs}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert sf.info(tmp_path / 'a.wav').samplerate == 22050 and (tmp_path / 'b.wav').exists()
@@ -104,9 +126,14 @@ def test_cli_pairs_source_dir_and_output_mel(workdir, tmp_path):
   sources.mkdir()
   for name in ('esf4_001.ogg', 'esf4_002.ogg'):
     shutil.copy(DEMO / 'esf4' / name, sources / name)
-  result = _main('--mode=convert', f'--workdir={workdir}', f'--source_dir={sources}',
-                 f'--target={DEMO / "awb" / "awb_003.ogg"}', f'--output_dir={tmp_path / "mels"}',
-                 '--output_mel')
+  result = _main(
+    '--mode=convert',
+    f'--workdir={workdir}',
+    f'--source_dir={sources}',
+    f'--target={DEMO / "awb" / "awb_003.ogg"}',
+    f'--output_dir={tmp_path / "mels"}',
+    '--output_mel',
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   mel = np.load(tmp_path / 'mels' / 'esf4_001.npy')
   assert mel.dtype == np.float32 and mel.shape == (80, _frames(sources / 'esf4_001.ogg'))
@@ -117,13 +144,30 @@ def test_cli_errors_are_one_line(workdir, tmp_path):
   corrupt.write_bytes(b'RIFF....WAVEfmt nonsense')
   target = DEMO / 'slt' / 'slt_001.ogg'
   cases = [
-      (('--mode=convert', f'--workdir={workdir}', f'--source={corrupt}', f'--target={target}',
-        f'--output={tmp_path / "x.wav"}'), f'error: {corrupt}: cannot decode audio'),
-      (('--mode=convert', f'--workdir={tmp_path / "nowhere"}', f'--source={target}',
-        f'--target={target}', f'--output={tmp_path / "x.wav"}'),
-       f'error: checkpoint workdir {tmp_path / "nowhere"} does not exist'),
-      (('--mode=convert', f'--workdir={workdir}', f'--source={target}'),
-       'error: give --source, --target and --output'),
+    (
+      (
+        '--mode=convert',
+        f'--workdir={workdir}',
+        f'--source={corrupt}',
+        f'--target={target}',
+        f'--output={tmp_path / "x.wav"}',
+      ),
+      f'error: {corrupt}: cannot decode audio',
+    ),
+    (
+      (
+        '--mode=convert',
+        f'--workdir={tmp_path / "nowhere"}',
+        f'--source={target}',
+        f'--target={target}',
+        f'--output={tmp_path / "x.wav"}',
+      ),
+      f'error: checkpoint workdir {tmp_path / "nowhere"} does not exist',
+    ),
+    (
+      ('--mode=convert', f'--workdir={workdir}', f'--source={target}'),
+      'error: give --source, --target and --output',
+    ),
   ]
   # A workdir whose model.json names another model than its checkpoint holds.
   other = tmp_path / 'other'
@@ -131,14 +175,34 @@ def test_cli_errors_are_one_line(workdir, tmp_path):
   info = json.load(open(other / 'model.json'))
   info['model']['name'] = 'vqvc+_speaker_quantize'
   json.dump(info, open(other / 'model.json', 'w'))
-  cases.append((('--mode=convert', f'--workdir={other}', f'--source={target}', f'--target={target}',
-                 f'--output={tmp_path / "x.wav"}'), 'does not fit the model in its model.json'))
+  cases.append(
+    (
+      (
+        '--mode=convert',
+        f'--workdir={other}',
+        f'--source={target}',
+        f'--target={target}',
+        f'--output={tmp_path / "x.wav"}',
+      ),
+      'does not fit the model in its model.json',
+    )
+  )
   empty = tmp_path / 'empty_run'
   empty.mkdir()
   for name in ('config.json', 'model.json'):  # what a run writes before its first step
     shutil.copy(workdir / name, empty / name)
-  cases.append((('--mode=convert', f'--workdir={empty}', f'--source={target}', f'--target={target}',
-                 f'--output={tmp_path / "x.wav"}'), 'has no checkpoint yet'))
+  cases.append(
+    (
+      (
+        '--mode=convert',
+        f'--workdir={empty}',
+        f'--source={target}',
+        f'--target={target}',
+        f'--output={tmp_path / "x.wav"}',
+      ),
+      'has no checkpoint yet',
+    )
+  )
   for args, message in cases:
     result = _main(*args)
     assert result.returncode == 1, (args, result.stderr[-2000:])
@@ -150,9 +214,14 @@ def test_cli_errors_are_one_line(workdir, tmp_path):
 
 def test_convert_with_a_ported_melgan_vocoder(workdir, ported_melgan, tmp_path):
   source = DEMO / 'kal' / 'kal_007.ogg'
-  result = _main('--mode=convert', f'--workdir={workdir}', f'--source={source}',
-                 f'--target={DEMO / "slt" / "slt_001.ogg"}', f'--output={tmp_path / "m.wav"}',
-                 f'--vocoder={ported_melgan[0]}')
+  result = _main(
+    '--mode=convert',
+    f'--workdir={workdir}',
+    f'--source={source}',
+    f'--target={DEMO / "slt" / "slt_001.ogg"}',
+    f'--output={tmp_path / "m.wav"}',
+    f'--vocoder={ported_melgan[0]}',
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   info = sf.info(tmp_path / 'm.wav')
   assert info.samplerate == 22050 and info.frames == _frames(source) * 256
@@ -163,12 +232,27 @@ def test_console_scripts(workdir, tmp_path):
   convert_script = os.path.join(bin_dir, 'skipvqvc-convert')
   if not os.path.exists(convert_script):
     pytest.skip('console scripts are installed by pip install -e ".[test]"')
-  result = subprocess.run([convert_script, f'--workdir={workdir}', f'--source={tmp_path / "no.wav"}',
-                           f'--target={DEMO / "slt" / "slt_001.ogg"}', f'--output={tmp_path / "o.wav"}'],
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [
+      convert_script,
+      f'--workdir={workdir}',
+      f'--source={tmp_path / "no.wav"}',
+      f'--target={DEMO / "slt" / "slt_001.ogg"}',
+      f'--output={tmp_path / "o.wav"}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 1 and f'error: {tmp_path / "no.wav"}: no such file' in result.stderr
-  result = subprocess.run([os.path.join(bin_dir, 'skipvqvc-preprocess'), str(tmp_path / 'nothing'),
-                           str(tmp_path / 'out')], capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [
+      os.path.join(bin_dir, 'skipvqvc-preprocess'),
+      str(tmp_path / 'nothing'),
+      str(tmp_path / 'out'),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 1 and 'does not exist' in result.stderr
-
-

@@ -1,10 +1,11 @@
 """The README's main job: the demo preset on the bundled corpus learns, and TensorBoard shows it."""
+
 import os
 
 import pytest
 
-from skipvqvc_jax.configs import vqvc_plus
 from skipvqvc_jax import train
+from skipvqvc_jax.configs import vqvc_plus
 from tests.conftest import REPO, read_events
 
 STEPS = 80
@@ -40,9 +41,17 @@ def test_held_out_reconstruction_falls(demo_run):
 def test_tensorboard_holds_scalars_images_and_audio(demo_run):
   workdir, _ = demo_run
   values = read_events(workdir)
-  for tag in ('train/loss', 'train/recon_loss', 'train/latent_loss', 'train/grad_norm',
-              'train/steps_per_sec', 'train/perplexity_s0', 'train/usage_s2', 'test/loss',
-              'test/recon_loss'):
+  for tag in (
+    'train/loss',
+    'train/recon_loss',
+    'train/latent_loss',
+    'train/grad_norm',
+    'train/steps_per_sec',
+    'train/perplexity_s0',
+    'train/usage_s2',
+    'test/loss',
+    'test/recon_loss',
+  ):
     assert tag in values, tag
     assert all(v.HasField('simple_value') for _, v in values[tag])
   assert [s for s, _ in values['train/loss']] == list(range(10, STEPS + 1, 10))

@@ -1,4 +1,5 @@
 """Evaluation of a checkpoint trained here: its metrics (known answers), pairs, report and index."""
+
 import dataclasses
 import json
 
@@ -23,7 +24,9 @@ def test_equal_error_threshold():
   rates = [((same < t).mean(), (different >= t).mean()) for t in candidates]
   best = int(np.argmin([abs(fr - fa) for fr, fa in rates]))
   assert metrics.equal_error_threshold(same, different) == (
-      pytest.approx(candidates[best]), pytest.approx(sum(rates[best]) / 2))
+    pytest.approx(candidates[best]),
+    pytest.approx(sum(rates[best]) / 2),
+  )
 
 
 def test_speaker_similarity_scores_every_pair_of_a_capped_set(small_features):
@@ -32,8 +35,10 @@ def test_speaker_similarity_scores_every_pair_of_a_capped_set(small_features):
   files = sorted(str(p) for p in (small_features / 'test').glob('*.npy'))
   embed = lambda mel: (lambda v: v / np.linalg.norm(v))(np.asarray(mel).mean(axis=1) + 6)
   # A perfect conversion: the reference itself.
-  results = [eval_pairs.PairResult(pair, [np.load(pair.reference)])
-             for pair in eval_pairs.choose_pairs(files, 6, seed=1)]
+  results = [
+    eval_pairs.PairResult(pair, [np.load(pair.reference)])
+    for pair in eval_pairs.choose_pairs(files, 6, seed=1)
+  ]
   stats = evaluate.speaker_similarity(embed, eval_pairs.capped(files, 2, seed=0), results)
   assert stats['utterances'] == 4 and stats['to_target'] == pytest.approx(1.0)
   assert 0 <= stats['real_eer'] <= 0.5 and stats['accepted_as_target'] == 1.0
@@ -51,8 +56,11 @@ def test_lmcd_is_zero_for_identical_mels_and_grows_with_distortion():
   mel = audio.log_mel(audio.load(str(DEMO / 'awb' / 'awb_001.ogg')))
   assert metrics.lmcd_dtw(mel, mel) == pytest.approx(0.0, abs=1e-9)
   noisy = mel + np.random.default_rng(0).normal(0, 0.3, mel.shape)
-  assert 0 < metrics.lmcd_dtw(noisy, mel) < metrics.lmcd_dtw(noisy + 0.5 * np.sin(
-      np.arange(80))[:, None], mel)
+  assert (
+    0
+    < metrics.lmcd_dtw(noisy, mel)
+    < metrics.lmcd_dtw(noisy + 0.5 * np.sin(np.arange(80))[:, None], mel)
+  )
 
 
 def test_eval_writes_metrics_and_a_report(workdir, caplog):
@@ -66,7 +74,9 @@ def test_eval_writes_metrics_and_a_report(workdir, caplog):
   assert written['test_utterances'] == 12 and written['recon_l1_logmel'] > 0
   for s in range(3):
     book = written[f'codebook_s{s}']
-    assert book['used'] + book['dead_codes'] == book['size'] and 1 <= book['perplexity'] <= book['size']
+    assert (
+      book['used'] + book['dead_codes'] == book['size'] and 1 <= book['perplexity'] <= book['size']
+    )
   conversion = written['conversion']
   # The demo corpus is parallel: every pair has the target's own reading of the source sentence.
   assert conversion['pairs'] == conversion['parallel_pairs'] == 4
@@ -76,7 +86,8 @@ def test_eval_writes_metrics_and_a_report(workdir, caplog):
   test_files = input_pipeline.list_features(checkpoints.read_config(str(workdir)).data.test_dir)
   chosen = ('source', 'target_speaker', 'reference', 'parallel')
   assert [{k: p[k] for k in chosen} for p in pairs] == [
-    dataclasses.asdict(p) for p in eval_pairs.choose_pairs(test_files, 4, seed=0)]
+    dataclasses.asdict(p) for p in eval_pairs.choose_pairs(test_files, 4, seed=0)
+  ]
   for pair in pairs:
     assert eval_pairs.utterance_name(pair['source']) == eval_pairs.utterance_name(pair['parallel'])
     assert eval_pairs.utterance_name(pair['reference']) != eval_pairs.utterance_name(pair['source'])
@@ -101,6 +112,9 @@ def test_world_mcd_is_zero_for_the_same_recording_and_grows_with_distortion():
   wave = audio.trim(audio.load(str(DEMO / 'awb' / 'awb_001.ogg')))[0]
   tilted = lambda k: np.concatenate([wave[:1], wave[1:] - k * wave[:-1]])  # a spectral tilt
   assert metrics.world_mcd_dtw(wave, wave, 22050) == pytest.approx(0.0, abs=1e-9)
-  assert 0 < metrics.world_mcd_dtw(tilted(0.3), wave, 22050) < metrics.world_mcd_dtw(
-      tilted(0.9), wave, 22050)
+  assert (
+    0
+    < metrics.world_mcd_dtw(tilted(0.3), wave, 22050)
+    < metrics.world_mcd_dtw(tilted(0.9), wave, 22050)
+  )
   assert metrics.world_mel_cepstrum(wave, 22050).shape[1] == 24

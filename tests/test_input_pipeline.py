@@ -1,4 +1,5 @@
 """The grain input pipeline on real feature files."""
+
 import json
 import os
 
@@ -37,7 +38,9 @@ def test_batches_have_the_right_shape_and_speakers(features):
   for mel, speaker in zip(batch['mel'], batch['speaker']):
     i = int(mel[0, 0])
     source = os.path.join(features, f'spk{i % 4}_{i:03d}.npy')
-    assert input_pipeline.speaker_names(input_pipeline.list_features(features))[speaker] == corpus.speaker_of(source)
+    assert input_pipeline.speaker_names(input_pipeline.list_features(features))[
+      speaker
+    ] == corpus.speaker_of(source)
     frames = np.load(source).shape[1]
     if frames >= 128:  # a contiguous window
       assert np.array_equal(mel[1], np.arange(mel[1, 0], mel[1, 0] + 128))
@@ -47,9 +50,15 @@ def test_batches_have_the_right_shape_and_speakers(features):
 
 
 def test_deterministic_given_a_seed(features):
-  a = _take(input_pipeline.make_iterator(input_pipeline.make_dataset(features, batch_size=4, seed=1)), 8)
-  b = _take(input_pipeline.make_iterator(input_pipeline.make_dataset(features, batch_size=4, seed=1)), 8)
-  c = _take(input_pipeline.make_iterator(input_pipeline.make_dataset(features, batch_size=4, seed=2)), 8)
+  a = _take(
+    input_pipeline.make_iterator(input_pipeline.make_dataset(features, batch_size=4, seed=1)), 8
+  )
+  b = _take(
+    input_pipeline.make_iterator(input_pipeline.make_dataset(features, batch_size=4, seed=1)), 8
+  )
+  c = _take(
+    input_pipeline.make_iterator(input_pipeline.make_dataset(features, batch_size=4, seed=2)), 8
+  )
   assert all(np.array_equal(x['mel'], y['mel']) for x, y in zip(a, b))
   assert not all(np.array_equal(x['mel'], y['mel']) for x, y in zip(a, c))
 
@@ -64,8 +73,10 @@ def test_every_file_once_per_epoch_and_reshuffled(features):
 
 def test_processes_read_disjoint_slices_of_the_same_global_batches(features):
   single = input_pipeline.make_dataset(features, batch_size=8, seed=0)
-  shards = [input_pipeline.make_dataset(features, batch_size=4, seed=0, shard_index=p,
-                                        shard_count=2) for p in range(2)]
+  shards = [
+    input_pipeline.make_dataset(features, batch_size=4, seed=0, shard_index=p, shard_count=2)
+    for p in range(2)
+  ]
   seen = [set(), set()]
   for i in range(3):  # one epoch of 24 files
     for p in range(2):
@@ -83,7 +94,9 @@ def test_restored_iterator_continues_with_the_same_batches(features):
   interrupted = input_pipeline.make_iterator(dataset)
   _take(interrupted, 4)
   state = json.loads(json.dumps(interrupted.get_state()))  # as it would be written to a checkpoint
-  resumed = input_pipeline.make_iterator(input_pipeline.make_dataset(features, batch_size=4, seed=0))
+  resumed = input_pipeline.make_iterator(
+    input_pipeline.make_dataset(features, batch_size=4, seed=0)
+  )
   resumed.set_state(state)
   for expected, got in zip(straight[4:], _take(resumed, 6)):
     np.testing.assert_array_equal(expected['mel'], got['mel'])

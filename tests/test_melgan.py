@@ -1,5 +1,6 @@
 """The MelGAN generator against the golden outputs of melgan-neurips, its porting, and the rewritten
 convolutions (polyphase transposed; strided and grouped with matmul gradients) against XLA's."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,8 +61,11 @@ def _layers(generator):
 
 
 def test_hot_weights_give_a_full_waveform_that_matches(golden):
-  state_dict = {k.removeprefix('param/'): v * np.float32(1.75) if k.endswith('weight_g') else v
-                for k, v in golden.items() if k.startswith('param/')}
+  state_dict = {
+    k.removeprefix('param/'): v * np.float32(1.75) if k.endswith('weight_g') else v
+    for k, v in golden.items()
+    if k.startswith('param/')
+  }
   generator = port_torch.load_state_dict(melgan.MelGANGenerator(), state_dict)
   audio = np.asarray(jax.jit(generator)(golden['input/mel']))
   assert audio.std() > 0.1  # a real waveform, not the near-constant base output
@@ -69,9 +73,14 @@ def test_hot_weights_give_a_full_waveform_that_matches(golden):
 
 
 def test_port_names_missing_keys(golden):
-  state_dict = {k.removeprefix('param/'): v for k, v in golden.items()
-                if k.startswith('param/') and k != 'param/model.24.bias'}
-  with pytest.raises(port_torch.PortError, match=r'MelGAN generator .* missing keys: model\.24\.bias'):
+  state_dict = {
+    k.removeprefix('param/'): v
+    for k, v in golden.items()
+    if k.startswith('param/') and k != 'param/model.24.bias'
+  }
+  with pytest.raises(
+    port_torch.PortError, match=r'MelGAN generator .* missing keys: model\.24\.bias'
+  ):
     port_torch.load_state_dict(melgan.MelGANGenerator(), state_dict)
 
 
@@ -89,13 +98,26 @@ def test_cli_port_and_vocoder_directory(golden, ported_melgan, tmp_path):
 def _lax_transposed(x, w, s):
   k, p = w.shape[2], s // 2 + s % 2
   return jax.lax.conv_general_dilated(
-      x, jnp.flip(w, 2).transpose(1, 0, 2), (1,), [(k - 1 - p, k - 1 - p + s % 2)], lhs_dilation=(s,),
-      dimension_numbers=('NWC', 'OIW', 'NWC'), precision='highest')
+    x,
+    jnp.flip(w, 2).transpose(1, 0, 2),
+    (1,),
+    [(k - 1 - p, k - 1 - p + s % 2)],
+    lhs_dilation=(s,),
+    dimension_numbers=('NWC', 'OIW', 'NWC'),
+    precision='highest',
+  )
 
 
 def _lax_conv(x, w, s, p, g):
-  return jax.lax.conv_general_dilated(x, w, (s,), [(p, p)], feature_group_count=g,
-                                      dimension_numbers=('NWC', 'OIW', 'NWC'), precision='highest')
+  return jax.lax.conv_general_dilated(
+    x,
+    w,
+    (s,),
+    [(p, p)],
+    feature_group_count=g,
+    dimension_numbers=('NWC', 'OIW', 'NWC'),
+    precision='highest',
+  )
 
 
 def _assert_same_with_gradients(ours, reference, x, w):
@@ -110,16 +132,24 @@ def test_polyphase_transposed_conv_matches_xla(stride, kernel):
   rng = np.random.default_rng(stride * kernel)
   x = rng.normal(size=(2, 5, 6)).astype(np.float32)
   w = rng.normal(size=(6, 4, kernel)).astype(np.float32)
-  _assert_same_with_gradients(lambda x, w: melgan._transposed_conv(x, w, stride),
-                              lambda x, w: _lax_transposed(x, w, stride), x, w)
+  _assert_same_with_gradients(
+    lambda x, w: melgan._transposed_conv(x, w, stride),
+    lambda x, w: _lax_transposed(x, w, stride),
+    x,
+    w,
+  )
 
 
-@pytest.mark.parametrize('stride,kernel,padding,groups', [(4, 41, 20, 4), (4, 41, 20, 2),
-                                                          (3, 5, 2, 1), (2, 7, 1, 3)])
+@pytest.mark.parametrize(
+  'stride,kernel,padding,groups', [(4, 41, 20, 4), (4, 41, 20, 2), (3, 5, 2, 1), (2, 7, 1, 3)]
+)
 def test_strided_grouped_conv_matches_xla(stride, kernel, padding, groups):
   rng = np.random.default_rng(kernel + groups)
   x = rng.normal(size=(2, 67, 12)).astype(np.float32)
   w = rng.normal(size=(6 * groups, 12 // groups, kernel)).astype(np.float32)
   _assert_same_with_gradients(
-      lambda x, w: melgan._strided_grouped_conv(x, w, stride, padding, groups),
-      lambda x, w: _lax_conv(x, w, stride, padding, groups), x, w)
+    lambda x, w: melgan._strided_grouped_conv(x, w, stride, padding, groups),
+    lambda x, w: _lax_conv(x, w, stride, padding, groups),
+    x,
+    w,
+  )

@@ -1,8 +1,9 @@
 """Behaviour of the model family that the golden data does not pin down."""
-import numpy as np
-import pytest
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import nnx
 
 from skipvqvc_jax import models
@@ -16,9 +17,19 @@ def _mel(batch, frames, seed=0):
 
 
 def test_registry_names_and_unknown_name():
-  assert models.names() == ['vqvc+', 'vqvc+_rhythm', 'vqvc+_resample', 'vqvc+_speaker_quantize',
-                            'vqvc+_cvae', 'vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_rhythm',
-                            'vqvc+_multi_ps', 'vqvc+_multi_cav', 'vqvc+_multi_codebook_gen']
+  assert models.names() == [
+    'vqvc+',
+    'vqvc+_rhythm',
+    'vqvc+_resample',
+    'vqvc+_speaker_quantize',
+    'vqvc+_cvae',
+    'vqvc+_multi',
+    'vqvc+_multi_simple',
+    'vqvc+_multi_rhythm',
+    'vqvc+_multi_ps',
+    'vqvc+_multi_cav',
+    'vqvc+_multi_codebook_gen',
+  ]
   with pytest.raises(ValueError, match='valid models: vqvc\\+, vqvc\\+_rhythm'):
     models.build('vqvc', **SMALL)
 
@@ -49,12 +60,14 @@ def test_frame_multiple_is_derived_from_the_architecture():
   assert models.build('vqvc+_resample', **SMALL).frame_multiple == 32
 
 
-@pytest.mark.parametrize('name,frames', [('vqvc+', 100), ('vqvc+_resample', 48),
-                                         ('vqvc+_resample', 0)])
+@pytest.mark.parametrize(
+  'name,frames', [('vqvc+', 100), ('vqvc+_resample', 48), ('vqvc+_resample', 0)]
+)
 def test_bad_frame_counts_raise_a_clear_error(name, frames):
   model = models.build(name, **SMALL)
-  with pytest.raises(ValueError, match=f'{frames} frames, which is not a positive multiple of '
-                                       f'{model.frame_multiple}'):
+  with pytest.raises(
+    ValueError, match=f'{frames} frames, which is not a positive multiple of {model.frame_multiple}'
+  ):
     model.encode(_mel(1, frames))
 
 
@@ -117,7 +130,9 @@ def test_gru_initial_state_noise_is_explicit_and_optional():
   np.testing.assert_array_equal(a, b)
   assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-4
   # Without a key the model draws from its own stream, so two calls differ.
-  assert np.abs(np.asarray(noisy.reconstruct(mel)[0]) - np.asarray(noisy.reconstruct(mel)[0])).max() > 0
+  assert (
+    np.abs(np.asarray(noisy.reconstruct(mel)[0]) - np.asarray(noisy.reconstruct(mel)[0])).max() > 0
+  )
   quiet = models.build('vqvc+', gru_init='zeros', **SMALL)
   np.testing.assert_array_equal(quiet.reconstruct(mel)[0], quiet.reconstruct(mel)[0])
 

@@ -1,8 +1,9 @@
 """Behaviour of the multi-scale family that the golden data does not pin down."""
-import numpy as np
-import pytest
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import nnx
 
 from skipvqvc_jax import models
@@ -19,8 +20,14 @@ def _mel(batch, frames, seed=0):
 
 
 def test_the_six_are_multi_scale_and_the_five_are_not():
-  assert MULTI == ['vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_rhythm', 'vqvc+_multi_ps',
-                   'vqvc+_multi_cav', 'vqvc+_multi_codebook_gen']
+  assert MULTI == [
+    'vqvc+_multi',
+    'vqvc+_multi_simple',
+    'vqvc+_multi_rhythm',
+    'vqvc+_multi_ps',
+    'vqvc+_multi_cav',
+    'vqvc+_multi_codebook_gen',
+  ]
   assert not any(models.is_multi_scale(n) for n in models.names()[:5])
 
 
@@ -88,7 +95,9 @@ def test_max_norm_lookup_renormalises_only_the_rows_it_uses_and_grads_like_a_loo
   np.testing.assert_array_equal(quantizer(inputs).table, out.table)
 
 
-@pytest.mark.parametrize('kernel,frames', [(64, 64), (64, 16), (64, 1000), (16, 3), (16, 4), (512, 40)])
+@pytest.mark.parametrize(
+  'kernel,frames', [(64, 64), (64, 16), (64, 1000), (16, 3), (16, 4), (512, 40)]
+)
 def test_speaker_conv_over_live_taps_equals_the_full_convolution(kernel, frames):
   """Skipping taps that read only padding is exact, for short and for long inputs."""
   pad = 4 * (kernel - 1)
@@ -99,7 +108,8 @@ def test_speaker_conv_over_live_taps_equals_the_full_convolution(kernel, frames)
   np.testing.assert_allclose(multi_speaker._dilated(conv, x), full, atol=2e-5)
   # And so are the gradients: exactly zero for the dead taps.
   g_live = jax.grad(lambda k: jnp.sum(multi_speaker._dilated(_with_kernel(conv, k), x) ** 2))(
-      conv.kernel[...])
+    conv.kernel[...]
+  )
   g_full = jax.grad(lambda k: jnp.sum(_with_kernel(conv, k)(x) ** 2))(conv.kernel[...])
   np.testing.assert_allclose(g_live, g_full, atol=1e-4 * float(jnp.abs(g_full).max()) + 1e-6)
 

@@ -2,6 +2,7 @@
 training (all three multi trainers), exact resume with the in-place codebook renormalisation, the
 per-scale images in TensorBoard and the eval report, one-shot conversion from a checkpoint trained here
 and from a ported original checkpoint, reconstruction and decoding from edited codes."""
+
 import json
 import os
 import subprocess
@@ -55,8 +56,9 @@ def test_used_codebook_rows_are_renormalised_in_the_checkpoint(straight):
 
 def test_resume_is_exact(straight, small_features, tmp_path):
   workdir, summary = straight
-  config = lambda steps: tiny_config(small_features, PRESET, eval_every_steps=8,
-                                     num_train_steps=steps)
+  config = lambda steps: tiny_config(
+    small_features, PRESET, eval_every_steps=8, num_train_steps=steps
+  )
   assert train.train_and_evaluate(config(4), str(tmp_path))['step'] == 4
   second = train.train_and_evaluate(config(8), str(tmp_path))
   assert second['start_step'] == 4
@@ -71,13 +73,21 @@ def test_four_devices_renormalise_the_same_rows(straight, small_features, tmp_pa
   a 4-device run takes the same steps as the 1-device one."""
   workdir, summary = straight
   result = subprocess.run(
-      [sys.executable, 'main.py', *main_flags(small_features, tmp_path, PRESET, eval_every_steps=8)],
-      cwd=REPO, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu'))
+    [sys.executable, 'main.py', *main_flags(small_features, tmp_path, PRESET, eval_every_steps=8)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu'),
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   four = json.load(open(tmp_path / 'train_summary.json'))['train_losses']
-  np.testing.assert_allclose([four[str(s)] for s in range(1, 9)],
-                             [summary['train_losses'][s] for s in range(1, 9)], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(
+    [four[str(s)] for s in range(1, 9)],
+    [summary['train_losses'][s] for s in range(1, 9)],
+    atol=1e-5,
+    rtol=0,
+  )
   # Unused rows keep their N(0, 1) norm of ~6, so a row renormalised on one side only would show.
   for a, b in zip(_codebook_norms(workdir), _codebook_norms(tmp_path)):
     np.testing.assert_allclose(a, b, atol=1e-4)  # 8 Adam steps of differently ordered sums
@@ -92,26 +102,37 @@ def test_tensorboard_has_every_scale(straight):
       assert values[f'mel_scales/{name}_d{j}'][-1][0] == 8
 
 
-@pytest.mark.parametrize('preset,trainer', [
+@pytest.mark.parametrize(
+  'preset,trainer',
+  [
     ('vqvc_plus_multi.py:tiny', 'multi'),
     ('vqvc_plus_multi_rhythm.py:tiny', 'simple_normalize_multi_rhythm'),
-    ('vqvc_plus_multi_speaker.py:codebook_gen_tiny', 'simple_normalize_multi')])
+    ('vqvc_plus_multi_speaker.py:codebook_gen_tiny', 'simple_normalize_multi'),
+  ],
+)
 def test_other_multi_trainers_and_models_train(preset, trainer, small_features, tmp_path):
   summary = train.train_and_evaluate(
-      tiny_config(small_features, preset, trainer=trainer, num_train_steps=3,
-                  **{'data.crop_frames': 64}), str(tmp_path))
+    tiny_config(
+      small_features, preset, trainer=trainer, num_train_steps=3, **{'data.crop_frames': 64}
+    ),
+    str(tmp_path),
+  )
   assert summary['step'] == 3 and all(np.isfinite(v) for v in summary['train_losses'].values())
   assert 1 <= summary['compiles'] <= 3  # one per stretched-length bucket seen
   if trainer == 'multi':
     assert (tmp_path / 'stats.npz').exists()  # its mean/std travel with the run
 
 
-@pytest.mark.parametrize('model,trainer,match', [
+@pytest.mark.parametrize(
+  'model,trainer,match',
+  [
     ('vqvc+', 'simple_normalize_multi', 'cannot train vqvc\\+'),
     ('vqvc+_multi', 'normal', 'cannot train vqvc\\+_multi'),
     ('vqvc+_multi', 'simple_normalize_multi_rhythm', 'go together'),
     ('vqvc+', 'rhythm', 'go together'),  # used to fail inside the step with a TypeError
-    ('vqvc+_multi', 'nope', 'valid trainers: normal')])
+    ('vqvc+_multi', 'nope', 'valid trainers: normal'),
+  ],
+)
 def test_mismatched_model_and_trainer_is_a_one_line_error(model, trainer, match, small_features):
   config = tiny_config(small_features, PRESET, trainer=trainer, **{'model.name': model})
   with pytest.raises(errors.ConfigError, match=match):
@@ -123,15 +144,27 @@ def test_one_shot_conversion_and_reconstruction_from_the_checkpoint(straight, tm
   speaker terms, the last scale through a vocoder."""
   workdir, _ = straight
   result = subprocess.run(
-      [sys.executable, 'main.py', '--mode=convert', f'--workdir={workdir}',
-       f'--source={DEMO / "awb" / "awb_005.ogg"}', f'--target={DEMO / "slt" / "slt_001.ogg"}',
-       f'--output={tmp_path / "out.wav"}'], cwd=REPO, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      'main.py',
+      '--mode=convert',
+      f'--workdir={workdir}',
+      f'--source={DEMO / "awb" / "awb_005.ogg"}',
+      f'--target={DEMO / "slt" / "slt_001.ogg"}',
+      f'--output={tmp_path / "out.wav"}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   wave, rate = sf.read(tmp_path / 'out.wav')
   assert rate == 22050 and np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
   converter = convert.Converter.restore(str(workdir))
-  mel = input_pipeline.load_features(input_pipeline.list_features(
-      checkpoints.read_config(str(workdir)).data.test_dir)[0])
+  mel = input_pipeline.load_features(
+    input_pipeline.list_features(checkpoints.read_config(str(workdir)).data.test_dir)[0]
+  )
   scales, enc = converter.reconstruct_scales(mel)
   frames = mel.shape[1]
   assert [s.shape for s in scales] == [(20, -(-frames // 4)), (40, -(-frames // 2)), (80, frames)]
@@ -154,14 +187,26 @@ def test_ported_original_checkpoint_converts_and_decodes_edited_codes(parity_dir
   """An original vqvc+_multi_simple checkpoint through port_torch's CLI, then the notebooks' calls."""
   golden = parity_dir / 'multi' / 'vqvcplus_multi_simple_n64_ch64.npz'
   out = tmp_path / 'ported'
-  result = subprocess.run([sys.executable, '-m', 'skipvqvc_jax.port_torch', str(golden), str(out),
-                           '--model=vqvc+_multi_simple', '--prefix=param/'],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'skipvqvc_jax.port_torch',
+      str(golden),
+      str(out),
+      '--model=vqvc+_multi_simple',
+      '--prefix=param/',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   assert json.loads(result.stdout)['n_embed'] == 64
   model = checkpoints.load(str(out))
   with np.load(golden) as g:
-    x = g["input/x"]
+    x = g['input/x']
     converted = model.convert(x[:1], x[1:])  # inference.ipynb: source and target encoded apart
     np.testing.assert_allclose(converted[-1], g['out/convert_swap_d2'][:1], atol=1e-4)
     enc = model.encode(x)
@@ -170,5 +215,6 @@ def test_ported_original_checkpoint_converts_and_decodes_edited_codes(parity_dir
     outputs = model.decode_codes(edited, enc.speaker, enc.std)
     assert np.abs(np.asarray(outputs[-1]) - g['out/recon_from_codes_d2']).max() > 1e-3
   exported = port_torch.export_state_dict(model)
-  assert set(exported) == {k.removeprefix('param/') for k in np.load(golden).files
-                           if k.startswith('param/')}
+  assert set(exported) == {
+    k.removeprefix('param/') for k in np.load(golden).files if k.startswith('param/')
+  }

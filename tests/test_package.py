@@ -1,5 +1,6 @@
 """The package as a user meets it: console scripts, presets from anywhere, --help, file modes, a workdir
 that moves, speaker folder names, the compilation cache."""
+
 import os
 import shutil
 import stat
@@ -25,8 +26,9 @@ def _script(name):
 
 
 def _run(args, cwd, env=None):
-  return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600,
-                        env=dict(os.environ, **(env or {})))
+  return subprocess.run(
+    args, cwd=cwd, capture_output=True, text=True, timeout=600, env=dict(os.environ, **(env or {}))
+  )
 
 
 @pytest.fixture(scope='module')
@@ -34,9 +36,16 @@ def moved_run(small_corpus, tmp_path_factory):
   """The console script trains 2 steps from the repository root, straight from audio; then the
   workdir is moved. Returns (the moved workdir, the training command's result)."""
   root = tmp_path_factory.mktemp('package')
-  result = _run([_script('skipvqvc'), '--config=configs/vqvc_plus.py:tiny',
-                 f'--config.data.train_dir={small_corpus}', '--config.num_train_steps=2',
-                 f'--workdir={root / "run"}'], cwd=REPO)
+  result = _run(
+    [
+      _script('skipvqvc'),
+      '--config=configs/vqvc_plus.py:tiny',
+      f'--config.data.train_dir={small_corpus}',
+      '--config.num_train_steps=2',
+      f'--workdir={root / "run"}',
+    ],
+    cwd=REPO,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   os.rename(root / 'run', root / 'moved')
   return root / 'moved', result
@@ -57,22 +66,37 @@ def test_console_script_trains_from_the_repository_and_says_what_next(moved_run)
 
 def test_an_installed_preset_is_named_from_any_directory(moved_run, small_corpus, tmp_path):
   workdir, _ = moved_run
-  result = _run([_script('skipvqvc'), '--config=vqvc_plus.py:tiny',
-                 f'--config.data.train_dir={small_corpus}', '--config.num_train_steps=3',
-                 f'--workdir={workdir}'], cwd=tmp_path)
+  result = _run(
+    [
+      _script('skipvqvc'),
+      '--config=vqvc_plus.py:tiny',
+      f'--config.data.train_dir={small_corpus}',
+      '--config.num_train_steps=3',
+      f'--workdir={workdir}',
+    ],
+    cwd=tmp_path,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'resumed from step 2' in result.stderr
   assert checkpoints.latest_step(str(workdir)) == 3
 
 
-def test_a_moved_workdir_converts_and_evaluates_from_another_directory(moved_run, tmp_path,
-                                                                       monkeypatch):
+def test_a_moved_workdir_converts_and_evaluates_from_another_directory(
+  moved_run, tmp_path, monkeypatch
+):
   workdir, _ = moved_run
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
-  result = _run([_script('skipvqvc-convert'), f'--workdir={os.path.relpath(workdir, elsewhere)}',
-                 f'--source={DEMO / "awb" / "awb_002.ogg"}',
-                 f'--target={DEMO / "slt" / "slt_003.ogg"}', '--output=out.wav'], cwd=elsewhere)
+  result = _run(
+    [
+      _script('skipvqvc-convert'),
+      f'--workdir={os.path.relpath(workdir, elsewhere)}',
+      f'--source={DEMO / "awb" / "awb_002.ogg"}',
+      f'--target={DEMO / "slt" / "slt_003.ogg"}',
+      '--output=out.wav',
+    ],
+    cwd=elsewhere,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert sf.info(elsewhere / 'out.wav').samplerate == 22050
   monkeypatch.chdir(elsewhere)
@@ -81,20 +105,30 @@ def test_a_moved_workdir_converts_and_evaluates_from_another_directory(moved_run
   # The data really gone: one line that names the missing folder.
   shutil.move(workdir / 'features' / 'test', tmp_path / 'test_aside')
   try:
-    result = _run([sys.executable, str(REPO / 'main.py'), '--mode=eval', f'--workdir={workdir}'],
-                  cwd=elsewhere)
+    result = _run(
+      [sys.executable, str(REPO / 'main.py'), '--mode=eval', f'--workdir={workdir}'], cwd=elsewhere
+    )
   finally:
     shutil.move(tmp_path / 'test_aside', workdir / 'features' / 'test')
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   error = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
-  assert len(error) == 1 and str(workdir / 'features' / 'test') in error[0] and 'is gone' in error[0]
+  assert (
+    len(error) == 1 and str(workdir / 'features' / 'test') in error[0] and 'is gone' in error[0]
+  )
 
 
-@pytest.mark.parametrize('program, own, positional', [
+@pytest.mark.parametrize(
+  'program, own, positional',
+  [
     ('skipvqvc', ['--config', '--workdir', '--mode', '--source', '--compilation_cache'], None),
     ('skipvqvc-convert', ['--workdir', '--source', '--target', '--output', '--pairs'], None),
-    ('skipvqvc-preprocess', ['--test_speakers', '--workers', '--min_frames'], 'INPUT_DIR OUTPUT_DIR'),
-])
+    (
+      'skipvqvc-preprocess',
+      ['--test_speakers', '--workers', '--min_frames'],
+      'INPUT_DIR OUTPUT_DIR',
+    ),
+  ],
+)
 def test_help_lists_the_programs_own_flags(program, own, positional, tmp_path):
   result = _run([_script(program), '--help'], cwd=tmp_path)
   assert result.returncode == 0, result.stderr
@@ -111,23 +145,32 @@ def test_main_py_help_matches_the_console_script(tmp_path):
 
 
 def _modes(root):
-  return {os.path.relpath(os.path.join(folder, name), root): stat.S_IMODE(os.stat(
-      os.path.join(folder, name)).st_mode) for folder, dirs, files in os.walk(root)
-          for name in files + dirs}
+  return {
+    os.path.relpath(os.path.join(folder, name), root): stat.S_IMODE(
+      os.stat(os.path.join(folder, name)).st_mode
+    )
+    for folder, dirs, files in os.walk(root)
+    for name in files + dirs
+  }
 
 
-@pytest.mark.parametrize('umask, file_mode, dir_mode', [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize(
+  'umask, file_mode, dir_mode', [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)]
+)
 def test_outputs_follow_the_umask(small_corpus, tmp_path, umask, file_mode, dir_mode):
   """Features, split, statistics, manifest (atomic writes) and a model directory (orbax, staged
   in a temporary folder) get the modes the user's umask gives new files."""
-  script = ('import os, sys; os.umask(int(sys.argv[3], 8)); '
-            'from skipvqvc_jax import preprocessing, checkpoints, models; '
-            'preprocessing.preprocess(sys.argv[1], sys.argv[2] + "/features", workers=1, progress=False, '
-            'log=lambda _: None); '
-            'checkpoints.save_model(sys.argv[2] + "/model", models.build("vqvc+", channel=16, '
-            'n_embed=16))')
-  result = _run([sys.executable, '-c', script, str(small_corpus), str(tmp_path / 'out'), oct(umask)],
-                cwd=REPO)
+  script = (
+    'import os, sys; os.umask(int(sys.argv[3], 8)); '
+    'from skipvqvc_jax import preprocessing, checkpoints, models; '
+    'preprocessing.preprocess(sys.argv[1], sys.argv[2] + "/features", workers=1, progress=False, '
+    'log=lambda _: None); '
+    'checkpoints.save_model(sys.argv[2] + "/model", models.build("vqvc+", channel=16, '
+    'n_embed=16))'
+  )
+  result = _run(
+    [sys.executable, '-c', script, str(small_corpus), str(tmp_path / 'out'), oct(umask)], cwd=REPO
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   modes = _modes(tmp_path / 'out')
   assert modes['features/manifest.json'] == modes['features/train/awb_001.npy'] == file_mode
@@ -140,32 +183,64 @@ def test_speaker_flags_take_folder_names_as_on_disk(small_corpus, tmp_path):
   corpus_dir = tmp_path / 'corpus'
   shutil.copytree(small_corpus, corpus_dir)
   os.rename(corpus_dir / 'esm1', corpus_dir / 'es_m1')
-  result = _run([_script('skipvqvc-preprocess'), str(corpus_dir), str(tmp_path / 'out'),
-                 '--test_speakers=es_m1,slt', '--workers=1', '--noprogress'], cwd=tmp_path)
+  result = _run(
+    [
+      _script('skipvqvc-preprocess'),
+      str(corpus_dir),
+      str(tmp_path / 'out'),
+      '--test_speakers=es_m1,slt',
+      '--workers=1',
+      '--noprogress',
+    ],
+    cwd=tmp_path,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   renamed = [line for line in result.stdout.splitlines() if 'renamed' in line]
   assert len(renamed) == 1 and 'es_m1 -> es-m1' in renamed[0]
   assert fileio.load_json(tmp_path / 'out' / 'split.json')['test'] == ['es-m1', 'slt']
   with pytest.raises(errors.CorpusError, match='names speakers with no audio: nobody'):
-    preprocessing.preprocess(str(corpus_dir), str(tmp_path / 'out2'), test_speakers=['nobody'],
-                      progress=False, log=lambda _: None)
+    preprocessing.preprocess(
+      str(corpus_dir),
+      str(tmp_path / 'out2'),
+      test_speakers=['nobody'],
+      progress=False,
+      log=lambda _: None,
+    )
 
 
 def test_conversion_keeps_its_compiled_programs(moved_run, tmp_path):
   workdir, _ = moved_run
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
-  convert = [sys.executable, str(REPO / 'main.py'), '--mode=convert', f'--workdir={workdir}',
-             f'--source={DEMO / "awb" / "awb_002.ogg"}', f'--target={DEMO / "slt" / "slt_003.ogg"}',
-             f'--output={tmp_path / "o.wav"}']
+  convert = [
+    sys.executable,
+    str(REPO / 'main.py'),
+    '--mode=convert',
+    f'--workdir={workdir}',
+    f'--source={DEMO / "awb" / "awb_002.ogg"}',
+    f'--target={DEMO / "slt" / "slt_003.ogg"}',
+    f'--output={tmp_path / "o.wav"}',
+  ]
   cache = tmp_path / 'cache'
-  result = subprocess.run(convert + [f'--compilation_cache_dir={cache}'], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    convert + [f'--compilation_cache_dir={cache}'],
+    env=env,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(os.listdir(cache)) >= 3  # encode, decode and Griffin-Lim at least
   off = tmp_path / 'off'
   env['XDG_CACHE_HOME'] = str(off)
-  result = subprocess.run(convert + ['--nocompilation_cache'], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    convert + ['--nocompilation_cache'],
+    env=env,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert not off.exists()
   with sf.SoundFile(tmp_path / 'o.wav') as f:

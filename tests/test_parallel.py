@@ -1,4 +1,5 @@
 """Data parallelism: 4 simulated devices and a real 2-process jax.distributed run match 1 device."""
+
 import json
 import os
 import socket
@@ -17,8 +18,9 @@ STEPS = 6
 
 
 def _env(devices):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu')
+  env = dict(
+    os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu'
+  )
   return env
 
 
@@ -47,9 +49,14 @@ def single(small_features, tmp_path_factory):
 
 def test_four_devices_give_the_same_loss_curve(single, small_features, tmp_path):
   workdir = tmp_path / 'four'
-  result = subprocess.run([sys.executable, 'main.py',
-                           *main_flags(small_features, workdir, num_train_steps=STEPS)],
-                          cwd=REPO, env=_env(4), capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, 'main.py', *main_flags(small_features, workdir, num_train_steps=STEPS)],
+    cwd=REPO,
+    env=_env(4),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert '4 devices' in result.stderr or 'CpuDevice(id=3)' in result.stderr
   np.testing.assert_allclose(_losses(workdir), _losses(single), atol=1e-5, rtol=0)
@@ -63,11 +70,24 @@ def test_two_processes_match_the_single_process_run(single, small_features, tmp_
   # Process 0 is told the coordinator by flag, process 1 by JAX_COORDINATOR_ADDRESS (pod launchers).
   coordinator = [[f'--coordinator_address=localhost:{port}'], []]
   env = [_env(2), dict(_env(2), JAX_COORDINATOR_ADDRESS=f'localhost:{port}')]
-  procs = [subprocess.Popen(
-      [sys.executable, 'main.py', *main_flags(small_features, workdir, num_train_steps=STEPS),
-       *coordinator[p], '--num_processes=2', f'--process_id={p}'],
-      cwd=REPO, env=env[p], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for p in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        'main.py',
+        *main_flags(small_features, workdir, num_train_steps=STEPS),
+        *coordinator[p],
+        '--num_processes=2',
+        f'--process_id={p}',
+      ],
+      cwd=REPO,
+      env=env[p],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for p in range(2)
+  ]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]

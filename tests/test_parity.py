@@ -1,20 +1,21 @@
 """Our models against golden outputs of the original PyTorch SkipVQVC (../shared/parity/README.md)."""
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from tests.conftest import assert_close, assert_gradients_match
 from skipvqvc_jax import models, port_torch
+from tests.conftest import assert_close, assert_gradients_match
 
 GOLDEN = {
-    'vqvc+': 'vqvcplus_n64_ch64.npz',
-    'vqvc+_rhythm': 'vqvcplus_rhythm_n64_ch64.npz',
-    'vqvc+_resample': 'vqvcplus_resample_n64_ch64.npz',
-    'vqvc+_speaker_quantize': 'vqvcplus_speaker_quantize_n64_ch64.npz',
-    'vqvc+_cvae': 'vqvcplus_cvae_n64_ch64.npz',
+  'vqvc+': 'vqvcplus_n64_ch64.npz',
+  'vqvc+_rhythm': 'vqvcplus_rhythm_n64_ch64.npz',
+  'vqvc+_resample': 'vqvcplus_resample_n64_ch64.npz',
+  'vqvc+_speaker_quantize': 'vqvcplus_speaker_quantize_n64_ch64.npz',
+  'vqvc+_cvae': 'vqvcplus_cvae_n64_ch64.npz',
 }
 ATOL = 1e-4
 LR = 1e-3
@@ -88,7 +89,8 @@ def test_training_step(golden):
     return recon_loss + 0.1 * enc.latent_loss, (recon_loss, enc.latent_loss)
 
   (loss, (recon_loss, latent_loss)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-      params)
+    params
+  )
   _close(loss, g['train/loss'], 'loss', 1e-5)
   _close(recon_loss, g['train/recon_loss'], 'recon_loss', 1e-5)
   _close(latent_loss, g['train/latent_loss'], 'latent_loss', 1e-5)
@@ -97,11 +99,13 @@ def test_training_step(golden):
 
   golden_grads = assert_gradients_match(nnx.merge(graphdef, grads, rest), g)
 
-  optimizer = optax.chain(optax.clip_by_global_norm(3.0),
-                          optax.adam(LR, b1=0.9, b2=0.999, eps=1e-8))
+  optimizer = optax.chain(
+    optax.clip_by_global_norm(3.0), optax.adam(LR, b1=0.9, b2=0.999, eps=1e-8)
+  )
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   stepped = port_torch.export_state_dict(
-      nnx.merge(graphdef, optax.apply_updates(params, updates), rest))
+    nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
+  )
   clip = float(g['train/clip_coef'])
   for key, expected in stepped.items():
     golden_step = g[f'step1_param/{key}']

@@ -4,26 +4,27 @@ Every encoder output, code, speaker/std term and decoder scale for reconstructio
 conversion and decoding from codes; one training step through our trainers (loss, gradients, weights
 after Adam, including the codebook rows the max_norm lookup renormalised).
 """
+
 import json
 
+import jax
 import numpy as np
 import optax
 import pytest
-import jax
 from flax import nnx
 
-from tests.conftest import assert_close, assert_gradients_match
 from skipvqvc_jax import models, port_torch, trainers
 from skipvqvc_jax.configs import default
 from skipvqvc_jax.tasks import voice_conversion
+from tests.conftest import assert_close, assert_gradients_match
 
 GOLDEN = {
-    'vqvc+_multi': 'vqvcplus_multi_n64_ch64.npz',
-    'vqvc+_multi_simple': 'vqvcplus_multi_simple_n64_ch64.npz',
-    'vqvc+_multi_rhythm': 'vqvcplus_multi_rhythm_n64_ch64.npz',
-    'vqvc+_multi_ps': 'vqvcplus_multi_ps_n64_ch64.npz',
-    'vqvc+_multi_cav': 'vqvcplus_multi_cav_n64_ch64.npz',
-    'vqvc+_multi_codebook_gen': 'vqvcplus_multi_codebook_gen_n64_ch64.npz',
+  'vqvc+_multi': 'vqvcplus_multi_n64_ch64.npz',
+  'vqvc+_multi_simple': 'vqvcplus_multi_simple_n64_ch64.npz',
+  'vqvc+_multi_rhythm': 'vqvcplus_multi_rhythm_n64_ch64.npz',
+  'vqvc+_multi_ps': 'vqvcplus_multi_ps_n64_ch64.npz',
+  'vqvc+_multi_cav': 'vqvcplus_multi_cav_n64_ch64.npz',
+  'vqvc+_multi_codebook_gen': 'vqvcplus_multi_codebook_gen_n64_ch64.npz',
 }
 MAX_NORM = ('vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_ps')
 ATOL = 1e-4
@@ -99,7 +100,12 @@ def test_encode(golden):
     if name == 'vqvc+_multi_ps':
       _close(enc.extras['group_norm_out'][s], g[f'out/gn_s{s}'].transpose(0, 2, 1), f'gn_s{s}')
     if name in MAX_NORM:
-      _close(enc.extras['renormed_codebooks'][s], g[f'out/codebook_after_encode_s{s}'], f'codebook_s{s}', 1e-6)
+      _close(
+        enc.extras['renormed_codebooks'][s],
+        g[f'out/codebook_after_encode_s{s}'],
+        f'codebook_s{s}',
+        1e-6,
+      )
   _close(enc.latent_loss, g['out/latent_diff'], 'latent_diff')
 
 
@@ -117,25 +123,32 @@ def test_reconstruction_conversion_and_decoding_from_codes(golden):
     _scales(model.decode_codes(enc.codes, enc.speaker, enc.std), g, 'out/recon', 'from codes')
     # Conversion re-quantizes the source's content against the other speaker's codebook.
     for s in range(3):
-      conv_q = model._requantize(s, enc.content[s].transpose(0, 2, 1), enc.speaker[s][perm],
-                                 enc.std[s][perm])
+      conv_q = model._requantize(
+        s, enc.content[s].transpose(0, 2, 1), enc.speaker[s][perm], enc.std[s][perm]
+      )
       _close(conv_q, g[f'out/conv_q_s{s}'].transpose(0, 2, 1), f'conv_q_s{s}')
     _close(model.training_latent(enc, perm=perm), g['out/latent_perm_term'], 'perm term', 1e-6)
     return
-  from_codes = model.decode_codes([g[f'out/codes_s{s}'] for s in range(3)], enc.speaker, enc.std,
-                                  enc.rhythm)
+  from_codes = model.decode_codes(
+    [g[f'out/codes_s{s}'] for s in range(3)], enc.speaker, enc.std, enc.rhythm
+  )
   _scales(from_codes, g, 'out/recon_from_codes', 'recon_from_codes')
 
 
 def _trainer_inputs(name, g):
   """The step's inputs as our trainer takes them: raw log-mels, the golden's fixed stretch."""
   frames = g['input/x'].shape[-1]
-  index = np.concatenate([32 * n + np.floor(np.arange(int(32 * f)) * np.float32(1 / f)).astype(int)
-                          for n, f in enumerate((0.5, 1.5, 1.25, 0.75))])
+  index = np.concatenate(
+    [
+      32 * n + np.floor(np.arange(int(32 * f)) * np.float32(1 / f)).astype(int)
+      for n, f in enumerate((0.5, 1.5, 1.25, 0.75))
+    ]
+  )
   assert index.size == frames
   stretched = g['input/x_logmel'][..., index]
-  np.testing.assert_array_equal(trainers.get('simple_normalize_multi').normalize(stretched),
-                                g['input/x_shuffle'])
+  np.testing.assert_array_equal(
+    trainers.get('simple_normalize_multi').normalize(stretched), g['input/x_shuffle']
+  )
   if name == 'vqvc+_multi_rhythm':
     return 'simple_normalize_multi_rhythm', dict(mel=g['input/x_logmel'], content_mel=stretched)
   return 'simple_normalize_multi', dict(mel=stretched)
@@ -143,8 +156,11 @@ def _trainer_inputs(name, g):
 
 def _permutation_key(perm):
   """A key whose batch permutation is the golden's, so codebook_gen's training term matches."""
-  return next(k for k in (jax.random.key(i) for i in range(100))
-              if (np.asarray(jax.random.permutation(trainers.latent_key(k), len(perm))) == perm).all())
+  return next(
+    k
+    for k in (jax.random.key(i) for i in range(100))
+    if (np.asarray(jax.random.permutation(trainers.latent_key(k), len(perm))) == perm).all()
+  )
 
 
 def test_training_step(golden):
@@ -174,21 +190,31 @@ def test_training_step(golden):
   params = voice_conversion.renormed_params(params, aux)
   if name in MAX_NORM:
     for s in range(3):
-      _close(params['quantize'][s]['embedding'], g[f'train/codebook_renormed_s{s}'],
-             f'codebook_renormed_s{s}', 1e-6)
+      _close(
+        params['quantize'][s]['embedding'],
+        g[f'train/codebook_renormed_s{s}'],
+        f'codebook_renormed_s{s}',
+        1e-6,
+      )
   updates, _ = tx.update(grads, tx.init(params), params)
   stepped = port_torch.export_state_dict(
-      nnx.merge(graphdef, optax.apply_updates(params, updates), rest))
+    nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
+  )
   clip = float(g['train/clip_coef'])
   omitted = meta.get('step1_param_omitted', {})
   for key, ours in stepped.items():
     if key in omitted:  # too big to store: the manifest has its sum and how much moved
       expected, before = omitted[key], g[f'param/{key}']
       assert int((ours != before).sum()) == expected['changed_elements'], key
-      np.testing.assert_allclose(np.abs(ours.astype(np.float64) - before).sum(),
-                                 expected['sum_abs_delta'], rtol=1e-4, err_msg=key)
-      np.testing.assert_allclose(ours.astype(np.float64).sum(), expected['sum'], atol=1e-3,
-                                 err_msg=key)
+      np.testing.assert_allclose(
+        np.abs(ours.astype(np.float64) - before).sum(),
+        expected['sum_abs_delta'],
+        rtol=1e-4,
+        err_msg=key,
+      )
+      np.testing.assert_allclose(
+        ours.astype(np.float64).sum(), expected['sum'], atol=1e-3, err_msg=key
+      )
       continue
     golden_step = g[f'step1_param/{key}']
     clear = np.abs(clip * golden_grads.get(key, np.zeros_like(golden_step))) > 1e-5

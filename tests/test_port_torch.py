@@ -1,4 +1,5 @@
 """Porting original state dicts: key checking, layouts, the CLI."""
+
 import subprocess
 import sys
 
@@ -45,17 +46,20 @@ def test_missing_and_unexpected_keys_are_named(source):
   broken['enc.3.0.weight'] = np.zeros(1)
   model = models.build('vqvc+', **SMALL)
   before = np.asarray(model.enc[0].conv_in.kernel[...]).copy()
-  with pytest.raises(port_torch.PortError,
-                     match=r'missing keys: quantize\.1\.embedding\.weight; '
-                           r'unexpected keys: enc\.3\.0\.weight'):
+  with pytest.raises(
+    port_torch.PortError,
+    match=r'missing keys: quantize\.1\.embedding\.weight; '
+    r'unexpected keys: enc\.3\.0\.weight',
+  ):
     port_torch.load_state_dict(model, broken)
   np.testing.assert_array_equal(model.enc[0].conv_in.kernel[...], before)  # nothing changed
 
 
 def test_wrong_shapes_are_named(source):
   _, state_dict = source
-  with pytest.raises(port_torch.PortError,
-                     match=r'enc\.0\.0\.weight has shape \(16, 80, 4\), expected \(32, 80, 4\)'):
+  with pytest.raises(
+    port_torch.PortError, match=r'enc\.0\.0\.weight has shape \(16, 80, 4\), expected \(32, 80, 4\)'
+  ):
     port_torch.load_state_dict(models.build('vqvc+', channel=32, n_embed=16), state_dict)
 
 
@@ -69,16 +73,22 @@ def test_speaker_quantizers_are_required_where_they_are_used():
 
 
 def _port_cli(*args):
-  return subprocess.run([sys.executable, '-m', 'skipvqvc_jax.port_torch', *map(str, args)],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, '-m', 'skipvqvc_jax.port_torch', *map(str, args)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_cli_writes_a_model_directory_that_restores_exactly(source, tmp_path):
   model, state_dict = source
   npz = tmp_path / 'original.npz'
   np.savez(npz, **{f'param/{k}': v for k, v in state_dict.items()})
-  result = _port_cli(npz, tmp_path / 'ported', '--model=vqvc+', '--prefix=param/',
-                     '--gru_init=zeros')
+  result = _port_cli(
+    npz, tmp_path / 'ported', '--model=vqvc+', '--prefix=param/', '--gru_init=zeros'
+  )
   assert result.returncode == 0, result.stderr
   restored = checkpoints.load(str(tmp_path / 'ported'))
   assert (restored.channel, restored.n_embed) == (16, 16)  # read from the weights
@@ -103,8 +113,14 @@ def test_cli_reads_original_pt_checkpoints(source, tmp_path):
   model, state_dict = source
   pt = tmp_path / 'gen'
   # The original's save_checkpoint layout.
-  torch.save({'iteration': 3, 'state_dict': {k: torch.from_numpy(v) for k, v in state_dict.items()},
-              'optimizer': {}}, pt)
+  torch.save(
+    {
+      'iteration': 3,
+      'state_dict': {k: torch.from_numpy(v) for k, v in state_dict.items()},
+      'optimizer': {},
+    },
+    pt,
+  )
   result = _port_cli(pt, tmp_path / 'ported', '--model=vqvc+', '--gru_init=zeros')
   assert result.returncode == 0, result.stderr
   restored = checkpoints.load(str(tmp_path / 'ported'))

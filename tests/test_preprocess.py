@@ -1,4 +1,5 @@
 """preprocess.py on real files: features, the split, statistics, the manifest, resuming, bad input."""
+
 import json
 import os
 import subprocess
@@ -20,8 +21,9 @@ def independent_log_mel(path):
   y = librosa.resample(y.mean(axis=1), orig_sr=sr, target_sr=22050, res_type='soxr_hq')
   y, _ = librosa.effects.trim(y, top_db=20)
   y = np.pad(y, (384, 384), mode='reflect')
-  spec = np.abs(librosa.stft(y, n_fft=1024, hop_length=256, win_length=1024, window='hann',
-                             center=False))
+  spec = np.abs(
+    librosa.stft(y, n_fft=1024, hop_length=256, win_length=1024, window='hann', center=False)
+  )
   basis = librosa.filters.mel(sr=22050, n_fft=1024, n_mels=80, fmin=0.0, fmax=None)
   return np.log10(np.maximum(basis @ spec, 1e-5))
 
@@ -37,8 +39,9 @@ def processed(tree, tmp_path_factory):
   root, files = tree
   out = str(tmp_path_factory.mktemp('features'))
   logs = []
-  manifest = preprocessing.preprocess(root, out, test_speakers=['bob'], workers=2, progress=False,
-                               log=logs.append)
+  manifest = preprocessing.preprocess(
+    root, out, test_speakers=['bob'], workers=2, progress=False, log=logs.append
+  )
   return out, manifest, logs
 
 
@@ -75,15 +78,23 @@ def test_bad_files_are_listed_with_reasons(tree, processed):
   for source, reason in reasons.items():
     assert files[source] in reason, (source, reason)
     assert '\n' not in reason
-  assert 'too short: ' in reasons['carol/carol_002.wav'] and '--min_frames=100' in reasons[
-      'carol/carol_002.wav']
+  assert (
+    'too short: ' in reasons['carol/carol_002.wav']
+    and '--min_frames=100' in reasons['carol/carol_002.wav']
+  )
   assert any(line.startswith('skipped dave/dave_003.wav: cannot decode') for line in logs)
 
 
 def test_stats_are_over_training_frames_only(processed):
   out, manifest, _ = processed
-  train = np.concatenate([np.load(os.path.join(out, i['file'])) for i in manifest['items']
-                          if i['file'].startswith('train')], axis=1)
+  train = np.concatenate(
+    [
+      np.load(os.path.join(out, i['file']))
+      for i in manifest['items']
+      if i['file'].startswith('train')
+    ],
+    axis=1,
+  )
   stats = np.load(os.path.join(out, 'stats.npz'))
   np.testing.assert_allclose(stats['mean'], train.mean(axis=1), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(stats['std'], train.std(axis=1), rtol=1e-4, atol=1e-5)
@@ -106,8 +117,9 @@ def test_second_run_redoes_nothing_and_an_interrupted_run_finishes(tree, process
   decoded = []
   real_load = audio.load
   monkeypatch.setattr(audio, 'load', lambda path, *a: decoded.append(path) or real_load(path, *a))
-  again = preprocessing.preprocess(root, out, test_speakers=['bob'], workers=1, progress=False,
-                            log=lambda _: None)
+  again = preprocessing.preprocess(
+    root, out, test_speakers=['bob'], workers=1, progress=False, log=lambda _: None
+  )
   assert decoded == []  # neither finished features nor known-bad files are decoded again
   assert again['items'] == manifest['items'] and again['skipped'] == manifest['skipped']
   assert mtimes == {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in mtimes}
@@ -138,7 +150,9 @@ def test_a_manifest_from_a_newer_version_is_refused(processed, tmp_path):
   out, _, _ = processed
   manifest = fileio.load_json(os.path.join(out, corpus.MANIFEST))
   assert manifest['version'] == corpus.MANIFEST_VERSION
-  fileio.save_json(str(tmp_path / corpus.MANIFEST), dict(manifest, version=corpus.MANIFEST_VERSION + 1))
+  fileio.save_json(
+    str(tmp_path / corpus.MANIFEST), dict(manifest, version=corpus.MANIFEST_VERSION + 1)
+  )
   with pytest.raises(errors.CorpusError, match='newer than this skipvqvc_jax reads'):
     corpus.read_manifest(str(tmp_path))
 
@@ -150,7 +164,11 @@ def test_seeded_split_is_reproducible_and_disjoint():
   assert len(a) == 3 and a != corpus.choose_test_speakers(speakers, None, seed=4)
   # Under 15 speakers a tenth would be one, and evaluation needs two to convert between.
   assert [len(corpus.choose_test_speakers(speakers[:n], None, seed=0)) for n in (2, 3, 4, 14)] == [
-      1, 1, 2, 2]
+    1,
+    1,
+    2,
+    2,
+  ]
 
 
 def test_feature_golden(parity_dir):
@@ -165,14 +183,22 @@ def test_feature_golden(parity_dir):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, 'preprocess.py', *map(str, args), '--noprogress'],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, 'preprocess.py', *map(str, args), '--noprogress'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_cli_errors_are_one_line(tmp_path):
   missing = _cli(tmp_path / 'nope', tmp_path / 'out')
   assert missing.returncode == 1
-  assert missing.stderr.strip() == f'error: input dir {tmp_path / "nope"} does not exist or is not a folder'
+  assert (
+    missing.stderr.strip()
+    == f'error: input dir {tmp_path / "nope"} does not exist or is not a folder'
+  )
   (tmp_path / 'empty').mkdir()
   empty = _cli(tmp_path / 'empty', tmp_path / 'out')
   assert empty.returncode == 1 and 'is empty' in empty.stderr

@@ -1,4 +1,5 @@
 """The faults a lab hits, each reproduced on real files and processes (RELIABILITY.md lists them)."""
+
 import os
 import pathlib
 import shutil
@@ -31,8 +32,14 @@ def _copy(workdir, tmp_path, name='copy') -> pathlib.Path:
 
 
 def _main(*args, **kwargs):
-  return subprocess.Popen([sys.executable, 'main.py', *map(str, args)], cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+  return subprocess.Popen(
+    [sys.executable, 'main.py', *map(str, args)],
+    cwd=REPO,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    **kwargs,
+  )
 
 
 def _wait_for(proc, text, seconds=300):
@@ -51,18 +58,26 @@ def _one_error(output: str) -> str:
   return errors_[0]
 
 
-@pytest.mark.parametrize('override, field', [
-    ({'keep_checkpoints': 0}, 'keep_checkpoints'), ({'batch_size': 0}, 'batch_size'),
+@pytest.mark.parametrize(
+  'override, field',
+  [
+    ({'keep_checkpoints': 0}, 'keep_checkpoints'),
+    ({'batch_size': 0}, 'batch_size'),
     ({'checkpoint_every_steps': 0}, 'checkpoint_every_steps'),
-    ({'log_every_steps': -1}, 'log_every_steps'), ({'model.channel': 0}, 'model.channel'),
-    ({'data.crop_frames': 36}, 'data.crop_frames')])
-def test_impossible_settings_are_refused_before_anything_changes(run8, tmp_path, small_features,
-                                                                 override, field):
+    ({'log_every_steps': -1}, 'log_every_steps'),
+    ({'model.channel': 0}, 'model.channel'),
+    ({'data.crop_frames': 36}, 'data.crop_frames'),
+  ],
+)
+def test_impossible_settings_are_refused_before_anything_changes(
+  run8, tmp_path, small_features, override, field
+):
   workdir = _copy(run8[0], tmp_path)
   before = sorted(os.listdir(workdir / 'checkpoints'))
   with pytest.raises(errors.ConfigError, match=rf'--config\.{field}='):
-    train.train_and_evaluate(tiny_config(small_features, num_train_steps=12, **override),
-                             str(workdir))
+    train.train_and_evaluate(
+      tiny_config(small_features, num_train_steps=12, **override), str(workdir)
+    )
   assert sorted(os.listdir(workdir / 'checkpoints')) == before == ['4', '8']
 
 
@@ -70,11 +85,13 @@ def test_simple_mistakes_are_one_line_errors(small_features, tmp_path):
   a_file = tmp_path / 'a_file'
   a_file.write_text('x')
   cases = [
-      (['--config=configs/vqvc_plus.py:no_such'], "unknown preset 'no_such'; valid presets: "),
-      (['--config=configs/vqvc_plus.py:tiny', '--config.num_train_step=5'],
-       'the config has no field num_train_step; did you mean num_train_steps?'),
-      (main_flags(small_features, a_file), f'--workdir {a_file} is a file'),
-      (main_flags(small_features, tmp_path / 'w', batch_size=-2), '--config.batch_size=-2'),
+    (['--config=configs/vqvc_plus.py:no_such'], "unknown preset 'no_such'; valid presets: "),
+    (
+      ['--config=configs/vqvc_plus.py:tiny', '--config.num_train_step=5'],
+      'the config has no field num_train_step; did you mean num_train_steps?',
+    ),
+    (main_flags(small_features, a_file), f'--workdir {a_file} is a file'),
+    (main_flags(small_features, tmp_path / 'w', batch_size=-2), '--config.batch_size=-2'),
   ]
   for args, message in cases:
     proc = _main(*args)
@@ -83,19 +100,26 @@ def test_simple_mistakes_are_one_line_errors(small_features, tmp_path):
     assert message in _one_error(out), (message, out[-2000:])
 
 
-def test_another_model_in_a_used_workdir_is_refused_and_nothing_is_overwritten(run8, tmp_path,
-                                                                               small_features):
+def test_another_model_in_a_used_workdir_is_refused_and_nothing_is_overwritten(
+  run8, tmp_path, small_features
+):
   workdir = _copy(run8[0], tmp_path)
   config_json = (workdir / 'config.json').read_bytes()
-  with pytest.raises(errors.TrainingError, match=r"holds a run of .*'channel': 16.*this config "
-                                                 r"trains .*'channel': 32"):
-    train.train_and_evaluate(tiny_config(small_features, num_train_steps=12,
-                                         **{'model.channel': 32}), str(workdir))
+  with pytest.raises(
+    errors.TrainingError,
+    match=r"holds a run of .*'channel': 16.*this config "
+    r"trains .*'channel': 32",
+  ):
+    train.train_and_evaluate(
+      tiny_config(small_features, num_train_steps=12, **{'model.channel': 32}), str(workdir)
+    )
   assert (workdir / 'config.json').read_bytes() == config_json
   assert convert.Converter.restore(str(workdir)).model.channel == 16
   # resume=False keeps the old run, with the config.json that describes it.
-  train.train_and_evaluate(tiny_config(small_features, num_train_steps=1, resume=False,
-                                       **{'model.channel': 32}), str(workdir))
+  train.train_and_evaluate(
+    tiny_config(small_features, num_train_steps=1, resume=False, **{'model.channel': 32}),
+    str(workdir),
+  )
   aside = [d for d in os.listdir(workdir) if d.startswith('checkpoints.old-')]
   assert len(aside) == 1 and (workdir / aside[0] / 'config.json').read_bytes() == config_json
   assert sorted(os.listdir(workdir / aside[0]))[:2] == ['4', '8']
@@ -103,8 +127,15 @@ def test_another_model_in_a_used_workdir_is_refused_and_nothing_is_overwritten(r
 
 def test_two_runs_on_one_workdir_and_a_stale_lock(small_features, tmp_path):
   workdir = tmp_path / 'w'
-  first = _main(*main_flags(small_features, workdir, num_train_steps=100000,
-                            checkpoint_every_steps=2, eval_every_steps=100000))
+  first = _main(
+    *main_flags(
+      small_features,
+      workdir,
+      num_train_steps=100000,
+      checkpoint_every_steps=2,
+      eval_every_steps=100000,
+    )
+  )
   try:
     _wait_for(first, 'step 3/')
     second = _main(*main_flags(small_features, workdir, num_train_steps=100000))
@@ -127,8 +158,16 @@ def test_sigterm_during_the_evaluation_of_a_checkpoint_step(small_features, tmp_
   """The default periods put evaluation and a checkpoint on the same steps: a SIGTERM that lands in
   the evaluation must still save once and exit 0."""
   workdir = tmp_path / 'w'
-  proc = _main(*main_flags(small_features, workdir, num_train_steps=100000, eval_every_steps=2,
-                           checkpoint_every_steps=2, eval_batches=200))
+  proc = _main(
+    *main_flags(
+      small_features,
+      workdir,
+      num_train_steps=100000,
+      eval_every_steps=2,
+      checkpoint_every_steps=2,
+      eval_batches=200,
+    )
+  )
   head = _wait_for(proc, 'step 2/100000')  # logged just before step 2's long evaluation
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=300)
@@ -139,8 +178,9 @@ def test_sigterm_during_the_evaluation_of_a_checkpoint_step(small_features, tmp_
 
 def test_ctrl_c_saves_and_stops(small_features, tmp_path):
   workdir = tmp_path / 'w'
-  proc = _main(*main_flags(small_features, workdir, num_train_steps=100000,
-                           checkpoint_every_steps=100000))
+  proc = _main(
+    *main_flags(small_features, workdir, num_train_steps=100000, checkpoint_every_steps=100000)
+  )
   _wait_for(proc, 'step 3/100000')
   proc.send_signal(signal.SIGINT)
   out, _ = proc.communicate(timeout=300)
@@ -156,21 +196,23 @@ def _damage(step_dir: pathlib.Path, how: str):
     # was flaky: which arrays share an OCDBT data file depends on the write's timing, and when that
     # file held only optimizer state the parameters still read, correctly, from step 8.)
     for data in (p for p in state.rglob('*') if p.is_file() and p.parent.name == 'd'):
-      data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+      data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
   else:
     (state / '_METADATA').unlink()
 
 
 @pytest.mark.parametrize('how', ['truncated array file', 'missing metadata file'])
-def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(run8, small_features, tmp_path,
-                                                                  how):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
+  run8, small_features, tmp_path, how
+):
   workdir = _copy(run8[0], tmp_path)
   _damage(workdir / 'checkpoints' / '8', how)
   # Conversion and init_from read the newest intact checkpoint, and leave the workdir as it is.
   at_4 = convert.Converter.restore(str(workdir), step=4)
   mel = np.random.default_rng(0).normal(-4, 1, (80, 64)).astype(np.float32)
-  np.testing.assert_array_equal(convert.Converter.restore(str(workdir)).reconstruct(mel)[0],
-                                at_4.reconstruct(mel)[0])
+  np.testing.assert_array_equal(
+    convert.Converter.restore(str(workdir)).reconstruct(mel)[0], at_4.reconstruct(mel)[0]
+  )
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']
   # Training moves the damaged one aside (nothing is deleted) and redoes steps 5 to 8 exactly.
   summary = train.train_and_evaluate(tiny_config(small_features), str(workdir))
@@ -187,7 +229,8 @@ def test_conversion_reads_parameters_only(run8, tmp_path):
     shutil.rmtree(workdir / 'checkpoints' / step / 'data')
   out = tmp_path / 'o.wav'
   convert.Converter.restore(str(workdir)).convert_file(
-      str(DEMO / 'awb' / 'awb_002.ogg'), [str(DEMO / 'slt' / 'slt_003.ogg')], str(out))
+    str(DEMO / 'awb' / 'awb_002.ogg'), [str(DEMO / 'slt' / 'slt_003.ogg')], str(out)
+  )
   assert out.stat().st_size > 1000
 
 
@@ -203,16 +246,24 @@ def test_conversion_never_overwrites_an_input_and_checks_every_job_first(run8, t
   with pytest.raises(errors.ConversionError, match='is a folder: give a file name'):
     converter.convert_file(str(source), [target], str(tmp_path))
   with pytest.raises(errors.ConversionError, match='would both be written to'):
-    converter.convert_many([(str(source), [target], str(tmp_path / 'x.wav')),
-                            (target, [str(source)], str(tmp_path / 'x.wav'))])
+    converter.convert_many(
+      [
+        (str(source), [target], str(tmp_path / 'x.wav')),
+        (target, [str(source)], str(tmp_path / 'x.wav')),
+      ]
+    )
   assert not (tmp_path / 'x.wav').exists()
   pairs = tmp_path / 'pairs.csv'
-  pairs.write_bytes('\ufeffsource,target,output\n'.encode('utf-8')
-                    + f'{source},{target},{tmp_path / "p.wav"}\n{source},{target},\n'.encode())
+  pairs.write_bytes(
+    '\ufeffsource,target,output\n'.encode('utf-8')
+    + f'{source},{target},{tmp_path / "p.wav"}\n{source},{target},\n'.encode()
+  )
   with pytest.raises(errors.ConversionError, match=r'pairs.csv line 3: the output is empty'):
     convert.read_pairs(str(pairs))
-  pairs.write_bytes('\ufeffsource,target,output\n'.encode('utf-8')
-                    + f'{source},{target},{tmp_path / "p.wav"}\n'.encode())
+  pairs.write_bytes(
+    '\ufeffsource,target,output\n'.encode('utf-8')
+    + f'{source},{target},{tmp_path / "p.wav"}\n'.encode()
+  )
   assert convert.read_pairs(str(pairs)) == [(str(source), [target], str(tmp_path / 'p.wav'))]
 
 
@@ -220,11 +271,18 @@ def test_a_folder_with_a_bad_file_and_shared_names_converts_everything_else(run8
   sources = tmp_path / 'sources'
   sources.mkdir()
   shutil.copy(DEMO / 'awb' / 'awb_002.ogg', sources / 'a.ogg')
-  shutil.copy(sources / 'a.ogg', sources / 'a.wav')  # same name, other extension (decodes by content)
+  shutil.copy(
+    sources / 'a.ogg', sources / 'a.wav'
+  )  # same name, other extension (decodes by content)
   (sources / 'bad.wav').write_bytes(b'RIFF....WAVEfmt nonsense')
   shutil.copy(DEMO / 'kal' / 'kal_002.ogg', sources / 'z.ogg')
-  proc = _main('--mode=convert', f'--workdir={run8[0]}', f'--source_dir={sources}',
-               f'--target={DEMO / "slt" / "slt_003.ogg"}', f'--output_dir={tmp_path / "out"}')
+  proc = _main(
+    '--mode=convert',
+    f'--workdir={run8[0]}',
+    f'--source_dir={sources}',
+    f'--target={DEMO / "slt" / "slt_003.ogg"}',
+    f'--output_dir={tmp_path / "out"}',
+  )
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 1
   error = _one_error(out)
@@ -235,26 +293,44 @@ def test_a_folder_with_a_bad_file_and_shared_names_converts_everything_else(run8
 
 # ---- preprocessing --------------------------------------------------------------------------------
 
+
 def _on_disk(out) -> list[str]:
-  return sorted(os.path.join(side, f) for side in ('train', 'test') if (out / side).is_dir()
-                for f in os.listdir(out / side) if f.endswith('.npy'))
+  return sorted(
+    os.path.join(side, f)
+    for side in ('train', 'test')
+    if (out / side).is_dir()
+    for f in os.listdir(out / side)
+    if f.endswith('.npy')
+  )
 
 
 def _preprocess(*args, env=None):
-  return subprocess.run([sys.executable, 'preprocess.py', *map(str, args), '--noprogress'], cwd=REPO,
-                        capture_output=True, text=True, timeout=600,
-                        env=None if env is None else dict(os.environ, **env))
+  return subprocess.run(
+    [sys.executable, 'preprocess.py', *map(str, args), '--noprogress'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=None if env is None else dict(os.environ, **env),
+  )
 
 
 def test_a_changed_split_moves_features_and_the_manifest_says_what_is_there(small_corpus, tmp_path):
   out = tmp_path / 'out'
   from skipvqvc_jax import preprocessing
+
   quiet = dict(workers=1, progress=False, log=lambda _: None)
   preprocessing.preprocess(str(small_corpus), str(out), test_speakers=['esf2', 'esm1'], **quiet)
   os.remove(out / 'split.json')  # what the error message says to do to change the split
   logs = []
-  manifest = preprocessing.preprocess(str(small_corpus), str(out), test_speakers=['awb', 'esm1'],
-                                      workers=1, progress=False, log=logs.append)
+  manifest = preprocessing.preprocess(
+    str(small_corpus),
+    str(out),
+    test_speakers=['awb', 'esm1'],
+    workers=1,
+    progress=False,
+    log=logs.append,
+  )
   train_speakers = {corpus_speaker(f) for f in os.listdir(out / 'train')}
   test_speakers = {corpus_speaker(f) for f in os.listdir(out / 'test')}
   assert test_speakers == {'awb', 'esm1'} and not train_speakers & test_speakers
@@ -266,9 +342,11 @@ def corpus_speaker(name):
   return name.split('_', 1)[0]
 
 
-def test_an_interrupted_run_cannot_continue_with_other_parameters(small_corpus, tmp_path,
-                                                                  monkeypatch):
+def test_an_interrupted_run_cannot_continue_with_other_parameters(
+  small_corpus, tmp_path, monkeypatch
+):
   from skipvqvc_jax import audio, preprocessing
+
   out = tmp_path / 'out'
   done = []
   real = preprocessing._featurise  # pylint: disable=protected-access
@@ -281,19 +359,34 @@ def test_an_interrupted_run_cannot_continue_with_other_parameters(small_corpus, 
 
   monkeypatch.setattr(preprocessing, '_featurise', interrupted)
   with pytest.raises(KeyboardInterrupt):
-    preprocessing.preprocess(str(small_corpus), str(out), audio.FeatureParams(n_mels=40), workers=1,
-                             progress=False, log=lambda _: None)
+    preprocessing.preprocess(
+      str(small_corpus),
+      str(out),
+      audio.FeatureParams(n_mels=40),
+      workers=1,
+      progress=False,
+      log=lambda _: None,
+    )
   manifest = fileio.load_json(out / 'manifest.json')
   assert manifest['complete'] is False and [i['file'] for i in manifest['items']] == _on_disk(out)
   monkeypatch.setattr(preprocessing, '_featurise', real)
   with pytest.raises(errors.CorpusError, match=r'other parameters \(n_mels: 40 != 80\)'):
-    preprocessing.preprocess(str(small_corpus), str(out), workers=1, progress=False,
-                             log=lambda _: None)
+    preprocessing.preprocess(
+      str(small_corpus), str(out), workers=1, progress=False, log=lambda _: None
+    )
   with pytest.raises(errors.CorpusError, match='did not finish'):  # training refuses it too
-    train.train_and_evaluate(tiny_config(out, **{'features.n_mels': 40, 'data.test_dir': str(
-        out / 'train')}), str(tmp_path / 'w'))
-  finished = preprocessing.preprocess(str(small_corpus), str(out), audio.FeatureParams(n_mels=40),
-                                      workers=1, progress=False, log=lambda _: None)
+    train.train_and_evaluate(
+      tiny_config(out, **{'features.n_mels': 40, 'data.test_dir': str(out / 'train')}),
+      str(tmp_path / 'w'),
+    )
+  finished = preprocessing.preprocess(
+    str(small_corpus),
+    str(out),
+    audio.FeatureParams(n_mels=40),
+    workers=1,
+    progress=False,
+    log=lambda _: None,
+  )
   assert finished['complete'] and len(finished['items']) == 24 == len(_on_disk(out))
   assert not (out / preprocessing.STAMP).exists()
 
@@ -307,14 +400,28 @@ def test_a_killed_worker_stops_the_run_instead_of_hanging(tmp_path):
   audio_dir = tmp_path / 'audio'
   for speaker in ('awb', 'slt', 'kal', 'rms'):
     shutil.copytree(DEMO / speaker, audio_dir / speaker)
-  proc = subprocess.Popen([sys.executable, 'preprocess.py', str(audio_dir), str(tmp_path / 'out'),
-                           '--workers=2', '--noprogress'], cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      'preprocess.py',
+      str(audio_dir),
+      str(tmp_path / 'out'),
+      '--workers=2',
+      '--noprogress',
+    ],
+    cwd=REPO,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
   deadline = time.time() + 120
   while time.time() < deadline and not list((tmp_path / 'out').glob('*/*.npy')):
     time.sleep(0.2)
-  workers = [c for c in _children(proc.pid)
-             if 'spawn_main' in open(f'/proc/{c}/cmdline').read().replace('\0', ' ')]
+  workers = [
+    c
+    for c in _children(proc.pid)
+    if 'spawn_main' in open(f'/proc/{c}/cmdline').read().replace('\0', ' ')
+  ]
   assert workers, 'no worker process found'
   os.kill(workers[0], signal.SIGKILL)  # what the out-of-memory killer does
   out, err = proc.communicate(timeout=120)  # it must end, not wait for the dead worker forever
@@ -322,7 +429,8 @@ def test_a_killed_worker_stops_the_run_instead_of_hanging(tmp_path):
   assert 'a worker process died' in _one_error(err)
   manifest = fileio.load_json(tmp_path / 'out' / 'manifest.json')
   assert not manifest['complete'] and [i['file'] for i in manifest['items']] == _on_disk(
-      tmp_path / 'out')
+    tmp_path / 'out'
+  )
   again = _preprocess(audio_dir, tmp_path / 'out')
   assert again.returncode == 0, again.stderr[-2000:]
   assert len(_on_disk(tmp_path / 'out')) == 96
@@ -335,7 +443,9 @@ def test_broken_links_truncated_features_and_names_that_are_not_utf8(small_corpu
   odd = os.fsdecode(b'awb_\xff\xfe.ogg')  # Latin-1 bytes, not UTF-8
   shutil.copy(audio_dir / 'awb' / 'awb_001.ogg', os.path.join(audio_dir, 'awb', odd))
   out = tmp_path / 'out'
-  first = _preprocess(audio_dir, out, '--test_speakers=esf2,esm1', env={'PYTHONIOENCODING': 'utf-8'})
+  first = _preprocess(
+    audio_dir, out, '--test_speakers=esf2,esm1', env={'PYTHONIOENCODING': 'utf-8'}
+  )
   assert first.returncode == 0, first.stderr[-2000:]
   assert 'skipped awb/awb_099.wav: a broken link' in first.stdout
   assert os.path.exists(os.path.join(out, 'train', os.fsdecode(b'awb_\xff\xfe.npy')))
@@ -352,8 +462,9 @@ def small_disk(tmp_path):
   """A 1 MiB file system of its own (tmpfs; needs root), to fill."""
   mount = tmp_path / 'disk'
   mount.mkdir()
-  result = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(mount)],
-                          capture_output=True, text=True)
+  result = subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(mount)], capture_output=True, text=True
+  )
   if result.returncode:
     pytest.skip(f'cannot mount a small tmpfs here: {result.stderr.strip()}')
   yield mount
@@ -370,8 +481,9 @@ def test_a_full_disk_in_preprocessing_is_one_line_and_keeps_what_was_made(small_
 
 
 def test_a_full_disk_in_training_is_one_line_and_does_not_hang(small_features, small_disk):
-  proc = _main(*main_flags(small_features, small_disk / 'w', num_train_steps=40,
-                           checkpoint_every_steps=2))
+  proc = _main(
+    *main_flags(small_features, small_disk / 'w', num_train_steps=40, checkpoint_every_steps=2)
+  )
   out, _ = proc.communicate(timeout=300)  # it ends
   assert proc.returncode == 1
   assert 'is full' in _one_error(out) and 'free some space and rerun' in _one_error(out)

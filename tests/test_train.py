@@ -1,4 +1,5 @@
 """Training end to end on real features: loss, resume, compilation, checkpoints, failures."""
+
 import json
 import os
 import shutil
@@ -12,16 +13,33 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from skipvqvc_jax.configs import default, vqvc_plus, vqvc_plus_cvae, vqvc_plus_resample, vqvc_plus_rhythm
-from skipvqvc_jax.configs import vqvc_plus_speaker_quantize, vqvc_plus_multi, vqvc_plus_multi_simple
-from skipvqvc_jax.configs import vqvc_plus_multi_rhythm, vqvc_plus_multi_speaker
 from skipvqvc_jax import checkpoints, errors, fileio, train
+from skipvqvc_jax.configs import (
+  default,
+  vqvc_plus,
+  vqvc_plus_cvae,
+  vqvc_plus_multi,
+  vqvc_plus_multi_rhythm,
+  vqvc_plus_multi_simple,
+  vqvc_plus_multi_speaker,
+  vqvc_plus_resample,
+  vqvc_plus_rhythm,
+  vqvc_plus_speaker_quantize,
+)
 from skipvqvc_jax.tasks import voice_conversion
 from tests.conftest import REPO, main_flags, tiny_config
 
-CONFIG_FILES = [vqvc_plus, vqvc_plus_rhythm, vqvc_plus_resample, vqvc_plus_speaker_quantize,
-                vqvc_plus_cvae, vqvc_plus_multi, vqvc_plus_multi_simple, vqvc_plus_multi_rhythm,
-                vqvc_plus_multi_speaker]
+CONFIG_FILES = [
+  vqvc_plus,
+  vqvc_plus_rhythm,
+  vqvc_plus_resample,
+  vqvc_plus_speaker_quantize,
+  vqvc_plus_cvae,
+  vqvc_plus_multi,
+  vqvc_plus_multi_simple,
+  vqvc_plus_multi_rhythm,
+  vqvc_plus_multi_speaker,
+]
 
 
 def _params(workdir):
@@ -29,8 +47,10 @@ def _params(workdir):
 
 
 def _max_diff(a, b):
-  return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.abs(np.asarray(x) - np.asarray(y)).max())
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 @pytest.mark.parametrize('module', CONFIG_FILES, ids=lambda m: m.__name__.split('.')[-1])
@@ -53,13 +73,27 @@ def test_original_runs_are_presets():
   # The notebooks' checkpoints: VQVAE.ipynb and inference.ipynb.
   multi, simple = vqvc_plus_multi.get_config('n64_ch512'), vqvc_plus_multi_simple.get_config()
   assert (multi.model.name, multi.model.n_embed, multi.model.channel, multi.trainer) == (
-      'vqvc+_multi', 64, 512, 'simple_normalize_multi')
+    'vqvc+_multi',
+    64,
+    512,
+    'simple_normalize_multi',
+  )
   assert (simple.model.name, simple.model.n_embed, simple.model.channel, simple.trainer) == (
-      'vqvc+_multi_simple', 128, 512, 'simple_normalize_multi')
+    'vqvc+_multi_simple',
+    128,
+    512,
+    'simple_normalize_multi',
+  )
   assert vqvc_plus_multi.get_config('n64_ch64_mean_std').trainer == 'multi'
   base = default.get_config()
-  assert (base.batch_size, base.learning_rate, base.grad_clip_norm, base.latent_loss_weight,
-          base.log_every_steps, base.eval_every_steps) == (8, 1e-3, 3.0, 0.1, 5, 200)
+  assert (
+    base.batch_size,
+    base.learning_rate,
+    base.grad_clip_norm,
+    base.latent_loss_weight,
+    base.log_every_steps,
+    base.eval_every_steps,
+  ) == (8, 1e-3, 3.0, 0.1, 5, 200)
 
 
 @pytest.fixture(scope='module')
@@ -100,8 +134,9 @@ def test_checkpoint_dir_and_tensorboard_are_written(straight):
 
 def test_resume_false_moves_old_checkpoints_aside(small_features, tmp_path):
   first = train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(tmp_path))
-  again = train.train_and_evaluate(tiny_config(small_features, num_train_steps=4, resume=False),
-                                   str(tmp_path))
+  again = train.train_and_evaluate(
+    tiny_config(small_features, num_train_steps=4, resume=False), str(tmp_path)
+  )
   assert first['step'] == again['step'] == 4 and again['start_step'] == 0
   assert [d for d in os.listdir(tmp_path) if d.startswith('checkpoints.old-')]
 
@@ -109,11 +144,13 @@ def test_resume_false_moves_old_checkpoints_aside(small_features, tmp_path):
 def test_init_from_another_run(straight, small_features, tmp_path):
   workdir, _ = straight
   summary = train.train_and_evaluate(
-      tiny_config(small_features, num_train_steps=1, init_from=str(workdir)), str(tmp_path))
+    tiny_config(small_features, num_train_steps=1, init_from=str(workdir)), str(tmp_path)
+  )
   assert summary['start_step'] == 0
   # Initialised from the trained run: its first loss is the trained model's, far below a fresh one.
-  fresh = train.train_and_evaluate(tiny_config(small_features, num_train_steps=1),
-                                   str(tmp_path / 'fresh'))
+  fresh = train.train_and_evaluate(
+    tiny_config(small_features, num_train_steps=1), str(tmp_path / 'fresh')
+  )
   assert summary['train_losses'][1] < fresh['train_losses'][1]
 
 
@@ -121,11 +158,13 @@ def test_a_resumed_run_does_not_read_init_from_again(straight, small_features, t
   source = tmp_path / 'source'
   shutil.copytree(straight[0], source)
   workdir = str(tmp_path / 'w')
-  train.train_and_evaluate(tiny_config(small_features, num_train_steps=2, init_from=str(source)),
-                           workdir)
+  train.train_and_evaluate(
+    tiny_config(small_features, num_train_steps=2, init_from=str(source)), workdir
+  )
   shutil.rmtree(source)  # once a run has its own checkpoint, init_from is neither read nor needed
   summary = train.train_and_evaluate(
-      tiny_config(small_features, num_train_steps=4, init_from=str(source)), workdir)
+    tiny_config(small_features, num_train_steps=4, init_from=str(source)), workdir
+  )
   assert summary['start_step'] == 2 and summary['step'] == 4
 
 
@@ -175,8 +214,9 @@ def test_an_unfinished_save_is_never_the_latest(straight):
 
 def test_user_errors_are_one_line(small_features, tmp_path):
   with pytest.raises(errors.CorpusError, match='does not exist'):
-    train.train_and_evaluate(tiny_config(small_features, **{'data.train_dir': str(tmp_path / 'x')}),
-                             str(tmp_path / 'w1'))
+    train.train_and_evaluate(
+      tiny_config(small_features, **{'data.train_dir': str(tmp_path / 'x')}), str(tmp_path / 'w1')
+    )
   # mean_std without statistics
   bare = tmp_path / 'bare'
   shutil.copytree(small_features / 'train', bare / 'train')
@@ -185,8 +225,9 @@ def test_user_errors_are_one_line(small_features, tmp_path):
     train.train_and_evaluate(tiny_config(bare, trainer='mean_std'), str(tmp_path / 'w2'))
   # features made with other parameters than the config's
   with pytest.raises(errors.CorpusError, match=r'hop_length: 256 != 200'):
-    train.train_and_evaluate(tiny_config(small_features, **{'features.hop_length': 200}),
-                             str(tmp_path / 'w3'))
+    train.train_and_evaluate(
+      tiny_config(small_features, **{'features.hop_length': 200}), str(tmp_path / 'w3')
+    )
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_features, tmp_path):
@@ -201,23 +242,41 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_features
     mel = np.load(f)
     mel[:, :] = np.inf
     fileio.save_npy(str(f), mel)
-  with pytest.raises(errors.TrainingError, match=r'loss became (inf|nan) at step 3: stopping; .* '
-                                                r'last good checkpoint is step 2'):
+  with pytest.raises(
+    errors.TrainingError,
+    match=r'loss became (inf|nan) at step 3: stopping; .* '
+    r'last good checkpoint is step 2',
+  ):
     train.train_and_evaluate(config, str(workdir))
   restored = checkpoints.load(str(workdir))  # still readable, and finite
-  assert all(np.isfinite(np.asarray(x)).all()
-             for x in jax.tree.leaves(nnx.state(restored, nnx.Param)))
+  assert all(
+    np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(nnx.state(restored, nnx.Param))
+  )
 
 
 def _main(*args, env=None, **kw):
-  return subprocess.Popen([sys.executable, 'main.py', *args], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+  return subprocess.Popen(
+    [sys.executable, 'main.py', *args],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kw,
+  )
 
 
 def test_sigterm_saves_a_restorable_checkpoint(small_features, tmp_path):
   workdir = tmp_path / 'w'
-  proc = _main(*main_flags(small_features, workdir, num_train_steps=100000,
-                       checkpoint_every_steps=100000, log_every_steps=1))
+  proc = _main(
+    *main_flags(
+      small_features,
+      workdir,
+      num_train_steps=100000,
+      checkpoint_every_steps=100000,
+      log_every_steps=1,
+    )
+  )
   deadline = time.time() + 240
   lines = []
   for line in proc.stdout:  # wait until training is under way
@@ -234,8 +293,11 @@ def test_sigterm_saves_a_restorable_checkpoint(small_features, tmp_path):
 
 
 def test_main_reports_bad_data_in_one_line(tmp_path):
-  proc = _main('--config=configs/vqvc_plus.py:n64_ch64', f'--workdir={tmp_path}/w',
-               f'--config.data.train_dir={tmp_path}/missing')
+  proc = _main(
+    '--config=configs/vqvc_plus.py:n64_ch64',
+    f'--workdir={tmp_path}/w',
+    f'--config.data.train_dir={tmp_path}/missing',
+  )
   out, _ = proc.communicate(timeout=240)
   assert proc.returncode == 1
   assert f'error: data.train_dir {tmp_path}/missing does not exist' in out

@@ -1,23 +1,27 @@
 """The trainers' table: normalisations that invert and follow the original, the rhythm stretch."""
+
 import numpy as np
 import pytest
 
 
 def test_normalisations_invert_and_follow_the_original(small_features):
   from skipvqvc_jax import trainers
+
   mel = np.random.default_rng(0).normal(-2, 2, (2, 80, 16)).astype(np.float32)
   simple = trainers.get('simple_normalize')
   np.testing.assert_allclose(simple.normalize(mel), (mel * 25 + 50) / 50, rtol=1e-6)
   np.testing.assert_allclose(simple.denormalize(simple.normalize(mel)), mel, atol=1e-5)
   mean_std = trainers.get('mean_std', str(small_features / 'stats.npz'))
   stats = np.load(small_features / 'stats.npz')
-  np.testing.assert_allclose(mean_std.normalize(mel),
-                             (mel - stats['mean'][:, None]) / stats['std'][:, None] / 3, rtol=1e-5)
+  np.testing.assert_allclose(
+    mean_std.normalize(mel), (mel - stats['mean'][:, None]) / stats['std'][:, None] / 3, rtol=1e-5
+  )
   np.testing.assert_allclose(mean_std.denormalize(mean_std.normalize(mel)), mel, atol=1e-4)
   # train_multi.py: the corpus mean/std without mean_std's / 3.
   multi = trainers.get('multi', str(small_features / 'stats.npz'))
-  np.testing.assert_allclose(multi.normalize(mel),
-                             (mel - stats['mean'][:, None]) / stats['std'][:, None], rtol=1e-5)
+  np.testing.assert_allclose(
+    multi.normalize(mel), (mel - stats['mean'][:, None]) / stats['std'][:, None], rtol=1e-5
+  )
   # A multi-scale model's coarser outputs are the lowest bands: they take those bands' statistics.
   low = multi.normalize(mel[0])[:20]
   np.testing.assert_allclose(multi.denormalize_bands(low, 80), mel[0, :20], atol=1e-4)
@@ -29,6 +33,7 @@ def test_normalisations_invert_and_follow_the_original(small_features):
 
 def test_rhythm_stretch_has_a_bounded_set_of_lengths():
   from skipvqvc_jax import trainers
+
   mel = np.arange(128, dtype=np.float32)[None, None, :].repeat(2, 0)
   lengths = set()
   rng = np.random.default_rng(0)
@@ -43,6 +48,7 @@ def test_rhythm_stretch_has_a_bounded_set_of_lengths():
 def test_each_trainer_row_trains_the_models_it_declares():
   from skipvqvc_jax import models, trainers
   from skipvqvc_jax.errors import ConfigError
+
   trains = {}
   for trainer in trainers.TRAINERS.values():
     assert trainer.normalisation in trainers.NORMALISATIONS

@@ -1,4 +1,5 @@
 """Training a vocoder on real audio: exact audio/mel pairing, losses, resume, conversion and eval."""
+
 import json
 import os
 import shutil
@@ -7,15 +8,23 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import soundfile as sf
 from flax import nnx
 
-import orbax.checkpoint as ocp
-
+from skipvqvc_jax import (
+  audio,
+  checkpoints,
+  convert,
+  corpus,
+  errors,
+  evaluate,
+  fileio,
+  train,
+  vocoders,
+)
 from skipvqvc_jax.configs import vocoder as vocoder_configs
-from skipvqvc_jax import (audio, checkpoints, convert, corpus, errors, evaluate, fileio, train,
-                          vocoders)
 from skipvqvc_jax.tasks import vocoder as vocoder_task
 from skipvqvc_jax.tasks import waveforms
 from tests.conftest import REPO, read_events, tiny_config
@@ -44,13 +53,15 @@ def test_every_preset_builds():
 
 def test_cached_waveforms_pair_exactly_with_their_features(small_features, tmp_path):
   logs = []
-  waveforms.cache_waveforms(str(small_features / 'test'), str(tmp_path), audio.FeatureParams(),
-                            log=logs.append)
+  waveforms.cache_waveforms(
+    str(small_features / 'test'), str(tmp_path), audio.FeatureParams(), log=logs.append
+  )
   assert logs[-1].startswith('caching waveforms: 12/12 files (100%)')  # the phase reports
   cached = sorted(os.listdir(tmp_path))
   assert cached == sorted(os.listdir(small_features / 'test'))
-  sources = corpus.source_waveforms([str(small_features / 'test' / name) for name in cached[:3]],
-                                    audio.FeatureParams())
+  sources = corpus.source_waveforms(
+    [str(small_features / 'test' / name) for name in cached[:3]], audio.FeatureParams()
+  )
   for name in cached[:3]:
     feature = np.load(small_features / 'test' / name)
     wave = sources[str(small_features / 'test' / name)]
@@ -72,8 +83,9 @@ def straight(small_features, tmp_path_factory):
 @pytest.fixture(scope='module')
 def resumed(small_features, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('vocoder_resumed')
-  first = train.train_and_evaluate(tiny_vocoder_config(small_features, num_train_steps=4),
-                                   str(workdir))
+  first = train.train_and_evaluate(
+    tiny_vocoder_config(small_features, num_train_steps=4), str(workdir)
+  )
   second = train.train_and_evaluate(tiny_vocoder_config(small_features), str(workdir))
   return workdir, first, second
 
@@ -88,24 +100,40 @@ def test_losses_move_and_both_networks_learn(straight, small_features):
   last = summary['last_train']
   assert np.isfinite([last['d_loss'], last['adversarial_loss'], last['feature_loss']]).all()
   config = tiny_vocoder_config(small_features)
-  fresh = dict(generator=checkpoints.params_of(vocoder_task.build_generator(config)),
-               discriminator=checkpoints.params_of(vocoder_task.build_discriminators(config)))
+  fresh = dict(
+    generator=checkpoints.params_of(vocoder_task.build_generator(config)),
+    discriminator=checkpoints.params_of(vocoder_task.build_discriminators(config)),
+  )
   with checkpoints.TrainCheckpoints(str(workdir), async_save=False) as ckpt:
     state = ckpt.restore_subtree(dict(params=fresh))
     data_state = ckpt.manager.restore(8, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
   for net in ('generator', 'discriminator'):
-    moved = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state['params'][net]),
-                                                         jax.tree.leaves(fresh[net]))]
+    moved = [
+      float(np.abs(a - b).max())
+      for a, b in zip(jax.tree.leaves(state['params'][net]), jax.tree.leaves(fresh[net]))
+    ]
     assert max(moved) > 1e-4, net
   assert data_state  # the input pipeline's position is in the checkpoint
 
+
 def test_tensorboard_holds_losses_audio_and_mels(straight):
   values = read_events(str(straight[0]))
-  for tag in ('train/loss', 'train/d_loss', 'train/adversarial_loss', 'train/feature_loss',
-              'train/mel_l1', 'train/g_grad_norm', 'train/d_grad_norm', 'train/steps_per_sec',
-              'test/mel_l1', 'test/spectral_convergence'):
+  for tag in (
+    'train/loss',
+    'train/d_loss',
+    'train/adversarial_loss',
+    'train/feature_loss',
+    'train/mel_l1',
+    'train/g_grad_norm',
+    'train/d_grad_norm',
+    'train/steps_per_sec',
+    'test/mel_l1',
+    'test/spectral_convergence',
+  ):
     assert tag in values and all(v.HasField('simple_value') for _, v in values[tag]), tag
-  samples = int(0.5 * 22050) // 256 * 256  # sample_seconds of the first test utterance, whole frames
+  samples = (
+    int(0.5 * 22050) // 256 * 256
+  )  # sample_seconds of the first test utterance, whole frames
   for name in ('real', 'generated', 'griffin_lim'):
     sounds = values[f'audio/{name}']
     assert [s for s, _ in sounds] == [0, 8]
@@ -119,8 +147,9 @@ def test_resume_is_exact(straight, resumed):
   resumed_dir, first, second = resumed
   assert first['step'] == 4 and second['start_step'] == 4 and second['step'] == 8
   for step in range(5, 9):
-    np.testing.assert_allclose(second['train_losses'][step], summary['train_losses'][step],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      second['train_losses'][step], summary['train_losses'][step], rtol=1e-5
+    )
   a, b = _generator_params(workdir), _generator_params(resumed_dir)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, atol=1e-6)
@@ -136,20 +165,35 @@ def vc_workdir(small_features, tmp_path_factory):
 def test_convert_with_the_trained_vocoder(straight, vc_workdir, tmp_path):
   source = DEMO / 'kal' / 'kal_007.ogg'
   result = subprocess.run(
-      [sys.executable, 'main.py', '--mode=convert', f'--workdir={vc_workdir}', f'--source={source}',
-       f'--target={DEMO / "slt" / "slt_001.ogg"}', f'--output={tmp_path / "out.wav"}',
-       f'--vocoder={straight[0]}'], cwd=REPO, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      'main.py',
+      '--mode=convert',
+      f'--workdir={vc_workdir}',
+      f'--source={source}',
+      f'--target={DEMO / "slt" / "slt_001.ogg"}',
+      f'--output={tmp_path / "out.wav"}',
+      f'--vocoder={straight[0]}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   wave, sr = sf.read(tmp_path / 'out.wav')
   assert sr == 22050 and len(wave) == audio.file_to_log_mel(str(source))[0].shape[1] * 256
   assert np.isfinite(wave).all() and 0 < np.abs(wave).max() <= 1
-  with pytest.raises(convert.ConversionError, match='trains a vocoder, not a voice-conversion model'):
+  with pytest.raises(
+    convert.ConversionError, match='trains a vocoder, not a voice-conversion model'
+  ):
     convert.Converter.restore(str(straight[0]))
 
 
 def test_eval_compares_griffin_lim_with_the_neural_vocoder(straight, vc_workdir):
-  metrics = evaluate.run(str(vc_workdir), vocoder=str(straight[0]), num_pairs=2, report_pairs=1,
-                         num_vocoder_utterances=2)
+  metrics = evaluate.run(
+    str(vc_workdir), vocoder=str(straight[0]), num_pairs=2, report_pairs=1, num_vocoder_utterances=2
+  )
   compared = metrics['vocoders']
   assert compared['utterances'] == 2 and set(compared) == {'utterances', 'griffin_lim', 'melgan'}
   for name in ('griffin_lim', 'melgan'):
@@ -157,7 +201,10 @@ def test_eval_compares_griffin_lim_with_the_neural_vocoder(straight, vc_workdir)
     if metrics['speaker_similarity']['available']:  # with the eval extra installed
       assert -1 <= compared[name]['similarity_to_real'] <= 1
   # Griffin-Lim inverts the real magnitude; an 8-step vocoder is still far from it.
-  assert compared['griffin_lim']['resynthesis_lmcd_dtw_db'] < compared['melgan']['resynthesis_lmcd_dtw_db']
+  assert (
+    compared['griffin_lim']['resynthesis_lmcd_dtw_db']
+    < compared['melgan']['resynthesis_lmcd_dtw_db']
+  )
   page = (vc_workdir / 'eval' / 'step_2' / 'report.html').read_text()
   assert '<h2>Vocoders</h2>' in page
   for name in ('real', 'griffin_lim', 'melgan'):
@@ -178,9 +225,18 @@ def test_vocoder_data_errors_name_the_problem(small_features, tmp_path):
   with pytest.raises(errors.CorpusError, match='is missing: training a vocoder needs the audio'):
     waveforms.waveform_dir(str(moved / 'train'), str(tmp_path / 'w2'), audio.FeatureParams())
   result = subprocess.run(
-      [sys.executable, 'main.py', '--config=configs/vocoder.py:melgan',
-       f'--config.data.train_dir={moved / "train"}', f'--workdir={tmp_path / "w3"}'],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      'main.py',
+      '--config=configs/vocoder.py:melgan',
+      f'--config.data.train_dir={moved / "train"}',
+      f'--workdir={tmp_path / "w3"}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert 'is missing: training a vocoder needs the audio' in result.stderr.strip().splitlines()[-1]
   with pytest.raises(ValueError, match='a vocoder training workdir'):
@@ -188,57 +244,96 @@ def test_vocoder_data_errors_name_the_problem(small_features, tmp_path):
 
 
 def test_fine_tuning_starts_from_a_ported_generator(small_features, ported_melgan, tmp_path):
-  config = tiny_vocoder_config(small_features, num_train_steps=1, **{
-      'generator.ngf': 32, 'generator.residual_layers': 3, 'init_from': str(ported_melgan[0])})
+  config = tiny_vocoder_config(
+    small_features,
+    num_train_steps=1,
+    **{'generator.ngf': 32, 'generator.residual_layers': 3, 'init_from': str(ported_melgan[0])},
+  )
   train.train_and_evaluate(config, str(tmp_path / 'tuned'))
   ported = nnx.to_pure_dict(nnx.state(vocoders.load_generator(str(ported_melgan[0])), nnx.Param))
   tuned = _generator_params(tmp_path / 'tuned')
   # One Adam step moves each weight by about the learning rate (1e-4), no more.
-  steps = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
-           for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(ported))]
+  steps = [
+    float(np.abs(np.asarray(a) - np.asarray(b)).max())
+    for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(ported))
+  ]
   assert 0 < max(steps) < 3e-4
   with pytest.raises(errors.TrainingError, match='holds .*ngf.: 32.*not the configured'):
-    train.train_and_evaluate(tiny_vocoder_config(small_features, init_from=str(ported_melgan[0])),
-                             str(tmp_path / 'mismatch'))
+    train.train_and_evaluate(
+      tiny_vocoder_config(small_features, init_from=str(ported_melgan[0])),
+      str(tmp_path / 'mismatch'),
+    )
 
 
 def test_export_to_the_original_format_and_back(straight, tmp_path):
   run = [sys.executable, '-m', 'skipvqvc_jax.port_torch']
-  result = subprocess.run(run + ['export', str(straight[0]), str(tmp_path / 'g.npz')], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    run + ['export', str(straight[0]), str(tmp_path / 'g.npz')],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   with np.load(tmp_path / 'g.npz') as state_dict:
     assert 'model.1.weight_g' in state_dict.files and 'model.1.weight_v' in state_dict.files
-  result = subprocess.run(run + [str(tmp_path / 'g.npz'), str(tmp_path / 'back'), '--model=melgan'],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    run + [str(tmp_path / 'g.npz'), str(tmp_path / 'back'), '--model=melgan'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert json.loads(result.stdout)['ngf'] == 4
   mel = np.random.default_rng(0).normal(-4, 1, (1, 80, 12)).astype(np.float32)
   ours = checkpoints.load(str(straight[0]))(mel)
   back = vocoders.load_generator(str(tmp_path / 'back'))(mel)
   np.testing.assert_allclose(back, ours, atol=1e-6)
-  result = subprocess.run(run + ['export', str(tmp_path), str(tmp_path / 'x.npz')], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    run + ['export', str(tmp_path), str(tmp_path / 'x.npz')],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 1 and 'not a model directory or a training workdir' in result.stderr
 
 
 def test_two_devices_give_the_same_losses(straight, small_features, tmp_path):
   """The vocoder step shards its batch over the `data` mesh axis like the VC step: two simulated
   devices, one example each, train exactly as one device with both."""
-  script = ('import sys, jax; from tests.test_vocoder_training import tiny_vocoder_config; '
-            'from skipvqvc_jax import train; import pathlib; assert jax.device_count() == 2; '
-            'train.train_and_evaluate(tiny_vocoder_config(pathlib.Path(sys.argv[1])), sys.argv[2])')
+  script = (
+    'import sys, jax; from tests.test_vocoder_training import tiny_vocoder_config; '
+    'from skipvqvc_jax import train; import pathlib; assert jax.device_count() == 2; '
+    'train.train_and_evaluate(tiny_vocoder_config(pathlib.Path(sys.argv[1])), sys.argv[2])'
+  )
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', script, str(small_features), str(tmp_path / 'two')],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, '-c', script, str(small_features), str(tmp_path / 'two')],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   two = json.load(open(tmp_path / 'two' / 'train_summary.json'))['train_losses']
-  np.testing.assert_allclose([two[str(s)] for s in range(1, 9)],
-                             [straight[1]['train_losses'][s] for s in range(1, 9)], rtol=1e-4)
+  np.testing.assert_allclose(
+    [two[str(s)] for s in range(1, 9)],
+    [straight[1]['train_losses'][s] for s in range(1, 9)],
+    rtol=1e-4,
+  )
   # Adam steps every weight by about the learning rate whatever its gradient's size, so where a
   # gradient is near zero the summation order of two devices can flip a step: rare, and at most a few
   # learning rates (1e-4) after 8 steps.
-  diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in zip(
-      jax.tree.leaves(_generator_params(tmp_path / 'two')),
-      jax.tree.leaves(_generator_params(straight[0])))])
+  diffs = np.concatenate(
+    [
+      np.abs(np.asarray(a) - np.asarray(b)).ravel()
+      for a, b in zip(
+        jax.tree.leaves(_generator_params(tmp_path / 'two')),
+        jax.tree.leaves(_generator_params(straight[0])),
+      )
+    ]
+  )
   assert diffs.max() < 5e-4 and np.mean(diffs > 1e-5) < 0.01, (diffs.max(), np.mean(diffs > 1e-5))

@@ -3,6 +3,7 @@
 `training_defaults()` holds what every task's loop reads (data, steps, logging, checkpoints, seed);
 `get_config()` adds the voice-conversion model and trainer; configs/vocoder.py adds a vocoder's.
 """
+
 import ml_collections
 
 from skipvqvc_jax import audio
@@ -22,7 +23,9 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.data.mic = 'mic1'  # when preprocessing VCTK 0.92: mic1 | mic2
   config.data.prefetch = 4  # batches read ahead in background threads
 
-  config.features = ml_collections.ConfigDict(audio.FeatureParams().to_dict())  # must match the data
+  config.features = ml_collections.ConfigDict(
+    audio.FeatureParams().to_dict()
+  )  # must match the data
 
   config.batch_size = 8  # global batch, split over every device of every process
   config.num_train_steps = 100_000  # a step budget (the original ran 800 epochs)
@@ -40,7 +43,9 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.seed = 0  # parameters, data order, crops and noise all derive from it
   config.resume = True  # continue from the workdir's latest checkpoint; False moves it aside
   config.init_from = ''  # a workdir or model directory to take initial parameters from
-  config.distributed = False  # call jax.distributed.initialize() (pods; also set by the environment)
+  config.distributed = (
+    False  # call jax.distributed.initialize() (pods; also set by the environment)
+  )
   return config
 
 

@@ -1,6 +1,7 @@
 """Vocoder presets: --config=configs/vocoder.py:PRESET. The generator is always MelGAN's (what
 SkipVQVC's conversions are heard through, and what `--vocoder=DIR` loads); presets differ in size,
 discriminators and losses."""
+
 import math
 
 import ml_collections
@@ -45,35 +46,66 @@ def base() -> ml_collections.ConfigDict:
   return config
 
 
-HIFIGAN_STYLE = {'discriminator.periods': (2, 3, 5, 7, 11), 'adversarial_loss': 'least_squares',
-                 # HiFi-GAN's 45 on natural-log mels, for our log10 mels
-                 'feature_loss_weight': 2.0, 'mel_loss_weight': 45.0 * math.log(10),
-                 'learning_rate': 2e-4,
-                 'adam_b1': 0.8, 'adam_b2': 0.99}
-DEMO = {'data.train_dir': 'data/demo_corpus', 'data.num_test_speakers': 2, 'generator.ngf': 16,
-        'discriminator.ndf': 4, 'discriminator.layers': 3, 'batch_size': 8, 'num_train_steps': 600,
-        'log_every_steps': 10, 'eval_every_steps': 200, 'checkpoint_every_steps': 200,
-        'eval_batches': 2, 'sample_seconds': 2.0}
+HIFIGAN_STYLE = {
+  'discriminator.periods': (2, 3, 5, 7, 11),
+  'adversarial_loss': 'least_squares',
+  # HiFi-GAN's 45 on natural-log mels, for our log10 mels
+  'feature_loss_weight': 2.0,
+  'mel_loss_weight': 45.0 * math.log(10),
+  'learning_rate': 2e-4,
+  'adam_b1': 0.8,
+  'adam_b2': 0.99,
+}
+DEMO = {
+  'data.train_dir': 'data/demo_corpus',
+  'data.num_test_speakers': 2,
+  'generator.ngf': 16,
+  'discriminator.ndf': 4,
+  'discriminator.layers': 3,
+  'batch_size': 8,
+  'num_train_steps': 600,
+  'log_every_steps': 10,
+  'eval_every_steps': 200,
+  'checkpoint_every_steps': 200,
+  'eval_batches': 2,
+  'sample_seconds': 2.0,
+}
 
 PRESETS = {
-    # SkipVQVC's vocoder: MelGAN's generator, multi-scale discriminator, hinge + feature matching.
-    'melgan': {},
-    # The MelGAN generator trained the HiFi-GAN way: + multi-period discriminator, mel L1,
-    # least-squares adversarial loss, HiFi-GAN's optimiser.
-    'hifigan_style': HIFIGAN_STYLE,
-    # Small versions of both on the bundled demo corpus, for a few minutes on a CPU.
-    'demo': DEMO,
-    'demo_hifigan_style': {**DEMO, **HIFIGAN_STYLE,
-                           'discriminator.period_channels': (16, 32, 64, 128, 128)},
-    # big_vision's `runlocal`: both discriminator kinds and every loss, with nets so narrow that a
-    # step takes well under a second on 16-frame segments (the tests' config).
-    'tiny': {'data.train_dir': 'data/demo_corpus', 'data.num_test_speakers': 2,
-             'data.segment_frames': 16, 'generator.ngf': 4, 'generator.residual_layers': 1,
-             'discriminator.scales': 2, 'discriminator.ndf': 4, 'discriminator.layers': 2,
-             'discriminator.periods': (2, 3), 'discriminator.period_channels': (4, 8, 8, 8, 8),
-             'mel_loss_weight': 45.0, 'batch_size': 2, 'num_train_steps': 8, 'log_every_steps': 1,
-             'eval_every_steps': 1000, 'checkpoint_every_steps': 4, 'eval_batches': 1,
-             'sample_seconds': 0.5},
+  # SkipVQVC's vocoder: MelGAN's generator, multi-scale discriminator, hinge + feature matching.
+  'melgan': {},
+  # The MelGAN generator trained the HiFi-GAN way: + multi-period discriminator, mel L1,
+  # least-squares adversarial loss, HiFi-GAN's optimiser.
+  'hifigan_style': HIFIGAN_STYLE,
+  # Small versions of both on the bundled demo corpus, for a few minutes on a CPU.
+  'demo': DEMO,
+  'demo_hifigan_style': {
+    **DEMO,
+    **HIFIGAN_STYLE,
+    'discriminator.period_channels': (16, 32, 64, 128, 128),
+  },
+  # big_vision's `runlocal`: both discriminator kinds and every loss, with nets so narrow that a
+  # step takes well under a second on 16-frame segments (the tests' config).
+  'tiny': {
+    'data.train_dir': 'data/demo_corpus',
+    'data.num_test_speakers': 2,
+    'data.segment_frames': 16,
+    'generator.ngf': 4,
+    'generator.residual_layers': 1,
+    'discriminator.scales': 2,
+    'discriminator.ndf': 4,
+    'discriminator.layers': 2,
+    'discriminator.periods': (2, 3),
+    'discriminator.period_channels': (4, 8, 8, 8, 8),
+    'mel_loss_weight': 45.0,
+    'batch_size': 2,
+    'num_train_steps': 8,
+    'log_every_steps': 1,
+    'eval_every_steps': 1000,
+    'checkpoint_every_steps': 4,
+    'eval_batches': 1,
+    'sample_seconds': 0.5,
+  },
 }
 
 

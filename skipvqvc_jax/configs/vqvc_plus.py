@@ -1,23 +1,44 @@
 """`vqvc+` presets: --config=configs/vqvc_plus.py:PRESET."""
+
 from skipvqvc_jax.configs import default
 
 PRESETS = {
-    # The paper's setting.
-    'n64_ch64': {'model.channel': 64, 'model.n_embed': 64},
-    'n128_ch128': {'model.channel': 128, 'model.n_embed': 128},
-    'n64_ch512_simple_normalize': {'model.channel': 512, 'model.n_embed': 64,
-                                   'trainer': 'simple_normalize'},
-    'n64_ch64_mean_std': {'model.channel': 64, 'model.n_embed': 64, 'trainer': 'mean_std'},
-    # Trains on the bundled demo corpus in a few minutes on 2 CPU cores.
-    'demo': {'model.channel': 32, 'model.n_embed': 32, 'data.train_dir': 'data/demo_corpus',
-             'data.num_test_speakers': 2, 'num_train_steps': 3000, 'log_every_steps': 10,
-             'eval_every_steps': 500, 'checkpoint_every_steps': 500, 'eval_batches': 2},
-    # big_vision's `runlocal`: a narrow model on 32-frame crops that trains 8 steps in seconds (the
-    # tests' config; point data.train_dir at any features folder).
-    'tiny': {'model.channel': 16, 'model.n_embed': 16, 'data.train_dir': 'data/demo_corpus',
-             'data.num_test_speakers': 2, 'data.crop_frames': 32, 'batch_size': 4,
-             'num_train_steps': 8, 'log_every_steps': 1, 'eval_every_steps': 1000,
-             'checkpoint_every_steps': 4, 'eval_batches': 1},
+  # The paper's setting.
+  'n64_ch64': {'model.channel': 64, 'model.n_embed': 64},
+  'n128_ch128': {'model.channel': 128, 'model.n_embed': 128},
+  'n64_ch512_simple_normalize': {
+    'model.channel': 512,
+    'model.n_embed': 64,
+    'trainer': 'simple_normalize',
+  },
+  'n64_ch64_mean_std': {'model.channel': 64, 'model.n_embed': 64, 'trainer': 'mean_std'},
+  # Trains on the bundled demo corpus in a few minutes on 2 CPU cores.
+  'demo': {
+    'model.channel': 32,
+    'model.n_embed': 32,
+    'data.train_dir': 'data/demo_corpus',
+    'data.num_test_speakers': 2,
+    'num_train_steps': 3000,
+    'log_every_steps': 10,
+    'eval_every_steps': 500,
+    'checkpoint_every_steps': 500,
+    'eval_batches': 2,
+  },
+  # big_vision's `runlocal`: a narrow model on 32-frame crops that trains 8 steps in seconds (the
+  # tests' config; point data.train_dir at any features folder).
+  'tiny': {
+    'model.channel': 16,
+    'model.n_embed': 16,
+    'data.train_dir': 'data/demo_corpus',
+    'data.num_test_speakers': 2,
+    'data.crop_frames': 32,
+    'batch_size': 4,
+    'num_train_steps': 8,
+    'log_every_steps': 1,
+    'eval_every_steps': 1000,
+    'checkpoint_every_steps': 4,
+    'eval_batches': 1,
+  },
 }
 
 

@@ -1,9 +1,10 @@
 """`vqvc+_cvae` (speaker VAE): --config=configs/vqvc_plus_cvae.py:n64_ch64."""
+
 from skipvqvc_jax.configs import default
 
 PRESETS = {
-    'n64_ch64': {'model.name': 'vqvc+_cvae', 'model.channel': 64, 'model.n_embed': 64},
-    'n128_ch128': {'model.name': 'vqvc+_cvae', 'model.channel': 128, 'model.n_embed': 128},
+  'n64_ch64': {'model.name': 'vqvc+_cvae', 'model.channel': 64, 'model.n_embed': 64},
+  'n128_ch128': {'model.name': 'vqvc+_cvae', 'model.channel': 128, 'model.n_embed': 128},
 }
 
 

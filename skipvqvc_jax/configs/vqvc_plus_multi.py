@@ -1,27 +1,49 @@
 """`vqvc+_multi` (the original's code-editing notebook, VQVAE.ipynb): --config=configs/vqvc_plus_multi.py:n64_ch512."""
+
 from skipvqvc_jax.configs import default
 
 _MULTI = {'model.name': 'vqvc+_multi', 'trainer': 'simple_normalize_multi'}
 
 PRESETS = {
-    # VQVAE.ipynb's checkpoint: vqvc+_multi_n64_ch512_train_simple_normalize_multi.
-    'n64_ch512': dict(_MULTI, **{'model.channel': 512, 'model.n_embed': 64}),
-    'n64_ch64': dict(_MULTI, **{'model.channel': 64, 'model.n_embed': 64}),
-    # The original's train_multi.py: VCTK per-band mean/std (here: the corpus's stats.npz).
-    'n64_ch64_mean_std': dict(_MULTI, **{'model.channel': 64, 'model.n_embed': 64,
-                                         'trainer': 'multi'}),
-    # The bundled demo corpus in a few minutes on 2 CPU cores.
-    'demo': dict(_MULTI, **{'model.channel': 32, 'model.n_embed': 32,
-                            'data.train_dir': 'data/demo_corpus', 'data.num_test_speakers': 2,
-                            'num_train_steps': 3000, 'log_every_steps': 10,
-                            'eval_every_steps': 500, 'checkpoint_every_steps': 500,
-                            'eval_batches': 2}),
-    # A few steps in seconds (the tests' config).
-    'tiny': dict(_MULTI, **{'model.channel': 16, 'model.n_embed': 16,
-                            'data.train_dir': 'data/demo_corpus', 'data.num_test_speakers': 2,
-                            'data.crop_frames': 32, 'batch_size': 4, 'num_train_steps': 8,
-                            'log_every_steps': 1, 'eval_every_steps': 1000,
-                            'checkpoint_every_steps': 4, 'eval_batches': 1}),
+  # VQVAE.ipynb's checkpoint: vqvc+_multi_n64_ch512_train_simple_normalize_multi.
+  'n64_ch512': dict(_MULTI, **{'model.channel': 512, 'model.n_embed': 64}),
+  'n64_ch64': dict(_MULTI, **{'model.channel': 64, 'model.n_embed': 64}),
+  # The original's train_multi.py: VCTK per-band mean/std (here: the corpus's stats.npz).
+  'n64_ch64_mean_std': dict(
+    _MULTI, **{'model.channel': 64, 'model.n_embed': 64, 'trainer': 'multi'}
+  ),
+  # The bundled demo corpus in a few minutes on 2 CPU cores.
+  'demo': dict(
+    _MULTI,
+    **{
+      'model.channel': 32,
+      'model.n_embed': 32,
+      'data.train_dir': 'data/demo_corpus',
+      'data.num_test_speakers': 2,
+      'num_train_steps': 3000,
+      'log_every_steps': 10,
+      'eval_every_steps': 500,
+      'checkpoint_every_steps': 500,
+      'eval_batches': 2,
+    },
+  ),
+  # A few steps in seconds (the tests' config).
+  'tiny': dict(
+    _MULTI,
+    **{
+      'model.channel': 16,
+      'model.n_embed': 16,
+      'data.train_dir': 'data/demo_corpus',
+      'data.num_test_speakers': 2,
+      'data.crop_frames': 32,
+      'batch_size': 4,
+      'num_train_steps': 8,
+      'log_every_steps': 1,
+      'eval_every_steps': 1000,
+      'checkpoint_every_steps': 4,
+      'eval_batches': 1,
+    },
+  ),
 }
 
 

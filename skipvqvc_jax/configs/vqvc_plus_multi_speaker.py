@@ -1,6 +1,7 @@
 """The multi-scale variants no notebook names, with the multi trainer the original's forward() fits:
 `vqvc+_multi_ps`, `vqvc+_multi_cav`, `vqvc+_multi_codebook_gen`.
 --config=configs/vqvc_plus_multi_speaker.py:cav_n64_ch64."""
+
 from skipvqvc_jax.configs import default, vqvc_plus_multi
 
 PRESETS = {}

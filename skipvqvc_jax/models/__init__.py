@@ -4,28 +4,50 @@ discriminators a vocoder trains against.
 `build(name, **sizes)` builds any of them; each model's `spec()` is the `build` arguments that rebuild
 it, so a saved model directory or a workdir needs nothing but the spec to be restored.
 """
+
 from __future__ import annotations
 
 from skipvqvc_jax.errors import ConfigError
+from skipvqvc_jax.models.base import Encoding, VQVCModel
 from skipvqvc_jax.models.discriminator import Discriminators
 from skipvqvc_jax.models.layers import GruInit
 from skipvqvc_jax.models.melgan import MelGANGenerator
-from skipvqvc_jax.models.multi import (VQVCPlusMulti, VQVCPlusMultiPS, VQVCPlusMultiRhythm,
-                                       VQVCPlusMultiSimple)
-from skipvqvc_jax.models.quantizer import code_statistics
+from skipvqvc_jax.models.multi import (
+  VQVCPlusMulti,
+  VQVCPlusMultiPS,
+  VQVCPlusMultiRhythm,
+  VQVCPlusMultiSimple,
+)
 from skipvqvc_jax.models.multi_speaker import VQVCPlusMultiCAV, VQVCPlusMultiCodebookGen
-from skipvqvc_jax.models.base import Encoding, VQVCModel
-from skipvqvc_jax.models.vqvc import (VQVCPlus, VQVCPlusCVAE, VQVCPlusResample,
-                                      VQVCPlusRhythm, VQVCPlusSpeakerQuantize)
+from skipvqvc_jax.models.quantizer import code_statistics
+from skipvqvc_jax.models.vqvc import (
+  VQVCPlus,
+  VQVCPlusCVAE,
+  VQVCPlusResample,
+  VQVCPlusRhythm,
+  VQVCPlusSpeakerQuantize,
+)
 
 # kind -> {name: class}; the voice-conversion names are the original's `--model` spellings.
 _REGISTRY: dict[str, dict[str, type]] = {
-    'voice_conversion': {cls.name: cls for cls in (
-        VQVCPlus, VQVCPlusRhythm, VQVCPlusResample, VQVCPlusSpeakerQuantize, VQVCPlusCVAE,
-        VQVCPlusMulti, VQVCPlusMultiSimple, VQVCPlusMultiRhythm, VQVCPlusMultiPS, VQVCPlusMultiCAV,
-        VQVCPlusMultiCodebookGen)},
-    'vocoder': {MelGANGenerator.name: MelGANGenerator},
-    'discriminator': {Discriminators.name: Discriminators},
+  'voice_conversion': {
+    cls.name: cls
+    for cls in (
+      VQVCPlus,
+      VQVCPlusRhythm,
+      VQVCPlusResample,
+      VQVCPlusSpeakerQuantize,
+      VQVCPlusCVAE,
+      VQVCPlusMulti,
+      VQVCPlusMultiSimple,
+      VQVCPlusMultiRhythm,
+      VQVCPlusMultiPS,
+      VQVCPlusMultiCAV,
+      VQVCPlusMultiCodebookGen,
+    )
+  },
+  'vocoder': {MelGANGenerator.name: MelGANGenerator},
+  'discriminator': {Discriminators.name: Discriminators},
 }
 _ALL = {name: cls for family in _REGISTRY.values() for name, cls in family.items()}
 
@@ -64,5 +86,18 @@ def build(name: str, *, seed: int = 0, **sizes):
   return get_class(name)(**sizes, seed=seed)
 
 
-__all__ = ['Discriminators', 'Encoding', 'code_statistics', 'GruInit', 'MelGANGenerator', 'VQVCModel', 'VQVCPlus', 'build',
-           'final_mel', 'get_class', 'is_multi_scale', 'kind_of', 'names']
+__all__ = [
+  'Discriminators',
+  'Encoding',
+  'code_statistics',
+  'GruInit',
+  'MelGANGenerator',
+  'VQVCModel',
+  'VQVCPlus',
+  'build',
+  'final_mel',
+  'get_class',
+  'is_multi_scale',
+  'kind_of',
+  'names',
+]

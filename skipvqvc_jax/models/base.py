@@ -12,7 +12,8 @@ speaker and std (batch, channels, 1). Inside, activations are channel-last (batc
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -107,7 +108,9 @@ class VQVCModel(nnx.Module):
   codebook_divisors: ClassVar[tuple[int, ...]] = (4, 2, 1)
   resample_factor: ClassVar[int] = 1  # content codes are resampled by this factor (vqvc+_resample)
   max_norm: ClassVar[bool] = False  # the codebooks renormalise the rows they look up
-  codebook_torch_name: ClassVar[str] = 'embedding.weight'  # nn.Embedding; 'embedding' for a Parameter
+  codebook_torch_name: ClassVar[str] = (
+    'embedding.weight'  # nn.Embedding; 'embedding' for a Parameter
+  )
   # Original modules that never take part in a forward pass: their weights are accepted and dropped.
   torch_unused: ClassVar[tuple[str, ...]] = (r'dec\.block0\.',)
 
@@ -211,9 +214,7 @@ class VQVCModel(nnx.Module):
       missing = 'enc.0.0.weight' if 'enc.0.0.weight' not in state_dict else names[0]
       raise PortError(f'not a SkipVQVC state dict: no {missing}')
     conv = state_dict['enc.0.0.weight'].shape
-    return dict(
-      channel=conv[0], n_embed=codebook[0] * cls.codebook_divisors[0], in_channel=conv[1]
-    )
+    return dict(channel=conv[0], n_embed=codebook[0] * cls.codebook_divisors[0], in_channel=conv[1])
 
   def torch_table(self) -> dict[str, tuple[nnx.Variable, str]]:
     """The original's state-dict name of every parameter -> (our parameter, layout): 'conv' for
@@ -248,7 +249,9 @@ class VQVCModel(nnx.Module):
     """Raises ValueError with a clear message unless mel is (batch, in_channel, k * frame_multiple)."""
     shape = tuple(mel.shape)
     if len(shape) != 3 or shape[1] != self.in_channel:
-      raise ValueError(f'{self.name}: {what} must be (batch, {self.in_channel}, frames); got {shape}')
+      raise ValueError(
+        f'{self.name}: {what} must be (batch, {self.in_channel}, frames); got {shape}'
+      )
     frames = shape[2]
     if frames == 0 or frames % self.frame_multiple:
       resampled = self.resample_factor > 1
@@ -384,9 +387,12 @@ class VQVCModel(nnx.Module):
     tgt = self.encode(target_mel, rng=keys[1])
     batch = src.content[0].shape[0]
     if tgt.content[0].shape[0] not in (1, batch):
-      raise ValueError(f'target batch {tgt.content[0].shape[0]} must be 1 or match the source batch '
-                       f'{batch}')
+      raise ValueError(
+        f'target batch {tgt.content[0].shape[0]} must be 1 or match the source batch {batch}'
+      )
     # A target batch of 1 serves every source item.
-    speaker, std = ([jnp.broadcast_to(a, (batch,) + a.shape[1:]) for a in terms]
-                    for terms in (tgt.speaker, tgt.std))
+    speaker, std = (
+      [jnp.broadcast_to(a, (batch,) + a.shape[1:]) for a in terms]
+      for terms in (tgt.speaker, tgt.std)
+    )
     return self.decode(src.content, speaker, std, src.rhythm, rng=keys[2])

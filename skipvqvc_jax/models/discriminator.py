@@ -11,6 +11,7 @@ losses (`tasks/vocoder.py`) read scores from the last entries and match features
   length samples / p; convolutions with (k, 1) kernels run down each column, so each sees every p-th
   sample. Folding the columns into the batch makes these the same 1-D convolutions.
 """
+
 from __future__ import annotations
 
 import jax
@@ -28,8 +29,17 @@ class ScaleDiscriminator(nnx.Module):
     channels = ndf
     for _ in range(layers):
       wider = min(channels * downsampling, 1024)
-      convs.append(WNConv(channels, wider, downsampling * 10 + 1, stride=downsampling,
-                          padding=downsampling * 5, groups=channels // 4, rngs=rngs))
+      convs.append(
+        WNConv(
+          channels,
+          wider,
+          downsampling * 10 + 1,
+          stride=downsampling,
+          padding=downsampling * 5,
+          groups=channels // 4,
+          rngs=rngs,
+        )
+      )
       channels = wider
     convs.append(WNConv(channels, min(channels * 2, 1024), 5, padding=2, rngs=rngs))
     self.convs = nnx.List(convs)
@@ -46,18 +56,21 @@ class ScaleDiscriminator(nnx.Module):
 
 def _avg_pool(x):
   """AvgPool1d(4, stride 2, padding 1, count_include_pad=False) over the time axis of (B, T, C)."""
-  window = lambda v: jax.lax.reduce_window(v, 0.0, jax.lax.add, (1, 4, 1), (1, 2, 1),
-                                           [(0, 0), (1, 1), (0, 0)])
+  window = lambda v: jax.lax.reduce_window(
+    v, 0.0, jax.lax.add, (1, 4, 1), (1, 2, 1), [(0, 0), (1, 1), (0, 0)]
+  )
   return window(x) / window(jnp.ones_like(x[:1, :, :1]))
 
 
 class MultiScaleDiscriminator(nnx.Module):
-  def __init__(self, scales: int = 3, ndf: int = 16, layers: int = 4, downsampling: int = 4, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, scales: int = 3, ndf: int = 16, layers: int = 4, downsampling: int = 4, *, rngs: nnx.Rngs
+  ):
     if ndf % 4 or ndf < 4:
       raise ValueError(f'ndf={ndf}: the grouped convolutions need a multiple of 4')
-    self.blocks = nnx.List([ScaleDiscriminator(ndf, layers, downsampling, rngs)
-                            for _ in range(scales)])
+    self.blocks = nnx.List(
+      [ScaleDiscriminator(ndf, layers, downsampling, rngs) for _ in range(scales)]
+    )
 
   def __call__(self, wave) -> list:
     x = wave[..., None]
@@ -75,9 +88,19 @@ class PeriodDiscriminator(nnx.Module):
   def __init__(self, period: int, channels: tuple = (32, 128, 512, 1024, 1024), *, rngs: nnx.Rngs):
     self.period = period
     widths = (1,) + tuple(channels)
-    self.convs = nnx.List([
-        WNConv(widths[i], widths[i + 1], 5, stride=3 if i < len(channels) - 1 else 1, padding=2,
-               rngs=rngs) for i in range(len(channels))])
+    self.convs = nnx.List(
+      [
+        WNConv(
+          widths[i],
+          widths[i + 1],
+          5,
+          stride=3 if i < len(channels) - 1 else 1,
+          padding=2,
+          rngs=rngs,
+        )
+        for i in range(len(channels))
+      ]
+    )
     self.score = WNConv(widths[-1], 1, 3, padding=1, rngs=rngs)
 
   def __call__(self, wave) -> list:
@@ -96,8 +119,13 @@ class PeriodDiscriminator(nnx.Module):
 
 
 class MultiPeriodDiscriminator(nnx.Module):
-  def __init__(self, periods: tuple = (2, 3, 5, 7, 11), channels: tuple = (32, 128, 512, 1024, 1024),
-               *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    periods: tuple = (2, 3, 5, 7, 11),
+    channels: tuple = (32, 128, 512, 1024, 1024),
+    *,
+    rngs: nnx.Rngs,
+  ):
     self.blocks = nnx.List([PeriodDiscriminator(p, tuple(channels), rngs=rngs) for p in periods])
 
   def __call__(self, wave) -> list:
@@ -109,15 +137,32 @@ class Discriminators(nnx.Module):
 
   name = 'discriminators'
 
-  def __init__(self, *, scales: int = 3, ndf: int = 16, layers: int = 4, downsampling: int = 4,
-               periods: tuple = (), period_channels: tuple = (32, 128, 512, 1024, 1024),
-               seed: int = 0):
+  def __init__(
+    self,
+    *,
+    scales: int = 3,
+    ndf: int = 16,
+    layers: int = 4,
+    downsampling: int = 4,
+    periods: tuple = (),
+    period_channels: tuple = (32, 128, 512, 1024, 1024),
+    seed: int = 0,
+  ):
     rngs = nnx.Rngs(params=seed)
-    self.sizes = dict(scales=scales, ndf=ndf, layers=layers, downsampling=downsampling,
-                      periods=tuple(periods), period_channels=tuple(period_channels))
+    self.sizes = dict(
+      scales=scales,
+      ndf=ndf,
+      layers=layers,
+      downsampling=downsampling,
+      periods=tuple(periods),
+      period_channels=tuple(period_channels),
+    )
     self.multi_scale = MultiScaleDiscriminator(scales, ndf, layers, downsampling, rngs=rngs)
-    self.multi_period = (MultiPeriodDiscriminator(tuple(periods), tuple(period_channels), rngs=rngs)
-                         if periods else None)
+    self.multi_period = (
+      MultiPeriodDiscriminator(tuple(periods), tuple(period_channels), rngs=rngs)
+      if periods
+      else None
+    )
 
   def spec(self) -> dict:
     """What rebuilds this model: `models.build(**spec)`."""

@@ -4,11 +4,13 @@ channels).
 Initialisers follow PyTorch's defaults so that a model trained from scratch here starts from the same
 distribution as the original; weights ported from the original replace them exactly.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +25,10 @@ GruInit = Literal['normal', 'zeros']
 
 def uniform_init(bound: float):
   """U(-bound, bound), the shape of PyTorch's default conv/GRU initialisers."""
+
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return init
 
 
@@ -35,13 +39,31 @@ def leaky_relu(x):
 class Conv1d(nnx.Conv):
   """A 1-D convolution with PyTorch's padding convention and default initialisation."""
 
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-               padding: int = 0, groups: int = 1, dilation: int = 1, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    dilation: int = 1,
+    rngs: nnx.Rngs,
+  ):
     bound = 1.0 / math.sqrt(in_channels // groups * kernel_size)
-    super().__init__(in_channels, out_channels, (kernel_size,), strides=(stride,),
-                     padding=[(padding, padding)], feature_group_count=groups,
-                     kernel_dilation=(dilation,), kernel_init=uniform_init(bound),
-                     bias_init=uniform_init(bound), rngs=rngs)
+    super().__init__(
+      in_channels,
+      out_channels,
+      (kernel_size,),
+      strides=(stride,),
+      padding=[(padding, padding)],
+      feature_group_count=groups,
+      kernel_dilation=(dilation,),
+      kernel_init=uniform_init(bound),
+      bias_init=uniform_init(bound),
+      rngs=rngs,
+    )
 
 
 def linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -54,7 +76,9 @@ def _group_mean(per_channel, groups: int, count: int):
   """(B, C) per-channel sums -> (B, 1, C): every channel gets its group's mean."""
   b, c = per_channel.shape
   size = c // groups
-  return jnp.repeat(jnp.sum(per_channel.reshape(b, groups, size), -1) / count, size, axis=1)[:, None]
+  return jnp.repeat(jnp.sum(per_channel.reshape(b, groups, size), -1) / count, size, axis=1)[
+    :, None
+  ]
 
 
 def _normalise_groups(x, groups: int, epsilon: float):
@@ -90,8 +114,11 @@ def _group_norm_bwd(groups, epsilon, residuals, dy):
   count = xhat.shape[1] * (xhat.shape[2] // groups)
   dy_sum = jnp.sum(dy, axis=1)  # (B, C)
   dy_xhat_sum = jnp.sum(dy * xhat, axis=1)
-  dx = inv * (scale * dy - _group_mean(dy_sum * scale, groups, count)
-              - xhat * _group_mean(dy_xhat_sum * scale, groups, count))
+  dx = inv * (
+    scale * dy
+    - _group_mean(dy_sum * scale, groups, count)
+    - xhat * _group_mean(dy_xhat_sum * scale, groups, count)
+  )
   return dx, jnp.sum(dy_xhat_sum, axis=0), jnp.sum(dy_sum, axis=0)
 
 
@@ -102,8 +129,13 @@ class GroupNorm(nnx.GroupNorm):
   """flax's GroupNorm parameters (`scale`, `bias`), computed by `group_norm_affine`."""
 
   def __call__(self, x, *args, **kwargs):
-    return group_norm_affine(x, self.scale[...].astype(x.dtype), self.bias[...].astype(x.dtype),
-                             self.num_groups, self.epsilon)
+    return group_norm_affine(
+      x,
+      self.scale[...].astype(x.dtype),
+      self.bias[...].astype(x.dtype),
+      self.num_groups,
+      self.epsilon,
+    )
 
 
 def group_norm(channels: int, rngs: nnx.Rngs, groups: int = NUM_GROUPS) -> GroupNorm:
@@ -160,9 +192,11 @@ def gru_scan(gates_x, h0, w_hh, b_hh):
   accumulation per step, which re-reads and re-writes a weight-sized buffer every frame (1.5x slower
   for the whole GRU at 512 channels, benchmarks/gru.py).
   """
+
   def step(h, gx):
     h, _ = _gru_step(h, gx, w_hh, b_hh)
     return h, h
+
   return jax.lax.scan(step, h0, gates_x)[1]
 
 
@@ -170,6 +204,7 @@ def _gru_scan_fwd(gates_x, h0, w_hh, b_hh):
   def step(h, gx):
     h_new, saved = _gru_step(h, gx, w_hh, b_hh)
     return h_new, (h_new, h, saved)
+
   _, (hs, h_prev, saved) = jax.lax.scan(step, h0, gates_x)
   return hs, (h_prev, saved, w_hh)
 
@@ -188,7 +223,8 @@ def _gru_scan_bwd(residuals, d_hs):
     return dh * z + d_gates_h @ w_hh.T, (d_gates_x, d_gates_h)
 
   dh0, (d_gates_x, d_gates_h) = jax.lax.scan(
-      step, jnp.zeros_like(h_prev[0]), (d_hs, h_prev, r, z, n, hn), reverse=True)
+    step, jnp.zeros_like(h_prev[0]), (d_hs, h_prev, r, z, n, hn), reverse=True
+  )
   d_w_hh = jnp.einsum('tbf,tbg->fg', h_prev, d_gates_h)
   d_b_hh = jnp.sum(d_gates_h, axis=(0, 1))
   return d_gates_x, dh0, d_w_hh, d_b_hh
@@ -261,8 +297,11 @@ class Decoder(nnx.Module):
   def __call__(self, stage_inputs: Sequence[jax.Array], noise_key=None) -> list:
     """stage_inputs: coarse to fine, (B, T_j, C_j) channel-last. Returns [(B, 8 * T_0, 8 * C_0)]: a
     list of one output, as every model's decoder answers with a list of scales."""
-    keys = (jax.random.split(noise_key, 3 * NUM_SCALES).reshape(NUM_SCALES, 3)
-            if noise_key is not None else [[None] * 3] * NUM_SCALES)
+    keys = (
+      jax.random.split(noise_key, 3 * NUM_SCALES).reshape(NUM_SCALES, 3)
+      if noise_key is not None
+      else [[None] * 3] * NUM_SCALES
+    )
     x = 0.0
     for j, z in enumerate(stage_inputs):
       x = x + self.resblock[j](z, keys[j][0])
@@ -279,6 +318,7 @@ class Decoder(nnx.Module):
 
 # ---- the original's state-dict names --------------------------------------------------------------
 # Each adds `prefix.weight` / `prefix.bias` -> (our variable, layout) to a model's torch_table.
+
 
 def torch_conv(table: dict, prefix: str, module: nnx.Conv) -> None:
   table[f'{prefix}.weight'] = (module.kernel, 'conv')
@@ -300,8 +340,12 @@ def torch_gblock(table: dict, prefix: str, block: GBlock) -> None:
   torch_conv(table, f'{prefix}.block.0', block.conv_in)
   torch_norm(table, f'{prefix}.block.1', block.norm_in)
   for suffix, direction in (('', block.rc.gru_forward), ('_reverse', block.rc.gru_backward)):
-    for torch_name, ours in (('weight_ih', direction.w_ih), ('weight_hh', direction.w_hh),
-                             ('bias_ih', direction.b_ih), ('bias_hh', direction.b_hh)):
+    for torch_name, ours in (
+      ('weight_ih', direction.w_ih),
+      ('weight_hh', direction.w_hh),
+      ('bias_ih', direction.b_ih),
+      ('bias_hh', direction.b_hh),
+    ):
       table[f'{prefix}.block.3.rec.{torch_name}_l0{suffix}'] = (ours, 'gru')
   torch_conv(table, f'{prefix}.block.3.conv', block.rc.conv)
   torch_norm(table, f'{prefix}.block.3.gn', block.rc.norm)

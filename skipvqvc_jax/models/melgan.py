@@ -11,6 +11,7 @@ over every axis but the first of PyTorch's layout):
 A residual block is shortcut(x) + conv1x1(leaky(conv3_dilated(reflect_pad(leaky(x))))), where the
 shortcut is a learned 1x1 conv. Weights are kept in PyTorch's layouts, so porting is a copy.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,9 +38,19 @@ class WNConv(nnx.Module):
   has one entry per row of v's first axis. `padding` zero-pads a convolution on both sides.
   """
 
-  def __init__(self, in_channels: int, out_channels: int, kernel: int, *, dilation: int = 1,
-               stride: int = 1, padding: int = 0, groups: int = 1, transposed: bool = False,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    kernel: int,
+    *,
+    dilation: int = 1,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    transposed: bool = False,
+    rngs: nnx.Rngs,
+  ):
     if dilation > 1 and (transposed or stride > 1 or groups > 1):
       raise ValueError('dilation combines only with an ungrouped, unit-stride convolution')
     if transposed:
@@ -67,15 +78,21 @@ class WNConv(nnx.Module):
       y = _strided_grouped_conv(x, w, self.stride, self.padding, self.groups)
     else:
       y = jax.lax.conv_general_dilated(
-          x, w, window_strides=(1,), padding=[(self.padding, self.padding)],
-          rhs_dilation=(self.dilation,), dimension_numbers=('NWC', 'OIW', 'NWC'),
-          precision=jax.lax.Precision.HIGHEST)
+        x,
+        w,
+        window_strides=(1,),
+        padding=[(self.padding, self.padding)],
+        rhs_dilation=(self.dilation,),
+        dimension_numbers=('NWC', 'OIW', 'NWC'),
+        precision=jax.lax.Precision.HIGHEST,
+      )
     return y + self.bias[...]
 
 
 # XLA on CPU computes the gradients of strided, grouped and transposed convolutions 10-50x slower than
 # their forward pass (benchmarks/README.md); written as shifted slices and one einsum, they become
 # matmuls whose gradients are matmuls too. The sums are the same.
+
 
 def _taps(kernel: int, stride: int) -> int:
   return -(-kernel // stride)
@@ -94,10 +111,10 @@ def _transposed_conv(x, w, stride: int):
   w = jnp.pad(w, ((0, 0), (0, 0), (0, taps * s - k))).reshape(w.shape[0], w.shape[1], taps, s)
   padded = jnp.pad(x, ((0, 0), (taps - 1, taps - 1), (0, 0)))
   q = length + taps - 1
-  shifted = jnp.stack([padded[:, taps - 1 - j:taps - 1 - j + q] for j in range(taps)], axis=2)
+  shifted = jnp.stack([padded[:, taps - 1 - j : taps - 1 - j + q] for j in range(taps)], axis=2)
   phases = jnp.einsum('bqji,iojr->bqro', shifted, w, precision=jax.lax.Precision.HIGHEST)
   out_length = (length - 1) * s + k - 2 * p + extra
-  return phases.reshape(batch, q * s, -1)[:, p:p + out_length]
+  return phases.reshape(batch, q * s, -1)[:, p : p + out_length]
 
 
 def _conv_as_matmuls(x, w, stride: int, padding: int, groups: int):
@@ -113,23 +130,38 @@ def _conv_as_matmuls(x, w, stride: int, padding: int, groups: int):
   frames = out_length + taps - 1
   padded = jnp.pad(x, ((0, 0), (padding, max(0, frames * s - length - padding)), (0, 0)))
   # Groups lead, so the contraction is a batch of plain matmuls over (tap, phase, channel).
-  cut = padded[:, :frames * s].reshape(batch, frames, s, groups, per_group).transpose(3, 0, 1, 2, 4)
-  shifted = jnp.stack([cut[:, :, j:j + out_length] for j in range(taps)], axis=3)
+  cut = (
+    padded[:, : frames * s].reshape(batch, frames, s, groups, per_group).transpose(3, 0, 1, 2, 4)
+  )
+  shifted = jnp.stack([cut[:, :, j : j + out_length] for j in range(taps)], axis=3)
   shifted = shifted.reshape(groups, batch * out_length, taps * s * per_group)
   w = jnp.pad(w, ((0, 0), (0, 0), (0, taps * s - k)))
   w = w.reshape(groups, out_channels // groups, per_group, taps, s).transpose(0, 3, 4, 2, 1)
-  y = jnp.einsum('gmk,gko->gmo', shifted, w.reshape(groups, taps * s * per_group, -1),
-                 precision=jax.lax.Precision.HIGHEST)
-  return y.reshape(groups, batch, out_length, -1).transpose(1, 2, 0, 3).reshape(
-      batch, out_length, out_channels)
+  y = jnp.einsum(
+    'gmk,gko->gmo',
+    shifted,
+    w.reshape(groups, taps * s * per_group, -1),
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  return (
+    y.reshape(groups, batch, out_length, -1)
+    .transpose(1, 2, 0, 3)
+    .reshape(batch, out_length, out_channels)
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _strided_grouped_conv(x, w, stride: int, padding: int, groups: int):
   """A strided or grouped Conv1d: XLA's convolution forward, the matmul form's gradients."""
   return jax.lax.conv_general_dilated(
-      x, w, window_strides=(stride,), padding=[(padding, padding)], feature_group_count=groups,
-      dimension_numbers=('NWC', 'OIW', 'NWC'), precision=jax.lax.Precision.HIGHEST)
+    x,
+    w,
+    window_strides=(stride,),
+    padding=[(padding, padding)],
+    feature_group_count=groups,
+    dimension_numbers=('NWC', 'OIW', 'NWC'),
+    precision=jax.lax.Precision.HIGHEST,
+  )
 
 
 def _strided_grouped_conv_fwd(x, w, stride, padding, groups):
@@ -163,8 +195,7 @@ class ResnetBlock(nnx.Module):
 class Upsample(nnx.Module):
   def __init__(self, channels: int, ratio: int, residual_layers: int, rngs: nnx.Rngs):
     self.up = WNConv(channels, channels // 2, 2 * ratio, stride=ratio, transposed=True, rngs=rngs)
-    self.blocks = nnx.List([ResnetBlock(channels // 2, 3**j, rngs)
-                            for j in range(residual_layers)])
+    self.blocks = nnx.List([ResnetBlock(channels // 2, 3**j, rngs) for j in range(residual_layers)])
 
   def __call__(self, x):
     x = self.up(jax.nn.leaky_relu(x, SLOPE))
@@ -184,14 +215,16 @@ class MelGANGenerator(nnx.Module):
     self.n_mels, self.ngf, self.residual_layers = n_mels, ngf, residual_layers
     channels = ngf * 2 ** len(RATIOS)
     self.conv_in = WNConv(n_mels, channels, 7, rngs=rngs)
-    self.ups = nnx.List([Upsample(channels // 2**i, r, residual_layers, rngs)
-                         for i, r in enumerate(RATIOS)])
+    self.ups = nnx.List(
+      [Upsample(channels // 2**i, r, residual_layers, rngs) for i, r in enumerate(RATIOS)]
+    )
     self.conv_out = WNConv(ngf, 1, 7, rngs=rngs)
 
   def spec(self) -> dict:
     """What rebuilds this model: `models.build(**spec)`."""
-    return dict(name=self.name, n_mels=self.n_mels, ngf=self.ngf,
-                residual_layers=self.residual_layers)
+    return dict(
+      name=self.name, n_mels=self.n_mels, ngf=self.ngf, residual_layers=self.residual_layers
+    )
 
   def describe(self) -> str:
     return f'the MelGAN generator (ngf={self.ngf}, residual_layers={self.residual_layers})'

@@ -10,9 +10,10 @@ This module has the base (`vqvc+_multi`) and the variants that change only its b
 (GroupNorm instead of the time norm, one decoder input). The speaker-network variants are in
 `multi_speaker.py`.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +30,8 @@ from skipvqvc_jax.models.layers import (
   NUM_SCALES,
   Conv1d,
   GBlock,
-  group_norm,
   GruInit,
+  group_norm,
   leaky_relu,
   torch_conv,
   torch_gblock,
@@ -69,8 +70,17 @@ class MultiDecoder(nnx.Module):
   take an input (`vqvc+_multi_ps` decodes from its coarsest scale alone).
   """
 
-  def __init__(self, in_channel: int, middle: int, *, body: str, gru_init: GruInit,
-               refine_residual: bool, inputs: int, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channel: int,
+    middle: int,
+    *,
+    body: str,
+    gru_init: GruInit,
+    refine_residual: bool,
+    inputs: int,
+    rngs: nnx.Rngs,
+  ):
     channels = [in_channel // 2 ** (NUM_SCALES - j) for j in range(NUM_SCALES)]  # 10, 20, 40
 
     def block(c):
@@ -85,8 +95,11 @@ class MultiDecoder(nnx.Module):
 
   def __call__(self, stage_inputs: Sequence[jax.Array], noise_key=None) -> list:
     """stage_inputs: coarse to fine, channel-last. Returns each stage's output, coarse to fine."""
-    keys = (jax.random.split(noise_key, 3 * NUM_SCALES).reshape(NUM_SCALES, 3)
-            if noise_key is not None else [[None] * 3] * NUM_SCALES)
+    keys = (
+      jax.random.split(noise_key, 3 * NUM_SCALES).reshape(NUM_SCALES, 3)
+      if noise_key is not None
+      else [[None] * 3] * NUM_SCALES
+    )
     x, outputs = 0.0, []
     for j in range(NUM_SCALES):
       if j < len(self.resblock):

@@ -1,5 +1,6 @@
 """The multi-scale variants with a speaker network (`SBlock` per scale): `vqvc+_multi_cav` and
 `vqvc+_multi_codebook_gen`."""
+
 from __future__ import annotations
 
 import jax
@@ -7,7 +8,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from skipvqvc_jax.models.base import Encoding, time_normalise, to_public
-from skipvqvc_jax.models.layers import NUM_SCALES, Conv1d, leaky_relu, linear, torch_conv, torch_linear
+from skipvqvc_jax.models.layers import (
+  NUM_SCALES,
+  Conv1d,
+  leaky_relu,
+  linear,
+  torch_conv,
+  torch_linear,
+)
 from skipvqvc_jax.models.multi import VQVCPlusMulti
 from skipvqvc_jax.models.quantizer import RawQuantizer, SpeakerCodebookQuantizer, UnitQuantizer
 
@@ -39,9 +47,14 @@ def _dilated(conv: Conv1d, x):
   left = pad - SPEAKER_DILATION * lo
   right = SPEAKER_DILATION * (hi - 1 - lo) - left  # keeps the output as long as the input
   y = jax.lax.conv_general_dilated(
-      x, conv.kernel[lo:hi].astype(x.dtype), window_strides=(1,), padding=[(left, right)],
-      rhs_dilation=(SPEAKER_DILATION,), dimension_numbers=('NWC', 'WIO', 'NWC'),
-      feature_group_count=conv.feature_group_count)
+    x,
+    conv.kernel[lo:hi].astype(x.dtype),
+    window_strides=(1,),
+    padding=[(left, right)],
+    rhs_dilation=(SPEAKER_DILATION,),
+    dimension_numbers=('NWC', 'WIO', 'NWC'),
+    feature_group_count=conv.feature_group_count,
+  )
   return y + bias
 
 
@@ -49,14 +62,29 @@ class SpeakerBlock(nnx.Module):
   """The original's SBlock: two dilated grouped convs (kernel = the model's `channel`, no activation
   between them), leaky, conv k3, mean over time, leaky(dense), then one linear head per output."""
 
-  def __init__(self, channels: int, kernel: int, groups: int, heads: tuple[str, ...],
-               rngs: nnx.Rngs):
+  def __init__(
+    self, channels: int, kernel: int, groups: int, heads: tuple[str, ...], rngs: nnx.Rngs
+  ):
     pad = (kernel - 1) * SPEAKER_DILATION // 2
     self.heads = heads
-    self.conv0 = Conv1d(channels, SPEAKER_WIDTH, kernel, padding=pad, groups=groups,
-                        dilation=SPEAKER_DILATION, rngs=rngs)
-    self.conv1 = Conv1d(SPEAKER_WIDTH, SPEAKER_WIDTH, kernel, padding=pad, groups=groups,
-                        dilation=SPEAKER_DILATION, rngs=rngs)
+    self.conv0 = Conv1d(
+      channels,
+      SPEAKER_WIDTH,
+      kernel,
+      padding=pad,
+      groups=groups,
+      dilation=SPEAKER_DILATION,
+      rngs=rngs,
+    )
+    self.conv1 = Conv1d(
+      SPEAKER_WIDTH,
+      SPEAKER_WIDTH,
+      kernel,
+      padding=pad,
+      groups=groups,
+      dilation=SPEAKER_DILATION,
+      rngs=rngs,
+    )
     self.conv3 = Conv1d(SPEAKER_WIDTH, SPEAKER_WIDTH, 3, padding=1, rngs=rngs)
     self.dense = linear(SPEAKER_WIDTH, SPEAKER_WIDTH, rngs)
     for head in heads:
@@ -84,9 +112,12 @@ class _SpeakerNetworkMulti(VQVCPlusMulti):
   codebook_torch_name = 'embedding'  # a raw nn.Parameter
 
   def _init_variant(self, widths, rngs):
-    self.speaker_blocks = nnx.List([
+    self.speaker_blocks = nnx.List(
+      [
         SpeakerBlock(w, self.channel, 2 ** (NUM_SCALES - 1 - s), self.speaker_heads, rngs)
-        for s, w in enumerate(widths)])
+        for s, w in enumerate(widths)
+      ]
+    )
 
   def _torch_variant(self, table):
     for s, block in enumerate(self.speaker_blocks):
@@ -109,14 +140,22 @@ class VQVCPlusMultiCAV(_SpeakerNetworkMulti):
     pooled, (bias, gain) = self.speaker_blocks[s](x)
     xn, _ = time_normalise(x)  # no per-frame norm here
     quantized = self.quantize[s](xn)
-    return dict(content=quantized.value, speaker=bias[:, None], std=gain[:, None],
-                codes=quantized.codes, quantizer_in=xn, loss=quantized.loss,
-                extras=dict(speaker_pool=pooled, quantizer_mse=quantized.extras['mse'],
-                            quantizer_spread=quantized.extras['spread']))
+    return dict(
+      content=quantized.value,
+      speaker=bias[:, None],
+      std=gain[:, None],
+      codes=quantized.codes,
+      quantizer_in=xn,
+      loss=quantized.loss,
+      extras=dict(
+        speaker_pool=pooled,
+        quantizer_mse=quantized.extras['mse'],
+        quantizer_spread=quantized.extras['spread'],
+      ),
+    )
 
   def _stage_input(self, j, q, sp, std, rhythm):
     return q * std + sp
-
 
 
 class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
@@ -140,22 +179,35 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
   codebook_divisors = (4, 2, 1)
 
   def _init_quantizers(self, widths, sizes, rngs):
-    self.quantize = nnx.List([SpeakerCodebookQuantizer(w, k, rngs=rngs)
-                              for w, k in zip(widths, sizes)])
-    self.quantize_simple = nnx.List([RawQuantizer(w, self.simple_codebook_size, rngs=rngs)
-                                     for w in widths])
+    self.quantize = nnx.List(
+      [SpeakerCodebookQuantizer(w, k, rngs=rngs) for w, k in zip(widths, sizes)]
+    )
+    self.quantize_simple = nnx.List(
+      [RawQuantizer(w, self.simple_codebook_size, rngs=rngs) for w in widths]
+    )
 
   def _encode_scale(self, s, x, noise):
     pooled, (add, mul) = self.speaker_blocks[s](x)
     xn, _ = time_normalise(x)
     simple = self.quantize_simple[s](xn)
     quantized = self.quantize[s](simple.value + add[:, None], add, mul)
-    return dict(content=simple.value, speaker=add[:, None], std=mul[:, None],
-                codes=quantized.codes, quantizer_in=simple.value + add[:, None],
-                loss=quantized.loss, extra_loss=simple.loss,
-                extras=dict(speaker_pool=pooled, quantized=quantized.value,
-                            simple_codes=simple.codes, simple_losses=simple.loss,
-                            simple_quantizer_in=xn, codebooks=quantized.extras['codebooks']))
+    return dict(
+      content=simple.value,
+      speaker=add[:, None],
+      std=mul[:, None],
+      codes=quantized.codes,
+      quantizer_in=simple.value + add[:, None],
+      loss=quantized.loss,
+      extra_loss=simple.loss,
+      extras=dict(
+        speaker_pool=pooled,
+        quantized=quantized.value,
+        simple_codes=simple.codes,
+        simple_losses=simple.loss,
+        simple_quantizer_in=xn,
+        codebooks=quantized.extras['codebooks'],
+      ),
+    )
 
   def _torch_variant(self, table):
     super()._torch_variant(table)
@@ -169,8 +221,9 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
 
   def decode(self, content, speaker, std, rhythm=None, *, rng=None) -> list:
     """The speaker-free content (finest first) quantized against (speaker, std)'s codebooks, decoded."""
-    quantized = [self._requantize(s, to_public(c), speaker[s], std[s])
-                 for s, c in enumerate(content)]
+    quantized = [
+      self._requantize(s, to_public(c), speaker[s], std[s]) for s, c in enumerate(content)
+    ]
     return self._decode_channel_last(quantized, speaker, std, rhythm, rng)
 
   def _stage_input(self, j, q, sp, std, rhythm):
@@ -180,9 +233,14 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
     """Rows of the codebooks of (speaker, std): each item's own speaker terms make its codebook."""
     if speaker is None or std is None:
       raise ValueError(f'{self.name}: codebooks are made from speaker terms; pass speaker and std')
-    return [to_public(self.quantize[s].lookup(jnp.asarray(c), to_public(speaker[s])[:, 0],
-                                               to_public(std[s])[:, 0]))
-            for s, c in enumerate(codes)]
+    return [
+      to_public(
+        self.quantize[s].lookup(
+          jnp.asarray(c), to_public(speaker[s])[:, 0], to_public(std[s])[:, 0]
+        )
+      )
+      for s, c in enumerate(codes)
+    ]
 
   def _decode_codes(self, codes, speaker, std, rhythm, rng) -> list:
     rows = self.lookup(codes, speaker, std)  # already quantized: decoded as they are
@@ -196,7 +254,8 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
     total = 0.0
     for s in range(NUM_SCALES):
       own = enc.extras['quantized'][s]
-      swapped = self._requantize(s, to_public(enc.content[s]), enc.speaker[s][perm],
-                                 enc.std[s][perm])
+      swapped = self._requantize(
+        s, to_public(enc.content[s]), enc.speaker[s][perm], enc.std[s][perm]
+      )
       total = total + jnp.mean(own - swapped)
     return total

@@ -6,6 +6,7 @@ family adds `UnitQuantizer` (`vqvc+_multi_cav`: the value is the unit row, plus 
 `RawQuantizer` (raw Euclidean distances) and `SpeakerCodebookQuantizer` (`vqvc+_multi_codebook_gen`: one
 codebook per item, generated from its speaker embedding).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -29,14 +30,16 @@ def _value_with_identity_grad(x, value):
   return value
 
 
-_value_with_identity_grad.defvjp(lambda x, value: (value, None),
-                                 lambda _, g: (g, None))
+_value_with_identity_grad.defvjp(lambda x, value: (value, None), lambda _, g: (g, None))
 
 
 def _nearest(flat, table):
   """argmin_k |flat - table_k|^2 (first index on ties), in the original's expanded form."""
-  dist = (jnp.sum(flat**2, axis=-1, keepdims=True) - 2.0 * flat @ jnp.swapaxes(table, -1, -2)
-          + jnp.sum(table**2, axis=-1)[..., None, :])
+  dist = (
+    jnp.sum(flat**2, axis=-1, keepdims=True)
+    - 2.0 * flat @ jnp.swapaxes(table, -1, -2)
+    + jnp.sum(table**2, axis=-1)[..., None, :]
+  )
   return jnp.argmin(dist, axis=-1).astype(jnp.int32)
 
 
@@ -62,8 +65,11 @@ def code_statistics(codes, num_codes: int) -> dict:
   counts = jnp.zeros(num_codes, jnp.float32).at[jnp.ravel(jnp.asarray(codes))].add(1.0)
   p = counts / counts.sum()
   used = jnp.sum(counts > 0)
-  return dict(perplexity=jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0))), used=used,
-              usage=used / num_codes)
+  return dict(
+    perplexity=jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0))),
+    used=used,
+    usage=used / num_codes,
+  )
 
 
 class Quantizer(nnx.Module):
@@ -129,8 +135,9 @@ class UnitQuantizer(nnx.Module):
     chosen = jnp.take(unit, codes, axis=0)
     mse = jnp.mean((chosen - inputs) ** 2)
     loss = mse - (1.0 / self.num_codes) ** 2 * spread
-    return Quantized(_straight_through(chosen, inputs), codes, loss,
-                     extras=dict(mse=mse, spread=spread))
+    return Quantized(
+      _straight_through(chosen, inputs), codes, loss, extras=dict(mse=mse, spread=spread)
+    )
 
 
 class RawQuantizer(Quantizer):
@@ -175,5 +182,6 @@ class SpeakerCodebookQuantizer(nnx.Module):
     codes = jax.vmap(_nearest)(jax.lax.stop_gradient(inputs), jax.lax.stop_gradient(codebooks))
     chosen = jnp.take_along_axis(codebooks, codes[..., None], axis=1)
     loss = jnp.mean((chosen - inputs) ** 2)
-    return Quantized(_straight_through(chosen, inputs), codes, loss,
-                     extras=dict(codebooks=codebooks))
+    return Quantized(
+      _straight_through(chosen, inputs), codes, loss, extras=dict(codebooks=codebooks)
+    )

@@ -105,15 +105,17 @@ class VQVCPlusSpeakerQuantize(VQVCPlus):
   speaker_codebook_size = 2048
 
   def _init_variant(self, widths, rngs):
-    self.quantize_speakers = nnx.List([Quantizer(w, self.speaker_codebook_size, rngs=rngs)
-                                       for w in widths])
+    self.quantize_speakers = nnx.List(
+      [Quantizer(w, self.speaker_codebook_size, rngs=rngs) for w in widths]
+    )
 
   def _speaker(self, s, x, xn, q, noise):
     sp = jnp.mean(x - q, axis=1, keepdims=True)
     sp = sp / (l2norm(sp, -1) + 1e-4)
     quantized = self.quantize_speakers[s](sp)
-    info = dict(speaker_codes=quantized.codes, speaker_quantizer_in=sp,
-                speaker_losses=quantized.loss)
+    info = dict(
+      speaker_codes=quantized.codes, speaker_quantizer_in=sp, speaker_losses=quantized.loss
+    )
     return quantized.value / 3, quantized.loss, info
 
   def _torch_variant(self, table):

@@ -3,7 +3,8 @@ pieces every task's jitted step shares."""
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Protocol
+from collections.abc import Callable
+from typing import ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp

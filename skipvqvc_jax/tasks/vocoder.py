@@ -10,6 +10,7 @@ generator's current output, then the generator against the updated discriminator
 against the real features of the first pass, as melgan-neurips does). The generator runs forward once
 per step: its output's gradient is pulled back through a saved VJP.
 """
+
 from __future__ import annotations
 
 import jax
@@ -28,8 +29,12 @@ from skipvqvc_jax.vocoders import griffin_lim
 
 def model_info(config) -> checkpoints.ModelInfo:
   """The generator a config trains; the train state holds it under `params/generator`."""
-  spec = dict(name='melgan', n_mels=config.features.n_mels, ngf=config.generator.ngf,
-              residual_layers=config.generator.residual_layers)
+  spec = dict(
+    name='melgan',
+    n_mels=config.features.n_mels,
+    ngf=config.generator.ngf,
+    residual_layers=config.generator.residual_layers,
+  )
   return checkpoints.ModelInfo(spec, ('params', 'generator'))
 
 
@@ -39,9 +44,16 @@ def build_generator(config) -> MelGANGenerator:
 
 def build_discriminators(config) -> Discriminators:
   d = config.discriminator
-  return models.build('discriminators', scales=d.scales, ndf=d.ndf, layers=d.layers,
-                      downsampling=d.downsampling, periods=tuple(d.periods),
-                      period_channels=tuple(d.period_channels), seed=config.seed + 1)
+  return models.build(
+    'discriminators',
+    scales=d.scales,
+    ndf=d.ndf,
+    layers=d.layers,
+    downsampling=d.downsampling,
+    periods=tuple(d.periods),
+    period_channels=tuple(d.period_channels),
+    seed=config.seed + 1,
+  )
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -51,24 +63,29 @@ def make_optimizer(config) -> optax.GradientTransformation:
 # ---- losses ---------------------------------------------------------------------------------------
 # `outputs` are lists over sub-discriminators of lists of activations, the last being the score map.
 
+
 def discriminator_loss(real: list, fake: list, kind: str):
   if kind == 'hinge':
-    terms = [jnp.mean(jax.nn.relu(1 - r[-1])) + jnp.mean(jax.nn.relu(1 + f[-1]))
-             for r, f in zip(real, fake)]
+    terms = [
+      jnp.mean(jax.nn.relu(1 - r[-1])) + jnp.mean(jax.nn.relu(1 + f[-1]))
+      for r, f in zip(real, fake)
+    ]
   else:  # least squares
-    terms = [jnp.mean((1 - r[-1])**2) + jnp.mean(f[-1]**2) for r, f in zip(real, fake)]
+    terms = [jnp.mean((1 - r[-1]) ** 2) + jnp.mean(f[-1] ** 2) for r, f in zip(real, fake)]
   return sum(terms)
 
 
 def generator_adversarial_loss(fake: list, kind: str):
   if kind == 'hinge':
     return sum(-jnp.mean(f[-1]) for f in fake)
-  return sum(jnp.mean((1 - f[-1])**2) for f in fake)
+  return sum(jnp.mean((1 - f[-1]) ** 2) for f in fake)
 
 
 def feature_loss(real: list, fake: list):
   """Sum over sub-discriminators and their hidden layers of the mean |real - fake| activation."""
-  return sum(jnp.mean(jnp.abs(r - f)) for rs, fs in zip(real, fake) for r, f in zip(rs[:-1], fs[:-1]))
+  return sum(
+    jnp.mean(jnp.abs(r - f)) for rs, fs in zip(real, fake) for r, f in zip(rs[:-1], fs[:-1])
+  )
 
 
 def _split_halves(outputs: list) -> tuple[list, list]:
@@ -76,8 +93,8 @@ def _split_halves(outputs: list) -> tuple[list, list]:
 
   Rows are ordered by example (the multi-period folding keeps an example's columns together), so
   the first half of every activation's rows belongs to the real examples."""
-  first = [[a[:a.shape[0] // 2] for a in sub] for sub in outputs]
-  second = [[a[a.shape[0] // 2:] for a in sub] for sub in outputs]
+  first = [[a[: a.shape[0] // 2] for a in sub] for sub in outputs]
+  second = [[a[a.shape[0] // 2 :] for a in sub] for sub in outputs]
   return first, second
 
 
@@ -93,10 +110,15 @@ class VocoderSteps:
     self.feature_weight, self.mel_weight = config.feature_loss_weight, config.mel_loss_weight
     self.traces = 0
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    self.train_step = jax.jit(self._train_step, in_shardings=(replicated, batch),
-                              out_shardings=(replicated, replicated), donate_argnums=0)
-    self.eval_step = jax.jit(self._eval_step, in_shardings=(replicated, batch),
-                             out_shardings=replicated)
+    self.train_step = jax.jit(
+      self._train_step,
+      in_shardings=(replicated, batch),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+    )
+    self.eval_step = jax.jit(
+      self._eval_step, in_shardings=(replicated, batch), out_shardings=replicated
+    )
     self.generate = jax.jit(self._generate)
 
   def _generate(self, generator_params, mel):
@@ -134,20 +156,32 @@ class VocoderSteps:
       return total, dict(adversarial_loss=adversarial, feature_loss=features, mel_l1=mel_l1)
 
     (g_loss, aux), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
-    g_grads, = pull_back(fake_grad)
+    (g_grads,) = pull_back(fake_grad)
     g_updates, g_opt = self.tx.update(g_grads, state['opt_state']['generator'], g_params)
     new_g_params = optax.apply_updates(g_params, g_updates)
 
     g_norm, d_norm = optax.tree.norm(g_grads), optax.tree.norm(d_grads)
-    finite = (jnp.isfinite(g_loss) & jnp.isfinite(d_loss) & jnp.isfinite(g_norm)
-              & jnp.isfinite(d_norm))
-    new_state = keep_if_finite(finite, dict(
+    finite = (
+      jnp.isfinite(g_loss) & jnp.isfinite(d_loss) & jnp.isfinite(g_norm) & jnp.isfinite(d_norm)
+    )
+    new_state = keep_if_finite(
+      finite,
+      dict(
         params=dict(generator=new_g_params, discriminator=new_d_params),
-        opt_state=dict(generator=g_opt, discriminator=d_opt)), state)
-    metrics = dict(loss=g_loss, d_loss=d_loss, g_grad_norm=g_norm, d_grad_norm=d_norm,
-                   d_real=sum(jnp.mean(o[-1]) for o in on_real) / len(on_real),
-                   d_fake=sum(jnp.mean(o[-1]) for o in on_fake) / len(on_fake),
-                   finite=finite, **aux)
+        opt_state=dict(generator=g_opt, discriminator=d_opt),
+      ),
+      state,
+    )
+    metrics = dict(
+      loss=g_loss,
+      d_loss=d_loss,
+      g_grad_norm=g_norm,
+      d_grad_norm=d_norm,
+      d_real=sum(jnp.mean(o[-1]) for o in on_real) / len(on_real),
+      d_fake=sum(jnp.mean(o[-1]) for o in on_fake) / len(on_fake),
+      finite=finite,
+      **aux,
+    )
     return new_state, metrics
 
   def _eval_step(self, params, batch):
@@ -156,38 +190,50 @@ class VocoderSteps:
     fake = self._generate(params['generator'], mel)
     spectrum = lambda y: jnp.abs(audio.stft(y, self.features))
     real_spec, fake_spec = spectrum(real), spectrum(fake)
-    return dict(mel_l1=jnp.mean(jnp.abs(self._mel(fake) - mel)),
-                spectral_convergence=jnp.linalg.norm(real_spec - fake_spec)
-                / jnp.linalg.norm(real_spec))
+    return dict(
+      mel_l1=jnp.mean(jnp.abs(self._mel(fake) - mel)),
+      spectral_convergence=jnp.linalg.norm(real_spec - fake_spec) / jnp.linalg.norm(real_spec),
+    )
 
 
 def make_state(g_params: dict, d_params: dict, tx: optax.GradientTransformation) -> dict:
   """A train state at step 0: both networks' parameters and optimizer states, and the step."""
-  return dict(params=dict(generator=g_params, discriminator=d_params),
-              opt_state=dict(generator=tx.init(g_params), discriminator=tx.init(d_params)),
-              step=jnp.zeros((), jnp.int32))
+  return dict(
+    params=dict(generator=g_params, discriminator=d_params),
+    opt_state=dict(generator=tx.init(g_params), discriminator=tx.init(d_params)),
+    step=jnp.zeros((), jnp.int32),
+  )
 
 
 def check_config(config) -> None:
   """One-line errors for vocoder settings that cannot work, before any data is read."""
   if config.adversarial_loss not in ('hinge', 'least_squares'):
-    raise ConfigError(f'--config.adversarial_loss={config.adversarial_loss!r}: use hinge or '
-                      f'least_squares')
+    raise ConfigError(
+      f'--config.adversarial_loss={config.adversarial_loss!r}: use hinge or least_squares'
+    )
   for field in ('generator.ngf', 'generator.residual_layers', 'data.segment_frames'):
     group, name = field.split('.')
     value = config[group][name]
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f'--config.{field}={value!r}: must be a whole number >= 1')
   if config.discriminator.ndf % 4 or config.discriminator.ndf < 4:
-    raise ConfigError(f'--config.discriminator.ndf={config.discriminator.ndf!r}: must be a '
-                      f'multiple of 4 (its grouped convolutions)')
+    raise ConfigError(
+      f'--config.discriminator.ndf={config.discriminator.ndf!r}: must be a '
+      f'multiple of 4 (its grouped convolutions)'
+    )
 
 
 class VocoderTask:
   """Training a MelGAN generator against the configured discriminators."""
 
-  log_keys = ('loss', 'd_loss', 'adversarial_loss', 'feature_loss', 'mel_l1',
-              'spectral_convergence')
+  log_keys = (
+    'loss',
+    'd_loss',
+    'adversarial_loss',
+    'feature_loss',
+    'mel_l1',
+    'spectral_convergence',
+  )
   init_ignore = ()  # init_from must be a generator of exactly the configured size
   check_config = staticmethod(check_config)
   model_info = staticmethod(model_info)
@@ -206,8 +252,14 @@ class VocoderTask:
     self.steps = VocoderSteps(config, self.generator, self.discriminators, mesh)
     self.train_step = self.steps.train_step
     test = input_pipeline.make_dataset(
-        self.test_waves, batch_size=self.local_batch, crop_frames=self.segment, seed=config.seed + 1,
-        shard_index=jax.process_index(), shard_count=jax.process_count(), key='audio')
+      self.test_waves,
+      batch_size=self.local_batch,
+      crop_frames=self.segment,
+      seed=config.seed + 1,
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+      key='audio',
+    )
     self.test_batches = [dict(audio=test[i]['audio']) for i in range(config.eval_batches)]
     self.sample = self._sample_utterance()
     self.sample_mel = audio.log_mel(self.sample, self.features)
@@ -225,9 +277,14 @@ class VocoderTask:
 
   def dataset(self):
     return input_pipeline.make_dataset(
-        self.train_waves, batch_size=self.local_batch, crop_frames=self.segment,
-        seed=self.config.seed, shard_index=jax.process_index(),
-        shard_count=jax.process_count(), key='audio')
+      self.train_waves,
+      batch_size=self.local_batch,
+      crop_frames=self.segment,
+      seed=self.config.seed,
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+      key='audio',
+    )
 
   def inputs(self, batch: dict, step: int) -> dict:
     del step
@@ -237,8 +294,9 @@ class VocoderTask:
     del workdir
 
   def test_metrics(self, state: dict) -> dict:
-    return sharding.mean_over_batches(lambda _, batch: self.steps.eval_step(state['params'], batch),
-                                      self.test_batches, self.mesh)
+    return sharding.mean_over_batches(
+      lambda _, batch: self.steps.eval_step(state['params'], batch), self.test_batches, self.mesh
+    )
 
   def _sample_utterance(self) -> np.ndarray:
     """The first `sample_seconds` of the first test utterance, whole frames, float32."""
@@ -246,11 +304,14 @@ class VocoderTask:
     hop = self.features.hop_length
     samples = int(self.config.sample_seconds * self.features.sample_rate) // hop * hop
     wave = input_pipeline.load_features(files[0])[0, :samples].astype(np.float32) / WAVE_SCALE
-    return wave[:len(wave) // hop * hop]
+    return wave[: len(wave) // hop * hop]
 
   def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
-    generated = np.asarray(self.steps.generate(state['params']['generator'],
-                                               sharding.place(self.sample_mel[None], self.mesh)))[0]
+    generated = np.asarray(
+      self.steps.generate(
+        state['params']['generator'], sharding.place(self.sample_mel[None], self.mesh)
+      )
+    )[0]
     if jax.process_index() != 0:
       return
     if self.sample_griffin_lim is None:

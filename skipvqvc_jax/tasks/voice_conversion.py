@@ -6,6 +6,7 @@ pure dicts of nnx.Param values), optimizer state, step and the base RNG key; the
 closed over. Per-step randomness is `fold_in(rng, step)`, so a resumed run draws the same noise as an
 uninterrupted one. The trainer (`trainers.py`) is the few lines in which the original's scripts differ.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,17 @@ import optax
 from absl import logging
 from flax import nnx
 
-from skipvqvc_jax import (audio, checkpoints, corpus, input_pipeline, models, sharding, summaries,
-                          trainers, vocoders)
+from skipvqvc_jax import (
+  audio,
+  checkpoints,
+  corpus,
+  input_pipeline,
+  models,
+  sharding,
+  summaries,
+  trainers,
+  vocoders,
+)
 from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.fileio import atomic_write
 from skipvqvc_jax.tasks.base import keep_if_finite
@@ -28,8 +38,13 @@ from skipvqvc_jax.tasks.base import keep_if_finite
 def model_info(config) -> checkpoints.ModelInfo:
   """The voice-conversion model a config trains; its parameters are the train state's `params`."""
   m = config.model
-  spec = dict(name=m.name, channel=m.channel, n_embed=m.n_embed, in_channel=config.features.n_mels,
-              gru_init=m.gru_init)
+  spec = dict(
+    name=m.name,
+    channel=m.channel,
+    n_embed=m.n_embed,
+    in_channel=config.features.n_mels,
+    gru_init=m.gru_init,
+  )
   return checkpoints.ModelInfo(spec, ('params',))
 
 
@@ -41,29 +56,38 @@ def check_config(config) -> None:
   """One-line errors for model and data settings that cannot work, before any data is read."""
   model = config.model
   if model.name not in models.names():
-    raise ConfigError(f'--config.model.name={model.name!r}: valid models: {", ".join(models.names())}')
+    raise ConfigError(
+      f'--config.model.name={model.name!r}: valid models: {", ".join(models.names())}'
+    )
   if not isinstance(model.channel, int) or model.channel < 4 or model.channel % 4:
-    raise ConfigError(f'--config.model.channel={model.channel!r}: must be a positive multiple of 4 '
-                      f'(the GBlocks use 4 groups)')
+    raise ConfigError(
+      f'--config.model.channel={model.channel!r}: must be a positive multiple of 4 '
+      f'(the GBlocks use 4 groups)'
+    )
   if not isinstance(model.n_embed, int) or model.n_embed < 4:
-    raise ConfigError(f'--config.model.n_embed={model.n_embed!r}: must be a whole number >= 4 (the '
-                      f'finest scale has n_embed / 4 codes)')
+    raise ConfigError(
+      f'--config.model.n_embed={model.n_embed!r}: must be a whole number >= 4 (the '
+      f'finest scale has n_embed / 4 codes)'
+    )
   model_class = models.get_class(model.name)
   if config.trainer not in trainers.TRAINERS:
-    raise ConfigError(f'--config.trainer={config.trainer!r}: valid trainers: '
-                      f'{", ".join(trainers.TRAINERS)}')
+    raise ConfigError(
+      f'--config.trainer={config.trainer!r}: valid trainers: {", ".join(trainers.TRAINERS)}'
+    )
   trainers.TRAINERS[config.trainer].check_model(model_class)
   multiple = model_class.frames_multiple_of()
   crop = config.data.crop_frames
   if not isinstance(crop, int) or crop < multiple or crop % multiple:
-    raise ConfigError(f'--config.data.crop_frames={crop!r}: {model.name} needs a positive multiple '
-                      f'of {multiple}')
+    raise ConfigError(
+      f'--config.data.crop_frames={crop!r}: {model.name} needs a positive multiple of {multiple}'
+    )
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip_norm),
-      optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps))
+    optax.clip_by_global_norm(config.grad_clip_norm),
+    optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+  )
 
 
 def codebook_stats(codes: list, sizes: list[int]) -> dict:
@@ -99,10 +123,15 @@ class Steps:
     self.codebook_sizes = [q.num_codes for q in model.quantize]
     self.traces = 0  # how many times the train step was traced (= compiled)
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    self.train_step = jax.jit(self._train_step, in_shardings=(replicated, batch),
-                              out_shardings=(replicated, replicated), donate_argnums=0)
-    self.eval_step = jax.jit(self._eval_step, in_shardings=(replicated, batch, replicated),
-                             out_shardings=replicated)
+    self.train_step = jax.jit(
+      self._train_step,
+      in_shardings=(replicated, batch),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+    )
+    self.eval_step = jax.jit(
+      self._eval_step, in_shardings=(replicated, batch, replicated), out_shardings=replicated
+    )
     self.sample = jax.jit(self._sample)
 
   def model(self, params):
@@ -124,15 +153,24 @@ class Steps:
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = keep_if_finite(finite, dict(params=params, opt_state=opt_state), state)
-    metrics = dict(loss=loss, recon_loss=aux['recon_loss'], latent_loss=aux['latent_loss'],
-                   grad_norm=grad_norm, finite=finite,
-                   **codebook_stats(aux['codes'], self.codebook_sizes))
+    metrics = dict(
+      loss=loss,
+      recon_loss=aux['recon_loss'],
+      latent_loss=aux['latent_loss'],
+      grad_norm=grad_norm,
+      finite=finite,
+      **codebook_stats(aux['codes'], self.codebook_sizes),
+    )
     return new_state, metrics
 
   def _eval_step(self, params, inputs, rng):
     loss, aux = self.loss(params, inputs, rng)
-    return dict(loss=loss, recon_loss=aux['recon_loss'], latent_loss=aux['latent_loss'],
-                **codebook_stats(aux['codes'], self.codebook_sizes))
+    return dict(
+      loss=loss,
+      recon_loss=aux['recon_loss'],
+      latent_loss=aux['latent_loss'],
+      **codebook_stats(aux['codes'], self.codebook_sizes),
+    )
 
   def _sample(self, params, source, target, rng):
     """Reconstruction of `source` and its conversion to `target`'s voice (normalised space); for a
@@ -147,8 +185,12 @@ class Steps:
 
 def make_state(params: dict, tx: optax.GradientTransformation, seed: int) -> dict:
   """A train state at step 0: parameters, their optimizer state, the step and the base RNG key."""
-  return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
-              rng=jax.random.key_data(jax.random.key(seed)))
+  return dict(
+    params=params,
+    opt_state=tx.init(params),
+    step=jnp.zeros((), jnp.int32),
+    rng=jax.random.key_data(jax.random.key(seed)),
+  )
 
 
 def sample_pair(test_dir: str, frames: int) -> tuple[np.ndarray, np.ndarray, str, str]:
@@ -156,8 +198,9 @@ def sample_pair(test_dir: str, frames: int) -> tuple[np.ndarray, np.ndarray, str
   files = input_pipeline.list_features(test_dir)
   source = files[0]
   target = next((f for f in files if corpus.speaker_of(f) != corpus.speaker_of(source)), files[-1])
-  load = lambda f: input_pipeline.random_crop(input_pipeline.load_features(f)[:, :frames], frames,
-                                              np.random.default_rng(0))[None]
+  load = lambda f: input_pipeline.random_crop(
+    input_pipeline.load_features(f)[:, :frames], frames, np.random.default_rng(0)
+  )[None]
   return load(source), load(target), os.path.basename(source), os.path.basename(target)
 
 
@@ -187,8 +230,13 @@ class VoiceConversionTask:
     """A fixed list of test batches (this process's shard), augmented with a fixed seed."""
     config = self.config
     dataset = input_pipeline.make_dataset(
-        self.data.test_dir, batch_size=self.local_batch, crop_frames=config.data.crop_frames,
-        seed=config.seed + 1, shard_index=jax.process_index(), shard_count=jax.process_count())
+      self.data.test_dir,
+      batch_size=self.local_batch,
+      crop_frames=config.data.crop_frames,
+      seed=config.seed + 1,
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+    )
     rng = np.random.default_rng([config.seed, 1])
     return [self.trainer.augment(dataset[i]['mel'], rng) for i in range(config.eval_batches)]
 
@@ -203,8 +251,13 @@ class VoiceConversionTask:
 
   def dataset(self):
     return input_pipeline.make_dataset(
-        self.data.train_dir, batch_size=self.local_batch, crop_frames=self.config.data.crop_frames,
-        seed=self.config.seed, shard_index=jax.process_index(), shard_count=jax.process_count())
+      self.data.train_dir,
+      batch_size=self.local_batch,
+      crop_frames=self.config.data.crop_frames,
+      seed=self.config.seed,
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+    )
 
   def inputs(self, batch: dict, step: int) -> dict:
     return self.trainer.augment(batch['mel'], np.random.default_rng([self.config.seed, step]))
@@ -212,25 +265,33 @@ class VoiceConversionTask:
   def prepare_workdir(self, workdir: str) -> None:
     """The mean/std trainer's statistics go into the workdir, so a restore needs nothing else."""
     if self.trainer.uses_stats:
-      atomic_write(os.path.join(workdir, corpus.STATS_FILE),
-                   lambda tmp: shutil.copyfile(self.data.stats_file, tmp))
+      atomic_write(
+        os.path.join(workdir, corpus.STATS_FILE),
+        lambda tmp: shutil.copyfile(self.data.stats_file, tmp),
+      )
 
   def test_metrics(self, state: dict) -> dict:
     """Mean test metrics over the fixed batches."""
     rng = jax.random.key(self.config.seed + 2)
     return sharding.mean_over_batches(
-        lambda i, batch: self.steps.eval_step(state['params'], batch, jax.random.fold_in(rng, i)),
-        self.test_batches, self.mesh)
+      lambda i, batch: self.steps.eval_step(state['params'], batch, jax.random.fold_in(rng, i)),
+      self.test_batches,
+      self.mesh,
+    )
 
   def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
     """Mel images and audio of the fixed pair: source, target, reconstruction, conversion."""
     source, target, source_name, target_name = self.pair
     recon, converted = self.steps.sample(
-        state['params'], sharding.place(source, self.mesh), sharding.place(target, self.mesh),
-        jax.random.fold_in(jax.random.key(0), step))
+      state['params'],
+      sharding.place(source, self.mesh),
+      sharding.place(target, self.mesh),
+      jax.random.fold_in(jax.random.key(0), step),
+    )
     denorm = lambda outputs: self.trainer.denormalize(np.asarray(outputs[-1][0]))
-    mels = dict(source=source[0], target=target[0], reconstruction=denorm(recon),
-                conversion=denorm(converted))
+    mels = dict(
+      source=source[0], target=target[0], reconstruction=denorm(recon), conversion=denorm(converted)
+    )
     if jax.process_index() != 0:
       return
     waves = self.vocoder(np.stack(list(mels.values())))
@@ -240,6 +301,9 @@ class VoiceConversionTask:
     for name, outputs in (('reconstruction', recon), ('conversion', converted)):
       for j, mel in enumerate(outputs if len(outputs) > 1 else []):
         # Every scale of a multi-scale model, in the low bands it is trained on.
-        writer.mel(step, f'mel_scales/{name}_d{j}',
-                   self.trainer.denormalize_bands(np.asarray(mel[0]), source.shape[1]))
+        writer.mel(
+          step,
+          f'mel_scales/{name}_d{j}',
+          self.trainer.denormalize_bands(np.asarray(mel[0]), source.shape[1]),
+        )
     logging.info('step %d: wrote samples (source %s, target %s)', step, source_name, target_name)

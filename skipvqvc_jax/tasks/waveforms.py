@@ -5,6 +5,7 @@ feature file's source and trim range, so each waveform is re-read once and cut e
 were; it is stored as int16 (1, samples) `.npy` (half the disk and memory of float32) under the workdir,
 where the input pipeline reads it like features.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,14 +30,24 @@ def _cache_one(task) -> dict:
   except (AudioError, OSError) as e:
     return dict(ok=False, reason=str(e))
   if audio.num_frames(len(y), params) != frames:
-    return dict(ok=False, reason=f'gives {audio.num_frames(len(y), params)} frames, the features '
-                                 f'have {frames}: the audio changed since preprocessing')
+    return dict(
+      ok=False,
+      reason=f'gives {audio.num_frames(len(y), params)} frames, the features '
+      f'have {frames}: the audio changed since preprocessing',
+    )
   save_npy(out_path, np.round(np.clip(y, -1.0, 1.0) * WAVE_SCALE).astype(np.int16)[None])
   return dict(ok=True)
 
 
-def cache_waveforms(features_dir: str, out_dir: str, params: audio.FeatureParams, *,
-                    workers: int | None = None, progress: bool = False, log=None) -> None:
+def cache_waveforms(
+  features_dir: str,
+  out_dir: str,
+  params: audio.FeatureParams,
+  *,
+  workers: int | None = None,
+  progress: bool = False,
+  log=None,
+) -> None:
   """The trimmed waveform behind every feature file of `features_dir`, as `out_dir/<file>.npy`.
 
   Files already cached are kept (resumable); a source that is gone or changed is an error naming it.
@@ -55,11 +66,14 @@ def cache_waveforms(features_dir: str, out_dir: str, params: audio.FeatureParams
       continue
     source_path = os.path.join(source_root, item['source'])
     if not os.path.isfile(source_path):
-      raise CorpusError(f'{source_path}, the source of {item["file"]} in {root_dir}, is missing: '
-                        f'training a vocoder needs the audio the features were made from')
+      raise CorpusError(
+        f'{source_path}, the source of {item["file"]} in {root_dir}, is missing: '
+        f'training a vocoder needs the audio the features were made from'
+      )
     tasks.append((source_path, out_path, params, item.get('trim'), item['frames']))
-  for task, result in zip(tasks, preprocessing.map_files(_cache_one, tasks, workers, progress, log,
-                                                  'caching waveforms')):
+  for task, result in zip(
+    tasks, preprocessing.map_files(_cache_one, tasks, workers, progress, log, 'caching waveforms')
+  ):
     if not result['ok']:
       raise CorpusError(f'{task[0]}: {result["reason"]}')
 
@@ -68,12 +82,15 @@ def waveform_dir(features_dir: str, workdir: str, params: audio.FeatureParams) -
   """The cached trimmed waveforms behind `features_dir`, made on first use (by process 0)."""
   root = corpus.manifest_root(features_dir)
   if root is None:
-    raise CorpusError(f'{features_dir} has no manifest.json: a vocoder trains on the audio a '
-                      f'preprocessed corpus names; point data.train_dir at the audio or at the '
-                      f'output of preprocess.py')
+    raise CorpusError(
+      f'{features_dir} has no manifest.json: a vocoder trains on the audio a '
+      f'preprocessed corpus names; point data.train_dir at the audio or at the '
+      f'output of preprocess.py'
+    )
   tag = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:10]
-  out = os.path.join(workdir, 'waveforms', tag,
-                     os.path.relpath(os.path.abspath(features_dir), os.path.abspath(root)))
+  out = os.path.join(
+    workdir, 'waveforms', tag, os.path.relpath(os.path.abspath(features_dir), os.path.abspath(root))
+  )
   if jax.process_index() == 0:
     cache_waveforms(features_dir, out, params, log=logging.info)
   sharding.sync('waveforms')

@@ -4,6 +4,7 @@
 checkpoint of a vocoder training workdir (`main.py --config=configs/vocoder.py:melgan`), or a model
 directory (ported: `python -m skipvqvc_jax.port_torch melgan.pt PATH --model=melgan`).
 """
+
 from __future__ import annotations
 
 import jax
@@ -20,10 +21,14 @@ from skipvqvc_jax.vocoders.windows import vocode_in_windows
 class NeuralVocoder:
   """A MelGAN generator as a vocoder: raw log10 mels (n_mels, T) or (B, n_mels, T) -> waveforms."""
 
-  def __init__(self, generator: MelGANGenerator, params: audio.FeatureParams = audio.FeatureParams()):
+  def __init__(
+    self, generator: MelGANGenerator, params: audio.FeatureParams = audio.FeatureParams()
+  ):
     if generator.hop_length != params.hop_length or generator.n_mels != params.n_mels:
-      raise ConfigError(f'the vocoder expects {generator.n_mels} mels at hop {generator.hop_length}, '
-                        f'the features have {params.n_mels} at hop {params.hop_length}')
+      raise ConfigError(
+        f'the vocoder expects {generator.n_mels} mels at hop {generator.hop_length}, '
+        f'the features have {params.n_mels} at hop {params.hop_length}'
+      )
     self.name = generator.name
     self.sample_rate, self.hop_length = params.sample_rate, params.hop_length
     graphdef, state = nnx.split(generator)
@@ -56,6 +61,8 @@ def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeaturePa
       return NeuralVocoder(load_generator(name), params)
     except CheckpointError as e:  # a workdir with no (or not that) checkpoint
       raise ConfigError(f'vocoder {name}: {e}') from None
-  raise ConfigError(f'unknown vocoder {name!r}: use griffin_lim, a vocoder training workdir '
-                    f'(configs/vocoder.py) or a ported one (python -m skipvqvc_jax.port_torch '
-                    f'GENERATOR.pt DIR --model=melgan)')
+  raise ConfigError(
+    f'unknown vocoder {name!r}: use griffin_lim, a vocoder training workdir '
+    f'(configs/vocoder.py) or a ported one (python -m skipvqvc_jax.port_torch '
+    f'GENERATOR.pt DIR --model=melgan)'
+  )

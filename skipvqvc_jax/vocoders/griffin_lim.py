@@ -4,6 +4,7 @@ Analysis and synthesis are the features' own (`audio.stft` / `audio.istft`), so 
 T * hop samples. The phase iteration is the "fast" Griffin-Lim with momentum (Perraudin et al. 2013), as
 librosa's.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,7 +24,7 @@ def mel_inverse(params: audio.FeatureParams) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=('params', 'n_iter', 'momentum'))
 def _griffin_lim(log_mel, key, params: audio.FeatureParams, n_iter: int, momentum: float):
-  magnitude = jnp.maximum(jnp.einsum('fm,bmt->btf', mel_inverse(params), 10.0 ** log_mel), 0.0)
+  magnitude = jnp.maximum(jnp.einsum('fm,bmt->btf', mel_inverse(params), 10.0**log_mel), 0.0)
   angles = jnp.exp(2j * jnp.pi * jax.random.uniform(key, magnitude.shape))
 
   def body(_, carry):
@@ -41,16 +42,23 @@ class GriffinLim:
 
   name = 'griffin_lim'
 
-  def __init__(self, params: audio.FeatureParams = audio.FeatureParams(), n_iter: int = 32,
-               momentum: float = 0.99, seed: int = 0):
+  def __init__(
+    self,
+    params: audio.FeatureParams = audio.FeatureParams(),
+    n_iter: int = 32,
+    momentum: float = 0.99,
+    seed: int = 0,
+  ):
     self.params, self.n_iter, self.momentum, self.seed = params, n_iter, momentum, seed
     self.sample_rate = params.sample_rate
 
   def __call__(self, log_mel) -> np.ndarray:
     """One mel (n_mels, T) -> T * hop samples (a long one in overlapping windows); or a batch."""
     log_mel = np.asarray(log_mel, np.float32)
-    run = lambda mels: np.asarray(_griffin_lim(mels, jax.random.key(self.seed), self.params,
-                                               self.n_iter, self.momentum), np.float32)
+    run = lambda mels: np.asarray(
+      _griffin_lim(mels, jax.random.key(self.seed), self.params, self.n_iter, self.momentum),
+      np.float32,
+    )
     if log_mel.ndim == 2:
       return vocode_in_windows(run, log_mel, self.params.hop_length)
     return run(log_mel)
