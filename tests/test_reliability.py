@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -123,6 +124,26 @@ def test_another_model_in_a_used_workdir_is_refused_and_nothing_is_overwritten(
   aside = [d for d in os.listdir(workdir) if d.startswith('checkpoints.old-')]
   assert len(aside) == 1 and (workdir / aside[0] / 'config.json').read_bytes() == config_json
   assert sorted(os.listdir(workdir / aside[0]))[:2] == ['4', '8']
+  # Its model.json too: what the set-aside checkpoints restore with.
+  assert fileio.load_json(workdir / aside[0] / 'model.json')['model']['channel'] == 16
+  assert fileio.load_json(workdir / 'model.json')['model']['channel'] == 32
+
+
+def test_a_workdir_without_model_json_says_how_to_write_it(run8, tmp_path, small_features):
+  """A workdir written before model.json existed: restoring names the fix in one line, and rerunning
+  its training (already at its last step) writes model.json without training further."""
+  workdir = _copy(run8[0], tmp_path)
+  (workdir / 'model.json').unlink()
+  with pytest.raises(errors.CheckpointError, match='rerun its training command once'):
+    checkpoints.load(str(workdir))
+  before = checkpoints.load(str(run8[0]))
+  summary = train.train_and_evaluate(tiny_config(small_features), str(workdir))
+  assert summary['start_step'] == summary['step'] == 8
+  info = checkpoints.read_model_info(str(workdir))
+  assert info.spec == before.spec() and info.state_path == ('params',)
+  restored = checkpoints.params_of(checkpoints.load(str(workdir)))
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(checkpoints.params_of(before))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_two_runs_on_one_workdir_and_a_stale_lock(small_features, tmp_path):
