@@ -1,3 +1,3 @@
 """skipvqvc_jax: one-shot voice conversion with VQVC+ in JAX/Flax."""
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'

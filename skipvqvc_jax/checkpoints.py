@@ -71,7 +71,7 @@ def read_model_info(source: str) -> ModelInfo:
     return ModelInfo.from_json(fileio.load_json(path))
   if is_workdir(source):
     raise CheckpointError(
-      f'{source} has no {MODEL_FILE} (workdirs written before skipvqvc_jax 0.2 lack it): rerun its '
+      f'{source} has no {MODEL_FILE} (workdirs written by skipvqvc_jax 0.1 lack it): rerun its '
       f'training command once; it resumes at its last step and writes {MODEL_FILE}'
     )
   raise CheckpointError(f'{source}: not a model directory or a training workdir (no {MODEL_FILE})')
