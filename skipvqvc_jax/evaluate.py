@@ -103,9 +103,8 @@ def run(
 
   pairs = choose_pairs(files, num_pairs, cfg.seed, sentences(files))
   shown = {p.source for p in pairs[:report_pairs]}  # the report shows their reconstructions
-  metrics: dict = dict(step=step, test_utterances=len(files))
-  metrics_, reconstructions = reconstruction_metrics(converter, files, keep=shown)
-  metrics.update(metrics_)
+  recon_metrics, reconstructions = reconstruction_metrics(converter, files, keep=shown)
+  metrics: dict = dict(step=step, test_utterances=len(files), **recon_metrics)
   results = convert_pairs(converter, pairs, reconstructions)
   parallel = [r for r in results if r.lmcd_db is not None]
   metrics['conversion'] = dict(

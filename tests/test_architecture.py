@@ -154,6 +154,7 @@ def test_every_model_declares_what_it_is():
 
 
 def test_every_task_implements_the_contract():
+  import inspect
   import typing
 
   from skipvqvc_jax import tasks
@@ -162,10 +163,7 @@ def test_every_task_implements_the_contract():
     typing.get_type_hints(tasks.Task)
   )
   for name, cls in tasks.TASKS.items():
-    # Instance attributes are set in __init__: look for them in its source.
-    import inspect
-
-    source = inspect.getsource(cls)
+    source = inspect.getsource(cls)  # instance attributes are set in __init__
     missing = [m for m in members if not hasattr(cls, m) and f'self.{m} =' not in source]
     assert not missing, f'{name} lacks {missing}'
 
