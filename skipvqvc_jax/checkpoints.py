@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from skipvqvc_jax import fileio, models
+from skipvqvc_jax import fileio, models, storage
 from skipvqvc_jax.errors import CheckpointError, TrainingError
 
 CONFIG_FILE = 'config.json'
@@ -61,13 +61,13 @@ class ModelInfo:
 
 
 def write_model_info(directory: str, info: ModelInfo) -> None:
-  fileio.save_json(os.path.join(directory, MODEL_FILE), info.to_json())
+  fileio.save_json(storage.join(directory, MODEL_FILE), info.to_json())
 
 
 def read_model_info(source: str) -> ModelInfo:
   """The `model.json` of a model directory or a training workdir."""
-  path = os.path.join(source, MODEL_FILE)
-  if os.path.isfile(path):
+  path = storage.join(source, MODEL_FILE)
+  if storage.isfile(path):
     return ModelInfo.from_json(fileio.load_json(path))
   if is_workdir(source):
     raise CheckpointError(
@@ -81,10 +81,17 @@ def read_model_info(source: str) -> ModelInfo:
 
 
 def save_model(directory: str, model) -> None:
-  """Writes `model` to a new `directory`, atomically: it appears complete or not at all."""
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory):
+  """Writes `model` to a new `directory`, atomically: it appears complete or not at all (on object
+  storage, which has no rename: its model.json, what makes it a model directory, is written last)."""
+  directory = storage.abspath(directory)
+  if storage.exists(directory):
     raise CheckpointError(f'{directory} already exists; choose a new directory')
+  if storage.is_url(directory):
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(storage.join(directory, 'params'), nnx.state(model, nnx.Param))
+      checkpointer.wait_until_finished()
+    write_model_info(directory, ModelInfo(model.spec()))
+    return
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.', dir=parent)
@@ -102,7 +109,7 @@ def save_model(directory: str, model) -> None:
 
 
 def is_model_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, MODEL_FILE)) and not is_workdir(path)
+  return storage.isfile(storage.join(path, MODEL_FILE)) and not is_workdir(path)
 
 
 def load(source: str, step: int | None = None):
@@ -117,7 +124,7 @@ def load(source: str, step: int | None = None):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
     with ocp.StandardCheckpointer() as checkpointer:
       nnx.update(
-        model, checkpointer.restore(os.path.abspath(os.path.join(source, 'params')), abstract)
+        model, checkpointer.restore(storage.abspath(storage.join(source, 'params')), abstract)
       )
     return model
   # A training checkpoint holds the whole train state: read only the model's subtree of it.
@@ -152,7 +159,7 @@ def params_of(model) -> dict:
 
 
 def is_workdir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, CONFIG_FILE))
+  return storage.isfile(storage.join(path, CONFIG_FILE))
 
 
 DATA_PATHS = ('train_dir', 'test_dir', 'stats_file')  # config.json's paths into the data
@@ -161,23 +168,23 @@ DATA_PATHS = ('train_dir', 'test_dir', 'stats_file')  # config.json's paths into
 def portable_path(path: str, workdir: str) -> str:
   """How config.json stores a data path: relative to the workdir when inside it (so the workdir can
   move), else absolute (so it can be read from any directory)."""
-  path, workdir = os.path.abspath(path), os.path.abspath(workdir)
-  return os.path.relpath(path, workdir) if path.startswith(workdir + os.sep) else path
+  path, workdir = storage.abspath(path), storage.abspath(workdir)
+  return storage.relpath(path, workdir) if storage.is_inside(path, workdir) else path
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (its config.json), data paths resolved."""
   if not is_workdir(workdir):
     raise TrainingError(f'{workdir} has no {CONFIG_FILE}: not a training workdir')
-  config = ml_collections.ConfigDict(fileio.load_json(os.path.join(workdir, CONFIG_FILE)))
+  config = ml_collections.ConfigDict(fileio.load_json(storage.join(workdir, CONFIG_FILE)))
   for key in DATA_PATHS:
     path = config.data.get(key)
-    if path and not os.path.isabs(path):
+    if path and not storage.isabs(path):
       # Relative to the workdir; workdirs written before that stored paths relative to where
       # training ran, so such a path is still taken as it is where only that one exists.
-      inside = os.path.join(workdir, path)
-      config.data[key] = os.path.abspath(
-        path if os.path.exists(path) and not os.path.exists(inside) else inside
+      inside = storage.join(workdir, path)
+      config.data[key] = storage.abspath(
+        path if os.path.exists(path) and not storage.exists(inside) else inside
       )
   return config
 
@@ -190,8 +197,8 @@ class TrainCheckpoints:
   """
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.workdir = storage.abspath(workdir)
+    self.directory = storage.join(self.workdir, 'checkpoints')
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
@@ -259,17 +266,17 @@ class TrainCheckpoints:
     )
 
   def _set_aside(self, step: int) -> str:
-    aside = os.path.join(
+    aside = storage.join(
       self.workdir, 'checkpoints.damaged', f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
     )
-    os.makedirs(os.path.dirname(aside), exist_ok=True)
-    os.rename(os.path.join(self.directory, str(step)), aside)
+    storage.makedirs(storage.dirname(aside))
+    storage.rename(storage.join(self.directory, str(step)), aside)
     self.manager.reload()
     return aside
 
   def _stored_state(self, step: int, checkpointer) -> tuple[str, dict]:
     """(path, the tree of array metadata) of a checkpoint's state."""
-    path = os.path.join(self.directory, str(step), 'state')
+    path = storage.join(self.directory, str(step), 'state')
     metadata = checkpointer.metadata(path)
     metadata = getattr(metadata, 'item_metadata', metadata)  # orbax >= 0.11.2x wraps the tree
     return path, getattr(metadata, 'tree', metadata)

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 from flax import nnx
 
-from skipvqvc_jax import audio, checkpoints, corpus, trainers, vocoders
+from skipvqvc_jax import audio, checkpoints, corpus, storage, trainers, vocoders
 from skipvqvc_jax.errors import AudioError, ConversionError, UserError
 from skipvqvc_jax.fileio import atomic_write, save_npy
 
@@ -70,7 +70,7 @@ class Converter:
   @classmethod
   def restore(cls, workdir: str, step: int | None = None, vocoder: str = 'griffin_lim'):
     """The converter of a training workdir's checkpoint (default: the latest)."""
-    if not os.path.isdir(workdir):
+    if not storage.isdir(workdir):
       raise ConversionError(f'checkpoint workdir {workdir} does not exist')
     try:
       config = checkpoints.read_config(workdir)
@@ -80,7 +80,7 @@ class Converter:
           f'as --vocoder={workdir} and --workdir a voice-conversion run'
         )
       model = checkpoints.load(workdir, step)
-      trainer = trainers.get(config.trainer, os.path.join(workdir, corpus.STATS_FILE))
+      trainer = trainers.get(config.trainer, storage.join(workdir, corpus.STATS_FILE))
     except UserError as e:
       raise ConversionError(str(e)) from None
     except (ValueError, KeyError) as e:  # orbax: the stored tree is not this model's
@@ -199,18 +199,18 @@ def check_jobs(jobs, output_mel: bool = False) -> list[tuple[str, list[str], str
   for source, targets, output in jobs:
     if output_mel:
       output = os.path.splitext(output)[0] + '.npy'
-    if os.path.isdir(output):
+    if storage.isdir(output):
       raise ConversionError(
         f'output {output} is a folder: give a file name (or --source_dir with --output_dir)'
       )
-    if os.path.realpath(output) in inputs:
+    if storage.realpath(output) in inputs:
       raise ConversionError(f'output {output} would overwrite an input audio file: choose another')
-    if os.path.realpath(output) in writers:
+    if storage.realpath(output) in writers:
       raise ConversionError(
-        f'{writers[os.path.realpath(output)]} and {source} would both be written '
+        f'{writers[storage.realpath(output)]} and {source} would both be written '
         f'to {output}: give them different outputs'
       )
-    writers[os.path.realpath(output)] = source
+    writers[storage.realpath(output)] = source
     checked.append((source, list(targets), output))
   return checked
 
@@ -266,6 +266,6 @@ def source_dir_jobs(source_dir: str, targets: Sequence[str], output_dir: str, lo
       + ', '.join(f'{f} -> {n}.wav' for f, n in zip(files, names) if n not in stems)
     )
   return [
-    (os.path.join(source_dir, f), list(targets), os.path.join(output_dir, n + '.wav'))
+    (os.path.join(source_dir, f), list(targets), storage.join(output_dir, n + '.wav'))
     for f, n in zip(files, names)
   ]

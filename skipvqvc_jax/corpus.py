@@ -13,13 +13,14 @@ Layout written by `preprocessing.preprocess` (the arrow audio -> features of the
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import random
 from collections.abc import Sequence
 
 import numpy as np
 
-from skipvqvc_jax import audio, layouts
+from skipvqvc_jax import audio, layouts, storage
 from skipvqvc_jax.errors import CorpusError
 from skipvqvc_jax.fileio import atomic_write, load_json
 
@@ -153,9 +154,9 @@ def resolve_split(
   seed: int,
 ) -> dict:
   """The split to use: split.json from an earlier run (so reruns agree), the listed or seeded one."""
-  path = os.path.join(output_dir, SPLIT_FILE)
+  path = storage.join(output_dir, SPLIT_FILE)
   speakers = sorted(set(speakers))
-  if os.path.exists(path):
+  if storage.exists(path):
     split = load_json(path)
     known = set(split.get('train', [])) | set(split.get('test', []))
     if test_speakers is not None and sorted(test_speakers) != sorted(split.get('test', [])):
@@ -192,8 +193,8 @@ def trimmed_source(source_path: str, params: audio.FeatureParams, trim) -> np.nd
 
 def manifest_root(features_dir: str) -> str | None:
   """The folder holding the manifest of a features folder: itself or its parent (train/, test/)."""
-  for folder in (features_dir, os.path.dirname(os.path.abspath(features_dir))):
-    if os.path.isfile(os.path.join(folder, MANIFEST)):
+  for folder in (features_dir, storage.dirname(storage.abspath(features_dir))):
+    if storage.isfile(storage.join(folder, MANIFEST)):
       return folder
   return None
 
@@ -231,7 +232,9 @@ def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> Non
   total_sq = np.zeros(n_mels, np.float64)
   count = 0
   for rel in train_files:
-    mel = np.load(os.path.join(output_dir, rel)).astype(np.float64)
+    path = storage.join(output_dir, rel)
+    mel = np.load(io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path)
+    mel = mel.astype(np.float64)
     total += mel.sum(axis=1)
     total_sq += (mel**2).sum(axis=1)
     count += mel.shape[1]
@@ -244,7 +247,7 @@ def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> Non
     with open(tmp, 'wb') as f:
       np.savez(f, mean=mean.astype(np.float32), std=std.astype(np.float32), frames=count)
 
-  atomic_write(os.path.join(output_dir, STATS_FILE), write)
+  atomic_write(storage.join(output_dir, STATS_FILE), write)
 
 
 def manifest(
@@ -290,8 +293,8 @@ def manifest(
 
 
 def read_manifest(features_dir: str) -> dict:
-  path = os.path.join(features_dir, MANIFEST)
-  if not os.path.isfile(path):
+  path = storage.join(features_dir, MANIFEST)
+  if not storage.isfile(path):
     raise CorpusError(f'{features_dir} has no {MANIFEST}: run preprocess.py on your audio first')
   manifest = load_json(path)
   if not manifest.get('complete', True):

@@ -33,6 +33,7 @@ from skipvqvc_jax import (
   input_pipeline,
   models,
   report,
+  storage,
   summaries,
   vocoders,
 )
@@ -90,16 +91,16 @@ def run(
   converter = convert.Converter.restore(workdir, step, vocoder)
   cfg = converter.config
   step = checkpoints.latest_step(workdir) if step is None else step
-  if not os.path.isdir(cfg.data.test_dir):
+  if not storage.isdir(cfg.data.test_dir):
     raise CorpusError(
       f'{cfg.data.test_dir}, the test features {workdir}/config.json names, is gone: '
       f'preprocess the test speakers there again, or point data.test_dir in '
       f'config.json at their features'
     )
   files = input_pipeline.list_features(cfg.data.test_dir)
-  out_dir = os.path.join(workdir, 'eval', f'step_{step}')
-  assets = os.path.join(out_dir, 'assets')
-  os.makedirs(assets, exist_ok=True)
+  out_dir = storage.join(workdir, 'eval', f'step_{step}')
+  assets = storage.join(out_dir, 'assets')
+  storage.makedirs(assets)
 
   pairs = choose_pairs(files, num_pairs, cfg.seed, sentences(files))
   shown = {p.source for p in pairs[:report_pairs]}  # the report shows their reconstructions
@@ -132,13 +133,13 @@ def run(
   report.write_report(
     out_dir, assets, metrics, results[:report_pairs], converter, resynthesis if report_pairs else {}
   )
-  save_json(os.path.join(out_dir, 'pairs.json'), [r.to_json() for r in results])
-  save_json(os.path.join(out_dir, 'metrics.json'), metrics)
-  report.write_index(os.path.join(workdir, 'eval'))
+  save_json(storage.join(out_dir, 'pairs.json'), [r.to_json() for r in results])
+  save_json(storage.join(out_dir, 'metrics.json'), metrics)
+  report.write_index(storage.join(workdir, 'eval'))
   writer = summaries.Writer(workdir)
   writer.scalars(step, report.flat(metrics), 'eval/')
   writer.close()
-  logging.info('wrote %s', os.path.join(out_dir, 'report.html'))
+  logging.info('wrote %s', storage.join(out_dir, 'report.html'))
   return metrics
 
 

@@ -1,4 +1,7 @@
-"""Writing files so that no reader ever sees half of one, and reading the JSON the project writes."""
+"""Writing files so that no reader ever sees half of one, and reading the JSON the project writes.
+
+Any path may be a URL (`storage`): there the finished file is uploaded in one piece, which object
+storage makes visible whole or not at all (it has no rename to make a local write atomic)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from skipvqvc_jax import storage
 from skipvqvc_jax.errors import CorpusError
 
 
@@ -36,7 +40,17 @@ def public_mode(directory: bool = False) -> int:
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
   """Writes via a temporary file in the same folder and renames it: no half-written file is visible.
 
-  The file gets the usual mode for a new file under the umask (mkstemp's own is 0600)."""
+  The file gets the usual mode for a new file under the umask (mkstemp's own is 0600). A URL: the
+  file is written to a local temporary file, then uploaded as one object."""
+  if storage.is_url(path):
+    fd, tmp = tempfile.mkstemp(prefix='.' + storage.basename(path) + '.', suffix='.tmp')
+    os.close(fd)
+    try:
+      write(tmp)
+      storage.upload(tmp, path)
+    finally:
+      os.remove(tmp)
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
@@ -83,7 +97,7 @@ def save_text(path: str, text: str) -> None:
 
 def load_json(path: str):
   try:
-    with open(path) as f:
+    with storage.open(path) as f:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise CorpusError(

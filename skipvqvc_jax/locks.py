@@ -1,15 +1,28 @@
-"""One training run per workdir: the workdir lock."""
+"""One training run per workdir: the workdir lock, on a disk (`WorkdirLock`) or in a bucket
+(`ObjectLock`); `for_workdir` picks the one a workdir needs."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
+import threading
 import time
+import uuid
 
 from absl import logging
 
+from skipvqvc_jax import storage
 from skipvqvc_jax.errors import TrainingError
+
+
+def for_workdir(workdir: str):
+  return ObjectLock(workdir) if storage.is_url(workdir) else WorkdirLock(workdir)
+
+
+def _owner() -> str:
+  return f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}'
 
 
 class WorkdirLock:
@@ -40,9 +53,7 @@ class WorkdirLock:
       logging.warning('taking over the lock of a run that is gone (%s)', previous)
     f.seek(0)
     f.truncate()
-    f.write(
-      f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}'
-    )
+    f.write(_owner())
     f.flush()
     self._file = f
 
@@ -53,6 +64,123 @@ class WorkdirLock:
       fcntl.flock(self._file, fcntl.LOCK_UN)
       self._file.close()
       self._file = None
+
+  def __enter__(self):
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+class ObjectLock:
+  """The workdir lock in object storage, where no lock dies with its process: {workdir}/.lock is an
+  object created only if absent (on GCS a generation precondition, ifGenerationMatch=0, so of two
+  runs starting at once exactly one creates it), naming its owner and renewed every RENEW_SECONDS
+  by a thread of the owner. A lock whose owner is a dead process of this host, or that was not
+  renewed for STALE_SECONDS (its owner's VM is gone), is taken over, saying so; any other is refused
+  naming its owner. Released by deleting it."""
+
+  RENEW_SECONDS = 60.0
+  STALE_SECONDS = 600.0
+
+  def __init__(self, workdir: str):
+    self.workdir = storage.abspath(workdir)
+    self.path = storage.join(self.workdir, '.lock')
+    self._token = None
+    self._stop = threading.Event()
+    self._thread = None
+
+  def _record(self) -> bytes:
+    return json.dumps(
+      dict(
+        owner=self._owner,
+        token=self._token,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        renewed=time.time(),
+      )
+    ).encode()
+
+  def _read(self) -> dict | None:
+    try:
+      return json.loads(storage.read_bytes(self.path))
+    except FileNotFoundError:
+      return None
+    except (
+      ValueError
+    ):  # a lock cut short (its writer died mid-upload cannot happen; a hand edit can)
+      return dict(owner='unreadable lock', renewed=0.0)
+
+  def _stale(self, held: dict) -> str | None:
+    """Why `held` may be taken over, or None."""
+    if held.get('host') == socket.gethostname() and isinstance(held.get('pid'), int):
+      try:
+        os.kill(held['pid'], 0)
+      except ProcessLookupError:
+        return 'its process is gone'
+      except PermissionError:
+        pass
+    age = time.time() - float(held.get('renewed', 0.0))
+    if age > self.STALE_SECONDS:
+      return f'not renewed for {age:.0f} s'
+    return None
+
+  def acquire(self) -> None:
+    self._token, self._owner = uuid.uuid4().hex, _owner()
+    for _ in range(2):
+      if storage.create_only(self.path, self._record()):
+        held = self._read()  # a store without preconditions: the last writer wins; see who did
+        if held and held.get('token') == self._token:
+          break
+      else:
+        held = self._read()
+        if held is None:
+          continue  # released between the two calls: try again
+        reason = self._stale(held)
+        if reason:
+          logging.warning(
+            'taking over the lock of a run that is gone (%s: %s)', held.get('owner'), reason
+          )
+          storage.remove(self.path)
+          continue
+      raise TrainingError(
+        f'{self.workdir} is in use by another run ({(held or {}).get("owner", "starting")})'
+        f': wait for it to finish, or train in another --workdir (a lock not renewed for '
+        f'{self.STALE_SECONDS / 60:.0f} minutes is taken over)'
+      )
+    else:
+      raise TrainingError(f'{self.workdir}: could not take its lock; try again')
+    self._stop.clear()
+    self._thread = threading.Thread(target=self._renew, name='workdir-lock', daemon=True)
+    self._thread.start()
+
+  def _renew(self) -> None:
+    while not self._stop.wait(self.RENEW_SECONDS):
+      try:
+        held = self._read()
+        if not held or held.get('token') != self._token:
+          logging.error(
+            'the lock of %s was taken over by %s: another run now trains in this workdir',
+            self.workdir,
+            (held or {}).get('owner', 'nobody'),
+          )
+          return
+        with storage.open(self.path, 'wb') as f:
+          f.write(self._record())
+      except Exception as e:  # pylint: disable=broad-except  (a network blip: renew next time)
+        logging.warning('could not renew the lock of %s (%s)', self.workdir, e)
+
+  def release(self) -> None:
+    if self._token is None:
+      return
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+    held = self._read()
+    if held and held.get('token') == self._token:
+      storage.remove(self.path)
+    self._token = None
 
   def __enter__(self):
     self.acquire()

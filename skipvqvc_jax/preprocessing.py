@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from skipvqvc_jax import audio, corpus, layouts
+from skipvqvc_jax import audio, corpus, layouts, storage
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import load_json, save_json, save_npy
 from skipvqvc_jax.progress import Progress
@@ -58,19 +58,28 @@ def _source_key(path: str) -> list:
 
 
 def _readable_frames(path: str, n_mels: int) -> int | None:
-  """Frames of a feature file on disk, or None when it cannot be used (truncated, other n_mels)."""
+  """Frames of a feature file on disk, or None when it cannot be used (truncated, other n_mels).
+  In a bucket only its header is read, and its size checked against it."""
   try:
-    mel = np.load(path, mmap_mode='r', allow_pickle=False)
+    if storage.is_url(path):
+      with storage.open(path, 'rb') as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
+        header = f.tell()
+      if storage.getsize(path) != header + int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        return None
+    else:
+      shape = np.load(path, mmap_mode='r', allow_pickle=False).shape
   except (OSError, ValueError, EOFError):
     return None
-  return int(mel.shape[1]) if mel.ndim == 2 and mel.shape[0] == n_mels and mel.shape[1] else None
+  return int(shape[1]) if len(shape) == 2 and shape[0] == n_mels and shape[1] else None
 
 
 def _check_parameters(output_dir: str, params: audio.FeatureParams) -> None:
   """Refuses an output folder whose features (finished or not) were made with other parameters."""
   for name in (corpus.MANIFEST, STAMP):
-    path = os.path.join(output_dir, name)
-    if os.path.exists(path):
+    path = storage.join(output_dir, name)
+    if storage.exists(path):
       found = audio.FeatureParams.from_dict(load_json(path)['feature_params'])
       if found != params:
         raise CorpusError(
@@ -86,20 +95,21 @@ def _tidy(output_dir: str, expected: dict[str, str], log) -> None:
   temporary files of killed writers, are removed."""
   moved = removed = 0
   for side in corpus.SPLITS:
-    folder = os.path.join(output_dir, side)
-    if not os.path.isdir(folder):
+    folder = storage.join(output_dir, side)
+    if not storage.isdir(folder):
       continue
-    for name in sorted(os.listdir(folder)):
-      path = os.path.join(folder, name)
+    for name in sorted(storage.listdir(folder)):
+      path = storage.join(folder, name)
       if name.startswith('.') and name.endswith('.tmp'):
-        os.remove(path)
+        storage.remove(path)
       elif name.endswith('.npy') and expected.get(name) != side:
-        if name in expected and not os.path.exists(os.path.join(output_dir, expected[name], name)):
-          os.makedirs(os.path.join(output_dir, expected[name]), exist_ok=True)
-          os.replace(path, os.path.join(output_dir, expected[name], name))
+        moved_to = storage.join(output_dir, expected.get(name, side), name)
+        if name in expected and not storage.exists(moved_to):
+          storage.makedirs(storage.dirname(moved_to))
+          storage.rename(path, moved_to)
           moved += 1
         else:
-          os.remove(path)
+          storage.remove(path)
           removed += 1
   if moved or removed:
     log(
@@ -130,7 +140,7 @@ def preprocess(
   nothing usable came out, or the output folder holds features made with other parameters.
   """
   log = _printable_lines(log)
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+  if storage.isfile(output_dir):
     raise CorpusError(f'output {output_dir} is a file, not a folder: choose another output dir')
   utterances, skipped, layout = corpus.find_utterances(input_dir, speaker_depth, mic)
   log(
@@ -153,10 +163,10 @@ def preprocess(
   if test_speakers is not None:
     test_speakers = [corpus.speaker_name(s) for s in test_speakers]
   root = layout.root
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   _check_parameters(output_dir, params)
-  manifest_path = os.path.join(output_dir, corpus.MANIFEST)
-  old = load_json(manifest_path) if os.path.exists(manifest_path) else {}
+  manifest_path = storage.join(output_dir, corpus.MANIFEST)
+  old = load_json(manifest_path) if storage.exists(manifest_path) else {}
   known_skips = {s['source']: s for s in old.get('skipped', []) if 'key' in s}
   known_items = {i['source']: i for i in old.get('items', [])}
   split = (
@@ -170,18 +180,24 @@ def preprocess(
     log(f'only one test speaker ({split["test"][0]}): --mode=eval needs two to convert between')
   side = {s: 'train' for s in split['train']} | {s: 'test' for s in split['test']}
   save_json(
-    os.path.join(output_dir, STAMP), dict(feature_params=params.to_dict(), min_frames=min_frames)
+    storage.join(output_dir, STAMP), dict(feature_params=params.to_dict(), min_frames=min_frames)
   )
   _tidy(output_dir, {u.feature_file: side[u.speaker] for u in utterances}, log)
 
   items, tasks, pending, carried = [], [], [], []
+  on_disk = {  # one listing per side (one request each in a bucket), not one query per file
+    os.path.join(side_name, name)
+    for side_name in corpus.SPLITS
+    if storage.isdir(storage.join(output_dir, side_name))
+    for name in storage.listdir(storage.join(output_dir, side_name))
+  }
   for utt in utterances:
     source_path = os.path.join(root, utt.source)
     out_rel = os.path.join(side[utt.speaker], utt.feature_file)
-    out_path = os.path.join(output_dir, out_rel)
+    out_path = storage.join(output_dir, *out_rel.split(os.sep))
     key = _source_key(source_path)
     previous = known_items.get(utt.source, {})
-    frames = _readable_frames(out_path, params.n_mels) if os.path.exists(out_path) else None
+    frames = _readable_frames(out_path, params.n_mels) if out_rel in on_disk else None
     if frames is not None and previous.get('key', key) == key:
       items.append(_item(utt, out_rel, frames, previous.get('trim'), key))
     elif frames is None and utt.source in known_skips and known_skips[utt.source]['key'] == key:
@@ -207,7 +223,7 @@ def preprocess(
     # including features whose results were still on their way back from the workers.
     made = {i['file'] for i in items}
     for utt, out_rel, key in pending:
-      frames = _readable_frames(os.path.join(output_dir, out_rel), params.n_mels)
+      frames = _readable_frames(storage.join(output_dir, *out_rel.split(os.sep)), params.n_mels)
       if out_rel not in made and frames is not None:
         items.append(_item(utt, out_rel, frames, None, key))
     items.sort(key=lambda i: i['file'])
@@ -234,13 +250,13 @@ def preprocess(
       f'no usable audio in {input_dir}: {len(skipped)} files skipped (see the reasons above)'
     )
   items.sort(key=lambda i: i['file'])
-  save_json(os.path.join(output_dir, corpus.SPLIT_FILE), split)
+  save_json(storage.join(output_dir, corpus.SPLIT_FILE), split)
   corpus.write_stats(
     output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)], params.n_mels
   )
   manifest = corpus.manifest(input_dir, params, min_frames, split, items, skipped, layout=layout)
   save_json(manifest_path, manifest)
-  os.remove(os.path.join(output_dir, STAMP))
+  storage.remove(storage.join(output_dir, STAMP))
   return manifest
 
 

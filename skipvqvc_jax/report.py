@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from skipvqvc_jax import convert, fileio, input_pipeline, summaries
+from skipvqvc_jax import convert, fileio, input_pipeline, storage, summaries
 from skipvqvc_jax.fileio import save_text
 
 
@@ -26,12 +26,12 @@ def write_index(eval_dir: str) -> None:
   """eval/index.html: every evaluation of the workdir side by side, with links to their reports."""
   steps = sorted(
     int(d.split('_', 1)[1])
-    for d in os.listdir(eval_dir)
-    if d.startswith('step_') and os.path.isfile(os.path.join(eval_dir, d, 'metrics.json'))
+    for d in storage.listdir(eval_dir)
+    if d.startswith('step_') and storage.isfile(storage.join(eval_dir, d, 'metrics.json'))
   )
   rows = []
   for step in steps:
-    m = fileio.load_json(os.path.join(eval_dir, f'step_{step}', 'metrics.json'))
+    m = fileio.load_json(storage.join(eval_dir, f'step_{step}', 'metrics.json'))
     conversion, similarity = m.get('conversion', {}), m.get('speaker_similarity', {})
     cell = lambda v: '-' if v is None else f'{v:.3f}'
     rows.append(
@@ -41,7 +41,7 @@ def write_index(eval_dir: str) -> None:
       f'<td>{cell(similarity.get("accepted_as_target"))}</td></tr>'
     )
   save_text(
-    os.path.join(eval_dir, 'index.html'),
+    storage.join(eval_dir, 'index.html'),
     f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>skipvqvc_jax evaluations</title></head><body>
 <h1>Evaluations</h1><table><tr><th>checkpoint</th><th>reconstruction L1 (log-mel)</th>
@@ -65,7 +65,7 @@ def _vocoder_section(assets: str, metrics: dict, resynthesis: dict, sample_rate:
   for name, wave in resynthesis.items():
     if name == 'utterance' or wave is None:
       continue
-    convert.write_wav(os.path.join(assets, f'vocoder_{name}.wav'), wave, sample_rate)
+    convert.write_wav(storage.join(assets, f'vocoder_{name}.wav'), wave, sample_rate)
     players.append(
       f'<figure><figcaption>{html.escape(name)}</figcaption><audio controls '
       f'src="assets/vocoder_{name}.wav"></audio></figure>'
@@ -103,9 +103,9 @@ def write_report(out_dir, assets, metrics, results, converter, resynthesis: dict
     cells = []
     for name, mel in mels.items():
       stem = f'pair{i:02d}_{name}'
-      _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, name))
+      _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, name))
       convert.write_wav(
-        os.path.join(assets, stem + '.wav'), converter.vocoder(mel), converter.vocoder.sample_rate
+        storage.join(assets, stem + '.wav'), converter.vocoder(mel), converter.vocoder.sample_rate
       )
       cells.append(
         f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
@@ -118,7 +118,7 @@ def write_report(out_dir, assets, metrics, results, converter, resynthesis: dict
     for name, outputs in scales:  # a multi-scale model's coarser outputs, as images
       for j, mel in enumerate(outputs[:-1]):
         stem = f'pair{i:02d}_{name}_d{j}'
-        _save_png(os.path.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))
+        _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))
         cells.append(
           f'<figure><figcaption>{name}, scale d{j} ({mel.shape[0]} bands, 1/'
           f'{2 ** (len(outputs) - 1 - j)} frame rate)</figcaption><img '
@@ -149,10 +149,10 @@ baseline compares the unconverted source with it.</p>
 {_vocoder_section(assets, metrics['vocoders'], resynthesis, converter.vocoder.sample_rate)}
 <h2>Conversions</h2>{''.join(sections)}</body></html>
 """
-  save_text(os.path.join(out_dir, 'report.html'), page)
+  save_text(storage.join(out_dir, 'report.html'), page)
 
 
 def _save_png(path: str, image: np.ndarray) -> None:
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  plt.imsave(path, image)
+  fileio.atomic_write(path, lambda tmp: plt.imsave(tmp, image, format='png'))

@@ -1,12 +1,17 @@
-"""TensorBoard output with tensorboardX: scalars, mel images and audio, written by process 0 only."""
+"""TensorBoard output with tensorboardX: scalars, mel images and audio, written by process 0 only.
+
+In a bucket (a URL workdir) the event file is written through `storage` like every other file of a
+run: object storage cannot append, so each flush uploads the whole event file as one object, which
+TensorBoard (reading gs:// itself) sees whole at every moment."""
 
 from __future__ import annotations
 
 import io
-import os
 
 import jax
 import numpy as np
+
+from skipvqvc_jax import storage
 
 
 def mel_image(mel: np.ndarray, title: str = '') -> np.ndarray:
@@ -28,15 +33,49 @@ def mel_image(mel: np.ndarray, title: str = '') -> np.ndarray:
   return np.frombuffer(buffer.getvalue(), np.uint8).reshape(height, width, 4)[..., :3].copy()
 
 
+class _ObjectEventFile:
+  """An event file in object storage: the records so far, uploaded whole at each flush."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer, self.uploaded = path, io.BytesIO(), 0
+
+  def write(self, record: bytes) -> None:
+    self.buffer.write(record)
+
+  def flush(self) -> None:
+    if self.buffer.tell() != self.uploaded:
+      with storage.open(self.path, 'wb') as f:
+        f.write(self.buffer.getvalue())
+      self.uploaded = self.buffer.tell()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectEventFiles:
+  """tensorboardX's writer factory for one URL scheme (its own gs:// writer needs another client)."""
+
+  def open(self, path: str) -> _ObjectEventFile:
+    return _ObjectEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # object storage has no folders to make
+
+
 class Writer:
   """A SummaryWriter in {workdir}/tensorboard on process 0; a no-op elsewhere."""
 
   def __init__(self, workdir: str):
     self._writer = None
     if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      from tensorboardX import (
+        SummaryWriter,  # pylint: disable=import-outside-toplevel
+        record_writer,  # pylint: disable=import-outside-toplevel
+      )
 
-      self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      if storage.is_url(workdir):
+        record_writer.register_writer_factory(workdir.split('://')[0], _ObjectEventFiles())
+      self._writer = SummaryWriter(storage.join(workdir, 'tensorboard'))
 
   def scalars(self, step: int, values: dict, prefix: str = '') -> None:
     if self._writer:

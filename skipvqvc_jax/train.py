@@ -7,8 +7,6 @@ task-specific (voice conversion or a vocoder) is behind `tasks.Task`.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import time
 from typing import Any
@@ -17,7 +15,16 @@ import jax
 import ml_collections
 from absl import logging
 
-from skipvqvc_jax import checkpoints, input_pipeline, locks, progress, sharding, summaries, tasks
+from skipvqvc_jax import (
+  checkpoints,
+  input_pipeline,
+  locks,
+  progress,
+  sharding,
+  storage,
+  summaries,
+  tasks,
+)
 from skipvqvc_jax.errors import ConfigError, TrainingError
 from skipvqvc_jax.fileio import save_json
 from skipvqvc_jax.tasks import Task
@@ -76,7 +83,7 @@ def check_config(config) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if storage.isfile(workdir):
     raise ConfigError(f'--workdir {workdir} is a file, not a folder: choose another --workdir')
 
 
@@ -90,14 +97,14 @@ def _describe_workdir(config, workdir: str, task: Task) -> None:
       for key in checkpoints.DATA_PATHS
     }
   )
-  save_json(os.path.join(workdir, checkpoints.CONFIG_FILE), resolved)
+  save_json(storage.join(workdir, checkpoints.CONFIG_FILE), resolved)
   checkpoints.write_model_info(workdir, task.model_info(config))
 
 
 def _check_same_run(config, workdir: str) -> None:
   """Refuses to resume a workdir whose checkpoints belong to another model or task, before its
   config.json and model.json (which conversion and evaluation read) are touched."""
-  if not os.path.isfile(os.path.join(workdir, checkpoints.MODEL_FILE)):
+  if not storage.isfile(storage.join(workdir, checkpoints.MODEL_FILE)):
     return  # written before model.json: the restore itself checks every parameter's shape
   old, new = checkpoints.read_model_info(workdir), tasks.model_info(config)
   if old != new:
@@ -116,10 +123,10 @@ def _move_checkpoints_aside(ckpt: checkpoints.TrainCheckpoints, config, workdir:
       'resume=False: moving the checkpoints up to step %d to %s', ckpt.latest_step(), aside
     )
     ckpt.close()
-    os.rename(ckpt.directory, aside)
+    storage.rename(ckpt.directory, aside)
     for name in (checkpoints.CONFIG_FILE, checkpoints.MODEL_FILE):
-      if os.path.isfile(os.path.join(workdir, name)):
-        shutil.copy2(os.path.join(workdir, name), aside)
+      if storage.isfile(storage.join(workdir, name)):
+        storage.copy(storage.join(workdir, name), storage.join(aside, name))
   sharding.sync('move-checkpoints')
   return checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
 
@@ -151,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns a summary."""
   check_config(config)
   check_workdir(workdir)
-  lock = locks.WorkdirLock(workdir)
+  lock = locks.for_workdir(workdir)
   if jax.process_index() == 0:
     lock.acquire()
   try:
@@ -172,7 +179,7 @@ def _open_run(config, workdir: str):
   mesh = sharding.make_mesh()
   task = tasks.make(config, workdir, mesh)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     _describe_workdir(config, workdir, task)
     task.prepare_workdir(workdir)
   return ckpt, mesh, task
@@ -303,7 +310,7 @@ class _Run:
     )
     if jax.process_index() == 0:
       save_json(
-        os.path.join(workdir, 'train_summary.json'),
+        storage.join(workdir, 'train_summary.json'),
         dict(
           summary,
           evals={str(k): v for k, v in summary['evals'].items()},
@@ -317,8 +324,8 @@ def _check_free_space(ckpt: checkpoints.TrainCheckpoints, state_bytes: int) -> N
   """Stops before a checkpoint that the disk cannot hold: orbax would fail half-way, in background
   threads, leaving a partial folder and a screen of tracebacks. Twice the state: room for the new
   checkpoint while the previous (asynchronous) save may still be writing, without waiting for it."""
-  free, needed = shutil.disk_usage(ckpt.directory).free, 2 * state_bytes + (16 << 10)
-  if free < needed:
+  free, needed = storage.free_bytes(ckpt.directory), 2 * state_bytes + (16 << 10)
+  if free is not None and free < needed:
     ckpt.wait()
     kept = ckpt.latest_step()
     raise TrainingError(

@@ -12,13 +12,14 @@ A new trainer is one row of `TRAINERS` (and a new normalisation, one entry of `N
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from skipvqvc_jax import storage
 from skipvqvc_jax.errors import ConfigError, CorpusError
 
 
@@ -188,12 +189,12 @@ class Normalised:
 
 
 def load_stats(path: str, trainer: str = 'mean_std') -> tuple[np.ndarray, np.ndarray]:
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise CorpusError(
       f'the {trainer} trainer needs per-band statistics: {path} not found; '
       f'preprocess.py writes it, or set --config.data.stats_file'
     )
-  with np.load(path) as stats:
+  with np.load(io.BytesIO(storage.read_bytes(path))) as stats:
     mean, std = stats['mean'].astype(np.float32), stats['std'].astype(np.float32)
   if mean.ndim != 1 or mean.shape != std.shape:
     raise CorpusError(f'{path}: mean and std must be 1-D arrays of one size')

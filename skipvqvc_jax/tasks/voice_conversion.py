@@ -10,7 +10,6 @@ uninterrupted one. The trainer (`trainers.py`) is the few lines in which the ori
 from __future__ import annotations
 
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ from skipvqvc_jax import (
   input_pipeline,
   models,
   sharding,
+  storage,
   summaries,
   trainers,
   vocoders,
@@ -266,8 +266,8 @@ class VoiceConversionTask:
     """The mean/std trainer's statistics go into the workdir, so a restore needs nothing else."""
     if self.trainer.uses_stats:
       atomic_write(
-        os.path.join(workdir, corpus.STATS_FILE),
-        lambda tmp: shutil.copyfile(self.data.stats_file, tmp),
+        storage.join(workdir, corpus.STATS_FILE),
+        lambda tmp: storage.copy(self.data.stats_file, tmp),
       )
 
   def test_metrics(self, state: dict) -> dict:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from skipvqvc_jax import audio, corpus, preprocessing, sharding
+from skipvqvc_jax import audio, corpus, preprocessing, sharding, storage
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import save_npy
 
@@ -54,15 +54,21 @@ def cache_waveforms(
   """
   root_dir = corpus.manifest_root(features_dir) or features_dir
   manifest = corpus.read_manifest(root_dir)
-  subset = os.path.relpath(os.path.abspath(features_dir), os.path.abspath(root_dir))
+  subset = storage.relpath(storage.abspath(features_dir), storage.abspath(root_dir))
   corpus.check_feature_params(root_dir, params)
   source_root = corpus.audio_root(manifest['input_dir'])
   tasks = []
+  cached = (
+    {storage.relpath(p, out_dir) for p in storage.find(out_dir)}
+    if storage.isdir(out_dir)
+    else set()
+  )
   for item in manifest['items']:
     if subset != '.' and not item['file'].startswith(subset + os.sep):
       continue
-    out_path = os.path.join(out_dir, os.path.relpath(item['file'], subset))
-    if os.path.exists(out_path):
+    out_rel = os.path.relpath(item['file'], subset)
+    out_path = storage.join(out_dir, out_rel)
+    if out_rel in cached:
       continue
     source_path = os.path.join(source_root, item['source'])
     if not os.path.isfile(source_path):
@@ -87,9 +93,12 @@ def waveform_dir(features_dir: str, workdir: str, params: audio.FeatureParams) -
       f'preprocessed corpus names; point data.train_dir at the audio or at the '
       f'output of preprocess.py'
     )
-  tag = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:10]
-  out = os.path.join(
-    workdir, 'waveforms', tag, os.path.relpath(os.path.abspath(features_dir), os.path.abspath(root))
+  tag = hashlib.sha1(storage.abspath(root).encode()).hexdigest()[:10]
+  out = storage.join(
+    workdir,
+    'waveforms',
+    tag,
+    storage.relpath(storage.abspath(features_dir), storage.abspath(root)),
   )
   if jax.process_index() == 0:
     cache_waveforms(features_dir, out, params, log=logging.info)

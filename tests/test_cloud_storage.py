@@ -1,0 +1,334 @@
+"""Runs in a bucket: preprocessing, training, a SIGKILL mid-checkpoint and an exact resume, conversion,
+evaluation, a two-process run and the workdir lock, all against a Cloud Storage emulator this module
+starts on loopback (tests/gcs_emulator.py)."""
+
+import importlib.util
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+from flax import nnx
+
+from skipvqvc_jax import checkpoints, locks, preprocessing, storage, train
+from skipvqvc_jax.errors import TrainingError
+from tests.conftest import REPO, tiny_config
+from tests.gcs_emulator import emulator_env
+
+for _package, _extra in (('gcsfs', 'gcs'), ('gcp_storage_emulator', 'test')):
+  if importlib.util.find_spec(_package) is None:
+    pytest.skip(f'{_package} is not installed (the [{_extra}] extra)', allow_module_level=True)
+
+BUCKET = 'skipvqvc-test'
+SLOW_PREFIX = 'killed/checkpoints/3/'  # the emulator holds each upload of this checkpoint 2 s
+STEPS = 6
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def gcs(tmp_path_factory):
+  """The emulator's environment, set in this process (and given to subprocesses) for the module."""
+  port = _free_port()
+  log = open(tmp_path_factory.mktemp('emulator') / 'emulator.log', 'w')
+  server = subprocess.Popen(
+    [sys.executable, '-m', 'tests.gcs_emulator', str(port), BUCKET, SLOW_PREFIX, '2'],
+    cwd=REPO,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
+  for _ in range(100):
+    try:
+      urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=1)
+      break
+    except OSError:
+      time.sleep(0.1)
+  else:
+    server.kill()
+    pytest.fail('the storage emulator did not start')
+  env = emulator_env(port)
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  storage._filesystem.cache_clear()
+  yield env
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value
+  storage._filesystem.cache_clear()
+  server.kill()
+  server.wait()
+  log.close()
+
+
+def _url(path: str) -> str:
+  return f'gs://{BUCKET}/{path}'
+
+
+def _run_env(gcs, tmp_path):
+  # Each run its own feature cache: the mirror itself is under test.
+  return dict(os.environ, **gcs, JAX_PLATFORMS='cpu', XDG_CACHE_HOME=str(tmp_path / 'cache'))
+
+
+def _main(args, env, **kwargs):
+  return subprocess.Popen(
+    [sys.executable, 'main.py', *args],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kwargs,
+  )
+
+
+def _flags(workdir, **overrides):
+  overrides = {
+    'data.train_dir': _url('features/train'),
+    'data.test_dir': _url('features/test'),
+    **overrides,
+  }
+  return ['--config=configs/vqvc_plus.py:tiny', f'--workdir={workdir}'] + [
+    f'--config.{k}={v}' for k, v in overrides.items()
+  ]
+
+
+def _params(workdir):
+  return jax.tree.leaves(nnx.to_pure_dict(nnx.state(checkpoints.load(str(workdir)), nnx.Param)))
+
+
+def _losses(workdir, first=1):
+  """The train losses of steps first..STEPS that the run's last command logged."""
+  summary = json.loads(storage.read_bytes(storage.join(str(workdir), 'train_summary.json')))
+  return np.array([summary['train_losses'][str(s)] for s in range(first, STEPS + 1)])
+
+
+@pytest.fixture(scope='module')
+def bucket_features(gcs, small_corpus):
+  """small_corpus preprocessed straight into the bucket (esf2 and esm1 the test speakers)."""
+  preprocessing.preprocess(
+    str(small_corpus),
+    _url('features'),
+    test_speakers=['esf2', 'esm1'],
+    workers=2,
+    progress=False,
+    log=lambda _: None,
+  )
+  return _url('features')
+
+
+@pytest.fixture(scope='module')
+def straight(bucket_features, small_features, tmp_path_factory):
+  """An uninterrupted run of STEPS steps, from the bucket's features into the bucket."""
+  workdir = _url('straight')
+  config = tiny_config(
+    small_features,
+    num_train_steps=STEPS,
+    **{'data.train_dir': _url('features/train'), 'data.test_dir': _url('features/test')},
+  )
+  os.environ['XDG_CACHE_HOME'] = str(tmp_path_factory.mktemp('cache'))
+  try:
+    train.train_and_evaluate(config, workdir)
+  finally:
+    os.environ.pop('XDG_CACHE_HOME')
+  return workdir
+
+
+def test_preprocessing_writes_its_whole_output_into_the_bucket(bucket_features, small_features):
+  names = {storage.relpath(p, bucket_features) for p in storage.find(bucket_features)}
+  local = {str(p.relative_to(small_features)) for p in small_features.rglob('*') if p.is_file()}
+  assert names == local  # the same files, and nothing half-written (.tmp) or left over (its stamp)
+  for name in ('train/awb_001.npy', 'test/esf2_001.npy'):
+    np.testing.assert_array_equal(
+      np.load(io.BytesIO(storage.read_bytes(storage.join(bucket_features, name)))),
+      np.load(small_features / name),
+    )
+  with np.load(io.BytesIO(storage.read_bytes(storage.join(bucket_features, 'stats.npz')))) as s:
+    with np.load(small_features / 'stats.npz') as expected:
+      np.testing.assert_allclose(s['mean'], expected['mean'], rtol=1e-6)
+  manifest = json.loads(storage.read_bytes(storage.join(bucket_features, 'manifest.json')))
+  assert manifest['complete'] and manifest['totals']['test']['speakers'] == 2
+
+
+def test_a_run_in_the_bucket_writes_everything_there_and_matches_a_local_run(
+  straight, small_features, tmp_path
+):
+  names = {storage.relpath(p, straight) for p in storage.find(straight)}
+  for name in ('config.json', 'model.json', 'train_summary.json', f'checkpoints/{STEPS}/state'):
+    assert any(n == name or n.startswith(name + '/') for n in names), name
+  assert '.lock' not in names  # released at the end
+  events = [n for n in names if n.startswith('tensorboard/events.out.tfevents.')]
+  assert len(events) == 1
+  from tensorboardX.proto import event_pb2
+
+  data, tags = storage.read_bytes(storage.join(straight, events[0])), set()
+  while data:
+    (length,) = np.frombuffer(data[:8], '<u8')
+    event = event_pb2.Event.FromString(data[12 : 12 + int(length)])
+    tags |= {v.tag for v in event.summary.value}
+    data = data[16 + int(length) :]
+  assert {'train/loss', 'test/loss'} <= tags and any(t.startswith('mel/') for t in tags), tags
+  config = json.loads(storage.read_bytes(storage.join(straight, 'config.json')))
+  assert config['data']['train_dir'] == _url('features/train')
+
+  local = tmp_path / 'local'
+  train.train_and_evaluate(tiny_config(small_features, num_train_steps=STEPS), str(local))
+  np.testing.assert_allclose(_losses(straight), _losses(local), atol=1e-6, rtol=0)
+  for a, b in zip(_params(straight), _params(local)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_sigkill_in_the_middle_of_a_checkpoint_in_the_bucket_resumes_exactly(
+  gcs, straight, tmp_path
+):
+  workdir = _url('killed')
+  env = _run_env(gcs, tmp_path)
+  flags = _flags(workdir, num_train_steps=STEPS, checkpoint_every_steps=1)
+  run = _main(flags, env)
+  # The emulator holds every upload of checkpoint 3 for 2 s: kill as soon as its first object lands.
+  deadline = time.monotonic() + 300
+  while not storage.find(storage.join(workdir, 'checkpoints/3')):
+    assert run.poll() is None, run.stdout.read()[-3000:]
+    assert time.monotonic() < deadline, 'checkpoint 3 never started'
+    time.sleep(0.05)
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  written = storage.find(storage.join(workdir, 'checkpoints/3'))
+  assert written and not any(p.endswith('3/commit_success.txt') for p in written), written
+
+  rerun = _main(flags, env)
+  out = rerun.communicate(timeout=600)[0]
+  assert rerun.returncode == 0, out[-3000:]
+  assert 'resumed from step 2' in out, out[-3000:]
+  np.testing.assert_allclose(_losses(workdir, 3), _losses(straight, 3), atol=1e-6, rtol=0)
+  for a, b in zip(_params(workdir), _params(straight)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_conversion_and_evaluation_of_a_workdir_in_the_bucket(
+  gcs, straight, small_corpus, tmp_path
+):
+  env = _run_env(gcs, tmp_path)
+  output = _url('converted/awb_as_slt.wav')
+  convert = _main(
+    [
+      '--mode=convert',
+      f'--workdir={straight}',
+      f'--source={small_corpus / "awb" / "awb_001.ogg"}',
+      f'--target={small_corpus / "slt" / "slt_001.ogg"}',
+      f'--output={output}',
+    ],
+    env,
+  )
+  out = convert.communicate(timeout=600)[0]
+  assert convert.returncode == 0, out[-3000:]
+  wave, rate = sf.read(io.BytesIO(storage.read_bytes(output)))
+  source, _ = sf.read(small_corpus / 'awb' / 'awb_001.ogg')
+  assert rate == 22050 and 0.5 < len(wave) / len(source) < 1.5
+
+  from skipvqvc_jax import evaluate
+
+  metrics = evaluate.run(straight, num_pairs=2, report_pairs=1, num_vocoder_utterances=1)
+  report = storage.join(straight, f'eval/step_{STEPS}')
+  assert json.loads(storage.read_bytes(storage.join(report, 'metrics.json'))) == json.loads(
+    json.dumps(metrics)
+  )
+  page = storage.read_bytes(storage.join(report, 'report.html')).decode()
+  for asset in [a.split('"')[0] for a in page.split('src="')[1:]]:
+    assert storage.isfile(storage.join(report, asset)), asset
+  assert (
+    f'step_{STEPS}/report.html'
+    in storage.read_bytes(storage.join(straight, 'eval/index.html')).decode()
+  )
+
+
+def test_two_processes_train_one_workdir_in_the_bucket(gcs, straight, tmp_path):
+  workdir = _url('pod')
+  port = _free_port()
+  runs = [
+    _main(
+      [
+        *_flags(workdir, num_train_steps=STEPS),
+        f'--coordinator_address=localhost:{port}',
+        '--num_processes=2',
+        f'--process_id={p}',
+      ],
+      dict(
+        _run_env(gcs, tmp_path / f'p{p}'),
+        XLA_FLAGS='--xla_force_host_platform_device_count=2',
+      ),
+    )
+    for p in range(2)
+  ]
+  outs = [r.communicate(timeout=600)[0] for r in runs]
+  for r, out in zip(runs, outs):
+    assert r.returncode == 0, out[-3000:]
+  np.testing.assert_allclose(_losses(workdir), _losses(straight), atol=1e-5, rtol=0)
+  for a, b in zip(_params(workdir), _params(straight)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_the_lock_in_the_bucket(gcs, small_features, tmp_path):
+  workdir = _url('locked')
+  lock = storage.join(workdir, '.lock')
+  # A live run elsewhere: refused in one line naming it, and nothing of the workdir written.
+  storage.create_only(
+    lock, json.dumps(dict(owner='pid 1 on tpu-vm-7', host='tpu-vm-7', renewed=time.time())).encode()
+  )
+  env = _run_env(gcs, tmp_path)
+  refused = _main(_flags(workdir, num_train_steps=2), env)
+  out = refused.communicate(timeout=600)[0]
+  assert refused.returncode == 1, out[-3000:]
+  errors = [line for line in out.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'in use by another run (pid 1 on tpu-vm-7)' in errors[0], out[-2000:]
+  assert storage.find(workdir) == [lock]
+
+  # Its VM died 20 minutes ago: taken over, saying so.
+  storage.remove(lock)
+  storage.create_only(
+    lock,
+    json.dumps(
+      dict(owner='pid 1 on tpu-vm-7', host='tpu-vm-7', renewed=time.time() - 1200)
+    ).encode(),
+  )
+  taken = locks.ObjectLock(workdir)
+  taken.acquire()
+  assert json.loads(storage.read_bytes(lock))['pid'] == os.getpid()
+  with pytest.raises(TrainingError, match='in use by another run'):
+    locks.ObjectLock(workdir).acquire()
+  taken.release()
+  assert not storage.exists(lock)
+
+  # Ten runs starting at once: exactly one holds it (the generation precondition decides).
+  contenders = [locks.ObjectLock(workdir) for _ in range(10)]
+  outcomes = [None] * 10
+
+  def start(i):
+    try:
+      contenders[i].acquire()
+      outcomes[i] = 'held'
+    except TrainingError:
+      outcomes[i] = 'refused'
+
+  threads = [threading.Thread(target=start, args=(i,)) for i in range(10)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert outcomes.count('held') == 1, outcomes
+  contenders[outcomes.index('held')].release()
