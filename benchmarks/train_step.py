@@ -26,7 +26,9 @@ DEFAULT_PRESETS = (
 )
 
 
-def measure(preset: str, batch_size: int, steps: int, warmup: int, data: str | None) -> dict:
+def measure(
+  preset: str, batch_size: int, steps: int, warmup: int, data: str | None, dtype: str = 'float32'
+) -> dict:
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -39,6 +41,7 @@ def measure(preset: str, batch_size: int, steps: int, warmup: int, data: str | N
     name
   )
   config.batch_size = batch_size
+  config.compute_dtype = dtype
   trainer = trainers.get('normal' if config.trainer == 'mean_std' else config.trainer)
   mesh = sharding.make_mesh()
   model = voice_conversion.build_model(config)
@@ -100,11 +103,12 @@ def main():
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--data', default=None, help='features dir to read batches from')
+  parser.add_argument('--dtype', default='float32', help='compute dtype: float32 or bfloat16')
   parser.add_argument('--one', default=None, help=argparse.SUPPRESS)  # internal: preset,batch
   args = parser.parse_args()
   if args.one:
     preset, batch = args.one.rsplit(',', 1)
-    print(json.dumps(measure(preset, int(batch), args.steps, args.warmup, args.data)))
+    print(json.dumps(measure(preset, int(batch), args.steps, args.warmup, args.data, args.dtype)))
     return
   print(
     f'{"preset":34} {"batch":>5} {"params M":>8} {"compile s":>9} {"ms/step":>8} {"steps/s":>8} '

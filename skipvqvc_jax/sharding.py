@@ -3,6 +3,8 @@ few multi-process helpers the loop and the tasks share (placing a state, barrier
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -30,8 +32,10 @@ def local_batch_size(global_batch: int) -> int:
   devices = jax.device_count()
   if global_batch % devices:
     raise ConfigError(
-      f'batch_size {global_batch} does not split over {devices} devices; '
-      f'use a multiple of {devices}'
+      f'batch_size {global_batch} does not split over {devices} devices ({global_batch} / '
+      f'{devices} = {global_batch / devices:g} per device): set --config.batch_size to a multiple '
+      f'of {devices} ({devices * max(1, round(global_batch / devices))}), or '
+      f'--config.per_device_batch_size=N for a global batch of N x {devices}'
     )
   return global_batch // jax.process_count()
 
@@ -61,10 +65,25 @@ def abstract_like(tree, mesh: Mesh):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target), tree)
 
 
+# How long a process waits at a barrier for the others (process 0 may be preprocessing a corpus).
+BARRIER_SECONDS = 3600
+_barriers = itertools.count()  # every process passes the same barriers in the same order
+
+
 def sync(name: str) -> None:
-  """Waits until every process reaches the barrier `name` (nothing to wait for in one process)."""
-  if jax.process_count() > 1:
+  """Waits until every process reaches the barrier `name` (nothing to wait for in one process).
+
+  A barrier of the coordination service, not a collective: a collective gives up when a peer is 30 s
+  late (the CPU collectives' context), and before the first step peers can be minutes apart."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+
+  client = distributed.global_state.client
+  if client is None or not hasattr(client, 'wait_at_barrier'):
     multihost_utils.sync_global_devices(name)
+  else:
+    client.wait_at_barrier(f'{name}-{next(_barriers)}', timeout_in_ms=BARRIER_SECONDS * 1000)
 
 
 def mean_over_batches(step, batches: list[dict], mesh: Mesh) -> dict:

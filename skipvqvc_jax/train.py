@@ -26,7 +26,7 @@ from skipvqvc_jax import (
   tasks,
 )
 from skipvqvc_jax.errors import ConfigError, TrainingError
-from skipvqvc_jax.fileio import save_json
+from skipvqvc_jax.fileio import load_json, save_json
 from skipvqvc_jax.tasks import Task
 
 
@@ -62,6 +62,7 @@ class _StopRequests:
 # delete every checkpoint, the ones already there too).
 POSITIVE_FIELDS = {
   'batch_size': 1,
+  'per_device_batch_size': 0,
   'num_train_steps': 0,
   'log_every_steps': 1,
   'eval_every_steps': 1,
@@ -71,10 +72,17 @@ POSITIVE_FIELDS = {
 }
 
 
+def resolve_batch(config) -> None:
+  """per_device_batch_size > 0: the global batch_size is it x every device of every process."""
+  per_device = config.get('per_device_batch_size', 0)
+  if isinstance(per_device, int) and not isinstance(per_device, bool) and per_device > 0:
+    config.batch_size = per_device * jax.device_count()
+
+
 def check_config(config) -> None:
   """One-line errors for loop settings that cannot work, before anything is read or written."""
   for field, least in POSITIVE_FIELDS.items():
-    value = config.get(field)
+    value = config.get(field, least)
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
       raise ConfigError(f'--config.{field}={value!r}: must be a whole number >= {least}')
   if not config.learning_rate > 0:
@@ -112,6 +120,27 @@ def _check_same_run(config, workdir: str) -> None:
       f'{workdir} holds a run of {old.spec}; this config trains {new.spec}: choose another '
       f'--workdir, or add --config.resume=False to move its checkpoints aside and start anew'
     )
+  _check_same_batch(config, workdir)
+
+
+def _check_same_batch(config, workdir: str) -> None:
+  """A resume keeps the global batch: the data position is a global batch index, and the batches
+  after it (and so the run) are those of that batch size; another device count is fine."""
+  path = storage.join(workdir, checkpoints.CONFIG_FILE)
+  old = load_json(path).get('batch_size') if storage.isfile(path) else None
+  if old is None or old == config.batch_size:
+    return
+  devices = jax.device_count()
+  per_device = (
+    f' or --config.per_device_batch_size={old // devices} ({old} / {devices} devices)'
+    if old % devices == 0
+    else f' (no per-device batch makes {old} on {devices} devices)'
+  )
+  raise TrainingError(
+    f'{workdir} trains with a global batch of {old}; this run would use {config.batch_size} '
+    f'({devices} devices): set --config.batch_size={old}{per_device} to resume it exactly, '
+    f'or --config.resume=False to start anew'
+  )
 
 
 def _move_checkpoints_aside(ckpt: checkpoints.TrainCheckpoints, config, workdir: str):
@@ -157,6 +186,7 @@ def _metrics_line(metrics: dict, keys) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns a summary."""
   check_config(config)
+  resolve_batch(config)
   check_workdir(workdir)
   lock = locks.for_workdir(workdir)
   if jax.process_index() == 0:
@@ -192,6 +222,7 @@ def _train(config, workdir: str) -> dict[str, Any]:
   if data_state is not None:
     iterator.set_state(data_state)
   run = _Run(config, task, ckpt, iterator, summaries.Writer(workdir), state)
+  sharding.sync('start')  # the processes meet before their first collective, however late
   if run.step == 0:
     run.evaluate()
   with _StopRequests() as stop:
@@ -306,7 +337,11 @@ class _Run:
     self.ckpt.close()
     self.writer.close()
     summary = dict(
-      self.summary, step=self.step, compiles=self.task.traces, checkpoint_dir=self.ckpt.directory
+      self.summary,
+      step=self.step,
+      compiles=self.task.traces,
+      checkpoint_dir=self.ckpt.directory,
+      steps_per_sec=self.rate,
     )
     if jax.process_index() == 0:
       save_json(

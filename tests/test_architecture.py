@@ -9,7 +9,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'skipvqvc_jax'
 
 # ARCHITECTURE.md's layers, bottom up: a module imports only from its own layer or below.
 LAYERS = {
-  1: ['errors', 'fileio', 'progress', 'audio', 'metrics', 'models'],
+  1: ['errors', 'storage', 'fileio', 'progress', 'audio', 'metrics', 'models'],
   2: ['layouts', 'corpus', 'preprocessing', 'checkpoints', 'locks', 'configs'],
   3: ['input_pipeline', 'pairs', 'trainers', 'sharding', 'summaries', 'vocoders'],
   4: ['tasks'],

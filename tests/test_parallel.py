@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from skipvqvc_jax import checkpoints, train
+from skipvqvc_jax.errors import TrainingError
 from tests.conftest import REPO, main_flags, tiny_config
 
 STEPS = 6
@@ -96,3 +97,38 @@ def test_two_processes_match_the_single_process_run(single, small_features, tmp_
   np.testing.assert_allclose(_losses(workdir), _losses(single), atol=1e-5, rtol=0)
   for a, b in zip(_params(workdir), _params(single)):
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_a_run_resumes_on_fewer_devices_with_its_global_batch(single, small_features, tmp_path):
+  """4 -> 2 -> 1 simulated devices (a preempted slice that comes back smaller): the same batches,
+  so the same parameters as the run that never moved; a resume that would change the global batch is
+  refused in one line that says what to set."""
+  workdir = tmp_path / 'resized'
+  for devices, steps in ((4, 2), (2, 4), (1, STEPS)):
+    result = subprocess.run(
+      [sys.executable, 'main.py', *main_flags(small_features, workdir, num_train_steps=steps)],
+      cwd=REPO,
+      env=_env(devices),
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'CpuDevice(id={devices - 1})' in result.stderr
+  summary = json.load(open(workdir / 'train_summary.json'))
+  single_summary = json.load(open(single / 'train_summary.json'))
+  for step in (5, 6):
+    assert (
+      abs(summary['train_losses'][str(step)] - single_summary['train_losses'][str(step)]) < 1e-5
+    )
+  for a, b in zip(_params(workdir), _params(single)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+  # tiny's global batch is 4: 2 per device on this one device would make it 2.
+  config = tiny_config(small_features, num_train_steps=STEPS + 2, per_device_batch_size=2)
+  with pytest.raises(TrainingError) as refused:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(refused.value)
+  assert 'global batch of 4' in message and '--config.batch_size=4' in message, message
+  assert '--config.per_device_batch_size=4' in message and '\n' not in message
+  assert checkpoints.latest_step(str(workdir)) == STEPS  # nothing trained, nothing moved

@@ -28,6 +28,9 @@ def training_defaults() -> ml_collections.ConfigDict:
   )  # must match the data
 
   config.batch_size = 8  # global batch, split over every device of every process
+  # > 0: the global batch is this x the device count instead (batch_size is set from it), so one
+  # command fits any slice; a resume must keep the global batch all the same.
+  config.per_device_batch_size = 0
   config.num_train_steps = 100_000  # a step budget (the original ran 800 epochs)
   config.learning_rate = 1e-3  # Adam, as the original
   config.adam_b1 = 0.9

@@ -1,0 +1,309 @@
+"""One script that measures an accelerator (or this CPU): what benchmarks/README.md records per device.
+
+    python benchmarks/accelerator.py [--out=accelerator.json] [--loop_seconds=120]
+                                     [--original=CLONE_OF_SkipVQVC] [--smoke]
+
+Prints and writes one JSON object:
+- `train_step`: ms/step, steps/s, compile s and peak device memory of the jitted train step of
+  `vqvc_plus.py:n64_ch64`, `vqvc_plus.py:n512_ch512`, `vqvc_plus_multi_simple.py:n64_ch64` and
+  `vqvc_plus_multi_simple.py:n128_ch512`, at batch 8 x 80 x 128, in float32 and bfloat16 (each in a
+  fresh process, `benchmarks/train_step.py`);
+- `loop`: steps/s of the real training loop (the input pipeline reading the demo corpus's features,
+  logging, evaluation, checkpoints) over `--loop_seconds`, stopped by SIGTERM as a preemption would;
+- `conversion`: real-time factor (processing s / audio s) of converting 10 s of speech, the model
+  alone, with Griffin-Lim and with MelGAN (random weights: speed does not depend on them);
+- `gru`: our scanned bidirectional GRU (the `vqvc+` decoder's) against torch's (cuDNN on a GPU), at
+  channels 64 and 512, when torch is installed;
+- `original`: the original PyTorch step on the same device (`benchmarks/compare_original.py`), when
+  `--original` names a clone of ericwudayi/SkipVQVC and torch is installed.
+
+Under 8 minutes on one GPU; no network. Needs this package and its dependencies only (torch for the
+last two parts): on an offline machine install the wheels of `pip download -d wheels ".[cuda]"`.
+`--smoke`: the tiny preset, a few steps, 10 s of loop, 2 s of audio: CI runs it on the CPU so the
+script cannot rot (tests/test_benchmarks.py).
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, '..')
+PRESETS = (
+  'vqvc_plus.py:n64_ch64',
+  'vqvc_plus.py:n512_ch512',
+  'vqvc_plus_multi_simple.py:n64_ch64',
+  'vqvc_plus_multi_simple.py:n128_ch512',
+)
+
+
+def _python(args, timeout, **kwargs):
+  result = subprocess.run(
+    [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs
+  )
+  if result.returncode:
+    raise RuntimeError(f'{" ".join(args[:2])} failed: {result.stderr[-2000:]}')
+  return result.stdout
+
+
+def train_steps(presets, dtypes, steps, warmup) -> list[dict]:
+  rows = []
+  for preset in presets:
+    for dtype in dtypes:
+      out = _python(
+        [
+          os.path.join(HERE, 'train_step.py'),
+          f'--one={preset},8',
+          f'--dtype={dtype}',
+          f'--steps={steps}',
+          f'--warmup={warmup}',
+        ],
+        timeout=600,
+      )
+      row = json.loads(out.strip().splitlines()[-1])
+      rows.append(dict(row, dtype=dtype))
+      print(
+        f'train step {preset:38} {dtype:8} {row["ms_per_step"]:8.2f} ms '
+        f'(compile {row["compile_s"]:.1f} s)',
+        flush=True,
+      )
+  return rows
+
+
+def training_loop(preset: str, seconds: float, features: str, workdir: str) -> dict:
+  """The real loop for `seconds` (SIGTERM then: it saves and exits 0), from its summary."""
+  run = subprocess.Popen(
+    [
+      sys.executable,
+      'main.py',
+      f'--config=configs/{preset}',
+      f'--workdir={workdir}',
+      f'--config.data.train_dir={features}/train',
+      f'--config.data.test_dir={features}/test',
+      '--config.num_train_steps=1000000',
+      '--config.log_every_steps=20',
+      '--config.eval_every_steps=500',
+      '--config.checkpoint_every_steps=500',
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  lines, training = [], threading.Event()
+
+  def read():
+    for line in run.stdout:
+      lines.append(line)
+      if re.search(r'step \d+/\d+ \|', line):  # the loop's first log line: compiled, training
+        training.set()
+
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  if not training.wait(900):
+    run.kill()
+  start = time.monotonic()
+  time.sleep(seconds)
+  run.send_signal(signal.SIGTERM)
+  run.wait(timeout=300)
+  reader.join()
+  out = ''.join(lines)
+  if run.returncode:
+    raise RuntimeError(f'the training loop failed: {out[-2000:]}')
+  with open(os.path.join(workdir, 'train_summary.json')) as f:
+    summary = json.load(f)
+  return dict(
+    preset=preset,
+    seconds=round(time.monotonic() - start, 1),
+    steps=summary['step'],
+    steps_per_s=summary.get('steps_per_sec'),
+    status=summary['status'],
+  )
+
+
+def conversion(preset: str, seconds: float, repeat: int) -> dict:
+  sys.path.insert(0, ROOT)
+  import importlib  # pylint: disable=import-outside-toplevel
+
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from skipvqvc_jax import audio, convert, trainers, vocoders  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.models import melgan  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
+
+  params = audio.FeatureParams()
+  demo = os.path.join(ROOT, 'data', 'demo_corpus', 'awb')
+  wave = np.concatenate(
+    [audio.trim(audio.load(os.path.join(demo, f)))[0] for f in sorted(os.listdir(demo))[:12]]
+  )[: int(seconds * params.sample_rate)]
+  mel = audio.log_mel(wave, params)
+  audio_s = len(wave) / params.sample_rate
+  module, name = preset.split(':')
+  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
+    name
+  )
+  converter = convert.Converter(
+    voice_conversion.build_model(config), config, trainers.get('normal')
+  )
+  reference = converter.speaker([mel[:, :256]])
+
+  def median(fn):
+    fn()  # compiles
+    times = []
+    for _ in range(repeat):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+  model_s = median(lambda: np.asarray(converter.convert_mel(mel, reference)))
+  griffin_lim = vocoders.get('griffin_lim', params)
+  melgan_vocoder = vocoders.NeuralVocoder(melgan.MelGANGenerator())
+  gl_s = median(lambda: griffin_lim(mel))
+  melgan_s = median(lambda: melgan_vocoder(mel))
+  return dict(
+    preset=preset,
+    audio_s=round(audio_s, 2),
+    rtf_model=model_s / audio_s,
+    rtf_with_griffin_lim=(model_s + gl_s) / audio_s,
+    rtf_with_melgan=(model_s + melgan_s) / audio_s,
+  )
+
+
+def gru(channels, frames: int, repeat: int) -> list[dict] | None:
+  """Our bidirectional GRU (scan) forward + backward against torch's nn.GRU on the same device."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  sys.path.insert(0, HERE)
+  import gru as ours_gru  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  rng = np.random.default_rng(0)
+  rows = []
+  for channel in channels:
+    params = tuple(
+      jnp.asarray(rng.normal(0, 0.1, shape), jnp.float32)
+      for shape in ((2, channel, 3 * channel),) * 2 + ((2, 3 * channel),) * 2
+    )
+    x = jnp.asarray(rng.normal(0, 1, (8, frames, channel)), jnp.float32)
+    loss = lambda p, x: jnp.sum(ours_gru.ours(x, p) ** 2)
+    ours = ours_gru.timed(jax.jit(jax.grad(loss)), params, x, repeat=repeat)
+    # The same GRU in torch: hidden size = channels, both directions (cuDNN's kernel on a GPU).
+    layer = torch.nn.GRU(channel, channel, batch_first=True, bidirectional=True).to(device)
+    tx = torch.randn(8, frames, channel, device=device, requires_grad=True)
+
+    def step():
+      out, _ = layer(tx)
+      (out**2).sum().backward()
+      if device == 'cuda':
+        torch.cuda.synchronize()
+
+    step()
+    times = []
+    for _ in range(repeat):
+      start = time.perf_counter()
+      step()
+      times.append(time.perf_counter() - start)
+    theirs = statistics.median(times)
+    rows.append(
+      dict(
+        channel=channel,
+        frames=frames,
+        ours_ms=ours * 1e3,
+        torch_ms=theirs * 1e3,
+        torch_backend='cudnn' if device == 'cuda' else 'cpu',
+        ours_over_torch=ours / theirs,
+        jax_device=str(jax.devices()[0]),
+      )
+    )
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--out', default='accelerator.json')
+  parser.add_argument('--loop_seconds', type=float, default=120.0)
+  parser.add_argument('--original', default=None, help='a clone of ericwudayi/SkipVQVC')
+  parser.add_argument('--smoke', action='store_true', help='a few seconds of everything (CI)')
+  parser.add_argument(
+    '--features', default=None, help='a preprocessed folder for the loop (default: the demo corpus)'
+  )
+  parser.add_argument('--part', help=argparse.SUPPRESS)  # internal: conversion / gru, in a process
+  args = parser.parse_args()
+  if args.part:
+    kind, *rest = args.part.split(',')
+    if kind == 'conversion':
+      print(json.dumps(conversion(rest[0], float(rest[1]), int(rest[2]))))
+    else:
+      print(json.dumps(gru([int(c) for c in rest[:-2]], int(rest[-2]), int(rest[-1]))))
+    return
+
+  import jax  # pylint: disable=import-outside-toplevel
+
+  device = jax.devices()[0]
+  presets = ('vqvc_plus.py:tiny',) if args.smoke else PRESETS
+  steps, warmup = (2, 1) if args.smoke else (20, 3)
+  started = time.monotonic()
+  report = dict(
+    device=f'{jax.device_count()}x {device.device_kind} ({device.platform})',
+    jax=jax.__version__,
+    python=platform.python_version(),
+    smoke=args.smoke,
+    date=time.strftime('%Y-%m-%d'),
+  )
+  report['train_step'] = train_steps(presets, ('float32', 'bfloat16'), steps, warmup)
+
+  with tempfile.TemporaryDirectory() as tmp:
+    features = args.features or os.path.join(tmp, 'features')
+    if not args.features:
+      corpus = os.path.join(ROOT, 'data', 'demo_corpus')
+      _python(['preprocess.py', corpus, features, '--num_test_speakers=1'], timeout=900)
+    report['loop'] = training_loop(
+      presets[0] if args.smoke else 'vqvc_plus.py:n64_ch64',
+      10.0 if args.smoke else args.loop_seconds,
+      features,
+      os.path.join(tmp, 'run'),
+    )
+  print(f'loop: {report["loop"]}', flush=True)
+
+  part = f'conversion,{presets[0]},{2.0 if args.smoke else 10.0},{1 if args.smoke else 5}'
+  report['conversion'] = json.loads(
+    _python([__file__, f'--part={part}'], timeout=600).strip().splitlines()[-1]
+  )
+  print(f'conversion: {report["conversion"]}', flush=True)
+  channels = '16' if args.smoke else '64,512'
+  report['gru'] = json.loads(
+    _python(
+      [__file__, f'--part=gru,{channels},{16 if args.smoke else 128},{2 if args.smoke else 10}'],
+      timeout=600,
+    )
+    .strip()
+    .splitlines()[-1]
+  )
+  print(f'gru: {report["gru"]}', flush=True)
+  if args.original:
+    report['original'] = _python(
+      [os.path.join(HERE, 'compare_original.py'), f'--original={args.original}'], timeout=900
+    )
+  report['total_s'] = round(time.monotonic() - started, 1)
+  with open(args.out, 'w') as f:
+    json.dump(report, f, indent=1)
+  print(json.dumps(report, indent=1))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,42 @@
+"""The accelerator benchmark in its smoke mode on this CPU, so that the script a GPU session runs
+cannot rot: every part runs and reports figures of the right kind."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_the_accelerator_benchmark_runs_every_part(small_features, tmp_path):
+  out = tmp_path / 'accelerator.json'
+  result = subprocess.run(
+    [
+      sys.executable,
+      'benchmarks/accelerator.py',
+      '--smoke',
+      f'--out={out}',
+      f'--features={small_features}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report['smoke'] and 'cpu' in report['device']
+  steps = {row['dtype']: row for row in report['train_step']}
+  assert set(steps) == {'float32', 'bfloat16'}
+  assert all(row['ms_per_step'] > 0 and row['compile_s'] > 0 for row in steps.values())
+  loop = report['loop']
+  assert loop['status'] == 'preempted' and loop['steps'] > 0 and loop['steps_per_s'] > 0, loop
+  conversion = report['conversion']
+  assert 0 < conversion['rtf_model'] < conversion['rtf_with_griffin_lim']
+  assert conversion['rtf_with_melgan'] > conversion['rtf_model']
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    assert report['gru'] is None
+  else:
+    assert report['gru'][0]['ours_ms'] > 0 and report['gru'][0]['torch_ms'] > 0
