@@ -60,8 +60,14 @@ def local_features(features_dir: str) -> str:
       f'and point the config at OUTPUT_DIR/train'
     )
   start = time.perf_counter()
-  fetched = storage.mirror(features_dir, local)
-  storage.mirror(parent, local_parent, names=CORPUS_FILES)
+  try:
+    fetched = storage.mirror(features_dir, local)
+    storage.mirror(parent, local_parent, names=CORPUS_FILES)
+  except OSError as e:
+    raise CorpusError(
+      f'cannot copy the features of {features_dir} to {local} ({e.strerror or e}): free space '
+      f'there, or set XDG_CACHE_HOME to a folder with room for them'
+    ) from None
   if fetched:
     logging.info(
       'copied %d feature files of %s to %s in %.1f s',

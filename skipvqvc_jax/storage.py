@@ -36,9 +36,9 @@ def is_url(path) -> bool:
 
 @functools.cache
 def _filesystem(protocol: str):
-  import fsspec  # pylint: disable=import-outside-toplevel
-
   try:
+    import fsspec  # pylint: disable=import-outside-toplevel
+
     # Listings are not cached: other processes (the other hosts of a pod) write the same folders.
     return fsspec.filesystem(protocol, use_listings_cache=False, skip_instance_cache=True)
   except (ImportError, ValueError) as e:

@@ -6,8 +6,9 @@ the two behaviours of real GCS it lacks and this project relies on added around 
 - uploads honour `ifGenerationMatch` (0: only if absent), GCS's compare-and-swap: the workdir lock
   and tensorstore's manifest commits stand on it.
 
-A fault it can inject: `slow` (PREFIX, SECONDS) holds every upload of an object whose name starts
-with PREFIX for SECONDS before storing it, so a test can kill a writer in the middle of a checkpoint.
+A fault it can inject: `slow` (PREFIX, SECONDS) holds the first upload of an object whose name starts
+with PREFIX for SECONDS before storing it (the rest go through), so a test can kill a writer in the
+middle of a checkpoint that cannot complete meanwhile.
 
 Run as `python -m tests.gcs_emulator PORT BUCKET [PREFIX SECONDS]`; clients find it through the standard variables
 (`emulator_env`): STORAGE_EMULATOR_HOST for gcsfs, TENSORSTORE_GCS_HTTP_URL and a fixed token for
@@ -45,6 +46,7 @@ def _patch_handlers(slow=None):
   # rest), while the emulator's own code, written for one thread, still runs one request at a time.
   server.server = types.SimpleNamespace(HTTPServer=ThreadingHTTPServer)
   one_at_a_time = threading.Lock()
+  held = []  # the upload `slow` held (only the first)
 
   def serialised(handler):
     def handle(*args, **kwargs):
@@ -70,7 +72,8 @@ def _patch_handlers(slow=None):
   def with_precondition(handler):
     def insert(request, response, storage, *args, **kwargs):
       name = upload_name(request)
-      if slow and name and name.startswith(slow[0]):
+      if slow and name and name.startswith(slow[0]) and not held:
+        held.append(name)
         time.sleep(slow[1])
       wanted = request.query.get('ifGenerationMatch')
       with one_at_a_time:

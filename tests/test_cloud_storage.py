@@ -31,7 +31,8 @@ for _package, _extra in (('gcsfs', 'gcs'), ('gcp_storage_emulator', 'test')):
     pytest.skip(f'{_package} is not installed (the [{_extra}] extra)', allow_module_level=True)
 
 BUCKET = 'skipvqvc-test'
-SLOW_PREFIX = 'killed/checkpoints/3/'  # the emulator holds each upload of this checkpoint 2 s
+SLOW_PREFIX = 'killed/checkpoints/3/'  # the emulator holds the first upload of it 5 s
+HOLD_SECONDS = 5
 STEPS = 6
 
 
@@ -47,7 +48,7 @@ def gcs(tmp_path_factory):
   port = _free_port()
   log = open(tmp_path_factory.mktemp('emulator') / 'emulator.log', 'w')
   server = subprocess.Popen(
-    [sys.executable, '-m', 'tests.gcs_emulator', str(port), BUCKET, SLOW_PREFIX, '2'],
+    [sys.executable, '-m', 'tests.gcs_emulator', str(port), BUCKET, SLOW_PREFIX, str(HOLD_SECONDS)],
     cwd=REPO,
     stdout=log,
     stderr=subprocess.STDOUT,
@@ -201,7 +202,8 @@ def test_sigkill_in_the_middle_of_a_checkpoint_in_the_bucket_resumes_exactly(
   env = _run_env(gcs, tmp_path)
   flags = _flags(workdir, num_train_steps=STEPS, checkpoint_every_steps=1)
   run = _main(flags, env)
-  # The emulator holds every upload of checkpoint 3 for 2 s: kill as soon as its first object lands.
+  # The emulator holds an upload of checkpoint 3 for 5 s: it cannot complete before the kill, which
+  # comes as soon as one of its objects lands.
   deadline = time.monotonic() + 300
   while not storage.find(storage.join(workdir, 'checkpoints/3')):
     assert run.poll() is None, run.stdout.read()[-3000:]
@@ -209,6 +211,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_in_the_bucket_resumes_exactly(
     time.sleep(0.05)
   run.send_signal(signal.SIGKILL)
   run.wait()
+  time.sleep(HOLD_SECONDS)  # the held upload lands (a dead writer's last request), then the rerun
   written = storage.find(storage.join(workdir, 'checkpoints/3'))
   assert written and not any(p.endswith('3/commit_success.txt') for p in written), written
 

@@ -12,6 +12,8 @@ import pytest
 from skipvqvc_jax import fileio, input_pipeline, locks, storage
 from skipvqvc_jax.errors import TrainingError, UserError
 
+pytest.importorskip('fsspec', reason='URLs need fsspec (the [gcs] extra brings it)')
+
 
 @pytest.fixture
 def memory():
