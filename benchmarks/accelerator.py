@@ -158,7 +158,9 @@ def conversion(preset: str, seconds: float, repeat: int) -> dict:
     name
   )
   converter = convert.Converter(
-    voice_conversion.build_model(config), config, trainers.get('normal')
+    voice_conversion.build_model(config),
+    convert.Settings.from_config(config),
+    trainers.get('normal'),
   )
   reference = converter.speaker([mel[:, :256]])
 

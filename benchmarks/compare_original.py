@@ -116,7 +116,7 @@ def time_ours(config_file, preset, steps, warmup):
     box[0], metrics = steps_.train_step(box[0], batch)
     jax.block_until_ready(metrics)
 
-  converter = convert.Converter(model, config, trainer)
+  converter = convert.Converter(model, convert.Settings.from_config(config), trainer)
   utterance = np.random.default_rng(1).normal(-4, 2, (80, 512)).astype(np.float32)
   target = converter.speaker([utterance])
   infer = lambda: converter.convert_mel(utterance, target)

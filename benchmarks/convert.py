@@ -61,7 +61,9 @@ def main():
     preset
   )
   converter = convert.Converter(
-    voice_conversion.build_model(config), config, trainers.get('normal')
+    voice_conversion.build_model(config),
+    convert.Settings.from_config(config),
+    trainers.get('normal'),
   )
   reference = converter.speaker([mel[:, :256]])
   model_s = timed(lambda: converter.convert_mel(mel, reference), args.repeat)

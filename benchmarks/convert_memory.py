@@ -32,7 +32,9 @@ def measure(source: str, target: str, preset: str) -> dict:
     name
   )
   converter = convert.Converter(
-    voice_conversion.build_model(config), config, trainers.get('normal')
+    voice_conversion.build_model(config),
+    convert.Settings.from_config(config),
+    trainers.get('normal'),
   )
   out = os.path.join(os.path.dirname(source), 'out.wav')
   start = time.perf_counter()

@@ -1,3 +1,45 @@
-"""skipvqvc_jax: one-shot voice conversion with VQVC+ in JAX/Flax."""
+"""skipvqvc_jax: one-shot voice conversion with VQVC+ in JAX/Flax.
+
+    import skipvqvc_jax
+    converter = skipvqvc_jax.load('models/vqvc+')      # a model directory or a training workdir
+    wave = converter.convert('source.wav', ['ref1.wav', 'ref2.wav'])  # samples at converter.sample_rate
+
+Importing the package is cheap (preprocessing's workers import parts of it): `load` and `Converter`
+bring in JAX and the models when first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  from skipvqvc_jax.convert import Codes, Converter
 
 __version__ = '0.2.0'
+__all__ = ['Codes', 'Converter', 'load', '__version__']
+
+
+def load(path: str, step: int | None = None, vocoder: str = 'griffin_lim') -> Converter:
+  """The converter of a model directory (`skipvqvc-port` writes one) or a training workdir.
+
+  Args:
+    path: the model directory or workdir (a local path or a URL such as gs://...).
+    step: a workdir's checkpoint step (default: its latest intact one).
+    vocoder: 'griffin_lim', 'melgan' (the original's pretrained MelGAN, fetched once into the
+      user's cache), or a vocoder's workdir or model directory.
+
+  Raises:
+    skipvqvc_jax.errors.UserError (a ConversionError) naming the path and what to do, when the path
+    holds no usable model.
+  """
+  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+
+  return convert.Converter.restore(path, step, vocoder)
+
+
+def __getattr__(name: str):
+  if name in ('Codes', 'Converter'):
+    from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+
+    return getattr(convert, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

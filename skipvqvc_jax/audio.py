@@ -77,6 +77,30 @@ def load(path: str, params: FeatureParams = FeatureParams()) -> np.ndarray:
   return y.astype(np.float32)
 
 
+def from_array(wave, sample_rate: int, params: FeatureParams = FeatureParams()) -> np.ndarray:
+  """What `load` makes of a file, from samples in memory: float32 mono at params.sample_rate.
+
+  wave: (samples,) or (samples, channels) (a web page's upload; channels are averaged), floats in
+  [-1, 1] or integer PCM (scaled by its full range)."""
+  y = np.asarray(wave)
+  if np.issubdtype(y.dtype, np.integer):
+    y = y / float(np.iinfo(y.dtype).max + 1)
+  if y.ndim == 2:
+    y = y.mean(axis=1)
+  if y.ndim != 1:
+    raise AudioError(f'expected samples (samples,) or (samples, channels), got shape {y.shape}')
+  y = np.asarray(y, np.float32)
+  if y.size == 0:
+    raise AudioError('no samples (empty audio)')
+  if not np.isfinite(y).all():
+    raise AudioError('samples are not finite')
+  if sample_rate != params.sample_rate:
+    import librosa  # pylint: disable=import-outside-toplevel
+
+    y = librosa.resample(y, orig_sr=sample_rate, target_sr=params.sample_rate, res_type='soxr_hq')
+  return y.astype(np.float32)
+
+
 def trim(
   y: np.ndarray, params: FeatureParams = FeatureParams()
 ) -> tuple[np.ndarray, tuple[int, int]]:
@@ -171,6 +195,18 @@ def file_to_log_mel(path: str, params: FeatureParams = FeatureParams()) -> tuple
   """Loads, trims and featurises one file; returns (log-mel, seconds of trimmed audio)."""
   y, _ = trim(load(path, params), params)
   return log_mel(y, params), len(y) / params.sample_rate
+
+
+def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
+  """16-bit PCM wav, written under a temporary name and renamed (its folder made if needed)."""
+  import soundfile  # pylint: disable=import-outside-toplevel
+
+  from skipvqvc_jax import fileio  # pylint: disable=import-outside-toplevel  (workers never write)
+
+  wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
+  fileio.atomic_write(
+    path, lambda tmp: soundfile.write(tmp, wave, sample_rate, subtype='PCM_16', format='WAV')
+  )
 
 
 # ---- the same features in JAX, for batches on the device -------------------------------------------

@@ -44,6 +44,9 @@ class ModelInfo:
 
   spec: dict  # `models.build(**spec)` rebuilds the model
   state_path: tuple[str, ...] = ('params',)
+  # A voice-conversion model directory: what conversion needs besides the parameters (its trainer,
+  # feature parameters, ...; `convert.Settings`). A workdir keeps these in config.json.
+  conversion: dict | None = None
 
   @property
   def kind(self) -> str:
@@ -51,13 +54,15 @@ class ModelInfo:
     return models.kind_of(self.spec['name'])
 
   def to_json(self) -> dict:
-    return dict(model=self.spec, state_path=list(self.state_path))
+    extra = {} if self.conversion is None else dict(conversion=self.conversion)
+    return dict(model=self.spec, state_path=list(self.state_path), **extra)
 
   @classmethod
   def from_json(cls, data: dict) -> ModelInfo:
     if 'model' not in data:  # a model directory written before state_path: the spec alone
       return cls(dict(data))
-    return cls(dict(data['model']), tuple(data.get('state_path', ('params',))))
+    state_path = tuple(data.get('state_path', ('params',)))
+    return cls(dict(data['model']), state_path, data.get('conversion'))
 
 
 def write_model_info(directory: str, info: ModelInfo) -> None:
@@ -80,17 +85,26 @@ def read_model_info(source: str) -> ModelInfo:
 # ---- model directories ----------------------------------------------------------------------------
 
 
-def save_model(directory: str, model) -> None:
+def save_model(
+  directory: str, model, conversion: dict | None = None, files: dict[str, str] | None = None
+) -> None:
   """Writes `model` to a new `directory`, atomically: it appears complete or not at all (on object
-  storage, which has no rename: its model.json, what makes it a model directory, is written last)."""
+  storage, which has no rename: its model.json, what makes it a model directory, is written last).
+
+  conversion: what conversion needs (`ModelInfo.conversion`); files: {name in the directory: a file
+  to copy there} (a mean/std trainer's statistics)."""
   directory = storage.abspath(directory)
   if storage.exists(directory):
     raise CheckpointError(f'{directory} already exists; choose a new directory')
+  info = ModelInfo(model.spec(), conversion=conversion)
+  files = files or {}
   if storage.is_url(directory):
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(storage.join(directory, 'params'), nnx.state(model, nnx.Param))
       checkpointer.wait_until_finished()
-    write_model_info(directory, ModelInfo(model.spec()))
+    for name, source in files.items():
+      storage.copy(source, storage.join(directory, name))
+    write_model_info(directory, info)
     return
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
@@ -98,7 +112,9 @@ def save_model(directory: str, model) -> None:
   try:
     os.chmod(staging, fileio.public_mode(directory=True))  # mkdtemp's own mode is 0700
     with open(os.path.join(staging, MODEL_FILE), 'w') as f:
-      json.dump(ModelInfo(model.spec()).to_json(), f, indent=1)
+      json.dump(info.to_json(), f, indent=1)
+    for name, source in files.items():
+      storage.copy(source, os.path.join(staging, name))
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.join(staging, 'params'), nnx.state(model, nnx.Param))
       checkpointer.wait_until_finished()

@@ -2,13 +2,14 @@
 
     python main.py --config=configs/vqvc_plus.py:demo [--workdir=DIR]              # train
     python main.py --mode=eval --workdir=DIR                                        # evaluate
-    python main.py --mode=convert --workdir=DIR --source=a.wav --target=b.wav --output=out.wav
+    python main.py --mode=convert --model=DIR --source=a.wav --target=b.wav --output=out.wav
 
 --config=FILE.py:PRESET names a preset file and one of its presets; from another directory than the
 repository, name an installed one as --config=vqvc_plus.py:PRESET. --config.FIELD=VALUE overrides a
 field. Without --workdir a training run goes to runs/{model}_n{n_embed}_ch{channel}_{trainer}, the
-original's naming (a vocoder: runs/vocoder_{melgan|hifigan_style}_ngf{ngf}). Evaluation and conversion
-read everything else from the workdir.
+original's naming (a vocoder: runs/vocoder_{melgan|hifigan_style}_ngf{ngf}). Evaluation reads
+everything else from the workdir; conversion from --model: a training workdir or a model directory
+(skipvqvc-port writes one from the original's checkpoint).
 """
 
 import json
@@ -28,6 +29,11 @@ config_flags.DEFINE_config_file(
   lock_config=True,
 )
 flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard logs and outputs go.')
+flags.DEFINE_string(
+  'model',
+  None,
+  'convert: the model: a training workdir or a model directory (skipvqvc-port); --workdir works too.',
+)
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert'], 'What to do.')
 flags.DEFINE_integer(
   'step', None, 'eval/convert: the checkpoint step to restore (default: latest).'
@@ -35,8 +41,9 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
   'vocoder',
   'griffin_lim',
-  'eval/convert: the vocoder that makes audio: griffin_lim, '
-  'a vocoder training workdir or a ported MelGAN directory.',
+  "eval/convert: the vocoder that makes audio: griffin_lim, melgan (the original's pretrained "
+  'MelGAN, fetched once: skipvqvc-fetch melgan), a vocoder training workdir or a ported MelGAN '
+  'directory.',
 )
 flags.DEFINE_integer('eval_pairs', 20, 'eval: conversions scored (seeded pairs of test speakers).')
 flags.DEFINE_integer(
@@ -91,12 +98,12 @@ def next_steps(config, workdir: str, status: str) -> str:
     return f'to continue: run the same command again ({program} ... --workdir={workdir})'
   if config.get('task') == 'vocoder':
     return (
-      f'next: convert through this vocoder with {program} --mode=convert --workdir=VC_RUN '
+      f'next: convert through this vocoder with {program} --mode=convert --model=VC_RUN '
       f'--source=SOURCE.wav --target=TARGET.wav --output=OUT.wav --vocoder={workdir}'
     )
   return (
     f'next: evaluate with {program} --mode=eval --workdir={workdir} ; convert with {program} '
-    f'--mode=convert --workdir={workdir} --source=SOURCE.wav --target=TARGET.wav '
+    f'--mode=convert --model={workdir} --source=SOURCE.wav --target=TARGET.wav '
     f'--output=OUT.wav'
   )
 
@@ -131,15 +138,22 @@ def _quiet_orbax(record) -> bool:
   return record.levelno >= 30 or '/orbax/' not in record.pathname  # 30: the stdlib's WARNING
 
 
-def _convert(workdir: str) -> None:
-  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+def _convert() -> None:
+  if FLAGS.model and FLAGS.workdir and FLAGS.model != FLAGS.workdir:
+    raise errors.ConversionError('give the model once: --model=DIR (or --workdir=DIR), not both')
+  model = FLAGS.model or FLAGS.workdir
+  if not model:
+    raise errors.ConversionError(
+      '--mode=convert needs --model: a training workdir, or a model directory (skipvqvc-port)'
+    )
+  from skipvqvc_jax import conversion_jobs, convert  # pylint: disable=import-outside-toplevel
 
   if FLAGS.pairs:
-    jobs = convert.read_pairs(FLAGS.pairs)
+    jobs = conversion_jobs.read_pairs(FLAGS.pairs)
   elif FLAGS.source_dir:
     if not FLAGS.target:
       raise errors.ConversionError('--source_dir needs --target')
-    jobs = convert.source_dir_jobs(
+    jobs = conversion_jobs.source_dir_jobs(
       FLAGS.source_dir, FLAGS.target, FLAGS.output_dir, log=lambda line: logging.info('%s', line)
     )
   elif FLAGS.source and FLAGS.target and FLAGS.output:
@@ -148,8 +162,8 @@ def _convert(workdir: str) -> None:
     raise errors.ConversionError(
       'give --source, --target and --output; or --pairs=FILE.csv; or --source_dir and --target'
     )
-  convert.check_jobs(jobs, FLAGS.output_mel)  # before the seconds of restoring a model
-  converter = convert.Converter.restore(workdir, FLAGS.step, FLAGS.vocoder)
+  conversion_jobs.check(jobs, FLAGS.output_mel)  # before the seconds of restoring a model
+  converter = convert.Converter.restore(model, FLAGS.step, FLAGS.vocoder)
   converter.convert_many(jobs, FLAGS.output_mel, log=lambda line: logging.info('%s', line))
 
 
@@ -192,22 +206,21 @@ def main(argv):
       logging.info('%s at step %d', summary['status'], summary['step'])
       if jax.process_index() == 0:
         logging.info('%s', next_steps(config, workdir, summary['status']))
+    elif FLAGS.mode == 'convert':
+      _convert()
     else:
       if not FLAGS.workdir:
         raise errors.ConfigError(f'--mode={FLAGS.mode} needs --workdir of a training run')
-      if FLAGS.mode == 'eval':
-        from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
+      from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
 
-        metrics = evaluate.run(
-          FLAGS.workdir,
-          FLAGS.step,
-          FLAGS.vocoder,
-          num_pairs=FLAGS.eval_pairs,
-          per_speaker=FLAGS.eval_per_speaker,
-        )
-        logging.info('test metrics: %s', json.dumps(metrics))
-      else:
-        _convert(FLAGS.workdir)
+      metrics = evaluate.run(
+        FLAGS.workdir,
+        FLAGS.step,
+        FLAGS.vocoder,
+        num_pairs=FLAGS.eval_pairs,
+        per_speaker=FLAGS.eval_per_speaker,
+      )
+      logging.info('test metrics: %s', json.dumps(metrics))
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

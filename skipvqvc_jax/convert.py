@@ -1,4 +1,5 @@
-"""One-shot conversion: a trained workdir + source audio + target reference(s) -> converted audio.
+"""One-shot conversion: a model (a training workdir or a model directory) + source audio + target
+reference(s) -> converted audio. `Converter` is also the Python API (`skipvqvc_jax.load`).
 
 Features come from `audio.file_to_log_mel` (the preprocessing code path), are normalised as the
 checkpoint's trainer did, reflect-padded to a length bucket the model accepts and cropped back after
@@ -9,7 +10,7 @@ embeddings and their stds.
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -18,12 +19,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import soundfile as sf
 from flax import nnx
 
-from skipvqvc_jax import audio, checkpoints, corpus, storage, trainers, vocoders
+from skipvqvc_jax import audio, checkpoints, conversion_jobs, corpus, storage, trainers, vocoders
 from skipvqvc_jax.errors import AudioError, ConversionError, UserError
-from skipvqvc_jax.fileio import atomic_write, save_npy
+from skipvqvc_jax.fileio import save_npy
 
 
 def bucket_frames(frames: int, multiple: int) -> int:
@@ -49,14 +49,77 @@ class Speaker(NamedTuple):
   std: list
 
 
+class Codes(NamedTuple):
+  """`Converter.encode`'s answer: the content as codebook indices, and the speaker it was spoken by.
+
+  codes: per scale, finest first, (frames_s,) int32 (frames_s covers the padded length); edit them
+  and give them to `Converter.decode_codes`, as the original's VQVAE notebook does."""
+
+  codes: list
+  speaker: Speaker
+  frames: int  # the source's frame count: decoding crops to it
+  rhythm: list | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What conversion needs besides a model's parameters: the trainer whose normalisation it was
+  trained with, the features it reads, and which decoder output is the mel. A training workdir keeps
+  these in config.json; a model directory in model.json (`conversion`), with `stats.npz` beside it
+  when the trainer normalises with statistics."""
+
+  trainer: str
+  features: audio.FeatureParams = audio.FeatureParams()
+  mel_output: int = -1  # index into the decoder's outputs (coarsest first) of the full mel
+
+  def to_json(self) -> dict:
+    return dict(trainer=self.trainer, features=self.features.to_dict(), mel_output=self.mel_output)
+
+  @classmethod
+  def from_config(cls, config) -> Settings:
+    """The settings of a training config (its trainer and features)."""
+    return cls(config.trainer, audio.FeatureParams.from_dict(config.features))
+
+  @classmethod
+  def from_json(cls, data: dict) -> Settings:
+    features = audio.FeatureParams.from_dict(data.get('features', {}))
+    return cls(data['trainer'], features, int(data.get('mel_output', -1)))
+
+
+def read_settings(path: str) -> tuple[Settings, str]:
+  """(Settings, statistics file) of a training workdir or a voice-conversion model directory."""
+  if checkpoints.is_workdir(path):
+    settings = Settings.from_config(checkpoints.read_config(path))
+  else:
+    info = checkpoints.read_model_info(path)
+    if info.conversion is None:
+      raise ConversionError(
+        f'{path} is a model directory without conversion settings (ported before skipvqvc_jax '
+        f'0.3): port it again, e.g. skipvqvc-port --checkpoint=ORIGINAL.pt --out=NEW_DIR '
+        f'--trainer=NAME'
+      )
+    settings = Settings.from_json(info.conversion)
+  return settings, storage.join(path, corpus.STATS_FILE)
+
+
+Audio = str | os.PathLike | np.ndarray  # a path (audio or .npy feature), or samples
+
+
 class Converter:
-  """A restored model and everything needed to convert audio files with it."""
+  """A restored model and everything needed to convert with it: audio files or arrays in, audio or
+  log-mels out. `skipvqvc_jax.load(path)` makes one."""
 
   def __init__(
-    self, model, config, trainer: trainers.Normalised, vocoder: str = 'griffin_lim', seed: int = 0
+    self,
+    model,
+    settings: Settings,
+    trainer: trainers.Normalised,
+    vocoder: str = 'griffin_lim',
+    seed: int = 0,
+    config=None,
   ):
-    self.model, self.config, self.trainer = model, config, trainer
-    self.params = audio.FeatureParams.from_dict(config.features)
+    self.model, self.settings, self.trainer, self.config = model, settings, trainer, config
+    self.params = settings.features
     self.vocoder = vocoders.get(vocoder, self.params)
     self.rng = jax.random.key(seed)
     graphdef, self._state = nnx.split(model)
@@ -68,75 +131,165 @@ class Converter:
     )
 
   @classmethod
-  def restore(cls, workdir: str, step: int | None = None, vocoder: str = 'griffin_lim'):
-    """The converter of a training workdir's checkpoint (default: the latest)."""
-    if not storage.isdir(workdir):
-      raise ConversionError(f'checkpoint workdir {workdir} does not exist')
+  def restore(cls, path: str, step: int | None = None, vocoder: str = 'griffin_lim'):
+    """The converter of a training workdir's checkpoint (default: the latest) or of a model
+    directory (`skipvqvc-port` writes one from the original's checkpoint)."""
+    path = os.fspath(path)
+    if not storage.isdir(path):
+      raise ConversionError(
+        f'{path} does not exist: give a training workdir or a model directory (skipvqvc-port)'
+      )
     try:
-      config = checkpoints.read_config(workdir)
-      if checkpoints.read_model_info(workdir).kind != 'voice_conversion':
+      if checkpoints.read_model_info(path).kind != 'voice_conversion':
         raise ConversionError(
-          f'{workdir} trains a vocoder, not a voice-conversion model: pass it '
-          f'as --vocoder={workdir} and --workdir a voice-conversion run'
+          f'{path} holds a vocoder, not a voice-conversion model: pass it as --vocoder={path} '
+          f'and --model a voice-conversion run or model directory'
         )
-      model = checkpoints.load(workdir, step)
-      trainer = trainers.get(config.trainer, storage.join(workdir, corpus.STATS_FILE))
+      settings, stats = read_settings(path)
+      model = checkpoints.load(path, step)
+      trainer = trainers.get(settings.trainer, stats)
+      config = checkpoints.read_config(path) if checkpoints.is_workdir(path) else None
     except UserError as e:
       raise ConversionError(str(e)) from None
     except (ValueError, KeyError) as e:  # orbax: the stored tree is not this model's
       raise ConversionError(
-        f'{workdir}: its checkpoint does not fit the model in its model.json ({type(e).__name__})'
+        f'{path}: its checkpoint does not fit the model in its model.json ({type(e).__name__})'
       ) from None
-    return cls(model, config, trainer, vocoder)
+    return cls(model, settings, trainer, vocoder, config=config)
+
+  @property
+  def sample_rate(self) -> int:
+    """The rate of the audio this converter returns (and resamples its inputs to)."""
+    return self.vocoder.sample_rate
 
   # ---- features -------------------------------------------------------------------------------
 
   def features(self, path: str) -> np.ndarray:
-    """Raw log-mel (n_mels, T) of an audio file, exactly as preprocessing makes it."""
+    """Raw log-mel (n_mels, T) of an audio file, exactly as preprocessing makes it; or of a feature
+    file (.npy: a log-mel preprocess.py, or the original's preprocessing, wrote)."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
       raise ConversionError(f'{path}: no such file')
+    if path.endswith('.npy'):
+      return self._checked_mel(path, np.load(path, allow_pickle=False))
     try:
       mel, _ = audio.file_to_log_mel(path, self.params)
     except AudioError as e:
       raise ConversionError(f'{path}: {e}') from None
     return mel
 
+  def _checked_mel(self, name: str, mel) -> np.ndarray:
+    mel = np.asarray(mel, np.float32)
+    if mel.ndim != 2 or mel.shape[0] != self.params.n_mels or mel.shape[1] < 1:
+      raise ConversionError(
+        f'{name}: a log-mel feature must be ({self.params.n_mels}, frames); got {mel.shape}'
+      )
+    if not np.isfinite(mel).all():
+      raise ConversionError(f'{name}: the feature holds non-finite values')
+    return mel
+
+  def mel(self, source: Audio, sr: int | None = None) -> np.ndarray:
+    """Raw log-mel (n_mels, T) of an audio file, a feature file, or samples in memory at rate `sr`
+    (default: this converter's rate; resampled otherwise)."""
+    if isinstance(source, str | os.PathLike):
+      return self.features(source)
+    try:
+      wave = audio.from_array(source, sr or self.params.sample_rate, self.params)
+      return audio.log_mel(audio.trim(wave, self.params)[0], self.params)
+    except AudioError as e:
+      raise ConversionError(f'the audio array: {e}') from None
+
   def _padded(self, mel: np.ndarray) -> np.ndarray:
     frames = bucket_frames(mel.shape[1], self.model.frame_multiple)
     return self.trainer.normalize(pad_to(mel, frames))[None].astype(np.float32)
 
+  # ---- audio in, audio out (the Python API) -----------------------------------------------------
+
+  def target(self, references: Audio | Sequence[Audio], sr: int | None = None) -> Speaker:
+    """The target voice of one or more reference recordings (their speaker terms averaged)."""
+    if not isinstance(references, list | tuple):
+      references = [references]
+    if not len(references):
+      raise ConversionError('give at least one reference recording of the target voice')
+    return self.speaker([self.mel(r, sr) for r in references])
+
+  def convert(
+    self, source: Audio, target: Audio | Sequence[Audio], sr: int | None = None
+  ) -> np.ndarray:
+    """The source's words in the target's voice: float32 samples at `self.sample_rate`.
+
+    source, target: a path (audio or .npy feature) or samples at rate `sr`; target may be a list of
+    several references of one voice."""
+    mel = self.convert_mel(self.mel(source, sr), self.target(target, sr))
+    return np.asarray(self.vocoder(mel), np.float32)
+
+  def reconstruct(self, source: Audio, sr: int | None = None) -> np.ndarray:
+    """The source through the model with its own voice (what the autoencoder keeps), as samples."""
+    mel, _ = self.reconstruct_mel(self.mel(source, sr))
+    return np.asarray(self.vocoder(mel), np.float32)
+
+  def encode(self, source: Audio, sr: int | None = None) -> Codes:
+    """The source's content codes per scale and its speaker terms (see `Codes`)."""
+    mel = self.mel(source, sr)
+    enc = self.encode_mel(mel)
+    codes = [np.array(c[0]) for c in enc.codes]  # writable: made to be edited
+    rhythm = None if enc.rhythm is None else list(enc.rhythm)
+    return Codes(codes, Speaker(enc.speaker, enc.std), mel.shape[1], rhythm)
+
+  def decode_codes(
+    self,
+    codes: Codes,
+    target: Audio | Sequence[Audio] | None = None,
+    sr: int | None = None,
+  ) -> np.ndarray:
+    """Samples of (possibly edited) `codes` in the voice of `target` (default: the source's own)."""
+    speaker = codes.speaker if target is None else self.target(target, sr)
+    indices = [jnp.asarray(np.asarray(c)[None]) for c in codes.codes]
+    try:
+      out = self.model.decode_codes(
+        indices, speaker.speaker, speaker.std, codes.rhythm, rng=self.rng
+      )
+    except ValueError as e:
+      raise ConversionError(str(e)) from None
+    mel = self._raw_outputs(out, codes.frames)[self.settings.mel_output]
+    return np.asarray(self.vocoder(mel), np.float32)
+
   # ---- the model ------------------------------------------------------------------------------
 
-  def encode(self, mel: np.ndarray):
+  def encode_mel(self, mel: np.ndarray):
+    """The model's `Encoding` of a raw log-mel (padded to its length bucket, normalised)."""
     return self._encode(self._state, self._padded(mel))
 
   def speaker(self, mels: Sequence[np.ndarray]) -> Speaker:
     """The mean speaker embedding and std per scale over one or more reference mels."""
-    encodings = [self.encode(m) for m in mels]
+    encodings = [self.encode_mel(m) for m in mels]
     mean = lambda per_ref: [jnp.mean(jnp.stack(s), axis=0) for s in zip(*per_ref)]
     return Speaker(mean([e.speaker for e in encodings]), mean([e.std for e in encodings]))
 
   def convert_mel(self, source: np.ndarray, target: Speaker) -> np.ndarray:
     """Raw log-mel of the source's content in the target's voice, with the source's frame count."""
-    return self.convert_scales(source, target)[-1]
+    return self.convert_scales(source, target)[self.settings.mel_output]
 
-  def reconstruct(self, source: np.ndarray):
+  def reconstruct_mel(self, source: np.ndarray):
     """(raw log-mel reconstruction with the source's own speaker terms, the source's encoding)."""
     scales, enc = self.reconstruct_scales(source)
-    return scales[-1], enc
+    return scales[self.settings.mel_output], enc
 
   def convert_scales(self, source: np.ndarray, target: Speaker) -> list[np.ndarray]:
     """`convert_mel` at every decoder scale, coarsest first (one scale for single-scale models):
     a multi-scale model's coarser outputs are its lowest bands at 1/4 and 1/2 of the frame rate."""
-    return self._decode_raw(self.encode(source), target, source.shape[1])
+    return self._decode_raw(self.encode_mel(source), target, source.shape[1])
 
   def reconstruct_scales(self, source: np.ndarray):
     """`reconstruct` at every decoder scale, coarsest first: (list of raw log-mels, encoding)."""
-    enc = self.encode(source)
+    enc = self.encode_mel(source)
     return self._decode_raw(enc, Speaker(enc.speaker, enc.std), source.shape[1]), enc
 
   def _decode_raw(self, enc, speaker: Speaker, frames: int) -> list[np.ndarray]:
-    out = self._decode(self._state, enc, speaker, self.rng)
+    return self._raw_outputs(self._decode(self._state, enc, speaker, self.rng), frames)
+
+  def _raw_outputs(self, out, frames: int) -> list[np.ndarray]:
+    """Decoder outputs (batch 1, padded) -> raw log-mels per scale, cropped to `frames` (scaled)."""
     scales = [np.asarray(o[0]) for o in out]
     n_mels, padded = scales[-1].shape
     return [
@@ -160,7 +313,7 @@ class Converter:
     The jobs are checked first (no output may overwrite an input or another job's output). A job
     whose audio cannot be used does not stop the others: the failures are listed at the end, in one
     ConversionError, after every other output is written."""
-    jobs = check_jobs(jobs, output_mel)
+    jobs = conversion_jobs.check(jobs, output_mel)
     speakers: dict[tuple, Speaker] = {}
     written, failed = [], []
     for source, targets, output in jobs:
@@ -178,7 +331,7 @@ class Converter:
       if output_mel:
         save_npy(output, mel.astype(np.float32))
       else:
-        write_wav(output, self.vocoder(mel), self.vocoder.sample_rate)
+        audio.write_wav(output, self.vocoder(mel), self.vocoder.sample_rate)
       log(f'{source} -> {output}')
       written.append(output)
     if failed:
@@ -189,83 +342,3 @@ class Converter:
         + (' ...' if len(failed) > 3 else '')
       )
     return written
-
-
-def check_jobs(jobs, output_mel: bool = False) -> list[tuple[str, list[str], str]]:
-  """The jobs with their final output names, or a ConversionError before anything is converted:
-  an output that is a folder, that would overwrite a source or target, or that two jobs share."""
-  checked, writers = [], {}
-  inputs = {os.path.realpath(p) for source, targets, _ in jobs for p in [source, *targets]}
-  for source, targets, output in jobs:
-    if output_mel:
-      output = os.path.splitext(output)[0] + '.npy'
-    if storage.isdir(output):
-      raise ConversionError(
-        f'output {output} is a folder: give a file name (or --source_dir with --output_dir)'
-      )
-    if storage.realpath(output) in inputs:
-      raise ConversionError(f'output {output} would overwrite an input audio file: choose another')
-    if storage.realpath(output) in writers:
-      raise ConversionError(
-        f'{writers[storage.realpath(output)]} and {source} would both be written '
-        f'to {output}: give them different outputs'
-      )
-    writers[storage.realpath(output)] = source
-    checked.append((source, list(targets), output))
-  return checked
-
-
-def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
-  """16-bit PCM wav, written under a temporary name and renamed (its folder made if needed)."""
-  wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
-  atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype='PCM_16', format='WAV'))
-
-
-def read_pairs(path: str) -> list[tuple[str, list[str], str]]:
-  """pairs.csv rows `source,target,output` (targets may be several, separated by ';'); a header row
-  `source,...` and lines starting with # are skipped. Every row is checked before any is converted."""
-  if not os.path.isfile(path):
-    raise ConversionError(f'{path}: no such file')
-  jobs = []
-  with open(path, newline='', encoding='utf-8-sig') as f:  # utf-8-sig: spreadsheets write a BOM
-    for line, row in enumerate(csv.reader(f), 1):
-      if not row or row[0].startswith('#') or (line == 1 and row[0].strip() == 'source'):
-        continue
-      if len(row) != 3:
-        raise ConversionError(f'{path} line {line}: expected source,target,output; got {row}')
-      source, target, output = (x.strip() for x in row)
-      targets = [t.strip() for t in target.split(';') if t.strip()]
-      for name, value in (('source', source), ('target', targets), ('output', output)):
-        if not value:
-          raise ConversionError(f'{path} line {line}: the {name} is empty')
-      jobs.append((source, targets, output))
-  if not jobs:
-    raise ConversionError(f'{path}: no source,target,output rows')
-  return jobs
-
-
-def source_dir_jobs(source_dir: str, targets: Sequence[str], output_dir: str, log=print):
-  """Every audio file of source_dir converted to `targets`, written as output_dir/<name>.wav (files
-  that share a name, like a.ogg and a.wav, as a_ogg.wav and a_wav.wav, said once)."""
-  if not os.path.isdir(source_dir):
-    raise ConversionError(f'--source_dir {source_dir} does not exist')
-  files = sorted(
-    f for f in os.listdir(source_dir) if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS
-  )
-  if not files:
-    raise ConversionError(f'--source_dir {source_dir} holds no audio files')
-  stems = [os.path.splitext(f)[0] for f in files]
-  shared = {stem for stem in stems if stems.count(stem) > 1}
-  names = [
-    f'{stem}_{os.path.splitext(f)[1][1:]}' if stem in shared else stem
-    for f, stem in zip(files, stems)
-  ]
-  if shared:
-    log(
-      'files sharing a name are written with their extension: '
-      + ', '.join(f'{f} -> {n}.wav' for f, n in zip(files, names) if n not in stems)
-    )
-  return [
-    (os.path.join(source_dir, f), list(targets), storage.join(output_dir, n + '.wav'))
-    for f, n in zip(files, names)
-  ]

@@ -37,6 +37,12 @@ def public_mode(directory: bool = False) -> int:
   return (0o777 if directory else 0o666) & ~_read_umask()
 
 
+def user_cache(*parts: str) -> str:
+  """A folder of this user's cache: $XDG_CACHE_HOME (else ~/.cache)/skipvqvc_jax/<parts>."""
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'skipvqvc_jax', *parts)
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
   """Writes via a temporary file in the same folder and renames it: no half-written file is visible.
 

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from skipvqvc_jax import audio, corpus, preprocessing, sharding, storage
+from skipvqvc_jax import audio, corpus, fileio, preprocessing, sharding, storage
 from skipvqvc_jax.errors import CorpusError
 
 # The files beside a feature folder that conversion, evaluation and training read along with it.
@@ -38,8 +38,7 @@ CORPUS_FILES = (corpus.MANIFEST, corpus.STATS_FILE, corpus.SPLIT_FILE)
 
 
 def feature_cache_root() -> str:
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'skipvqvc_jax', 'features')
+  return fileio.user_cache('features')
 
 
 def local_features(features_dir: str) -> str:

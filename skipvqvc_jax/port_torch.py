@@ -1,207 +1,234 @@
-"""Loads weights of the original PyTorch SkipVQVC (and of its MelGAN vocoder) into our models.
+"""Port a checkpoint into a model directory that converts, or export one (skipvqvc-port).
 
-`load_state_dict(model, state_dict)` takes a plain `{name: array}` mapping with the original's names
-(`enc.0.0.weight`, `quantize.2.embedding.weight`, `dec.blocks.0.block.3.rec.weight_ih_l0`, ...) and
-returns the model with those weights. Reading a `.pt` file needs torch, an optional extra:
+    skipvqvc-port --checkpoint=checkpoint/vqvc+_n64_ch64_normal/gen --out=models/vqvc+  # the original's
+    skipvqvc-port --checkpoint=multi_speaker.pt --out=models/melgan --model=melgan       # its MelGAN
+    skipvqvc-port --checkpoint=runs/MY_RUN --out=models/my_run                          # a run of ours
+    skipvqvc-port --checkpoint=runs/MY_RUN --out=my_run.pt     # ours -> the original's state dict
 
-    python -m skipvqvc_jax.port_torch CHECKPOINT.pt OUT_DIR --model=vqvc+ --channel=64 --n_embed=64
-
-The same entry points take a melgan-neurips generator state dict (`--model=melgan`, `weight_g` /
-`weight_v` pairs) for `skipvqvc_jax.models.MelGANGenerator`.
-
-And back: `export_state_dict(model)`, or
-
-    python -m skipvqvc_jax.port_torch export SOURCE OUT.npz   # or OUT.pt, with torch
-
-writes a model directory's or a training workdir's latest model (a vocoder trained here too) under the
-original's names and layouts, for the original's scripts.
-
-Each model knows its own names (`torch_table()`: parameter and layout per original name), the modules
-the original builds but never runs (`torch_unused`: `dec.block0` in every VQVC+ model, `quantize_speakers`
-in `vqvc+_resample`; their weights are accepted and dropped) and how to read its sizes from a state dict
-(`sizes_from_torch`). This module converts layouts and reads and writes files.
+A model directory holds the parameters and what conversion needs (the trainer's normalisation, its
+statistics, the feature parameters): `skipvqvc-convert --model=DIR`, `skipvqvc_jax.load(DIR)` and
+`skipvqvc-demo --model=DIR` take it. The original saved checkpoints as
+checkpoint/{model}_n{n_embed}_ch{channel}_{trainer}/gen: the model and trainer are read from that path
+when it has that form; otherwise give --model and --trainer (the original's -m and -t). `.pt` files are
+read and written without torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+import tempfile
 
 import numpy as np
+from absl import app, flags, logging
 
-from skipvqvc_jax import checkpoints, models
+from skipvqvc_jax import audio, checkpoints, convert, corpus, models, porting, storage, trainers
 from skipvqvc_jax.errors import PortError, UserError
-from skipvqvc_jax.fileio import atomic_write
+from skipvqvc_jax.porting import export_state_dict, read_state_dict, write_state_dict
+from skipvqvc_jax.usage import own_help, parse_flags
 
-# PyTorch layouts -> ours; each conversion is its own inverse, so the same table also exports.
-LAYOUTS = {
-  'same': lambda w: w,
-  'conv': lambda w: np.transpose(w, (2, 1, 0)),  # (out, in/groups, k) <-> (k, in/groups, out)
-  'gru': lambda w: np.transpose(w) if w.ndim == 2 else w,  # (3H, in) <-> (in, 3H); biases as is
-  'linear': np.transpose,  # nn.Linear's (out, in) <-> (in, out)
-  'weight_g': lambda w: w.reshape(-1) if w.ndim == 3 else w.reshape(-1, 1, 1),  # (C,1,1) <-> (C,)
-}
+flags.DEFINE_string(
+  'checkpoint',
+  None,
+  "What to port: the original's checkpoint (a .pt, or its save_checkpoint's `gen` file), an .npz of "
+  'arrays named like one, or a training workdir / model directory of ours.',
+)
+flags.DEFINE_string(
+  'out',
+  None,
+  'A new model directory; or, from a workdir or model directory, a .pt or .npz file: the '
+  "original's state dict (a vocoder: melgan-neurips' names).",
+)
+flags.DEFINE_enum(
+  'model',
+  None,
+  models.names('voice_conversion') + models.names('vocoder'),
+  "The original's model (-m); default: read from the checkpoint's path.",
+)
+flags.DEFINE_enum(
+  'trainer',
+  None,
+  list(trainers.NAMES),
+  "The original's trainer (-t) that trained it: its normalisation is part of the model; default: "
+  "read from the checkpoint's path.",
+)
+flags.DEFINE_list(
+  'stats',
+  None,
+  'mean_std and multi trainers: the training corpus statistics: a stats.npz (preprocess.py), or '
+  "the original's MEAN.npy,STD.npy (mean.mel.melgan.npy,std.mel.melgan.npy).",
+)
+flags.DEFINE_integer('channel', None, 'VQVC+: default: read from the weights.')
+flags.DEFINE_integer('n_embed', None, 'VQVC+: default: read from the weights.')
+flags.DEFINE_enum(
+  'gru_init',
+  'normal',
+  ['normal', 'zeros'],
+  "VQVC+: the GRU's initial state: the original's N(0, 1) noise, or zeros.",
+)
+flags.DEFINE_string('prefix', '', 'Key prefix to strip in an .npz (e.g. param/).')
+flags.DEFINE_integer('step', None, 'From a workdir: the checkpoint step (default: the latest).')
+FLAGS = flags.FLAGS
 
-
-def _is_unused(model, name: str) -> bool:
-  return any(re.match(p, name) for p in model.torch_unused)
-
-
-def load_state_dict(model, state_dict: Mapping[str, np.ndarray]):
-  """Copies an original SkipVQVC state dict into `model` (in place) and returns it.
-
-  Raises PortError naming any missing, unexpected or wrongly shaped keys; nothing is changed then.
-  """
-  table = model.torch_table()
-  state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}  # DataParallel saves
-  missing = sorted(set(table) - set(state_dict))
-  unexpected = sorted(k for k in state_dict if k not in table and not _is_unused(model, k))
-  problems = []
-  if missing:
-    problems.append(f'missing keys: {", ".join(missing)}')
-  if unexpected:
-    problems.append(f'unexpected keys: {", ".join(unexpected)}')
-  converted = {}
-  for name, (variable, layout) in table.items():
-    if name in state_dict:
-      convert = LAYOUTS[layout]
-      value = convert(np.asarray(state_dict[name], dtype=np.float32))
-      if value.shape != variable.shape:
-        # Every layout conversion is its own inverse, so it also gives the original's shape.
-        expected = convert(np.zeros(variable.shape)).shape
-        problems.append(f'{name} has shape {np.shape(state_dict[name])}, expected {expected}')
-      converted[name] = value
-  if problems:
-    raise PortError(f'state dict does not fit {model.describe()}: ' + '; '.join(problems))
-  for name, (variable, _) in table.items():
-    variable[...] = converted[name]
-  return model
-
-
-def export_state_dict(model) -> dict[str, np.ndarray]:
-  """Our parameters under the original's names and layouts (unused original modules omitted)."""
-  return {
-    name: LAYOUTS[layout](np.asarray(variable[...]))
-    for name, (variable, layout) in model.torch_table().items()
-  }
+# checkpoint/{model}_n{n_embed}_ch{channel}_{trainer}/gen; the notebooks' older runs add `train_`.
+ORIGINAL_RUN = re.compile(
+  r'^(?P<model>.+)_n(?P<n_embed>\d+)_ch(?P<channel>\d+)_(train_)?(?P<trainer>.+)$'
+)
+EXPORTS = ('.npz', '.pt')
 
 
-def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """Reads an original `.pt` checkpoint: a bare state dict or the original's {'state_dict': ...}."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise PortError(f'{path}: reading .pt files needs torch: pip install -e ".[torch]"') from None
-  obj = torch.load(path, map_location='cpu', weights_only=True)
-  if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
-    obj = obj['state_dict']  # the original's save_checkpoint also stores optimizer and iteration
-  return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, 'detach')}
+def from_path(checkpoint: str) -> dict:
+  """{model, trainer, n_embed, channel} that the original's checkpoint path names (those it knows)."""
+  match = ORIGINAL_RUN.match(os.path.basename(os.path.dirname(os.path.abspath(checkpoint))))
+  if not match:
+    return {}
+  found = dict(n_embed=int(match['n_embed']), channel=int(match['channel']))
+  if match['model'] in models.names('voice_conversion'):
+    found['model'] = match['model']
+  if match['trainer'] in trainers.TRAINERS:
+    found['trainer'] = match['trainer']
+  return found
 
 
-def read_state_dict(path: str, prefix: str = '') -> dict[str, np.ndarray]:
-  """Reads a state dict from a `.pt` file (needs torch) or an `.npz` of arrays named like one."""
-  if path.endswith('.npz'):
-    with np.load(path) as data:
-      return {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
-  return read_torch_checkpoint(path)
-
-
-def write_state_dict(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
-  """Writes a state dict as `.npz` or, with torch, as a `.pt` that the original loads; atomically."""
-  if path.endswith('.npz'):
-
-    def write(tmp):
-      with open(tmp, 'wb') as f:
-        np.savez(f, **state_dict)
-
-    atomic_write(path, write)
-    return
-  if not path.endswith('.pt'):
-    raise PortError(f'{path}: write a .npz or a .pt file')
-  try:
-    import torch  # pylint: disable=import-outside-toplevel  (an optional extra)
-  except ImportError:
+def read_stats(files: list[str] | None, trainer: str, tmp_dir: str) -> dict[str, str]:
+  """{stats.npz: a file of our format} for a trainer that needs statistics (converted from the
+  original's two .npy files into tmp_dir); {} for one that does not."""
+  if not trainers.spec(trainer).uses_stats:
+    if files:
+      raise PortError(f'--stats: the {trainer} trainer reads no statistics; leave --stats out')
+    return {}
+  if not files:
     raise PortError(
-      f'{path}: writing .pt files needs torch: pip install -e ".[torch]"; or write a .npz'
-    ) from None
-  atomic_write(
-    path,
-    lambda tmp: torch.save(
-      {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, tmp
-    ),
-  )
+      f'the {trainer} trainer normalises with its training corpus statistics: give --stats='
+      f"stats.npz (preprocess.py wrote it) or --stats=MEAN.npy,STD.npy (the original's)"
+    )
+  if len(files) == 1:
+    trainers.load_stats(files[0], trainer)  # refuses a file that is not statistics
+    return {corpus.STATS_FILE: files[0]}
+  if len(files) != 2:
+    raise PortError('--stats: one stats.npz, or two files MEAN.npy,STD.npy')
+  arrays = {}
+  for key, path in zip(('mean', 'std'), files):
+    if not os.path.isfile(path):
+      raise PortError(f'--stats: {path}: no such file')
+    arrays[key] = np.load(path, allow_pickle=False).astype(np.float32).reshape(-1)
+  path = os.path.join(tmp_dir, corpus.STATS_FILE)
+  np.savez(path, **arrays)
+  trainers.load_stats(path, trainer)
+  return {corpus.STATS_FILE: path}
 
 
-def _fail(error: Exception) -> int:
-  print(f'error: {error}', file=sys.stderr)
-  return 1
-
-
-def export_main(argv) -> int:
-  """`python -m skipvqvc_jax.port_torch export SOURCE OUT.{npz,pt}`: ours -> the original's format."""
-  parser = argparse.ArgumentParser(
-    prog='python -m skipvqvc_jax.port_torch export',
-    description="Write a model as the original's PyTorch state dict (melgan-neurips' names for a "
-    'vocoder), e.g. to use a vocoder trained here in the original scripts.',
-  )
-  parser.add_argument('source', help='model directory, or training workdir (its latest checkpoint)')
-  parser.add_argument('out', help='.npz (no torch needed) or .pt (needs torch)')
-  args = parser.parse_args(argv)
-  try:
-    model = checkpoints.load(args.source)
-    state_dict = export_state_dict(model)
-    write_state_dict(args.out, state_dict)
-  except UserError as e:
-    return _fail(e)
-  print(json.dumps(dict(model=model.name, tensors=len(state_dict), out=args.out)))
-  return 0
-
-
-def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  if argv and argv[0] == 'export':
-    return export_main(argv[1:])
-  portable = models.names('voice_conversion') + models.names('vocoder')
-  parser = argparse.ArgumentParser(
-    prog='python -m skipvqvc_jax.port_torch',
-    description='Convert an original SkipVQVC checkpoint into a skipvqvc_jax model directory '
-    '(the other way: python -m skipvqvc_jax.port_torch export SOURCE OUT.npz).',
-  )
-  parser.add_argument('checkpoint', help='original .pt checkpoint (needs torch) or .npz of arrays')
-  parser.add_argument('out_dir', help='directory to write (must not exist yet)')
-  parser.add_argument('--model', required=True, choices=portable)
-  parser.add_argument('--channel', type=int, help='VQVC+: default: read from the weights')
-  parser.add_argument('--n_embed', type=int, help='VQVC+: default: read from the weights')
-  parser.add_argument(
-    '--gru_init',
-    choices=['normal', 'zeros'],
-    default='normal',
-    help="VQVC+: GRU initial state: the original's N(0, 1) noise, or zeros",
-  )
-  parser.add_argument('--prefix', default='', help='key prefix to strip in an .npz (e.g. param/)')
-  args = parser.parse_args(argv)
-  try:
-    if not os.path.exists(args.checkpoint):
-      raise PortError(f'{args.checkpoint}: no such file')
-    state_dict = read_state_dict(args.checkpoint, args.prefix)
-    size = models.get_class(args.model).sizes_from_torch(state_dict)
-    if args.model in models.names('voice_conversion'):
+def port_original(
+  checkpoint: str,
+  out: str,
+  model: str | None = None,
+  trainer: str | None = None,
+  stats: list[str] | None = None,
+  channel: int | None = None,
+  n_embed: int | None = None,
+  gru_init: str = 'normal',
+  prefix: str = '',
+) -> dict:
+  """The original's checkpoint -> a model directory at `out` that converts; returns what was
+  written. Arguments as the flags; model and trainer default to what the checkpoint's path names."""
+  if not os.path.isfile(checkpoint):
+    raise PortError(f'{checkpoint}: no such file')
+  named = from_path(checkpoint)
+  name = model or named.get('model')
+  if name is None:
+    raise PortError(
+      f"{checkpoint}: which model is it? Its path is not the original's checkpoint/MODEL_nN_chC_"
+      f"TRAINER/gen: give --model (the original's -m), e.g. --model=vqvc+"
+    )
+  state_dict = read_state_dict(checkpoint, prefix)
+  size = models.get_class(name).sizes_from_torch(state_dict)
+  conversion, files = None, {}
+  with tempfile.TemporaryDirectory() as tmp:
+    if name in models.names('voice_conversion'):
       size.update(
-        channel=args.channel or size['channel'],
-        n_embed=args.n_embed or size['n_embed'],
-        gru_init=args.gru_init,
+        channel=channel or size['channel'], n_embed=n_embed or size['n_embed'], gru_init=gru_init
       )
-    model = load_state_dict(models.build(args.model, **size), state_dict)
-    checkpoints.save_model(args.out_dir, model)
+      trainer = trainer or named.get('trainer')
+      if trainer is None:
+        fits = [
+          t.name
+          for t in trainers.TRAINERS.values()
+          if t.multi_scale == models.get_class(name).multi_scale
+        ]
+        raise PortError(
+          f'{checkpoint}: which trainer trained it? Its normalisation is part of the model and the '
+          f"file does not say: give --trainer, one of {', '.join(fits)} (the original's -t)"
+        )
+      trainers.spec(trainer).check_model(models.get_class(name))
+      files = read_stats(stats, trainer, tmp)
+      conversion = convert.Settings(trainer, audio.FeatureParams()).to_json()
+    ported = porting.load_state_dict(models.build(name, **size), state_dict)
+    checkpoints.save_model(out, ported, conversion, files)
+  return dict(model=name, **size, **({'trainer': conversion['trainer']} if conversion else {}))
+
+
+def release(source: str, out: str, step: int | None = None) -> dict:
+  """A training workdir (its checkpoint at `step`) -> a model directory that converts alone."""
+  if not checkpoints.is_workdir(source):
+    raise PortError(f'{source} is already a model directory; copy it, or export it to .pt/.npz')
+  info = checkpoints.read_model_info(source)
+  model = checkpoints.load(source, step)
+  conversion, files = None, {}
+  if info.kind == 'voice_conversion':
+    settings, stats = convert.read_settings(source)
+    conversion = settings.to_json()
+    if trainers.spec(settings.trainer).uses_stats:
+      files = {corpus.STATS_FILE: stats}
+  checkpoints.save_model(out, model, conversion, files)
+  return dict(model=model.name, **({'trainer': conversion['trainer']} if conversion else {}))
+
+
+def main(argv) -> int:
+  logging.set_verbosity(logging.WARNING)  # orbax's save log: a port prints one line, what it wrote
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} (use --checkpoint and --out)')
+  try:
+    if not FLAGS.checkpoint or not FLAGS.out:
+      raise PortError('give --checkpoint (what to port) and --out (where to write it)')
+    source, out = FLAGS.checkpoint, FLAGS.out
+    if storage.isdir(source):
+      if out.endswith(EXPORTS):
+        model = checkpoints.load(source, FLAGS.step)
+        state_dict = export_state_dict(model)
+        write_state_dict(out, state_dict)
+        written = dict(model=model.name, tensors=len(state_dict))
+      else:
+        written = release(source, out, FLAGS.step)
+    elif out.endswith(EXPORTS):
+      raise PortError(
+        f'--out={out}: a checkpoint ports into a model directory (a name without .pt)'
+      )
+    else:
+      written = port_original(
+        source,
+        out,
+        FLAGS.model,
+        FLAGS.trainer,
+        FLAGS.stats,
+        FLAGS.channel,
+        FLAGS.n_embed,
+        FLAGS.gru_init,
+        FLAGS.prefix,
+      )
   except UserError as e:
-    return _fail(e)
-  print(json.dumps(dict(model=args.model, **size, out_dir=args.out_dir)))
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(json.dumps(dict(**written, out=out)))
   return 0
+
+
+def run():
+  """Console script `skipvqvc-port`, and python -m skipvqvc_jax.port_torch."""
+  own_help(__name__, __doc__)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':
-  raise SystemExit(main())
+  run()

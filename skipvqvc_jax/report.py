@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from skipvqvc_jax import convert, fileio, input_pipeline, storage, summaries
+from skipvqvc_jax import audio, fileio, input_pipeline, storage, summaries
 from skipvqvc_jax.fileio import save_text
 
 
@@ -65,7 +65,7 @@ def _vocoder_section(assets: str, metrics: dict, resynthesis: dict, sample_rate:
   for name, wave in resynthesis.items():
     if name == 'utterance' or wave is None:
       continue
-    convert.write_wav(storage.join(assets, f'vocoder_{name}.wav'), wave, sample_rate)
+    audio.write_wav(storage.join(assets, f'vocoder_{name}.wav'), wave, sample_rate)
     players.append(
       f'<figure><figcaption>{html.escape(name)}</figcaption><audio controls '
       f'src="assets/vocoder_{name}.wav"></audio></figure>'
@@ -104,7 +104,7 @@ def write_report(out_dir, assets, metrics, results, converter, resynthesis: dict
     for name, mel in mels.items():
       stem = f'pair{i:02d}_{name}'
       _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, name))
-      convert.write_wav(
+      audio.write_wav(
         storage.join(assets, stem + '.wav'), converter.vocoder(mel), converter.vocoder.sample_rate
       )
       cells.append(

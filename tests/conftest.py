@@ -38,9 +38,9 @@ def assert_close(actual, expected, what: str, atol: float) -> None:
 def assert_gradients_match(grads_model, golden: dict) -> dict:
   """Every gradient the original computed (`grad/*`), by the original's names, against ours (held in
   a model merged from the gradients); returns the golden gradients by name."""
-  from skipvqvc_jax import port_torch
+  from skipvqvc_jax import porting
 
-  ours = port_torch.export_state_dict(grads_model)
+  ours = porting.export_state_dict(grads_model)
   expected_grads = {k.removeprefix('grad/'): v for k, v in golden.items() if k.startswith('grad/')}
   # Parameters the original never uses get no gradient there and do not exist here.
   assert set(expected_grads) == set(ours), set(expected_grads) ^ set(ours)
@@ -144,8 +144,8 @@ def ported_melgan(parity_dir, tmp_path_factory):
       sys.executable,
       '-m',
       'skipvqvc_jax.port_torch',
-      str(parity_file(parity_dir, 'melgan_generator.npz')),
-      str(out),
+      f'--checkpoint={parity_file(parity_dir, "melgan_generator.npz")}',
+      f'--out={out}',
       '--model=melgan',
       '--prefix=param/',
     ],

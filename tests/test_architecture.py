@@ -9,12 +9,31 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'skipvqvc_jax'
 
 # ARCHITECTURE.md's layers, bottom up: a module imports only from its own layer or below.
 LAYERS = {
-  1: ['errors', 'storage', 'fileio', 'progress', 'audio', 'metrics', 'models'],
-  2: ['layouts', 'corpus', 'preprocessing', 'checkpoints', 'locks', 'configs'],
-  3: ['input_pipeline', 'pairs', 'trainers', 'sharding', 'summaries', 'vocoders'],
+  1: ['errors', 'storage', 'fileio', 'progress', 'audio', 'metrics', 'models', 'torch_files'],
+  2: ['layouts', 'corpus', 'preprocessing', 'checkpoints', 'locks', 'configs', 'porting'],
+  3: [
+    'input_pipeline',
+    'pairs',
+    'trainers',
+    'sharding',
+    'summaries',
+    'vocoders',
+    'fetch',
+    'conversion_jobs',
+  ],
   4: ['tasks'],
   5: ['train'],
-  6: ['convert', 'evaluate', 'report', 'port_torch', 'cli', 'preprocess_cli', 'usage'],
+  6: [
+    'convert',
+    'evaluate',
+    'report',
+    'port_torch',
+    'cli',
+    'preprocess_cli',
+    'usage',
+    'fetch_cli',
+    'demo',
+  ],
 }
 LAYER_OF = {room: layer for layer, rooms in LAYERS.items() for room in rooms}
 TRAINING = {'train', 'tasks'}  # what restoring for inference must never go through

@@ -1,5 +1,5 @@
 """Runs in a bucket: preprocessing, training, a SIGKILL mid-checkpoint and an exact resume, conversion,
-evaluation, the workdir lock, and the README's pod recipe (two processes writing one workdir), all against a Cloud Storage emulator this module
+evaluation, the workdir lock, and the pod recipe of docs/install.md (two processes writing one workdir), all against a Cloud Storage emulator this module
 starts on loopback (tests/gcs_emulator.py)."""
 
 import importlib.util
@@ -313,8 +313,8 @@ def test_the_lock_in_the_bucket(gcs, small_features, tmp_path):
 
 
 def _readme_pod_recipe() -> dict[str, str]:
-  """The README's pod recipe: {'install': ..., 'preprocess': ..., 'train': ...} command lines."""
-  readme = (REPO / 'README.md').read_text()
+  """The pod recipe of docs/install.md: {'install': ..., 'preprocess': ..., 'train': ...} lines."""
+  readme = (REPO / 'docs' / 'install.md').read_text()
   block = readme.split('### A TPU pod slice, training into a bucket', 1)[1].split('```bash\n', 1)[1]
   lines = [line for line in block.split('```', 1)[0].splitlines() if not line.startswith('#')]
   return dict(
@@ -325,7 +325,7 @@ def _readme_pod_recipe() -> dict[str, str]:
 
 
 def test_the_readme_pod_recipe(gcs, small_corpus, tmp_path):
-  """Steps 2 and 3 of the README's pod recipe as a user types them, against the emulator: the
+  """Steps 2 and 3 of the pod recipe (docs/install.md) as a user types them, against the emulator: the
   preprocessing line with our small corpus for VCTK, the training line run by two processes of two
   simulated devices each (the preset swapped for `tiny` and the steps cut, for CPU time)."""
   recipe = _readme_pod_recipe()
@@ -354,7 +354,7 @@ def test_the_readme_pod_recipe(gcs, small_corpus, tmp_path):
   words = shlex.split(command.replace('$BUCKET', BUCKET))
   assert words[:3] == ['cd', 'skipvqvc_jax', '&&'] and words[3:5] == ['python', 'main.py'], words
   flags = [w for w in words[5:] if w != '--config.distributed=True']
-  assert len(flags) == len(words) - 6, 'the README runs on every worker with --config.distributed'
+  assert len(flags) == len(words) - 6, 'the recipe runs on every worker with --config.distributed'
   flags = [
     '--config=configs/vqvc_plus.py:tiny' if f.startswith('--config=') else f for f in flags
   ] + ['--config.num_train_steps=2']

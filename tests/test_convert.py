@@ -43,11 +43,11 @@ def test_one_pair_has_the_source_duration(converter, tmp_path):
 def test_step_picks_a_saved_checkpoint(workdir, converter):
   at_4 = convert.Converter.restore(str(workdir), step=4)  # the latest, so the default's weights
   mel = np.random.default_rng(0).normal(-4, 1, (80, 64)).astype(np.float32)
-  np.testing.assert_array_equal(at_4.reconstruct(mel)[0], converter.reconstruct(mel)[0])
+  np.testing.assert_array_equal(at_4.reconstruct_mel(mel)[0], converter.reconstruct_mel(mel)[0])
   untrained = convert.Converter(
-    voice_conversion.build_model(at_4.config), at_4.config, at_4.trainer
+    voice_conversion.build_model(at_4.config), at_4.settings, at_4.trainer
   )
-  assert np.abs(untrained.reconstruct(mel)[0] - at_4.reconstruct(mel)[0]).max() > 1e-3
+  assert np.abs(untrained.reconstruct_mel(mel)[0] - at_4.reconstruct_mel(mel)[0]).max() > 1e-3
   with pytest.raises(
     convert.ConversionError, match=r'no checkpoint of step 3 in .*; saved steps: 4$'
   ):
@@ -62,7 +62,7 @@ def test_several_references_are_averaged(converter):
   assert one.shape == three.shape == source.shape
   assert np.abs(one - three).max() > 1e-4
   # The average of the references' embeddings, scale by scale.
-  encs = [converter.encode(r) for r in refs]
+  encs = [converter.encode_mel(r) for r in refs]
   np.testing.assert_allclose(
     converter.speaker(refs).speaker[0],
     np.mean([e.speaker[0] for e in encs], axis=0),
@@ -162,7 +162,7 @@ def test_cli_errors_are_one_line(workdir, tmp_path):
         f'--target={target}',
         f'--output={tmp_path / "x.wav"}',
       ),
-      f'error: checkpoint workdir {tmp_path / "nowhere"} does not exist',
+      f'error: {tmp_path / "nowhere"} does not exist: give a training workdir or a model',
     ),
     (
       ('--mode=convert', f'--workdir={workdir}', f'--source={target}'),
@@ -256,3 +256,49 @@ def test_console_scripts(workdir, tmp_path):
     timeout=600,
   )
   assert result.returncode == 1 and 'does not exist' in result.stderr
+
+
+def test_the_python_api_as_a_user_calls_it(workdir, tmp_path):
+  """import skipvqvc_jax; load; convert files or arrays, several references, reconstruct, codes."""
+  import skipvqvc_jax
+  from skipvqvc_jax.errors import ConversionError
+
+  assert {'load', 'Converter', 'Codes'} <= set(skipvqvc_jax.__all__)
+  converter = skipvqvc_jax.load(str(workdir))
+  assert isinstance(converter, skipvqvc_jax.Converter) and converter.sample_rate == 22050
+  source, refs = DEMO / 'awb' / 'awb_005.ogg', [DEMO / 'slt' / f'slt_00{i}.ogg' for i in (1, 2)]
+  wave = converter.convert(source, refs[0])  # pathlib paths work as str
+  assert wave.dtype == np.float32 and wave.ndim == 1 and np.isfinite(wave).all()
+  assert abs(len(wave) - _frames(source) * 256) <= 256
+  # Samples in memory at their own rate (int16, as a web page uploads them) are resampled as a file
+  # at that rate is: the same features.
+  import librosa
+
+  at_16k = tmp_path / 'awb_16k.wav'
+  sf.write(at_16k, librosa.resample(audio.load(str(source)), orig_sr=22050, target_sr=16000), 16000)
+  samples, rate = sf.read(at_16k, dtype='int16')
+  assert rate == 16000 and samples.dtype == np.int16
+  np.testing.assert_allclose(converter.mel(samples, sr=rate), converter.mel(at_16k), atol=1e-4)
+  # Several references: the voice of their average.
+  two = converter.convert_mel(converter.mel(source), converter.target(refs))
+  np.testing.assert_allclose(
+    converter.vocoder(two), converter.convert(str(source), [str(r) for r in refs]), atol=1e-5
+  )
+  assert np.abs(two - converter.convert_mel(converter.mel(source), converter.target(refs[0]))).max()
+  # Codes: decoded as they are, they give the reconstruction; edited, something else.
+  codes = converter.encode(source)
+  assert codes.frames == _frames(source) and all(c.dtype == np.int32 for c in codes.codes)
+  recon = converter.reconstruct(source)  # (eager and jitted decoding differ in rounding only)
+  np.testing.assert_allclose(converter.decode_codes(codes), recon, atol=2e-3 * np.abs(recon).max())
+  sizes = [q.num_codes for q in converter.model.quantize]
+  edited = codes._replace(codes=[(c + 5) % n for c, n in zip(codes.codes, sizes)])
+  assert np.abs(converter.decode_codes(edited) - recon).max() > 0.1 * np.abs(recon).max()
+  assert len(converter.decode_codes(codes, target=refs[1])) == len(wave)
+  with pytest.raises(ConversionError, match=r'must lie in \[0, \d+\)'):
+    converter.decode_codes(codes._replace(codes=[c + 100 for c in codes.codes]))
+  with pytest.raises(ConversionError, match='nope.wav: no such file'):
+    converter.convert('nope.wav', refs[0])
+  with pytest.raises(ConversionError, match='the audio array: no samples'):
+    converter.convert(np.zeros(0, np.float32), refs[0])
+  with pytest.raises(ConversionError, match='does not exist'):
+    skipvqvc_jax.load('no/such/model')

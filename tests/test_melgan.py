@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skipvqvc_jax import port_torch, vocoders
+from skipvqvc_jax import porting, vocoders
 from skipvqvc_jax.models import melgan
 from tests.conftest import parity_file
 
@@ -20,7 +20,7 @@ def golden(parity_dir):
 @pytest.fixture(scope='module')
 def generator(golden):
   state_dict = {k.removeprefix('param/'): v for k, v in golden.items() if k.startswith('param/')}
-  return port_torch.load_state_dict(melgan.MelGANGenerator(), state_dict)
+  return porting.load_state_dict(melgan.MelGANGenerator(), state_dict)
 
 
 def test_audio_matches_the_original(generator, golden):
@@ -66,7 +66,7 @@ def test_hot_weights_give_a_full_waveform_that_matches(golden):
     for k, v in golden.items()
     if k.startswith('param/')
   }
-  generator = port_torch.load_state_dict(melgan.MelGANGenerator(), state_dict)
+  generator = porting.load_state_dict(melgan.MelGANGenerator(), state_dict)
   audio = np.asarray(jax.jit(generator)(golden['input/mel']))
   assert audio.std() > 0.1  # a real waveform, not the near-constant base output
   np.testing.assert_allclose(audio, golden['hot/out/audio'][:, 0], atol=2e-5, rtol=1e-4)
@@ -78,10 +78,8 @@ def test_port_names_missing_keys(golden):
     for k, v in golden.items()
     if k.startswith('param/') and k != 'param/model.24.bias'
   }
-  with pytest.raises(
-    port_torch.PortError, match=r'MelGAN generator .* missing keys: model\.24\.bias'
-  ):
-    port_torch.load_state_dict(melgan.MelGANGenerator(), state_dict)
+  with pytest.raises(porting.PortError, match=r'MelGAN generator .* missing keys: model\.24\.bias'):
+    porting.load_state_dict(melgan.MelGANGenerator(), state_dict)
 
 
 def test_cli_port_and_vocoder_directory(golden, ported_melgan, tmp_path):

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from skipvqvc_jax import models, port_torch
+from skipvqvc_jax import models, porting
 from tests.conftest import assert_close, assert_gradients_match
 
 GOLDEN = {
@@ -29,7 +29,7 @@ def golden(request, parity_dir):
     arrays = {k: data[k] for k in data.files}
   state_dict = {k.removeprefix('param/'): v for k, v in arrays.items() if k.startswith('param/')}
   model = models.build(name, channel=64, n_embed=64, gru_init='zeros')
-  return name, arrays, port_torch.load_state_dict(model, state_dict)
+  return name, arrays, porting.load_state_dict(model, state_dict)
 
 
 def _encode(name, model, g):
@@ -103,7 +103,7 @@ def test_training_step(golden):
     optax.clip_by_global_norm(3.0), optax.adam(LR, b1=0.9, b2=0.999, eps=1e-8)
   )
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
-  stepped = port_torch.export_state_dict(
+  stepped = porting.export_state_dict(
     nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
   )
   clip = float(g['train/clip_coef'])

@@ -13,7 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
-from skipvqvc_jax import models, port_torch, trainers
+from skipvqvc_jax import models, porting, trainers
 from skipvqvc_jax.configs import default
 from skipvqvc_jax.tasks import voice_conversion
 from tests.conftest import assert_close, assert_gradients_match
@@ -45,7 +45,7 @@ def golden(request, parity_dir):
     # Ported the way users port: sizes read from the weights, unused modules dropped.
     sizes = models.get_class(name).sizes_from_torch(state_dict)
     assert sizes == dict(channel=64, n_embed=64, in_channel=80)
-    return port_torch.load_state_dict(models.build(name, **sizes, gru_init='zeros'), state_dict)
+    return porting.load_state_dict(models.build(name, **sizes, gru_init='zeros'), state_dict)
 
   return name, arrays, meta, fresh
 
@@ -197,7 +197,7 @@ def test_training_step(golden):
         1e-6,
       )
   updates, _ = tx.update(grads, tx.init(params), params)
-  stepped = port_torch.export_state_dict(
+  stepped = porting.export_state_dict(
     nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
   )
   clip = float(g['train/clip_coef'])

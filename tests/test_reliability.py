@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from skipvqvc_jax import checkpoints, convert, errors, fileio, train
+from skipvqvc_jax import checkpoints, conversion_jobs, convert, errors, fileio, train
 from tests.conftest import REPO, main_flags, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -232,7 +232,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
   at_4 = convert.Converter.restore(str(workdir), step=4)
   mel = np.random.default_rng(0).normal(-4, 1, (80, 64)).astype(np.float32)
   np.testing.assert_array_equal(
-    convert.Converter.restore(str(workdir)).reconstruct(mel)[0], at_4.reconstruct(mel)[0]
+    convert.Converter.restore(str(workdir)).reconstruct_mel(mel)[0], at_4.reconstruct_mel(mel)[0]
   )
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']
   # Training moves the damaged one aside (nothing is deleted) and redoes steps 5 to 8 exactly.
@@ -280,12 +280,14 @@ def test_conversion_never_overwrites_an_input_and_checks_every_job_first(run8, t
     + f'{source},{target},{tmp_path / "p.wav"}\n{source},{target},\n'.encode()
   )
   with pytest.raises(errors.ConversionError, match=r'pairs.csv line 3: the output is empty'):
-    convert.read_pairs(str(pairs))
+    conversion_jobs.read_pairs(str(pairs))
   pairs.write_bytes(
     '\ufeffsource,target,output\n'.encode('utf-8')
     + f'{source},{target},{tmp_path / "p.wav"}\n'.encode()
   )
-  assert convert.read_pairs(str(pairs)) == [(str(source), [target], str(tmp_path / 'p.wav'))]
+  assert conversion_jobs.read_pairs(str(pairs)) == [
+    (str(source), [target], str(tmp_path / 'p.wav'))
+  ]
 
 
 def test_a_folder_with_a_bad_file_and_shared_names_converts_everything_else(run8, tmp_path):

@@ -185,7 +185,7 @@ def test_convert_with_the_trained_vocoder(straight, vc_workdir, tmp_path):
   assert sr == 22050 and len(wave) == audio.file_to_log_mel(str(source))[0].shape[1] * 256
   assert np.isfinite(wave).all() and 0 < np.abs(wave).max() <= 1
   with pytest.raises(
-    convert.ConversionError, match='trains a vocoder, not a voice-conversion model'
+    convert.ConversionError, match='holds a vocoder, not a voice-conversion model'
   ):
     convert.Converter.restore(str(straight[0]))
 
@@ -268,7 +268,7 @@ def test_fine_tuning_starts_from_a_ported_generator(small_features, ported_melga
 def test_export_to_the_original_format_and_back(straight, tmp_path):
   run = [sys.executable, '-m', 'skipvqvc_jax.port_torch']
   result = subprocess.run(
-    run + ['export', str(straight[0]), str(tmp_path / 'g.npz')],
+    run + [f'--checkpoint={straight[0]}', f'--out={tmp_path / "g.npz"}'],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -278,7 +278,7 @@ def test_export_to_the_original_format_and_back(straight, tmp_path):
   with np.load(tmp_path / 'g.npz') as state_dict:
     assert 'model.1.weight_g' in state_dict.files and 'model.1.weight_v' in state_dict.files
   result = subprocess.run(
-    run + [str(tmp_path / 'g.npz'), str(tmp_path / 'back'), '--model=melgan'],
+    run + [f'--checkpoint={tmp_path / "g.npz"}', f'--out={tmp_path / "back"}', '--model=melgan'],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -291,7 +291,7 @@ def test_export_to_the_original_format_and_back(straight, tmp_path):
   back = vocoders.load_generator(str(tmp_path / 'back'))(mel)
   np.testing.assert_allclose(back, ours, atol=1e-6)
   result = subprocess.run(
-    run + ['export', str(tmp_path), str(tmp_path / 'x.npz')],
+    run + [f'--checkpoint={tmp_path}', f'--out={tmp_path / "x.npz"}'],
     cwd=REPO,
     capture_output=True,
     text=True,

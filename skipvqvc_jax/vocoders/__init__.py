@@ -1,8 +1,9 @@
 """Vocoders behind one interface: `vocoder(log_mel) -> waveform`, with a `sample_rate` attribute.
 
-`get('griffin_lim')` is the built-in default; `get(PATH)` loads a MelGAN generator: the latest
-checkpoint of a vocoder training workdir (`main.py --config=configs/vocoder.py:melgan`), or a model
-directory (ported: `python -m skipvqvc_jax.port_torch melgan.pt PATH --model=melgan`).
+`get('griffin_lim')` is the built-in default; `get('melgan')` the original's pretrained MelGAN
+(fetched into the user's cache on first use: `fetch`); `get(PATH)` loads a MelGAN generator: the
+latest checkpoint of a vocoder training workdir (`main.py --config=configs/vocoder.py:melgan`), or a
+model directory (ported: `skipvqvc-port --checkpoint=GENERATOR.pt --out=PATH --model=melgan`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from skipvqvc_jax import audio, checkpoints
+from skipvqvc_jax import audio, checkpoints, fetch
 from skipvqvc_jax.errors import CheckpointError, ConfigError
 from skipvqvc_jax.models import MelGANGenerator
 from skipvqvc_jax.vocoders.griffin_lim import GriffinLim
@@ -56,13 +57,15 @@ def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeaturePa
   """The vocoder named by a config or flag: 'griffin_lim' or a saved vocoder directory."""
   if name == 'griffin_lim':
     return GriffinLim(params)
+  if name in fetch.PUBLISHED:
+    name = fetch.fetch(name)
   if checkpoints.is_model_dir(name) or checkpoints.is_workdir(name):
     try:
       return NeuralVocoder(load_generator(name), params)
     except CheckpointError as e:  # a workdir with no (or not that) checkpoint
       raise ConfigError(f'vocoder {name}: {e}') from None
   raise ConfigError(
-    f'unknown vocoder {name!r}: use griffin_lim, a vocoder training workdir '
-    f'(configs/vocoder.py) or a ported one (python -m skipvqvc_jax.port_torch '
-    f'GENERATOR.pt DIR --model=melgan)'
+    f"unknown vocoder {name!r}: use griffin_lim, melgan (the original's, fetched once), a vocoder "
+    f'training workdir (configs/vocoder.py) or a ported one (skipvqvc-port '
+    f'--checkpoint=GENERATOR.pt --out=DIR --model=melgan)'
   )

@@ -1,0 +1,85 @@
+"""The conversions a command asks for, as (source, targets, output) jobs: from flags, a pairs CSV or a
+folder of sources; checked before any model is restored, so a mistake costs no conversion."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+
+from skipvqvc_jax import corpus, storage
+from skipvqvc_jax.errors import ConversionError
+
+
+def check(jobs, output_mel: bool = False) -> list[tuple[str, list[str], str]]:
+  """The jobs with their final output names, or a ConversionError before anything is converted:
+  an output that is a folder, that would overwrite a source or target, or that two jobs share."""
+  checked, writers = [], {}
+  inputs = {os.path.realpath(p) for source, targets, _ in jobs for p in [source, *targets]}
+  for source, targets, output in jobs:
+    if output_mel:
+      output = os.path.splitext(output)[0] + '.npy'
+    if storage.isdir(output):
+      raise ConversionError(
+        f'output {output} is a folder: give a file name (or --source_dir with --output_dir)'
+      )
+    if storage.realpath(output) in inputs:
+      raise ConversionError(f'output {output} would overwrite an input audio file: choose another')
+    if storage.realpath(output) in writers:
+      raise ConversionError(
+        f'{writers[storage.realpath(output)]} and {source} would both be written '
+        f'to {output}: give them different outputs'
+      )
+    writers[storage.realpath(output)] = source
+    checked.append((source, list(targets), output))
+  return checked
+
+
+def read_pairs(path: str) -> list[tuple[str, list[str], str]]:
+  """pairs.csv rows `source,target,output` (targets may be several, separated by ';'); a header row
+  `source,...` and lines starting with # are skipped. Every row is checked before any is converted."""
+  if not os.path.isfile(path):
+    raise ConversionError(f'{path}: no such file')
+  jobs = []
+  with open(path, newline='', encoding='utf-8-sig') as f:  # utf-8-sig: spreadsheets write a BOM
+    for line, row in enumerate(csv.reader(f), 1):
+      if not row or row[0].startswith('#') or (line == 1 and row[0].strip() == 'source'):
+        continue
+      if len(row) != 3:
+        raise ConversionError(f'{path} line {line}: expected source,target,output; got {row}')
+      source, target, output = (x.strip() for x in row)
+      targets = [t.strip() for t in target.split(';') if t.strip()]
+      for name, value in (('source', source), ('target', targets), ('output', output)):
+        if not value:
+          raise ConversionError(f'{path} line {line}: the {name} is empty')
+      jobs.append((source, targets, output))
+  if not jobs:
+    raise ConversionError(f'{path}: no source,target,output rows')
+  return jobs
+
+
+def source_dir_jobs(source_dir: str, targets: Sequence[str], output_dir: str, log=print):
+  """Every audio file of source_dir converted to `targets`, written as output_dir/<name>.wav (files
+  that share a name, like a.ogg and a.wav, as a_ogg.wav and a_wav.wav, said once)."""
+  if not os.path.isdir(source_dir):
+    raise ConversionError(f'--source_dir {source_dir} does not exist')
+  files = sorted(
+    f for f in os.listdir(source_dir) if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS
+  )
+  if not files:
+    raise ConversionError(f'--source_dir {source_dir} holds no audio files')
+  stems = [os.path.splitext(f)[0] for f in files]
+  shared = {stem for stem in stems if stems.count(stem) > 1}
+  names = [
+    f'{stem}_{os.path.splitext(f)[1][1:]}' if stem in shared else stem
+    for f, stem in zip(files, stems)
+  ]
+  if shared:
+    log(
+      'files sharing a name are written with their extension: '
+      + ', '.join(f'{f} -> {n}.wav' for f, n in zip(files, names) if n not in stems)
+    )
+  return [
+    (os.path.join(source_dir, f), list(targets), storage.join(output_dir, n + '.wav'))
+    for f, n in zip(files, names)
+  ]

@@ -1,0 +1,176 @@
+"""A web page that converts a voice (skipvqvc-demo): Gradio, served on this machine only.
+
+    skipvqvc-demo --model=models/vqvc+                   # then open http://127.0.0.1:7860
+    skipvqvc-demo --model=runs/RUN --vocoders=griffin_lim,melgan --port=8080
+
+Upload or record a source (the words) and one or more references (the voice), pick the vocoder, and
+get the converted audio with the mels of the source, the first reference and the result. A file that
+cannot be used (corrupt, silent, longer than --max_seconds) is an error on the page; the server goes on.
+Gradio because it is what voice-conversion demos use: upload and microphone widgets, audio players and
+a queue come with it, in one Python file, and it needs the `.[demo]` extra only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import numpy as np
+from absl import app, flags, logging
+
+from skipvqvc_jax import audio, convert, errors
+from skipvqvc_jax.usage import own_help, parse_flags
+
+flags.DEFINE_string('model', None, 'A model directory (skipvqvc-port) or a training workdir.')
+flags.DEFINE_list(
+  'vocoders',
+  ['griffin_lim', 'melgan'],
+  'The vocoders offered on the page (the first is the default): griffin_lim, melgan (the '
+  "original's, fetched on first use) or a vocoder directory.",
+)
+flags.DEFINE_integer('port', 7860, 'The port to serve on (on 127.0.0.1 only).')
+flags.DEFINE_float(
+  'max_seconds', 120.0, 'Longer uploads are refused on the page (use skipvqvc-convert).'
+)
+FLAGS = flags.FLAGS
+
+SOURCE_HELP = 'Source: the words and their timing'
+REFERENCE_HELP = 'Target voice: a reference recording'
+
+
+class Demo:
+  """The page's one action: files in, (converted audio, mel images) out; user errors as messages."""
+
+  def __init__(self, model: str, vocoders: list[str], max_seconds: float):
+    self.converter = convert.Converter.restore(model)  # Griffin-Lim: no download at start
+    self.model, self.vocoders, self.max_seconds = model, vocoders, max_seconds
+    self._by_vocoder = {'griffin_lim': self.converter}
+    self.out_dir = tempfile.mkdtemp(prefix='skipvqvc-demo-')
+
+  def converter_for(self, vocoder: str) -> convert.Converter:
+    if vocoder not in self.vocoders:
+      raise errors.ConversionError(f'unknown vocoder {vocoder!r}: choose one of {self.vocoders}')
+    if vocoder not in self._by_vocoder:
+      c = self.converter
+      c = convert.Converter(c.model, c.settings, c.trainer, vocoder, config=c.config)
+      self._by_vocoder[vocoder] = c
+    return self._by_vocoder[vocoder]
+
+  def _mel(self, path: str | None, what: str) -> np.ndarray:
+    if not path:
+      raise errors.ConversionError(f'{what}: upload or record one')
+    name = os.path.basename(path)
+    try:
+      import soundfile  # pylint: disable=import-outside-toplevel
+
+      seconds = soundfile.info(path).duration  # a header read: a long file is refused unread
+    except Exception:  # pylint: disable=broad-except  (formats soundfile cannot read: decoded below)
+      seconds = None
+    if seconds is not None and seconds > self.max_seconds:
+      raise errors.ConversionError(
+        f'{what} {name} is {seconds:.0f} s long; this page converts up to {self.max_seconds:.0f} s '
+        f'(skipvqvc-convert takes any length)'
+      )
+    try:
+      mel = self.converter.features(path)
+    except errors.ConversionError as e:
+      raise errors.ConversionError(f'{what}: {str(e).replace(path, name)}') from None
+    frames_per_second = self.converter.params.sample_rate / self.converter.params.hop_length
+    if mel.shape[1] / frames_per_second > self.max_seconds:
+      raise errors.ConversionError(
+        f'{what} {name} is longer than {self.max_seconds:.0f} s (skipvqvc-convert takes any length)'
+      )
+    return mel
+
+  def run(self, source: str | None, reference: str | None, more: list | None, vocoder: str):
+    """(wav path, mel image path) of one conversion; ConversionError for what the user can fix."""
+    converter = self.converter_for(vocoder)
+    source_mel = self._mel(source, 'the source')
+    references = [reference] + [getattr(f, 'name', f) for f in more or []]
+    references = [r for r in references if r]
+    if not references:
+      raise errors.ConversionError('the target voice: upload or record at least one reference')
+    reference_mels = [self._mel(r, 'a reference') for r in references]
+    mel = converter.convert_mel(source_mel, converter.speaker(reference_mels))
+    fd, wav = tempfile.mkstemp(suffix='.wav', prefix='converted-', dir=self.out_dir)
+    os.close(fd)
+    audio.write_wav(wav, converter.vocoder(mel), converter.sample_rate)
+    image = os.path.join(os.path.dirname(wav), os.path.basename(wav)[:-4] + '.png')
+    _plot([source_mel, reference_mels[0], mel], ['source', 'reference', 'converted'], image)
+    return wav, image
+
+
+def _plot(mels, titles, path: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, axes = plt.subplots(1, len(mels), figsize=(4 * len(mels), 2.6))
+  for ax, mel, title in zip(axes, mels, titles):
+    ax.imshow(mel, aspect='auto', origin='lower', interpolation='none', cmap='magma')
+    ax.set_title(title)
+    ax.set_xlabel('frames')
+  axes[0].set_ylabel('mel band')
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def build(demo: Demo):
+  """The Gradio page of `demo`."""
+  import gradio as gr  # pylint: disable=import-outside-toplevel  (the [demo] extra)
+
+  def convert_clicked(source, reference, more, vocoder):
+    try:
+      return demo.run(source, reference, more, vocoder)
+    except errors.UserError as e:
+      raise gr.Error(str(e)) from None
+    except Exception as e:  # pylint: disable=broad-except  (any fault: a message, never a dead page)
+      logging.exception('conversion failed')
+      raise gr.Error(f'conversion failed ({type(e).__name__}: {e})') from None
+
+  with gr.Blocks(title='skipvqvc_jax: one-shot voice conversion') as page:
+    gr.Markdown(
+      f'## One-shot voice conversion\nModel: `{demo.model}`. The source keeps its words and '
+      'timing and takes the voice of the reference(s).'
+    )
+    with gr.Row():
+      source = gr.Audio(sources=['upload', 'microphone'], type='filepath', label=SOURCE_HELP)
+      reference = gr.Audio(sources=['upload', 'microphone'], type='filepath', label=REFERENCE_HELP)
+    more = gr.File(file_count='multiple', label='More references of the same voice (optional)')
+    vocoder = gr.Radio(demo.vocoders, value=demo.vocoders[0], label='Vocoder')
+    button = gr.Button('Convert', variant='primary', elem_id='convert')
+    result = gr.Audio(type='filepath', label='Converted', interactive=False, elem_id='result')
+    mels = gr.Image(type='filepath', label='Mels: source, reference, converted', elem_id='mels')
+    button.click(convert_clicked, [source, reference, more, vocoder], [result, mels])
+  return page
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    if not FLAGS.model:
+      raise errors.ConversionError('give --model: a model directory (skipvqvc-port) or a workdir')
+    try:
+      import gradio  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+      raise errors.ConfigError('the web page needs Gradio: pip install -e ".[demo]"') from None
+    demo = Demo(FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds)
+  except errors.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  page = build(demo)
+  print(f'serving {FLAGS.model} at http://127.0.0.1:{FLAGS.port} (Ctrl-C stops)', flush=True)
+  page.queue().launch(
+    server_name='127.0.0.1', server_port=FLAGS.port, share=False, show_error=True, quiet=True
+  )
+  return 0
+
+
+def run():
+  """Console script `skipvqvc-demo`."""
+  own_help(__name__, __doc__)
+  app.run(main, flags_parser=parse_flags)

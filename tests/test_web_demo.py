@@ -1,0 +1,145 @@
+"""The web page (skipvqvc-demo) in a real headless browser: Debian's chromium, driven through its
+chromedriver by selenium, against a real server process on loopback. Upload two files, convert, receive
+audio of the source's length; a corrupt upload and an over-long one are messages on the page, and the
+server converts again after them."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from skipvqvc_jax import audio
+from tests.conftest import REPO
+
+DEMO = REPO / 'data' / 'demo_corpus'
+CHROMEDRIVER = shutil.which('chromedriver') or '/usr/bin/chromedriver'
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def server(workdir, tmp_path_factory):
+  """skipvqvc-demo on the shared tiny run, as a user starts it; (its URL, the process)."""
+  pytest.importorskip('gradio', reason='the web page needs the [demo] extra')
+  port = _free_port()
+  log = tmp_path_factory.mktemp('demo') / 'server.log'
+  with open(log, 'w') as out:
+    process = subprocess.Popen(
+      [
+        sys.executable,
+        '-c',
+        'from skipvqvc_jax import demo; demo.run()',
+        f'--model={workdir}',
+        f'--port={port}',
+        '--vocoders=griffin_lim',
+        '--max_seconds=8',
+      ],
+      cwd=REPO,
+      stdout=out,
+      stderr=subprocess.STDOUT,
+      env=dict(os.environ, GRADIO_ANALYTICS_ENABLED='False'),
+    )
+  url = f'http://127.0.0.1:{port}/'
+  deadline = time.time() + 300
+  while True:
+    try:
+      with urllib.request.urlopen(url, timeout=5) as response:
+        if response.status == 200:
+          break
+    except OSError:
+      pass
+    if process.poll() is not None or time.time() > deadline:
+      process.kill()
+      pytest.fail(f'the demo server did not start: {log.read_text()[-3000:]}')
+    time.sleep(1)
+  yield url, process
+  process.terminate()
+  process.wait(timeout=30)
+
+
+@pytest.fixture(scope='module')
+def browser():
+  if not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)):
+    pytest.skip('needs Debian chromium and chromium-driver (apt install chromium chromium-driver)')
+  from selenium import webdriver
+  from selenium.webdriver.chrome.service import Service
+
+  options = webdriver.ChromeOptions()
+  options.binary_location = CHROMIUM
+  for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'):
+    options.add_argument(arg)
+  driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+  driver.set_window_size(1400, 1800)
+  yield driver
+  driver.quit()
+
+
+def _convert_on_the_page(browser, url, source, reference):
+  """Opens the page, puts `source` and `reference` in its two audio inputs, clicks Convert; returns
+  (the converted audio's URL or None, the text of any error shown)."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import WebDriverWait
+
+  browser.get(url)
+  wait = WebDriverWait(browser, 120)
+  inputs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'input[type=file]'))
+  assert len(inputs) >= 2, 'the page has an upload for the source and for the reference'
+  inputs[0].send_keys(str(source))
+  inputs[1].send_keys(str(reference))
+  # Both uploads shown in their players before converting.
+  wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, 'audio')) >= 2)
+  browser.find_element(By.ID, 'convert').click()
+
+  def outcome(d):
+    errors = [e.text for e in d.find_elements(By.CSS_SELECTOR, '.toast-body, .error') if e.text]
+    if errors:
+      return None, ' '.join(errors)
+    for element in d.find_elements(By.CSS_SELECTOR, '#result audio, #result a[download]'):
+      src = element.get_attribute('src') or element.get_attribute('href')
+      if src and 'converted-' in src:
+        return src, ''
+    return False
+
+  return wait.until(outcome)
+
+
+def test_two_uploads_convert_to_audio_of_the_source_length(server, browser):
+  url, _ = server
+  source, reference = DEMO / 'awb' / 'awb_005.ogg', DEMO / 'slt' / 'slt_001.ogg'
+  src, error = _convert_on_the_page(browser, url, source, reference)
+  assert src and not error, error
+  with urllib.request.urlopen(src, timeout=30) as response:
+    data = response.read()
+  wave, rate = sf.read(__import__('io').BytesIO(data))
+  frames = audio.file_to_log_mel(str(source))[0].shape[1]
+  assert rate == 22050 and abs(len(wave) - frames * 256) <= 256
+  assert np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
+
+
+def test_a_corrupt_and_a_long_upload_are_messages_and_the_server_goes_on(server, browser, tmp_path):
+  url, process = server
+  corrupt = tmp_path / 'corrupt.wav'
+  corrupt.write_bytes(b'RIFF' + os.urandom(4000))
+  src, error = _convert_on_the_page(browser, url, corrupt, DEMO / 'slt' / 'slt_001.ogg')
+  assert src is None and 'the source' in error and 'corrupt.wav' in error, error
+  long = tmp_path / 'long.wav'  # over the server's --max_seconds=8
+  sf.write(long, np.tile(audio.load(str(DEMO / 'awb' / 'awb_005.ogg')), 4), 22050)
+  src, error = _convert_on_the_page(browser, url, DEMO / 'awb' / 'awb_005.ogg', long)
+  assert src is None and 'long.wav' in error and 'up to 8 s' in error, error
+  assert process.poll() is None  # alive
+  src, error = _convert_on_the_page(
+    browser, url, DEMO / 'awb' / 'awb_005.ogg', DEMO / 'slt' / 'slt_001.ogg'
+  )
+  assert src and not error, error
