@@ -7,7 +7,16 @@ import sys
 import numpy as np
 import pytest
 
-from skipvqvc_jax import checkpoints, convert, errors, models, port_torch, porting, torch_files
+from skipvqvc_jax import (
+  audio,
+  checkpoints,
+  convert,
+  errors,
+  models,
+  port_torch,
+  porting,
+  torch_files,
+)
 from tests.conftest import REPO
 
 SMALL = dict(channel=16, n_embed=16, gru_init='zeros')
@@ -240,6 +249,15 @@ def test_a_golden_checkpoint_converts_through_the_cli_as_the_original(parity_dir
   )
   assert converted.returncode == 0, converted.stderr[-2000:]
   np.testing.assert_allclose(np.load(tmp_path / 'out.npy'), expected[0], atol=1e-4)
+  # The same directory from Python, with two recordings: audio of the source's (trimmed) length.
+  import skipvqvc_jax
+
+  source = REPO / 'data' / 'demo_corpus' / 'awb' / 'awb_005.ogg'
+  wave = skipvqvc_jax.load(tmp_path / 'model').convert(
+    source, REPO / 'data' / 'demo_corpus' / 'slt' / 'slt_001.ogg'
+  )
+  frames = audio.file_to_log_mel(str(source))[0].shape[1]
+  assert wave.ndim == 1 and np.isfinite(wave).all() and abs(len(wave) - frames * 256) <= 256
 
 
 def test_a_model_directory_without_conversion_settings_is_named(source, tmp_path):

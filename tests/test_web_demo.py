@@ -30,8 +30,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope='module')
-def server(workdir, tmp_path_factory):
-  """skipvqvc-demo on the shared tiny run, as a user starts it; (its URL, the process)."""
+def ported(parity_dir, tmp_path_factory):
+  """What a user with only the original's checkpoint has: its vqvc+ weights (the golden ones) in its
+  checkpoint/vqvc+_n64_ch64_normal/gen file, ported into a model directory."""
+  from skipvqvc_jax import port_torch
+  from tests.test_port_torch import _write_original
+
+  root = tmp_path_factory.mktemp('original')
+  with np.load(parity_dir / 'vqvcplus_n64_ch64.npz') as g:
+    state_dict = {k.removeprefix('param/'): g[k] for k in g.files if k.startswith('param/')}
+  pt = _write_original(root / 'checkpoint' / 'vqvc+_n64_ch64_normal' / 'gen', state_dict)
+  port_torch.port_original(str(pt), str(root / 'model'))
+  return root / 'model'
+
+
+@pytest.fixture(scope='module')
+def server(ported, tmp_path_factory):
+  """skipvqvc-demo on the ported model directory, as a user starts it; (its URL, the process)."""
   pytest.importorskip('gradio', reason='the web page needs the [demo] extra')
   port = _free_port()
   log = tmp_path_factory.mktemp('demo') / 'server.log'
@@ -41,7 +56,7 @@ def server(workdir, tmp_path_factory):
         sys.executable,
         '-c',
         'from skipvqvc_jax import demo; demo.run()',
-        f'--model={workdir}',
+        f'--model={ported}',
         f'--port={port}',
         '--vocoders=griffin_lim',
         '--max_seconds=8',
@@ -94,8 +109,10 @@ def _convert_on_the_page(browser, url, source, reference):
 
   browser.get(url)
   wait = WebDriverWait(browser, 120)
-  inputs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'input[type=file]'))
-  assert len(inputs) >= 2, 'the page has an upload for the source and for the reference'
+  # The page renders its components one by one: wait for the source's, the reference's and the
+  # further references' uploads.
+  uploads = lambda d: d.find_elements(By.CSS_SELECTOR, 'input[type=file]')
+  inputs = wait.until(lambda d: len(uploads(d)) >= 3 and uploads(d))
   inputs[0].send_keys(str(source))
   inputs[1].send_keys(str(reference))
   # Both uploads shown in their players before converting.
