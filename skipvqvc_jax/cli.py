@@ -154,10 +154,13 @@ def _convert() -> None:
     if not FLAGS.target:
       raise errors.ConversionError('--source_dir needs --target')
     jobs = conversion_jobs.source_dir_jobs(
-      FLAGS.source_dir, FLAGS.target, FLAGS.output_dir, log=lambda line: logging.info('%s', line)
+      FLAGS.source_dir,
+      conversion_jobs.rejoin(FLAGS.target, ','),
+      FLAGS.output_dir,
+      log=lambda line: logging.info('%s', line),
     )
   elif FLAGS.source and FLAGS.target and FLAGS.output:
-    jobs = [(FLAGS.source, FLAGS.target, FLAGS.output)]
+    jobs = [(FLAGS.source, conversion_jobs.rejoin(FLAGS.target, ','), FLAGS.output)]
   else:
     raise errors.ConversionError(
       'give --source, --target and --output; or --pairs=FILE.csv; or --source_dir and --target'

@@ -11,6 +11,21 @@ from skipvqvc_jax import corpus, storage
 from skipvqvc_jax.errors import ConversionError
 
 
+def rejoin(pieces: Sequence[str], separator: str) -> list[str]:
+  """Paths split at `separator` (the comma of --target=a.wav,b.wav, the ';' of a pairs file's
+  targets), put back together where a joined name is an existing file: a file called `a,b.wav` is
+  one reference, not two. The longest existing join wins; a piece that joins nothing is a path."""
+  out, i = [], 0
+  while i < len(pieces):
+    j = next(
+      (j for j in range(len(pieces), i + 1, -1) if os.path.exists(separator.join(pieces[i:j]))),
+      i + 1,
+    )
+    out.append(separator.join(pieces[i:j]))
+    i = j
+  return out
+
+
 def check(jobs, output_mel: bool = False) -> list[tuple[str, list[str], str]]:
   """The jobs with their final output names, or a ConversionError before anything is converted:
   an output that is a folder, that would overwrite a source or target, or that two jobs share."""
@@ -48,7 +63,7 @@ def read_pairs(path: str) -> list[tuple[str, list[str], str]]:
       if len(row) != 3:
         raise ConversionError(f'{path} line {line}: expected source,target,output; got {row}')
       source, target, output = (x.strip() for x in row)
-      targets = [t.strip() for t in target.split(';') if t.strip()]
+      targets = [t.strip() for t in rejoin(target.split(';'), ';') if t.strip()]
       for name, value in (('source', source), ('target', targets), ('output', output)):
         if not value:
           raise ConversionError(f'{path} line {line}: the {name} is empty')

@@ -158,6 +158,12 @@ def resolve_split(
   speakers = sorted(set(speakers))
   if storage.exists(path):
     split = load_json(path)
+    both = sorted(set(split.get('train', [])) & set(split.get('test', [])))
+    if both:
+      raise CorpusError(
+        f'{path} puts {", ".join(both)} on both sides (train and test): a test speaker must be '
+        f'unseen in training; remove each from one list'
+      )
     known = set(split.get('train', [])) | set(split.get('test', []))
     if test_speakers is not None and sorted(test_speakers) != sorted(split.get('test', [])):
       raise CorpusError(

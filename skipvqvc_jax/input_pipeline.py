@@ -98,16 +98,36 @@ def list_features(features_dir: str) -> list[str]:
 
 
 def load_features(path: str, mmap: bool = False) -> np.ndarray:
-  """One feature (or cached waveform) file; one that cannot be read is a CorpusError naming it."""
+  """One feature (or cached waveform) file, checked (`check_feature`; a memory-mapped one is checked
+  by its reader, `FeatureSource`); one that cannot be read is a CorpusError naming it."""
   try:
     if storage.is_url(path):
-      return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
-    return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
+      array = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+    else:
+      array = np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
     raise CorpusError(
       f'{path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__}'
       f'); preprocess its audio again'
     ) from None
+  return array if mmap else check_feature(path, array)
+
+
+def check_feature(path: str, array: np.ndarray, rows: int | None = None) -> np.ndarray:
+  """`array` if it is a (rows, frames) array of finite values; else a CorpusError naming `path` (a
+  NaN feature would otherwise stop training at whatever step first draws it, naming nothing)."""
+  if array.ndim != 2 or (rows is not None and array.shape[0] != rows):
+    want = f'({rows}, frames)' if rows is not None else '(bands, frames)'
+    raise CorpusError(
+      f'{path}: shape {array.shape}, not {want} like the other features: preprocess its audio '
+      f'again, or remove it'
+    )
+  if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+    raise CorpusError(
+      f'{path}: holds values that are not finite (NaN or inf): preprocess its audio again, or '
+      f'remove it'
+    )
+  return array
 
 
 IN_MEMORY_LIMIT = 1 << 30  # feature sets up to 1 GiB are read once and kept in RAM
@@ -129,12 +149,23 @@ class FeatureSource(grain.sources.RandomAccessDataSource):
     self.speaker_ids = np.array([index[corpus.speaker_of(f)] for f in self.files], np.int32)
     in_memory = sum(os.path.getsize(f) for f in self.files) <= IN_MEMORY_LIMIT
     self.arrays = [load_features(f) for f in self.files] if in_memory else None
+    first = self.arrays[0] if in_memory else load_features(self.files[0], mmap=True)
+    self.rows = first.shape[0] if first.ndim == 2 else None
+    for f, array in zip(self.files, self.arrays or []):
+      check_feature(f, array, self.rows)
+    self._checked: set[int] = set()  # memory-mapped files checked on their first read
 
   def __len__(self) -> int:
     return len(self.files)
 
   def __getitem__(self, i: int) -> dict:
-    array = self.arrays[i] if self.arrays is not None else load_features(self.files[i], mmap=True)
+    if self.arrays is not None:
+      array = self.arrays[i]
+    else:
+      array = load_features(self.files[i], mmap=True)
+      if i not in self._checked:
+        check_feature(self.files[i], array, self.rows)
+        self._checked.add(i)
     return {self.key: array, 'speaker': self.speaker_ids[i]}
 
 

@@ -37,6 +37,8 @@ def _featurise(task):
     return dict(ok=False, reason=str(e))
   if mel.shape[1] < min_frames:
     return dict(ok=False, reason=f'too short: {mel.shape[1]} frames < --min_frames={min_frames}')
+  if not np.isfinite(mel).all():  # never written: a NaN feature would stop training steps later
+    return dict(ok=False, reason='its features are not finite (NaN or inf)')
   try:
     save_npy(out_path, mel)
   except OSError as e:  # the output's disk, not the audio: every other file would fail the same way

@@ -17,6 +17,7 @@ from absl import logging
 
 from skipvqvc_jax import (
   checkpoints,
+  config_ranges,
   input_pipeline,
   locks,
   progress,
@@ -60,16 +61,6 @@ class _StopRequests:
 
 # Loop fields that must be whole numbers of at least this much (keep_checkpoints=0 would let orbax
 # delete every checkpoint, the ones already there too).
-POSITIVE_FIELDS = {
-  'batch_size': 1,
-  'per_device_batch_size': 0,
-  'num_train_steps': 0,
-  'log_every_steps': 1,
-  'eval_every_steps': 1,
-  'checkpoint_every_steps': 1,
-  'keep_checkpoints': 1,
-  'eval_batches': 1,
-}
 
 
 def resolve_batch(config) -> None:
@@ -81,12 +72,7 @@ def resolve_batch(config) -> None:
 
 def check_config(config) -> None:
   """One-line errors for loop settings that cannot work, before anything is read or written."""
-  for field, least in POSITIVE_FIELDS.items():
-    value = config.get(field, least)
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-      raise ConfigError(f'--config.{field}={value!r}: must be a whole number >= {least}')
-  if not config.learning_rate > 0:
-    raise ConfigError(f'--config.learning_rate={config.learning_rate!r}: must be > 0')
+  config_ranges.check(config)
   tasks.check_config(config)
 
 

@@ -10,7 +10,16 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'skipvqvc_jax'
 # ARCHITECTURE.md's layers, bottom up: a module imports only from its own layer or below.
 LAYERS = {
   1: ['errors', 'storage', 'fileio', 'progress', 'audio', 'metrics', 'models', 'torch_files'],
-  2: ['layouts', 'corpus', 'preprocessing', 'checkpoints', 'locks', 'configs', 'porting'],
+  2: [
+    'layouts',
+    'corpus',
+    'preprocessing',
+    'checkpoints',
+    'locks',
+    'configs',
+    'porting',
+    'config_ranges',
+  ],
   3: [
     'input_pipeline',
     'pairs',

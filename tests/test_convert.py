@@ -302,3 +302,22 @@ def test_the_python_api_as_a_user_calls_it(workdir, tmp_path):
     converter.convert(np.zeros(0, np.float32), refs[0])
   with pytest.raises(ConversionError, match='does not exist'):
     skipvqvc_jax.load('no/such/model')
+
+
+def test_a_comma_or_semicolon_in_a_file_name_is_one_reference(tmp_path):
+  """--target splits at commas and a pairs file's targets at ';': a file whose name has one is still
+  one reference (an existing file wins), and the others around it are still split."""
+  from skipvqvc_jax import conversion_jobs
+
+  odd = tmp_path / 'slt,take 1;b.ogg'
+  shutil.copy(DEMO / 'slt' / 'slt_001.ogg', odd)
+  plain = str(DEMO / 'slt' / 'slt_002.ogg')
+  pieces = str(odd).split(',') + [plain]
+  assert conversion_jobs.rejoin(pieces, ',') == [str(odd), plain]
+  assert conversion_jobs.rejoin(['a.wav', 'b.wav'], ',') == ['a.wav', 'b.wav']  # nothing to join
+  pairs = tmp_path / 'pairs.csv'
+  with open(pairs, 'w', newline='') as f:
+    csv.writer(f).writerow([plain, f'{odd};{plain}', str(tmp_path / 'out.wav')])
+  assert conversion_jobs.read_pairs(str(pairs)) == [
+    (plain, [str(odd), plain], str(tmp_path / 'out.wav'))
+  ]

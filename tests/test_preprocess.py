@@ -146,6 +146,24 @@ def test_changed_split_or_parameters_are_refused(tree, processed):
     corpus.check_feature_params(out, audio.FeatureParams(hop_length=200))
 
 
+def test_a_split_with_a_speaker_on_both_sides_is_refused(tree, processed, tmp_path):
+  """A hand-edited split.json naming a speaker as train and test: refused naming the speaker, before
+  any feature moves (it was accepted, and the manifest's totals contradicted the disk)."""
+  import shutil
+
+  root, _ = tree
+  out = tmp_path / 'features'
+  shutil.copytree(processed[0], out)
+  split = json.loads((out / 'split.json').read_text())
+  speaker = split['test'][0]
+  split['train'].append(speaker)
+  (out / 'split.json').write_text(json.dumps(split))
+  before = sorted(p.relative_to(out) for p in out.rglob('*'))
+  with pytest.raises(errors.CorpusError, match=f'puts {speaker} on both sides'):
+    preprocessing.preprocess(root, str(out), workers=1, progress=False, log=lambda _: None)
+  assert sorted(p.relative_to(out) for p in out.rglob('*')) == before
+
+
 def test_a_manifest_from_a_newer_version_is_refused(processed, tmp_path):
   out, _, _ = processed
   manifest = fileio.load_json(os.path.join(out, corpus.MANIFEST))

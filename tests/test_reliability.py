@@ -68,6 +68,14 @@ def _one_error(output: str) -> str:
     ({'log_every_steps': -1}, 'log_every_steps'),
     ({'model.channel': 0}, 'model.channel'),
     ({'data.crop_frames': 36}, 'data.crop_frames'),
+    # Each in RANGES (config_ranges.py); grad_clip_norm=-1 once trained on, its loss climbing.
+    ({'grad_clip_norm': -1.0}, 'grad_clip_norm'),
+    ({'learning_rate': float('nan')}, 'learning_rate'),
+    ({'adam_b2': 1.0}, 'adam_b2'),
+    ({'seed': -1}, 'seed'),
+    ({'latent_loss_weight': -0.1}, 'latent_loss_weight'),
+    ({'features.hop_length': 0}, 'features.hop_length'),
+    ({'compute_dtype': 'float8'}, 'compute_dtype'),
   ],
 )
 def test_impossible_settings_are_refused_before_anything_changes(
@@ -93,12 +101,17 @@ def test_simple_mistakes_are_one_line_errors(small_features, tmp_path):
     ),
     (main_flags(small_features, a_file), f'--workdir {a_file} is a file'),
     (main_flags(small_features, tmp_path / 'w', batch_size=-2), '--config.batch_size=-2'),
+    (
+      main_flags(small_features, tmp_path / 'w', grad_clip_norm=-1),
+      '--config.grad_clip_norm=-1.0: must be a number > 0',
+    ),
   ]
   for args, message in cases:
     proc = _main(*args)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out[-3000:]
     assert message in _one_error(out), (message, out[-2000:])
+  assert not (tmp_path / 'w').exists()  # refused before anything is written
 
 
 def test_another_model_in_a_used_workdir_is_refused_and_nothing_is_overwritten(

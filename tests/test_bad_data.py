@@ -1,0 +1,75 @@
+"""Features that are not what they claim (NaN or inf values, a wrong shape): named in one line wherever
+they are met, before a step or a score is spoilt; and preprocessing never writes one."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from skipvqvc_jax import audio, errors, evaluate, preprocessing, train
+from tests.conftest import tiny_config
+
+
+@pytest.fixture
+def features(small_features, tmp_path):
+  """A private copy of the small feature folder, to damage."""
+  copy = tmp_path / 'features'
+  shutil.copytree(small_features, copy)
+  return copy
+
+
+def _poison(path, how: str):
+  mel = np.load(path)
+  if how == 'nan':
+    mel[3, 5] = np.nan
+  elif how == 'inf':
+    mel[0, -1] = -np.inf
+  else:  # a wrong shape: the bands transposed into frames
+    mel = mel.T.copy()
+  np.save(path, mel)
+
+
+@pytest.mark.parametrize('side', ['train', 'test'])
+@pytest.mark.parametrize('how', ['nan', 'inf', 'shape'])
+def test_a_bad_feature_stops_training_before_a_step_naming_it(features, tmp_path, side, how):
+  bad = sorted((features / side).glob('*.npy'))[1]
+  _poison(bad, how)
+  workdir = tmp_path / 'run'
+  with pytest.raises(errors.CorpusError, match=str(bad)) as raised:
+    train.train_and_evaluate(tiny_config(features, num_train_steps=2), str(workdir))
+  assert ('not finite' if how != 'shape' else 'shape') in str(raised.value)
+  assert '\n' not in str(raised.value)
+  assert not list(workdir.glob('checkpoints/[0-9]*'))  # before the first step: none saved
+
+
+def test_eval_names_a_bad_test_feature(workdir, small_features, tmp_path):
+  """A NaN test feature once gave `test loss nan` and exit 0; now a one-line error naming it."""
+  run, features = tmp_path / 'run', tmp_path / 'features'
+  shutil.copytree(workdir, run, ignore=shutil.ignore_patterns('eval', '.lock'))
+  shutil.copytree(small_features, features)
+  bad = sorted((features / 'test').glob('*.npy'))[0]
+  _poison(bad, 'nan')
+  config = (run / 'config.json').read_text().replace(str(small_features), str(features))
+  (run / 'config.json').write_text(config)
+  with pytest.raises(errors.CorpusError, match=f'{bad}: holds values that are not finite'):
+    evaluate.run(str(run), num_pairs=2, per_speaker=2)
+
+
+def test_preprocessing_never_writes_a_non_finite_feature(small_corpus, tmp_path, monkeypatch):
+  """A feature that comes out non-finite is skipped with its reason, like unusable audio."""
+  real, calls = audio.log_mel, []
+
+  def log_mel(y, params):  # every third file's features come out NaN
+    calls.append(1)
+    mel = real(y, params)
+    return np.full_like(mel, np.nan) if len(calls) % 3 == 0 else mel
+
+  monkeypatch.setattr(audio, 'log_mel', log_mel)
+  out = tmp_path / 'features'
+  manifest = preprocessing.preprocess(
+    str(small_corpus), str(out), workers=1, progress=False, log=lambda _: None
+  )
+  reasons = [s['reason'] for s in manifest['skipped']]
+  assert reasons and all('not finite' in r for r in reasons)
+  for path in out.rglob('*.npy'):
+    assert np.isfinite(np.load(path)).all(), path
