@@ -18,16 +18,18 @@ from absl import logging
 from skipvqvc_jax import (
   checkpoints,
   config_ranges,
+  corpus,
   input_pipeline,
   locks,
   progress,
+  resume,
   sharding,
   storage,
   summaries,
   tasks,
 )
 from skipvqvc_jax.errors import ConfigError, TrainingError
-from skipvqvc_jax.fileio import load_json, save_json
+from skipvqvc_jax.fileio import save_json
 from skipvqvc_jax.tasks import Task
 
 
@@ -95,40 +97,6 @@ def _describe_workdir(config, workdir: str, task: Task) -> None:
   checkpoints.write_model_info(workdir, task.model_info(config))
 
 
-def _check_same_run(config, workdir: str) -> None:
-  """Refuses to resume a workdir whose checkpoints belong to another model or task, before its
-  config.json and model.json (which conversion and evaluation read) are touched."""
-  if not storage.isfile(storage.join(workdir, checkpoints.MODEL_FILE)):
-    return  # written before model.json: the restore itself checks every parameter's shape
-  old, new = checkpoints.read_model_info(workdir), tasks.model_info(config)
-  if old != new:
-    raise TrainingError(
-      f'{workdir} holds a run of {old.spec}; this config trains {new.spec}: choose another '
-      f'--workdir, or add --config.resume=False to move its checkpoints aside and start anew'
-    )
-  _check_same_batch(config, workdir)
-
-
-def _check_same_batch(config, workdir: str) -> None:
-  """A resume keeps the global batch: the data position is a global batch index, and the batches
-  after it (and so the run) are those of that batch size; another device count is fine."""
-  path = storage.join(workdir, checkpoints.CONFIG_FILE)
-  old = load_json(path).get('batch_size') if storage.isfile(path) else None
-  if old is None or old == config.batch_size:
-    return
-  devices = jax.device_count()
-  per_device = (
-    f' or --config.per_device_batch_size={old // devices} ({old} / {devices} devices)'
-    if old % devices == 0
-    else f' (no per-device batch makes {old} on {devices} devices)'
-  )
-  raise TrainingError(
-    f'{workdir} trains with a global batch of {old}; this run would use {config.batch_size} '
-    f'({devices} devices): set --config.batch_size={old}{per_device} to resume it exactly, '
-    f'or --config.resume=False to start anew'
-  )
-
-
 def _move_checkpoints_aside(ckpt: checkpoints.TrainCheckpoints, config, workdir: str):
   """resume=False: the old checkpoints (with the config.json and model.json that describe them) go to
   checkpoints.old-<time>/, and a new manager starts."""
@@ -139,9 +107,12 @@ def _move_checkpoints_aside(ckpt: checkpoints.TrainCheckpoints, config, workdir:
     )
     ckpt.close()
     storage.rename(ckpt.directory, aside)
-    for name in (checkpoints.CONFIG_FILE, checkpoints.MODEL_FILE):
+    for name in (checkpoints.CONFIG_FILE, checkpoints.MODEL_FILE, corpus.STATS_FILE):
       if storage.isfile(storage.join(workdir, name)):
         storage.copy(storage.join(workdir, name), storage.join(aside, name))
+    # The run's statistics are fixed at its start (a resume keeps them): a new run takes its own.
+    if storage.isfile(storage.join(workdir, corpus.STATS_FILE)):
+      storage.remove(storage.join(workdir, corpus.STATS_FILE))
   sharding.sync('move-checkpoints')
   return checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
 
@@ -189,7 +160,7 @@ def _open_run(config, workdir: str):
   ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
   if ckpt.latest_step() is not None:
     if config.resume:
-      _check_same_run(config, workdir)
+      resume.check(config, workdir)
     else:
       ckpt = _move_checkpoints_aside(ckpt, config, workdir)
   mesh = sharding.make_mesh()

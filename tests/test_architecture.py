@@ -31,7 +31,7 @@ LAYERS = {
     'conversion_jobs',
   ],
   4: ['tasks'],
-  5: ['train'],
+  5: ['train', 'resume'],
   6: [
     'convert',
     'evaluate',

@@ -1,6 +1,7 @@
 """Features that are not what they claim (NaN or inf values, a wrong shape): named in one line wherever
 they are met, before a step or a score is spoilt; and preprocessing never writes one."""
 
+import re
 import shutil
 
 import numpy as np
@@ -73,3 +74,27 @@ def test_preprocessing_never_writes_a_non_finite_feature(small_corpus, tmp_path,
   assert reasons and all('not finite' in r for r in reasons)
   for path in out.rglob('*.npy'):
     assert np.isfinite(np.load(path)).all(), path
+
+
+def test_a_resume_keeps_its_trainer_and_its_statistics(small_features, tmp_path):
+  """Resuming a mean_std run: another trainer (or crop) is refused in one line and config.json is left
+  as it was; statistics the feature folder got since (more audio preprocessed) do not replace the
+  run's own, which its earlier checkpoints were trained with."""
+  features, workdir = tmp_path / 'features', tmp_path / 'run'
+  shutil.copytree(small_features, features)
+  config = lambda **kw: tiny_config(features, **{'trainer': 'mean_std', **kw})
+  train.train_and_evaluate(config(num_train_steps=2), str(workdir))
+  stats_before = (workdir / 'stats.npz').read_bytes()
+  config_before = (workdir / 'config.json').read_text()
+  for override, said in [
+    (dict(trainer='normal'), "--config.trainer='mean_std' (this run: 'normal')"),
+    ({'data.crop_frames': 64}, '--config.data.crop_frames=32 (this run: 64)'),
+  ]:
+    with pytest.raises(errors.TrainingError, match=re.escape(said)):
+      train.train_and_evaluate(config(num_train_steps=4, **override), str(workdir))
+    assert (workdir / 'config.json').read_text() == config_before
+  with np.load(features / 'stats.npz') as stats:
+    moved = dict(mean=stats['mean'] + 0.7, std=stats['std'] * 2)
+  np.savez(features / 'stats.npz', **moved)
+  train.train_and_evaluate(config(num_train_steps=4), str(workdir))
+  assert (workdir / 'stats.npz').read_bytes() == stats_before

@@ -216,7 +216,11 @@ class VoiceConversionTask:
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh
     self.data = input_pipeline.resolve_data(config, workdir)
-    self.trainer = trainers.get(config.trainer, self.data.stats_file)
+    # A run's statistics are fixed at its start: a resume normalises with the workdir's copy, not
+    # with the feature folder's (which preprocessing more audio may have changed since).
+    run_stats = storage.join(workdir, corpus.STATS_FILE)
+    self.stats_file = run_stats if storage.isfile(run_stats) else self.data.stats_file
+    self.trainer = trainers.get(config.trainer, self.stats_file)
     self.local_batch = sharding.local_batch_size(config.batch_size)
     self.model = build_model(config)
     self.model_spec = self.model.spec()
@@ -264,11 +268,9 @@ class VoiceConversionTask:
 
   def prepare_workdir(self, workdir: str) -> None:
     """The mean/std trainer's statistics go into the workdir, so a restore needs nothing else."""
-    if self.trainer.uses_stats:
-      atomic_write(
-        storage.join(workdir, corpus.STATS_FILE),
-        lambda tmp: storage.copy(self.data.stats_file, tmp),
-      )
+    run_stats = storage.join(workdir, corpus.STATS_FILE)
+    if self.trainer.uses_stats and not storage.isfile(run_stats):
+      atomic_write(run_stats, lambda tmp: storage.copy(self.stats_file, tmp))
 
   def test_metrics(self, state: dict) -> dict:
     """Mean test metrics over the fixed batches."""
