@@ -25,6 +25,7 @@ def check(config, workdir: str) -> None:
       f'--workdir, or add --config.resume=False to move its checkpoints aside and start anew'
     )
   _check_same_meaning(config, workdir)
+  _check_test_speakers(config, workdir)
   _check_same_batch(config, workdir)
 
 
@@ -84,3 +85,22 @@ def _check_same_batch(config, workdir: str) -> None:
     f'({devices} devices): set --config.batch_size={old}{per_device} to resume it exactly, '
     f'or --config.resume=False to start anew'
   )
+
+
+def _check_test_speakers(config, workdir: str) -> None:
+  """A run that evaluated on unseen speakers keeps evaluating on them: were its test features gone,
+  the data's fallback (test on the training folder) would report training speakers as unseen."""
+  if config.data.get('test_dir') or not storage.isfile(
+    storage.join(workdir, checkpoints.CONFIG_FILE)
+  ):
+    return  # a test folder named on this run's command line is checked when it is read
+  data = checkpoints.read_config(workdir).data
+  test_dir, train_dir = data.get('test_dir'), data.get('train_dir')
+  if not test_dir or test_dir == train_dir:
+    return
+  if not storage.isdir(test_dir) or not any(f.endswith('.npy') for f in storage.listdir(test_dir)):
+    raise TrainingError(
+      f'{workdir} evaluates on the unseen speakers of {test_dir}, which holds no features any more: '
+      f'put them back (preprocess.py again) or name a test folder with --config.data.test_dir; '
+      f'training speakers are not evaluated as unseen ones'
+    )

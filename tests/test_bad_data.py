@@ -76,13 +76,15 @@ def test_preprocessing_never_writes_a_non_finite_feature(small_corpus, tmp_path,
     assert np.isfinite(np.load(path)).all(), path
 
 
-def test_a_resume_keeps_its_trainer_and_its_statistics(small_features, tmp_path):
+def test_a_resume_keeps_its_trainer_statistics_and_test_speakers(small_features, tmp_path):
   """Resuming a mean_std run: another trainer (or crop) is refused in one line and config.json is left
   as it was; statistics the feature folder got since (more audio preprocessed) do not replace the
-  run's own, which its earlier checkpoints were trained with."""
+  run's own, which its earlier checkpoints were trained with; and with its test features gone, it
+  is refused rather than evaluated on training speakers called unseen."""
   features, workdir = tmp_path / 'features', tmp_path / 'run'
   shutil.copytree(small_features, features)
-  config = lambda **kw: tiny_config(features, **{'trainer': 'mean_std', **kw})
+  # No test_dir given: the test/ beside train/ is found, as in most users' runs.
+  config = lambda **kw: tiny_config(features, **{'trainer': 'mean_std', 'data.test_dir': '', **kw})
   train.train_and_evaluate(config(num_train_steps=2), str(workdir))
   stats_before = (workdir / 'stats.npz').read_bytes()
   config_before = (workdir / 'config.json').read_text()
@@ -98,3 +100,8 @@ def test_a_resume_keeps_its_trainer_and_its_statistics(small_features, tmp_path)
   np.savez(features / 'stats.npz', **moved)
   train.train_and_evaluate(config(num_train_steps=4), str(workdir))
   assert (workdir / 'stats.npz').read_bytes() == stats_before
+  config_before = (workdir / 'config.json').read_text()
+  shutil.rmtree(features / 'test')
+  with pytest.raises(errors.TrainingError, match='holds no features any more'):
+    train.train_and_evaluate(config(num_train_steps=6), str(workdir))
+  assert (workdir / 'config.json').read_text() == config_before
