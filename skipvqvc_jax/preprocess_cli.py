@@ -7,6 +7,7 @@ INPUT_DIR holds <speaker>/<utterance>.{wav,flac,mp3,ogg} (or is a VCTK root with
 gets train/ and test/ (unseen speakers) features, split.json, stats.npz and manifest.json.
 """
 
+import signal
 import sys
 
 from absl import app, flags
@@ -42,9 +43,14 @@ flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 FLAGS = flags.FLAGS
 
 
+def _stop(signum, frame):
+  raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the pool ends, finished features are kept
+
+
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError('usage: preprocess.py INPUT_DIR OUTPUT_DIR [flags]')
+  signal.signal(signal.SIGTERM, _stop)
   params = audio.FeatureParams(
     sample_rate=FLAGS.sample_rate,
     n_fft=FLAGS.n_fft,
@@ -70,6 +76,13 @@ def main(argv):
     )
   except errors.UserError as e:
     print(f'error: {preprocessing.printable(str(e))}', file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print(
+      f'error: preprocessing of {argv[1]} stopped; run the same command to continue (the features '
+      f'already written are kept)',
+      file=sys.stderr,
+    )
     return 1
   t = manifest['totals']
   print(

@@ -13,6 +13,9 @@ import concurrent.futures
 import errno
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -317,17 +320,40 @@ def map_files(
       advance()
       yield result
   else:
-    with concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context('spawn')
-    ) as pool:
-      try:
-        for result in pool.map(work, tasks, chunksize=4):
-          advance()
-          yield result
-      except concurrent.futures.process.BrokenProcessPool:
-        raise CorpusError(
-          f'{what}: a worker process died (killed by the system: out of memory?) '
-          f'after {done[0]} of {len(tasks)} files; rerun to continue (finished files '
-          f'are kept), with fewer --workers if memory is short'
-        ) from None
+    pool = concurrent.futures.ProcessPoolExecutor(
+      workers,
+      mp_context=multiprocessing.get_context('spawn'),
+      initializer=_worker_start,
+      initargs=(os.getpid(),),
+    )
+    try:
+      for result in pool.map(work, tasks, chunksize=4):
+        advance()
+        yield result
+    except concurrent.futures.process.BrokenProcessPool:
+      raise CorpusError(
+        f'{what}: a worker process died (killed by the system: out of memory?) '
+        f'after {done[0]} of {len(tasks)} files; rerun to continue (finished files '
+        f'are kept), with fewer --workers if memory is short'
+      ) from None
+    finally:
+      # Stopped early (Ctrl-C, SIGTERM, an error): the queued files are dropped and the workers end
+      # now, instead of finishing every file already handed to the pool.
+      workers_left = list(getattr(pool, '_processes', {}).values())
+      pool.shutdown(wait=False, cancel_futures=True)
+      for process in workers_left:
+        process.terminate()
   bar.close()
+
+
+def _worker_start(parent_pid: int) -> None:
+  """A worker leaves Ctrl-C to its parent (which stops the pool in one line) and ends when its parent
+  does, however that ends (SIGKILL included): a thread watches the parent's pid."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(0.5)
+    os._exit(1)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
+
+  threading.Thread(target=watch, daemon=True).start()

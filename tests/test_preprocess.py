@@ -239,3 +239,61 @@ def test_cli_runs_on_a_vctk_layout(tmp_path):
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(tmp_path / 'out' / 'test')) == ['p227_001.npy', 'p227_002.npy']
   assert 'train 2 speakers, 4 utterances' in result.stdout
+
+
+def _children(pid: int) -> set[int]:
+  found = set()
+  for task in os.listdir(f'/proc/{pid}/task'):
+    with open(f'/proc/{pid}/task/{task}/children') as f:
+      found |= {int(p) for p in f.read().split()}
+  return found
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().split(')')[-1].split()[0] != 'Z'  # a zombie has ended
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.parametrize('how', ['SIGTERM', 'SIGKILL'])
+def test_killing_preprocessing_ends_its_workers(tmp_path, how):
+  """The main process killed mid-run: its workers end within seconds and write nothing more (they
+  once went on, re-parented to init, then sat blocked for 24+ minutes). SIGTERM, like Ctrl-C, also
+  stops the pool itself and says so in one line."""
+  import signal
+  import time
+
+  corpus_dir = tmp_path / 'corpus'
+  for speaker in ('awb', 'slt'):  # 2 x 150 links to the demo corpus: minutes of work for 2 workers
+    files = sorted((REPO / 'data' / 'demo_corpus' / speaker).glob('*.ogg'))
+    (corpus_dir / speaker).mkdir(parents=True)
+    for i in range(150):
+      (corpus_dir / speaker / f'{speaker}_{i:03d}.ogg').symlink_to(files[i % len(files)])
+  out = tmp_path / 'features'
+  proc = subprocess.Popen(
+    [sys.executable, 'preprocess.py', str(corpus_dir), str(out), '--workers=2', '--noprogress'],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.time() + 240
+  while not list(out.glob('*/*.npy')) and time.time() < deadline:
+    time.sleep(0.2)
+  workers = _children(proc.pid)
+  assert len(workers) >= 2 and proc.poll() is None
+  proc.send_signal(getattr(signal, how))
+  _, stderr = proc.communicate(timeout=120)
+  deadline = time.time() + 10
+  while any(_alive(w) for w in workers) and time.time() < deadline:
+    time.sleep(0.2)
+  assert not [w for w in workers if _alive(w)], 'workers outlived their parent'
+  written = len(list(out.glob('*/*.npy')))
+  time.sleep(3)
+  assert len(list(out.glob('*/*.npy'))) == written < 300  # nothing written after the end
+  if how == 'SIGTERM':
+    assert proc.returncode == 1 and 'Traceback' not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith('error: preprocessing of ')
+    assert 'run the same command to continue' in stderr
