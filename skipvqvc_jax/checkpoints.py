@@ -1,17 +1,12 @@
 """Restoring a run, in one place: what conversion, evaluation, porting, vocoders and the tasks stand on.
 
-Two kinds of saved model, each described by the same `model.json` (`ModelInfo`: the model's `spec()`,
-and where its parameters sit in a training checkpoint's state):
-- a *model directory*: `model.json` and `params/` (orbax), written by `save_model` (for example by
-  `port_torch`);
-- a *training workdir*: `model.json` (written by the loop from its task before the first step),
-  `config.json` and `checkpoints/<step>/` with the whole train state (parameters, optimizer state,
-  step, RNG) and the data iterator's position, written by `TrainCheckpoints`.
-
-`load(source, step)` restores the model of either. From a workdir only the model's parameters are
-read (an orbax partial restore shaped by `nnx.eval_shape`): no optimizer state, no discriminators, no
-data iterator. Nothing here knows a task's config layout: a new task or model argument changes its
-`model.json`, not this module.
+Two kinds of saved model, each described by the same `model.json` (`ModelInfo`): a *model directory*
+(`model.json`, `params/`, written by `save_model`, e.g. by `port_torch`) and a *training workdir*
+(`model.json`, `config.json` and `checkpoints/<step>/` with the whole train state and the data
+iterator's position, written by `TrainCheckpoints`). `load(source, step)` restores the model of
+either; from a workdir only the model's parameters are read (an orbax partial restore shaped by
+`nnx.eval_shape`). Nothing here knows a task's config layout: a new task or model argument changes
+its `model.json`, not this module.
 """
 
 from __future__ import annotations
@@ -268,6 +263,14 @@ class TrainCheckpoints:
       except CheckpointError:  # a checkpoint of another model: no older one fits better
         raise
       except Exception as e:  # pylint: disable=broad-except  (tensorstore, orbax and OS errors alike)
+        if not storage.exists(storage.join(self.directory, str(candidate))):
+          # Removed while read: a run training in this workdir rotated it out. Not damage.
+          logging.info(
+            'checkpoint %d of %s was removed while read; trying the one before it',
+            candidate,
+            self.directory,
+          )
+          continue
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         moved = self._set_aside(candidate) if set_aside else None
         logging.warning(
@@ -390,11 +393,6 @@ def _check_fits(stored, abstract, path: str, exact: bool = False) -> None:
     raise CheckpointError(f'{path} does not fit the model in its model.json: {detail}')
 
 
-def saved_steps(workdir: str) -> list[int]:
-  with TrainCheckpoints(workdir, async_save=False) as ckpt:
-    return ckpt.all_steps()
-
-
 def latest_step(workdir: str) -> int | None:
-  steps = saved_steps(workdir)
-  return steps[-1] if steps else None
+  with TrainCheckpoints(workdir, async_save=False) as ckpt:
+    return ckpt.latest_step()

@@ -207,7 +207,8 @@ def test_sigterm_during_the_evaluation_of_a_checkpoint_step(small_features, tmp_
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, head + out[-3000:]
   assert 'preempted at step 2' in out and 'already exists' not in out
-  assert checkpoints.saved_steps(str(workdir)) == [2]
+  with checkpoints.TrainCheckpoints(str(workdir), async_save=False) as saved:
+    assert saved.all_steps() == [2]
 
 
 def test_ctrl_c_saves_and_stops(small_features, tmp_path):
@@ -541,3 +542,28 @@ def test_preprocessing_into_a_file_is_one_line(small_corpus, tmp_path):
   result = _preprocess(small_corpus, a_file)
   assert result.returncode == 1 and 'is a file, not a folder' in _one_error(result.stderr)
   assert a_file.read_text() == 'keep me'
+
+
+def test_a_checkpoint_rotated_away_while_read_is_not_damage(run8, tmp_path, monkeypatch, caplog):
+  """Conversion while a run trains in the same workdir: the newest checkpoint can vanish between
+  listing and reading (keep_checkpoints rotates it out). That is not damage: the one before it is
+  read, nothing is called damaged or moved (3 of 8 tries once called healthy checkpoints damaged)."""
+  import logging
+
+  workdir = _copy(run8[0], tmp_path)
+  real = checkpoints.TrainCheckpoints._stored_state  # pylint: disable=protected-access
+
+  def rotated(self, step, checkpointer):
+    if step == 8:  # the trainer deletes it just as it is read
+      shutil.rmtree(workdir / 'checkpoints' / '8')
+      raise FileNotFoundError(f'{workdir}/checkpoints/8/state/_METADATA')
+    return real(self, step, checkpointer)
+
+  monkeypatch.setattr(checkpoints.TrainCheckpoints, '_stored_state', rotated)
+  with caplog.at_level(logging.INFO):
+    converter = convert.Converter.restore(str(workdir))
+  at_4 = convert.Converter.restore(str(workdir), step=4)
+  mel = np.random.default_rng(0).normal(-4, 1, (80, 64)).astype(np.float32)
+  np.testing.assert_array_equal(converter.reconstruct_mel(mel)[0], at_4.reconstruct_mel(mel)[0])
+  assert 'damaged' not in caplog.text and 'removed while read' in caplog.text
+  assert not (workdir / 'checkpoints.damaged').exists()
