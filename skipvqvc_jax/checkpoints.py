@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from skipvqvc_jax import fileio, models, storage
+from skipvqvc_jax import checkpoint_trees, fileio, models, storage
 from skipvqvc_jax.errors import CheckpointError, TrainingError
 
 CONFIG_FILE = 'config.json'
@@ -200,6 +200,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
+# What a failed read of a checkpoint's own files raises (orbax, tensorstore, the OS). Anything else
+# (an encoding error under another locale, a permission, a bug) says nothing about the checkpoint,
+# which is then left where it is: one line, nothing moved.
+DAMAGE = (OSError, ValueError, EOFError, KeyError)
+NOT_DAMAGE = (UnicodeError, PermissionError)
+
+
 class TrainCheckpoints:
   """Training checkpoints in {workdir}/checkpoints/<step>/: the train state and the data iterator state.
 
@@ -263,6 +270,12 @@ class TrainCheckpoints:
       except CheckpointError:  # a checkpoint of another model: no older one fits better
         raise
       except Exception as e:  # pylint: disable=broad-except  (tensorstore, orbax and OS errors alike)
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if isinstance(e, NOT_DAMAGE) or not isinstance(e, DAMAGE):
+          raise CheckpointError(
+            f'cannot read checkpoint {candidate} in {self.directory} ({type(e).__name__}: '
+            f'{reason}): that is not damage, so nothing was moved'
+          ) from None
         if not storage.exists(storage.join(self.directory, str(candidate))):
           # Removed while read: a run training in this workdir rotated it out. Not damage.
           logging.info(
@@ -271,7 +284,6 @@ class TrainCheckpoints:
             self.directory,
           )
           continue
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         moved = self._set_aside(candidate) if set_aside else None
         logging.warning(
           'checkpoint %d in %s is damaged (%s)%s; trying the one before it',
@@ -298,7 +310,10 @@ class TrainCheckpoints:
     path = storage.join(self.directory, str(step), 'state')
     metadata = checkpointer.metadata(path)
     metadata = getattr(metadata, 'item_metadata', metadata)  # orbax >= 0.11.2x wraps the tree
-    return path, getattr(metadata, 'tree', metadata)
+    tree = getattr(metadata, 'tree', metadata)
+    if tree is None:  # orbax logs a warning and answers nothing for a checkpoint it cannot read
+      raise ValueError(f'{path}: its metadata cannot be read')
+    return path, tree
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, data_state) of `step` (default: the newest intact one), placed as `abstract_state`
@@ -307,7 +322,7 @@ class TrainCheckpoints:
     def read(step):
       with ocp.PyTreeCheckpointer() as checkpointer:
         path, stored = self._stored_state(step, checkpointer)
-      _check_fits(stored, {'params': abstract_state['params']}, path, exact=True)
+      checkpoint_trees.check_fits(stored, {'params': abstract_state['params']}, path, exact=True)
       restored = self.manager.restore(
         step,
         args=ocp.args.Composite(
@@ -322,14 +337,14 @@ class TrainCheckpoints:
     """The part of the train state shaped like `abstract` (a nested dict from the state's root, e.g.
     {'params': ...}), as host arrays: nothing else of the checkpoint is read, and nothing is moved."""
     # Stored dict keys are strings; nnx lists give integer keys, which older orbax will not match.
-    target = _string_keys(abstract)
+    target = checkpoint_trees.string_keys(abstract)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
 
     def read(step):
       with ocp.PyTreeCheckpointer() as checkpointer:
         path, stored = self._stored_state(step, checkpointer)
-        _check_fits(stored, abstract, path)
-        return _keys_like(
+        checkpoint_trees.check_fits(stored, abstract, path)
+        return checkpoint_trees.keys_like(
           checkpointer.restore(
             path,
             args=ocp.args.PyTreeRestore(
@@ -349,48 +364,6 @@ class TrainCheckpoints:
 
   def close(self) -> None:
     self.manager.close()
-
-
-def _string_keys(tree):
-  return {str(k): _string_keys(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
-
-
-def _keys_like(restored, template):
-  """`restored` (string keys) with the keys of `template` (which may be integers)."""
-  if isinstance(template, dict):
-    return {k: _keys_like(restored[str(k)], v) for k, v in template.items()}
-  return restored
-
-
-def _shapes(tree) -> dict[str, tuple]:
-  """{'/a/b/0': shape} of every array of a nested dict (list indices as strings, as orbax stores)."""
-  return {
-    '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): tuple(leaf.shape)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-  }
-
-
-def _check_fits(stored, abstract, path: str, exact: bool = False) -> None:
-  """Refuses a restore whose target's parameters are not what the checkpoint stores (a checkpoint of
-  another model, not a damaged one): orbax's partial restore would leave missing ones as they were,
-  silently. exact: the stored parameters may not have more either."""
-  have = _shapes({k: stored[k] for k in abstract if k in stored})
-  want = _shapes(abstract)
-  missing = sorted(set(want) - set(have))
-  extra = sorted(set(have) - set(want)) if exact else []
-  wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-  if missing or extra or wrong:
-    detail = '; '.join(
-      filter(
-        None,
-        [
-          missing and f'{len(missing)} parameters missing (first {missing[0]})',
-          extra and f'{len(extra)} more parameters stored (first {extra[0]})',
-          wrong and f'{wrong[0]} is {have[wrong[0]]}, the model has {want[wrong[0]]}',
-        ],
-      )
-    )
-    raise CheckpointError(f'{path} does not fit the model in its model.json: {detail}')
 
 
 def latest_step(workdir: str) -> int | None:

@@ -19,6 +19,7 @@ LAYERS = {
     'configs',
     'porting',
     'config_ranges',
+    'checkpoint_trees',
   ],
   3: [
     'input_pipeline',

@@ -567,3 +567,25 @@ def test_a_checkpoint_rotated_away_while_read_is_not_damage(run8, tmp_path, monk
   np.testing.assert_array_equal(converter.reconstruct_mel(mel)[0], at_4.reconstruct_mel(mel)[0])
   assert 'damaged' not in caplog.text and 'removed while read' in caplog.text
   assert not (workdir / 'checkpoints.damaged').exists()
+
+
+def test_an_error_that_is_not_damage_moves_nothing(run8, small_features, tmp_path, monkeypatch):
+  """Restoring failed for an encoding reason (a non-ASCII workdir under a Latin-1 locale): training
+  once moved both intact checkpoints to checkpoints.damaged/ and retrained from step 0. Only a failed
+  read of a checkpoint's own files is damage; anything else is one line and nothing moves."""
+  workdir = _copy(run8[0], tmp_path)
+
+  def encoding_trouble(self, step, checkpointer):
+    raise UnicodeEncodeError('latin-1', 'wörk-工作', 5, 7, 'ordinal not in range(256)')
+
+  monkeypatch.setattr(checkpoints.TrainCheckpoints, '_stored_state', encoding_trouble)
+  for attempt in (
+    lambda: train.train_and_evaluate(tiny_config(small_features, num_train_steps=12), str(workdir)),
+    lambda: convert.Converter.restore(str(workdir)),
+  ):
+    with pytest.raises(
+      errors.UserError, match='UnicodeEncodeError.*that is not damage, so nothing'
+    ):
+      attempt()
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']
+    assert not (workdir / 'checkpoints.damaged').exists()
