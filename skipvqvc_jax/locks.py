@@ -16,9 +16,15 @@ from absl import logging
 from skipvqvc_jax import storage
 from skipvqvc_jax.errors import TrainingError
 
+TRAINING = 'train in another --workdir'
 
-def for_workdir(workdir: str):
-  return ObjectLock(workdir) if storage.is_url(workdir) else WorkdirLock(workdir)
+
+def for_workdir(workdir: str, elsewhere: str = TRAINING):
+  """The lock of a workdir (or a preprocessing output folder); `elsewhere`: the advice a second run
+  gets besides waiting."""
+  lock = ObjectLock(workdir) if storage.is_url(workdir) else WorkdirLock(workdir)
+  lock.elsewhere = elsewhere
+  return lock
 
 
 def _owner() -> str:
@@ -29,6 +35,8 @@ class WorkdirLock:
   """One training run per workdir: {workdir}/.lock holds the owner's pid, host and start time, and the
   owner holds an exclusive flock on it, which the kernel drops when the process dies however it dies.
   A second run is refused naming the owner; a lock left by a dead process is taken over, saying so."""
+
+  elsewhere = TRAINING
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, '.lock')
@@ -45,7 +53,7 @@ class WorkdirLock:
       f.close()
       raise TrainingError(
         f'{os.path.dirname(self.path)} is in use by another run ({owner or "starting"})'
-        f': wait for it to finish, or train in another --workdir'
+        f': wait for it to finish, or {self.elsewhere}'
       ) from None
     f.seek(0)
     previous = f.read().strip()
@@ -83,6 +91,7 @@ class ObjectLock:
 
   RENEW_SECONDS = 60.0
   STALE_SECONDS = 600.0
+  elsewhere = TRAINING
 
   def __init__(self, workdir: str):
     self.workdir = storage.abspath(workdir)
@@ -146,7 +155,7 @@ class ObjectLock:
           continue
       raise TrainingError(
         f'{self.workdir} is in use by another run ({(held or {}).get("owner", "starting")})'
-        f': wait for it to finish, or train in another --workdir (a lock not renewed for '
+        f': wait for it to finish, or {self.elsewhere} (a lock not renewed for '
         f'{self.STALE_SECONDS / 60:.0f} minutes is taken over)'
       )
     else:

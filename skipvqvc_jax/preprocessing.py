@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from skipvqvc_jax import audio, corpus, layouts, storage
+from skipvqvc_jax import audio, corpus, layouts, locks, storage
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import load_json, save_json, save_npy
 from skipvqvc_jax.progress import Progress
@@ -147,7 +147,43 @@ def preprocess(
   log = _printable_lines(log)
   if storage.isfile(output_dir):
     raise CorpusError(f'output {output_dir} is a file, not a folder: choose another output dir')
-  utterances, skipped, layout = corpus.find_utterances(input_dir, speaker_depth, mic)
+  # One run per output folder: two at once (say, with different --test_speakers) would mix their
+  # splits and leave a manifest that contradicts the disk.
+  found = corpus.find_utterances(input_dir, speaker_depth, mic)  # a bad input: nothing made
+  with locks.for_workdir(output_dir, elsewhere='write to another output folder'):
+    return _preprocess(
+      found,
+      input_dir,
+      output_dir,
+      params,
+      min_frames,
+      test_speakers,
+      num_test_speakers,
+      seed,
+      workers,
+      progress,
+      log,
+      speaker_depth,
+      mic,
+    )
+
+
+def _preprocess(
+  found,
+  input_dir,
+  output_dir,
+  params,
+  min_frames,
+  test_speakers,
+  num_test_speakers,
+  seed,
+  workers,
+  progress,
+  log,
+  speaker_depth,
+  mic,
+) -> dict:
+  utterances, skipped, layout = found
   log(
     f'{input_dir}: {layout.name} layout, {len({u.speaker for u in utterances})} speakers, '
     f'{len(utterances)} utterances'

@@ -297,3 +297,44 @@ def test_killing_preprocessing_ends_its_workers(tmp_path, how):
     assert proc.returncode == 1 and 'Traceback' not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith('error: preprocessing of ')
     assert 'run the same command to continue' in stderr
+
+
+def test_a_second_preprocessing_into_one_folder_is_refused(tmp_path):
+  """Two runs into one output folder (one with --test_speakers, one with the default split) once
+  mixed test speakers into train/ and left a manifest listing 240 of 336 files on disk. The second
+  is refused in one line naming the first; a run killed with SIGKILL leaves a lock that is taken over."""
+  import signal
+  import time
+
+  corpus_dir = tmp_path / 'corpus'
+  for speaker in ('awb', 'slt', 'rms'):
+    files = sorted((REPO / 'data' / 'demo_corpus' / speaker).glob('*.ogg'))
+    (corpus_dir / speaker).mkdir(parents=True)
+    for i in range(40):
+      (corpus_dir / speaker / f'{speaker}_{i:03d}.ogg').symlink_to(files[i % len(files)])
+  out = tmp_path / 'features'
+  run = lambda *flags: subprocess.Popen(
+    [sys.executable, 'preprocess.py', str(corpus_dir), str(out), '--noprogress', *flags],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  first = run('--workers=2', '--test_speakers=awb')
+  deadline = time.time() + 240
+  while not list(out.glob('*/*.npy')) and time.time() < deadline:
+    time.sleep(0.2)
+  second = run('--workers=1')
+  _, stderr = second.communicate(timeout=300)
+  assert second.returncode == 1 and first.poll() is None, stderr[-2000:]
+  assert stderr.strip().splitlines()[-1].startswith(f'error: {out} is in use by another run (pid ')
+  assert 'write to another output folder' in stderr
+  first.send_signal(signal.SIGKILL)  # a lock left behind by a dead run ...
+  first.wait(timeout=60)
+  again = run('--workers=2', '--test_speakers=awb')  # ... is taken over, and the run completes
+  _, stderr = again.communicate(timeout=600)
+  assert again.returncode == 0, stderr[-3000:]
+  manifest = json.loads((out / 'manifest.json').read_text())
+  on_disk = sorted(str(p.relative_to(out)) for p in out.glob('*/*.npy'))
+  assert sorted(i['file'] for i in manifest['items']) == on_disk and len(on_disk) == 120
+  assert not list((out / 'train').glob('awb_*'))  # the test speaker only in test/

@@ -43,8 +43,9 @@ def test_safe_writes_and_reads_in_memory(memory):
   path = storage.join(memory, 'run', 'config.json')
   fileio.save_json(path, dict(a=1))
   assert fileio.load_json(path) == dict(a=1)
-  fileio.save_npy(storage.join(memory, 'run', 'x.npy'), np.arange(3.0))
-  assert input_pipeline.load_features(storage.join(memory, 'run', 'x.npy')).tolist() == [0, 1, 2]
+  fileio.save_npy(storage.join(memory, 'run', 'x.npy'), np.arange(6.0).reshape(2, 3))
+  loaded = input_pipeline.load_features(storage.join(memory, 'run', 'x.npy'))
+  assert loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
 
   def fails_half_way(tmp):
     with open(tmp, 'w') as f:
