@@ -321,3 +321,20 @@ def test_a_comma_or_semicolon_in_a_file_name_is_one_reference(tmp_path):
   assert conversion_jobs.read_pairs(str(pairs)) == [
     (plain, [str(odd), plain], str(tmp_path / 'out.wav'))
   ]
+
+
+def test_the_readme_python_example_runs(workdir, tmp_path, monkeypatch):
+  """The README's Python block as a user pastes it (the demo run's workdir swapped for the shared
+  tiny run; the line with arrays the user would have made is given them)."""
+  readme = (REPO / 'README.md').read_text()
+  block = readme.split('```python\n', 1)[1].split('```', 1)[0]
+  assert block.count('\n') <= 12  # a short example
+  code = block.replace('runs/vqvc+_n32_ch32_normal', str(workdir)).replace("'a.wav'", 'source')
+  monkeypatch.chdir(REPO)
+  samples, _ = sf.read(DEMO / 'awb' / 'awb_005.ogg', dtype='int16')
+  names = dict(samples=samples, reference_samples=sf.read(DEMO / 'slt' / 'slt_001.ogg')[0])
+  code = code.replace("sf.write('out.wav'", f'sf.write({str(tmp_path / "out.wav")!r}')
+  exec(compile(code, 'README.md', 'exec'), names)  # noqa: S102  (the README's own example)
+  wave, rate = sf.read(tmp_path / 'out.wav')
+  assert rate == 22050 and abs(len(wave) - _frames(DEMO / 'awb' / 'awb_005.ogg') * 256) <= 256
+  assert len(names['codes'].codes) == 3
