@@ -15,6 +15,8 @@ everything else from the workdir; conversion from --model: a training workdir or
 import json
 import os
 import sys
+import threading
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -78,6 +80,11 @@ flags.DEFINE_string(
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
+flags.DEFINE_integer(
+  'join_timeout',
+  300,
+  'Multi-process runs: seconds to wait for every process to join before giving up in one line.',
+)
 FLAGS = flags.FLAGS
 
 
@@ -170,6 +177,49 @@ def _convert() -> None:
   converter.convert_many(jobs, FLAGS.output_mel, log=lambda line: logging.info('%s', line))
 
 
+def _join(jax) -> None:
+  """jax.distributed.initialize, saying what it waits for: at once, then every 10 s, and after
+  --join_timeout one `error:` line and exit 1 (JAX alone waits 5 minutes in silence, then aborts)."""
+  address = FLAGS.coordinator_address or os.environ.get(
+    'JAX_COORDINATOR_ADDRESS', '(from the cluster)'
+  )
+  who = f'process {FLAGS.process_id}' if FLAGS.process_id is not None else 'this process'
+  count = f'{FLAGS.num_processes} processes' if FLAGS.num_processes else 'every process'
+  logging.info(
+    '%s: waiting for %s to join at coordinator %s (up to %d s)',
+    who,
+    count,
+    address,
+    FLAGS.join_timeout,
+  )
+  joined = threading.Event()
+
+  def watch():
+    start = time.time()
+    while not joined.wait(min(10, FLAGS.join_timeout)):
+      waited = time.time() - start
+      if waited >= FLAGS.join_timeout:
+        print(
+          f'error: {who}: not every one of {count} joined at coordinator {address} within '
+          f'{FLAGS.join_timeout} s (--join_timeout): start the others with the same '
+          f'--coordinator_address and --num_processes, each with its own --process_id',
+          file=sys.stderr,
+          flush=True,
+        )
+        os._exit(1)  # pylint: disable=protected-access  (initialize cannot be interrupted)
+      logging.info('%s: still waiting for %s at %s (%.0f s)', who, count, address, waited)
+
+  threading.Thread(target=watch, daemon=True).start()
+  jax.distributed.initialize(
+    FLAGS.coordinator_address,
+    FLAGS.num_processes,
+    FLAGS.process_id,
+    initialization_timeout=FLAGS.join_timeout + 60,  # ours says it first, in one line
+  )
+  joined.set()
+  logging.info('%s: all %s joined', who, count)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -186,7 +236,7 @@ def main(argv):
   ):
     # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    _join(jax)
   # Each mode imports only its own part of the library, after jax.distributed.initialize (which
   # must precede other JAX use).
   try:

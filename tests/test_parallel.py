@@ -135,3 +135,35 @@ def test_a_pod_run_that_resumes_on_fewer_devices_matches_the_single_process_run(
   assert 'global batch of 4' in message and '--config.batch_size=4' in message, message
   assert '--config.per_device_batch_size=4' in message and '\n' not in message
   assert checkpoints.latest_step(str(workdir)) == STEPS  # nothing trained, nothing moved
+
+
+def test_a_missing_peer_is_said_at_once_and_ends_in_one_line(small_features, tmp_path):
+  """Process 0 of 2 started alone: it says at once what it waits for (was: 5 silent minutes, then a
+  fatal abort, exit 134), and after --join_timeout ends with one `error:` line and exit 1."""
+  import time
+
+  port = _free_port()
+  start = time.time()
+  result = subprocess.run(
+    [
+      sys.executable,
+      'main.py',
+      *main_flags(small_features, tmp_path / 'w', num_train_steps=2),
+      f'--coordinator_address=localhost:{port}',
+      '--num_processes=2',
+      '--process_id=0',
+      '--join_timeout=4',
+    ],
+    cwd=REPO,
+    env=_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  took = time.time() - start
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert f'waiting for 2 processes to join at coordinator localhost:{port}' in result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and 'within 4 s (--join_timeout)' in errors[0], result.stderr[-3000:]
+  assert took < 120  # the timeout, not JAX's five minutes
+  assert not (tmp_path / 'w').exists()  # nothing written
