@@ -155,8 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _open_run(config, workdir: str):
-  """(checkpoints, mesh, task) of a run, after the checks a resume must pass; config.json and
-  model.json written."""
+  """(checkpoints, mesh, task) of a run, after the checks a resume must pass."""
   ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
   if ckpt.latest_step() is not None:
     if config.resume:
@@ -165,16 +164,18 @@ def _open_run(config, workdir: str):
       ckpt = _move_checkpoints_aside(ckpt, config, workdir)
   mesh = sharding.make_mesh()
   task = tasks.make(config, workdir, mesh)
-  if jax.process_index() == 0:
-    storage.makedirs(workdir)
-    _describe_workdir(config, workdir, task)
-    task.prepare_workdir(workdir)
   return ckpt, mesh, task
 
 
 def _train(config, workdir: str) -> dict[str, Any]:
   ckpt, mesh, task = _open_run(config, workdir)
   state, data_state = starting_state(task, config, ckpt, mesh)
+  # Only a run that could start describes the workdir: a refused one (its checkpoints do not fit
+  # this model) leaves the config.json and model.json of the run they belong to, or none.
+  if jax.process_index() == 0:
+    storage.makedirs(workdir)
+    _describe_workdir(config, workdir, task)
+    task.prepare_workdir(workdir)
   iterator = input_pipeline.make_iterator(task.dataset(), prefetch=config.data.prefetch)
   if data_state is not None:
     iterator.set_state(data_state)

@@ -589,3 +589,20 @@ def test_an_error_that_is_not_damage_moves_nothing(run8, small_features, tmp_pat
       attempt()
     assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']
     assert not (workdir / 'checkpoints.damaged').exists()
+
+
+def test_a_refused_rerun_writes_no_config(run8, small_features, tmp_path):
+  """config.json and model.json deleted (as an old message advised), then a rerun with another model:
+  refused, and it wrote no config.json or model.json of its own, which would then have blocked the
+  right model. The right command resumes."""
+  workdir = _copy(run8[0], tmp_path)
+  (workdir / 'config.json').unlink()
+  (workdir / 'model.json').unlink()
+  with pytest.raises(errors.UserError, match='does not fit'):
+    train.train_and_evaluate(
+      tiny_config(small_features, num_train_steps=12, **{'model.channel': 32}), str(workdir)
+    )
+  assert not (workdir / 'config.json').exists() and not (workdir / 'model.json').exists()
+  summary = train.train_and_evaluate(tiny_config(small_features, num_train_steps=10), str(workdir))
+  assert summary['start_step'] == 8 and summary['step'] == 10
+  assert (workdir / 'config.json').exists() and (workdir / 'model.json').exists()
