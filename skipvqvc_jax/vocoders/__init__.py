@@ -57,8 +57,10 @@ def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeaturePa
   """The vocoder named by a config or flag: 'griffin_lim' or a saved vocoder directory."""
   if name == 'griffin_lim':
     return GriffinLim(params)
-  if name in fetch.PUBLISHED:
-    name = fetch.fetch(name)
+  if name in fetch.PUBLISHED and not (
+    checkpoints.is_model_dir(name) or checkpoints.is_workdir(name)
+  ):
+    name = fetch.fetch(name)  # (a folder of that name here wins: ./melgan is the user's own)
   if checkpoints.is_model_dir(name) or checkpoints.is_workdir(name):
     try:
       return NeuralVocoder(load_generator(name), params)
