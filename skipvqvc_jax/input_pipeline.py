@@ -97,7 +97,7 @@ def list_features(features_dir: str) -> list[str]:
   return files
 
 
-def load_features(path: str, mmap: bool = False) -> np.ndarray:
+def load_features(path: str, mmap: bool = False, rows: int | None = None) -> np.ndarray:
   """One feature (or cached waveform) file, checked (`check_feature`; a memory-mapped one is checked
   by its reader, `FeatureSource`); one that cannot be read is a CorpusError naming it."""
   try:
@@ -110,7 +110,7 @@ def load_features(path: str, mmap: bool = False) -> np.ndarray:
       f'{path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__}'
       f'); preprocess its audio again'
     ) from None
-  return array if mmap else check_feature(path, array)
+  return array if mmap else check_feature(path, array, rows)
 
 
 def check_feature(path: str, array: np.ndarray, rows: int | None = None) -> np.ndarray:
@@ -148,11 +148,12 @@ class FeatureSource(grain.sources.RandomAccessDataSource):
     index = {s: i for i, s in enumerate(speaker_names(self.files))}
     self.speaker_ids = np.array([index[corpus.speaker_of(f)] for f in self.files], np.int32)
     in_memory = sum(os.path.getsize(f) for f in self.files) <= IN_MEMORY_LIMIT
-    self.arrays = [load_features(f) for f in self.files] if in_memory else None
-    first = self.arrays[0] if in_memory else load_features(self.files[0], mmap=True)
+    first = load_features(self.files[0], mmap=not in_memory)
     self.rows = first.shape[0] if first.ndim == 2 else None
-    for f, array in zip(self.files, self.arrays or []):
-      check_feature(f, array, self.rows)
+    # Each file read and checked once (its band count against the first's).
+    self.arrays = (
+      [first] + [load_features(f, rows=self.rows) for f in self.files[1:]] if in_memory else None
+    )
     self._checked: set[int] = set()  # memory-mapped files checked on their first read
 
   def __len__(self) -> int:

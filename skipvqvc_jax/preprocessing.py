@@ -163,8 +163,6 @@ def preprocess(
       workers,
       progress,
       log,
-      speaker_depth,
-      mic,
     )
 
 
@@ -180,8 +178,6 @@ def _preprocess(
   workers,
   progress,
   log,
-  speaker_depth,
-  mic,
 ) -> dict:
   utterances, skipped, layout = found
   log(
