@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import warnings
 
 import numpy as np
@@ -204,9 +205,16 @@ def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
   from skipvqvc_jax import fileio  # pylint: disable=import-outside-toplevel  (workers never write)
 
   wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
-  fileio.atomic_write(
-    path, lambda tmp: soundfile.write(tmp, wave, sample_rate, subtype='PCM_16', format='WAV')
-  )
+  # Encoded in memory first: libsndfile reports a failed write (a full disk) as "System error."
+  # with no errno; a file's own write carries it.
+  buffer = io.BytesIO()
+  soundfile.write(buffer, wave, sample_rate, subtype='PCM_16', format='WAV')
+
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      f.write(buffer.getbuffer())
+
+  fileio.atomic_write(path, write)
 
 
 # ---- the same features in JAX, for batches on the device -------------------------------------------

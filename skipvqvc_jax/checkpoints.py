@@ -183,11 +183,38 @@ def portable_path(path: str, workdir: str) -> str:
   return storage.relpath(path, workdir) if storage.is_inside(path, workdir) else path
 
 
+# What restoring, converting and evaluating read from a workdir's config.json, by task: without
+# them a stored step has no meaning (other fields keep their defaults).
+REQUIRED_FIELDS = {
+  'voice_conversion': ('trainer', 'model.name', 'features', 'data'),
+  'vocoder': ('generator', 'features', 'data'),
+}
+
+
+def _lacks(stored: dict, field: str) -> bool:
+  for name in field.split('.'):
+    if not isinstance(stored, dict) or name not in stored:
+      return True
+    stored = stored[name]
+  return False
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (its config.json), data paths resolved."""
   if not is_workdir(workdir):
     raise TrainingError(f'{workdir} has no {CONFIG_FILE}: not a training workdir')
-  config = ml_collections.ConfigDict(fileio.load_json(storage.join(workdir, CONFIG_FILE)))
+  path = storage.join(workdir, CONFIG_FILE)
+  stored = fileio.load_json(path)
+  if not isinstance(stored, dict):
+    raise TrainingError(f'{path} is not a config (a JSON object of fields)')
+  required = REQUIRED_FIELDS.get(stored.get('task', 'voice_conversion'), ())
+  missing = [field for field in required if _lacks(stored, field)]
+  if missing:
+    raise TrainingError(
+      f'{path} lacks {", ".join(missing)} (edited by hand, or written by another program): put '
+      f'back the values the run was trained with, from a copy of the file or its training command'
+    )
+  config = ml_collections.ConfigDict(stored)
   for key in DATA_PATHS:
     path = config.data.get(key)
     if path and not storage.isabs(path):

@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from skipvqvc_jax import errors
-from skipvqvc_jax.usage import own_help, parse_flags
+from skipvqvc_jax.usage import one_line_errors, parse_flags, start
 
 config_flags.DEFINE_config_file(
   'config',
@@ -220,6 +220,7 @@ def _join(jax) -> None:
   logging.info('%s: all %s joined', who, count)
 
 
+@one_line_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -239,44 +240,40 @@ def main(argv):
     _join(jax)
   # Each mode imports only its own part of the library, after jax.distributed.initialize (which
   # must precede other JAX use).
-  try:
-    if FLAGS.mode == 'train':
-      from skipvqvc_jax import train  # pylint: disable=import-outside-toplevel
+  if FLAGS.mode == 'train':
+    from skipvqvc_jax import train  # pylint: disable=import-outside-toplevel
 
-      if config is None:
-        raise errors.ConfigError(
-          'training needs --config=FILE:PRESET, e.g. configs/vqvc_plus.py:demo'
-        )
-      workdir = FLAGS.workdir or default_workdir(config)
-      logging.info(
-        'JAX process %d/%d, devices: %s; workdir %s',
-        jax.process_index(),
-        jax.process_count(),
-        jax.devices(),
-        workdir,
+    if config is None:
+      raise errors.ConfigError(
+        'training needs --config=FILE:PRESET, e.g. configs/vqvc_plus.py:demo'
       )
-      summary = train.train_and_evaluate(config, workdir)
-      logging.info('%s at step %d', summary['status'], summary['step'])
-      if jax.process_index() == 0:
-        logging.info('%s', next_steps(config, workdir, summary['status']))
-    elif FLAGS.mode == 'convert':
-      _convert()
-    else:
-      if not FLAGS.workdir:
-        raise errors.ConfigError(f'--mode={FLAGS.mode} needs --workdir of a training run')
-      from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
+    workdir = FLAGS.workdir or default_workdir(config)
+    logging.info(
+      'JAX process %d/%d, devices: %s; workdir %s',
+      jax.process_index(),
+      jax.process_count(),
+      jax.devices(),
+      workdir,
+    )
+    summary = train.train_and_evaluate(config, workdir)
+    logging.info('%s at step %d', summary['status'], summary['step'])
+    if jax.process_index() == 0:
+      logging.info('%s', next_steps(config, workdir, summary['status']))
+  elif FLAGS.mode == 'convert':
+    _convert()
+  else:
+    if not FLAGS.workdir:
+      raise errors.ConfigError(f'--mode={FLAGS.mode} needs --workdir of a training run')
+    from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
 
-      metrics = evaluate.run(
-        FLAGS.workdir,
-        FLAGS.step,
-        FLAGS.vocoder,
-        num_pairs=FLAGS.eval_pairs,
-        per_speaker=FLAGS.eval_per_speaker,
-      )
-      logging.info('test metrics: %s', json.dumps(metrics))
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    metrics = evaluate.run(
+      FLAGS.workdir,
+      FLAGS.step,
+      FLAGS.vocoder,
+      num_pairs=FLAGS.eval_pairs,
+      per_speaker=FLAGS.eval_per_speaker,
+    )
+    logging.info('test metrics: %s', json.dumps(metrics))
   return 0
 
 
@@ -304,7 +301,7 @@ def installed_presets(argv: list[str]) -> list[str]:
 
 def run():
   """Console script `skipvqvc`, and main.py."""
-  own_help(__name__, __doc__)
+  start(__name__, __doc__)
   app.run(main, argv=installed_presets(sys.argv), flags_parser=parse_flags)
 
 

@@ -13,14 +13,13 @@ a queue come with it, in one Python file, and it needs the `.[demo]` extra only.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
 import numpy as np
 from absl import app, flags, logging
 
 from skipvqvc_jax import audio, convert, errors
-from skipvqvc_jax.usage import own_help, parse_flags
+from skipvqvc_jax.usage import one_line_errors, parse_flags, start
 
 flags.DEFINE_string('model', None, 'A model directory (skipvqvc-port) or a training workdir.')
 flags.DEFINE_list(
@@ -148,20 +147,17 @@ def build(demo: Demo):
   return page
 
 
+@one_line_errors
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.model:
+    raise errors.ConversionError('give --model: a model directory (skipvqvc-port) or a workdir')
   try:
-    if not FLAGS.model:
-      raise errors.ConversionError('give --model: a model directory (skipvqvc-port) or a workdir')
-    try:
-      import gradio  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    except ImportError:
-      raise errors.ConfigError('the web page needs Gradio: pip install -e ".[demo]"') from None
-    demo = Demo(FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    import gradio  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise errors.ConfigError('the web page needs Gradio: pip install -e ".[demo]"') from None
+  demo = Demo(FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds)
   page = build(demo)
   print(f'serving {FLAGS.model} at http://127.0.0.1:{FLAGS.port} (Ctrl-C stops)', flush=True)
   page.queue().launch(
@@ -172,5 +168,5 @@ def main(argv) -> int:
 
 def run():
   """Console script `skipvqvc-demo`."""
-  own_help(__name__, __doc__)
+  start(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)

@@ -5,6 +5,9 @@ setting at fault and what to do about it. `UserError` is a ValueError, so code t
 ValueErrors keeps working.
 """
 
+import errno
+import os
+
 
 class UserError(ValueError):
   """A problem the user can fix (bad input, flag, config or workdir); the message is one line."""
@@ -36,3 +39,29 @@ class PortError(UserError):
 
 class CheckpointError(UserError):
   """A checkpoint, workdir or model directory is missing or does not hold what was asked for."""
+
+
+# The faults of a file system the user can fix, with what to do: a full disk, a folder this user
+# cannot write. Any other OSError is left to propagate (it may be a bug).
+_FILE_SYSTEM_ADVICE = {
+  errno.ENOSPC: 'free some space and rerun (what was written before is kept)',
+  errno.EDQUOT: 'free some space and rerun (what was written before is kept)',
+  errno.EROFS: 'choose a folder this user can write',
+  errno.EACCES: 'choose a folder this user can write, or change its permissions',
+  errno.EPERM: 'choose a folder this user can write, or change its permissions',
+}
+
+
+def file_system_fault(e: OSError) -> str | None:
+  """One line for a full disk or a folder that cannot be written, naming the file; None otherwise."""
+  advice = _FILE_SYSTEM_ADVICE.get(e.errno)
+  if advice is None:
+    return None
+  where = f'{e.filename}: ' if e.filename else ''
+  return f'{where}{e.strerror or e}; {advice}'
+
+
+def printable(text: str) -> str:
+  """Text with file names in it as any terminal prints it: name bytes that are not UTF-8 (kept by
+  Python as surrogate escapes) as \\x escapes."""
+  return os.fsencode(text).decode('utf-8', 'backslashreplace')

@@ -6,33 +6,27 @@
 Each file is checked against its git blob id in its repository and ported once; later runs reuse it.
 """
 
-import sys
-
 from absl import app, flags
 
-from skipvqvc_jax import errors, fetch
-from skipvqvc_jax.usage import own_help, parse_flags
+from skipvqvc_jax import fetch
+from skipvqvc_jax.usage import one_line_errors, parse_flags, start
 
 flags.DEFINE_string('file', None, 'A copy of the file already on this machine (no download).')
 FLAGS = flags.FLAGS
 
 
+@one_line_errors
 def main(argv) -> int:
   names = argv[1:]
   if len(names) != 1:
     raise app.UsageError(
       f'usage: skipvqvc-fetch NAME [--file=PATH]; NAME: {", ".join(fetch.PUBLISHED)}'
     )
-  try:
-    directory = fetch.fetch(names[0], FLAGS.file)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(directory)
+  print(fetch.fetch(names[0], FLAGS.file))
   return 0
 
 
 def run():
   """Console script `skipvqvc-fetch`."""
-  own_help(__name__, __doc__)
+  start(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)

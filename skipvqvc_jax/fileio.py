@@ -58,17 +58,27 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
       os.remove(tmp)
     return
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-  os.close(fd)
+  tmp = None
   try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    os.close(fd)
     write(tmp)
     os.chmod(tmp, public_mode())
     os.replace(tmp, path)
+  except OSError as e:
+    _remove(tmp)
+    # Named by the file the caller writes, not the temporary one or its folder (a full disk, a
+    # read-only folder: errors.file_system_fault makes it the user's one line).
+    raise OSError(e.errno, e.strerror or str(e), path) from e
   except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    _remove(tmp)
     raise
+
+
+def _remove(tmp: str | None) -> None:
+  if tmp is not None and os.path.exists(tmp):
+    os.remove(tmp)
 
 
 def save_npy(path: str, array: np.ndarray) -> None:

@@ -18,16 +18,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import tempfile
 
 import numpy as np
 from absl import app, flags, logging
 
 from skipvqvc_jax import audio, checkpoints, convert, corpus, models, porting, storage, trainers
-from skipvqvc_jax.errors import PortError, UserError
+from skipvqvc_jax.errors import PortError
 from skipvqvc_jax.porting import export_state_dict, read_state_dict, write_state_dict
-from skipvqvc_jax.usage import own_help, parse_flags
+from skipvqvc_jax.usage import one_line_errors, parse_flags, start
 
 flags.DEFINE_string(
   'checkpoint',
@@ -185,48 +184,43 @@ def release(source: str, out: str, step: int | None = None) -> dict:
   return dict(model=model.name, **({'trainer': conversion['trainer']} if conversion else {}))
 
 
+@one_line_errors
 def main(argv) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax's save log: a port prints one line, what it wrote
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} (use --checkpoint and --out)')
-  try:
-    if not FLAGS.checkpoint or not FLAGS.out:
-      raise PortError('give --checkpoint (what to port) and --out (where to write it)')
-    source, out = FLAGS.checkpoint, FLAGS.out
-    if storage.isdir(source):
-      if out.endswith(EXPORTS):
-        model = checkpoints.load(source, FLAGS.step)
-        state_dict = export_state_dict(model)
-        write_state_dict(out, state_dict)
-        written = dict(model=model.name, tensors=len(state_dict))
-      else:
-        written = release(source, out, FLAGS.step)
-    elif out.endswith(EXPORTS):
-      raise PortError(
-        f'--out={out}: a checkpoint ports into a model directory (a name without .pt)'
-      )
+  if not FLAGS.checkpoint or not FLAGS.out:
+    raise PortError('give --checkpoint (what to port) and --out (where to write it)')
+  source, out = FLAGS.checkpoint, FLAGS.out
+  if storage.isdir(source):
+    if out.endswith(EXPORTS):
+      model = checkpoints.load(source, FLAGS.step)
+      state_dict = export_state_dict(model)
+      write_state_dict(out, state_dict)
+      written = dict(model=model.name, tensors=len(state_dict))
     else:
-      written = port_original(
-        source,
-        out,
-        FLAGS.model,
-        FLAGS.trainer,
-        FLAGS.stats,
-        FLAGS.channel,
-        FLAGS.n_embed,
-        FLAGS.gru_init,
-        FLAGS.prefix,
-      )
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+      written = release(source, out, FLAGS.step)
+  elif out.endswith(EXPORTS):
+    raise PortError(f'--out={out}: a checkpoint ports into a model directory (a name without .pt)')
+  else:
+    written = port_original(
+      source,
+      out,
+      FLAGS.model,
+      FLAGS.trainer,
+      FLAGS.stats,
+      FLAGS.channel,
+      FLAGS.n_embed,
+      FLAGS.gru_init,
+      FLAGS.prefix,
+    )
   print(json.dumps(dict(**written, out=out)))
   return 0
 
 
 def run():
   """Console script `skipvqvc-port`, and python -m skipvqvc_jax.port_torch."""
-  own_help(__name__, __doc__)
+  start(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)
 
 

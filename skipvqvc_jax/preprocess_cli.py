@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 
 from skipvqvc_jax import audio, errors, preprocessing
-from skipvqvc_jax.usage import own_help, parse_flags
+from skipvqvc_jax.usage import one_line_errors, parse_flags, start
 
 _defaults = audio.FeatureParams()
 flags.DEFINE_integer('workers', None, 'Processes to decode with (default: all cores).')
@@ -47,6 +47,7 @@ def _stop(signum, frame):
   raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the pool ends, finished features are kept
 
 
+@one_line_errors
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError('usage: preprocess.py INPUT_DIR OUTPUT_DIR [flags]')
@@ -70,13 +71,10 @@ def main(argv):
       seed=FLAGS.seed,
       workers=FLAGS.workers,
       progress=FLAGS.progress,
-      log=lambda line: print(preprocessing.printable(line)),
+      log=lambda line: print(errors.printable(line)),
       speaker_depth=FLAGS.speaker_depth,
       mic=FLAGS.mic,
     )
-  except errors.UserError as e:
-    print(f'error: {preprocessing.printable(str(e))}', file=sys.stderr)
-    return 1
   except KeyboardInterrupt:
     print(
       f'error: preprocessing of {argv[1]} stopped; run the same command to continue (the features '
@@ -96,5 +94,5 @@ def main(argv):
 
 def run():
   """Console script `skipvqvc-preprocess`, and preprocess.py."""
-  own_help(__name__, __doc__)
+  start(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)

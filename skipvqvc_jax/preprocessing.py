@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from skipvqvc_jax import audio, corpus, layouts, locks, storage
+from skipvqvc_jax import audio, corpus, errors, layouts, locks, storage
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import load_json, save_json, save_npy
 from skipvqvc_jax.progress import Progress
@@ -308,14 +308,8 @@ def _item(utt: corpus.Utterance, out_rel: str, frames: int, trim, key) -> dict:
   return item
 
 
-def printable(text: str) -> str:
-  """Text with file names in it as any terminal prints it: name bytes that are not UTF-8 (kept by
-  Python as surrogate escapes) as \\x escapes."""
-  return os.fsencode(text).decode('utf-8', 'backslashreplace')
-
-
 def _printable_lines(log):
-  return lambda line: log(printable(line))
+  return lambda line: log(errors.printable(line))
 
 
 def map_files(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import zipfile
 from collections.abc import Callable
 
 import jax
@@ -194,10 +195,18 @@ def load_stats(path: str, trainer: str = 'mean_std') -> tuple[np.ndarray, np.nda
       f'the {trainer} trainer needs per-band statistics: {path} not found; '
       f'preprocess.py writes it, or set --config.data.stats_file'
     )
-  with np.load(io.BytesIO(storage.read_bytes(path))) as stats:
-    mean, std = stats['mean'].astype(np.float32), stats['std'].astype(np.float32)
+  try:
+    with np.load(io.BytesIO(storage.read_bytes(path))) as stats:
+      mean, std = stats['mean'].astype(np.float32), stats['std'].astype(np.float32)
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    raise CorpusError(
+      f'{path}: cannot read these statistics ({type(e).__name__}: {e}); copy back the stats.npz '
+      f'of the feature folder the run was trained on (preprocess.py wrote it there)'
+    ) from None
   if mean.ndim != 1 or mean.shape != std.shape:
     raise CorpusError(f'{path}: mean and std must be 1-D arrays of one size')
+  if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+    raise CorpusError(f'{path}: the statistics are not finite (NaN or inf); make them again')
   return mean, np.maximum(std, 1e-5)
 
 

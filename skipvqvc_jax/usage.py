@@ -1,9 +1,36 @@
 """What the programs print for --help (their own usage text and flags) and for a bad flag (one line)."""
 
+import functools
+import importlib.util
+import os
 import re
 import sys
 
 from absl import flags
+
+from skipvqvc_jax import errors
+
+
+def start(module_name: str, doc: str) -> None:
+  """What every program does first: file names in UTF-8 whatever the locale, and its own --help."""
+  utf8_file_names()
+  own_help(module_name, doc)
+
+
+def utf8_file_names() -> None:
+  """Re-executes this program in Python's UTF-8 mode when the locale's encoding is not UTF-8.
+
+  Under a Latin-1 or C locale, Python decodes a file name's bytes with that encoding, while orbax's
+  tensorstore encodes every path it is given as UTF-8: a non-ASCII workdir then names another folder,
+  or none (a surrogate-escaped byte cannot be encoded). In UTF-8 mode both agree on the bytes.
+  """
+  if os.name != 'posix' or sys.flags.utf8_mode or os.environ.get('PYTHONUTF8') == '1':
+    return
+  if sys.getfilesystemencoding().lower().replace('-', '') == 'utf8':
+    return
+  os.environ['PYTHONUTF8'] = '1'
+  # The original bytes of every argument: os.fsencode undoes the locale's decoding.
+  os.execv(sys.executable, [os.fsencode(a) for a in [sys.executable, *sys.orig_argv[1:]]])
 
 
 def own_help(module_name: str, doc: str) -> None:
@@ -17,6 +44,7 @@ def own_help(module_name: str, doc: str) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag or config override (an unknown preset, a misspelt field) as
   one line and exit 1, not a traceback; --help exits 0."""
+  _check_config_file(argv)
   try:
     return flags.FLAGS(argv)
   except SystemExit:
@@ -41,3 +69,58 @@ def parse_flags(argv: list[str]) -> list[str]:
       file=sys.stderr,
     )
     sys.exit(1)
+
+
+def one_line_errors(main):
+  """A program's main that prints a user's mistake (an `errors.UserError`, a full disk, a folder it
+  cannot write) as one `error:` line and returns 1, instead of a traceback. File names that are not
+  UTF-8 print with \\x escapes."""
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except errors.UserError as e:
+      message = str(e)
+    except OSError as e:
+      message = errors.file_system_fault(e)
+      if message is None:
+        raise
+    print(f'error: {errors.printable(message)}', file=sys.stderr)
+    return 1
+
+  return wrapped
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """--config=FILE.py:PRESET loaded once here, so that a missing file, a syntax error or an error of
+  its get_config is one line naming the file (config_flags defers the first and lets the others
+  escape as tracebacks, or reports a KeyError as a misspelt field)."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith('--config='):
+      value = arg[len('--config=') :]
+    elif arg == '--config' and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    path, colon, preset = value.partition(':')
+    try:
+      if not os.path.isfile(path):
+        raise errors.ConfigError(
+          f'--config={value}: {path} is not a file; give FILE.py:PRESET, e.g. '
+          f'configs/vqvc_plus.py:demo (docs/training.md lists the presets)'
+        )
+      spec = importlib.util.spec_from_file_location('_skipvqvc_config_check', path)
+      module = importlib.util.module_from_spec(spec)
+      try:
+        spec.loader.exec_module(module)
+        module.get_config(*([preset] if colon else []))
+      except errors.UserError as e:
+        raise errors.ConfigError(f'--config={value}: {e}') from None
+      except Exception as e:  # noqa: BLE001  (whatever the file's own code raises)
+        raise errors.ConfigError(
+          f'--config={value}: loading {path} failed: {type(e).__name__}: {e}'
+        ) from None
+    except errors.UserError as e:
+      print(f'error: {errors.printable(str(e))}', file=sys.stderr)
+      sys.exit(1)
