@@ -16,6 +16,19 @@ os.environ.setdefault(
 )
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# The tests' models are tiny: compiling is most of their time, running little. XLA's cheaper CPU
+# optimisation (measured on tests/test_train.py: 22% less wall time, 30% less CPU) keeps every result
+# within the tests' tolerances (the parity tests included); subprocesses inherit it.
+FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE}'.strip()
+
+
+def devices_env(count: int, env=None) -> dict:
+  """`env` (default os.environ) with JAX on `count` simulated CPU devices."""
+  env = dict(os.environ if env is None else env)
+  env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={count}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  return env
 
 
 @pytest.fixture(scope='session')

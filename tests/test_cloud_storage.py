@@ -23,7 +23,7 @@ from flax import nnx
 
 from skipvqvc_jax import checkpoints, locks, preprocessing, storage, train
 from skipvqvc_jax.errors import TrainingError
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, devices_env, tiny_config
 from tests.gcs_emulator import emulator_env
 
 for _package, _extra in (('gcsfs', 'gcs'), ('gcp_storage_emulator', 'test')):
@@ -370,7 +370,7 @@ def test_the_readme_pod_recipe(gcs, small_corpus, tmp_path):
         '--num_processes=2',
         f'--process_id={p}',
       ],
-      dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=2'),
+      devices_env(2, env),
     )
     for p in range(2)
   ]

@@ -4,7 +4,6 @@ per-scale images in TensorBoard and the eval report, one-shot conversion from a 
 and from a ported original checkpoint, reconstruction and decoding from edited codes."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import soundfile as sf
 
 from skipvqvc_jax import checkpoints, convert, errors, evaluate, input_pipeline, porting, train
 from skipvqvc_jax.tasks import voice_conversion
-from tests.conftest import REPO, main_flags, read_events, tiny_config
+from tests.conftest import REPO, devices_env, main_flags, read_events, tiny_config
 
 PRESET = 'vqvc_plus_multi.py:tiny'
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -78,7 +77,7 @@ def test_four_devices_renormalise_the_same_rows(straight, small_features, tmp_pa
     capture_output=True,
     text=True,
     timeout=600,
-    env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu'),
+    env=devices_env(4),
   )
   assert result.returncode == 0, result.stderr[-3000:]
   four = json.load(open(tmp_path / 'train_summary.json'))['train_losses']

@@ -14,16 +14,13 @@ from flax import nnx
 
 from skipvqvc_jax import checkpoints, train
 from skipvqvc_jax.errors import TrainingError
-from tests.conftest import REPO, main_flags, tiny_config
+from tests.conftest import REPO, devices_env, main_flags, tiny_config
 
 STEPS = 6
 
 
 def _env(devices):
-  env = dict(
-    os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu'
-  )
-  return env
+  return devices_env(devices)
 
 
 def _losses_of(summary):

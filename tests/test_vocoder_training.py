@@ -27,7 +27,7 @@ from skipvqvc_jax import (
 from skipvqvc_jax.configs import vocoder as vocoder_configs
 from skipvqvc_jax.tasks import vocoder as vocoder_task
 from skipvqvc_jax.tasks import waveforms
-from tests.conftest import REPO, read_events, tiny_config
+from tests.conftest import REPO, devices_env, read_events, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
 
@@ -308,7 +308,7 @@ def test_two_devices_give_the_same_losses(straight, small_features, tmp_path):
     'from skipvqvc_jax import train; import pathlib; assert jax.device_count() == 2; '
     'train.train_and_evaluate(tiny_vocoder_config(pathlib.Path(sys.argv[1])), sys.argv[2])'
   )
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  env = devices_env(2)
   result = subprocess.run(
     [sys.executable, '-c', script, str(small_features), str(tmp_path / 'two')],
     cwd=REPO,
