@@ -86,7 +86,7 @@ def train_steps(presets, dtypes, steps, warmup, smoke=False) -> list[dict]:
 
 
 def training_loop(preset: str, seconds: float, features: str, workdir: str) -> dict:
-  """The real loop for `seconds` (SIGTERM then: it saves and exits 0), from its summary."""
+  """The real loop for `seconds` (SIGTERM then: it saves and exits 143), from its summary."""
   run = subprocess.Popen(
     [
       sys.executable,
@@ -123,7 +123,7 @@ def training_loop(preset: str, seconds: float, features: str, workdir: str) -> d
   run.wait(timeout=300)
   reader.join()
   out = ''.join(lines)
-  if run.returncode:
+  if run.returncode != 128 + signal.SIGTERM:  # stopped by SIGTERM, after its save
     raise RuntimeError(f'the training loop failed: {out[-2000:]}')
   with open(os.path.join(workdir, 'train_summary.json')) as f:
     summary = json.load(f)
@@ -140,6 +140,7 @@ def conversion(preset: str, seconds: float, repeat: int) -> dict:
   sys.path.insert(0, ROOT)
   import importlib  # pylint: disable=import-outside-toplevel
 
+  import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from skipvqvc_jax import audio, convert, trainers, vocoders  # pylint: disable=import-outside-toplevel
@@ -178,12 +179,25 @@ def conversion(preset: str, seconds: float, repeat: int) -> dict:
   melgan_vocoder = vocoders.NeuralVocoder(melgan.MelGANGenerator())
   gl_s = median(lambda: griffin_lim(mel))
   melgan_s = median(lambda: melgan_vocoder(mel))
+  # MelGAN's convolutions at full float32 precision (what the CPU uses, for parity) against the
+  # backend's default, side by side: the speed and the largest difference of the audio.
+  default_wave = np.asarray(melgan_vocoder(mel))
+  backend_default = melgan._precision  # pylint: disable=protected-access
+  melgan._precision = lambda: jax.lax.Precision.HIGHEST  # pylint: disable=protected-access
+  try:
+    highest = vocoders.NeuralVocoder(melgan.MelGANGenerator())  # retraced at the new precision
+    highest_s = median(lambda: highest(mel))
+    highest_wave = np.asarray(highest(mel))
+  finally:
+    melgan._precision = backend_default  # pylint: disable=protected-access
   return dict(
     preset=preset,
     audio_s=round(audio_s, 2),
     rtf_model=model_s / audio_s,
     rtf_with_griffin_lim=(model_s + gl_s) / audio_s,
     rtf_with_melgan=(model_s + melgan_s) / audio_s,
+    melgan_highest_over_default_time=highest_s / melgan_s,
+    melgan_highest_vs_default_max_abs=float(np.abs(highest_wave - default_wave).max()),
   )
 
 

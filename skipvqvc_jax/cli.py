@@ -1,4 +1,5 @@
-"""Train, evaluate or convert with VQVC+ (main.py; the console scripts skipvqvc, skipvqvc-convert).
+"""Train, evaluate or convert with VQVC+ (main.py and skipvqvc; skipvqvc-eval and skipvqvc-convert run
+one mode each).
 
     python main.py --config=configs/vqvc_plus.py:demo [--workdir=DIR]              # train
     python main.py --mode=eval --workdir=DIR                                        # evaluate
@@ -12,7 +13,6 @@ everything else from the workdir; conversion from --model: a training workdir or
 (skipvqvc-port writes one from the original's checkpoint).
 """
 
-import json
 import os
 import sys
 import threading
@@ -77,6 +77,12 @@ flags.DEFINE_string(
   'Where compiled programs are kept (default: '
   '$SKIPVQVC_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /skipvqvc_jax/xla).',
 )
+flags.DEFINE_float(
+  'compilation_cache_max_gb',
+  2.0,
+  'The most the compiled programs may take on disk, in GB: the least recently used are removed '
+  'first (-1: no bound).',
+)
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
@@ -86,6 +92,60 @@ flags.DEFINE_integer(
   'Multi-process runs: seconds to wait for every process to join before giving up in one line.',
 )
 FLAGS = flags.FLAGS
+
+CONVERT_USAGE = """Convert voices with a trained model (skipvqvc-convert; main.py --mode=convert).
+
+    skipvqvc-convert --model=DIR --source=a.wav --target=b.wav --output=out.wav
+    skipvqvc-convert --model=DIR --source_dir=FOLDER --target=b.wav --output_dir=converted
+    skipvqvc-convert --model=DIR --pairs=pairs.csv        # rows: source,target,output
+
+--model is a training workdir or a model directory (skipvqvc-port writes one from the original's
+checkpoint). --target takes one reference or several (comma-separated, averaged); --vocoder=melgan
+uses the original's pretrained MelGAN (fetched once) instead of Griffin-Lim.
+"""
+
+EVAL_USAGE = """Evaluate a training run on its unseen test speakers (skipvqvc-eval; main.py --mode=eval).
+
+    skipvqvc-eval --workdir=DIR [--step=N] [--vocoder=melgan]
+
+Writes {workdir}/eval/step_N/: metrics.json, pairs.json and report.html (figures and audio players),
+and ends with the headline figures and the report's path.
+"""
+
+# The modes that read each flag; a flag given to another mode would be ignored, so it is refused.
+# Flags not listed (the compilation cache's) apply to every mode.
+FLAG_MODES = {
+  'config': ('train',),
+  'workdir': ('train', 'eval', 'convert'),
+  'model': ('convert',),
+  'step': ('eval', 'convert'),
+  'vocoder': ('eval', 'convert'),
+  'eval_pairs': ('eval',),
+  'eval_per_speaker': ('eval',),
+  **dict.fromkeys(
+    ('source', 'target', 'output', 'pairs', 'source_dir', 'output_dir', 'output_mel'), ('convert',)
+  ),
+  **dict.fromkeys(
+    ('coordinator_address', 'num_processes', 'process_id', 'join_timeout'), ('train',)
+  ),
+}
+COMMON_FLAGS = ['compilation_cache', 'compilation_cache_dir', 'compilation_cache_max_gb']
+PROGRAMS = {'train': 'skipvqvc', 'eval': 'skipvqvc-eval', 'convert': 'skipvqvc-convert'}
+# A stopped run's exit status, after its clean save: the shell's for the signal that stopped it, so
+# that `train && eval` does not go on and a supervisor (a job queue, Kubernetes) sees an unfinished
+# run and starts it again (the same command resumes). Orbax's preemption notice counts as SIGTERM.
+EXIT_STATUS = {'finished': 0, 'interrupted': 128 + 2, 'preempted': 128 + 15}
+
+
+def check_flags_of_mode(mode: str) -> None:
+  """Refuses, in one line, a flag that `mode` would ignore (e.g. --eval_pairs when training)."""
+  given = [name for name in FLAG_MODES if FLAGS[name].present]
+  given += [name for name in FLAGS if name.startswith('config.') and FLAGS[name].present]
+  for name in given:
+    modes = FLAG_MODES.get(name, ('train',))
+    if mode not in modes:
+      where = ' or '.join(f'--mode={m} ({PROGRAMS[m]})' for m in modes)
+      raise errors.ConfigError(f'--{name} is a flag of {where}, not of --mode={mode}')
 
 
 def default_workdir(config) -> str:
@@ -135,6 +195,8 @@ def _use_compilation_cache(jax) -> None:
     return
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', compilation_cache_dir())
+  max_gb = FLAGS.compilation_cache_max_gb
+  jax.config.update('jax_compilation_cache_max_size', -1 if max_gb < 0 else int(max_gb * 1e9))
   # Conversion's programs compile in well under JAX's default threshold of 1 s each, but together
   # they are most of a short command's time.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
@@ -224,6 +286,7 @@ def _join(jax) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  check_flags_of_mode(FLAGS.mode)
   logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -259,12 +322,13 @@ def main(argv):
     logging.info('%s at step %d', summary['status'], summary['step'])
     if jax.process_index() == 0:
       logging.info('%s', next_steps(config, workdir, summary['status']))
+    return EXIT_STATUS[summary['status']]
   elif FLAGS.mode == 'convert':
     _convert()
   else:
     if not FLAGS.workdir:
       raise errors.ConfigError(f'--mode={FLAGS.mode} needs --workdir of a training run')
-    from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
+    from skipvqvc_jax import evaluate, report  # pylint: disable=import-outside-toplevel
 
     metrics = evaluate.run(
       FLAGS.workdir,
@@ -273,7 +337,8 @@ def main(argv):
       num_pairs=FLAGS.eval_pairs,
       per_speaker=FLAGS.eval_per_speaker,
     )
-    logging.info('test metrics: %s', json.dumps(metrics))
+    for line in report.summary_lines(metrics, FLAGS.workdir):
+      logging.info('%s', line)
   return 0
 
 
@@ -307,5 +372,22 @@ def run():
 
 def run_convert():
   """Console script `skipvqvc-convert`: main.py --mode=convert."""
-  sys.argv.insert(1, '--mode=convert')
-  run()
+  _run_mode('convert', CONVERT_USAGE)
+
+
+def run_eval():
+  """Console script `skipvqvc-eval`: main.py --mode=eval."""
+  _run_mode('eval', EVAL_USAGE)
+
+
+def _run_mode(mode: str, usage: str) -> None:
+  """A program of one mode: its own usage text and flags in --help, and no --mode flag."""
+  if any(a == '--mode' or a.startswith('--mode=') for a in sys.argv[1:]):
+    print(
+      f'error: {PROGRAMS[mode]} always runs --mode={mode}; for another mode run skipvqvc --mode=...',
+      file=sys.stderr,
+    )
+    sys.exit(1)
+  start(__name__, usage, [n for n, modes in FLAG_MODES.items() if mode in modes] + COMMON_FLAGS)
+  sys.argv.insert(1, f'--mode={mode}')
+  app.run(main, argv=sys.argv, flags_parser=parse_flags)

@@ -288,16 +288,32 @@ def _holds_features(folder: str) -> bool:
   return storage.isdir(folder) and any(f.endswith('.npy') for f in storage.listdir(folder))
 
 
-def resolve_data(config, workdir: str) -> Data:
-  """Feature folders for training and testing; audio corpora are preprocessed into the workdir first."""
-  params = audio.FeatureParams.from_dict(config.features)
-  train_dir, test_dir = config.data.train_dir, config.data.test_dir
+DEMO_CORPUS = 'data/demo_corpus'  # the demo presets' corpus: in the repository, not the package
+
+
+def check_train_dir(config) -> None:
+  """One line when data.train_dir is unset or missing (checked before a run touches its workdir)."""
+  train_dir = config.data.train_dir
   if not train_dir:
     raise CorpusError(
       'no training data: set --config.data.train_dir to a features folder or an audio corpus'
     )
-  if not storage.isdir(train_dir):
-    raise CorpusError(f'data.train_dir {train_dir} does not exist')
+  if storage.isdir(train_dir):
+    return
+  if train_dir == DEMO_CORPUS:
+    raise CorpusError(
+      f"data.train_dir {DEMO_CORPUS} (the demo presets' bundled corpus) is not in this directory: "
+      f'it comes with the repository, not the installed package; run from a clone of the '
+      f'repository, or set --config.data.train_dir to your own corpus or features folder'
+    )
+  raise CorpusError(f'data.train_dir {train_dir} does not exist')
+
+
+def resolve_data(config, workdir: str) -> Data:
+  """Feature folders for training and testing; audio corpora are preprocessed into the workdir first."""
+  params = audio.FeatureParams.from_dict(config.features)
+  train_dir, test_dir = config.data.train_dir, config.data.test_dir
+  check_train_dir(config)
   if storage.is_url(train_dir) and not _holds_features(train_dir):
     raise CorpusError(
       f'data.train_dir {train_dir} holds no .npy features: a bucket holds features, not audio; '

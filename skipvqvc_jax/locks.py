@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -11,6 +10,7 @@ import threading
 import time
 import uuid
 
+import filelock
 from absl import logging
 
 from skipvqvc_jax import storage
@@ -32,46 +32,50 @@ def _owner() -> str:
 
 
 class WorkdirLock:
-  """One training run per workdir: {workdir}/.lock holds the owner's pid, host and start time, and the
-  owner holds an exclusive flock on it, which the kernel drops when the process dies however it dies.
-  A second run is refused naming the owner; a lock left by a dead process is taken over, saying so."""
+  """One training run per workdir on a disk: {workdir}/.lock is held with `filelock` (an flock on
+  Unix, a byte-range lock on Windows), which the operating system drops when its process dies however
+  it dies; {workdir}/.lock.owner names the holder (pid, host, start) and is emptied on release. A
+  second run is refused naming the owner; a lock left by a dead process is taken over, saying so."""
 
   elsewhere = TRAINING
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, '.lock')
-    self._file = None
+    self.owner_path = self.path + '.owner'
+    self._lock = None
+
+  def _owner_text(self) -> str:
+    try:
+      with open(self.owner_path, encoding='utf-8') as f:
+        return f.read().strip()
+    except FileNotFoundError:
+      return ''
+
+  def _write_owner(self, text: str) -> None:
+    with open(self.owner_path, 'w', encoding='utf-8') as f:
+      f.write(text)
 
   def acquire(self) -> None:
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    f = open(self.path, 'a+')  # pylint: disable=consider-using-with  (held for the whole run)
+    lock = filelock.FileLock(self.path, timeout=0)
     try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      f.seek(0)
-      owner = f.read().strip()
-      f.close()
+      lock.acquire()
+    except filelock.Timeout:
       raise TrainingError(
-        f'{os.path.dirname(self.path)} is in use by another run ({owner or "starting"})'
+        f'{os.path.dirname(self.path)} is in use by another run ({self._owner_text() or "starting"})'
         f': wait for it to finish, or {self.elsewhere}'
       ) from None
-    f.seek(0)
-    previous = f.read().strip()
+    previous = self._owner_text()  # a holder that released its lock emptied it
     if previous:
       logging.warning('taking over the lock of a run that is gone (%s)', previous)
-    f.seek(0)
-    f.truncate()
-    f.write(_owner())
-    f.flush()
-    self._file = f
+    self._write_owner(_owner())
+    self._lock = lock
 
   def release(self) -> None:
-    if self._file is not None:
-      self._file.seek(0)
-      self._file.truncate()  # an empty lock file is a free workdir (deleting it would race a waiter)
-      fcntl.flock(self._file, fcntl.LOCK_UN)
-      self._file.close()
-      self._file = None
+    if self._lock is not None:
+      self._write_owner('')  # an empty owner file is a free workdir
+      self._lock.release()  # the lock file stays: deleting it would race a waiter
+      self._lock = None
 
   def __enter__(self):
     self.acquire()

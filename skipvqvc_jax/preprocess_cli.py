@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from skipvqvc_jax import audio, errors, preprocessing
+from skipvqvc_jax import audio, errors, preprocessing, storage
 from skipvqvc_jax.usage import one_line_errors, parse_flags, start
 
 _defaults = audio.FeatureParams()
@@ -88,6 +88,12 @@ def main(argv):
     f'utterances, {t["train"]["seconds"] / 60:.1f} min; test {t["test"]["speakers"]} speakers, '
     f'{t["test"]["utterances"]} utterances, {t["test"]["seconds"] / 60:.1f} min; '
     f'{len(manifest["skipped"])} files skipped'
+  )
+  trainer = 'python main.py' if sys.argv[0].endswith('.py') else 'skipvqvc'
+  print(
+    f'next: train with {trainer} --config=configs/vqvc_plus.py:n64_ch64 '
+    f'--config.data.train_dir={storage.join(argv[2], "train")} (the test speakers beside it are '
+    f'found), or see the presets in docs/training.md'
   )
   return 0
 

@@ -156,3 +156,28 @@ def _save_png(path: str, image: np.ndarray) -> None:
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
 
   fileio.atomic_write(path, lambda tmp: plt.imsave(tmp, image, format='png'))
+
+
+def summary_lines(metrics: dict, workdir: str) -> list[str]:
+  """The lines an evaluation ends with: its headline figures, then where the rest is (the report
+  last, where the eye lands)."""
+  lines = [f'step {metrics["step"]}: {metrics["test_utterances"]} test utterances']
+  if metrics.get('recon_l1_logmel') is not None:
+    lines.append(f'reconstruction: L1 {metrics["recon_l1_logmel"]:.3f} (log10 mel)')
+  conversion = metrics.get('conversion') or {}
+  if conversion.get('lmcd_dtw_db') is not None:
+    lines.append(
+      f'conversion: log-mel cepstral distance to the target {conversion["lmcd_dtw_db"]:.2f} dB '
+      f'(the unconverted source: {conversion["baseline_lmcd_dtw_db"]:.2f} dB), '
+      f'{conversion["parallel_pairs"]} pairs with the same sentence'
+    )
+  similarity = metrics.get('speaker_similarity') or {}
+  if similarity.get('available'):
+    lines.append(
+      f'speaker: similarity to the target {similarity["to_target"]:.3f}, to the source '
+      f'{similarity["to_source"]:.3f}; accepted as the target {similarity["accepted_as_target"]:.0%}'
+    )
+  out_dir = storage.join(workdir, 'eval', f'step_{metrics["step"]}')
+  lines.append(f'every figure: {storage.join(out_dir, "metrics.json")}')
+  lines.append(f'report: {storage.join(out_dir, "report.html")}')
+  return lines

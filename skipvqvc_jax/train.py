@@ -145,6 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_config(config)
   resolve_batch(config)
   check_workdir(workdir)
+  input_pipeline.check_train_dir(config)  # before the lock: a refused run leaves no workdir
   lock = locks.for_workdir(workdir)
   if jax.process_index() == 0:
     lock.acquire()
@@ -183,12 +184,15 @@ def _train(config, workdir: str) -> dict[str, Any]:
   sharding.sync('start')  # the processes meet before their first collective, however late
   if run.step == 0:
     run.evaluate()
-  with _StopRequests() as stop:
+  profile = _Profile(config.get('profile_steps', 0), workdir, run.step)
+  with _StopRequests() as stop, profile:
     while run.step < config.num_train_steps:
       if stop.requested or ckpt.reached_preemption(run.step):
         run.stop(stop.requested)
         break
+      profile.before(run.step)
       run.train_step(sharding.global_batch(mesh, task.inputs(next(iterator), run.step)))
+      profile.after(run.step, run.state)
       last = run.step == config.num_train_steps
       if run.step % config.log_every_steps == 0 or last:
         run.log()
@@ -198,6 +202,39 @@ def _train(config, workdir: str) -> dict[str, Any]:
         run.check_finite()
         run.save()
   return run.close(workdir)
+
+
+class _Profile:
+  """A jax.profiler trace of `steps` training steps into {workdir}/tensorboard (TensorBoard's Profile
+  tab), from the run's second step: its first compiles."""
+
+  def __init__(self, steps: int, workdir: str, first_step: int):
+    self.start = first_step + 1 if steps else None
+    self.stop = self.start + steps if steps else None
+    self.logdir = storage.join(workdir, 'tensorboard')
+    self.tracing = False
+
+  def before(self, step: int) -> None:
+    if step == self.start:
+      jax.profiler.start_trace(self.logdir)
+      self.tracing = True
+
+  def after(self, step: int, state) -> None:
+    if self.tracing and step == self.stop:
+      self._end(state)
+
+  def _end(self, state=None) -> None:
+    jax.block_until_ready(state)  # the traced steps' device work inside the trace
+    jax.profiler.stop_trace()
+    self.tracing = False
+    logging.info('wrote a profile of steps %d-%d to %s', self.start + 1, self.stop, self.logdir)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self.tracing:  # the run stopped inside the traced steps
+      self._end()
 
 
 class _Run:

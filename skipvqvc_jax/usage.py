@@ -10,11 +10,19 @@ from absl import flags
 
 from skipvqvc_jax import errors
 
+flags.DEFINE_bool('version', False, 'Print the version and exit.')
 
-def start(module_name: str, doc: str) -> None:
-  """What every program does first: file names in UTF-8 whatever the locale, and its own --help."""
+
+def start(module_name: str, doc: str, flag_names: list[str] | None = None) -> None:
+  """What every program does first: file names in UTF-8 whatever the locale, --version, and its own
+  --help (the flags of `module_name`, or only `flag_names` of them)."""
   utf8_file_names()
-  own_help(module_name, doc)
+  if '--version' in sys.argv[1:]:
+    from skipvqvc_jax import __version__  # pylint: disable=import-outside-toplevel
+
+    print(f'{os.path.basename(sys.argv[0])} (skipvqvc_jax) {__version__}')
+    sys.exit(0)
+  own_help(module_name, doc, flag_names)
 
 
 def utf8_file_names() -> None:
@@ -33,12 +41,15 @@ def utf8_file_names() -> None:
   os.execv(sys.executable, [os.fsencode(a) for a in [sys.executable, *sys.orig_argv[1:]]])
 
 
-def own_help(module_name: str, doc: str) -> None:
-  """--help lists the flags defined in `module_name` under the usage text `doc`. (absl shows only the
-  flags of the main module, and a console script's main module is a generated wrapper.)"""
+def own_help(module_name: str, doc: str, flag_names: list[str] | None = None) -> None:
+  """--help lists the flags defined in `module_name` (or only `flag_names` of them) under the usage
+  text `doc`. (absl shows only the flags of the main module, and a console script's main module is a
+  generated wrapper.)"""
   sys.modules['__main__'].__doc__ = doc
   for flag in flags.FLAGS.get_key_flags_for_module(module_name):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    if flag_names is None or flag.name in flag_names:
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS['version'])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -52,6 +63,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     if any(a in ('--help', '-h', '-?', '--helpshort', '--helpfull') for a in argv[1:]):
       sys.exit(0)
     raise
+  except flags.UnrecognizedFlagError as e:
+    if not e.flagname.startswith('config.'):
+      print(f'error: {str(e).splitlines()[0]}', file=sys.stderr)
+      sys.exit(1)
+    print(
+      f'error: --{e.flagname}: a --config override needs --config=FILE:PRESET, which only training '
+      f"takes (evaluation and conversion read the run's own config.json)",
+      file=sys.stderr,
+    )
+    sys.exit(1)
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     # config_flags wraps the config file's own error in its traceback: its last line is the message.
@@ -63,9 +84,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     field = re.search(r"'([\w.]+)'", text)
     hint = re.search(r'Did you mean "([\w.]+)"', text)
     name = field.group(1) if field else '?'
+    # The error names the last part of the path only: the override that holds it gives the rest.
+    path = next(
+      (
+        arg[len('--config.') :].split('=', 1)[0]
+        for arg in argv
+        if arg.startswith('--config.') and arg.split('=', 1)[0].rsplit('.', 1)[-1] == name
+      ),
+      name,
+    )
+    parent = path[: -len(name)]  # 'model.' for --config.model.chanel
     print(
-      f'error: --config.{name}: the config has no field {name}'
-      + (f'; did you mean {hint.group(1)}?' if hint else ''),
+      f'error: --config.{path}: the config has no field {path}'
+      + (f'; did you mean {parent}{hint.group(1)}?' if hint else ''),
       file=sys.stderr,
     )
     sys.exit(1)

@@ -46,7 +46,7 @@ def test_a_bad_feature_stops_training_before_a_step_naming_it(features, tmp_path
 def test_eval_names_a_bad_test_feature(workdir, small_features, tmp_path):
   """A NaN test feature once gave `test loss nan` and exit 0; now a one-line error naming it."""
   run, features = tmp_path / 'run', tmp_path / 'features'
-  shutil.copytree(workdir, run, ignore=shutil.ignore_patterns('eval', '.lock'))
+  shutil.copytree(workdir, run, ignore=shutil.ignore_patterns('eval', '.lock*'))
   shutil.copytree(small_features, features)
   bad = sorted((features / 'test').glob('*.npy'))[0]
   _poison(bad, 'nan')

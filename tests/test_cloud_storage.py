@@ -156,7 +156,7 @@ def test_preprocessing_writes_its_whole_output_into_the_bucket(bucket_features, 
   local = {str(p.relative_to(small_features)) for p in small_features.rglob('*') if p.is_file()}
   # The same files, and nothing half-written (.tmp) or left over (its stamp, its lock: released, the
   # lock object is deleted; a local lock file stays, empty, as a workdir's does).
-  assert names == local - {'.lock'} and '.lock' not in names
+  assert names == local - {'.lock', '.lock.owner'} and '.lock' not in names
   for name in ('train/awb_001.npy', 'test/esf2_001.npy'):
     np.testing.assert_array_equal(
       np.load(io.BytesIO(storage.read_bytes(storage.join(bucket_features, name)))),

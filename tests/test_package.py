@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import checkpoints, errors, evaluate, fileio, preprocessing
+from skipvqvc_jax import checkpoints, errors, fileio, preprocessing
 from tests.conftest import REPO
 
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -66,6 +66,14 @@ def test_console_script_trains_from_the_repository_and_says_what_next(moved_run)
 
 def test_an_installed_preset_is_named_from_any_directory(moved_run, small_corpus, tmp_path):
   workdir, _ = moved_run
+  # The demo presets' corpus is the repository's: elsewhere, one line says so, and nothing is written.
+  result = _run(
+    [_script('skipvqvc'), '--config=vqvc_plus.py:demo', f'--workdir={tmp_path / "demo"}'],
+    cwd=tmp_path,
+  )
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert 'comes with the repository, not the installed package' in result.stderr.splitlines()[-1]
+  assert not (tmp_path / 'demo').exists()
   result = _run(
     [
       _script('skipvqvc'),
@@ -81,9 +89,7 @@ def test_an_installed_preset_is_named_from_any_directory(moved_run, small_corpus
   assert checkpoints.latest_step(str(workdir)) == 3
 
 
-def test_a_moved_workdir_converts_and_evaluates_from_another_directory(
-  moved_run, tmp_path, monkeypatch
-):
+def test_a_moved_workdir_converts_and_evaluates_from_another_directory(moved_run, tmp_path):
   workdir, _ = moved_run
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
@@ -99,9 +105,24 @@ def test_a_moved_workdir_converts_and_evaluates_from_another_directory(
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert sf.info(elsewhere / 'out.wav').samplerate == 22050
-  monkeypatch.chdir(elsewhere)
-  metrics = evaluate.run(str(workdir), num_pairs=2, report_pairs=0, num_vocoder_utterances=1)
+  result = _run(
+    [
+      _script('skipvqvc-eval'),
+      f'--workdir={os.path.relpath(workdir, elsewhere)}',
+      '--eval_pairs=2',
+    ],
+    cwd=elsewhere,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  # It ends with the headline figures, and the report's path last, where the eye lands.
+  lines = [line.split('] ', 1)[-1] for line in result.stderr.strip().splitlines()]
+  step = checkpoints.latest_step(str(workdir))
+  report = workdir / 'eval' / f'step_{step}' / 'report.html'
+  assert lines[-1] == f'report: {os.path.relpath(report, elsewhere)}' and report.is_file()
+  metrics = fileio.load_json(report.parent / 'metrics.json')
+  first = lines.index(f'step {step}: 12 test utterances')
   assert metrics['test_utterances'] == 12
+  assert lines[first + 1] == f'reconstruction: L1 {metrics["recon_l1_logmel"]:.3f} (log10 mel)'
   # The data really gone: one line that names the missing folder.
   shutil.move(workdir / 'features' / 'test', tmp_path / 'test_aside')
   try:
@@ -117,26 +138,92 @@ def test_a_moved_workdir_converts_and_evaluates_from_another_directory(
   )
 
 
+TRAINING_FLAGS = ['--config', '--coordinator_address', '--join_timeout']
+
+
 @pytest.mark.parametrize(
-  'program, own, positional',
+  'program, own, absent, usage',
   [
-    ('skipvqvc', ['--config', '--workdir', '--mode', '--source', '--compilation_cache'], None),
-    ('skipvqvc-convert', ['--workdir', '--source', '--target', '--output', '--pairs'], None),
+    (
+      'skipvqvc',
+      ['--config', '--workdir', '--mode', '--source', '--compilation_cache_max_gb', '--version'],
+      [],
+      'main.py --config=configs/vqvc_plus.py:demo',
+    ),
+    (
+      'skipvqvc-convert',
+      ['--model', '--source', '--target', '--output', '--pairs', '--vocoder', '--version'],
+      [*TRAINING_FLAGS, '--mode', '--eval_pairs'],
+      'skipvqvc-convert --model=DIR --source=a.wav',
+    ),
+    (
+      'skipvqvc-eval',
+      ['--workdir', '--step', '--vocoder', '--eval_pairs', '--version'],
+      [*TRAINING_FLAGS, '--mode', '--source', '--model'],
+      'skipvqvc-eval --workdir=DIR',
+    ),
     (
       'skipvqvc-preprocess',
-      ['--test_speakers', '--workers', '--min_frames'],
+      ['--test_speakers', '--workers', '--min_frames', '--version'],
+      TRAINING_FLAGS,
       'INPUT_DIR OUTPUT_DIR',
     ),
+    ('skipvqvc-port', ['--checkpoint', '--out', '--trainer', '--version'], TRAINING_FLAGS, None),
+    ('skipvqvc-fetch', ['--file', '--version'], TRAINING_FLAGS, 'skipvqvc-fetch'),
+    ('skipvqvc-demo', ['--model', '--port', '--version'], TRAINING_FLAGS, None),
   ],
 )
-def test_help_lists_the_programs_own_flags(program, own, positional, tmp_path):
+def test_each_program_describes_itself(program, own, absent, usage, tmp_path):
   result = _run([_script(program), '--help'], cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   assert 'Try --helpfull' in result.stdout  # the short help, not every library's flags
-  for flag in own:
-    assert f'  {flag}' in result.stdout or f'  --[no]{flag[2:]}' in result.stdout, flag
-  if positional:
-    assert positional in result.stdout
+  listed = {
+    line.split(':', 1)[0].strip().replace('--[no]', '--')
+    for line in result.stdout.splitlines()
+    if line.startswith('  --')
+  }
+  assert set(own) <= listed, set(own) - listed
+  assert not set(absent) & listed, set(absent) & listed
+  if usage:
+    assert usage in result.stdout
+  import skipvqvc_jax
+
+  version = _run([_script(program), '--version'], cwd=tmp_path)
+  assert version.returncode == 0 and version.stdout.split() == [
+    program,
+    '(skipvqvc_jax)',
+    skipvqvc_jax.__version__,
+  ]
+
+
+def test_the_version_is_the_packages_and_the_changelogs():
+  import importlib.metadata
+  import re
+
+  import skipvqvc_jax
+
+  assert importlib.metadata.version('skipvqvc_jax') == skipvqvc_jax.__version__
+  newest = re.search(r'^## (\S+)', (REPO / 'CHANGELOG.md').read_text(), re.M).group(1)
+  assert newest == skipvqvc_jax.__version__
+
+
+def test_the_package_imports_and_locks_without_fcntl(tmp_path):
+  """Windows has no fcntl: importing the package and its programs, and taking a workdir's lock,
+  must not need it (simulated here by making `import fcntl` fail)."""
+  script = (
+    'import sys; sys.modules["fcntl"] = None\n'
+    'import skipvqvc_jax, skipvqvc_jax.cli, skipvqvc_jax.train, skipvqvc_jax.convert\n'
+    'from skipvqvc_jax import locks\n'
+    'with locks.for_workdir(sys.argv[1]):\n'
+    '  second = locks.for_workdir(sys.argv[1])\n'
+    '  try:\n'
+    '    second.acquire()\n'
+    '  except skipvqvc_jax.errors.TrainingError as e:\n'
+    '    print("refused:", e)\n'
+  )
+  result = _run([sys.executable, '-c', script, str(tmp_path / 'w')], cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'refused:' in result.stdout and 'is in use by another run (pid' in result.stdout
 
 
 def test_main_py_help_matches_the_console_script(tmp_path):
@@ -208,6 +295,10 @@ def test_speaker_flags_take_folder_names_as_on_disk(small_corpus, tmp_path):
     )
 
 
+def _size(folder) -> int:
+  return sum(p.stat().st_size for p in folder.rglob('*') if p.is_file())
+
+
 def test_conversion_keeps_its_compiled_programs(moved_run, tmp_path):
   workdir, _ = moved_run
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
@@ -231,6 +322,19 @@ def test_conversion_keeps_its_compiled_programs(moved_run, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(os.listdir(cache)) >= 3  # encode, decode and Griffin-Lim at least
+  # Bounded: with a cap of half of what they take, the least recently used go.
+  full = _size(cache)
+  capped = tmp_path / 'capped'
+  result = subprocess.run(
+    convert + [f'--compilation_cache_dir={capped}', f'--compilation_cache_max_gb={full / 2e9}'],
+    env=env,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 0 < _size(capped) <= full / 2, (_size(capped), full)
   off = tmp_path / 'off'
   env['XDG_CACHE_HOME'] = str(off)
   result = subprocess.run(

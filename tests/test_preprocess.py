@@ -239,6 +239,9 @@ def test_cli_runs_on_a_vctk_layout(tmp_path):
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(tmp_path / 'out' / 'test')) == ['p227_001.npy', 'p227_002.npy']
   assert 'train 2 speakers, 4 utterances' in result.stdout
+  last = result.stdout.strip().splitlines()[-1]  # what to do next, with this output's train folder
+  assert last.startswith('next: train with python main.py --config=configs/vqvc_plus.py:')
+  assert f'--config.data.train_dir={tmp_path / "out" / "train"}' in last
 
 
 def _children(pid: int) -> set[int]:

@@ -28,7 +28,7 @@ def run8(small_features, tmp_path_factory):
 
 def _copy(workdir, tmp_path, name='copy') -> pathlib.Path:
   target = tmp_path / name
-  shutil.copytree(workdir, target, ignore=shutil.ignore_patterns('tensorboard', 'eval', '.lock'))
+  shutil.copytree(workdir, target, ignore=shutil.ignore_patterns('tensorboard', 'eval', '.lock*'))
   return target
 
 
@@ -185,12 +185,12 @@ def test_two_runs_on_one_workdir_and_a_stale_lock(small_features, tmp_path):
   assert third.returncode == 0, out[-3000:]
   assert f'taking over the lock of a run that is gone (pid {first.pid} on' in out
   assert f'resumed from step {latest}' in out
-  assert (workdir / '.lock').read_text() == ''  # released
+  assert (workdir / '.lock.owner').read_text() == ''  # released
 
 
 def test_sigterm_during_the_evaluation_of_a_checkpoint_step(small_features, tmp_path):
   """The default periods put evaluation and a checkpoint on the same steps: a SIGTERM that lands in
-  the evaluation must still save once and exit 0."""
+  the evaluation must still save once, and exit 143 (128 + SIGTERM: the run did not finish)."""
   workdir = tmp_path / 'w'
   proc = _main(
     *main_flags(
@@ -205,7 +205,7 @@ def test_sigterm_during_the_evaluation_of_a_checkpoint_step(small_features, tmp_
   head = _wait_for(proc, 'step 2/100000')  # logged just before step 2's long evaluation
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=300)
-  assert proc.returncode == 0, head + out[-3000:]
+  assert proc.returncode == 143, head + out[-3000:]  # 128 + SIGTERM, after the save
   assert 'preempted at step 2' in out and 'already exists' not in out
   with checkpoints.TrainCheckpoints(str(workdir), async_save=False) as saved:
     assert saved.all_steps() == [2]
@@ -219,7 +219,8 @@ def test_ctrl_c_saves_and_stops(small_features, tmp_path):
   _wait_for(proc, 'step 3/100000')
   proc.send_signal(signal.SIGINT)
   out, _ = proc.communicate(timeout=300)
-  assert proc.returncode == 0, out[-3000:]
+  # 130 (128 + SIGINT) after a clean save, so `train && eval` does not go on as if it had finished.
+  assert proc.returncode == 130, out[-3000:]
   assert 'interrupted at step' in out and 'Traceback' not in out
   assert checkpoints.latest_step(str(workdir)) >= 3
 

@@ -132,6 +132,16 @@ def test_checkpoint_dir_and_tensorboard_are_written(straight):
   assert os.listdir(workdir / 'tensorboard')
 
 
+def test_profile_steps_writes_a_trace_for_tensorboard(small_features, tmp_path):
+  workdir = tmp_path / 'profiled'
+  summary = train.train_and_evaluate(
+    tiny_config(small_features, num_train_steps=4, profile_steps=2), str(workdir)
+  )
+  assert summary['step'] == 4
+  traces = list((workdir / 'tensorboard' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 1000
+
+
 def test_resume_false_moves_old_checkpoints_aside(small_features, tmp_path):
   first = train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(tmp_path))
   again = train.train_and_evaluate(
@@ -286,7 +296,7 @@ def test_sigterm_saves_a_restorable_checkpoint(small_features, tmp_path):
       break
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=240)
-  assert proc.returncode == 0, ''.join(lines) + out
+  assert proc.returncode == 143, ''.join(lines) + out
   assert 'preemption requested' in out and 'preempted at step' in out
   step = checkpoints.latest_step(str(workdir))
   assert step is not None and step >= 3

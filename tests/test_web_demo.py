@@ -121,7 +121,8 @@ def _convert_on_the_page(browser, url, source, reference):
 
   def outcome(d):
     errors = [e.text for e in d.find_elements(By.CSS_SELECTOR, '.toast-body, .error') if e.text]
-    if errors:
+    # A toast shows its title ("Error") a moment before its message: wait for the message.
+    if errors and ' '.join(errors).replace('Error', '').strip():
       return None, ' '.join(errors)
     for element in d.find_elements(By.CSS_SELECTOR, '#result audio, #result a[download]'):
       src = element.get_attribute('src') or element.get_attribute('href')

@@ -42,6 +42,9 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.eval_batches = 4  # test batches per evaluation (fixed, so evaluations compare)
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 3  # the last N checkpoints are kept
+  # > 0: a jax.profiler trace of this many steps (from the run's second: the first compiles) into
+  # {workdir}/tensorboard, for TensorBoard's Profile tab (pip install tensorboard-plugin-profile)
+  config.profile_steps = 0
 
   config.seed = 0  # parameters, data order, crops and noise all derive from it
   config.resume = True  # continue from the workdir's latest checkpoint; False moves it aside
