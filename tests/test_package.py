@@ -349,3 +349,52 @@ def test_conversion_keeps_its_compiled_programs(moved_run, tmp_path):
   assert not off.exists()
   with sf.SoundFile(tmp_path / 'o.wav') as f:
     assert f.samplerate == 22050 and np.isfinite(f.read()).all()
+
+
+def test_a_wheel_installs_and_converts_without_the_repository(workdir, tmp_path):
+  """The wheel alone (built from a copy of what it packages, installed without the repository on the
+  path): its console script converts with a trained model, and the demo preset it ships says that its
+  corpus comes with the repository."""
+  source = tmp_path / 'source'
+  source.mkdir()
+  for name in ('pyproject.toml', 'README.md', 'LICENSE'):
+    shutil.copy(REPO / name, source)
+  shutil.copytree(
+    REPO / 'skipvqvc_jax', source / 'skipvqvc_jax', ignore=shutil.ignore_patterns('__pycache__')
+  )
+  pip = [sys.executable, '-m', 'pip', '--disable-pip-version-check', '-q']
+  result = _run([*pip, 'wheel', '--no-deps', '-w', str(tmp_path / 'dist'), str(source)], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  (wheel,) = (tmp_path / 'dist').glob('skipvqvc_jax-*.whl')
+  installed = tmp_path / 'installed'
+  result = _run([*pip, 'install', '--no-deps', '--target', str(installed), str(wheel)], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  user = tmp_path / 'user'  # a folder of the user's: two recordings, no repository
+  user.mkdir()
+  shutil.copy(DEMO / 'awb' / 'awb_002.ogg', user / 'mine.ogg')
+  shutil.copy(DEMO / 'slt' / 'slt_003.ogg', user / 'voice.ogg')
+  env = {'PYTHONPATH': str(installed)}
+  where = _run(
+    [sys.executable, '-c', 'import skipvqvc_jax; print(skipvqvc_jax.__file__)'], user, env
+  )
+  assert where.stdout.startswith(str(installed)), where.stdout + where.stderr
+  convert = installed / 'bin' / 'skipvqvc-convert'
+  result = _run(
+    [
+      sys.executable,
+      str(convert),
+      f'--model={workdir}',
+      '--source=mine.ogg',
+      '--target=voice.ogg',
+      '--output=converted.wav',
+    ],
+    user,
+    env,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sf.info(user / 'converted.wav').samplerate == 22050
+  result = _run(
+    [sys.executable, str(installed / 'bin' / 'skipvqvc'), '--config=vqvc_plus.py:demo'], user, env
+  )
+  assert result.returncode == 1 and 'comes with the repository' in result.stderr
