@@ -31,6 +31,7 @@ from skipvqvc_jax import (
   convert,
   corpus,
   input_pipeline,
+  listening,
   models,
   report,
   storage,
@@ -39,8 +40,14 @@ from skipvqvc_jax import (
 )
 from skipvqvc_jax.errors import CorpusError
 from skipvqvc_jax.fileio import save_json
-from skipvqvc_jax.metrics import equal_error_threshold, lmcd_dtw, world_available, world_mcd_dtw
-from skipvqvc_jax.pairs import Pair, PairResult, capped, choose_pairs, sentences
+from skipvqvc_jax.metrics import (
+  equal_error_threshold,
+  identification,
+  lmcd_dtw,
+  world_available,
+  world_mcd_dtw,
+)
+from skipvqvc_jax.pairs import Pair, PairResult, capped, choose_pairs, sentences, transcripts
 from skipvqvc_jax.progress import Progress
 
 # ---- metrics ----------------------------------------------------------------------------------------
@@ -117,6 +124,7 @@ def run(
     ),
   )
   metrics['conversion'].update(world_mcd(converter, results))
+  metrics.update(listening.listen(converter, results, transcripts(files)))
   encoder = speaker_similarity_encoder()
   metrics['speaker_similarity'] = (
     speaker_similarity(
@@ -249,10 +257,26 @@ def speaker_similarity(embed, files: Sequence[str], results: list[PairResult]) -
   same_speaker = speakers[:, None] == speakers[None, :]
   same, different = scores[upper & same_speaker], scores[upper & ~same_speaker]
   threshold, eer = equal_error_threshold(same, different)
+  # Identification among the test speakers: each speaker's centroid embedding; a real utterance is
+  # scored against its own speaker's centroid without itself (leave one out).
+  names_of = sorted(set(speakers))
+  index = {s: i for i, s in enumerate(names_of)}
+  sums = np.stack([embeddings[speakers == s].sum(0) for s in names_of])
+  counts = np.array([np.sum(speakers == s) for s in names_of])
+  centroids = sums / counts[:, None]
+  own = np.array([index[s] for s in speakers])
+  real_scores = embeddings @ centroids.T
+  left_out = (sums[own] - embeddings) / np.maximum(counts[own] - 1, 1)[:, None]
+  real_scores[np.arange(len(names)), own] = np.sum(embeddings * left_out, axis=1)
+  target_of = np.array([index[corpus.speaker_of(r.pair.reference)] for r in results])
+  source_scores = np.stack([real[r.pair.source] for r in results]) @ centroids.T
   for result in results:
     converted = embed(result.converted_mel)
     result.similarity_to_target = float(converted @ real[result.pair.reference])
     result.similarity_to_source = float(converted @ real[result.pair.source])
+    result.identified_as_target = bool(
+      np.argmax(converted @ centroids.T) == index[corpus.speaker_of(result.pair.reference)]
+    )
   to_target = np.array([r.similarity_to_target for r in results])
   return dict(
     available=True,
@@ -265,6 +289,13 @@ def speaker_similarity(embed, files: Sequence[str], results: list[PairResult]) -
     eer_threshold=threshold,
     real_eer=eer,
     accepted_as_target=float(np.mean(to_target >= threshold)),
+    # The target named among the test speakers: the conversions, the unconverted sources (the
+    # baseline), the real utterances' own speakers (the ceiling), and chance.
+    speakers=len(names_of),
+    identified_as_target=float(np.mean([r.identified_as_target for r in results])),
+    source_identified_as_target=identification(source_scores, target_of),
+    real_identified=identification(real_scores, own),
+    chance=1.0 / len(names_of),
   )
 
 

@@ -1,10 +1,11 @@
 """The figures evaluation reports, as pure functions of arrays: cepstral distortions (the log-mel one,
-and the standard WORLD/SPTK mel-cepstral distortion with the eval extra) and the equal error rate of
-speaker scores."""
+and the standard WORLD/SPTK mel-cepstral distortion with the eval extra), F0 agreement, word and
+character error rates, and the equal error rate and identification rate of speaker scores."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,12 +46,10 @@ def lmcd_dtw(log10_mel: np.ndarray, reference: np.ndarray) -> float:
   return cepstral_distortion_dtw(mel_cepstrum(log10_mel), mel_cepstrum(reference))
 
 
-WORLD_ALPHA = 0.455  # the all-pass constant of the mel warping at 22050 Hz (SPTK's table)
-
-
 def world_mel_cepstrum(wave: np.ndarray, sample_rate: int, order: int = MCD_COEFFS) -> np.ndarray:
   """(frames, order) mel-cepstra c1..c_order of a waveform: WORLD analysis (DIO + StoneMask F0,
-  CheapTrick envelope, 5 ms frames), then SPTK's sp2mc (alpha 0.455 at 22050 Hz)."""
+  CheapTrick envelope, 5 ms frames), then SPTK's sp2mc with the all-pass constant that best warps
+  this sample rate onto the mel scale (pysptk's mcepalpha: 0.455 at 22050 Hz, 0.41 at 16 kHz)."""
   import pysptk  # pylint: disable=import-outside-toplevel  (the eval extra)
   import pyworld  # pylint: disable=import-outside-toplevel
 
@@ -58,7 +57,8 @@ def world_mel_cepstrum(wave: np.ndarray, sample_rate: int, order: int = MCD_COEF
   f0, times = pyworld.dio(x, sample_rate, frame_period=5.0)
   f0 = pyworld.stonemask(x, f0, times, sample_rate)
   envelope = pyworld.cheaptrick(x, f0, times, sample_rate)
-  return pysptk.sp2mc(envelope, order=order, alpha=WORLD_ALPHA)[:, 1:]
+  alpha = pysptk.util.mcepalpha(sample_rate)
+  return pysptk.sp2mc(envelope, order=order, alpha=alpha)[:, 1:]
 
 
 def world_mcd_dtw(wave: np.ndarray, reference: np.ndarray, sample_rate: int) -> float:
@@ -72,6 +72,68 @@ def world_mcd_dtw(wave: np.ndarray, reference: np.ndarray, sample_rate: int) -> 
 
 def world_available() -> bool:
   return all(importlib.util.find_spec(name) for name in ('pysptk', 'pyworld'))
+
+
+def f0_contour(wave: np.ndarray, sample_rate: int, frame_ms: float = 5.0) -> np.ndarray:
+  """F0 in Hz every `frame_ms` (0 where unvoiced): WORLD's DIO, refined by StoneMask (eval extra)."""
+  import pyworld  # pylint: disable=import-outside-toplevel
+
+  x = np.asarray(wave, np.float64)
+  f0, times = pyworld.dio(x, sample_rate, frame_period=frame_ms)
+  return pyworld.stonemask(x, f0, times, sample_rate)
+
+
+def f0_agreement(reference: np.ndarray, f0: np.ndarray) -> dict:
+  """How closely `f0` follows `reference` (two F0 contours of one timing, in Hz, 0 unvoiced) on the
+  frames voiced in both: the Pearson correlation of log-F0, and the RMSE of log-F0 in cents (100 per
+  semitone). A conversion keeps the source's timing, so its frames align with the source's."""
+  n = min(len(reference), len(f0))
+  reference, f0 = np.asarray(reference[:n], np.float64), np.asarray(f0[:n], np.float64)
+  voiced = (reference > 0) & (f0 > 0)
+  if voiced.sum() < 3:
+    return dict(voiced_frames=int(voiced.sum()), f0_corr=None, f0_rmse_cents=None)
+  a, b = np.log2(reference[voiced]), np.log2(f0[voiced])
+  corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+  return dict(
+    voiced_frames=int(voiced.sum()),
+    f0_corr=corr,
+    f0_rmse_cents=float(1200.0 * np.sqrt(np.mean((a - b) ** 2))),
+  )
+
+
+def words(text: str) -> list[str]:
+  """The words of a transcript or a recogniser's output: lower case, letters, digits, apostrophes."""
+  return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
+  """Levenshtein distance: the substitutions, deletions and insertions that make one the other."""
+  previous = list(range(len(hypothesis) + 1))
+  for i, r in enumerate(reference, 1):
+    current = [i]
+    for j, h in enumerate(hypothesis, 1):
+      current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+    previous = current
+  return previous[-1]
+
+
+def error_rates(reference: str, hypothesis: str) -> tuple[float, float]:
+  """(word error rate, character error rate) of a recogniser's `hypothesis` for what was said; the
+  characters are those of the words joined by single spaces. 1.0 when nothing was recognised."""
+  ref_words, hyp_words = words(reference), words(hypothesis)
+  if not ref_words:
+    raise ValueError(f'no words in the reference transcript {reference!r}')
+  ref_chars, hyp_chars = ' '.join(ref_words), ' '.join(hyp_words)
+  return (
+    edit_distance(ref_words, hyp_words) / len(ref_words),
+    edit_distance(ref_chars, hyp_chars) / len(ref_chars),
+  )
+
+
+def identification(scores: np.ndarray, truth: np.ndarray) -> float:
+  """Top-1 identification rate: the share of rows whose highest score is in the column `truth` names
+  (scores: (trials, speakers))."""
+  return float(np.mean(np.argmax(scores, axis=1) == truth))
 
 
 def equal_error_threshold(same: Sequence[float], different: Sequence[float]) -> tuple[float, float]:

@@ -20,18 +20,22 @@ def utterance_name(feature_file: str) -> str:
   return os.path.splitext(os.path.basename(feature_file))[0].split('_', 1)[1]
 
 
+def transcripts(files: Sequence[str]) -> dict[str, str]:
+  """{file: its transcript as the corpus' manifest has it}, for the files that have one."""
+  by_name: dict[str, str] = {}
+  for root in {corpus.manifest_root(os.path.dirname(os.path.abspath(f))) for f in files} - {None}:
+    for item in corpus.read_manifest(root)['items']:
+      if item.get('transcript'):
+        by_name[os.path.basename(item['file'])] = item['transcript']
+  return {f: by_name[os.path.basename(f)] for f in files if os.path.basename(f) in by_name}
+
+
 def sentences(files: Sequence[str]) -> dict[str, str]:
   """{file: what it says}: the normalised transcript where the corpus' manifest has one; otherwise
   the utterance name (the demo corpus' speakers read the same numbered sentences; on VCTK only the
   first few dozen numbers are the same text, so its transcripts decide there)."""
-  transcripts: dict[str, str] = {}
-  for root in {corpus.manifest_root(os.path.dirname(os.path.abspath(f))) for f in files} - {None}:
-    for item in corpus.read_manifest(root)['items']:
-      if item.get('transcript'):
-        transcripts[os.path.basename(item['file'])] = layouts.normalise(item['transcript'])
-  return {
-    f: transcripts.get(os.path.basename(f)) or 'utterance ' + utterance_name(f) for f in files
-  }
+  said = {f: layouts.normalise(text) for f, text in transcripts(files).items()}
+  return {f: said.get(f) or 'utterance ' + utterance_name(f) for f in files}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +63,14 @@ class PairResult:
   baseline_mcd_world_db: float | None = None
   similarity_to_target: float | None = None  # speaker similarity (eval extra)
   similarity_to_source: float | None = None
+  identified_as_target: bool | None = None  # the target is the nearest test speaker (eval extra)
+  # What the recogniser heard (eval extra, where the corpus has transcripts) and its error rates, of
+  # the conversion, the reconstruction (source -> itself) and the unconverted source, all vocoded.
+  heard: dict | None = None
+  wer: dict | None = None
+  cer: dict | None = None
+  # F0 of the conversion and of the unconverted source's resynthesis against the real source's.
+  f0: dict | None = None
 
   @property
   def converted_mel(self) -> np.ndarray:

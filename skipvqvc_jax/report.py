@@ -38,14 +38,17 @@ def write_index(eval_dir: str) -> None:
       f'<tr><td><a href="step_{step}/report.html">step {step}</a></td>'
       f'<td>{cell(m.get("recon_l1_logmel"))}</td>'
       f'<td>{cell(conversion.get("lmcd_dtw_db"))}</td>'
-      f'<td>{cell(similarity.get("accepted_as_target"))}</td></tr>'
+      f'<td>{cell(similarity.get("accepted_as_target"))}</td>'
+      f'<td>{cell(similarity.get("identified_as_target"))}</td>'
+      f'<td>{cell((m.get("intelligibility", {}).get("wer") or {}).get("converted"))}</td></tr>'
     )
   save_text(
     storage.join(eval_dir, 'index.html'),
     f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>skipvqvc_jax evaluations</title></head><body>
 <h1>Evaluations</h1><table><tr><th>checkpoint</th><th>reconstruction L1 (log-mel)</th>
-<th>log-mel cepstral distortion (dB)</th><th>accepted as target</th></tr>{''.join(rows)}</table>
+<th>log-mel cepstral distortion (dB)</th><th>accepted as target</th><th>identified as target</th>
+<th>word error rate of conversions</th></tr>{''.join(rows)}</table>
 </body></html>
 """,
   )
@@ -130,6 +133,19 @@ def write_report(out_dir, assets, metrics, results, converter, resynthesis: dict
       if result.lmcd_db is not None
       else 'no parallel recording'
     )
+    if result.heard:
+      scores += ''.join(
+        f'<br>{kind} heard as &ldquo;{html.escape(result.heard[kind])}&rdquo; '
+        f'(WER {result.wer[kind]:.2f})'
+        for kind in ('converted', 'reconstructed', 'unconverted')
+      )
+    if result.f0:
+      f0 = result.f0['converted']
+      if f0['f0_corr'] is not None:
+        scores += (
+          f'<br>F0 against the source: correlation {f0["f0_corr"]:.2f}, '
+          f'RMSE {f0["f0_rmse_cents"]:.0f} cents'
+        )
     sections.append(
       f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair.source))} &rarr; '
       f'{html.escape(pair.target_speaker)}</h3><p>{scores}</p>{"".join(cells)}'
@@ -171,11 +187,19 @@ def summary_lines(metrics: dict, workdir: str) -> list[str]:
       f'(the unconverted source: {conversion["baseline_lmcd_dtw_db"]:.2f} dB), '
       f'{conversion["parallel_pairs"]} pairs with the same sentence'
     )
+  heard = metrics.get('intelligibility') or {}
+  if heard.get('available'):
+    wer = heard['wer']
+    lines.append(
+      f'words (pocketsphinx): error rate {wer["converted"]:.2f} converted, '
+      f'{wer["reconstructed"]:.2f} reconstructed, {wer["unconverted"]:.2f} unconverted'
+    )
   similarity = metrics.get('speaker_similarity') or {}
   if similarity.get('available'):
     lines.append(
       f'speaker: similarity to the target {similarity["to_target"]:.3f}, to the source '
       f'{similarity["to_source"]:.3f}; accepted as the target {similarity["accepted_as_target"]:.0%}'
+      f', named among {similarity["speakers"]} speakers {similarity["identified_as_target"]:.0%}'
     )
   out_dir = storage.join(workdir, 'eval', f'step_{metrics["step"]}')
   lines.append(f'every figure: {storage.join(out_dir, "metrics.json")}')

@@ -42,6 +42,10 @@ def test_speaker_similarity_scores_every_pair_of_a_capped_set(small_features):
   stats = evaluate.speaker_similarity(embed, eval_pairs.capped(files, 2, seed=0), results)
   assert stats['utterances'] == 4 and stats['to_target'] == pytest.approx(1.0)
   assert 0 <= stats['real_eer'] <= 0.5 and stats['accepted_as_target'] == 1.0
+  # Identification among the 2 test speakers: the reference itself is nearest its own speaker.
+  assert stats['speakers'] == 2 and stats['chance'] == 0.5
+  assert stats['identified_as_target'] == 1.0 and all(r.identified_as_target for r in results)
+  assert 0 <= stats['source_identified_as_target'] <= 0.5 <= stats['real_identified'] <= 1
 
 
 def test_speaker_statistics_take_a_capped_seeded_share_of_each_speaker():
