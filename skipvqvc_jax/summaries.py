@@ -91,6 +91,22 @@ class Writer:
       wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
       self._writer.add_audio(tag, wave, step, sample_rate=sample_rate)
 
+  def hparams(self, config: dict, metrics: list[str]) -> None:
+    """The run's settings for TensorBoard's HParams tab (flattened, `model.channel`), linked to the
+    scalars `metrics` (e.g. test/loss) that the run writes, so that runs compare side by side."""
+    if self._writer:
+      from tensorboardX.summary import hparams  # pylint: disable=import-outside-toplevel
+
+      flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in _flat(config)}
+      # pylint: disable-next=protected-access
+      events = self._writer._get_file_writer()
+      for summary in hparams(flat, {name: 0.0 for name in metrics}):
+        events.add_summary(summary)
+
+  def text(self, step: int, tag: str, text: str) -> None:
+    if self._writer:
+      self._writer.add_text(tag, text, step)
+
   def flush(self) -> None:
     if self._writer:
       self._writer.flush()
@@ -98,3 +114,11 @@ class Writer:
   def close(self) -> None:
     if self._writer:
       self._writer.close()
+
+
+def _flat(tree: dict, prefix: str = ''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat(value, f'{prefix}{key}.')
+    else:
+      yield prefix + key, value

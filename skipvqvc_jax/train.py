@@ -181,6 +181,9 @@ def _train(config, workdir: str) -> dict[str, Any]:
   if data_state is not None:
     iterator.set_state(data_state)
   run = _Run(config, task, ckpt, iterator, summaries.Writer(workdir), state)
+  # The settings, for TensorBoard's HParams tab and as text: runs of a study side by side.
+  run.writer.hparams(config.to_dict(), [f'test/{key}' for key in task.log_keys])
+  run.writer.text(run.step, 'config', '```\n' + config.to_json(indent=1) + '\n```')
   sharding.sync('start')  # the processes meet before their first collective, however late
   if run.step == 0:
     run.evaluate()

@@ -27,7 +27,7 @@ from skipvqvc_jax.configs import (
   vqvc_plus_speaker_quantize,
 )
 from skipvqvc_jax.tasks import voice_conversion
-from tests.conftest import REPO, main_flags, tiny_config
+from tests.conftest import REPO, main_flags, read_events, tiny_config
 
 CONFIG_FILES = [
   vqvc_plus,
@@ -130,6 +130,17 @@ def test_checkpoint_dir_and_tensorboard_are_written(straight):
   config = json.load(open(workdir / 'config.json'))
   assert config['model']['channel'] == 16
   assert os.listdir(workdir / 'tensorboard')
+  # The settings for TensorBoard's HParams tab and as text, so that runs compare side by side.
+  events = read_events(workdir)
+  (start,) = events['_hparams_/session_start_info']
+  plugin = start[1].metadata.plugin_data
+  assert plugin.plugin_name == 'hparams' and b'model.channel' in plugin.content
+  assert (
+    '_hparams_/experiment' in events
+    and b'test/loss' in events['_hparams_/experiment'][0][1].metadata.plugin_data.content
+  )
+  (text,) = events['config/text_summary']
+  assert b'"channel": 16' in text[1].tensor.string_val[0]
 
 
 def test_profile_steps_writes_a_trace_for_tensorboard(small_features, tmp_path):
