@@ -143,6 +143,24 @@ def test_checkpoint_dir_and_tensorboard_are_written(straight):
   assert b'"channel": 16' in text[1].tensor.string_val[0]
 
 
+def test_fine_tuning_the_decoder_leaves_everything_else_exactly(straight, small_features, tmp_path):
+  workdir, _ = straight
+  tuned = tmp_path / 'tuned'
+  config = tiny_config(small_features, num_train_steps=3, init_from=str(workdir), trainable='dec')
+  train.train_and_evaluate(config, str(tuned))
+  before, after = _params(workdir), _params(tuned)
+  for group in ('enc', 'quantize'):  # frozen: bit for bit
+    for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group])):
+      np.testing.assert_array_equal(a, b)
+  assert _max_diff(jax.tree.leaves(before['dec']), jax.tree.leaves(after['dec'])) > 0
+  with pytest.raises(
+    errors.ConfigError, match=r'--config.trainable=decoder: .* its groups are dec'
+  ):
+    train.train_and_evaluate(
+      tiny_config(small_features, trainable='decoder'), str(tmp_path / 'misspelt')
+    )
+
+
 def test_profile_steps_writes_a_trace_for_tensorboard(small_features, tmp_path):
   workdir = tmp_path / 'profiled'
   summary = train.train_and_evaluate(

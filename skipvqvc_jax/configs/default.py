@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.gru_init = 'normal'  # GRU initial state: the original's N(0, 1) noise, or 'zeros'
 
   config.trainer = 'normal'  # a name from skipvqvc_jax.trainers.NAMES
+  # '' trains every parameter; a comma-separated list of top-level groups (dec, enc, quantize) trains
+  # only those: 'dec' fine-tunes the decoder to one voice with the encoder and codebooks frozen
+  config.trainable = ''
   config.data.crop_frames = 128  # frames per training example
 
   config.grad_clip_norm = 3.0  # global-norm clipping of the gradient

@@ -24,6 +24,18 @@ PRESETS = {
     'checkpoint_every_steps': 500,
     'eval_batches': 2,
   },
+  # Fine-tunes the decoder of a trained n64_ch64 run to one target voice (the original's LJSpeech
+  # notebook): set --config.init_from=RUN, --config.data.train_dir=FEATURES_OF_THAT_VOICE and
+  # --config.data.test_dir=RUN's test features; the encoder and codebooks stay as trained.
+  'finetune_decoder': {
+    'model.channel': 64,
+    'model.n_embed': 64,
+    'trainable': 'dec',
+    'learning_rate': 1e-4,
+    'num_train_steps': 2000,
+    'eval_every_steps': 500,
+    'checkpoint_every_steps': 500,
+  },
   # big_vision's `runlocal`: a narrow model on 32-frame crops that trains 8 steps in seconds (the
   # tests' config; point data.train_dir at any features folder).
   'tiny': {

@@ -84,10 +84,35 @@ def check_config(config) -> None:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  return optax.chain(
+  """The original's Adam with gradient clipping; with `trainable` set (e.g. 'dec': fine-tuning the
+  decoder to one voice), only those top-level parameter groups are updated (clipped among
+  themselves) and the rest get no update and no optimizer state."""
+  adam = optax.chain(
     optax.clip_by_global_norm(config.grad_clip_norm),
     optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
   )
+  trainable = trainable_groups(config)
+  if not trainable:
+    return adam
+  labels = lambda params: {
+    group: jax.tree.map(lambda _, g=group: 'train' if g in trainable else 'frozen', tree)
+    for group, tree in params.items()
+  }
+  return optax.multi_transform({'train': adam, 'frozen': optax.set_to_zero()}, labels)
+
+
+def trainable_groups(config) -> tuple[str, ...]:
+  return tuple(name for name in config.get('trainable', '').split(',') if name)
+
+
+def check_trainable(config, model) -> None:
+  groups = sorted(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  unknown = [name for name in trainable_groups(config) if name not in groups]
+  if unknown:
+    raise ConfigError(
+      f'--config.trainable={config.trainable}: {model.name} has no parameter group '
+      f'{", ".join(unknown)}; its groups are {", ".join(groups)}'
+    )
 
 
 def codebook_stats(codes: list, sizes: list[int]) -> dict:
@@ -117,7 +142,11 @@ class Steps:
   def __init__(self, config, model, trainer: trainers.Normalised, mesh):
     self.graphdef, _, self.rest = nnx.split(model, nnx.Param, ...)
     self.trainer = trainer
+    check_trainable(config, model)
     self.tx = make_optimizer(config)
+    trainable = trainable_groups(config)
+    groups = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    self.frozen = {g for g in groups if trainable and g not in trainable}
     self.latent_weight = config.latent_loss_weight
     self.dtype = jnp.dtype(config.compute_dtype)
     self.codebook_sizes = [q.num_codes for q in model.quantize]
@@ -150,6 +179,8 @@ class Steps:
     params = renormed_params(state['params'], aux)
     updates, opt_state = self.tx.update(grads, state['opt_state'], params)
     params = optax.apply_updates(params, updates)
+    # Frozen groups stay exactly as they were (a codebook's forward-pass renormalisation included).
+    params = {k: state['params'][k] if k in self.frozen else v for k, v in params.items()}
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = keep_if_finite(finite, dict(params=params, opt_state=opt_state), state)
