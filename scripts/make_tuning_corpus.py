@@ -5,13 +5,15 @@
     python preprocess.py corpora/tuning features/tuning --test_speakers=...   # the line it prints
 
 27 voices: 4 flite and 3 festival voices, two WORLD transformations of each (F0 and formants moved),
-and 6 eSpeak NG voices. Every voice reads the same sentences (a parallel corpus: each conversion can be scored against the target
-voice's own reading), made from word lists by a seeded generator, so anyone gets the same corpus. The
-layout is LibriTTS's (`<speaker>/<chapter>/<utterance>.ogg` beside `<utterance>.normalized.txt`), which
-preprocessing reads with its transcripts. Seven voices are held out for testing (a flite and a festival
-voice with their transformations, and an eSpeak NG voice, chosen by the seed): evaluation then converts between voices training never heard. `corpus.json`
-records the voices, the sentences' seed and the test speakers. About 35 MB of Ogg Vorbis at 22050 Hz.
-Needs pyworld (`pip install -e ".[listen]"`) for the voices made by transforming others.
+and 6 eSpeak NG voices. Every voice reads the same sentences (a parallel corpus: each conversion can
+be scored against the target voice's own reading), made from word lists by a seeded generator, so
+anyone gets the same corpus. The layout is LibriTTS's (`<speaker>/<chapter>/<utterance>.ogg` beside
+`<utterance>.normalized.txt`), which preprocessing reads with its transcripts. Seven voices are held
+out for testing (a flite and a festival voice with their transformations, and an eSpeak NG voice,
+chosen by the seed): evaluation then converts between voices training never heard. `corpus.json`
+records the voices, the sentences' seed and the test speakers. About 75 MB of Ogg Vorbis at 22050 Hz,
+made in about 15 minutes on 2 cores. The transformed voices need pyworld (`pip install -e
+".[listen]"`).
 
 Licences: espeak-ng is GPL-3.0 and flite and festival are BSD-style (CMU and Edinburgh), their voices
 under the same terms; the licence of a program does not extend to speech it produces, and the sentences
