@@ -1,7 +1,9 @@
+import contextlib
 import glob
 import os
 import pathlib
 import struct
+import subprocess
 import tempfile
 
 import numpy as np
@@ -186,3 +188,21 @@ def read_events(workdir):
         for value in event.summary.value:
           values.setdefault(value.tag, []).append((event.step, value))
   return values
+
+
+@contextlib.contextmanager
+def small_file_system(folder: pathlib.Path, size: str):
+  """A file system of its own of `size` (a tmpfs; needs root) mounted at `folder`, to fill; skips
+  the test where none can be mounted."""
+  folder.mkdir()
+  result = subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(folder)],
+    capture_output=True,
+    text=True,
+  )
+  if result.returncode:
+    pytest.skip(f'cannot mount a small tmpfs here: {result.stderr.strip()}')
+  try:
+    yield folder
+  finally:
+    subprocess.run(['umount', str(folder)], check=False)

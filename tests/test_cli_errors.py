@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, small_file_system
 
 BIN = os.path.dirname(sys.executable)
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -209,16 +209,9 @@ def test_a_read_only_folder_is_one_line_naming_it(workdir, small_corpus, read_on
 
 @pytest.fixture
 def full_disk(tmp_path):
-  """A 2 MiB file system of its own (tmpfs; needs root), to fill."""
-  mount = tmp_path / 'disk'
-  mount.mkdir()
-  result = subprocess.run(
-    ['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(mount)], capture_output=True, text=True
-  )
-  if result.returncode:
-    pytest.skip(f'cannot mount a small tmpfs here: {result.stderr.strip()}')
-  yield mount
-  subprocess.run(['umount', str(mount)], check=False)
+  """A 2 MiB file system of its own, to fill."""
+  with small_file_system(tmp_path / 'disk', '2m') as mount:
+    yield mount
 
 
 def test_a_full_disk_while_converting_or_evaluating_is_one_line(workdir, full_disk):

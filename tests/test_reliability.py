@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from skipvqvc_jax import checkpoints, conversion_jobs, convert, errors, fileio, train
-from tests.conftest import REPO, main_flags, tiny_config
+from tests.conftest import REPO, main_flags, small_file_system, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
 
@@ -497,16 +497,9 @@ def test_broken_links_truncated_features_and_names_that_are_not_utf8(small_corpu
 
 @pytest.fixture
 def small_disk(tmp_path):
-  """A 1 MiB file system of its own (tmpfs; needs root), to fill."""
-  mount = tmp_path / 'disk'
-  mount.mkdir()
-  result = subprocess.run(
-    ['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(mount)], capture_output=True, text=True
-  )
-  if result.returncode:
-    pytest.skip(f'cannot mount a small tmpfs here: {result.stderr.strip()}')
-  yield mount
-  subprocess.run(['umount', str(mount)], check=False)
+  """A 1 MiB file system of its own, to fill."""
+  with small_file_system(tmp_path / 'disk', '1m') as mount:
+    yield mount
 
 
 def test_a_full_disk_in_preprocessing_is_one_line_and_keeps_what_was_made(small_corpus, small_disk):
