@@ -71,7 +71,15 @@ def world_mcd_dtw(wave: np.ndarray, reference: np.ndarray, sample_rate: int) -> 
 
 
 def world_available() -> bool:
-  return all(importlib.util.find_spec(name) for name in ('pysptk', 'pyworld'))
+  """pyworld and pysptk installed and importable (both import pkg_resources, from setuptools < 81)."""
+  if not all(importlib.util.find_spec(name) for name in ('pysptk', 'pyworld')):
+    return False
+  try:
+    import pysptk  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import pyworld  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return False
+  return True
 
 
 def f0_contour(wave: np.ndarray, sample_rate: int, frame_ms: float = 5.0) -> np.ndarray:
