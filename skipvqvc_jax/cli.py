@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from skipvqvc_jax import errors
-from skipvqvc_jax.usage import one_line_errors, parse_flags, start
+from skipvqvc_jax.usage import fail, one_line_errors, parse_flags, start
 
 config_flags.DEFINE_config_file(
   'config',
@@ -383,11 +383,7 @@ def run_eval():
 def _run_mode(mode: str, usage: str) -> None:
   """A program of one mode: its own usage text and flags in --help, and no --mode flag."""
   if any(a == '--mode' or a.startswith('--mode=') for a in sys.argv[1:]):
-    print(
-      f'error: {PROGRAMS[mode]} always runs --mode={mode}; for another mode run skipvqvc --mode=...',
-      file=sys.stderr,
-    )
-    sys.exit(1)
+    fail(f'{PROGRAMS[mode]} always runs --mode={mode}; for another mode run skipvqvc --mode=...')
   start(__name__, usage, [n for n, modes in FLAG_MODES.items() if mode in modes] + COMMON_FLAGS)
   sys.argv.insert(1, f'--mode={mode}')
   app.run(main, argv=sys.argv, flags_parser=parse_flags)

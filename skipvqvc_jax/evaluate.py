@@ -211,7 +211,7 @@ def world_mcd(converter, results: list[PairResult]) -> dict:
     truth, source = real.get(result.pair.parallel), real.get(result.pair.source)
     if truth is None or source is None:
       continue
-    result.mcd_world_db = world_mcd_dtw(converter.vocoder(result.converted_mel), truth, sr)
+    result.mcd_world_db = world_mcd_dtw(result.converted_audio(converter.vocoder), truth, sr)
     result.baseline_mcd_world_db = world_mcd_dtw(source, truth, sr)
     scored.append(result)
   return dict(

@@ -45,7 +45,7 @@ def listen(converter, results: list[PairResult], said: dict[str, str]) -> dict:
     progress.update()
     source = input_pipeline.load_features(result.pair.source)
     waves = dict(
-      converted=converter.vocoder(result.converted_mel),
+      converted=result.converted_audio(converter.vocoder),
       reconstructed=converter.vocoder(converter.reconstruct_mel(source)[0]),
       unconverted=converter.vocoder(source),
     )

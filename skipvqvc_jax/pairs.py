@@ -71,6 +71,14 @@ class PairResult:
   cer: dict | None = None
   # F0 of the conversion and of the unconverted source's resynthesis against the real source's.
   f0: dict | None = None
+  converted_wave: np.ndarray | None = None  # the conversion through the evaluation's vocoder
+
+  def converted_audio(self, vocoder) -> np.ndarray:
+    """The conversion through `vocoder` (the evaluation's one), made once however many figures and
+    pages hear it."""
+    if self.converted_wave is None:
+      self.converted_wave = vocoder(self.converted_mel)
+    return self.converted_wave
 
   @property
   def converted_mel(self) -> np.ndarray:
@@ -81,7 +89,7 @@ class PairResult:
     scores = {
       f.name: getattr(self, f.name)
       for f in dataclasses.fields(self)
-      if f.name not in ('pair', 'converted_scales', 'reconstruction_scales')
+      if f.name not in ('pair', 'converted_scales', 'reconstruction_scales', 'converted_wave')
     }
     return dict(dataclasses.asdict(self.pair), **{k: v for k, v in scores.items() if v is not None})
 

@@ -107,9 +107,12 @@ def write_report(out_dir, assets, metrics, results, converter, resynthesis: dict
     for name, mel in mels.items():
       stem = f'pair{i:02d}_{name}'
       _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, name))
-      audio.write_wav(
-        storage.join(assets, stem + '.wav'), converter.vocoder(mel), converter.vocoder.sample_rate
+      wave = (
+        result.converted_audio(converter.vocoder)
+        if name == 'conversion'
+        else converter.vocoder(mel)
       )
+      audio.write_wav(storage.join(assets, stem + '.wav'), wave, converter.vocoder.sample_rate)
       cells.append(
         f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
         f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>'

@@ -65,20 +65,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     raise
   except flags.UnrecognizedFlagError as e:
     if not e.flagname.startswith('config.'):
-      print(f'error: {str(e).splitlines()[0]}', file=sys.stderr)
-      sys.exit(1)
-    print(
-      f'error: --{e.flagname}: a --config override needs --config=FILE:PRESET, which only training '
-      f"takes (evaluation and conversion read the run's own config.json)",
-      file=sys.stderr,
+      fail(str(e).splitlines()[0])
+    fail(
+      f'--{e.flagname}: a --config override needs --config=FILE:PRESET, which only training '
+      f"takes (evaluation and conversion read the run's own config.json)"
     )
-    sys.exit(1)
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     # config_flags wraps the config file's own error in its traceback: its last line is the message.
-    message = lines[-1].split('Error: ', 1)[-1] if lines else type(e).__name__
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(1)
+    fail(lines[-1].split('Error: ', 1)[-1] if lines else type(e).__name__)
   except (AttributeError, KeyError) as e:  # config_flags: --config.FIELD names no field
     text = str(e).replace('\\n', '\n').replace("\\'", "'")
     field = re.search(r"'([\w.]+)'", text)
@@ -94,12 +89,16 @@ def parse_flags(argv: list[str]) -> list[str]:
       name,
     )
     parent = path[: -len(name)]  # 'model.' for --config.model.chanel
-    print(
-      f'error: --config.{path}: the config has no field {path}'
-      + (f'; did you mean {parent}{hint.group(1)}?' if hint else ''),
-      file=sys.stderr,
+    fail(
+      f'--config.{path}: the config has no field {path}'
+      + (f'; did you mean {parent}{hint.group(1)}?' if hint else '')
     )
-    sys.exit(1)
+
+
+def fail(message: str) -> None:
+  """A user's mistake before a program's main runs: one `error:` line, exit 1."""
+  print(f'error: {errors.printable(message)}', file=sys.stderr)
+  sys.exit(1)
 
 
 def one_line_errors(main):
@@ -153,5 +152,4 @@ def _check_config_file(argv: list[str]) -> None:
           f'--config={value}: loading {path} failed: {type(e).__name__}: {e}'
         ) from None
     except errors.UserError as e:
-      print(f'error: {errors.printable(str(e))}', file=sys.stderr)
-      sys.exit(1)
+      fail(str(e))

@@ -105,14 +105,17 @@ def trainable_groups(config) -> tuple[str, ...]:
   return tuple(name for name in config.get('trainable', '').split(',') if name)
 
 
-def check_trainable(config, model) -> None:
-  groups = sorted(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  unknown = [name for name in trainable_groups(config) if name not in groups]
+def frozen_groups(config, model_name: str, groups: list[str]) -> set[str]:
+  """The parameter groups `config.trainable` leaves as they are (none when it is empty); a group the
+  model does not have is refused in one line."""
+  trainable = trainable_groups(config)
+  unknown = [name for name in trainable if name not in groups]
   if unknown:
     raise ConfigError(
-      f'--config.trainable={config.trainable}: {model.name} has no parameter group '
-      f'{", ".join(unknown)}; its groups are {", ".join(groups)}'
+      f'--config.trainable={config.trainable}: {model_name} has no parameter group '
+      f'{", ".join(unknown)}; its groups are {", ".join(sorted(groups))}'
     )
+  return {g for g in groups if trainable and g not in trainable}
 
 
 def codebook_stats(codes: list, sizes: list[int]) -> dict:
@@ -140,13 +143,10 @@ class Steps:
   """The jitted train, eval and sample steps of one model, trainer and optimizer."""
 
   def __init__(self, config, model, trainer: trainers.Normalised, mesh):
-    self.graphdef, _, self.rest = nnx.split(model, nnx.Param, ...)
+    self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
     self.trainer = trainer
-    check_trainable(config, model)
+    self.frozen = frozen_groups(config, model.name, list(nnx.to_pure_dict(params)))
     self.tx = make_optimizer(config)
-    trainable = trainable_groups(config)
-    groups = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    self.frozen = {g for g in groups if trainable and g not in trainable}
     self.latent_weight = config.latent_loss_weight
     self.dtype = jnp.dtype(config.compute_dtype)
     self.codebook_sizes = [q.num_codes for q in model.quantize]
