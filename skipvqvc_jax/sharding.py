@@ -86,6 +86,13 @@ def sync(name: str) -> None:
     client.wait_at_barrier(f'{name}-{next(_barriers)}', timeout_in_ms=BARRIER_SECONDS * 1000)
 
 
+def same_everywhere(value: int) -> int:
+  """Process 0's `value` in every process (a collective: every process calls it at the same step)."""
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
 def mean_over_batches(step, batches: list[dict], mesh: Mesh) -> dict:
   """The mean of `step(index, global_batch)`'s metrics over fixed local batches, as floats."""
   totals: dict[str, float] = {}

@@ -7,6 +7,7 @@ task-specific (voice conversion or a vocoder) is behind `tasks.Task`.
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from typing import Any
@@ -199,12 +200,70 @@ def _train(config, workdir: str) -> dict[str, Any]:
       last = run.step == config.num_train_steps
       if run.step % config.log_every_steps == 0 or last:
         run.log()
-      if run.step % config.eval_every_steps == 0 or last:
+      if run.step % run.cadence.eval_every == 0 or last:
         run.evaluate()
-      if run.step % config.checkpoint_every_steps == 0 or last:
+      if run.step % run.cadence.checkpoint_every == 0 or last:
         run.check_finite()
         run.save()
+      run.cadence.settle(run)
   return run.close(workdir)
+
+
+class _Cadence:
+  """How often the loop evaluates and checkpoints: `eval_every_steps` and `checkpoint_every_steps`,
+  both lengthened once by the same whole factor when `pause_fraction` > 0, so that the pauses take
+  at most that share of the wall time. The factor comes from the first evaluation and checkpoint
+  after compilation and the step time before them, is decided by process 0 and broadcast (every
+  process must pause at the same steps: a checkpoint is collective), and holds for the rest of the
+  run (a resume decides again: cadence is not part of the training state)."""
+
+  def __init__(self, config):
+    self.eval_every = config.eval_every_steps
+    self.checkpoint_every = config.checkpoint_every_steps
+    self.fraction = config.get('pause_fraction', 0.0)
+    self.seconds = {}  # pause kind -> seconds of its latest pause after compilation
+    self.factor = 1 if self.fraction else None  # None: periods as set, nothing to decide
+    self.decided = not self.fraction
+    self.step_seconds = None  # a training step's seconds when the factor was decided
+
+  def timed(self, kind: str, seconds: float, compiled: bool) -> None:
+    if compiled and not self.decided:
+      self.seconds[kind] = seconds
+
+  def settle(self, run: _Run) -> None:
+    """Once both pause kinds were timed: the factor, from process 0's measurements."""
+    if self.decided or len(self.seconds) < 2:
+      return
+    self.step_seconds = step_seconds = run.seconds_per_step()
+    # Pause seconds per step at the configured periods, over the seconds the steps themselves take.
+    pause = (
+      self.seconds['evaluate'] / self.eval_every + self.seconds['save'] / self.checkpoint_every
+    )
+    factor = max(1, math.ceil(pause * (1 - self.fraction) / (self.fraction * step_seconds)))
+    self.factor = sharding.same_everywhere(factor)
+    self.decided = True
+    self.eval_every *= self.factor
+    self.checkpoint_every *= self.factor
+    logging.info(
+      'pauses: evaluation %.2f s, checkpoint %.2f s, %.1f ms a step: evaluating every %d and '
+      'checkpointing every %d steps keeps them under %d%% of the time (--config.pause_fraction=0 '
+      'keeps the periods as set)',
+      self.seconds['evaluate'],
+      self.seconds['save'],
+      1000 * step_seconds,
+      self.eval_every,
+      self.checkpoint_every,
+      round(100 * self.fraction),
+    )
+
+  def summary(self) -> dict:
+    return dict(
+      eval_every_steps=self.eval_every,
+      checkpoint_every_steps=self.checkpoint_every,
+      factor=self.factor,
+      pause_seconds=self.seconds,
+      step_seconds=self.step_seconds,
+    )
 
 
 class _Profile:
@@ -262,6 +321,9 @@ class _Run:
     self.timer, self.timed_steps = time.perf_counter(), 0
     self.rate = None  # steps/s, smoothed over log intervals, without compilation and pauses
     self.compiled = False
+    self.cadence = _Cadence(config)
+    # Since the first step compiled: (wall clock, step) at its end, and every pause's seconds.
+    self.since_compiled, self.paused_since_compiled = None, 0.0
 
   def train_step(self, batch) -> None:
     self.state, metrics = self.task.train_step(self.state, batch)
@@ -273,7 +335,29 @@ class _Run:
     if not self.compiled:  # the first step compiles: time the ones after it
       jax.block_until_ready(metrics)
       self.timer, self.timed_steps, self.paused = time.perf_counter(), 0, 0.0
+      self.since_compiled = (self.timer, self.step)
       self.compiled = True
+
+  def seconds_per_step(self) -> float:
+    """Wall seconds a training step takes since compilation, pauses excluded (logging included)."""
+    jax.block_until_ready(self.state)
+    start, first = self.since_compiled
+    elapsed = time.perf_counter() - start - self.paused_since_compiled
+    return max(elapsed, 1e-9) / max(self.step - first, 1)
+
+  def overall_rate(self) -> float | None:
+    """Steps/s since compilation, pauses included: what a budget of wall time buys."""
+    if self.since_compiled is None or self.step == self.since_compiled[1]:
+      return None
+    start, first = self.since_compiled
+    return (self.step - first) / (time.perf_counter() - start)
+
+  def _paused(self, kind: str, start: float) -> None:
+    seconds = time.perf_counter() - start
+    self.paused += seconds
+    if self.compiled:
+      self.paused_since_compiled += seconds
+    self.cadence.timed(kind, seconds, self.compiled)
 
   def check_finite(self) -> None:
     _check_finite(*self.previous, self.ckpt)
@@ -288,7 +372,9 @@ class _Run:
     host = {k: float(v) for k, v in host.items() if k != 'finite'}
     self.writer.scalars(self.step, dict(host, steps_per_sec=self.rate or 0.0), 'train/')
     total = self.config.num_train_steps
-    eta = (total - self.step) / self.rate if self.rate else 0
+    # Pauses included once one has been timed: the ETA of the wall clock, not of the steps alone.
+    overall = self.overall_rate() if self.cadence.seconds else None
+    eta = (total - self.step) / (overall or self.rate) if self.rate else 0
     speed = (
       f'{self.rate:.2f} steps/s | ETA {progress.duration(eta)}'
       if self.rate
@@ -309,7 +395,7 @@ class _Run:
     self.writer.flush()
     self.summary['evals'][self.step] = metrics
     logging.info('step %d: test %s', self.step, _metrics_line(metrics, self.task.log_keys))
-    self.paused += time.perf_counter() - start
+    self._paused('evaluate', start)
 
   def save(self, force: bool = False) -> None:
     start = time.perf_counter()
@@ -317,7 +403,7 @@ class _Run:
       _check_free_space(self.ckpt, self.state_bytes)
       self.ckpt.save(self.step, self.state, self.iterator.get_state(), force=force)
       self.saved = self.step
-    self.paused += time.perf_counter() - start
+    self._paused('save', start)
 
   def stop(self, requested: str | None) -> None:
     """SIGTERM or preemption (`requested` None: orbax's preemption notice), or Ctrl-C: save, stop."""
@@ -340,6 +426,8 @@ class _Run:
       compiles=self.task.traces,
       checkpoint_dir=self.ckpt.directory,
       steps_per_sec=self.rate,
+      steps_per_sec_overall=self.overall_rate(),
+      cadence=self.cadence.summary(),
     )
     if jax.process_index() == 0:
       save_json(

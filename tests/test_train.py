@@ -171,6 +171,40 @@ def test_profile_steps_writes_a_trace_for_tensorboard(small_features, tmp_path):
   assert len(traces) == 1 and traces[0].stat().st_size > 1000
 
 
+def test_pauses_are_spaced_to_take_a_share_of_the_time(small_features, tmp_path):
+  """pause_fraction > 0: once an evaluation and a checkpoint were timed, both periods grow by the
+  smallest whole factor that keeps the pauses under that share of the time; 0 keeps them as set."""
+  flags = dict(eval_every_steps=2, checkpoint_every_steps=2, keep_checkpoints=100)
+  spaced = train.train_and_evaluate(
+    tiny_config(small_features, num_train_steps=40, pause_fraction=0.1, **flags),
+    str(tmp_path / 'spaced'),
+  )
+  cadence = spaced['cadence']
+  factor, step_seconds = cadence['factor'], cadence['step_seconds']
+  # A tiny model's step takes milliseconds, an evaluation with Griffin-Lim audio far longer.
+  assert (
+    factor > 1 and cadence['eval_every_steps'] == cadence['checkpoint_every_steps'] == 2 * factor
+  )
+  pause_per_step = sum(cadence['pause_seconds'].values()) / 2  # at the periods as set
+
+  def share(periods_factor):
+    pause = pause_per_step / periods_factor
+    return pause / (pause + step_seconds)
+
+  assert share(factor) <= 0.1 + 1e-9 < share(factor - 1)
+  # Step 0 (before compilation), step 2 (timed, deciding), then every 2 x factor, and the last.
+  expected = {0, 2, 40} | set(range(2 * factor, 41, 2 * factor))
+  assert set(spaced['evals']) == expected
+  saved = sorted(int(d) for d in os.listdir(spaced['checkpoint_dir']) if d.isdigit())
+  assert saved == sorted(expected - {0})
+
+  as_set = train.train_and_evaluate(
+    tiny_config(small_features, num_train_steps=8, pause_fraction=0.0, **flags),
+    str(tmp_path / 'as_set'),
+  )
+  assert set(as_set['evals']) == {0, 2, 4, 6, 8} and as_set['cadence']['factor'] is None
+
+
 def test_resume_false_moves_old_checkpoints_aside(small_features, tmp_path):
   first = train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(tmp_path))
   again = train.train_and_evaluate(

@@ -41,6 +41,10 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.eval_every_steps = 200  # test loss, mel images and audio
   config.eval_batches = 4  # test batches per evaluation (fixed, so evaluations compare)
   config.checkpoint_every_steps = 200
+  # > 0: evaluation and checkpoints may take at most this share of the wall time: once the first
+  # period is timed, both periods above grow to the same whole multiple of themselves that keeps
+  # them under it (a fast model on a small machine would otherwise pause every second). 0: as set.
+  config.pause_fraction = 0.1
   config.keep_checkpoints = 3  # the last N checkpoints are kept
   # > 0: a jax.profiler trace of this many steps (from the run's second: the first compiles) into
   # {workdir}/tensorboard, for TensorBoard's Profile tab (pip install tensorboard-plugin-profile)

@@ -49,6 +49,7 @@ PRESETS = {
     'log_every_steps': 1,
     'eval_every_steps': 1000,
     'checkpoint_every_steps': 4,
+    'pause_fraction': 0.0,  # the steps as set: tests count on them
     'eval_batches': 1,
   },
 }
