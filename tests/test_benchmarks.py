@@ -40,3 +40,31 @@ def test_the_accelerator_benchmark_runs_every_part(small_features, tmp_path):
     assert report['gru'] is None
   else:
     assert report['gru'][0]['ours_ms'] > 0 and report['gru'][0]['torch_ms'] > 0
+
+
+def test_the_pause_benchmark_compares_the_cadences(small_features, tmp_path):
+  out = tmp_path / 'pauses.json'
+  result = subprocess.run(
+    [
+      sys.executable,
+      'benchmarks/pauses.py',
+      f'--features={small_features / "train"}',
+      '--presets=vqvc_plus.py:tiny',
+      f'--flag=--config.data.test_dir={small_features / "test"}',
+      '--seconds=30',
+      '--flag=--config.eval_every_steps=20',
+      f'--out={out}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  as_set, sized = json.loads(out.read_text())
+  assert (as_set['eval_every_steps'], as_set['checkpoint_every_steps']) == (20, 4)
+  assert sized['eval_every_steps'] > 20 and sized['checkpoint_every_steps'] > 4
+  for row in (as_set, sized):
+    assert row['steps'] > 0 and 0 < row['overall'] <= row['between'] * 1.05, row
+  # A checkpoint every 4 tiny steps costs most of the time; sized periods give it back.
+  assert sized['training_share'] > as_set['training_share'], (as_set, sized)
