@@ -56,6 +56,8 @@ RANGES = {
   'adam_eps': Range(0, whole=False),
   'grad_clip_norm': Range(0, whole=False, above=True),
   'latent_loss_weight': Range(0, whole=False),
+  'codebook.restart_below': Range(0, 1, whole=False),
+  'codebook.usage_decay': Range(0, 1, whole=False, below=True),
   'data.prefetch': Range(0),
   'data.num_test_speakers': Range(-1),
   'data.speaker_depth': Range(0),

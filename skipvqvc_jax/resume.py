@@ -32,7 +32,7 @@ def check(config, workdir: str) -> None:
 # What a stored step means besides the model (model.json): resumed with another trainer, its steps
 # would continue, and its checkpoints convert, with a normalisation they were not trained with; with
 # other features or crops, on other data than the iterator's position counts.
-KEPT_ON_RESUME = ('trainer', 'features', 'data.crop_frames', 'trainable')
+KEPT_ON_RESUME = ('trainer', 'features', 'data.crop_frames', 'trainable', 'codebook')
 
 
 def _check_same_meaning(config, workdir: str) -> None:

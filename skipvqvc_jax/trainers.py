@@ -185,7 +185,11 @@ class Normalised:
       aux['renormed_codebooks'] = enc.extras['renormed_codebooks']
     latent_loss = jnp.asarray(latent_loss, jnp.float32)
     return recon_loss + latent_weight * latent_loss, dict(
-      aux, recon_loss=recon_loss, latent_loss=latent_loss, codes=enc.codes
+      aux,
+      recon_loss=recon_loss,
+      latent_loss=latent_loss,
+      codes=enc.codes,
+      quantizer_in=enc.quantizer_in,
     )
 
 

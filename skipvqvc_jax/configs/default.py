@@ -76,6 +76,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.grad_clip_norm = 3.0  # global-norm clipping of the gradient
   config.latent_loss_weight = 0.1  # loss = L1 reconstruction + this * latent loss
+  # Codebook upkeep from VQ-VAE practice, off as in the original (tasks/codebooks.py):
+  config.codebook = ml_collections.ConfigDict()
+  # > 0: a code whose usage (moving average) falls under this x the uniform share restarts as a
+  # random encoder output of the batch
+  config.codebook.restart_below = 0.0
+  config.codebook.data_init = (
+    False  # every code starts as a random encoder output of the first batch
+  )
+  config.codebook.usage_decay = 0.99  # of the usage's moving average, per step
   config.compute_dtype = 'float32'  # or 'bfloat16' on accelerators; parameters stay float32
   config.vocoder = 'griffin_lim'  # audio in TensorBoard: griffin_lim or a vocoder directory/workdir
   return config

@@ -32,7 +32,11 @@ from skipvqvc_jax import (
 )
 from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.fileio import atomic_write
+from skipvqvc_jax.tasks import codebooks
 from skipvqvc_jax.tasks.base import keep_if_finite
+
+# Folded into a step's key for the codebook upkeep's draws (the step's own key trains the model).
+_UPKEEP_STREAM = 1
 
 
 def model_info(config) -> checkpoints.ModelInfo:
@@ -150,6 +154,8 @@ class Steps:
     self.latent_weight = config.latent_loss_weight
     self.dtype = jnp.dtype(config.compute_dtype)
     self.codebook_sizes = [q.num_codes for q in model.quantize]
+    codebooks.check(config, model)
+    self.upkeep = codebooks.Upkeep.of(config)
     self.traces = 0  # how many times the train step was traced (= compiled)
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     self.train_step = jax.jit(
@@ -179,11 +185,26 @@ class Steps:
     params = renormed_params(state['params'], aux)
     updates, opt_state = self.tx.update(grads, state['opt_state'], params)
     params = optax.apply_updates(params, updates)
+    upkeep, restarted = state.get('codebook'), {}
+    if self.upkeep:
+      params, upkeep, count = self.upkeep.update(
+        params,
+        upkeep,
+        aux['codes'],
+        aux['quantizer_in'],
+        state['step'],
+        jax.random.fold_in(rng, _UPKEEP_STREAM),
+      )
+      restarted = dict(restarted_codes=count)
     # Frozen groups stay exactly as they were (a codebook's forward-pass renormalisation included).
     params = {k: state['params'][k] if k in self.frozen else v for k, v in params.items()}
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = keep_if_finite(finite, dict(params=params, opt_state=opt_state), state)
+    if self.upkeep:
+      new_state['codebook'] = jax.tree.map(
+        lambda a, b: jnp.where(finite, a, b), upkeep, state['codebook']
+      )
     metrics = dict(
       loss=loss,
       recon_loss=aux['recon_loss'],
@@ -191,6 +212,7 @@ class Steps:
       grad_norm=grad_norm,
       finite=finite,
       **codebook_stats(aux['codes'], self.codebook_sizes),
+      **restarted,
     )
     return new_state, metrics
 
@@ -214,14 +236,18 @@ class Steps:
     return jax.tree.map(lambda x: x.astype(jnp.float32), (recon, converted))
 
 
-def make_state(params: dict, tx: optax.GradientTransformation, seed: int) -> dict:
-  """A train state at step 0: parameters, their optimizer state, the step and the base RNG key."""
-  return dict(
+def make_state(params: dict, tx: optax.GradientTransformation, seed: int, codebook=None) -> dict:
+  """A train state at step 0: parameters, their optimizer state, the step and the base RNG key (and
+  the codebook upkeep's state when there is one)."""
+  state = dict(
     params=params,
     opt_state=tx.init(params),
     step=jnp.zeros((), jnp.int32),
     rng=jax.random.key_data(jax.random.key(seed)),
   )
+  if codebook is not None:
+    state['codebook'] = codebook
+  return state
 
 
 def sample_pair(test_dir: str, frames: int) -> tuple[np.ndarray, np.ndarray, str, str]:
@@ -282,7 +308,9 @@ class VoiceConversionTask:
   def initial_state(self, params: dict | None = None) -> dict:
     """Step 0: `params` (the model's, from init_from) or the model's own initialisation."""
     params = checkpoints.params_of(self.model) if params is None else params
-    return make_state(params, self.steps.tx, self.config.seed)
+    upkeep = self.steps.upkeep
+    codebook = upkeep.initial(self.steps.codebook_sizes) if upkeep else None
+    return make_state(params, self.steps.tx, self.config.seed, codebook)
 
   def dataset(self):
     return input_pipeline.make_dataset(
