@@ -51,6 +51,8 @@ RANGES = {
   'eval_batches': Range(1),
   'seed': Range(0, 2**32 - 1),
   'learning_rate': Range(0, whole=False, above=True),
+  'warmup_steps': Range(0),
+  'lr_end_fraction': Range(0, 1, whole=False),
   'adam_b1': Range(0, 1, whole=False, below=True),
   'adam_b2': Range(0, 1, whole=False, below=True),
   'adam_eps': Range(0, whole=False),
@@ -69,7 +71,7 @@ RANGES = {
   'features.fmin': Range(0, whole=False),
   'features.log_floor': Range(0, whole=False, above=True),
 }
-CHOICES = {'compute_dtype': ('float32', 'bfloat16')}
+CHOICES = {'compute_dtype': ('float32', 'bfloat16'), 'lr_schedule': ('constant', 'warmup_cosine')}
 
 
 def check(config) -> None:

@@ -76,6 +76,9 @@ def _one_error(output: str) -> str:
     ({'latent_loss_weight': -0.1}, 'latent_loss_weight'),
     ({'features.hop_length': 0}, 'features.hop_length'),
     ({'compute_dtype': 'float8'}, 'compute_dtype'),
+    ({'lr_schedule': 'cosine'}, 'lr_schedule'),
+    ({'pause_fraction': 1.0}, 'pause_fraction'),
+    ({'codebook.restart_below': -0.5}, 'codebook.restart_below'),
   ],
 )
 def test_impossible_settings_are_refused_before_anything_changes(

@@ -33,6 +33,9 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.per_device_batch_size = 0
   config.num_train_steps = 100_000  # a step budget (the original ran 800 epochs)
   config.learning_rate = 1e-3  # Adam, as the original
+  config.lr_schedule = 'constant'  # as the original; or warmup_cosine (tasks/voice_conversion.py)
+  config.warmup_steps = 0  # warmup_cosine: linear from 0 to learning_rate over these steps
+  config.lr_end_fraction = 0.0  # warmup_cosine: the rate at num_train_steps, x learning_rate
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8

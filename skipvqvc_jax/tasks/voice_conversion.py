@@ -87,13 +87,28 @@ def check_config(config) -> None:
     )
 
 
+# Learning rate per step: the original's constant, or a linear warm-up to it and a cosine decay to
+# `lr_end_fraction` of it at num_train_steps (the decay's horizon: set the steps a budget reaches).
+LR_SCHEDULES = {
+  'constant': lambda config: config.learning_rate,
+  'warmup_cosine': lambda config: optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=config.learning_rate,
+    warmup_steps=config.warmup_steps,
+    decay_steps=max(config.num_train_steps, config.warmup_steps + 1),
+    end_value=config.learning_rate * config.lr_end_fraction,
+  ),
+}
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
-  """The original's Adam with gradient clipping; with `trainable` set (e.g. 'dec': fine-tuning the
-  decoder to one voice), only those top-level parameter groups are updated (clipped among
-  themselves) and the rest get no update and no optimizer state."""
+  """The original's Adam with gradient clipping (at the `lr_schedule`'s rate); with `trainable` set
+  (e.g. 'dec': fine-tuning the decoder to one voice), only those top-level parameter groups are
+  updated (clipped among themselves) and the rest get no update and no optimizer state."""
+  rate = LR_SCHEDULES[config.get('lr_schedule', 'constant')](config)
   adam = optax.chain(
     optax.clip_by_global_norm(config.grad_clip_norm),
-    optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+    optax.adam(rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
   )
   trainable = trainable_groups(config)
   if not trainable:
