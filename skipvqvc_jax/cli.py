@@ -48,6 +48,18 @@ flags.DEFINE_string(
   'directory.',
 )
 flags.DEFINE_integer('eval_pairs', 20, 'eval: conversions scored (seeded pairs of test speakers).')
+flags.DEFINE_string(
+  'eval_dir',
+  None,
+  "eval: test features to evaluate on instead of the run's own test speakers (results go to "
+  'eval/step_N-on-FOLDER).',
+)
+flags.DEFINE_string(
+  'eval_target',
+  None,
+  'eval: convert every pair into this test speaker (a model fine-tuned to one voice); results go '
+  'to eval/step_N-to-SPEAKER.',
+)
 flags.DEFINE_integer(
   'eval_per_speaker',
   50,
@@ -106,7 +118,8 @@ uses the original's pretrained MelGAN (fetched once) instead of Griffin-Lim.
 
 EVAL_USAGE = """Evaluate a training run on its unseen test speakers (skipvqvc-eval; main.py --mode=eval).
 
-    skipvqvc-eval --workdir=DIR [--step=N] [--vocoder=melgan]
+    skipvqvc-eval --workdir=DIR [--step=N] [--vocoder=melgan] [--eval_dir=FEATURES]
+                  [--eval_target=SPEAKER]
 
 Writes {workdir}/eval/step_N/: metrics.json, pairs.json and report.html (figures and audio players),
 and ends with the headline figures and the report's path.
@@ -122,6 +135,8 @@ FLAG_MODES = {
   'vocoder': ('eval', 'convert'),
   'eval_pairs': ('eval',),
   'eval_per_speaker': ('eval',),
+  'eval_dir': ('eval',),
+  'eval_target': ('eval',),
   **dict.fromkeys(
     ('source', 'target', 'output', 'pairs', 'source_dir', 'output_dir', 'output_mel'), ('convert',)
   ),
@@ -336,6 +351,8 @@ def main(argv):
       FLAGS.vocoder,
       num_pairs=FLAGS.eval_pairs,
       per_speaker=FLAGS.eval_per_speaker,
+      test_dir=FLAGS.eval_dir or '',
+      target=FLAGS.eval_target or '',
     )
     for line in report.summary_lines(metrics, FLAGS.workdir):
       logging.info('%s', line)

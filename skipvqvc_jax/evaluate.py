@@ -90,29 +90,37 @@ def run(
   report_pairs: int = 6,
   num_vocoder_utterances: int = 8,
   per_speaker: int = 50,
+  test_dir: str = '',
+  target: str = '',
 ) -> dict:
-  """Evaluates the checkpoint (default: latest) of `workdir`, as its own config.json describes it,
-  into {workdir}/eval/step_N/; returns the metrics it writes. The speaker statistics use at most
-  `per_speaker` test utterances of each speaker (a seeded choice): a VCTK-size test set then
-  finishes in minutes."""
+  """Evaluates the checkpoint (default: latest) of `workdir` on its test speakers (`test_dir`:
+  other features), as its own config.json describes it, into {workdir}/eval/step_N/ (`out_name`);
+  returns the metrics it writes. `target`: every conversion goes to that test speaker (a model
+  fine-tuned to one voice). The speaker statistics use at most `per_speaker` test utterances of
+  each speaker (a seeded choice): a VCTK-size test set then finishes in minutes."""
   converter = convert.Converter.restore(workdir, step, vocoder)
   cfg = converter.config
   step = checkpoints.latest_step(workdir) if step is None else step
-  if not storage.isdir(cfg.data.test_dir):
+  if test_dir and not storage.isdir(test_dir):
+    raise CorpusError(f'--eval_dir {test_dir}: no such folder of test features')
+  if not storage.isdir(test_dir or cfg.data.test_dir):
     raise CorpusError(
       f'{cfg.data.test_dir}, the test features {workdir}/config.json names, is gone: '
       f'preprocess the test speakers there again, or point data.test_dir in '
       f'config.json at their features'
     )
-  files = input_pipeline.list_features(cfg.data.test_dir)
-  out_dir = storage.join(workdir, 'eval', f'step_{step}')
+  files = input_pipeline.list_features(test_dir or cfg.data.test_dir)
+  folder = out_name(step, test_dir, target)
+  out_dir = storage.join(workdir, 'eval', folder)
+
+  pairs = choose_pairs(files, num_pairs, cfg.seed, sentences(files), target=target)
   assets = storage.join(out_dir, 'assets')
   storage.makedirs(assets)
-
-  pairs = choose_pairs(files, num_pairs, cfg.seed, sentences(files))
   shown = {p.source for p in pairs[:report_pairs]}  # the report shows their reconstructions
   recon_metrics, reconstructions = reconstruction_metrics(converter, files, keep=shown)
-  metrics: dict = dict(step=step, test_utterances=len(files), **recon_metrics)
+  metrics: dict = dict(step=step, folder=folder, test_utterances=len(files), **recon_metrics)
+  if test_dir or target:
+    metrics.update(test_dir=test_dir or cfg.data.test_dir, target=target or None)
   results = convert_pairs(converter, pairs, reconstructions)
   parallel = [r for r in results if r.lmcd_db is not None]
   metrics['conversion'] = dict(
@@ -149,6 +157,17 @@ def run(
   writer.close()
   logging.info('wrote %s', storage.join(out_dir, 'report.html'))
   return metrics
+
+
+def out_name(step: int, test_dir: str = '', target: str = '') -> str:
+  """eval/ folder of an evaluation: step_N, with -on-FOLDER for other test features and -to-SPEAKER
+  for one target, so that they sit beside the run's own evaluations without replacing them."""
+  name = f'step_{step}'
+  if test_dir:
+    name += '-on-' + os.path.basename(os.path.normpath(test_dir))
+  if target:
+    name += f'-to-{target}'
+  return name
 
 
 def reconstruction_metrics(converter, files: Sequence[str], keep=frozenset()) -> tuple[dict, dict]:

@@ -95,11 +95,16 @@ class PairResult:
 
 
 def choose_pairs(
-  files: Sequence[str], num_pairs: int, seed: int, said: dict[str, str] | None = None
+  files: Sequence[str],
+  num_pairs: int,
+  seed: int,
+  said: dict[str, str] | None = None,
+  target: str = '',
 ) -> list[Pair]:
-  """A seeded list of conversions: source utterance, target speaker, a reference of another sentence,
-  and the target's recording of the source sentence where it exists (`said`: each file's sentence,
-  by default its utterance name)."""
+  """A seeded list of conversions: source utterance, target speaker (`target` when given, with
+  sources from the other speakers), a reference of another sentence, and the target's recording of
+  the source sentence where it exists (`said`: each file's sentence, by default its utterance
+  name)."""
   said = said or {f: utterance_name(f) for f in files}
   by_speaker: dict[str, dict[str, str]] = {}
   for f in files:
@@ -107,10 +112,15 @@ def choose_pairs(
   speakers = sorted(by_speaker)
   if len(speakers) < 2:
     raise CorpusError('evaluation needs at least two test speakers to convert between')
+  if target and target not in by_speaker:
+    raise CorpusError(f'--eval_target {target}: not a test speaker; they are {", ".join(speakers)}')
   rng = random.Random(seed)
   pairs = []
   for _ in range(num_pairs):
-    source_speaker, target_speaker = rng.sample(speakers, 2)
+    if target:
+      source_speaker, target_speaker = rng.choice([s for s in speakers if s != target]), target
+    else:
+      source_speaker, target_speaker = rng.sample(speakers, 2)
     sentence = rng.choice(sorted(by_speaker[source_speaker]))
     others = sorted(u for u in by_speaker[target_speaker] if u != sentence)
     if not others:

@@ -24,18 +24,22 @@ def flat(metrics: dict, prefix: str = '') -> dict:
 
 def write_index(eval_dir: str) -> None:
   """eval/index.html: every evaluation of the workdir side by side, with links to their reports."""
-  steps = sorted(
-    int(d.split('_', 1)[1])
-    for d in storage.listdir(eval_dir)
-    if d.startswith('step_') and storage.isfile(storage.join(eval_dir, d, 'metrics.json'))
+  # step_N, or step_N-on-FOLDER-to-SPEAKER for other test features or one target (evaluate.out_name)
+  folders = sorted(
+    (
+      d
+      for d in storage.listdir(eval_dir)
+      if d.startswith('step_') and storage.isfile(storage.join(eval_dir, d, 'metrics.json'))
+    ),
+    key=lambda d: (int(d[len('step_') :].split('-')[0]), d),
   )
   rows = []
-  for step in steps:
-    m = fileio.load_json(storage.join(eval_dir, f'step_{step}', 'metrics.json'))
+  for folder in folders:
+    m = fileio.load_json(storage.join(eval_dir, folder, 'metrics.json'))
     conversion, similarity = m.get('conversion', {}), m.get('speaker_similarity', {})
     cell = lambda v: '-' if v is None else f'{v:.3f}'
     rows.append(
-      f'<tr><td><a href="step_{step}/report.html">step {step}</a></td>'
+      f'<tr><td><a href="{folder}/report.html">{folder.replace("_", " ", 1)}</a></td>'
       f'<td>{cell(m.get("recon_l1_logmel"))}</td>'
       f'<td>{cell(conversion.get("lmcd_dtw_db"))}</td>'
       f'<td>{cell(similarity.get("accepted_as_target"))}</td>'
@@ -204,7 +208,7 @@ def summary_lines(metrics: dict, workdir: str) -> list[str]:
       f'{similarity["to_source"]:.3f}; accepted as the target {similarity["accepted_as_target"]:.0%}'
       f', named among {similarity["speakers"]} speakers {similarity["identified_as_target"]:.0%}'
     )
-  out_dir = storage.join(workdir, 'eval', f'step_{metrics["step"]}')
+  out_dir = storage.join(workdir, 'eval', metrics.get('folder', f'step_{metrics["step"]}'))
   lines.append(f'every figure: {storage.join(out_dir, "metrics.json")}')
   lines.append(f'report: {storage.join(out_dir, "report.html")}')
   return lines

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from skipvqvc_jax import audio, checkpoints, evaluate, input_pipeline, metrics
+from skipvqvc_jax import audio, checkpoints, corpus, errors, evaluate, input_pipeline, metrics
 from skipvqvc_jax import pairs as eval_pairs
 from tests.conftest import REPO
 
@@ -122,3 +122,22 @@ def test_world_mcd_is_zero_for_the_same_recording_and_grows_with_distortion():
     < metrics.world_mcd_dtw(tilted(0.9), wave, 22050)
   )
   assert metrics.world_mel_cepstrum(wave, 22050).shape[1] == 24
+
+
+def test_eval_into_one_target_on_other_features_sits_beside_the_runs_own(workdir, small_features):
+  """--eval_target / --eval_dir (a model fine-tuned to one voice): every pair goes to that speaker,
+  from the others, into a folder of its own that the index lists beside the run's evaluations."""
+  test_dir = str(small_features / 'test')
+  metrics = evaluate.run(
+    str(workdir), num_pairs=3, report_pairs=0, test_dir=test_dir, target='esf2'
+  )
+  folder = workdir / 'eval' / 'step_4-on-test-to-esf2'
+  assert metrics['target'] == 'esf2' and metrics['folder'] == folder.name
+  pairs = json.load(open(folder / 'pairs.json'))
+  assert len(pairs) == 3
+  for pair in pairs:
+    assert pair['target_speaker'] == 'esf2' and corpus.speaker_of(pair['source']) != 'esf2'
+  assert f'href="{folder.name}/report.html"' in (workdir / 'eval' / 'index.html').read_text()
+  with pytest.raises(errors.CorpusError, match='not a test speaker; they are esf2, esm1'):
+    evaluate.run(str(workdir), num_pairs=3, target='nobody')
+  assert not (workdir / 'eval' / 'step_4-to-nobody').exists()
