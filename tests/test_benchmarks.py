@@ -5,7 +5,8 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from skipvqvc_jax import train
+from tests.conftest import REPO, tiny_config
 
 
 def test_the_accelerator_benchmark_runs_every_part(small_features, tmp_path):
@@ -68,3 +69,34 @@ def test_the_pause_benchmark_compares_the_cadences(small_features, tmp_path):
     assert row['steps'] > 0 and 0 < row['overall'] <= row['between'] * 1.05, row
   # A checkpoint every 4 tiny steps costs most of the time; sized periods give it back.
   assert sized['training_share'] > as_set['training_share'], (as_set, sized)
+
+
+def test_the_budget_curve_evaluates_the_checkpoints_nearest_each_mark(small_features, tmp_path):
+  run = tmp_path / 'run'
+  train.train_and_evaluate(
+    tiny_config(small_features, num_train_steps=4, checkpoint_every_steps=2), str(run)
+  )
+  out = tmp_path / 'curve.json'
+  result = subprocess.run(
+    [
+      sys.executable,
+      'benchmarks/budget_curve.py',
+      f'--workdir={run}',
+      '--minutes=0,1000',
+      '--eval_pairs=2',
+      f'--out={out}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())
+  assert [r['step'] for r in rows] == [2, 4]  # the first checkpoint nearest 0, the last 1000
+  assert rows[0]['minutes'] <= rows[1]['minutes'] and rows[1]['lmcd_db'] > 0
+  for r in rows:
+    metrics = json.loads((run / 'eval' / f'step_{r["step"]}' / 'metrics.json').read_text())
+    assert r['lmcd_db'] == metrics['conversion']['lmcd_dtw_db']
+    assert r['wer'] == ((metrics.get('intelligibility') or {}).get('wer') or {})
+    assert r['easy_pairs'] <= 2
