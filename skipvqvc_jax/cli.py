@@ -208,13 +208,47 @@ def _use_compilation_cache(jax) -> None:
   if not FLAGS.compilation_cache:
     jax.config.update('jax_enable_compilation_cache', False)
     return
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    jax.config.update('jax_compilation_cache_dir', compilation_cache_dir())
+  folder = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  if not folder:
+    folder = compilation_cache_dir()
+    jax.config.update('jax_compilation_cache_dir', folder)
   max_gb = FLAGS.compilation_cache_max_gb
   jax.config.update('jax_compilation_cache_max_size', -1 if max_gb < 0 else int(max_gb * 1e9))
+  if max_gb >= 0:
+    _give_entries_access_times(folder)
   # Conversion's programs compile in well under JAX's default threshold of 1 s each, but together
   # they are most of a short command's time.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+def _give_entries_access_times(folder: str) -> None:
+  """A cache entry without its `-atime` file (written by a run without a size cap, or cut short
+  between the two files) makes JAX's size-capped cache fail every later write with a warning, so the
+  cache stops growing for good: such entries get their file's time as their last use, under JAX's
+  own lock of the folder. A cache that cannot be read or locked is left to JAX."""
+  import filelock  # pylint: disable=import-outside-toplevel
+
+  try:
+    names = set(os.listdir(folder))
+  except OSError:
+    return
+  missing = [
+    name[: -len('-cache')]
+    for name in names
+    if name.endswith('-cache') and name[: -len('-cache')] + '-atime' not in names
+  ]
+  if not missing:
+    return
+  try:
+    with filelock.FileLock(os.path.join(folder, '.lockfile'), timeout=10):
+      for key in missing:
+        entry = os.path.join(folder, key + '-cache')
+        if os.path.exists(entry) and not os.path.exists(os.path.join(folder, key + '-atime')):
+          used = int(os.stat(entry).st_mtime_ns).to_bytes(8, 'little')
+          with open(os.path.join(folder, key + '-atime'), 'wb') as f:
+            f.write(used)
+  except (OSError, filelock.Timeout):
+    pass
 
 
 def _quiet_orbax(record) -> bool:

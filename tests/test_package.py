@@ -322,6 +322,25 @@ def test_conversion_keeps_its_compiled_programs(moved_run, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(os.listdir(cache)) >= 3  # encode, decode and Griffin-Lim at least
+  # An entry without its access time (a run with no cap wrote it, or one cut short between the two
+  # files) made JAX's capped cache fail every later write: the cache stopped growing for good.
+  entries = sorted(f for f in os.listdir(cache) if f.endswith('-cache'))
+  (cache / entries[0].replace('-cache', '-atime')).unlink()
+  for suffix in ('-cache', '-atime'):  # a program this run must compile and write again
+    (cache / entries[-1].replace('-cache', suffix)).unlink()
+  result = subprocess.run(
+    convert + [f'--compilation_cache_dir={cache}'],
+    env=env,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Error writing persistent compilation cache' not in result.stderr, result.stderr[-3000:]
+  assert (cache / entries[-1]).is_file() and (
+    cache / entries[0].replace('-cache', '-atime')
+  ).is_file()
   # Bounded: with a cap of half of what they take, the least recently used go.
   full = _size(cache)
   capped = tmp_path / 'capped'
