@@ -7,8 +7,10 @@ task-specific (voice conversion or a vocoder) is behind `tasks.Task`.
 
 from __future__ import annotations
 
+import collections
 import math
 import signal
+import statistics
 import time
 from typing import Any
 
@@ -200,57 +202,81 @@ def _train(config, workdir: str) -> dict[str, Any]:
       last = run.step == config.num_train_steps
       if run.step % config.log_every_steps == 0 or last:
         run.log()
-      if run.step % run.cadence.eval_every == 0 or last:
+      evaluates = run.step % run.cadence.eval_every == 0
+      if evaluates or last:
         run.evaluate()
       if run.step % run.cadence.checkpoint_every == 0 or last:
         run.check_finite()
         run.save()
-      run.cadence.settle(run)
+      if evaluates and not last:
+        run.cadence.settle(run.step)
   return run.close(workdir)
 
 
 class _Cadence:
   """How often the loop evaluates and checkpoints: `eval_every_steps` and `checkpoint_every_steps`,
-  both lengthened once by the same whole factor when `pause_fraction` > 0, so that the pauses take
-  at most that share of the wall time. The factor comes from the first evaluation and checkpoint
-  after compilation and the step time before them, is decided by process 0 and broadcast (every
-  process must pause at the same steps: a checkpoint is collective), and holds for the rest of the
-  run (a resume decides again: cadence is not part of the training state)."""
+  both lengthened by one whole factor when `pause_fraction` > 0, so that pauses take at most that
+  share of the wall time. What pauses cost is measured, not assumed: over the steps since the factor
+  last changed, the wall time beyond what the steps themselves take (the median seconds a step takes
+  in the log intervals), which is the evaluations, the checkpoints and the slower steps while an
+  asynchronous checkpoint writes. At each evaluation after compilation (a step every process
+  reaches) process 0 works out the factor that keeps that under the share and every process takes it
+  (they must pause at the same steps: a checkpoint is collective); it only grows. A resume measures
+  again: cadence is not part of the training state."""
 
   def __init__(self, config):
-    self.eval_every = config.eval_every_steps
-    self.checkpoint_every = config.checkpoint_every_steps
+    self.base = (config.eval_every_steps, config.checkpoint_every_steps)
     self.fraction = config.get('pause_fraction', 0.0)
-    self.seconds = {}  # pause kind -> seconds of its latest pause after compilation
-    self.factor = 1 if self.fraction else None  # None: periods as set, nothing to decide
-    self.decided = not self.fraction
-    self.step_seconds = None  # a training step's seconds when the factor was decided
+    self.factor = 1
+    self.window = None  # (wall clock, step) since the factor last changed, from compilation on
+    self.step_times = collections.deque(maxlen=200)  # seconds a step took, per log interval
+    self.decisions = []  # every change of the factor, with the figures that made it
 
-  def timed(self, kind: str, seconds: float, compiled: bool) -> None:
-    if compiled and not self.decided:
-      self.seconds[kind] = seconds
+  @property
+  def eval_every(self) -> int:
+    return self.base[0] * self.factor
 
-  def settle(self, run: _Run) -> None:
-    """Once both pause kinds were timed: the factor, from process 0's measurements."""
-    if self.decided or len(self.seconds) < 2:
+  @property
+  def checkpoint_every(self) -> int:
+    return self.base[1] * self.factor
+
+  def compiled(self, step: int) -> None:
+    self.window = (time.perf_counter(), step)
+
+  def logged(self, seconds_per_step: float) -> None:
+    self.step_times.append(seconds_per_step)
+
+  def settle(self, step: int) -> None:
+    """After an evaluation: the factor, from process 0's measurements."""
+    if not self.fraction or self.window is None or not self.step_times or step <= self.window[1]:
       return
-    self.step_seconds = step_seconds = run.seconds_per_step()
-    # Pause seconds per step at the configured periods, over the seconds the steps themselves take.
-    pause = (
-      self.seconds['evaluate'] / self.eval_every + self.seconds['save'] / self.checkpoint_every
+    start, first = self.window
+    step_seconds = statistics.median(self.step_times)
+    # Seconds per step beyond the steps themselves, and what it would be at the periods as set.
+    overhead = max(0.0, (time.perf_counter() - start) / (step - first) - step_seconds)
+    needed = math.ceil(
+      overhead * self.factor * (1 - self.fraction) / (self.fraction * step_seconds)
     )
-    factor = max(1, math.ceil(pause * (1 - self.fraction) / (self.fraction * step_seconds)))
-    self.factor = sharding.same_everywhere(factor)
-    self.decided = True
-    self.eval_every *= self.factor
-    self.checkpoint_every *= self.factor
+    factor = sharding.same_everywhere(max(self.factor, needed))
+    if factor == self.factor:
+      return
+    self.decisions.append(
+      dict(
+        step=step,
+        factor=factor,
+        previous=self.factor,
+        overhead_seconds_per_step=overhead,
+        step_seconds=step_seconds,
+      )
+    )
+    self.factor, self.window = factor, (time.perf_counter(), step)
     logging.info(
-      'pauses: evaluation %.2f s, checkpoint %.2f s, %.1f ms a step: evaluating every %d and '
-      'checkpointing every %d steps keeps them under %d%% of the time (--config.pause_fraction=0 '
-      'keeps the periods as set)',
-      self.seconds['evaluate'],
-      self.seconds['save'],
+      'pauses took %.0f%% of the time (%.1f ms a step, %.1f ms of pauses per step): evaluating '
+      'every %d and checkpointing every %d steps keeps them under %d%% '
+      '(--config.pause_fraction=0 keeps the periods as set)',
+      100 * overhead / (overhead + step_seconds),
       1000 * step_seconds,
+      1000 * overhead,
       self.eval_every,
       self.checkpoint_every,
       round(100 * self.fraction),
@@ -260,9 +286,8 @@ class _Cadence:
     return dict(
       eval_every_steps=self.eval_every,
       checkpoint_every_steps=self.checkpoint_every,
-      factor=self.factor,
-      pause_seconds=self.seconds,
-      step_seconds=self.step_seconds,
+      factor=self.factor if self.fraction else None,
+      decisions=self.decisions,
     )
 
 
@@ -322,8 +347,7 @@ class _Run:
     self.rate = None  # steps/s, smoothed over log intervals, without compilation and pauses
     self.compiled = False
     self.cadence = _Cadence(config)
-    # Since the first step compiled: (wall clock, step) at its end, and every pause's seconds.
-    self.since_compiled, self.paused_since_compiled = None, 0.0
+    self.since_compiled = None  # (wall clock, step) at the end of the first step, which compiles
 
   def train_step(self, batch) -> None:
     self.state, metrics = self.task.train_step(self.state, batch)
@@ -336,14 +360,8 @@ class _Run:
       jax.block_until_ready(metrics)
       self.timer, self.timed_steps, self.paused = time.perf_counter(), 0, 0.0
       self.since_compiled = (self.timer, self.step)
+      self.cadence.compiled(self.step)
       self.compiled = True
-
-  def seconds_per_step(self) -> float:
-    """Wall seconds a training step takes since compilation, pauses excluded (logging included)."""
-    jax.block_until_ready(self.state)
-    start, first = self.since_compiled
-    elapsed = time.perf_counter() - start - self.paused_since_compiled
-    return max(elapsed, 1e-9) / max(self.step - first, 1)
 
   def overall_rate(self) -> float | None:
     """Steps/s since compilation, pauses included: what a budget of wall time buys."""
@@ -352,12 +370,8 @@ class _Run:
     start, first = self.since_compiled
     return (self.step - first) / (time.perf_counter() - start)
 
-  def _paused(self, kind: str, start: float) -> None:
-    seconds = time.perf_counter() - start
-    self.paused += seconds
-    if self.compiled:
-      self.paused_since_compiled += seconds
-    self.cadence.timed(kind, seconds, self.compiled)
+  def _paused(self, start: float) -> None:
+    self.paused += time.perf_counter() - start
 
   def check_finite(self) -> None:
     _check_finite(*self.previous, self.ckpt)
@@ -369,11 +383,14 @@ class _Run:
     if self.timed_steps and elapsed > 0:
       rate = self.timed_steps / elapsed
       self.rate = rate if self.rate is None else 0.7 * self.rate + 0.3 * rate
+      self.cadence.logged(1 / rate)
     host = {k: float(v) for k, v in host.items() if k != 'finite'}
     self.writer.scalars(self.step, dict(host, steps_per_sec=self.rate or 0.0), 'train/')
     total = self.config.num_train_steps
     # Pauses included once one has been timed: the ETA of the wall clock, not of the steps alone.
-    overall = self.overall_rate() if self.cadence.seconds else None
+    overall = (
+      self.overall_rate() if self.step - self.since_compiled[1] > self.cadence.eval_every else None
+    )
     eta = (total - self.step) / (overall or self.rate) if self.rate else 0
     speed = (
       f'{self.rate:.2f} steps/s | ETA {progress.duration(eta)}'
@@ -395,7 +412,7 @@ class _Run:
     self.writer.flush()
     self.summary['evals'][self.step] = metrics
     logging.info('step %d: test %s', self.step, _metrics_line(metrics, self.task.log_keys))
-    self._paused('evaluate', start)
+    self._paused(start)
 
   def save(self, force: bool = False) -> None:
     start = time.perf_counter()
@@ -403,7 +420,7 @@ class _Run:
       _check_free_space(self.ckpt, self.state_bytes)
       self.ckpt.save(self.step, self.state, self.iterator.get_state(), force=force)
       self.saved = self.step
-    self._paused('save', start)
+    self._paused(start)
 
   def stop(self, requested: str | None) -> None:
     """SIGTERM or preemption (`requested` None: orbax's preemption notice), or Ctrl-C: save, stop."""

@@ -104,10 +104,10 @@ def test_a_pod_run_that_resumes_on_fewer_devices_matches_the_single_process_run(
   smaller): the same batches, so the same losses and parameters as the one-device run; a resume that
   would change the global batch is refused in one line that says what to set."""
   workdir = tmp_path / 'resized'
-  # Pauses timed at step 1: the periods they decide must be process 0's in both, or the processes
+  # Pauses measured at step 2: the periods they decide must be process 0's in both, or the processes
   # would checkpoint (a collective) at different steps.
   pauses = dict(pause_fraction=0.1, eval_every_steps=1, checkpoint_every_steps=1)
-  outs = _two_processes(main_flags(small_features, workdir, num_train_steps=2, **pauses))
+  outs = _two_processes(main_flags(small_features, workdir, num_train_steps=3, **pauses))
   # Both processes see all four devices (process 1's are numbered from 2048).
   assert 'JAX process 1/2' in outs[1] and 'CpuDevice(id=2049)' in outs[0]
   decided = [

@@ -172,31 +172,41 @@ def test_profile_steps_writes_a_trace_for_tensorboard(small_features, tmp_path):
 
 
 def test_pauses_are_spaced_to_take_a_share_of_the_time(small_features, tmp_path):
-  """pause_fraction > 0: once an evaluation and a checkpoint were timed, both periods grow by the
-  smallest whole factor that keeps the pauses under that share of the time; 0 keeps them as set."""
+  """pause_fraction > 0: at evaluations, both periods grow by the smallest whole factor that keeps
+  the measured pauses (wall time beyond the steps' own) under that share; 0 keeps them as set."""
   flags = dict(eval_every_steps=2, checkpoint_every_steps=2, keep_checkpoints=100)
+  steps = 60
   spaced = train.train_and_evaluate(
-    tiny_config(small_features, num_train_steps=40, pause_fraction=0.1, **flags),
+    tiny_config(small_features, num_train_steps=steps, pause_fraction=0.1, **flags),
     str(tmp_path / 'spaced'),
   )
   cadence = spaced['cadence']
-  factor, step_seconds = cadence['factor'], cadence['step_seconds']
-  # A tiny model's step takes milliseconds, an evaluation with Griffin-Lim audio far longer.
-  assert (
-    factor > 1 and cadence['eval_every_steps'] == cadence['checkpoint_every_steps'] == 2 * factor
-  )
-  pause_per_step = sum(cadence['pause_seconds'].values()) / 2  # at the periods as set
+  decisions = cadence['decisions']
+  # A tiny model's step takes milliseconds, an evaluation with Griffin-Lim audio far longer: the
+  # first evaluation after compilation (step 2) already lengthens the periods.
+  assert decisions[0]['step'] == 2 and decisions[0]['previous'] == 1
+  assert cadence['factor'] == decisions[-1]['factor'] > 1
+  assert cadence['eval_every_steps'] == cadence['checkpoint_every_steps'] == 2 * cadence['factor']
 
-  def share(periods_factor):
-    pause = pause_per_step / periods_factor
+  def share(overhead_as_set, step_seconds, factor):
+    pause = overhead_as_set / factor
     return pause / (pause + step_seconds)
 
-  assert share(factor) <= 0.1 + 1e-9 < share(factor - 1)
-  # Step 0 (before compilation), step 2 (timed, deciding), then every 2 x factor, and the last.
-  expected = {0, 2, 40} | set(range(2 * factor, 41, 2 * factor))
+  for d in decisions:
+    assert d['factor'] > d['previous']  # it only grows
+    as_set = d['overhead_seconds_per_step'] * d['previous']
+    assert share(as_set, d['step_seconds'], d['factor']) <= 0.1 + 1e-9
+    assert share(as_set, d['step_seconds'], d['factor'] - 1) > 0.1
+  # The evaluations and checkpoints fall where the factor in force put them, and at the last step.
+  factor, changes, expected = 1, {d['step']: d['factor'] for d in decisions}, {0}
+  for step in range(1, steps + 1):
+    if step % (2 * factor) == 0 or step == steps:
+      expected.add(step)
+    factor = changes.get(step, factor)
   assert set(spaced['evals']) == expected
   saved = sorted(int(d) for d in os.listdir(spaced['checkpoint_dir']) if d.isdigit())
   assert saved == sorted(expected - {0})
+  assert 0 < spaced['steps_per_sec_overall'] < spaced['steps_per_sec']
 
   as_set = train.train_and_evaluate(
     tiny_config(small_features, num_train_steps=8, pause_fraction=0.0, **flags),
