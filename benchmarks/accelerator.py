@@ -6,7 +6,8 @@
 Prints and writes one JSON object:
 - `train_step`: ms/step, steps/s, compile s and peak device memory of the jitted train step of
   `vqvc_plus.py:n64_ch64`, `vqvc_plus.py:n512_ch512`, `vqvc_plus_multi_simple.py:n64_ch64` and
-  `vqvc_plus_multi_simple.py:n128_ch512`, at batch 8 x 80 x 128, in float32 and bfloat16 (each in a
+  `vqvc_plus_multi_simple.py:n128_ch512` at batch 8 x 80 x 128, and the budget study's GPU twin
+  `vqvc_plus_multi.py:gpu_1h` at its batch of 32, in float32 and bfloat16 (each in a
   fresh process, `benchmarks/train_step.py`);
 - `loop`: steps/s of the real training loop (the input pipeline reading the demo corpus's features,
   logging, evaluation, checkpoints) over `--loop_seconds`, stopped by SIGTERM as a preemption would;
@@ -38,11 +39,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, '..')
+# (preset, batch) of the train-step rows.
 PRESETS = (
-  'vqvc_plus.py:n64_ch64',
-  'vqvc_plus.py:n512_ch512',
-  'vqvc_plus_multi_simple.py:n64_ch64',
-  'vqvc_plus_multi_simple.py:n128_ch512',
+  ('vqvc_plus.py:n64_ch64', 8),
+  ('vqvc_plus.py:n512_ch512', 8),
+  ('vqvc_plus_multi_simple.py:n64_ch64', 8),
+  ('vqvc_plus_multi_simple.py:n128_ch512', 8),
+  ('vqvc_plus_multi.py:gpu_1h', 32),  # the budget study's GPU twin: its ms/step sizes its steps
 )
 
 
@@ -57,18 +60,20 @@ def _python(args, timeout, **kwargs):
 
 def train_steps(presets, dtypes, steps, warmup, smoke=False) -> list[dict]:
   rows = []
-  for preset in presets:
+  for preset, batch in presets:
     for dtype in dtypes:
       if smoke:  # in this process: the time of two more interpreters saved in CI
         sys.path.insert(0, HERE)
         import train_step  # pylint: disable=import-outside-toplevel
 
-        rows.append(dict(train_step.measure(preset, 8, steps, warmup, None, dtype), dtype=dtype))
+        rows.append(
+          dict(train_step.measure(preset, batch, steps, warmup, None, dtype), dtype=dtype)
+        )
         continue
       out = _python(
         [
           os.path.join(HERE, 'train_step.py'),
-          f'--one={preset},8',
+          f'--one={preset},{batch}',
           f'--dtype={dtype}',
           f'--steps={steps}',
           f'--warmup={warmup}',
@@ -277,7 +282,7 @@ def main():
   import jax  # pylint: disable=import-outside-toplevel
 
   device = jax.devices()[0]
-  presets = ('vqvc_plus.py:tiny',) if args.smoke else PRESETS
+  presets = (('vqvc_plus.py:tiny', 8),) if args.smoke else PRESETS
   steps, warmup = (2, 1) if args.smoke else (20, 3)
   started = time.monotonic()
   report = dict(
@@ -295,7 +300,7 @@ def main():
       corpus = os.path.join(ROOT, 'data', 'demo_corpus')
       _python(['preprocess.py', corpus, features, '--num_test_speakers=1'], timeout=900)
     report['loop'] = training_loop(
-      presets[0] if args.smoke else 'vqvc_plus.py:n64_ch64',
+      presets[0][0] if args.smoke else 'vqvc_plus.py:n64_ch64',
       10.0 if args.smoke else args.loop_seconds,
       features,
       os.path.join(tmp, 'run'),
@@ -303,9 +308,9 @@ def main():
   print(f'loop: {report["loop"]}', flush=True)
 
   # Each part in a process of its own (its peak memory its own); the smoke run in this one (time).
-  part = f'conversion,{presets[0]},{2.0 if args.smoke else 10.0},{1 if args.smoke else 5}'
+  part = f'conversion,{presets[0][0]},{2.0 if args.smoke else 10.0},{1 if args.smoke else 5}'
   report['conversion'] = (
-    conversion(presets[0], 2.0, 1)
+    conversion(presets[0][0], 2.0, 1)
     if args.smoke
     else json.loads(_python([__file__, f'--part={part}'], timeout=600).strip().splitlines()[-1])
   )
