@@ -219,7 +219,8 @@ class _Cadence:
   share of the wall time. What pauses cost is measured, not assumed: over the steps since the factor
   last changed, the wall time beyond what the steps themselves take (the median seconds a step takes
   in the log intervals), which is the evaluations, the checkpoints and the slower steps while an
-  asynchronous checkpoint writes. At each evaluation after compilation (a step every process
+  asynchronous checkpoint writes. The first evaluation of a run only starts the measure (before it:
+  compilation, the first checkpoint's set-up). At each later evaluation (a step every process
   reaches) process 0 works out the factor that keeps that under the share and every process takes it
   (they must pause at the same steps: a checkpoint is collective); it only grows. A resume measures
   again: cadence is not part of the training state."""
@@ -228,7 +229,9 @@ class _Cadence:
     self.base = (config.eval_every_steps, config.checkpoint_every_steps)
     self.fraction = config.get('pause_fraction', 0.0)
     self.factor = 1
-    self.window = None  # (wall clock, step) since the factor last changed, from compilation on
+    self.window = (
+      None  # (wall clock, step) since the factor last changed, from the first evaluation
+    )
     self.step_times = collections.deque(maxlen=200)  # seconds a step took, per log interval
     self.decisions = []  # every change of the factor, with the figures that made it
 
@@ -240,15 +243,17 @@ class _Cadence:
   def checkpoint_every(self) -> int:
     return self.base[1] * self.factor
 
-  def compiled(self, step: int) -> None:
-    self.window = (time.perf_counter(), step)
-
   def logged(self, seconds_per_step: float) -> None:
     self.step_times.append(seconds_per_step)
 
   def settle(self, step: int) -> None:
     """After an evaluation: the factor, from process 0's measurements."""
-    if not self.fraction or self.window is None or not self.step_times or step <= self.window[1]:
+    if not self.fraction:
+      return
+    if self.window is None:  # one-off costs before it: measure from here
+      self.window = (time.perf_counter(), step)
+      return
+    if not self.step_times or step <= self.window[1]:
       return
     start, first = self.window
     step_seconds = statistics.median(self.step_times)
@@ -360,7 +365,6 @@ class _Run:
       jax.block_until_ready(metrics)
       self.timer, self.timed_steps, self.paused = time.perf_counter(), 0, 0.0
       self.since_compiled = (self.timer, self.step)
-      self.cadence.compiled(self.step)
       self.compiled = True
 
   def overall_rate(self) -> float | None:

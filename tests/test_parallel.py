@@ -104,7 +104,7 @@ def test_a_pod_run_that_resumes_on_fewer_devices_matches_the_single_process_run(
   smaller): the same batches, so the same losses and parameters as the one-device run; a resume that
   would change the global batch is refused in one line that says what to set."""
   workdir = tmp_path / 'resized'
-  # Pauses measured at step 2: the periods they decide must be process 0's in both, or the processes
+  # Pauses measured from step 1 to 2: the periods they decide must be process 0's in both, or the processes
   # would checkpoint (a collective) at different steps.
   pauses = dict(pause_fraction=0.1, eval_every_steps=1, checkpoint_every_steps=1)
   outs = _two_processes(main_flags(small_features, workdir, num_train_steps=3, **pauses))
