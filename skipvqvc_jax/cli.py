@@ -21,7 +21,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from skipvqvc_jax import errors
+from skipvqvc_jax import compilation_cache, errors
 from skipvqvc_jax.usage import fail, one_line_errors, parse_flags, start
 
 config_flags.DEFINE_config_file(
@@ -190,67 +190,6 @@ def next_steps(config, workdir: str, status: str) -> str:
   )
 
 
-def compilation_cache_dir() -> str:
-  """The user's cache folder for compiled programs: --compilation_cache_dir, else $SKIPVQVC_CACHE_DIR,
-  else $XDG_CACHE_HOME/skipvqvc_jax/xla (~/.cache/skipvqvc_jax/xla)."""
-  if FLAGS.compilation_cache_dir:
-    return FLAGS.compilation_cache_dir
-  if os.environ.get('SKIPVQVC_CACHE_DIR'):
-    return os.environ['SKIPVQVC_CACHE_DIR']
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'skipvqvc_jax', 'xla')
-
-
-def _use_compilation_cache(jax) -> None:
-  """JAX's persistent compilation cache, on unless --nocompilation_cache (or JAX's own environment
-  variable already names a folder): a second conversion or a resumed run loads its programs instead
-  of compiling them (on 2 CPU cores, tens of seconds per command)."""
-  if not FLAGS.compilation_cache:
-    jax.config.update('jax_enable_compilation_cache', False)
-    return
-  folder = os.environ.get('JAX_COMPILATION_CACHE_DIR')
-  if not folder:
-    folder = compilation_cache_dir()
-    jax.config.update('jax_compilation_cache_dir', folder)
-  max_gb = FLAGS.compilation_cache_max_gb
-  jax.config.update('jax_compilation_cache_max_size', -1 if max_gb < 0 else int(max_gb * 1e9))
-  if max_gb >= 0:
-    _give_entries_access_times(folder)
-  # Conversion's programs compile in well under JAX's default threshold of 1 s each, but together
-  # they are most of a short command's time.
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-
-
-def _give_entries_access_times(folder: str) -> None:
-  """A cache entry without its `-atime` file (written by a run without a size cap, or cut short
-  between the two files) makes JAX's size-capped cache fail every later write with a warning, so the
-  cache stops growing for good: such entries get their file's time as their last use, under JAX's
-  own lock of the folder. A cache that cannot be read or locked is left to JAX."""
-  import filelock  # pylint: disable=import-outside-toplevel
-
-  try:
-    names = set(os.listdir(folder))
-  except OSError:
-    return
-  missing = [
-    name[: -len('-cache')]
-    for name in names
-    if name.endswith('-cache') and name[: -len('-cache')] + '-atime' not in names
-  ]
-  if not missing:
-    return
-  try:
-    with filelock.FileLock(os.path.join(folder, '.lockfile'), timeout=10):
-      for key in missing:
-        entry = os.path.join(folder, key + '-cache')
-        if os.path.exists(entry) and not os.path.exists(os.path.join(folder, key + '-atime')):
-          used = int(os.stat(entry).st_mtime_ns).to_bytes(8, 'little')
-          with open(os.path.join(folder, key + '-atime'), 'wb') as f:
-            f.write(used)
-  except (OSError, filelock.Timeout):
-    pass
-
-
 def _quiet_orbax(record) -> bool:
   """Orbax logs every save step at INFO; keep its warnings and errors only."""
   return record.levelno >= 30 or '/orbax/' not in record.pathname  # 30: the stdlib's WARNING
@@ -339,7 +278,9 @@ def main(argv):
   logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   import jax  # pylint: disable=import-outside-toplevel
 
-  _use_compilation_cache(jax)
+  compilation_cache.use(
+    jax, FLAGS.compilation_cache, FLAGS.compilation_cache_dir, FLAGS.compilation_cache_max_gb
+  )
   config = FLAGS.config
   # Multi-process when a flag, the config or the environment (JAX_COORDINATOR_ADDRESS) says so.
   if (

@@ -10,6 +10,7 @@ import io
 
 import jax
 import numpy as np
+from absl import logging
 
 from skipvqvc_jax import storage
 
@@ -122,3 +123,36 @@ def _flat(tree: dict, prefix: str = ''):
       yield from _flat(value, f'{prefix}{key}.')
     else:
       yield prefix + key, value
+
+
+class Profile:
+  """A jax.profiler trace of `steps` training steps into {workdir}/tensorboard (TensorBoard's Profile
+  tab), from the run's second step: its first compiles."""
+
+  def __init__(self, steps: int, workdir: str, first_step: int):
+    self.start = first_step + 1 if steps else None
+    self.stop = self.start + steps if steps else None
+    self.logdir = storage.join(workdir, 'tensorboard')
+    self.tracing = False
+
+  def before(self, step: int) -> None:
+    if step == self.start:
+      jax.profiler.start_trace(self.logdir)
+      self.tracing = True
+
+  def after(self, step: int, state) -> None:
+    if self.tracing and step == self.stop:
+      self._end(state)
+
+  def _end(self, state=None) -> None:
+    jax.block_until_ready(state)  # the traced steps' device work inside the trace
+    jax.profiler.stop_trace()
+    self.tracing = False
+    logging.info('wrote a profile of steps %d-%d to %s', self.start + 1, self.stop, self.logdir)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self.tracing:  # the run stopped inside the traced steps
+      self._end()

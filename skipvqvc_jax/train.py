@@ -7,10 +7,7 @@ task-specific (voice conversion or a vocoder) is behind `tasks.Task`.
 
 from __future__ import annotations
 
-import collections
-import math
 import signal
-import statistics
 import time
 from typing import Any
 
@@ -19,6 +16,7 @@ import ml_collections
 from absl import logging
 
 from skipvqvc_jax import (
+  cadence,
   checkpoints,
   config_ranges,
   corpus,
@@ -190,7 +188,7 @@ def _train(config, workdir: str) -> dict[str, Any]:
   sharding.sync('start')  # the processes meet before their first collective, however late
   if run.step == 0:
     run.evaluate()
-  profile = _Profile(config.get('profile_steps', 0), workdir, run.step)
+  profile = summaries.Profile(config.get('profile_steps', 0), workdir, run.step)
   with _StopRequests() as stop, profile:
     while run.step < config.num_train_steps:
       if stop.requested or ckpt.reached_preemption(run.step):
@@ -211,122 +209,6 @@ def _train(config, workdir: str) -> dict[str, Any]:
       if evaluates and not last:
         run.cadence.settle(run.step)
   return run.close(workdir)
-
-
-class _Cadence:
-  """How often the loop evaluates and checkpoints: `eval_every_steps` and `checkpoint_every_steps`,
-  both lengthened by one whole factor when `pause_fraction` > 0, so that pauses take at most that
-  share of the wall time. What pauses cost is measured, not assumed: over the steps since the factor
-  last changed, the wall time beyond what the steps themselves take (the median seconds a step takes
-  in the log intervals), which is the evaluations, the checkpoints and the slower steps while an
-  asynchronous checkpoint writes. The first evaluation of a run only starts the measure (before it:
-  compilation, the first checkpoint's set-up). At each later evaluation (a step every process
-  reaches) process 0 works out the factor that keeps that under the share and every process takes it
-  (they must pause at the same steps: a checkpoint is collective); it only grows. A resume measures
-  again: cadence is not part of the training state."""
-
-  def __init__(self, config):
-    self.base = (config.eval_every_steps, config.checkpoint_every_steps)
-    self.fraction = config.get('pause_fraction', 0.0)
-    self.factor = 1
-    self.window = (
-      None  # (wall clock, step) since the factor last changed, from the first evaluation
-    )
-    self.step_times = collections.deque(maxlen=200)  # seconds a step took, per log interval
-    self.decisions = []  # every change of the factor, with the figures that made it
-
-  @property
-  def eval_every(self) -> int:
-    return self.base[0] * self.factor
-
-  @property
-  def checkpoint_every(self) -> int:
-    return self.base[1] * self.factor
-
-  def logged(self, seconds_per_step: float) -> None:
-    self.step_times.append(seconds_per_step)
-
-  def settle(self, step: int) -> None:
-    """After an evaluation: the factor, from process 0's measurements."""
-    if not self.fraction:
-      return
-    if self.window is None:  # one-off costs before it: measure from here
-      self.window = (time.perf_counter(), step)
-      return
-    if not self.step_times or step <= self.window[1]:
-      return
-    start, first = self.window
-    step_seconds = statistics.median(self.step_times)
-    # Seconds per step beyond the steps themselves, and what it would be at the periods as set.
-    overhead = max(0.0, (time.perf_counter() - start) / (step - first) - step_seconds)
-    needed = math.ceil(
-      overhead * self.factor * (1 - self.fraction) / (self.fraction * step_seconds)
-    )
-    factor = sharding.same_everywhere(max(self.factor, needed))
-    if factor == self.factor:
-      return
-    self.decisions.append(
-      dict(
-        step=step,
-        factor=factor,
-        previous=self.factor,
-        overhead_seconds_per_step=overhead,
-        step_seconds=step_seconds,
-      )
-    )
-    self.factor, self.window = factor, (time.perf_counter(), step)
-    logging.info(
-      'pauses took %.0f%% of the time (%.1f ms a step, %.1f ms of pauses per step): evaluating '
-      'every %d and checkpointing every %d steps keeps them under %d%% '
-      '(--config.pause_fraction=0 keeps the periods as set)',
-      100 * overhead / (overhead + step_seconds),
-      1000 * step_seconds,
-      1000 * overhead,
-      self.eval_every,
-      self.checkpoint_every,
-      round(100 * self.fraction),
-    )
-
-  def summary(self) -> dict:
-    return dict(
-      eval_every_steps=self.eval_every,
-      checkpoint_every_steps=self.checkpoint_every,
-      factor=self.factor if self.fraction else None,
-      decisions=self.decisions,
-    )
-
-
-class _Profile:
-  """A jax.profiler trace of `steps` training steps into {workdir}/tensorboard (TensorBoard's Profile
-  tab), from the run's second step: its first compiles."""
-
-  def __init__(self, steps: int, workdir: str, first_step: int):
-    self.start = first_step + 1 if steps else None
-    self.stop = self.start + steps if steps else None
-    self.logdir = storage.join(workdir, 'tensorboard')
-    self.tracing = False
-
-  def before(self, step: int) -> None:
-    if step == self.start:
-      jax.profiler.start_trace(self.logdir)
-      self.tracing = True
-
-  def after(self, step: int, state) -> None:
-    if self.tracing and step == self.stop:
-      self._end(state)
-
-  def _end(self, state=None) -> None:
-    jax.block_until_ready(state)  # the traced steps' device work inside the trace
-    jax.profiler.stop_trace()
-    self.tracing = False
-    logging.info('wrote a profile of steps %d-%d to %s', self.start + 1, self.stop, self.logdir)
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    if self.tracing:  # the run stopped inside the traced steps
-      self._end()
 
 
 class _Run:
@@ -351,7 +233,7 @@ class _Run:
     self.timer, self.timed_steps = time.perf_counter(), 0
     self.rate = None  # steps/s, smoothed over log intervals, without compilation and pauses
     self.compiled = False
-    self.cadence = _Cadence(config)
+    self.cadence = cadence.Cadence(config)
     self.since_compiled = None  # (wall clock, step) at the end of the first step, which compiles
 
   def train_step(self, batch) -> None:

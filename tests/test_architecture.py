@@ -42,7 +42,7 @@ LAYERS = {
     'conversion_jobs',
   ],
   4: ['tasks'],
-  5: ['train', 'resume'],
+  5: ['train', 'resume', 'cadence'],
   6: [
     'convert',
     'evaluate',
@@ -54,6 +54,7 @@ LAYERS = {
     'usage',
     'fetch_cli',
     'demo',
+    'compilation_cache',
   ],
 }
 LAYER_OF = {room: layer for layer, rooms in LAYERS.items() for room in rooms}

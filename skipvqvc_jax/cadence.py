@@ -1,0 +1,96 @@
+"""When the training loop pauses to evaluate and checkpoint (`pause_fraction`): periods sized from
+what pauses are measured to cost."""
+
+from __future__ import annotations
+
+import collections
+import math
+import statistics
+import time
+
+from absl import logging
+
+from skipvqvc_jax import sharding
+
+
+class Cadence:
+  """How often the loop evaluates and checkpoints: `eval_every_steps` and `checkpoint_every_steps`,
+  both lengthened by one whole factor when `pause_fraction` > 0, so that pauses take at most that
+  share of the wall time. What pauses cost is measured, not assumed: over the steps since the factor
+  last changed, the wall time beyond what the steps themselves take (the median seconds a step takes
+  in the log intervals), which is the evaluations, the checkpoints and the slower steps while an
+  asynchronous checkpoint writes. The first evaluation of a run only starts the measure (before it:
+  compilation, the first checkpoint's set-up). At each later evaluation (a step every process
+  reaches) process 0 works out the factor that keeps that under the share and every process takes it
+  (they must pause at the same steps: a checkpoint is collective); it only grows. A resume measures
+  again: cadence is not part of the training state."""
+
+  def __init__(self, config):
+    self.base = (config.eval_every_steps, config.checkpoint_every_steps)
+    self.fraction = config.get('pause_fraction', 0.0)
+    self.factor = 1
+    self.window = (
+      None  # (wall clock, step) since the factor last changed, from the first evaluation
+    )
+    self.step_times = collections.deque(maxlen=200)  # seconds a step took, per log interval
+    self.decisions = []  # every change of the factor, with the figures that made it
+
+  @property
+  def eval_every(self) -> int:
+    return self.base[0] * self.factor
+
+  @property
+  def checkpoint_every(self) -> int:
+    return self.base[1] * self.factor
+
+  def logged(self, seconds_per_step: float) -> None:
+    self.step_times.append(seconds_per_step)
+
+  def settle(self, step: int) -> None:
+    """After an evaluation: the factor, from process 0's measurements."""
+    if not self.fraction:
+      return
+    if self.window is None:  # one-off costs before it: measure from here
+      self.window = (time.perf_counter(), step)
+      return
+    if not self.step_times or step <= self.window[1]:
+      return
+    start, first = self.window
+    step_seconds = statistics.median(self.step_times)
+    # Seconds per step beyond the steps themselves, and what it would be at the periods as set.
+    overhead = max(0.0, (time.perf_counter() - start) / (step - first) - step_seconds)
+    needed = math.ceil(
+      overhead * self.factor * (1 - self.fraction) / (self.fraction * step_seconds)
+    )
+    factor = sharding.same_everywhere(max(self.factor, needed))
+    if factor == self.factor:
+      return
+    self.decisions.append(
+      dict(
+        step=step,
+        factor=factor,
+        previous=self.factor,
+        overhead_seconds_per_step=overhead,
+        step_seconds=step_seconds,
+      )
+    )
+    self.factor, self.window = factor, (time.perf_counter(), step)
+    logging.info(
+      'pauses took %.0f%% of the time (%.1f ms a step, %.1f ms of pauses per step): evaluating '
+      'every %d and checkpointing every %d steps keeps them under %d%% '
+      '(--config.pause_fraction=0 keeps the periods as set)',
+      100 * overhead / (overhead + step_seconds),
+      1000 * step_seconds,
+      1000 * overhead,
+      self.eval_every,
+      self.checkpoint_every,
+      round(100 * self.fraction),
+    )
+
+  def summary(self) -> dict:
+    return dict(
+      eval_every_steps=self.eval_every,
+      checkpoint_every_steps=self.checkpoint_every,
+      factor=self.factor if self.fraction else None,
+      decisions=self.decisions,
+    )
