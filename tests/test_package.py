@@ -302,25 +302,30 @@ def _size(folder) -> int:
 def test_conversion_keeps_its_compiled_programs(moved_run, tmp_path):
   workdir, _ = moved_run
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
-  convert = [
-    sys.executable,
-    str(REPO / 'main.py'),
-    '--mode=convert',
-    f'--workdir={workdir}',
-    f'--source={DEMO / "awb" / "awb_002.ogg"}',
-    f'--target={DEMO / "slt" / "slt_003.ogg"}',
-    f'--output={tmp_path / "o.wav"}',
-  ]
+
+  def convert(*flags):
+    result = subprocess.run(
+      [
+        sys.executable,
+        str(REPO / 'main.py'),
+        '--mode=convert',
+        f'--workdir={workdir}',
+        f'--source={DEMO / "awb" / "awb_002.ogg"}',
+        f'--target={DEMO / "slt" / "slt_003.ogg"}',
+        f'--output={tmp_path / "o.wav"}',
+        *flags,
+      ],
+      env=env,
+      cwd=tmp_path,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
   cache = tmp_path / 'cache'
-  result = subprocess.run(
-    convert + [f'--compilation_cache_dir={cache}'],
-    env=env,
-    cwd=tmp_path,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  convert(f'--compilation_cache_dir={cache}')
   assert len(os.listdir(cache)) >= 3  # encode, decode and Griffin-Lim at least
   # An entry without its access time (a run with no cap wrote it, or one cut short between the two
   # files) made JAX's capped cache fail every later write: the cache stopped growing for good.
@@ -328,15 +333,7 @@ def test_conversion_keeps_its_compiled_programs(moved_run, tmp_path):
   (cache / entries[0].replace('-cache', '-atime')).unlink()
   for suffix in ('-cache', '-atime'):  # a program this run must compile and write again
     (cache / entries[-1].replace('-cache', suffix)).unlink()
-  result = subprocess.run(
-    convert + [f'--compilation_cache_dir={cache}'],
-    env=env,
-    cwd=tmp_path,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = convert(f'--compilation_cache_dir={cache}')
   assert 'Error writing persistent compilation cache' not in result.stderr, result.stderr[-3000:]
   assert (cache / entries[-1]).is_file() and (
     cache / entries[0].replace('-cache', '-atime')
@@ -344,27 +341,11 @@ def test_conversion_keeps_its_compiled_programs(moved_run, tmp_path):
   # Bounded: with a cap of half of what they take, the least recently used go.
   full = _size(cache)
   capped = tmp_path / 'capped'
-  result = subprocess.run(
-    convert + [f'--compilation_cache_dir={capped}', f'--compilation_cache_max_gb={full / 2e9}'],
-    env=env,
-    cwd=tmp_path,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  convert(f'--compilation_cache_dir={capped}', f'--compilation_cache_max_gb={full / 2e9}')
   assert 0 < _size(capped) <= full / 2, (_size(capped), full)
   off = tmp_path / 'off'
   env['XDG_CACHE_HOME'] = str(off)
-  result = subprocess.run(
-    convert + ['--nocompilation_cache'],
-    env=env,
-    cwd=tmp_path,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  convert('--nocompilation_cache')
   assert not off.exists()
   with sf.SoundFile(tmp_path / 'o.wav') as f:
     assert f.samplerate == 22050 and np.isfinite(f.read()).all()
