@@ -120,6 +120,19 @@ def test_warmup_cosine_is_the_rate_adam_applies(small_features):
     1e-3 + (1e-2 - 1e-3) * 0.5 * (1 + np.cos(np.pi * (t - 4) / 8)) for t in range(4, 13)
   ]
   np.testing.assert_allclose(applied, expected, rtol=1e-4, atol=1e-9)
+  # The schedule is every task's: the vocoder's Adam follows it too.
+  from skipvqvc_jax.configs import vocoder as vocoder_configs
+  from skipvqvc_jax.tasks import vocoder
+
+  vocoder_config = vocoder_configs.get_config('tiny')
+  for key in ('lr_schedule', 'warmup_steps', 'num_train_steps', 'lr_end_fraction', 'learning_rate'):
+    vocoder_config[key] = config[key]
+  tx, applied = vocoder.make_optimizer(vocoder_config), []
+  opt_state = tx.init(params)
+  for _ in range(13):
+    updates, opt_state = tx.update({'w': jnp.full(3, 0.5)}, opt_state, params)
+    applied.append(-float(updates['w'][0]))
+  np.testing.assert_allclose(applied, expected, rtol=1e-4, atol=1e-9)
   constant = voice_conversion.make_optimizer(tiny_config(small_features, learning_rate=1e-2))
   updates, _ = constant.update({'w': jnp.full(3, 0.5)}, constant.init(params), params)
   assert -float(updates['w'][0]) == pytest.approx(1e-2, rel=1e-4)

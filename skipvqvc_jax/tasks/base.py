@@ -8,6 +8,7 @@ from typing import ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from skipvqvc_jax import checkpoints, input_pipeline, summaries
 
@@ -63,13 +64,33 @@ class Task(Protocol):
 
 
 def keep_if_finite(finite, new: dict, old: dict) -> dict:
-  """The state after a step: `new`'s parameters and optimizer state and the next step when `finite`;
-  else `old` unchanged, so a non-finite step changes nothing and the loop can stop on the last good
-  state (the jitted form of the guard: both are computed, one is selected)."""
+  """The state after a step: `new`'s entries (parameters, optimizer state, anything else a step
+  trains) and the next step when `finite`; else `old` unchanged, so a non-finite step changes nothing
+  and the loop can stop on the last good state (the jitted form of the guard: both are computed, one
+  is selected)."""
   keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(finite, a, b), n, o)
   return dict(
     old,
-    params=keep(new['params'], old['params']),
-    opt_state=keep(new['opt_state'], old['opt_state']),
+    **{name: keep(value, old[name]) for name, value in new.items()},
     step=old['step'] + finite.astype(old['step'].dtype),
   )
+
+
+# Learning rate per step, for every task: the original's constant, or a linear warm-up to it and a
+# cosine decay to `lr_end_fraction` of it at num_train_steps (the horizon: set the steps a budget
+# reaches).
+LR_SCHEDULES = {
+  'constant': lambda config: config.learning_rate,
+  'warmup_cosine': lambda config: optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=config.learning_rate,
+    warmup_steps=config.warmup_steps,
+    decay_steps=max(config.num_train_steps, config.warmup_steps + 1),
+    end_value=config.learning_rate * config.lr_end_fraction,
+  ),
+}
+
+
+def learning_rate(config):
+  """`config.lr_schedule`'s rate: a number or an optax schedule of the step."""
+  return LR_SCHEDULES[config.get('lr_schedule', 'constant')](config)

@@ -28,11 +28,18 @@ class Upkeep:
   usage_decay: float
 
   @classmethod
-  def of(cls, config) -> Upkeep | None:
-    """The config's upkeep, or None when it asks for none (the original's codebooks)."""
+  def of(cls, config, model) -> Upkeep | None:
+    """The config's upkeep of `model`'s codebooks, or None when it asks for none (the original's
+    codebooks); refused in one line for codebooks that are not plain (K, dim) tables."""
     options = config.get('codebook')
     if options is None or not (options.restart_below or options.data_init):
       return None
+    tables = [getattr(q, 'embedding', None) for q in model.quantize]
+    if not all(t is not None and t.ndim == 2 for t in tables):
+      raise ConfigError(
+        f'--config.codebook.restart_below / data_init: {model.name} makes its codebooks from the '
+        f'speaker (no fixed table to restart); set both off for it'
+      )
     return cls(options.restart_below, options.data_init, options.usage_decay)
 
   def initial(self, sizes: list[int]) -> dict:
@@ -61,16 +68,3 @@ class Upkeep:
       usage_out.append(jnp.where(dead, 1.0 / k, usage))
       restarted = restarted + jnp.sum(dead)
     return dict(params, quantize=quantize), dict(usage=usage_out), restarted
-
-
-def check(config, model) -> None:
-  """Upkeep needs content codebooks that are plain (K, dim) tables."""
-  upkeep = Upkeep.of(config)
-  if upkeep is None:
-    return
-  tables = [getattr(q, 'embedding', None) for q in model.quantize]
-  if not all(t is not None and t.ndim == 2 for t in tables):
-    raise ConfigError(
-      f'--config.codebook.restart_below / data_init: {model.name} makes its codebooks from the '
-      f'speaker (no fixed table to restart); set both off for it'
-    )

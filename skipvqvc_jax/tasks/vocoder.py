@@ -22,7 +22,7 @@ from flax import nnx
 from skipvqvc_jax import audio, checkpoints, input_pipeline, models, sharding, summaries
 from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.models import Discriminators, MelGANGenerator
-from skipvqvc_jax.tasks.base import keep_if_finite
+from skipvqvc_jax.tasks.base import keep_if_finite, learning_rate
 from skipvqvc_jax.tasks.waveforms import WAVE_SCALE, waveform_dir
 from skipvqvc_jax.vocoders import griffin_lim
 
@@ -57,7 +57,9 @@ def build_discriminators(config) -> Discriminators:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  return optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+  return optax.adam(
+    learning_rate(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
+  )
 
 
 # ---- losses ---------------------------------------------------------------------------------------

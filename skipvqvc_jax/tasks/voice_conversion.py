@@ -33,7 +33,7 @@ from skipvqvc_jax import (
 from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.fileio import atomic_write
 from skipvqvc_jax.tasks import codebooks
-from skipvqvc_jax.tasks.base import keep_if_finite
+from skipvqvc_jax.tasks.base import keep_if_finite, learning_rate
 
 # Folded into a step's key for the codebook upkeep's draws (the step's own key trains the model).
 _UPKEEP_STREAM = 1
@@ -87,25 +87,11 @@ def check_config(config) -> None:
     )
 
 
-# Learning rate per step: the original's constant, or a linear warm-up to it and a cosine decay to
-# `lr_end_fraction` of it at num_train_steps (the decay's horizon: set the steps a budget reaches).
-LR_SCHEDULES = {
-  'constant': lambda config: config.learning_rate,
-  'warmup_cosine': lambda config: optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
-    peak_value=config.learning_rate,
-    warmup_steps=config.warmup_steps,
-    decay_steps=max(config.num_train_steps, config.warmup_steps + 1),
-    end_value=config.learning_rate * config.lr_end_fraction,
-  ),
-}
-
-
 def make_optimizer(config) -> optax.GradientTransformation:
   """The original's Adam with gradient clipping (at the `lr_schedule`'s rate); with `trainable` set
   (e.g. 'dec': fine-tuning the decoder to one voice), only those top-level parameter groups are
   updated (clipped among themselves) and the rest get no update and no optimizer state."""
-  rate = LR_SCHEDULES[config.get('lr_schedule', 'constant')](config)
+  rate = learning_rate(config)
   adam = optax.chain(
     optax.clip_by_global_norm(config.grad_clip_norm),
     optax.adam(rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
@@ -169,8 +155,7 @@ class Steps:
     self.latent_weight = config.latent_loss_weight
     self.dtype = jnp.dtype(config.compute_dtype)
     self.codebook_sizes = [q.num_codes for q in model.quantize]
-    codebooks.check(config, model)
-    self.upkeep = codebooks.Upkeep.of(config)
+    self.upkeep = codebooks.Upkeep.of(config, model)
     self.traces = 0  # how many times the train step was traced (= compiled)
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     self.train_step = jax.jit(
@@ -200,11 +185,11 @@ class Steps:
     params = renormed_params(state['params'], aux)
     updates, opt_state = self.tx.update(grads, state['opt_state'], params)
     params = optax.apply_updates(params, updates)
-    upkeep, restarted = state.get('codebook'), {}
+    trained, restarted = {}, {}
     if self.upkeep:
-      params, upkeep, count = self.upkeep.update(
+      params, trained['codebook'], count = self.upkeep.update(
         params,
-        upkeep,
+        state['codebook'],
         aux['codes'],
         aux['quantizer_in'],
         state['step'],
@@ -215,11 +200,7 @@ class Steps:
     params = {k: state['params'][k] if k in self.frozen else v for k, v in params.items()}
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = keep_if_finite(finite, dict(params=params, opt_state=opt_state), state)
-    if self.upkeep:
-      new_state['codebook'] = jax.tree.map(
-        lambda a, b: jnp.where(finite, a, b), upkeep, state['codebook']
-      )
+    new_state = keep_if_finite(finite, dict(params=params, opt_state=opt_state, **trained), state)
     metrics = dict(
       loss=loss,
       recon_loss=aux['recon_loss'],
