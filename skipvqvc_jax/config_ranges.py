@@ -60,6 +60,7 @@ RANGES = {
   'latent_loss_weight': Range(0, whole=False),
   'codebook.restart_below': Range(0, 1, whole=False),
   'codebook.usage_decay': Range(0, 1, whole=False, below=True),
+  'codebook.ema_decay': Range(0, 1, whole=False, below=True),
   'data.prefetch': Range(0),
   'data.num_test_speakers': Range(-1),
   'data.speaker_depth': Range(0),

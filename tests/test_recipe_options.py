@@ -1,6 +1,7 @@
 """The training-recipe options the original lacks, off in its presets: codebook upkeep
 (tasks/codebooks.py: data initialisation and dead-code restarts put codes on the encoder's outputs,
-only where asked, and resume exactly) and the warm-up + cosine learning rate."""
+EMA updates make each code the running mean of its outputs, only where asked, and resume exactly)
+and the warm-up + cosine learning rate."""
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +23,12 @@ def _batch(task):
   return sharding.global_batch(task.mesh, task.inputs(task.dataset()[0], 0))
 
 
-def _encoder_outputs(task, state, batch):
-  """The quantizer inputs of the step's forward pass (same parameters, same key)."""
+def _encoder_outputs(task, state, batch, with_codes=False):
+  """The quantizer inputs of the step's forward pass (same parameters, same key), and the codes."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
   _, aux = task.steps.loss(state['params'], batch, rng)
-  return [np.asarray(x).reshape(-1, x.shape[-1]) for x in aux['quantizer_in']]
+  outputs = [np.asarray(x).reshape(-1, x.shape[-1]) for x in aux['quantizer_in']]
+  return (outputs, [np.asarray(c).reshape(-1) for c in aux['codes']]) if with_codes else outputs
 
 
 def _distance_to_nearest(rows, vectors):
@@ -71,9 +73,32 @@ def test_a_dead_code_restarts_and_live_ones_train_on(small_features, tmp_path):
   assert usage[3] == pytest.approx(1 / len(usage))
 
 
+def test_ema_updates_make_each_code_the_mean_of_what_it_was_chosen_for(small_features, tmp_path):
+  task = _task(small_features, tmp_path, **{'codebook.ema_decay': 0.5})
+  state = task.initial_state()
+  batch = _batch(task)
+  outputs, codes = _encoder_outputs(task, jax.tree.map(np.asarray, state), batch, with_codes=True)
+  before = _tables(state)
+  plain = _task(small_features, tmp_path / 'plain')
+  plain_state = jax.tree.map(np.array, dict(plain.initial_state(), params=state['params']))
+  trained, _ = plain.train_step(plain_state, batch)
+  new_state, _ = task.train_step(state, batch)
+  unused = 0
+  for table, old, vectors, chosen in zip(_tables(new_state), before, outputs, codes):
+    unused += len(old) - len(np.unique(chosen))
+    for k in range(len(old)):
+      frames = vectors[chosen == k]
+      # decay 0.5 from a count of 1: the old vector, counted once, averaged with the frames
+      expected = (old[k] + frames.sum(axis=0)) / (1 + len(frames))
+      np.testing.assert_allclose(table[k], expected, rtol=1e-3, atol=1e-4)
+  assert unused > 0  # codes no frame chose were checked too: they keep their vectors
+  # A step without EMA moves the codes by Adam instead: the two differ.
+  assert np.max(np.abs(_tables(trained)[0] - _tables(new_state)[0])) > 1e-3
+
+
 def test_upkeep_is_off_in_the_original_presets_and_resumes_exactly(small_features, tmp_path):
   assert 'codebook' not in _task(small_features, tmp_path / 'original').initial_state()
-  options = {'codebook.restart_below': 0.9, 'codebook.data_init': True}
+  options = {'codebook.restart_below': 0.9, 'codebook.data_init': True, 'codebook.ema_decay': 0.9}
   straight = train.train_and_evaluate(
     tiny_config(small_features, num_train_steps=8, **options), str(tmp_path / 'straight')
   )

@@ -88,6 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
     False  # every code starts as a random encoder output of the first batch
   )
   config.codebook.usage_decay = 0.99  # of the usage's moving average, per step
+  # > 0: codebooks set to moving averages of the encoder outputs each code is chosen for (this
+  # decay per step), not trained by the gradient (VQ-VAE's EMA updates)
+  config.codebook.ema_decay = 0.0
   config.compute_dtype = 'float32'  # or 'bfloat16' on accelerators; parameters stay float32
   config.vocoder = 'griffin_lim'  # audio in TensorBoard: griffin_lim or a vocoder directory/workdir
   return config

@@ -305,7 +305,11 @@ class VoiceConversionTask:
     """Step 0: `params` (the model's, from init_from) or the model's own initialisation."""
     params = checkpoints.params_of(self.model) if params is None else params
     upkeep = self.steps.upkeep
-    codebook = upkeep.initial(self.steps.codebook_sizes) if upkeep else None
+    if upkeep:
+      quantize = params['quantize']
+      codebook = upkeep.initial([quantize[s]['embedding'] for s in sorted(quantize)])
+    else:
+      codebook = None
     return make_state(params, self.steps.tx, self.config.seed, codebook)
 
   def dataset(self):
