@@ -97,7 +97,8 @@ class Upkeep:
         chosen = vectors[jax.random.randint(key, (k,), 0, vectors.shape[0])]
       quantize[s] = dict(quantize[s], embedding=jnp.where(dead[:, None], chosen, table))
       out['usage'].append(jnp.where(dead, 1.0 / k, usage))
-      if self.ema_decay:  # a restarted code's average starts over on its new vector, at the mean count
+      if self.ema_decay:
+        # a restarted code's average starts over on its new vector, at the mean count
         mean_count = jnp.mean(count)
         out['count'].append(jnp.where(dead, mean_count, count))
         out['sum'].append(jnp.where(dead[:, None], chosen * mean_count, total))
