@@ -6,8 +6,10 @@ preset, with the periods as set (pause_fraction=0, the original's cadence) and s
         [--presets=vqvc_plus.py:n64_ch64,vqvc_plus_multi.py:n64_ch64,vqvc_plus_multi_simple.py:n64_ch64]
 
 Each run is `main.py --mode=train` stopped by SIGTERM after --seconds of wall time (compilation
-included, as a user's budget is), in a fresh workdir. "between" is the loop's own step rate without
-pauses (logging included), "overall" the steps after compilation over the wall time since it: the
+included, as a user's budget is), in a fresh workdir. "between" is the steps' own rate (the median
+over the log intervals, logging included, pauses not), "overall" the steps after the first
+compilation over the wall time since it, pauses included, the compilations of new shapes later not
+("compile s": the multi-scale trainers' stretched lengths, a one-off cost no cadence avoids): the
 share of the budget that went to training is their ratio.
 """
 
@@ -50,7 +52,7 @@ def train_for(preset, fraction, features, seconds, workdir, flags=()) -> dict:
 
 
 def row(preset: str, fraction: float, summary: dict) -> dict:
-  between, overall = summary['steps_per_sec'], summary['steps_per_sec_overall']
+  between, overall = summary['steps_per_sec_between'], summary['steps_per_sec_overall']
   cadence = summary['cadence']
   return dict(
     preset=preset,
@@ -61,6 +63,7 @@ def row(preset: str, fraction: float, summary: dict) -> dict:
     between=between,
     overall=overall,
     training_share=overall / between if between and overall else None,
+    compile_seconds=summary['compile_seconds'],
   )
 
 
@@ -77,7 +80,7 @@ def main():
   rows = []
   print(
     f'{"preset":34} {"fraction":>8} {"periods":>11} {"steps":>7} {"between":>8} '
-    f'{"overall":>8} {"share":>6}'
+    f'{"overall":>8} {"share":>6} {"compile s":>9}'
   )
   with tempfile.TemporaryDirectory() as scratch:
     for preset in args.presets.split(','):
@@ -94,7 +97,7 @@ def main():
         periods = f'{r["eval_every_steps"]}/{r["checkpoint_every_steps"]}'
         print(
           f'{preset:34} {fraction:8.2f} {periods:>11} {r["steps"]:7d} {r["between"]:8.1f} '
-          f'{r["overall"]:8.1f} {r["training_share"]:6.2f}',
+          f'{r["overall"]:8.1f} {r["training_share"]:6.2f} {r["compile_seconds"]:9.1f}',
           flush=True,
         )
   if args.out:

@@ -12,6 +12,10 @@ from absl import logging
 
 from skipvqvc_jax import sharding
 
+# Periods are sized for this part of the share: the margin covers the periods as set before the first
+# decision and the noise of the measure, so that the whole run stays within it.
+MARGIN = 0.8
+
 
 class Cadence:
   """How often the loop evaluates and checkpoints: `eval_every_steps` and `checkpoint_every_steps`,
@@ -19,19 +23,20 @@ class Cadence:
   share of the wall time. What pauses cost is measured, not assumed: over the steps since the factor
   last changed, the wall time beyond what the steps themselves take (the median seconds a step takes
   in the log intervals), which is the evaluations, the checkpoints and the slower steps while an
-  asynchronous checkpoint writes. The first evaluation of a run only starts the measure (before it:
-  compilation, the first checkpoint's set-up). At each later evaluation (a step every process
-  reaches) process 0 works out the factor that keeps that under the share and every process takes it
-  (they must pause at the same steps: a checkpoint is collective); it only grows. A resume measures
-  again: cadence is not part of the training state."""
+  asynchronous checkpoint writes; not the compilations of new shapes (the multi-scale trainers'
+  stretched lengths), which no cadence avoids. The first evaluation of a run only starts the measure
+  (before it: compilation, the first checkpoint's set-up). At each later evaluation (a step every
+  process reaches) process 0 works out the factor that keeps that under MARGIN x the share and every
+  process takes it (they must pause at the same steps: a checkpoint is collective); it only grows. A
+  resume measures again: cadence is not part of the training state."""
 
   def __init__(self, config):
     self.base = (config.eval_every_steps, config.checkpoint_every_steps)
     self.fraction = config.get('pause_fraction', 0.0)
     self.factor = 1
-    self.window = (
-      None  # (wall clock, step) since the factor last changed, from the first evaluation
-    )
+    # (wall clock, step, compilation seconds) since the factor last changed, from the first evaluation
+    self.window = None
+    self.compile_seconds = 0.0  # of the compilations after the first step
     self.step_times = collections.deque(maxlen=200)  # seconds a step took, per log interval
     self.decisions = []  # every change of the factor, with the figures that made it
 
@@ -46,22 +51,29 @@ class Cadence:
   def logged(self, seconds_per_step: float) -> None:
     self.step_times.append(seconds_per_step)
 
+  def compiled(self, seconds: float) -> None:
+    self.compile_seconds += seconds
+
+  def steps_per_sec(self) -> float | None:
+    """The steps' own rate: the median over the recent log intervals (pauses and compilations out)."""
+    return 1 / statistics.median(self.step_times) if self.step_times else None
+
   def settle(self, step: int) -> None:
     """After an evaluation: the factor, from process 0's measurements."""
     if not self.fraction:
       return
     if self.window is None:  # one-off costs before it: measure from here
-      self.window = (time.perf_counter(), step)
+      self.window = (time.perf_counter(), step, self.compile_seconds)
       return
     if not self.step_times or step <= self.window[1]:
       return
-    start, first = self.window
+    start, first, compiled = self.window
     step_seconds = statistics.median(self.step_times)
     # Seconds per step beyond the steps themselves, and what it would be at the periods as set.
-    overhead = max(0.0, (time.perf_counter() - start) / (step - first) - step_seconds)
-    needed = math.ceil(
-      overhead * self.factor * (1 - self.fraction) / (self.fraction * step_seconds)
-    )
+    wall = time.perf_counter() - start - (self.compile_seconds - compiled)
+    overhead = max(0.0, wall / (step - first) - step_seconds)
+    aim = self.fraction * MARGIN
+    needed = math.ceil(overhead * self.factor * (1 - aim) / (aim * step_seconds))
     factor = sharding.same_everywhere(max(self.factor, needed))
     if factor == self.factor:
       return
@@ -74,7 +86,7 @@ class Cadence:
         step_seconds=step_seconds,
       )
     )
-    self.factor, self.window = factor, (time.perf_counter(), step)
+    self.factor, self.window = factor, (time.perf_counter(), step, self.compile_seconds)
     logging.info(
       'pauses took %.0f%% of the time (%.1f ms a step, %.1f ms of pauses per step): evaluating '
       'every %d and checkpointing every %d steps keeps them under %d%% '

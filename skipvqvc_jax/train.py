@@ -235,9 +235,16 @@ class _Run:
     self.compiled = False
     self.cadence = cadence.Cadence(config)
     self.since_compiled = None  # (wall clock, step) at the end of the first step, which compiles
+    self.compiling = 0.0  # seconds of later compilations (new shapes), out of every step rate
 
   def train_step(self, batch) -> None:
+    traces, start = self.task.traces, time.perf_counter()
     self.state, metrics = self.task.train_step(self.state, batch)
+    if self.compiled and self.task.traces != traces:  # a new shape compiled: not a step's time
+      seconds = time.perf_counter() - start
+      self.paused += seconds
+      self.compiling += seconds
+      self.cadence.compiled(seconds)
     if self.previous is not None:
       self.check_finite()
     self.step += 1
@@ -250,11 +257,12 @@ class _Run:
       self.compiled = True
 
   def overall_rate(self) -> float | None:
-    """Steps/s since compilation, pauses included: what a budget of wall time buys."""
+    """Steps/s since the first compilation, pauses included (later compilations not): what a
+    budget of wall time buys."""
     if self.since_compiled is None or self.step == self.since_compiled[1]:
       return None
     start, first = self.since_compiled
-    return (self.step - first) / (time.perf_counter() - start)
+    return (self.step - first) / (time.perf_counter() - start - self.compiling)
 
   def _paused(self, start: float) -> None:
     self.paused += time.perf_counter() - start
@@ -329,7 +337,9 @@ class _Run:
       compiles=self.task.traces,
       checkpoint_dir=self.ckpt.directory,
       steps_per_sec=self.rate,
+      steps_per_sec_between=self.cadence.steps_per_sec(),
       steps_per_sec_overall=self.overall_rate(),
+      compile_seconds=self.compiling,
       cadence=self.cadence.summary(),
     )
     if jax.process_index() == 0:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from skipvqvc_jax import cadence as cadence_module
 from skipvqvc_jax import checkpoints, errors, fileio, train
 from skipvqvc_jax.configs import (
   default,
@@ -192,11 +193,13 @@ def test_pauses_are_spaced_to_take_a_share_of_the_time(small_features, tmp_path)
     pause = overhead_as_set / factor
     return pause / (pause + step_seconds)
 
+  aim = 0.1 * cadence_module.MARGIN  # sized with a margin, for the whole run to stay under 0.1
+  assert aim < 0.1
   for d in decisions:
     assert d['factor'] > d['previous']  # it only grows
     as_set = d['overhead_seconds_per_step'] * d['previous']
-    assert share(as_set, d['step_seconds'], d['factor']) <= 0.1 + 1e-9
-    assert share(as_set, d['step_seconds'], d['factor'] - 1) > 0.1
+    assert share(as_set, d['step_seconds'], d['factor']) <= aim + 1e-9
+    assert share(as_set, d['step_seconds'], d['factor'] - 1) > aim
   # The evaluations and checkpoints fall where the factor in force put them, and at the last step.
   factor, changes, expected = 1, {d['step']: d['factor'] for d in decisions}, {0}
   for step in range(1, steps + 1):
@@ -206,7 +209,8 @@ def test_pauses_are_spaced_to_take_a_share_of_the_time(small_features, tmp_path)
   assert set(spaced['evals']) == expected
   saved = sorted(int(d) for d in os.listdir(spaced['checkpoint_dir']) if d.isdigit())
   assert saved == sorted(expected - {0})
-  assert 0 < spaced['steps_per_sec_overall'] < spaced['steps_per_sec']
+  assert 0 < spaced['steps_per_sec_overall'] < spaced['steps_per_sec_between']
+  assert spaced['compile_seconds'] == 0.0  # one shape: nothing compiled after the first step
 
   as_set = train.train_and_evaluate(
     tiny_config(small_features, num_train_steps=8, pause_fraction=0.0, **flags),
@@ -263,6 +267,8 @@ def test_other_trainers_train(trainer, small_features, tmp_path):
     assert (tmp_path / 'stats.npz').exists()  # the workdir carries what conversion needs
   if trainer == 'rhythm':
     assert 1 <= summary['compiles'] <= 3  # one per stretched-length bucket seen
+    # Later compilations are timed apart, out of the step rates (no cadence avoids them).
+    assert (summary['compile_seconds'] > 0) == (summary['compiles'] > 1)
 
 
 def test_test_audio_is_preprocessed_into_the_workdir(small_features, small_corpus, tmp_path):
