@@ -232,28 +232,75 @@ def source_waveforms(feature_files: Sequence[str], params: audio.FeatureParams) 
   return waves
 
 
-def write_stats(output_dir: str, train_files: Sequence[str], n_mels: int) -> None:
-  """Per-band mean and std over every training frame (the mean/std trainer's normalisation)."""
-  total = np.zeros(n_mels, np.float64)
-  total_sq = np.zeros(n_mels, np.float64)
-  count = 0
-  for rel in train_files:
-    path = storage.join(output_dir, rel)
-    mel = np.load(io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path)
+def _pooled(utterances: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+  """Every frame weighs the same: the mean and std of all frames together."""
+  frames = sum(n for n, _, _ in utterances)
+  mean = sum(n * m for n, m, _ in utterances) / frames
+  square = sum(n * (s**2 + m**2) for n, m, s in utterances) / frames
+  return mean, np.sqrt(np.maximum(square - mean**2, 0.0))
+
+
+def _per_utterance(utterances: list[tuple[int, np.ndarray, np.ndarray]]):
+  """Every utterance weighs the same: the mean of their means, and the mean of their stds."""
+  return np.mean([m for _, m, _ in utterances], axis=0), np.mean(
+    [s for _, _, s in utterances], axis=0
+  )
+
+
+# How per-band statistics combine the utterances' own: the definitions a stats.npz may have.
+STATS_DEFINITIONS = {
+  'frames': _pooled,  # ours: preprocessing writes it
+  'per_utterance': _per_utterance,  # the original's preprocessing_mean_std.py (mean.npy, std.npy)
+}
+
+
+def feature_stats(paths: Sequence[str], definition: str = 'frames') -> dict:
+  """Per-band mean and std of the feature files `paths` by `definition` (STATS_DEFINITIONS), with the
+  frame and utterance counts; a file that cannot be read is a CorpusError naming it."""
+  utterances = []
+  for path in paths:
+    try:
+      mel = np.load(io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path)
+    except (OSError, ValueError, EOFError) as e:
+      raise CorpusError(
+        f'{path}: cannot read it ({type(e).__name__}); remove or remake it'
+      ) from None
+    if mel.ndim != 2 or mel.shape[1] == 0:
+      raise CorpusError(f'{path}: not a (bands, frames) feature (shape {mel.shape})')
     mel = mel.astype(np.float64)
-    total += mel.sum(axis=1)
-    total_sq += (mel**2).sum(axis=1)
-    count += mel.shape[1]
-  if count == 0:
-    raise CorpusError(f'{output_dir}: no training features to compute statistics from')
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    utterances.append((mel.shape[1], mel.mean(axis=1), mel.std(axis=1)))
+  if not utterances:
+    raise CorpusError('no features to compute statistics from')
+  if len({m.shape for _, m, _ in utterances}) > 1:
+    raise CorpusError(
+      f'the features have different band counts: {sorted({m.shape[0] for _, m, _ in utterances})}'
+    )
+  mean, std = STATS_DEFINITIONS[definition](utterances)
+  return dict(
+    mean=mean.astype(np.float32),
+    std=std.astype(np.float32),
+    frames=sum(n for n, _, _ in utterances),
+    utterances=len(utterances),
+    definition=definition,
+  )
+
+
+def save_stats(path: str, stats: dict) -> None:
+  """A stats.npz the mean/std trainers read (written whole or not at all)."""
 
   def write(tmp):
     with open(tmp, 'wb') as f:
-      np.savez(f, mean=mean.astype(np.float32), std=std.astype(np.float32), frames=count)
+      np.savez(f, **stats)
 
-  atomic_write(storage.join(output_dir, STATS_FILE), write)
+  atomic_write(path, write)
+
+
+def write_stats(output_dir: str, train_files: Sequence[str]) -> None:
+  """Per-band mean and std over every training frame (the mean/std trainer's normalisation)."""
+  if not train_files:
+    raise CorpusError(f'{output_dir}: no training features to compute statistics from')
+  stats = feature_stats([storage.join(output_dir, rel) for rel in train_files])
+  save_stats(storage.join(output_dir, STATS_FILE), stats)
 
 
 def manifest(

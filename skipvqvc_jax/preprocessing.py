@@ -289,7 +289,7 @@ def _preprocess(
   items.sort(key=lambda i: i['file'])
   save_json(storage.join(output_dir, corpus.SPLIT_FILE), split)
   corpus.write_stats(
-    output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)], params.n_mels
+    output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)]
   )
   manifest = corpus.manifest(input_dir, params, min_frames, split, items, skipped, layout=layout)
   save_json(manifest_path, manifest)

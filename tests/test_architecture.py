@@ -51,6 +51,7 @@ LAYERS = {
     'port_torch',
     'cli',
     'preprocess_cli',
+    'stats_cli',
     'usage',
     'fetch_cli',
     'demo',

@@ -101,6 +101,7 @@ MISTAKES = [
     'stats.npz: cannot read these statistics',
   ),
   ('skipvqvc-preprocess', ['{root}/missing_corpus', '{root}/features'], 'missing_corpus'),
+  ('skipvqvc-stats', ['{root}/missing_corpus'], 'missing_corpus'),
   ('skipvqvc-port', ['--checkpoint={root}/corrupt.pt', '--out={root}/ported'], 'corrupt.pt'),
   ('skipvqvc-fetch', ['no_such_model'], 'no_such_model'),
   ('skipvqvc-demo', [], 'give --model'),
