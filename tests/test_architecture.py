@@ -19,6 +19,7 @@ LAYERS = {
     'models',
     'torch_files',
     'asr',
+    'f0',
   ],
   2: [
     'layouts',
