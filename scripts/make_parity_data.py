@@ -3,18 +3,22 @@
     pip install -e ".[torch]"
     git clone https://github.com/ericwudayi/SkipVQVC /tmp/SkipVQVC
     python scripts/make_parity_data.py --original=/tmp/SkipVQVC parity/
-    SKIPVQVC_PARITY_DIR=parity pytest tests/test_parity.py tests/test_parity_multi.py
+    SKIPVQVC_PARITY_DIR=parity pytest tests/test_parity.py tests/test_parity_multi.py \
+        tests/test_parity_pitch.py
 
 The original's models are imported from the clone by path (nothing of theirs is copied here) and run on
 CPU in float32 with one thread, with runtime patches only: `.cuda()` is a no-op, the GRU initial state is
 zero instead of N(0, 1) noise (`gru_init='zeros'` here), and `vqvc+_rhythm`, whose RCBlock has no
 `forward` as published, borrows the one of `model/vqvc+`. For each of the five models of section 2
-and the six multi-scale ones (`multi/`) it writes an `.npz` with the keys the tests read:
+and the six multi-scale ones (`multi/`), and the F0 model (`pitch/`), it writes an `.npz` with the keys
+the tests read:
 `param/*` (the initial weights under the original's names), `input/*`, the encoder's intermediates and
 codes (captured with hooks on the original's modules), the decoder's outputs for reconstruction, a
 speaker-swapped conversion and decoding from codes, and one training step (`train/*`, the raw gradients
 `grad/*`, the weights after clip-to-3 and Adam `step1_param/*`) with `torch.randperm` replaced by the
-swap. The inputs are two crops of bundled demo-corpus utterances, so the numbers differ from
+swap. `vqvc+_pitch` also gets its F0 contours: each crop's F0 (our Harvest, `input/f0_hz`) turned into
+the decoder's input by `train_pitch_multi.py`'s arithmetic (`input/pitch`), and its trainer's step (no
+stretch). The inputs are two crops of bundled demo-corpus utterances, so the numbers differ from
 `../shared/parity` but test the same things. Features and the MelGAN generator are not covered (they need
 melgan-neurips); those tests skip when their files are absent.
 """
@@ -49,7 +53,14 @@ MULTI = {
     'vqvc+_multi_codebook_gen',
   )
 }
+PITCH = {'vqvcplus_pitch_n64_ch64': 'vqvc+_pitch'}
 MAX_NORM = ('vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_ps')
+
+
+def multi_scale(folder: str) -> bool:
+  return folder.startswith('vqvc+_multi') or folder == 'vqvc+_pitch'
+
+
 STRETCH = (0.5, 1.5, 1.25, 0.75)  # per 32-frame segment, segments kept in order
 SWAP = [1, 0]
 
@@ -81,17 +92,40 @@ def load_original(clone: str, folder: str):
   return module.VC_MODEL(in_channel=80, channel=64, n_embed=64).eval()
 
 
-def demo_inputs() -> np.ndarray:
-  """(2, 80, 128) log-mels: crops of two demo-corpus speakers, made with our feature code."""
+DEMO_CROPS = [('awb', slice(16, 144)), ('slt', slice(16, 144))]
+
+
+def demo_inputs() -> tuple[np.ndarray, np.ndarray]:
+  """(2, 80, 128) log-mels: crops of two demo-corpus speakers, made with our feature code; and their
+  F0 in Hz per frame (2, 128), from our Harvest (0: unvoiced)."""
   sys.path.insert(0, ROOT)
-  from skipvqvc_jax import audio  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax import audio, f0  # pylint: disable=import-outside-toplevel
 
   corpus = os.path.join(ROOT, 'data', 'demo_corpus')
-  mels = [
-    audio.file_to_log_mel(os.path.join(corpus, speaker, f'{speaker}_001.ogg'))[0][:, 16:144]
-    for speaker in ('awb', 'slt')
-  ]
-  return np.stack(mels).astype(np.float32)
+  mels, contours = [], []
+  for speaker, crop in DEMO_CROPS:
+    y, _ = audio.trim(audio.load(os.path.join(corpus, speaker, f'{speaker}_001.ogg')))
+    mels.append(audio.log_mel(y)[:, crop])
+    contours.append(f0.f0_per_frame(y)[crop])
+  return np.stack(mels).astype(np.float32), np.stack(contours).astype(np.float32)
+
+
+def pitch_inputs(f0_hz: np.ndarray):
+  """train_pitch_multi.py's arithmetic on F0 in Hz: the loader's unvoiced 1 Hz and MIDI numbers
+  (librosa.hz_to_midi), then less the batch's voiced mean, + 20, / 50, unvoiced 0; and its three
+  frame rates [pitch, pitch_middle, pitch_low] (B, 1, T / k)."""
+  import librosa  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from torch.nn import functional as F  # pylint: disable=import-outside-toplevel
+
+  pitch = torch.from_numpy(librosa.hz_to_midi(np.where(f0_hz > 0, f0_hz, 1.0))).float()
+  voiced, silent = pitch > 20, pitch < 20
+  pitch = pitch - torch.sum(pitch * voiced) / torch.sum(voiced)
+  pitch = (pitch + 20) / 50
+  pitch[silent] = 0.0
+  pitch = pitch.unsqueeze(1)
+  middle = F.interpolate(pitch, scale_factor=1 / 2)
+  return [pitch, middle, F.interpolate(middle, scale_factor=1 / 2)]
 
 
 def stretched(x: np.ndarray) -> np.ndarray:
@@ -172,8 +206,9 @@ def encode_call(folder, model, x, x_shuffle):
   return model.encode(x)
 
 
-def decode_call(folder, model, enc, perm=None):
-  """The original's decode of an encode result, with the per-item terms permuted by perm."""
+def decode_call(folder, model, enc, perm=None, pitch=None):
+  """The original's decode of an encode result, with the per-item terms permuted by perm (and the
+  F0 model's contours, not permuted: the source's)."""
   p = (lambda terms: [t[perm] for t in terms]) if perm is not None else (lambda terms: terms)
   if folder in ('vqvc+_rhythm', 'vqvc+_multi_rhythm'):
     q, sp, std, rhy, _ = enc
@@ -186,14 +221,16 @@ def decode_call(folder, model, enc, perm=None):
       return model.decode(q)
     swapped = [tuple(t[perm] for t in s) for s in speaker]
     return model.decode(model.change_codebook(content, swapped, codes)[0])
+  if folder == 'vqvc+_pitch':
+    return model.decode(enc[0], p(enc[1]), p(enc[2]), pitch)
   return model.decode(enc[0], p(enc[1]), p(enc[2]))
 
 
-def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list):
+def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list, pitch=None):
   """encode -> decode with hooks; the out/* keys of the tests."""
   import torch  # pylint: disable=import-outside-toplevel
 
-  multi = folder.startswith('vqvc+_multi')
+  multi = multi_scale(folder)
   rec = Recorder()
   for s in range(3):
     rec.watch(f'enc{s}', model.enc[s])
@@ -282,7 +319,8 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list):
   }.get(folder, 3)
   out['out/latent_diff'] = np32(enc[latent_index])
   with torch.no_grad():
-    recon, converted = decode_call(folder, model, enc), decode_call(folder, model, enc, SWAP)
+    recon = decode_call(folder, model, enc, pitch=pitch)
+    converted = decode_call(folder, model, enc, SWAP, pitch=pitch)
   if not multi:
     out['out/recon'], out['out/convert_swap'] = np32(recon), np32(converted)
     return
@@ -310,22 +348,25 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list):
       if folder == 'vqvc+_multi_rhythm':
         row = row - row.mean(1, keepdim=True)
       rows.append(row)
-    from_codes = decode_call(folder, model, (rows,) + tuple(enc[1:]))
+    from_codes = decode_call(folder, model, (rows,) + tuple(enc[1:]), pitch=pitch)
   for j in range(3):
     out[f'out/recon_from_codes_d{j}'] = np32(from_codes[j])
 
 
-def training_step(folder, model, x, x_shuffle, out: dict, noise: list):
+def training_step(folder, model, x, x_shuffle, out: dict, noise: list, pitch=None):
   """One step of the original's trainer arithmetic: train/*, grad/*, step1_param/*."""
   import torch  # pylint: disable=import-outside-toplevel
 
-  multi = folder.startswith('vqvc+_multi')
+  multi = multi_scale(folder)
   rhythm = folder in ('vqvc+_rhythm', 'vqvc+_multi_rhythm')
-  # The non-rhythm multi trainers replace the input by its stretched copy.
-  source = x_shuffle if multi and not rhythm else x
+  # The non-rhythm multi trainers replace the input by its stretched copy (not the F0 one's).
+  source = x_shuffle if multi and not rhythm and pitch is None else x
   model.zero_grad()
   with fixed_randperm(SWAP), recorded_randn(noise, replay=True):
-    result = model(x, x_shuffle) if rhythm else model(source)
+    if rhythm:
+      result = model(x, x_shuffle)
+    else:
+      result = model(source) if pitch is None else model(source, pitch)
   outputs, latent = result[0], result[4].mean()
   if multi:
     targets = [source[:, :20, ::4], source[:, :40, ::2], source]
@@ -361,7 +402,7 @@ def training_step(folder, model, x, x_shuffle, out: dict, noise: list):
     out[f'step1_param/{name}'] = np32(value)
 
 
-def make_one(clone: str, folder: str, multi: bool, x_logmel: np.ndarray) -> dict:
+def make_one(clone: str, folder: str, multi: bool, x_logmel: np.ndarray, f0_hz=None) -> dict:
   import torch  # pylint: disable=import-outside-toplevel
 
   model = load_original(clone, folder)
@@ -372,10 +413,15 @@ def make_one(clone: str, folder: str, multi: bool, x_logmel: np.ndarray) -> dict
   out.update({'input/x': x, 'input/x_shuffle': x_shuffle})
   if multi:
     out.update({'input/x_logmel': x_logmel, 'input/swap_perm': np.asarray(SWAP, np.int32)})
+  pitch = None
+  if folder == 'vqvc+_pitch':
+    pitch = pitch_inputs(f0_hz)
+    out.update({'input/f0_hz': f0_hz, 'input/pitch': np32(pitch[0][:, 0])})
   noise: list = []
-  forward_golden(folder, model, torch.from_numpy(x), torch.from_numpy(x_shuffle), out, noise)
+  tensors = torch.from_numpy(x), torch.from_numpy(x_shuffle)
+  forward_golden(folder, model, *tensors, out, noise, pitch)
   model.load_state_dict(initial)  # the forward pass renormalised max_norm codebooks in place
-  training_step(folder, model, torch.from_numpy(x), torch.from_numpy(x_shuffle), out, noise)
+  training_step(folder, model, *tensors, out, noise, pitch)
   return out
 
 
@@ -390,12 +436,12 @@ def main(argv=None) -> int:
     print('error: this script runs the original models: pip install -e ".[torch]"', file=sys.stderr)
     return 1
   torch.set_num_threads(1)
-  x_logmel = demo_inputs()
-  manifests = {'': {}, 'multi': {}}
-  for group, table in (('', SECTION2), ('multi', MULTI)):
+  x_logmel, f0_hz = demo_inputs()
+  manifests = {'': {}, 'multi': {}, 'pitch': {}}
+  for group, table in (('', SECTION2), ('multi', MULTI), ('pitch', PITCH)):
     os.makedirs(os.path.join(args.out, group), exist_ok=True)
     for stem, folder in table.items():
-      arrays = make_one(args.original, folder, group == 'multi', x_logmel)
+      arrays = make_one(args.original, folder, multi_scale(folder), x_logmel, f0_hz)
       path = os.path.join(args.out, group, f'{stem}.npz')
       with open(path + '.tmp', 'wb') as f:
         np.savez_compressed(f, **arrays)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 
 from skipvqvc_jax import audio
 from skipvqvc_jax.errors import AudioError, CorpusError
 
+# train_pitch_multi.py: MIDI numbers under this are silence (the loader's 1 Hz is MIDI -36).
+SILENT_BELOW_MIDI = 20.0
 # The original's data loader keeps CREPE frequencies in this range with this confidence.
 CREPE_RANGE_HZ = (60.0, 1100.0)
 CREPE_MIN_CONFIDENCE = 0.3
@@ -112,3 +115,15 @@ def read_crepe_csv(path: str, frames: int) -> np.ndarray:
   # torch's F.interpolate(mode='nearest', scale_factor=frames / n): source index floor(i * n / frames).
   index = np.floor(np.arange(frames) * (len(frequency) / frames)).astype(int)
   return np.where(keep, frequency, 0.0)[np.minimum(index, len(frequency) - 1)].astype(np.float32)
+
+
+def model_contour(f0_hz, shift_semitones: float = 0.0):
+  """What `vqvc+_pitch`'s decoder takes, from F0 in Hz (B, T) (0: unvoiced), as
+  train_pitch_multi.py makes it: MIDI numbers (unvoiced: its loader's 1 Hz), less the mean of the
+  batch's voiced frames, + 20, / 50; unvoiced frames 0. Only the melody is left (the level is the
+  speaker terms'); `shift_semitones` moves the voiced frames, in the model's units of 1/50."""
+  midi = 12.0 * (jnp.log2(jnp.where(f0_hz > 0, f0_hz, 1.0)) - jnp.log2(440.0)) + 69.0
+  voiced = midi > SILENT_BELOW_MIDI
+  mean = jnp.sum(jnp.where(voiced, midi, 0.0)) / jnp.maximum(jnp.sum(voiced), 1)
+  contour = (midi - mean + 20.0 + shift_semitones) / 50.0
+  return jnp.where(midi < SILENT_BELOW_MIDI, 0.0, contour).astype(jnp.float32)

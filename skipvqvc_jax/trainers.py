@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skipvqvc_jax import storage
+from skipvqvc_jax import f0, storage
 from skipvqvc_jax.errors import ConfigError, CorpusError
 
 
@@ -165,11 +165,15 @@ class Normalised:
     return dict(mel=target, content_mel=stretched)
 
   def reconstruct(self, model, inputs: dict, rng):
-    """The model's reconstruction of normalised inputs['mel'] (every scale), and its encoding."""
-    content_mel = inputs.get('content_mel')
+    """The model's reconstruction of normalised inputs['mel'] (every scale), and its encoding; an
+    F0 model's decoder takes inputs['f0'] (Hz) as train_pitch_multi.py makes it."""
+    content_mel, f0_hz = inputs.get('content_mel'), inputs.get('f0')
     mel = self.normalize(inputs['mel'])
     return model.reconstruct(
-      mel, None if content_mel is None else self.normalize(content_mel), rng=rng
+      mel,
+      None if content_mel is None else self.normalize(content_mel),
+      f0=None if f0_hz is None else f0.model_contour(f0_hz),
+      rng=rng,
     )
 
   def loss(self, model, inputs: dict, rng, latent_weight: float):

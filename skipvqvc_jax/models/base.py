@@ -1,5 +1,5 @@
-"""The base of every VQVC+ model (`VQVCModel`) and what the models share: the `Encoding` that `encode`
-returns, the array layout, the time normalisation, and the rhythm path of the rhythm variants.
+"""The base of every VQVC+ model (`VQVCModel`) and the `Encoding` that `encode` returns (the terms
+they compute it with are in `terms.py`).
 
 Two siblings derive from the base: `vqvc.VQVCPlus` (single-scale: the decoder answers with the full mel)
 and `multi.VQVCPlusMulti` (multi-scale: the decoder answers at each of its three stages). Every model's
@@ -22,6 +22,7 @@ from flax import nnx
 from skipvqvc_jax.errors import PortError
 from skipvqvc_jax.models.layers import NUM_SCALES, EncoderStage, GruInit, torch_conv
 from skipvqvc_jax.models.quantizer import Quantizer
+from skipvqvc_jax.models.terms import to_public
 
 
 class Encoding(NamedTuple):
@@ -37,55 +38,6 @@ class Encoding(NamedTuple):
   content_losses: list  # each content quantizer's commitment term, scalars
   rhythm: list | None = None  # the rhythm models: channel-mean of the rhythm path, (B, 1, T_s)
   extras: dict | None = None  # variant-specific diagnostics (see each variant)
-
-
-# ---- layout and normalisation ---------------------------------------------------------------------
-
-
-def to_public(x):
-  """(B, T, C) <-> (B, C, T); the same swap converts both ways."""
-  return jnp.swapaxes(x, 1, 2)
-
-
-def l2norm(x, axis):
-  return jnp.linalg.norm(x, axis=axis, keepdims=True)
-
-
-def time_normalise(x):
-  """(x - its mean over time) / (its L2 norm over time + 1e-4), and that norm (the original's std)."""
-  centred = x - jnp.mean(x, axis=1, keepdims=True)
-  std = l2norm(centred, 1) + 1e-4
-  return centred / std, std
-
-
-def unit_frames(x):
-  return x / l2norm(x, -1)
-
-
-def residual_speaker(residual):
-  """The time-mean of what quantization left out, at norm 1/3: the speaker term of most variants."""
-  sp = jnp.mean(residual, axis=1, keepdims=True)
-  return sp / (l2norm(sp, -1) + 1e-4) / 3
-
-
-def rhythm_stage_input(j: int, q, sp, std, rhythm):
-  """The rhythm models' decoder input: content * std + speaker, plus rhythm at the coarsest scale."""
-  z = q * std + sp
-  return z + rhythm if j == 0 else z
-
-
-class RhythmVariant:
-  """What the two rhythm models (`vqvc+_rhythm`, `vqvc+_multi_rhythm`) add to their sibling: a second
-  pass of `mel` through the encoder gives the timing (see `VQVCModel.encode`), content is centred over
-  channels, and the decoder takes content * std + speaker, plus the rhythm at the coarsest scale."""
-
-  takes_content_mel = True
-
-  def _content_of_rows(self, rows):
-    return rows - jnp.mean(rows, axis=-1, keepdims=True)
-
-  def _stage_input(self, j, q, sp, std, rhythm):
-    return rhythm_stage_input(j, q, sp, std, rhythm)
 
 
 # ---- the base -------------------------------------------------------------------------------------
@@ -104,6 +56,8 @@ class VQVCModel(nnx.Module):
   name: ClassVar[str]
   multi_scale: ClassVar[bool]  # decodes to every scale: trained by the multi-scale trainers
   takes_content_mel: ClassVar[bool] = False  # encode/reconstruct(mel, content_mel): rhythm models
+  # decode/reconstruct/convert(..., f0=contour): the source's F0 conditions the decoder (vqvc+_pitch)
+  takes_f0: ClassVar[bool] = False
   # Scale s (finest first) has n_embed // codebook_divisors[s] content codes.
   codebook_divisors: ClassVar[tuple[int, ...]] = (4, 2, 1)
   resample_factor: ClassVar[int] = 1  # content codes are resampled by this factor (vqvc+_resample)
@@ -174,8 +128,9 @@ class VQVCModel(nnx.Module):
     """Whether the decoder has recurrent blocks that draw their initial state."""
     return self.gru_init == 'normal'
 
-  def _decoder_outputs(self, inputs: list, key) -> list:
-    """The decoder's outputs (channel-last, coarsest first) for per-scale inputs, coarse to fine."""
+  def _decoder_outputs(self, inputs: list, key, f0=None) -> list:
+    """The decoder's outputs (channel-last, coarsest first) for per-scale inputs, coarse to fine
+    (and the F0 contour (B, T) of a model that `takes_f0`)."""
     return self.dec(inputs, key)
 
   def _noise(self, mel, rng, noise) -> list:
@@ -330,19 +285,29 @@ class VQVCModel(nnx.Module):
 
   # ---- decoding -----------------------------------------------------------------------------------
 
-  def decode(self, content, speaker, std, rhythm=None, *, rng=None) -> list:
+  def decode(self, content, speaker, std, rhythm=None, *, f0=None, rng=None) -> list:
     """Per-scale content (finest first) with speaker terms and stds -> the decoder's outputs,
-    coarsest first; the last is the mel (B, in_channel, T)."""
-    return self._decode_channel_last([to_public(c) for c in content], speaker, std, rhythm, rng)
+    coarsest first; the last is the mel (B, in_channel, T). A model that `takes_f0` needs the F0
+    contour f0 (B, T) of the mel it decodes (the trainer's model-space contour)."""
+    return self._decode_channel_last([to_public(c) for c in content], speaker, std, rhythm, rng, f0)
 
-  def _decode_channel_last(self, content, speaker, std, rhythm, rng) -> list:
+  def _decode_channel_last(self, content, speaker, std, rhythm, rng, f0=None) -> list:
     """`decode` of channel-last content, finest first; public outputs, coarsest first."""
+    frames = content[0].shape[1] * 2  # the finest scale halves time once
+    if self.takes_f0 and (f0 is None or tuple(f0.shape) != (content[0].shape[0], frames)):
+      got = 'none' if f0 is None else tuple(f0.shape)
+      raise ValueError(
+        f'{self.name} decodes with the F0 contour of the source, (batch, frames) = '
+        f'{(content[0].shape[0], frames)}; got {got}'
+      )
+    if f0 is not None and not self.takes_f0:
+      raise ValueError(f'{self.name} is not conditioned on F0: it takes no f0')
     inputs = []
     for j, s in enumerate(reversed(range(NUM_SCALES))):  # coarse to fine
       r = None if rhythm is None else to_public(rhythm[s])
       inputs.append(self._stage_input(j, content[s], to_public(speaker[s]), to_public(std[s]), r))
     key = self._keys(rng, 1)[0] if self._decoder_draws_noise else None
-    return [to_public(y) for y in self._decoder_outputs(inputs, key)]
+    return [to_public(y) for y in self._decoder_outputs(inputs, key, f0)]
 
   def lookup(self, codes, speaker=None, std=None) -> list:
     """The content `encode` would give for these codes: codebook rows (B, C_s, T_s) per scale."""
@@ -351,7 +316,7 @@ class VQVCModel(nnx.Module):
       for s, c in enumerate(codes)
     ]
 
-  def decode_codes(self, codes, speaker, std, rhythm=None, *, rng=None) -> list:
+  def decode_codes(self, codes, speaker, std, rhythm=None, *, f0=None, rng=None) -> list:
     """Decodes code indices (B, T_s) per scale, finest first, as the VQVAE notebook does: edit an
     `encode`'s codes, decode them with its (or another utterance's) speaker terms."""
     if len(codes) != NUM_SCALES:
@@ -365,23 +330,25 @@ class VQVCModel(nnx.Module):
           f'{self.name}: codes of scale {s} must lie in [0, {q.num_codes}); got '
           f'{int(values.min())}..{int(values.max())}'
         )
-    return self._decode_codes(codes, speaker, std, rhythm, rng)
+    return self._decode_codes(codes, speaker, std, rhythm, rng, f0)
 
-  def _decode_codes(self, codes, speaker, std, rhythm, rng) -> list:
-    return self.decode(self.lookup(codes, speaker, std), speaker, std, rhythm, rng=rng)
+  def _decode_codes(self, codes, speaker, std, rhythm, rng, f0=None) -> list:
+    return self.decode(self.lookup(codes, speaker, std), speaker, std, rhythm, f0=f0, rng=rng)
 
   # ---- both -----------------------------------------------------------------------------------------
 
-  def reconstruct(self, mel, content_mel=None, *, rng=None):
+  def reconstruct(self, mel, content_mel=None, *, f0=None, rng=None):
     """(decode(encode(mel)): the decoder's outputs, coarsest first; the encoding). A rhythm model
-    takes `mel`'s timing with `content_mel`'s content (default: `mel`)."""
+    takes `mel`'s timing with `content_mel`'s content (default: `mel`); an F0 model, `mel`'s F0
+    contour f0."""
     enc_key, dec_key = self._keys(rng, 2)
     enc = self.encode(mel, content_mel, rng=enc_key)
-    return self.decode(enc.content, enc.speaker, enc.std, enc.rhythm, rng=dec_key), enc
+    return self.decode(enc.content, enc.speaker, enc.std, enc.rhythm, f0=f0, rng=dec_key), enc
 
-  def convert(self, source_mel, target_mel, *, rng=None) -> list:
+  def convert(self, source_mel, target_mel, *, f0=None, rng=None) -> list:
     """The source's content spoken with the target's speaker terms (a target batch of 1 serves every
-    source item); the decoder's outputs, coarsest first."""
+    source item), and an F0 model's contour f0 (the source's, or one made from it); the decoder's
+    outputs, coarsest first."""
     keys = self._keys(rng, 3)
     src = self.encode(source_mel, rng=keys[0])
     tgt = self.encode(target_mel, rng=keys[1])
@@ -395,4 +362,4 @@ class VQVCModel(nnx.Module):
       [jnp.broadcast_to(a, (batch,) + a.shape[1:]) for a in terms]
       for terms in (tgt.speaker, tgt.std)
     )
-    return self.decode(src.content, speaker, std, src.rhythm, rng=keys[2])
+    return self.decode(src.content, speaker, std, src.rhythm, f0=f0, rng=keys[2])

@@ -256,13 +256,21 @@ class RCBlock(nnx.Module):
 
 
 class GBlock(nnx.Module):
-  """conv(C -> M) -> GroupNorm -> leaky -> RCBlock(M) -> conv(M -> C)."""
+  """conv(C -> M) -> GroupNorm -> leaky -> RCBlock(M) -> conv(M -> out_channels, default C)."""
 
-  def __init__(self, channels: int, middle: int, *, gru_init: GruInit, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    channels: int,
+    middle: int,
+    *,
+    gru_init: GruInit,
+    rngs: nnx.Rngs,
+    out_channels: int | None = None,
+  ):
     self.conv_in = Conv1d(channels, middle, 3, padding=1, rngs=rngs)
     self.norm_in = group_norm(middle, rngs)
     self.rc = RCBlock(middle, gru_init=gru_init, rngs=rngs)
-    self.conv_out = Conv1d(middle, channels, 3, padding=1, rngs=rngs)
+    self.conv_out = Conv1d(middle, out_channels or channels, 3, padding=1, rngs=rngs)
 
   def __call__(self, x, noise_key=None):
     h = leaky_relu(self.norm_in(self.conv_in(x)))

@@ -19,13 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from skipvqvc_jax.models.base import (
-  RhythmVariant,
-  VQVCModel,
-  residual_speaker,
-  time_normalise,
-  unit_frames,
-)
+from skipvqvc_jax.models.base import VQVCModel
 from skipvqvc_jax.models.layers import (
   NUM_SCALES,
   Conv1d,
@@ -37,6 +31,7 @@ from skipvqvc_jax.models.layers import (
   torch_gblock,
   torch_norm,
 )
+from skipvqvc_jax.models.terms import RhythmVariant, residual_speaker, time_normalise, unit_frames
 
 
 class ConvBlock(nnx.Module):
@@ -67,7 +62,9 @@ class MultiDecoder(nnx.Module):
 
   body: 'gn' (conv-GroupNorm-conv), 'plain' (conv-conv) or 'rc' (VQVC+'s recurrent GBlock). With
   refine_residual the refined copy is x + refine(x), else refine(x). Only the first `inputs` stages
-  take an input (`vqvc+_multi_ps` decodes from its coarsest scale alone).
+  take an input (`vqvc+_multi_ps` decodes from its coarsest scale alone). With `pitch`
+  (`vqvc+_pitch`), each stage adds recurrent blocks of the F0 contour at its frame rate (one channel
+  in) to both its blocks' outputs.
   """
 
   def __init__(
@@ -80,6 +77,7 @@ class MultiDecoder(nnx.Module):
     refine_residual: bool,
     inputs: int,
     rngs: nnx.Rngs,
+    pitch: bool = False,
   ):
     channels = [in_channel // 2 ** (NUM_SCALES - j) for j in range(NUM_SCALES)]  # 10, 20, 40
 
@@ -92,13 +90,21 @@ class MultiDecoder(nnx.Module):
     self.blocks = nnx.List([block(c) for c in channels])
     self.blocks_refine = nnx.List([block(c) for c in channels])
     self.refine_residual = refine_residual
+    self.groups = ('resblock', 'blocks', 'blocks_refine')
+    if pitch:
+      one_in = lambda c: GBlock(1, middle, gru_init=gru_init, rngs=rngs, out_channels=c)
+      self.pitchblock = nnx.List([one_in(c) for c in channels])
+      self.pitchblock_refine = nnx.List([one_in(c) for c in channels])
+      self.groups += ('pitchblock', 'pitchblock_refine')
 
-  def __call__(self, stage_inputs: Sequence[jax.Array], noise_key=None) -> list:
-    """stage_inputs: coarse to fine, channel-last. Returns each stage's output, coarse to fine."""
+  def __call__(self, stage_inputs: Sequence[jax.Array], noise_key=None, pitch=None) -> list:
+    """stage_inputs: coarse to fine, channel-last; pitch: with pitch blocks, the F0 contour
+    (B, T_j, 1) of each stage's output, coarse to fine. Returns each stage's output, coarse to fine."""
+    n = len(self.groups)
     keys = (
-      jax.random.split(noise_key, 3 * NUM_SCALES).reshape(NUM_SCALES, 3)
+      jax.random.split(noise_key, n * NUM_SCALES).reshape(NUM_SCALES, n)
       if noise_key is not None
-      else [[None] * 3] * NUM_SCALES
+      else [[None] * n] * NUM_SCALES
     )
     x, outputs = 0.0, []
     for j in range(NUM_SCALES):
@@ -106,13 +112,17 @@ class MultiDecoder(nnx.Module):
         x = x + self.resblock[j](stage_inputs[j], keys[j][0])
       x = jnp.repeat(x, 2, axis=1)  # nearest-neighbour upsampling in time
       x = x + self.blocks[j](x, keys[j][1])
+      if pitch is not None:
+        x = x + self.pitchblock[j](pitch[j], keys[j][3])
       refined = self.blocks_refine[j](x, keys[j][2])
+      if pitch is not None:
+        refined = refined + self.pitchblock_refine[j](pitch[j], keys[j][4])
       x = jnp.concatenate([x, x + refined if self.refine_residual else refined], axis=-1)
       outputs.append(x)
     return outputs
 
   def torch_names(self, table: dict) -> None:
-    for group in ('resblock', 'blocks', 'blocks_refine'):
+    for group in self.groups:
       for j, block in enumerate(getattr(self, group)):
         if isinstance(block, GBlock):
           torch_gblock(table, f'dec.{group}.{j}', block)

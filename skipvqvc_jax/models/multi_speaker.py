@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from skipvqvc_jax.models.base import Encoding, time_normalise, to_public
+from skipvqvc_jax.models.base import Encoding
 from skipvqvc_jax.models.layers import (
   NUM_SCALES,
   Conv1d,
@@ -18,6 +18,7 @@ from skipvqvc_jax.models.layers import (
 )
 from skipvqvc_jax.models.multi import VQVCPlusMulti
 from skipvqvc_jax.models.quantizer import RawQuantizer, SpeakerCodebookQuantizer, UnitQuantizer
+from skipvqvc_jax.models.terms import time_normalise, to_public
 
 SPEAKER_WIDTH = 128  # hard-coded in the original's SBlock
 SPEAKER_DILATION = 8
@@ -219,12 +220,12 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
     add, mul = to_public(speaker)[:, 0], to_public(std)[:, 0]
     return self.quantize[s](content + add[:, None], add, mul).value
 
-  def decode(self, content, speaker, std, rhythm=None, *, rng=None) -> list:
+  def decode(self, content, speaker, std, rhythm=None, *, f0=None, rng=None) -> list:
     """The speaker-free content (finest first) quantized against (speaker, std)'s codebooks, decoded."""
     quantized = [
       self._requantize(s, to_public(c), speaker[s], std[s]) for s, c in enumerate(content)
     ]
-    return self._decode_channel_last(quantized, speaker, std, rhythm, rng)
+    return self._decode_channel_last(quantized, speaker, std, rhythm, rng, f0)
 
   def _stage_input(self, j, q, sp, std, rhythm):
     return q
@@ -242,9 +243,9 @@ class VQVCPlusMultiCodebookGen(_SpeakerNetworkMulti):
       for s, c in enumerate(codes)
     ]
 
-  def _decode_codes(self, codes, speaker, std, rhythm, rng) -> list:
+  def _decode_codes(self, codes, speaker, std, rhythm, rng, f0=None) -> list:
     rows = self.lookup(codes, speaker, std)  # already quantized: decoded as they are
-    return self._decode_channel_last([to_public(r) for r in rows], speaker, std, rhythm, rng)
+    return self._decode_channel_last([to_public(r) for r in rows], speaker, std, rhythm, rng, f0)
 
   def training_latent(self, enc: Encoding, rng=None, perm=None):
     """forward()'s extra latent term: sum over scales of the signed mean of (content quantized with

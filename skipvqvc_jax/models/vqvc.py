@@ -13,16 +13,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from skipvqvc_jax.models.base import (
+from skipvqvc_jax.models.base import VQVCModel
+from skipvqvc_jax.models.layers import NUM_SCALES, Decoder
+from skipvqvc_jax.models.quantizer import Quantizer
+from skipvqvc_jax.models.terms import (
   RhythmVariant,
-  VQVCModel,
   l2norm,
   residual_speaker,
   time_normalise,
   unit_frames,
 )
-from skipvqvc_jax.models.layers import NUM_SCALES, Decoder
-from skipvqvc_jax.models.quantizer import Quantizer
 
 
 class VQVCPlus(VQVCModel):
