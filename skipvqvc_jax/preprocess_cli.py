@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from skipvqvc_jax import audio, errors, preprocessing, storage
+from skipvqvc_jax import audio, errors, f0, preprocessing, storage
 from skipvqvc_jax.usage import one_line_errors, parse_flags, start
 
 _defaults = audio.FeatureParams()
@@ -39,6 +39,15 @@ flags.DEFINE_integer('n_mels', _defaults.n_mels, 'Mel bands.')
 flags.DEFINE_float(
   'top_db', _defaults.trim_top_db, 'Silence trimming threshold; negative: no trim.'
 )
+flags.DEFINE_enum(
+  'f0',
+  None,
+  list(f0.METHODS),
+  'Also estimate F0 per frame (for vqvc+_pitch) into OUTPUT_DIR/f0/: harvest or dio (pyworld, '
+  'the [listen] extra), or pyin (librosa).',
+)
+flags.DEFINE_float('f0_min', f0.F0Params.fmin, 'Lowest F0 searched, Hz.')
+flags.DEFINE_float('f0_max', f0.F0Params.fmax, 'Highest F0 searched, Hz.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 FLAGS = flags.FLAGS
 
@@ -74,6 +83,7 @@ def main(argv):
       log=lambda line: print(errors.printable(line)),
       speaker_depth=FLAGS.speaker_depth,
       mic=FLAGS.mic,
+      f0_params=f0.F0Params(FLAGS.f0, FLAGS.f0_min, FLAGS.f0_max) if FLAGS.f0 else None,
     )
   except KeyboardInterrupt:
     print(

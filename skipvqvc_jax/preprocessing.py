@@ -9,21 +9,16 @@ feature, so an interrupted run cannot be continued with other parameters.
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
-import multiprocessing
 import os
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from skipvqvc_jax import audio, corpus, errors, layouts, locks, storage
+from skipvqvc_jax import audio, corpus, errors, f0, f0_features, layouts, locks, storage
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import load_json, save_json, save_npy
-from skipvqvc_jax.progress import Progress
+from skipvqvc_jax.workers import map_files
 
 STAMP = '.preprocessing.json'  # the parameters of the run writing the folder, until its manifest is
 
@@ -137,12 +132,15 @@ def preprocess(
   log: Callable[[str], None] = print,
   speaker_depth: int | None = None,
   mic: str = 'mic1',
+  f0_params=None,
 ) -> dict:
   """Audio corpus -> features, split, statistics and manifest. Returns the manifest.
 
   Resumable: features already on disk are kept while they still match, and files skipped by an
   earlier run are not decoded again while unchanged. Raises CorpusError when the input is missing,
-  nothing usable came out, or the output folder holds features made with other parameters.
+  nothing usable came out, or the output folder holds features made with other parameters. With
+  `f0_params` (an `f0.F0Params`), or when the folder has F0 already, F0 is made beside the features
+  (`f0_features`).
   """
   log = _printable_lines(log)
   if storage.isfile(output_dir):
@@ -163,6 +161,7 @@ def preprocess(
       workers,
       progress,
       log,
+      f0_params,
     )
 
 
@@ -178,6 +177,7 @@ def _preprocess(
   workers,
   progress,
   log,
+  f0_params,
 ) -> dict:
   utterances, skipped, layout = found
   log(
@@ -204,6 +204,9 @@ def _preprocess(
   _check_parameters(output_dir, params)
   manifest_path = storage.join(output_dir, corpus.MANIFEST)
   old = load_json(manifest_path) if storage.exists(manifest_path) else {}
+  f0_features.check_params(old, f0_params, output_dir)
+  if f0_params is None and old.get('f0_params'):  # the folder has F0: kept up to date
+    f0_params = f0.F0Params.from_dict(old['f0_params'])
   known_skips = {s['source']: s for s in old.get('skipped', []) if 'key' in s}
   known_items = {i['source']: i for i in old.get('items', [])}
   split = (
@@ -287,11 +290,17 @@ def _preprocess(
       f'no usable audio in {input_dir}: {len(skipped)} files skipped (see the reasons above)'
     )
   items.sort(key=lambda i: i['file'])
+  if f0_params is not None:
+    skipped += f0_features.make(
+      output_dir, items, root, params, f0_params, workers=workers, progress=progress, log=log
+    )
   save_json(storage.join(output_dir, corpus.SPLIT_FILE), split)
   corpus.write_stats(
     output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)]
   )
   manifest = corpus.manifest(input_dir, params, min_frames, split, items, skipped, layout=layout)
+  if f0_params is not None:
+    manifest['f0_params'] = f0_params.to_dict()
   save_json(manifest_path, manifest)
   storage.remove(storage.join(output_dir, STAMP))
   return manifest
@@ -310,76 +319,3 @@ def _item(utt: corpus.Utterance, out_rel: str, frames: int, trim, key) -> dict:
 
 def _printable_lines(log):
   return lambda line: log(errors.printable(line))
-
-
-def map_files(
-  work: Callable[[tuple], dict],
-  tasks: list,
-  workers: int | None,
-  progress: bool,
-  log: Callable[[str], None] | None = None,
-  what: str = 'files',
-) -> Iterable[dict]:
-  """Results of `work` (a picklable function of one task) in task order, over `workers` processes.
-
-  progress=True shows a terminal progress bar; otherwise, given `log`, a line every 10 seconds. A
-  worker that dies (the out-of-memory killer, a signal) stops the run with a CorpusError instead of
-  leaving it waiting forever for that worker's results."""
-  import tqdm  # pylint: disable=import-outside-toplevel  (slow to import; only here)
-
-  workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
-  bar = tqdm.tqdm(total=len(tasks), unit='file', disable=not progress or not tasks)
-  lines = Progress(what, len(tasks), log, unit='files') if log and not progress and tasks else None
-
-  done = [0]
-
-  def advance():
-    done[0] += 1
-    bar.update()
-    if lines:
-      lines.update()
-
-  # Counted before each result is handed over: a consumer zipping the results stops at the last one.
-  if workers <= 1:
-    for task in tasks:
-      result = work(task)
-      advance()
-      yield result
-  else:
-    pool = concurrent.futures.ProcessPoolExecutor(
-      workers,
-      mp_context=multiprocessing.get_context('spawn'),
-      initializer=_worker_start,
-      initargs=(os.getpid(),),
-    )
-    try:
-      for result in pool.map(work, tasks, chunksize=4):
-        advance()
-        yield result
-    except concurrent.futures.process.BrokenProcessPool:
-      raise CorpusError(
-        f'{what}: a worker process died (killed by the system: out of memory?) '
-        f'after {done[0]} of {len(tasks)} files; rerun to continue (finished files '
-        f'are kept), with fewer --workers if memory is short'
-      ) from None
-    finally:
-      # Stopped early (Ctrl-C, SIGTERM, an error): the queued files are dropped and the workers end
-      # now, instead of finishing every file already handed to the pool.
-      workers_left = list(getattr(pool, '_processes', {}).values())
-      pool.shutdown(wait=False, cancel_futures=True)
-      for process in workers_left:
-        process.terminate()
-  bar.close()
-
-
-def _worker_start(parent_pid: int) -> None:
-  """A worker leaves Ctrl-C to its parent (which stops the pool in one line) and ends when its parent
-  does, however that ends (SIGKILL included): a thread watches the parent's pid."""
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-  def watch():
-    while os.getppid() == parent_pid:
-      time.sleep(0.5)
-    os._exit(1)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
-
-  threading.Thread(target=watch, daemon=True).start()

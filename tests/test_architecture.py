@@ -20,11 +20,13 @@ LAYERS = {
     'torch_files',
     'asr',
     'f0',
+    'workers',
   ],
   2: [
     'layouts',
     'corpus',
     'preprocessing',
+    'f0_features',
     'checkpoints',
     'locks',
     'configs',

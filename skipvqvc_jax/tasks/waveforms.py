@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from skipvqvc_jax import audio, corpus, preprocessing, sharding, storage
+from skipvqvc_jax import audio, corpus, sharding, storage
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import save_npy
 
@@ -78,7 +78,7 @@ def cache_waveforms(
       )
     tasks.append((source_path, out_path, params, item.get('trim'), item['frames']))
   for task, result in zip(
-    tasks, preprocessing.map_files(_cache_one, tasks, workers, progress, log, 'caching waveforms')
+    tasks, workers.map_files(_cache_one, tasks, workers, progress, log, 'caching waveforms')
   ):
     if not result['ok']:
       raise CorpusError(f'{task[0]}: {result["reason"]}')

@@ -1,0 +1,105 @@
+"""preprocess.py --f0: F0 beside the features, on chirps whose F0 is known; made once, kept up to date,
+one method per folder."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from skipvqvc_jax import errors, f0, f0_features, preprocessing
+from tests import audio_fixtures
+from tests.conftest import REPO
+
+SR = 22050
+CHIRPS = {  # speaker/utterance: (start F0 in Hz, seconds); voiced() rises linearly by half
+  'ann/ann_001.wav': (110.0, 1.6),
+  'ann/ann_002.wav': (125.0, 1.4),
+  'ben/ben_001.wav': (180.0, 1.5),
+  'cat/cat_001.wav': (220.0, 1.3),
+}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+  for i, (rel, (start, seconds)) in enumerate(CHIRPS.items()):
+    path = tmp_path / 'corpus' / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio_fixtures.voiced(seconds, SR, start, seed=i), SR)
+  return tmp_path / 'corpus'
+
+
+def _run(corpus, out, **kwargs):
+  logs = []
+  manifest = preprocessing.preprocess(
+    str(corpus),
+    str(out),
+    test_speakers=['cat'],
+    workers=1,
+    progress=False,
+    log=logs.append,
+    **kwargs,
+  )
+  return manifest, logs
+
+
+def test_f0_is_made_beside_each_feature_and_kept_up_to_date(corpus, tmp_path):
+  out = tmp_path / 'features'
+  manifest, _ = _run(corpus, out, f0_params=f0.F0Params('dio'))
+  assert manifest['f0_params'] == f0.F0Params('dio').to_dict()
+  for item in manifest['items']:
+    path = f0_features.f0_path(str(out), item['file'])
+    assert path == f0_features.f0_of_feature(str(out / item['file']))
+    contour = np.load(path)
+    assert contour.shape == (1, item['frames']) and contour.dtype == np.float32
+    # The chirp's F0 at each frame's centre: the trimmed audio starts trim[0] samples in, after
+    # 0.2 s of silence; F0 rises from start by half over the chirp.
+    start, seconds = CHIRPS[item['source']]
+    t = (item['trim'][0] + (np.arange(item['frames']) + 0.5) * 256) / SR - 0.2
+    expected = start * (1 + 0.5 * t / seconds)
+    voiced = contour[0] > 0
+    assert voiced.mean() > 0.8, item['source']
+    error = np.abs(contour[0][voiced] / expected[voiced] - 1)
+    assert np.median(error) < 0.01, (item['source'], np.median(error))
+
+  # Made once: a rerun (without --f0: the folder has F0) remakes only a missing file.
+  missing = f0_features.f0_path(str(out), manifest['items'][0]['file'])
+  os.remove(missing)
+  again, logs = _run(corpus, out)
+  assert again['f0_params'] == manifest['f0_params'] and os.path.isfile(missing)
+  assert any('1 files to estimate' in line for line in logs), logs
+
+  # An utterance gone: its feature and its F0 go.
+  gone = manifest['items'][1]
+  os.remove(corpus / gone['source'])
+  _run(corpus, out)
+  assert not os.path.exists(f0_features.f0_path(str(out), gone['file']))
+
+  # Another method is refused before anything is written.
+  with pytest.raises(errors.CorpusError, match='--f0=dio'):
+    _run(corpus, out, f0_params=f0.F0Params('pyin'))
+
+
+def test_the_command_takes_f0(corpus, tmp_path):
+  out = tmp_path / 'features'
+  result = subprocess.run(
+    [
+      sys.executable,
+      'preprocess.py',
+      str(corpus),
+      str(out),
+      '--f0=dio',
+      '--test_speakers=cat',
+      '--workers=1',
+      '--noprogress',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  made = sorted(p.name for p in (out / 'f0' / 'train').iterdir())
+  assert made == sorted(p.name for p in (out / 'train').iterdir())
