@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from skipvqvc_jax import f0
 from skipvqvc_jax.errors import ConfigError
 
 
@@ -72,7 +73,11 @@ RANGES = {
   'features.fmin': Range(0, whole=False),
   'features.log_floor': Range(0, whole=False, above=True),
 }
-CHOICES = {'compute_dtype': ('float32', 'bfloat16'), 'lr_schedule': ('constant', 'warmup_cosine')}
+CHOICES = {
+  'compute_dtype': ('float32', 'bfloat16'),
+  'lr_schedule': ('constant', 'warmup_cosine'),
+  'data.f0_method': tuple(f0.METHODS),
+}
 
 
 def check(config) -> None:
@@ -87,5 +92,7 @@ def check(config) -> None:
     if problem:
       raise ConfigError(f'--config.{field}={holder[name]!r}: {problem}')
   for field, choices in CHOICES.items():
-    if field in config and config[field] not in choices:
-      raise ConfigError(f'--config.{field}={config[field]!r}: choose one of {", ".join(choices)}')
+    section, _, name = field.rpartition('.')
+    holder = config.get(section) if section else config
+    if holder is not None and name in holder and holder[name] not in choices:
+      raise ConfigError(f'--config.{field}={holder[name]!r}: choose one of {", ".join(choices)}')

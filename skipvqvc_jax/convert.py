@@ -118,6 +118,11 @@ class Converter:
     seed: int = 0,
     config=None,
   ):
+    if model.takes_f0:
+      raise ConversionError(
+        f'{model.name} converts with the source\'s F0, which conversion does not compute yet: its '
+        f'training writes reconstructions and conversions to TensorBoard'
+      )
     self.model, self.settings, self.trainer, self.config = model, settings, trainer, config
     self.params = settings.features
     self.vocoder = vocoders.get(vocoder, self.params)

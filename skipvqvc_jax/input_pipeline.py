@@ -1,6 +1,8 @@
 """Feature files -> batches of random fixed-length crops, with grain.
 
-Each batch is `{'mel': float32 (batch, n_mels, crop_frames), 'speaker': int32 (batch,)}`. The order is a
+Each batch is `{'mel': float32 (batch, n_mels, crop_frames), 'speaker': int32 (batch,)}`, and with F0
+(`make_dataset(..., f0=True)`) `'f0'`: float32 (batch, crop_frames) in Hz, the same crop of each
+feature's F0 file (`f0_features`). The order is a
 pure function of the seed and the position in the stream, so the iterator state (one position) can be
 checkpointed and a resumed run sees exactly the batches an uninterrupted run would.
 
@@ -9,14 +11,10 @@ global batch k is its k-th run of `global_batch` crops; process p reads only its
 global batch (see CropBatches). So the processes read disjoint examples (each crop is read by exactly
 one of them) and the global batches are the same whatever the number of processes: a pod run trains on
 exactly the batches of a single-process run.
-
-`resolve_data` turns a config's data fields into the feature folders a run reads, preprocessing an audio
-corpus into the workdir first when it is given one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import io
@@ -26,11 +24,10 @@ import time
 from collections.abc import Sequence
 
 import grain
-import jax
 import numpy as np
 from absl import logging
 
-from skipvqvc_jax import audio, corpus, fileio, preprocessing, sharding, storage
+from skipvqvc_jax import corpus, f0_features, fileio, storage
 from skipvqvc_jax.errors import CorpusError
 
 # The files beside a feature folder that conversion, evaluation and training read along with it.
@@ -143,8 +140,9 @@ class FeatureSource(grain.sources.RandomAccessDataSource):
   also run the step that showed: 15% slower steps at the demo preset with mapped files (benchmarks).
   """
 
-  def __init__(self, files: Sequence[str], key: str = 'mel'):
+  def __init__(self, files: Sequence[str], key: str = 'mel', f0: bool = False):
     self.files, self.key = list(files), key
+    self.f0 = [load_f0(f) for f in self.files] if f0 else None
     index = {s: i for i, s in enumerate(speaker_names(self.files))}
     self.speaker_ids = np.array([index[corpus.speaker_of(f)] for f in self.files], np.int32)
     in_memory = sum(os.path.getsize(f) for f in self.files) <= IN_MEMORY_LIMIT
@@ -168,6 +166,21 @@ class FeatureSource(grain.sources.RandomAccessDataSource):
         check_feature(self.files[i], array, self.rows)
         self._checked.add(i)
     return {self.key: array, 'speaker': self.speaker_ids[i]}
+
+
+def load_f0(feature_file: str) -> np.ndarray:
+  """The (1, frames) F0 of a feature file, checked against the feature's frame count."""
+  path = f0_features.f0_of_feature(feature_file)
+  if not storage.exists(path):
+    raise CorpusError(
+      f'{feature_file} has no F0 ({path}): this model is conditioned on F0; preprocess the corpus '
+      f'again with --f0=harvest (or dio, pyin): the features are kept, only F0 is made'
+    )
+  contour = load_features(path, rows=1)
+  frames = load_features(feature_file, mmap=True).shape[1]
+  if contour.shape[1] != frames:
+    raise CorpusError(f'{path}: {contour.shape[1]} F0 frames for a feature of {frames}: remake it')
+  return contour
 
 
 def random_crop(mel: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -228,7 +241,11 @@ class CropBatches(grain.MapDataset):
     positions = positions[self.offset : self.offset + self.local]
     key = self.source.key
     crops = [crop_at(self.source[i][key], self.frames, u) for i, u in zip(files, positions)]
-    return {key: np.stack(crops), 'speaker': self.source.speaker_ids[files]}
+    batch = {key: np.stack(crops), 'speaker': self.source.speaker_ids[files]}
+    if self.source.f0 is not None:  # the same window of each F0
+      f0 = [crop_at(self.source.f0[i], self.frames, u)[0] for i, u in zip(files, positions)]
+      batch['f0'] = np.stack(f0)
+    return batch
 
 
 def make_dataset(
@@ -240,14 +257,15 @@ def make_dataset(
   shard_index: int = 0,
   shard_count: int = 1,
   key: str = 'mel',
+  f0: bool = False,
 ) -> grain.MapDataset:
   """Batches of random crops, reshuffled each epoch; this process's slice of every global batch.
 
   batch_size is per process (the global batch / the number of processes). The stream is endless;
   batch i is `dataset[i]`, whatever happened before. crop_frames counts the last axis: frames of mels,
-  or samples of waveforms (key='audio').
+  or samples of waveforms (key='audio'). With f0, batches carry each crop's F0 (`f0_features`).
   """
-  source = FeatureSource(list_features(features_dir), key=key)
+  source = FeatureSource(list_features(features_dir), key=key, f0=f0)
   if len(source) < batch_size * shard_count:
     raise CorpusError(
       f'{features_dir}: {len(source)} files, fewer than the global batch of '
@@ -272,107 +290,3 @@ def make_iterator(dataset: grain.MapDataset, *, prefetch: int = 4, threads: int 
 def speaker_names(files: Sequence[str]) -> list[str]:
   """The speakers of feature files, in the order of their ids in batches."""
   return sorted({corpus.speaker_of(f) for f in files})
-
-
-# ---- a run's data ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Data:
-  train_dir: str
-  test_dir: str
-  stats_file: str
-
-
-def _holds_features(folder: str) -> bool:
-  return storage.isdir(folder) and any(f.endswith('.npy') for f in storage.listdir(folder))
-
-
-DEMO_CORPUS = 'data/demo_corpus'  # the demo presets' corpus: in the repository, not the package
-
-
-def check_train_dir(config) -> None:
-  """One line when data.train_dir is unset or missing (checked before a run touches its workdir)."""
-  train_dir = config.data.train_dir
-  if not train_dir:
-    raise CorpusError(
-      'no training data: set --config.data.train_dir to a features folder or an audio corpus'
-    )
-  if storage.isdir(train_dir):
-    return
-  if train_dir == DEMO_CORPUS:
-    raise CorpusError(
-      f"data.train_dir {DEMO_CORPUS} (the demo presets' bundled corpus) is not in this directory: "
-      f'it comes with the repository, not the installed package; run from a clone of the '
-      f'repository, or set --config.data.train_dir to your own corpus or features folder'
-    )
-  raise CorpusError(f'data.train_dir {train_dir} does not exist')
-
-
-def resolve_data(config, workdir: str) -> Data:
-  """Feature folders for training and testing; audio corpora are preprocessed into the workdir first."""
-  params = audio.FeatureParams.from_dict(config.features)
-  train_dir, test_dir = config.data.train_dir, config.data.test_dir
-  check_train_dir(config)
-  if storage.is_url(train_dir) and not _holds_features(train_dir):
-    raise CorpusError(
-      f'data.train_dir {train_dir} holds no .npy features: a bucket holds features, not audio; '
-      f'preprocess the corpus with its output folder there (preprocess.py INPUT_DIR {train_dir})'
-    )
-  if not _holds_features(train_dir):
-    # An audio corpus: preprocess once into the workdir (resumable, so a rerun reuses it).
-    num_test = config.data.num_test_speakers
-    out = _preprocess_once(
-      train_dir,
-      storage.join(workdir, 'features'),
-      params,
-      config.seed,
-      None if num_test < 0 else num_test,
-      config.data,
-    )
-    train_dir = storage.join(out, 'train')
-    test_dir = test_dir or storage.join(out, 'test')
-  elif not test_dir:
-    sibling = storage.join(storage.dirname(storage.abspath(train_dir)), 'test')
-    test_dir = sibling if _holds_features(sibling) else train_dir
-    if test_dir == train_dir:
-      logging.warning('no test_dir and no test/ beside train_dir: evaluating on training speakers')
-  if storage.isdir(test_dir) and not _holds_features(test_dir):
-    # Test audio: every speaker in it is a test speaker, so all of it lands on the 'train' side.
-    out = _preprocess_once(
-      test_dir, storage.join(workdir, 'test_features'), params, config.seed, 0, config.data
-    )
-    test_dir = storage.join(out, 'train')
-  if test_dir and not _holds_features(test_dir):
-    raise CorpusError(f'data.test_dir {test_dir} holds no .npy features')
-  for folder in {train_dir, test_dir}:
-    manifest_dir = corpus.manifest_root(folder)
-    if manifest_dir:
-      corpus.check_feature_params(manifest_dir, params)
-    else:
-      logging.warning('%s has no manifest.json: cannot check its feature parameters', folder)
-  stats_file = config.data.stats_file or storage.join(
-    corpus.manifest_root(train_dir) or storage.dirname(storage.abspath(train_dir)),
-    corpus.STATS_FILE,
-  )
-  return Data(train_dir, test_dir, stats_file)
-
-
-def _preprocess_once(
-  audio_dir: str, out: str, params, seed: int, num_test: int | None, data
-) -> str:
-  if jax.process_index() == 0:
-    logging.info('preprocessing the audio in %s into %s', audio_dir, out)
-    preprocessing.preprocess(
-      audio_dir,
-      out,
-      params,
-      num_test_speakers=num_test,
-      seed=seed,
-      progress=False,
-      log=logging.info,
-      speaker_depth=data.get('speaker_depth') or None,
-      mic=data.get('mic', 'mic1'),
-    )
-  sharding.sync('preprocess')
-  return out

@@ -24,6 +24,7 @@ from skipvqvc_jax import (
   locks,
   progress,
   resume,
+  run_data,
   sharding,
   storage,
   summaries,
@@ -146,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_config(config)
   resolve_batch(config)
   check_workdir(workdir)
-  input_pipeline.check_train_dir(config)  # before the lock: a refused run leaves no workdir
+  run_data.check_train_dir(config)  # before the lock: a refused run leaves no workdir
   lock = locks.for_workdir(workdir)
   if jax.process_index() == 0:
     lock.acquire()

@@ -37,6 +37,7 @@ class Trainer:
   # content; 'input' replaces the input by the stretched copy (the non-rhythm multi trainers).
   stretch: str
   multi_scale: bool  # takes the models that decode at every scale (else the single-scale ones)
+  f0: bool = False  # feeds the source's F0 to the decoder: trains the F0 models (vqvc+_pitch) only
 
   @property
   def uses_stats(self) -> bool:
@@ -50,6 +51,12 @@ class Trainer:
       raise ConfigError(
         f'--config.trainer={self.name!r} cannot train {model_class.name}: it trains '
         f'{kind(self.multi_scale)} models; {model_class.name} takes {", ".join(takes)}'
+      )
+    if self.f0 != model_class.takes_f0:
+      takes = [t.name for t in TRAINERS.values() if t.f0 == model_class.takes_f0]
+      raise ConfigError(
+        f'--config.trainer={self.name!r} cannot train {model_class.name}: the F0 trainer and the '
+        f'F0 model (vqvc+_pitch) go together; {model_class.name} takes {", ".join(takes)}'
       )
     if self.stretch == 'rhythm' and not model_class.takes_content_mel:
       raise ConfigError(
@@ -105,6 +112,7 @@ TRAINERS = {
       'rhythm',
       multi_scale=True,
     ),
+    Trainer('pitch_multi', 'train_pitch_multi.py', 'simple', 'none', multi_scale=True, f0=True),
   )
 }
 NAMES = tuple(TRAINERS)
@@ -155,10 +163,11 @@ class Normalised:
     full[: mel.shape[0]] = mel
     return np.asarray(self.denormalize(full))[: mel.shape[0]]
 
-  def augment(self, mel: np.ndarray, rng: np.random.Generator) -> dict:
-    """Host-side: a batch of raw mels -> the step's inputs (`mel`, plus `content_mel` for rhythm)."""
+  def augment(self, mel: np.ndarray, rng: np.random.Generator, f0_hz=None) -> dict:
+    """Host-side: a batch of raw mels (and their F0 in Hz) -> the step's inputs (`mel`, plus
+    `content_mel` for rhythm, `f0` for the F0 trainer)."""
     if self.stretch == 'none':
-      return dict(mel=mel)
+      return dict(mel=mel) if f0_hz is None else dict(mel=mel, f0=f0_hz)
     target, stretched = rhythm_stretch(mel, rng)
     if self.stretch == 'input':
       return dict(mel=stretched)

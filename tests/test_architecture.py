@@ -36,6 +36,7 @@ LAYERS = {
   ],
   3: [
     'input_pipeline',
+    'run_data',
     'pairs',
     'trainers',
     'sharding',

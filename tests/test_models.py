@@ -16,6 +16,11 @@ def _mel(batch, frames, seed=0):
   return np.random.default_rng(seed).normal(-3, 1.5, (batch, 80, frames)).astype(np.float32)
 
 
+def _f0(model, mel) -> dict:
+  """The F0 model's contour argument (flat: the voice's own mean everywhere); {} for the others."""
+  return {'f0': np.zeros((mel.shape[0], mel.shape[2]), np.float32)} if model.takes_f0 else {}
+
+
 def test_registry_names_and_unknown_name():
   assert models.names() == [
     'vqvc+',
@@ -29,6 +34,7 @@ def test_registry_names_and_unknown_name():
     'vqvc+_multi_ps',
     'vqvc+_multi_cav',
     'vqvc+_multi_codebook_gen',
+    'vqvc+_pitch',
   ]
   with pytest.raises(ValueError, match='valid models: vqvc\\+, vqvc\\+_rhythm'):
     models.build('vqvc', **SMALL)
@@ -45,10 +51,10 @@ def test_codebook_sizes_follow_each_variant():
 @pytest.mark.parametrize('name', models.names())
 def test_every_model_jits_for_two_lengths(name):
   model = models.build(name, **SMALL)
-  reconstruct = nnx.jit(lambda m, x, rng: models.final_mel(m.reconstruct(x, rng=rng)[0]))
+  reconstruct = nnx.jit(lambda m, x, f0, rng: models.final_mel(m.reconstruct(x, **f0, rng=rng)[0]))
   for frames in (model.frame_multiple * 2, model.frame_multiple * 3):
     mel = _mel(2, frames)
-    out = reconstruct(model, mel, jax.random.key(0))
+    out = reconstruct(model, mel, _f0(model, mel), jax.random.key(0))
     assert out.shape == (2, 80, frames)
     assert np.isfinite(np.asarray(out)).all()
 
@@ -152,13 +158,13 @@ def test_convert_uses_target_speaker_and_broadcasts_one_target():
 def test_every_model_decodes_to_a_list_of_scales_ending_with_the_mel(name):
   model = models.build(name, gru_init='zeros', **SMALL)
   mel = _mel(1, model.frame_multiple * 2)
-  recon, enc = model.reconstruct(mel)
+  recon, enc = model.reconstruct(mel, **_f0(model, mel))
   assert isinstance(recon, list) and len(recon) == (3 if model.multi_scale else 1)
   # Coarsest first: scale j of a multi-scale model has 1/2^(2-j) of the bands and frames.
   assert [r.shape for r in recon] == [
     (1, 80 >> (len(recon) - 1 - j), mel.shape[2] >> (len(recon) - 1 - j)) for j in range(len(recon))
   ]
-  from_codes = model.decode_codes(enc.codes, enc.speaker, enc.std, enc.rhythm)
+  from_codes = model.decode_codes(enc.codes, enc.speaker, enc.std, enc.rhythm, **_f0(model, mel))
   assert [r.shape for r in from_codes] == [r.shape for r in recon]
   if not model.takes_content_mel:
     with pytest.raises(ValueError, match='no rhythm path'):

@@ -19,7 +19,7 @@ def _mel(batch, frames, seed=0):
   return np.random.default_rng(seed).normal(-1, 1.5, (batch, 80, frames)).astype(np.float32)
 
 
-def test_the_six_are_multi_scale_and_the_five_are_not():
+def test_the_seven_are_multi_scale_and_the_five_are_not():
   assert MULTI == [
     'vqvc+_multi',
     'vqvc+_multi_simple',
@@ -27,6 +27,7 @@ def test_the_six_are_multi_scale_and_the_five_are_not():
     'vqvc+_multi_ps',
     'vqvc+_multi_cav',
     'vqvc+_multi_codebook_gen',
+    'vqvc+_pitch',
   ]
   assert not any(models.is_multi_scale(n) for n in models.names()[:5])
 
@@ -36,9 +37,11 @@ def test_every_entry_point_returns_every_scale_coarsest_first(name):
   model = models.build(name, **SMALL)
   source, target = _mel(2, 48), _mel(1, 32, seed=1)
   shapes = [(2, 20, 12), (2, 40, 24), (2, 80, 48)]
-  recon, enc = model.reconstruct(source)
-  converted = model.convert(source, target)
-  from_codes = model.decode_codes(enc.codes, enc.speaker, enc.std, enc.rhythm)
+  # The F0 model's decoder takes the source's contour too (a rising one here).
+  f0 = {'f0': np.tile(np.linspace(-0.2, 0.2, 48), (2, 1))} if model.takes_f0 else {}
+  recon, enc = model.reconstruct(source, **f0)
+  converted = model.convert(source, target, **f0)
+  from_codes = model.decode_codes(enc.codes, enc.speaker, enc.std, enc.rhythm, **f0)
   for outputs in (recon, converted, from_codes):
     assert [o.shape for o in outputs] == shapes
   np.testing.assert_array_equal(models.final_mel(recon), recon[-1])

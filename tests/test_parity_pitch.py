@@ -78,7 +78,7 @@ def test_training_step(golden):
   g, fresh = golden
   graphdef, params, rest = nnx.split(fresh(), nnx.Param, ...)
   params = nnx.to_pure_dict(params)
-  trainer = trainers.get('simple_normalize_multi')
+  trainer = trainers.get('pitch_multi')
   inputs = dict(mel=g['input/x_logmel'], f0=g['input/f0_hz'])
 
   def loss_fn(params):

@@ -21,6 +21,8 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.data.num_test_speakers = -1  # when preprocessing audio: held-out speakers (-1: a tenth)
   config.data.speaker_depth = 0  # when preprocessing audio: the folder naming speakers (0: the top)
   config.data.mic = 'mic1'  # when preprocessing VCTK 0.92: mic1 | mic2
+  # when preprocessing audio for an F0 trainer: harvest | dio (pyworld) | pyin (librosa)
+  config.data.f0_method = 'pyin'
   config.data.prefetch = 4  # batches read ahead in background threads
 
   config.features = ml_collections.ConfigDict(

@@ -19,6 +19,7 @@ from skipvqvc_jax.models.multi import (
   VQVCPlusMultiSimple,
 )
 from skipvqvc_jax.models.multi_speaker import VQVCPlusMultiCAV, VQVCPlusMultiCodebookGen
+from skipvqvc_jax.models.pitch import VQVCPlusPitch
 from skipvqvc_jax.models.quantizer import code_statistics
 from skipvqvc_jax.models.vqvc import (
   VQVCPlus,
@@ -44,6 +45,7 @@ _REGISTRY: dict[str, dict[str, type]] = {
       VQVCPlusMultiPS,
       VQVCPlusMultiCAV,
       VQVCPlusMultiCodebookGen,
+      VQVCPlusPitch,
     )
   },
   'vocoder': {MelGANGenerator.name: MelGANGenerator},

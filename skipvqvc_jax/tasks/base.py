@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from skipvqvc_jax import checkpoints, input_pipeline, summaries
+from skipvqvc_jax import checkpoints, run_data, summaries
 
 
 class Task(Protocol):
@@ -24,7 +24,7 @@ class Task(Protocol):
   log_keys: ClassVar[tuple[str, ...]]  # metrics on the console line
   init_ignore: ClassVar[tuple[str, ...]]  # spec entries `init_from` may differ in
 
-  data: input_pipeline.Data  # the resolved feature folders (written to config.json)
+  data: run_data.Data  # the resolved feature folders (written to config.json)
   model_spec: dict  # the spec of the model `init_from` must match (`models.build` arguments)
   train_step: Callable[[dict, dict], tuple[dict, dict]]  # jitted (state, global batch) ->
   # (state, metrics); metrics hold `loss` and `finite` (False: the state was left unchanged)

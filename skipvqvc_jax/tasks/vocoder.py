@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from skipvqvc_jax import audio, checkpoints, input_pipeline, models, sharding, summaries
+from skipvqvc_jax import audio, checkpoints, input_pipeline, models, run_data, sharding, summaries
 from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.models import Discriminators, MelGANGenerator
 from skipvqvc_jax.tasks.base import keep_if_finite, learning_rate
@@ -242,7 +242,7 @@ class VocoderTask:
 
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh
-    self.data = input_pipeline.resolve_data(config, workdir)
+    self.data = run_data.resolve_data(config, workdir)
     self.features = audio.FeatureParams.from_dict(config.features)
     self.train_waves = waveform_dir(self.data.train_dir, workdir, self.features)
     self.test_waves = waveform_dir(self.data.test_dir, workdir, self.features)

@@ -22,8 +22,10 @@ from skipvqvc_jax import (
   audio,
   checkpoints,
   corpus,
+  f0,
   input_pipeline,
   models,
+  run_data,
   sharding,
   storage,
   summaries,
@@ -175,7 +177,8 @@ class Steps:
     return nnx.merge(self.graphdef, params, self.rest)
 
   def loss(self, params, inputs, rng):
-    inputs = {k: v.astype(self.dtype) for k, v in inputs.items()}
+    # F0 stays float32: a bfloat16 Hz value is off by up to a third of a semitone.
+    inputs = {k: v if k == 'f0' else v.astype(self.dtype) for k, v in inputs.items()}
     return self.trainer.loss(self.model(params), inputs, rng, self.latent_weight)
 
   def _train_step(self, state, inputs):
@@ -221,14 +224,16 @@ class Steps:
       **codebook_stats(aux['codes'], self.codebook_sizes),
     )
 
-  def _sample(self, params, source, target, rng):
+  def _sample(self, params, source, target, rng, source_f0=None):
     """Reconstruction of `source` and its conversion to `target`'s voice (normalised space); for a
-    multi-scale model, lists of every scale's output, coarsest first."""
+    multi-scale model, lists of every scale's output, coarsest first (an F0 model's with the
+    source's F0, Hz)."""
     model = self.model(params)
     recon_key, convert_key = jax.random.split(rng)
     source, target = self.trainer.normalize(source), self.trainer.normalize(target)
-    recon, _ = model.reconstruct(source, rng=recon_key)  # the rhythm model: rhythm from source too
-    converted = model.convert(source, target, rng=convert_key)
+    contour = None if source_f0 is None else f0.model_contour(source_f0)
+    recon, _ = model.reconstruct(source, f0=contour, rng=recon_key)  # rhythm: from source too
+    converted = model.convert(source, target, f0=contour, rng=convert_key)
     return jax.tree.map(lambda x: x.astype(jnp.float32), (recon, converted))
 
 
@@ -246,15 +251,16 @@ def make_state(params: dict, tx: optax.GradientTransformation, seed: int, codebo
   return state
 
 
-def sample_pair(test_dir: str, frames: int) -> tuple[np.ndarray, np.ndarray, str, str]:
-  """A fixed (source, target) pair of test utterances from two speakers, the same on every process."""
+def sample_pair(test_dir: str, frames: int, f0: bool = False) -> tuple:
+  """A fixed (source, target) pair of test utterances from two speakers, the same on every process:
+  their first crops, names and (with f0) the source crop's F0 in Hz (1, frames), else None."""
   files = input_pipeline.list_features(test_dir)
   source = files[0]
   target = next((f for f in files if corpus.speaker_of(f) != corpus.speaker_of(source)), files[-1])
-  load = lambda f: input_pipeline.random_crop(
-    input_pipeline.load_features(f)[:, :frames], frames, np.random.default_rng(0)
-  )[None]
-  return load(source), load(target), os.path.basename(source), os.path.basename(target)
+  crop = lambda array: input_pipeline.crop_at(array[:, :frames], frames, 0.0)[None]
+  load = lambda f: crop(input_pipeline.load_features(f))
+  source_f0 = crop(input_pipeline.load_f0(source))[0] if f0 else None
+  return load(source), load(target), os.path.basename(source), os.path.basename(target), source_f0
 
 
 class VoiceConversionTask:
@@ -268,7 +274,7 @@ class VoiceConversionTask:
 
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh
-    self.data = input_pipeline.resolve_data(config, workdir)
+    self.data = run_data.resolve_data(config, workdir)
     # A run's statistics are fixed at its start: a resume normalises with the workdir's copy, not
     # with the feature folder's (which preprocessing more audio may have changed since).
     run_stats = storage.join(workdir, corpus.STATS_FILE)
@@ -280,7 +286,7 @@ class VoiceConversionTask:
     self.steps = Steps(config, self.model, self.trainer, mesh)
     self.train_step = self.steps.train_step
     self.test_batches = self._test_batches()
-    self.pair = sample_pair(self.data.test_dir, config.data.crop_frames)
+    self.pair = sample_pair(self.data.test_dir, config.data.crop_frames, self.trainer.spec.f0)
     self.vocoder = vocoders.get(config.vocoder, audio.FeatureParams.from_dict(config.features))
 
   def _test_batches(self) -> list[dict]:
@@ -293,9 +299,11 @@ class VoiceConversionTask:
       seed=config.seed + 1,
       shard_index=jax.process_index(),
       shard_count=jax.process_count(),
+      f0=self.trainer.spec.f0,
     )
     rng = np.random.default_rng([config.seed, 1])
-    return [self.trainer.augment(dataset[i]['mel'], rng) for i in range(config.eval_batches)]
+    batches = [dataset[i] for i in range(config.eval_batches)]
+    return [self.trainer.augment(b['mel'], rng, b.get('f0')) for b in batches]
 
   @property
   def traces(self) -> int:
@@ -320,10 +328,12 @@ class VoiceConversionTask:
       seed=self.config.seed,
       shard_index=jax.process_index(),
       shard_count=jax.process_count(),
+      f0=self.trainer.spec.f0,
     )
 
   def inputs(self, batch: dict, step: int) -> dict:
-    return self.trainer.augment(batch['mel'], np.random.default_rng([self.config.seed, step]))
+    rng = np.random.default_rng([self.config.seed, step])
+    return self.trainer.augment(batch['mel'], rng, batch.get('f0'))
 
   def prepare_workdir(self, workdir: str) -> None:
     """The mean/std trainer's statistics go into the workdir, so a restore needs nothing else."""
@@ -342,12 +352,13 @@ class VoiceConversionTask:
 
   def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
     """Mel images and audio of the fixed pair: source, target, reconstruction, conversion."""
-    source, target, source_name, target_name = self.pair
+    source, target, source_name, target_name, source_f0 = self.pair
     recon, converted = self.steps.sample(
       state['params'],
       sharding.place(source, self.mesh),
       sharding.place(target, self.mesh),
       jax.random.fold_in(jax.random.key(0), step),
+      source_f0,
     )
     denorm = lambda outputs: self.trainer.denormalize(np.asarray(outputs[-1][0]))
     mels = dict(
