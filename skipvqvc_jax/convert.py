@@ -120,7 +120,7 @@ class Converter:
   ):
     if model.takes_f0:
       raise ConversionError(
-        f'{model.name} converts with the source\'s F0, which conversion does not compute yet: its '
+        f"{model.name} converts with the source's F0, which conversion does not compute yet: its "
         f'training writes reconstructions and conversions to TensorBoard'
       )
     self.model, self.settings, self.trainer, self.config = model, settings, trainer, config
