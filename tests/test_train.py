@@ -23,6 +23,7 @@ from skipvqvc_jax.configs import (
   vqvc_plus_multi_rhythm,
   vqvc_plus_multi_simple,
   vqvc_plus_multi_speaker,
+  vqvc_plus_pitch,
   vqvc_plus_resample,
   vqvc_plus_rhythm,
   vqvc_plus_speaker_quantize,
@@ -40,6 +41,7 @@ CONFIG_FILES = [
   vqvc_plus_multi_simple,
   vqvc_plus_multi_rhythm,
   vqvc_plus_multi_speaker,
+  vqvc_plus_pitch,
 ]
 
 
