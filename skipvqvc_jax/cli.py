@@ -77,6 +77,9 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string('output_dir', 'converted', 'convert: where --source_dir outputs go.')
 flags.DEFINE_bool('output_mel', False, 'convert: write MelGAN-compatible .npy mels, not audio.')
+flags.DEFINE_float(
+  'f0_shift', 0.0, "convert: semitones added to the source's melody (F0 models: vqvc+_pitch)."
+)
 flags.DEFINE_bool(
   'compilation_cache',
   True,
@@ -138,7 +141,8 @@ FLAG_MODES = {
   'eval_dir': ('eval',),
   'eval_target': ('eval',),
   **dict.fromkeys(
-    ('source', 'target', 'output', 'pairs', 'source_dir', 'output_dir', 'output_mel'), ('convert',)
+    ('source', 'target', 'output', 'pairs', 'source_dir', 'output_dir', 'output_mel', 'f0_shift'),
+    ('convert',),
   ),
   **dict.fromkeys(
     ('coordinator_address', 'num_processes', 'process_id', 'join_timeout'), ('train',)
@@ -224,7 +228,9 @@ def _convert() -> None:
     )
   conversion_jobs.check(jobs, FLAGS.output_mel)  # before the seconds of restoring a model
   converter = convert.Converter.restore(model, FLAGS.step, FLAGS.vocoder)
-  converter.convert_many(jobs, FLAGS.output_mel, log=lambda line: logging.info('%s', line))
+  converter.convert_many(
+    jobs, FLAGS.output_mel, log=lambda line: logging.info('%s', line), f0_shift=FLAGS.f0_shift
+  )
 
 
 def _join(jax) -> None:

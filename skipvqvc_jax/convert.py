@@ -1,6 +1,9 @@
 """One-shot conversion: a model (a training workdir or a model directory) + source audio + target
 reference(s) -> converted audio. `Converter` is also the Python API (`skipvqvc_jax.load`).
 
+An F0 model (`vqvc+_pitch`) also takes the source's F0: estimated from its audio (the run's
+`data.f0_method`), or read beside a feature file; `f0_shift` moves it by semitones.
+
 Features come from `audio.file_to_log_mel` (the preprocessing code path), are normalised as the
 checkpoint's trainer did, reflect-padded to a length bucket the model accepts and cropped back after
 decoding, so the output has the source's duration. Encoding and decoding are jitted per length bucket
@@ -21,7 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from skipvqvc_jax import audio, checkpoints, conversion_jobs, corpus, storage, trainers, vocoders
+from skipvqvc_jax import (
+  audio,
+  checkpoints,
+  conversion_jobs,
+  corpus,
+  f0,
+  f0_features,
+  storage,
+  trainers,
+  vocoders,
+)
 from skipvqvc_jax.errors import AudioError, ConversionError, UserError
 from skipvqvc_jax.fileio import save_npy
 
@@ -118,20 +131,17 @@ class Converter:
     seed: int = 0,
     config=None,
   ):
-    if model.takes_f0:
-      raise ConversionError(
-        f"{model.name} converts with the source's F0, which conversion does not compute yet: its "
-        f'training writes reconstructions and conversions to TensorBoard'
-      )
     self.model, self.settings, self.trainer, self.config = model, settings, trainer, config
+    method = config.data.get('f0_method', 'pyin') if config is not None else 'pyin'
+    self.f0_params = f0.F0Params(method)  # how an F0 model's source F0 is estimated
     self.params = settings.features
     self.vocoder = vocoders.get(vocoder, self.params)
     self.rng = jax.random.key(seed)
     graphdef, self._state = nnx.split(model)
     self._encode = jax.jit(lambda s, mel: nnx.merge(graphdef, s).encode_deterministic(mel))
     self._decode = jax.jit(
-      lambda s, enc, speaker, rng: nnx.merge(graphdef, s).decode(
-        enc.content, speaker.speaker, speaker.std, enc.rhythm, rng=rng
+      lambda s, enc, speaker, rng, contour: nnx.merge(graphdef, s).decode(
+        enc.content, speaker.speaker, speaker.std, enc.rhythm, f0=contour, rng=rng
       )
     )
 
@@ -204,6 +214,27 @@ class Converter:
     except AudioError as e:
       raise ConversionError(f'the audio array: {e}') from None
 
+  def source_f0(self, source: Audio, sr: int | None = None) -> np.ndarray | None:
+    """An F0 model's source F0 in Hz per frame (0: unvoiced): estimated from audio, or the F0 file
+    preprocess.py --f0 made beside a .npy feature; None for a model that takes none."""
+    if not self.model.takes_f0:
+      return None
+    return f0_features.source_f0(source, sr, self.params, self.f0_params, self.model.name)
+
+  def _contour(self, f0_hz, f0_shift: float, frames: int):
+    """The decoder's F0 input for a source of `frames` frames (None for a model without F0)."""
+    if not self.model.takes_f0:
+      if f0_shift:
+        raise ConversionError(f'--f0_shift: {self.model.name} is not conditioned on F0')
+      return None
+    if f0_hz is None:
+      raise ConversionError(
+        f'{self.model.name} needs the F0 of its source: convert from audio, or from a feature '
+        f'with F0 beside it'
+      )
+    contour = np.asarray(f0.model_contour(np.asarray(f0_hz, np.float32)[None], f0_shift))
+    return jnp.asarray(pad_to(contour, bucket_frames(frames, self.model.frame_multiple)))
+
   def _padded(self, mel: np.ndarray) -> np.ndarray:
     frames = bucket_frames(mel.shape[1], self.model.frame_multiple)
     return self.trainer.normalize(pad_to(mel, frames))[None].astype(np.float32)
@@ -219,18 +250,24 @@ class Converter:
     return self.speaker([self.mel(r, sr) for r in references])
 
   def convert(
-    self, source: Audio, target: Audio | Sequence[Audio], sr: int | None = None
+    self,
+    source: Audio,
+    target: Audio | Sequence[Audio],
+    sr: int | None = None,
+    f0_shift: float = 0.0,
   ) -> np.ndarray:
     """The source's words in the target's voice: float32 samples at `self.sample_rate`.
 
     source, target: a path (audio or .npy feature) or samples at rate `sr`; target may be a list of
-    several references of one voice."""
-    mel = self.convert_mel(self.mel(source, sr), self.target(target, sr))
+    several references of one voice. f0_shift: semitones added to the source's melody (F0 models)."""
+    mel = self.convert_mel(
+      self.mel(source, sr), self.target(target, sr), self.source_f0(source, sr), f0_shift
+    )
     return np.asarray(self.vocoder(mel), np.float32)
 
   def reconstruct(self, source: Audio, sr: int | None = None) -> np.ndarray:
     """The source through the model with its own voice (what the autoencoder keeps), as samples."""
-    mel, _ = self.reconstruct_mel(self.mel(source, sr))
+    mel, _ = self.reconstruct_mel(self.mel(source, sr), self.source_f0(source, sr))
     return np.asarray(self.vocoder(mel), np.float32)
 
   def encode(self, source: Audio, sr: int | None = None) -> Codes:
@@ -248,6 +285,8 @@ class Converter:
     sr: int | None = None,
   ) -> np.ndarray:
     """Samples of (possibly edited) `codes` in the voice of `target` (default: the source's own)."""
+    if self.model.takes_f0:
+      raise ConversionError(f'{self.model.name}: decoding edited codes needs an F0 contour too')
     speaker = codes.speaker if target is None else self.target(target, sr)
     indices = [jnp.asarray(np.asarray(c)[None]) for c in codes.codes]
     try:
@@ -271,27 +310,30 @@ class Converter:
     mean = lambda per_ref: [jnp.mean(jnp.stack(s), axis=0) for s in zip(*per_ref)]
     return Speaker(mean([e.speaker for e in encodings]), mean([e.std for e in encodings]))
 
-  def convert_mel(self, source: np.ndarray, target: Speaker) -> np.ndarray:
-    """Raw log-mel of the source's content in the target's voice, with the source's frame count."""
-    return self.convert_scales(source, target)[self.settings.mel_output]
+  def convert_mel(self, source: np.ndarray, target: Speaker, f0_hz=None, f0_shift=0.0):
+    """Raw log-mel of the source's content in the target's voice, with the source's frame count
+    (an F0 model: with the source's F0 in Hz, `source_f0`, shifted by f0_shift semitones)."""
+    return self.convert_scales(source, target, f0_hz, f0_shift)[self.settings.mel_output]
 
-  def reconstruct_mel(self, source: np.ndarray):
+  def reconstruct_mel(self, source: np.ndarray, f0_hz=None):
     """(raw log-mel reconstruction with the source's own speaker terms, the source's encoding)."""
-    scales, enc = self.reconstruct_scales(source)
+    scales, enc = self.reconstruct_scales(source, f0_hz)
     return scales[self.settings.mel_output], enc
 
-  def convert_scales(self, source: np.ndarray, target: Speaker) -> list[np.ndarray]:
+  def convert_scales(self, source: np.ndarray, target: Speaker, f0_hz=None, f0_shift=0.0):
     """`convert_mel` at every decoder scale, coarsest first (one scale for single-scale models):
     a multi-scale model's coarser outputs are its lowest bands at 1/4 and 1/2 of the frame rate."""
-    return self._decode_raw(self.encode_mel(source), target, source.shape[1])
+    contour = self._contour(f0_hz, f0_shift, source.shape[1])
+    return self._decode_raw(self.encode_mel(source), target, source.shape[1], contour)
 
-  def reconstruct_scales(self, source: np.ndarray):
+  def reconstruct_scales(self, source: np.ndarray, f0_hz=None):
     """`reconstruct` at every decoder scale, coarsest first: (list of raw log-mels, encoding)."""
+    contour = self._contour(f0_hz, 0.0, source.shape[1])
     enc = self.encode_mel(source)
-    return self._decode_raw(enc, Speaker(enc.speaker, enc.std), source.shape[1]), enc
+    return self._decode_raw(enc, Speaker(enc.speaker, enc.std), source.shape[1], contour), enc
 
-  def _decode_raw(self, enc, speaker: Speaker, frames: int) -> list[np.ndarray]:
-    return self._raw_outputs(self._decode(self._state, enc, speaker, self.rng), frames)
+  def _decode_raw(self, enc, speaker: Speaker, frames: int, contour=None) -> list[np.ndarray]:
+    return self._raw_outputs(self._decode(self._state, enc, speaker, self.rng, contour), frames)
 
   def _raw_outputs(self, out, frames: int) -> list[np.ndarray]:
     """Decoder outputs (batch 1, padded) -> raw log-mels per scale, cropped to `frames` (scaled)."""
@@ -311,7 +353,7 @@ class Converter:
     return self.convert_many([(source, targets, output)], output_mel, log=lambda _: None)[0]
 
   def convert_many(
-    self, jobs: Sequence[tuple[str, Sequence[str], str]], output_mel=False, log=print
+    self, jobs: Sequence[tuple[str, Sequence[str], str]], output_mel=False, log=print, f0_shift=0.0
   ) -> list[str]:
     """(source, targets, output) jobs; each set of target references is encoded once.
 
@@ -326,7 +368,9 @@ class Converter:
         key = tuple(targets)
         if key not in speakers:
           speakers[key] = self.speaker([self.features(t) for t in targets])
-        mel = self.convert_mel(self.features(source), speakers[key])
+        mel = self.convert_mel(
+          self.features(source), speakers[key], self.source_f0(source), f0_shift
+        )
       except ConversionError as e:
         if len(jobs) == 1:
           raise

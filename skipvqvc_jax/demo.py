@@ -91,7 +91,8 @@ class Demo:
     if not references:
       raise errors.ConversionError('the target voice: upload or record at least one reference')
     reference_mels = [self._mel(r, 'a reference') for r in references]
-    mel = converter.convert_mel(source_mel, converter.speaker(reference_mels))
+    speaker = converter.speaker(reference_mels)
+    mel = converter.convert_mel(source_mel, speaker, converter.source_f0(source))
     fd, wav = tempfile.mkstemp(suffix='.wav', prefix='converted-', dir=self.out_dir)
     os.close(fd)
     audio.write_wav(wav, converter.vocoder(mel), converter.sample_rate)

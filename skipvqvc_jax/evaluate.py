@@ -179,7 +179,7 @@ def reconstruction_metrics(converter, files: Sequence[str], keep=frozenset()) ->
   for f in files:
     progress.update()
     mel = input_pipeline.load_features(f)
-    scales, enc = converter.reconstruct_scales(mel)
+    scales, enc = converter.reconstruct_scales(mel, converter.source_f0(f))
     if f in keep:
       kept[f] = scales
     l1 += float(np.abs(scales[-1] - mel).sum())
@@ -203,7 +203,9 @@ def convert_pairs(converter, pairs: Sequence[Pair], reconstructions: dict) -> li
     reference = input_pipeline.load_features(pair.reference)
     result = PairResult(
       pair,
-      converter.convert_scales(source, converter.speaker([reference])),
+      converter.convert_scales(
+        source, converter.speaker([reference]), converter.source_f0(pair.source)
+      ),
       reconstructions.get(pair.source),
     )
     if pair.parallel:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from skipvqvc_jax import audio, f0, storage
-from skipvqvc_jax.errors import AudioError, CorpusError
+from skipvqvc_jax.errors import AudioError, ConversionError, CorpusError
 from skipvqvc_jax.fileio import save_npy
 from skipvqvc_jax.workers import map_files
 
@@ -105,3 +105,25 @@ def make(
       failed.append(dict(source=item['source'], reason=f'F0: {result["reason"]}'))
       log(f'no F0 for {item["source"]}: {result["reason"]}')
   return failed
+
+
+def source_f0(source, sr, params: audio.FeatureParams, f0_params: f0.F0Params, model: str):
+  """A conversion source's F0 in Hz per frame: estimated from an audio file or samples at rate
+  `sr` (trimmed as its features are), or the F0 file beside a .npy feature."""
+  name = os.fspath(source) if isinstance(source, str | os.PathLike) else 'the audio array'
+  try:
+    if name.endswith('.npy'):
+      path = f0_of_feature(name)
+      if not os.path.isfile(path):
+        raise ConversionError(
+          f'{name}: {model} needs the F0 of its source and there is none beside this feature '
+          f'({path}); give the audio, or preprocess with --f0'
+        )
+      return np.load(path)[0]
+    if isinstance(source, str | os.PathLike):
+      wave = audio.load(name, params)
+    else:
+      wave = audio.from_array(source, sr or params.sample_rate, params)
+    return f0.f0_per_frame(audio.trim(wave, params)[0], params, f0_params)
+  except AudioError as e:
+    raise ConversionError(f'{name}: {e}') from None

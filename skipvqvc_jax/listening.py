@@ -46,7 +46,9 @@ def listen(converter, results: list[PairResult], said: dict[str, str]) -> dict:
     source = input_pipeline.load_features(result.pair.source)
     waves = dict(
       converted=result.converted_audio(converter.vocoder),
-      reconstructed=converter.vocoder(converter.reconstruct_mel(source)[0]),
+      reconstructed=converter.vocoder(
+        converter.reconstruct_mel(source, converter.source_f0(result.pair.source))[0]
+      ),
       unconverted=converter.vocoder(source),
     )
     text = said.get(result.pair.source)

@@ -1,15 +1,19 @@
 """vqvc+_pitch trained in our loop (its trainer, train_pitch_multi.py, is a row of the trainers'
 table): F0 comes with each crop, from the files preprocessing made beside the features; features
-without F0, and the F0 trainer with another model, are refused in one line."""
+without F0, and the F0 trainer with another model, are refused in one line. Conversion estimates the
+source's F0 (or reads it beside a feature) and shifts it by --f0_shift semitones."""
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+import skipvqvc_jax
 from skipvqvc_jax import f0, f0_features, input_pipeline, preprocessing, train
-from skipvqvc_jax.errors import ConfigError, CorpusError
-from tests.conftest import tiny_config
+from skipvqvc_jax.errors import ConfigError, ConversionError, CorpusError
+from tests.conftest import REPO, tiny_config
 
 PRESET = 'vqvc_plus_pitch.py:tiny'
 
@@ -51,13 +55,64 @@ def test_each_crop_comes_with_its_own_f0(f0_features_dir):
     assert (batch['f0'] > 0).any()
 
 
-def test_the_pitch_model_trains_and_samples_with_f0(f0_features_dir, tmp_path):
-  summary = train.train_and_evaluate(
-    tiny_config(f0_features_dir, PRESET, num_train_steps=4), str(tmp_path)
-  )
+@pytest.fixture(scope='module')
+def pitch_run(f0_features_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('pitch_run')
+  config = tiny_config(f0_features_dir, PRESET, num_train_steps=4, **{'data.f0_method': 'dio'})
+  return workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_the_pitch_model_trains_and_samples_with_f0(pitch_run):
+  _, summary = pitch_run
   assert summary['step'] == 4 and summary['status'] == 'finished'
   assert all(np.isfinite(v) for v in summary['train_losses'].values())
   assert np.isfinite(summary['evals'][4]['loss'])
+
+
+def test_conversion_takes_the_source_f0_and_shifts_it(pitch_run, small_corpus, f0_features_dir):
+  workdir, _ = pitch_run
+  converter = skipvqvc_jax.load(str(workdir))
+  assert converter.f0_params.method == 'dio'  # the run's own estimator
+  source, target = small_corpus / 'esf2' / 'esf2_001.ogg', small_corpus / 'awb' / 'awb_002.ogg'
+  plain = converter.convert(str(source), str(target))
+  assert plain.ndim == 1 and np.isfinite(plain).all() and len(plain) > 0.5 * converter.sample_rate
+  higher = converter.convert(str(source), str(target), f0_shift=12.0)
+  assert higher.shape == plain.shape and np.abs(higher - plain).max() > 1e-4
+  # A feature file's F0 is read beside it; a feature without F0 is refused in one line.
+  feature = f0_features_dir / 'test' / 'esf2_001.npy'
+  from_feature = converter.convert(str(feature), str(target))
+  assert from_feature.shape == plain.shape
+  bare = f0_features_dir / 'bare' / 'esf2_001.npy'
+  bare.parent.mkdir()
+  shutil.copy(feature, bare)
+  with pytest.raises(ConversionError, match='needs the F0 of its source'):
+    converter.convert(str(bare), str(target))
+  # The command line, with --f0_shift.
+  out = f0_features_dir / 'shifted.wav'
+  result = subprocess.run(
+    [
+      sys.executable,
+      'main.py',
+      '--mode=convert',
+      f'--workdir={workdir}',
+      f'--source={source}',
+      f'--target={target}',
+      f'--output={out}',
+      '--f0_shift=-5',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0 and out.is_file(), result.stderr[-2000:]
+
+
+def test_f0_shift_is_refused_for_a_model_without_f0(workdir, small_corpus):
+  converter = skipvqvc_jax.load(str(workdir))
+  source = small_corpus / 'esf2' / 'esf2_001.ogg'
+  with pytest.raises(ConversionError, match='--f0_shift: vqvc\\+ is not conditioned on F0'):
+    converter.convert(str(source), str(source), f0_shift=2.0)
 
 
 def test_features_without_f0_and_a_mismatched_trainer_are_refused(small_features, tmp_path):
