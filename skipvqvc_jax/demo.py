@@ -82,8 +82,16 @@ class Demo:
       )
     return mel
 
-  def run(self, source: str | None, reference: str | None, more: list | None, vocoder: str):
-    """(wav path, mel image path) of one conversion; ConversionError for what the user can fix."""
+  def run(
+    self,
+    source: str | None,
+    reference: str | None,
+    more: list | None,
+    vocoder: str,
+    f0_shift: float = 0.0,
+  ):
+    """(wav path, mel image path) of one conversion (an F0 model's melody shifted by f0_shift
+    semitones); ConversionError for what the user can fix."""
     converter = self.converter_for(vocoder)
     source_mel = self._mel(source, 'the source')
     references = [reference] + [getattr(f, 'name', f) for f in more or []]
@@ -92,7 +100,7 @@ class Demo:
       raise errors.ConversionError('the target voice: upload or record at least one reference')
     reference_mels = [self._mel(r, 'a reference') for r in references]
     speaker = converter.speaker(reference_mels)
-    mel = converter.convert_mel(source_mel, speaker, converter.source_f0(source))
+    mel = converter.convert_mel(source_mel, speaker, converter.source_f0(source), f0_shift)
     fd, wav = tempfile.mkstemp(suffix='.wav', prefix='converted-', dir=self.out_dir)
     os.close(fd)
     audio.write_wav(wav, converter.vocoder(mel), converter.sample_rate)
@@ -122,9 +130,9 @@ def build(demo: Demo):
   """The Gradio page of `demo`."""
   import gradio as gr  # pylint: disable=import-outside-toplevel  (the [demo] extra)
 
-  def convert_clicked(source, reference, more, vocoder):
+  def convert_clicked(source, reference, more, vocoder, f0_shift=0.0):
     try:
-      return demo.run(source, reference, more, vocoder)
+      return demo.run(source, reference, more, vocoder, f0_shift)
     except errors.UserError as e:
       raise gr.Error(str(e)) from None
     except Exception as e:  # pylint: disable=broad-except  (any fault: a message, never a dead page)
@@ -144,7 +152,10 @@ def build(demo: Demo):
     button = gr.Button('Convert', variant='primary', elem_id='convert')
     result = gr.Audio(type='filepath', label='Converted', interactive=False, elem_id='result')
     mels = gr.Image(type='filepath', label='Mels: source, reference, converted', elem_id='mels')
-    button.click(convert_clicked, [source, reference, more, vocoder], [result, mels])
+    inputs = [source, reference, more, vocoder]
+    if demo.converter.model.takes_f0:  # the one control an F0 model has (docs/conversion.md)
+      inputs.append(gr.Slider(-12, 12, value=0, step=1, label='Melody shift (semitones)'))
+    button.click(convert_clicked, inputs, [result, mels])
   return page
 
 

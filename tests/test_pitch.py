@@ -127,3 +127,19 @@ def test_features_without_f0_and_a_mismatched_trainer_are_refused(small_features
       tiny_config(small_features, PRESET, trainer='simple_normalize_multi'), str(tmp_path / 'b')
     )
   shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_web_page_offers_the_melody_shift(pitch_run, small_corpus):
+  gr = pytest.importorskip('gradio')
+  from skipvqvc_jax import demo
+
+  page_of = demo.Demo(str(pitch_run[0]), ['griffin_lim'], 60.0)
+  source, target = small_corpus / 'esm1' / 'esm1_001.ogg', small_corpus / 'slt' / 'slt_003.ogg'
+  plain, _ = page_of.run(str(source), str(target), None, 'griffin_lim')
+  shifted, image = page_of.run(str(source), str(target), None, 'griffin_lim', f0_shift=7)
+  import soundfile
+
+  a, b = soundfile.read(plain)[0], soundfile.read(shifted)[0]
+  assert a.shape == b.shape and np.abs(a - b).max() > 1e-4 and image.endswith('.png')
+  sliders = [c for c in demo.build(page_of).blocks.values() if isinstance(c, gr.Slider)]
+  assert [s.label for s in sliders] == ['Melody shift (semitones)']
