@@ -76,7 +76,7 @@ RANGES = {
 CHOICES = {
   'compute_dtype': ('float32', 'bfloat16'),
   'lr_schedule': ('constant', 'warmup_cosine'),
-  'data.f0_method': tuple(f0.METHODS),
+  'data.f0_method': (*f0.METHODS, f0.CREPE),
 }
 
 

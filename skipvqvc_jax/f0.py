@@ -4,14 +4,16 @@ Log-mel frame i (`audio.log_mel`) analyses the samples around (i + 1/2) hops, so
 exactly those instants: the estimators run at half a hop and every second value is kept. Values are in
 Hz, 0 where the frame is unvoiced. Three estimators (`METHODS`): WORLD's Harvest and DIO, both refined by
 StoneMask (pyworld, the `listen` extra), and pYIN (librosa, always installed). Where a user has CREPE's
-CSV files (the original's input: `frequency`, `confidence`), `read_crepe_csv` reads them as the original
-does (confidence under 0.3 or a frequency outside 60-1100 Hz: unvoiced).
+CSV files (the original's input: `time`, `frequency`, `confidence`; method `crepe`: the file CREPE writes
+beside each audio file, `<name>.f0.csv`), `read_crepe_csv` reads them as the original does (confidence
+under 0.3 or a frequency outside 60-1100 Hz: unvoiced).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -84,7 +86,7 @@ def f0_per_frame(
 ) -> np.ndarray:
   """float32 (frames,) F0 in Hz of `log_mel(y, params)`'s frames (0: unvoiced)."""
   if f0.method not in METHODS:
-    raise AudioError(f'unknown F0 method {f0.method!r}; valid: {", ".join(METHODS)}')
+    raise AudioError(f'F0 method {f0.method!r} does not estimate; estimators: {", ".join(METHODS)}')
   if params.hop_length % 2:
     raise AudioError(f'F0 needs an even hop_length (frames at half a hop); got {params.hop_length}')
   frames = audio.num_frames(len(y), params)
@@ -96,12 +98,25 @@ def f0_per_frame(
   return out
 
 
-def read_crepe_csv(path: str, frames: int) -> np.ndarray:
+CREPE = 'crepe'  # F0 read from CREPE's CSV beside each audio file, not estimated here
+
+
+def crepe_csv_of(audio_path: str) -> str:
+  """The CSV CREPE writes for an audio file: its name without the extension, + .f0.csv."""
+  return os.path.splitext(audio_path)[0] + '.f0.csv'
+
+
+def read_crepe_csv(path: str, frames: int, span: tuple[float, float] | None = None) -> np.ndarray:
   """float32 (frames,) F0 in Hz from CREPE's CSV (`time,frequency,confidence`), stretched to `frames`
-  by nearest neighbour as the original's loader does; unvoiced (0) where it would set 1 Hz."""
+  by nearest neighbour as the original's loader does; unvoiced (0) where it would set 1 Hz. `span`
+  (start, end) in seconds keeps only the rows of that stretch of the audio (the trimmed part)."""
+  if not os.path.isfile(path):
+    raise CorpusError(f'{path}: no CREPE F0 file (run crepe on the audio, or choose another --f0)')
   try:
     with open(path, newline='') as f:
       rows = list(csv.DictReader(f))
+    if span is not None:
+      rows = [r for r in rows if span[0] <= float(r['time']) < span[1]]
     frequency = np.array([float(r['frequency']) for r in rows])
     confidence = np.array([float(r['confidence']) for r in rows])
   except (OSError, KeyError, ValueError, TypeError) as e:

@@ -38,12 +38,17 @@ def f0_of_feature(feature_file: str) -> str:
 
 
 def _estimate(task) -> dict:
-  """Worker: one source -> its F0 file; never raises for bad audio."""
+  """Worker: one source -> its F0 file (estimated, or CREPE's CSV beside it read for the trimmed
+  span); never raises for bad audio."""
   source_path, out_path, params, f0_params, frames = task
   try:
-    y, _ = audio.trim(audio.load(source_path, params), params)
-    contour = f0.f0_per_frame(y, params, f0_params)
-  except (AudioError, OSError) as e:
+    y, (start, end) = audio.trim(audio.load(source_path, params), params)
+    if f0_params.method == f0.CREPE:
+      span = (start / params.sample_rate, end / params.sample_rate)
+      contour = f0.read_crepe_csv(f0.crepe_csv_of(source_path), frames, span)
+    else:
+      contour = f0.f0_per_frame(y, params, f0_params)
+  except (AudioError, CorpusError, OSError) as e:
     return dict(ok=False, reason=str(e))
   if len(contour) != frames:
     return dict(ok=False, reason=f'{len(contour)} F0 frames for a feature of {frames}')
@@ -120,10 +125,14 @@ def source_f0(source, sr, params: audio.FeatureParams, f0_params: f0.F0Params, m
           f'({path}); give the audio, or preprocess with --f0'
         )
       return np.load(path)[0]
+    if isinstance(source, str | os.PathLike) and f0_params.method == f0.CREPE:
+      wave, (start, end) = audio.trim(audio.load(name, params), params)
+      span = (start / params.sample_rate, end / params.sample_rate)
+      return f0.read_crepe_csv(f0.crepe_csv_of(name), audio.num_frames(len(wave), params), span)
     if isinstance(source, str | os.PathLike):
       wave = audio.load(name, params)
     else:
       wave = audio.from_array(source, sr or params.sample_rate, params)
     return f0.f0_per_frame(audio.trim(wave, params)[0], params, f0_params)
-  except AudioError as e:
+  except (AudioError, CorpusError) as e:
     raise ConversionError(f'{name}: {e}') from None

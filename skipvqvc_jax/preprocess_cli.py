@@ -42,9 +42,9 @@ flags.DEFINE_float(
 flags.DEFINE_enum(
   'f0',
   None,
-  list(f0.METHODS),
-  'Also estimate F0 per frame (for vqvc+_pitch) into OUTPUT_DIR/f0/: harvest or dio (pyworld, '
-  'the [listen] extra), or pyin (librosa).',
+  [*f0.METHODS, f0.CREPE],
+  'Also F0 per frame (for vqvc+_pitch) into OUTPUT_DIR/f0/: harvest or dio (pyworld, the [listen] '
+  'extra), pyin (librosa), or crepe (read the <name>.f0.csv CREPE wrote beside each audio file).',
 )
 flags.DEFINE_float('f0_min', f0.F0Params.fmin, 'Lowest F0 searched, Hz.')
 flags.DEFINE_float('f0_max', f0.F0Params.fmax, 'Highest F0 searched, Hz.')

@@ -103,3 +103,30 @@ def test_the_command_takes_f0(corpus, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   made = sorted(p.name for p in (out / 'f0' / 'train').iterdir())
   assert made == sorted(p.name for p in (out / 'train').iterdir())
+
+
+def test_crepe_files_beside_the_audio_are_read_for_the_trimmed_span(corpus, tmp_path):
+  """--f0=crepe: each audio file's <name>.f0.csv (CREPE's output, 10 ms steps over the whole file)
+  gives its F0, cut to the trimmed span and stretched to the feature's frames."""
+  for rel, (start, seconds) in CHIRPS.items():
+    t = np.arange(0, seconds + 0.4, 0.01)
+    inside = (t >= 0.2) & (t < 0.2 + seconds)
+    freq = np.where(inside, start * (1 + 0.5 * (t - 0.2) / seconds), 0.0)
+    rows = ''.join(f'{a:.2f},{f:.3f},{0.9 if f else 0.05}\n' for a, f in zip(t, freq))
+    (corpus / rel).with_suffix('.f0.csv').write_text('time,frequency,confidence\n' + rows)
+  out = tmp_path / 'features'
+  manifest, _ = _run(corpus, out, f0_params=f0.F0Params('crepe'))
+  for item in manifest['items']:
+    contour = np.load(f0_features.f0_path(str(out), item['file']))[0]
+    start, seconds = CHIRPS[item['source']]
+    t = (item['trim'][0] + (np.arange(item['frames']) + 0.5) * 256) / SR - 0.2
+    expected = start * (1 + 0.5 * t / seconds)
+    voiced = contour > 0
+    assert voiced.mean() > 0.8
+    assert np.median(np.abs(contour[voiced] / expected[voiced] - 1)) < 0.01, item['source']
+  # An audio file without its CSV: its F0 is missing, said in the log and the manifest.
+  os.remove((corpus / 'ben/ben_001.wav').with_suffix('.f0.csv'))
+  os.remove(f0_features.f0_path(str(out), 'train/ben_001.npy'))
+  manifest, logs = _run(corpus, out)
+  assert any('no CREPE F0 file' in line for line in logs), logs
+  assert any('no CREPE F0 file' in s['reason'] for s in manifest['skipped'])
