@@ -4,14 +4,14 @@
     git clone https://github.com/ericwudayi/SkipVQVC /tmp/SkipVQVC
     python scripts/make_parity_data.py --original=/tmp/SkipVQVC parity/
     SKIPVQVC_PARITY_DIR=parity pytest tests/test_parity.py tests/test_parity_multi.py \
-        tests/test_parity_pitch.py
+        tests/test_parity_pitch.py tests/test_parity_lj.py
 
 The original's models are imported from the clone by path (nothing of theirs is copied here) and run on
 CPU in float32 with one thread, with runtime patches only: `.cuda()` is a no-op, the GRU initial state is
 zero instead of N(0, 1) noise (`gru_init='zeros'` here), and `vqvc+_rhythm`, whose RCBlock has no
 `forward` as published, borrows the one of `model/vqvc+`. For each of the five models of section 2
-and the six multi-scale ones (`multi/`), and the F0 model (`pitch/`), it writes an `.npz` with the keys
-the tests read:
+and the six multi-scale ones (`multi/`), the F0 model (`pitch/`) and the two speaker-free LJSpeech
+models (`lj/`), it writes an `.npz` with the keys the tests read:
 `param/*` (the initial weights under the original's names), `input/*`, the encoder's intermediates and
 codes (captured with hooks on the original's modules), the decoder's outputs for reconstruction, a
 speaker-swapped conversion and decoding from codes, and one training step (`train/*`, the raw gradients
@@ -54,11 +54,16 @@ MULTI = {
   )
 }
 PITCH = {'vqvcplus_pitch_n64_ch64': 'vqvc+_pitch'}
-MAX_NORM = ('vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_ps')
+LJ = {
+  'vqvcplus_multi_codebook_lj_n64_ch64': 'vqvc+_multi_codebook_lj',
+  'vqvcplus_lj3_n64_ch64': 'vqvc+_lj3',
+}
+SPEAKER_FREE = tuple(LJ.values())
+MAX_NORM = ('vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_ps', 'vqvc+_lj3')
 
 
 def multi_scale(folder: str) -> bool:
-  return folder.startswith('vqvc+_multi') or folder == 'vqvc+_pitch'
+  return folder.startswith('vqvc+_multi') or folder in ('vqvc+_pitch', 'vqvc+_lj3')
 
 
 STRETCH = (0.5, 1.5, 1.25, 0.75)  # per 32-frame segment, segments kept in order
@@ -223,6 +228,8 @@ def decode_call(folder, model, enc, perm=None, pitch=None):
     return model.decode(model.change_codebook(content, swapped, codes)[0])
   if folder == 'vqvc+_pitch':
     return model.decode(enc[0], p(enc[1]), p(enc[2]), pitch)
+  if folder in SPEAKER_FREE:  # no speaker terms: a swap changes nothing
+    return model.decode(enc[0])
   return model.decode(enc[0], p(enc[1]), p(enc[2]))
 
 
@@ -282,6 +289,9 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list, pitch=No
       book = torch.matmul(model.quantize[s].embedding.detach(), mul)
       book = book / torch.norm(book, dim=1, keepdim=True) + add
       out[f'out/codebook_s{s}'] = np32(book.permute(2, 0, 1))
+    elif folder in SPEAKER_FREE:
+      out[f'out/q_s{s}'] = np32(enc[0][s])
+      out[f'out/xnorm_s{s}'] = np32(enc[1][s])  # the normalised frames the next stage reads
     else:
       out[f'out/q_s{s}'] = np32(enc[0][s])
       out[f'out/sp_s{s}'] = np32(enc[1][s])
@@ -300,7 +310,7 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list, pitch=No
       out[f'input/noise_s{s}'] = np32(noise[s]).reshape(batch, -1)
     if folder == 'vqvc+_multi_ps':
       out[f'out/gn_s{s}'] = np32(rec.first(f'gnorm{s}')[1])
-    if hasattr(model, 'speaker_blocks'):
+    if hasattr(model, 'speaker_blocks') and folder not in SPEAKER_FREE:  # theirs: never called
       out[f'out/spk_pool_s{s}'] = np32(rec.first(f'pool{s}')[0][0])
     if folder == 'vqvc+_multi_cav':
       weight = model.quantize[s].embedding.detach()
@@ -316,6 +326,7 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list, pitch=No
     'vqvc+_multi_rhythm': 4,
     'vqvc+_multi_ps': 2,
     'vqvc+_multi_codebook_gen': 3,
+    **dict.fromkeys(SPEAKER_FREE, 2),
   }.get(folder, 3)
   out['out/latent_diff'] = np32(enc[latent_index])
   with torch.no_grad():
@@ -367,7 +378,7 @@ def training_step(folder, model, x, x_shuffle, out: dict, noise: list, pitch=Non
       result = model(x, x_shuffle)
     else:
       result = model(source) if pitch is None else model(source, pitch)
-  outputs, latent = result[0], result[4].mean()
+  outputs, latent = result[0], result[1 if folder in SPEAKER_FREE else 4].mean()
   if multi:
     targets = [source[:, :20, ::4], source[:, :40, ::2], source]
     terms = [torch.nn.functional.l1_loss(o, t) for o, t in zip(outputs, targets)]
@@ -437,8 +448,8 @@ def main(argv=None) -> int:
     return 1
   torch.set_num_threads(1)
   x_logmel, f0_hz = demo_inputs()
-  manifests = {'': {}, 'multi': {}, 'pitch': {}}
-  for group, table in (('', SECTION2), ('multi', MULTI), ('pitch', PITCH)):
+  manifests = {'': {}, 'multi': {}, 'pitch': {}, 'lj': {}}
+  for group, table in (('', SECTION2), ('multi', MULTI), ('pitch', PITCH), ('lj', LJ)):
     os.makedirs(os.path.join(args.out, group), exist_ok=True)
     for stem, folder in table.items():
       arrays = make_one(args.original, folder, multi_scale(folder), x_logmel, f0_hz)

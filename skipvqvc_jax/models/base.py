@@ -58,6 +58,10 @@ class VQVCModel(nnx.Module):
   takes_content_mel: ClassVar[bool] = False  # encode/reconstruct(mel, content_mel): rhythm models
   # decode/reconstruct/convert(..., f0=contour): the source's F0 conditions the decoder (vqvc+_pitch)
   takes_f0: ClassVar[bool] = False
+  # No speaker terms: every conversion comes out in the one training speaker's voice (any-to-one).
+  speaker_free: ClassVar[bool] = False
+  # Each encoder stage reads the previous stage's quantizer input, not its raw output (the LJ models).
+  chains_quantizer_input: ClassVar[bool] = False
   # Scale s (finest first) has n_embed // codebook_divisors[s] content codes.
   codebook_divisors: ClassVar[tuple[int, ...]] = (4, 2, 1)
   resample_factor: ClassVar[int] = 1  # content codes are resampled by this factor (vqvc+_resample)
@@ -247,6 +251,8 @@ class VQVCModel(nnx.Module):
     for s in range(NUM_SCALES):
       x = self.enc[s](x)
       pieces.append(dict(self._encode_scale(s, x, noise[s]), encoder_out=x))
+      if self.chains_quantizer_input:
+        x = pieces[-1]['quantizer_in']
     rhythm = None
     if self.takes_content_mel:
       rhythm, x = [], to_public(jnp.asarray(mel))
