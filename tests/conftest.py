@@ -66,6 +66,32 @@ def assert_gradients_match(grads_model, golden: dict) -> dict:
   return expected_grads
 
 
+def assert_step_matches(stepped: dict, g: dict, golden_grads: dict, omitted=None) -> None:
+  """Our weights after one clipped Adam step (`stepped`, by the original's names) against the
+  golden `step1_param/*`: to 1e-6 where the clipped gradient is clearly non-zero (where it is ~0,
+  Adam's first step is +-lr by the gradient's sign, which rounding may flip: 2e-3). `omitted`: the
+  manifest's sums of parameters too big to store."""
+  clip = float(g['train/clip_coef'])
+  for key, ours in stepped.items():
+    if omitted and key in omitted:
+      expected, before = omitted[key], g[f'param/{key}']
+      assert int((ours != before).sum()) == expected['changed_elements'], key
+      np.testing.assert_allclose(
+        np.abs(ours.astype(np.float64) - before).sum(),
+        expected['sum_abs_delta'],
+        rtol=1e-4,
+        err_msg=key,
+      )
+      np.testing.assert_allclose(
+        ours.astype(np.float64).sum(), expected['sum'], atol=1e-3, err_msg=key
+      )
+      continue
+    golden_step = g[f'step1_param/{key}']
+    clear = np.abs(clip * golden_grads.get(key, np.zeros_like(golden_step))) > 1e-5
+    np.testing.assert_allclose(ours[clear], golden_step[clear], atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(ours, golden_step, atol=2e-3, err_msg=key)
+
+
 def parity_file(parity_dir: pathlib.Path, name: str) -> pathlib.Path:
   """A file of the golden folder; skips when a folder made by scripts/make_parity_data.py lacks it
   (the feature and MelGAN goldens need melgan-neurips, which that script does not run)."""
@@ -92,16 +118,21 @@ def small_corpus(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope='session')
 def small_features(small_corpus, tmp_path_factory) -> pathlib.Path:
   """small_corpus preprocessed, with esf2 and esm1 as the unseen test speakers."""
+  return preprocess_small(small_corpus, tmp_path_factory.mktemp('small_features'))
+
+
+def preprocess_small(corpus, out, **kwargs):
+  """A small corpus preprocessed quietly in this process, esf2 and esm1 held out; returns `out`."""
   from skipvqvc_jax import preprocessing
 
-  out = tmp_path_factory.mktemp('small_features')
   preprocessing.preprocess(
-    str(small_corpus),
+    str(corpus),
     str(out),
     test_speakers=['esf2', 'esm1'],
     workers=1,
     progress=False,
     log=lambda _: None,
+    **kwargs,
   )
   return out
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import skipvqvc_jax
-from skipvqvc_jax import f0, f0_features, input_pipeline, preprocessing, train
+from skipvqvc_jax import f0, f0_features, input_pipeline, train
 from skipvqvc_jax.errors import ConfigError, ConversionError, CorpusError
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, preprocess_small, tiny_config
 
 PRESET = 'vqvc_plus_pitch.py:tiny'
 
@@ -21,16 +21,7 @@ PRESET = 'vqvc_plus_pitch.py:tiny'
 @pytest.fixture(scope='module')
 def f0_features_dir(small_corpus, tmp_path_factory):
   out = tmp_path_factory.mktemp('pitch_features')
-  preprocessing.preprocess(
-    str(small_corpus),
-    str(out),
-    test_speakers=['esf2', 'esm1'],
-    workers=1,
-    progress=False,
-    log=lambda _: None,
-    f0_params=f0.F0Params('dio'),
-  )
-  return out
+  return preprocess_small(small_corpus, out, f0_params=f0.F0Params('dio'))
 
 
 def test_each_crop_comes_with_its_own_f0(f0_features_dir):
