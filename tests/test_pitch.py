@@ -134,3 +134,10 @@ def test_the_web_page_offers_the_melody_shift(pitch_run, small_corpus):
   assert a.shape == b.shape and np.abs(a - b).max() > 1e-4 and image.endswith('.png')
   sliders = [c for c in demo.build(page_of).blocks.values() if isinstance(c, gr.Slider)]
   assert [s.label for s in sliders] == ['Melody shift (semitones)']
+
+
+def test_eval_converts_with_the_f0_beside_the_test_features(pitch_run):
+  from skipvqvc_jax import evaluate
+
+  metrics = evaluate.run(str(pitch_run[0]), num_pairs=2, report_pairs=0)
+  assert np.isfinite(metrics['recon_l1_logmel']) and metrics['conversion']['pairs'] == 2
