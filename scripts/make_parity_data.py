@@ -100,6 +100,57 @@ def load_original(clone: str, folder: str):
 DEMO_CROPS = [('awb', slice(16, 144)), ('slt', slice(16, 144))]
 
 
+def load_netd(clone: str):
+  """train_ljvae.py's BEGAN discriminator `NetD(80)`, seeded, in training mode (as it trains). The
+  trainer module is imported with its logging helpers and its MelGAN download stubbed out."""
+  import types  # pylint: disable=import-outside-toplevel
+
+  import torch  # pylint: disable=import-outside-toplevel
+
+  for folder in ('utils', 'loss'):
+    sys.path.insert(0, os.path.join(clone, folder))
+  for name in ('logger', 'logger_utils', 'plotting_utils', 'save_and_load'):
+    stub = types.ModuleType(name)
+    stub.Logger = stub.prepare_directories_and_logger = stub.plot_spectrogram_to_numpy = None
+    stub.save_checkpoint = stub.load_checkpoint = None
+    sys.modules.setdefault(name, stub)
+  hub, torch.hub.load = torch.hub.load, lambda *a, **k: None
+  try:
+    spec = importlib.util.spec_from_file_location(
+      'original_train_ljvae', os.path.join(clone, 'trainer', 'train_ljvae.py')
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  finally:
+    torch.hub.load = hub
+  torch.manual_seed(0)
+  return module.NetD(80).train()
+
+
+def netd_golden(clone: str, x: np.ndarray, y: np.ndarray) -> dict:
+  """NetD's initial state, its outputs for three calls in a row (x, y, x: a BEGAN step's fake, real,
+  detached fake; each call moves the spectral norms' u on and the running statistics), its state
+  after them, and the gradients of mean |D(x) - x| at the first call."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  netd = load_netd(clone)
+  out = {f'param/{k}': np32(v) for k, v in netd.state_dict().items() if 'num_batches' not in k}
+  out.update({'input/x': x, 'input/y': y})
+  tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+  first = netd(tx)
+  loss = torch.mean(torch.abs(first - tx))
+  loss.backward()
+  for name, p in netd.named_parameters():
+    out[f'grad/{name}'] = np32(p.grad)
+  out['out/call0'], out['out/loss0'] = np32(first), np32(loss)
+  with torch.no_grad():
+    out['out/call1'], out['out/call2'] = np32(netd(ty)), np32(netd(tx))
+  out.update(
+    {f'after/{k}': np32(v) for k, v in netd.state_dict().items() if 'num_batches' not in k}
+  )
+  return out
+
+
 def demo_inputs() -> tuple[np.ndarray, np.ndarray]:
   """(2, 80, 128) log-mels: crops of two demo-corpus speakers, made with our feature code; and their
   F0 in Hz per frame (2, 128), from our Harvest (0: unvoiced)."""
@@ -468,6 +519,18 @@ def main(argv=None) -> int:
         ),
       )
       print(f'{path}: {len(arrays)} arrays, loss {float(arrays["train/loss"]):.6f}', flush=True)
+  # The BEGAN discriminator of train_ljvae.py, on the simple-normalised demo crops and their stretch.
+  x = (x_logmel * np.float32(25) + np.float32(50)) / np.float32(50)
+  arrays = netd_golden(args.original, x, stretched(x))
+  path = os.path.join(args.out, 'lj', 'netd_80.npz')
+  with open(path + '.tmp', 'wb') as f:
+    np.savez_compressed(f, **arrays)
+  os.replace(path + '.tmp', path)
+  manifests['lj']['netd_80.npz'] = dict(
+    keys={k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
+    meta=dict(model='train_ljvae.NetD(80)', torch=torch.__version__),
+  )
+  print(f'{path}: {len(arrays)} arrays', flush=True)
   for group, files in manifests.items():
     with open(os.path.join(args.out, group, 'manifest.json'), 'w') as f:
       json.dump(dict(files=files, made_by='scripts/make_parity_data.py'), f, indent=1)

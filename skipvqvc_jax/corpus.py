@@ -232,6 +232,24 @@ def source_waveforms(feature_files: Sequence[str], params: audio.FeatureParams) 
   return waves
 
 
+def readable_frames(path: str, rows: int) -> int | None:
+  """Frames of a (rows, frames) .npy file (a feature, an F0 file), or None when it cannot be used
+  (truncated, other rows). In a bucket only its header is read, and its size checked against it."""
+  try:
+    if storage.is_url(path):
+      with storage.open(path, 'rb') as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
+        header = f.tell()
+      if storage.getsize(path) != header + int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        return None
+    else:
+      shape = np.load(path, mmap_mode='r', allow_pickle=False).shape
+  except (OSError, ValueError, EOFError):
+    return None
+  return int(shape[1]) if len(shape) == 2 and shape[0] == rows and shape[1] else None
+
+
 def _pooled(utterances: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
   """Every frame weighs the same: the mean and std of all frames together."""
   frames = sum(n for n, _, _ in utterances)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from skipvqvc_jax import audio, f0, storage
+from skipvqvc_jax import audio, corpus, f0, storage
 from skipvqvc_jax.errors import AudioError, ConversionError, CorpusError
 from skipvqvc_jax.fileio import save_npy
 from skipvqvc_jax.workers import map_files
@@ -56,14 +56,6 @@ def _estimate(task) -> dict:
   return dict(ok=True)
 
 
-def _frames(path: str) -> int | None:
-  try:
-    shape = np.load(path, mmap_mode='r', allow_pickle=False).shape
-  except (OSError, ValueError, EOFError):
-    return None
-  return shape[1] if len(shape) == 2 and shape[0] == 1 else None
-
-
 def check_params(manifest: dict, f0_params: f0.F0Params | None, output_dir: str) -> None:
   """Refuses F0 of another method or range than the folder's."""
   found = manifest.get('f0_params')
@@ -97,7 +89,7 @@ def make(
           storage.remove(storage.join(folder, name))
   tasks, pending = [], []
   for path, item in wanted.items():
-    if _frames(path) != item['frames']:
+    if corpus.readable_frames(path, 1) != item['frames']:
       storage.makedirs(storage.dirname(path))
       source = os.path.join(source_root, item['source'])
       tasks.append((source, path, params, f0_params, item['frames']))

@@ -42,7 +42,7 @@ def local_features(features_dir: str) -> str:
   """A local folder holding the features of `features_dir`: itself when local; for a URL (a bucket),
   its mirror in this worker's cache (`feature_cache_root`), brought up to date with one listing and
   only the files not yet there, so an epoch reads the local disk instead of one request per file
-  (benchmarks/README.md measures both). The corpus files beside it are mirrored too."""
+  (benchmarks/README.md measures both). The corpus files beside it, and its F0, are mirrored too."""
   if not storage.is_url(features_dir):
     return features_dir
   features_dir = storage.abspath(features_dir)
@@ -59,6 +59,10 @@ def local_features(features_dir: str) -> str:
   try:
     fetched = storage.mirror(features_dir, local)
     storage.mirror(parent, local_parent, names=CORPUS_FILES)
+    f0_dir = storage.join(parent, f0_features.F0_DIR, storage.basename(features_dir))
+    if storage.isdir(f0_dir):  # the F0 beside them (preprocess.py --f0), for the F0 model
+      local_f0 = os.path.join(local_parent, f0_features.F0_DIR, storage.basename(features_dir))
+      fetched += storage.mirror(f0_dir, local_f0)
   except OSError as e:
     raise CorpusError(
       f'cannot copy the features of {features_dir} to {local} ({e.strerror or e}): free space '

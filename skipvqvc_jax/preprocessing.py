@@ -57,24 +57,6 @@ def _source_key(path: str) -> list:
   return [st.st_size, st.st_mtime_ns]
 
 
-def _readable_frames(path: str, n_mels: int) -> int | None:
-  """Frames of a feature file on disk, or None when it cannot be used (truncated, other n_mels).
-  In a bucket only its header is read, and its size checked against it."""
-  try:
-    if storage.is_url(path):
-      with storage.open(path, 'rb') as f:
-        version = np.lib.format.read_magic(f)
-        shape, _, dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
-        header = f.tell()
-      if storage.getsize(path) != header + int(np.prod(shape)) * np.dtype(dtype).itemsize:
-        return None
-    else:
-      shape = np.load(path, mmap_mode='r', allow_pickle=False).shape
-  except (OSError, ValueError, EOFError):
-    return None
-  return int(shape[1]) if len(shape) == 2 and shape[0] == n_mels and shape[1] else None
-
-
 def _check_parameters(output_dir: str, params: audio.FeatureParams) -> None:
   """Refuses an output folder whose features (finished or not) were made with other parameters."""
   for name in (corpus.MANIFEST, STAMP):
@@ -237,7 +219,7 @@ def _preprocess(
     out_path = storage.join(output_dir, *out_rel.split(os.sep))
     key = _source_key(source_path)
     previous = known_items.get(utt.source, {})
-    frames = _readable_frames(out_path, params.n_mels) if out_rel in on_disk else None
+    frames = corpus.readable_frames(out_path, params.n_mels) if out_rel in on_disk else None
     if frames is not None and previous.get('key', key) == key:
       items.append(_item(utt, out_rel, frames, previous.get('trim'), key))
     elif frames is None and utt.source in known_skips and known_skips[utt.source]['key'] == key:
@@ -263,7 +245,9 @@ def _preprocess(
     # including features whose results were still on their way back from the workers.
     made = {i['file'] for i in items}
     for utt, out_rel, key in pending:
-      frames = _readable_frames(storage.join(output_dir, *out_rel.split(os.sep)), params.n_mels)
+      frames = corpus.readable_frames(
+        storage.join(output_dir, *out_rel.split(os.sep)), params.n_mels
+      )
       if out_rel not in made and frames is not None:
         items.append(_item(utt, out_rel, frames, None, key))
     items.sort(key=lambda i: i['file'])

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
-from skipvqvc_jax import checkpoints, locks, preprocessing, storage, train
+from skipvqvc_jax import checkpoints, f0, input_pipeline, locks, preprocessing, storage, train
 from skipvqvc_jax.errors import TrainingError
 from tests.conftest import REPO, devices_env, tiny_config
 from tests.gcs_emulator import emulator_env
@@ -381,3 +381,27 @@ def test_the_readme_pod_recipe(gcs, small_corpus, tmp_path):
   assert config['batch_size'] == 2 * 4  # per_device_batch_size x 4 devices
   assert config['data']['test_dir'].endswith('/features/vctk/test')  # the default split's sibling
   assert checkpoints.latest_step(workdir) == 2
+
+
+def test_f0_made_into_the_bucket_comes_with_the_mirrored_features(gcs, small_corpus, tmp_path):
+  """preprocess.py --f0 into a bucket: the F0 files land beside the features there, and training's
+  local mirror of the features brings their F0 along (the F0 model's batches need it)."""
+  out = _url('pitch_features')
+  preprocessing.preprocess(
+    str(small_corpus),
+    out,
+    test_speakers=['esf2', 'esm1'],
+    workers=1,
+    progress=False,
+    log=lambda _: None,
+    f0_params=f0.F0Params('dio'),
+  )
+  assert storage.isfile(storage.join(out, 'f0', 'train', 'awb_001.npy'))
+  os.environ['XDG_CACHE_HOME'] = str(tmp_path / 'cache')
+  try:
+    batch = input_pipeline.make_dataset(
+      storage.join(out, 'train'), batch_size=4, crop_frames=32, f0=True
+    )[0]
+  finally:
+    os.environ.pop('XDG_CACHE_HOME')
+  assert batch['f0'].shape == (4, 32) and (batch['f0'] > 0).any()

@@ -5,6 +5,7 @@ normalised frames), code and latent term, each decoder scale for reconstruction 
 and the reconstruction part of train_ljvae.py's step (loss, gradients, weights after Adam)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -12,6 +13,7 @@ from flax import nnx
 
 from skipvqvc_jax import porting, trainers
 from skipvqvc_jax.configs import default
+from skipvqvc_jax.models.began import BeganDiscriminator
 from skipvqvc_jax.models.single_speaker import VQVCPlusLJ3, VQVCPlusMultiCodebookLJ
 from skipvqvc_jax.tasks import voice_conversion
 from tests.conftest import assert_close, assert_gradients_match, assert_step_matches
@@ -99,3 +101,38 @@ def test_training_step(golden):
     nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
   )
   assert_step_matches(stepped, g, golden_grads)
+
+
+def test_the_began_discriminator(parity_dir):
+  """train_ljvae.py's NetD in training mode: three calls in a row (each moving the spectral norms' u
+  and the running statistics on, as PyTorch's hooks do), the state after them, and the gradients of
+  mean |D(x) - x| at the first call."""
+  path = parity_dir / 'lj' / 'netd_80.npz'
+  if not path.is_file():
+    pytest.skip(f'{path} not found: make it with scripts/make_parity_data.py from the original')
+  with np.load(path, allow_pickle=False) as data:
+    g = {k: data[k] for k in data.files}
+  state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
+  netd = porting.load_state_dict(BeganDiscriminator(80), state_dict)
+
+  def loss_fn(model, x):
+    out = model(x)
+    return jnp.mean(jnp.abs(out - x)), out
+
+  # Differentiated by its parameters; the call's moves of u and of the statistics stay in `netd`.
+  grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
+  (loss, first), grads = grad_fn(netd, g['input/x'])
+  assert_close(first, g['out/call0'], 'call 0', ATOL)
+  assert_close(loss, g['out/loss0'], 'loss 0', 1e-6)
+  graphdef, _, rest = nnx.split(netd, nnx.Param, ...)
+  grad_model = nnx.merge(graphdef, grads, rest)
+  for name, (variable, _) in grad_model.torch_table().items():
+    if f'grad/{name}' in g:
+      expected = g[f'grad/{name}']
+      np.testing.assert_allclose(
+        variable[...], expected, rtol=1e-3, atol=1e-6 + 1e-4 * np.abs(expected).max(), err_msg=name
+      )
+  assert_close(netd(g['input/y']), g['out/call1'], 'call 1', ATOL)
+  assert_close(netd(g['input/x']), g['out/call2'], 'call 2', ATOL)
+  for name, value in porting.export_state_dict(netd).items():
+    assert_close(value, g[f'after/{name}'], f'after {name}', 1e-5)

@@ -251,15 +251,15 @@ def make_state(params: dict, tx: optax.GradientTransformation, seed: int, codebo
   return state
 
 
-def sample_pair(test_dir: str, frames: int, f0: bool = False) -> tuple:
+def sample_pair(test_dir: str, frames: int, with_f0: bool = False) -> tuple:
   """A fixed (source, target) pair of test utterances from two speakers, the same on every process:
-  their first crops, names and (with f0) the source crop's F0 in Hz (1, frames), else None."""
+  their first crops, names and (with_f0) the source crop's F0 in Hz (1, frames), else None."""
   files = input_pipeline.list_features(test_dir)
   source = files[0]
   target = next((f for f in files if corpus.speaker_of(f) != corpus.speaker_of(source)), files[-1])
   crop = lambda array: input_pipeline.crop_at(array[:, :frames], frames, 0.0)[None]
   load = lambda f: crop(input_pipeline.load_features(f))
-  source_f0 = crop(input_pipeline.load_f0(source))[0] if f0 else None
+  source_f0 = crop(input_pipeline.load_f0(source))[0] if with_f0 else None
   return load(source), load(target), os.path.basename(source), os.path.basename(target), source_f0
 
 
