@@ -38,6 +38,8 @@ class Trainer:
   stretch: str
   multi_scale: bool  # takes the models that decode at every scale (else the single-scale ones)
   f0: bool = False  # feeds the source's F0 to the decoder: trains the F0 models (vqvc+_pitch) only
+  speaker_free: bool = False  # trains the speaker-free (any-to-one) models only, and they only it
+  adversary: str = ''  # 'began': train_ljvae.py's critic and decoder-only adversarial step
 
   @property
   def uses_stats(self) -> bool:
@@ -51,6 +53,13 @@ class Trainer:
       raise ConfigError(
         f'--config.trainer={self.name!r} cannot train {model_class.name}: it trains '
         f'{kind(self.multi_scale)} models; {model_class.name} takes {", ".join(takes)}'
+      )
+    if self.speaker_free != model_class.speaker_free:
+      takes = [t.name for t in TRAINERS.values() if t.speaker_free == model_class.speaker_free]
+      raise ConfigError(
+        f'--config.trainer={self.name!r} cannot train {model_class.name}: the speaker-free '
+        f'(any-to-one) models and their trainer go together; {model_class.name} takes '
+        f'{", ".join(takes)}'
       )
     if self.f0 != model_class.takes_f0:
       takes = [t.name for t in TRAINERS.values() if t.f0 == model_class.takes_f0]
@@ -113,6 +122,15 @@ TRAINERS = {
       multi_scale=True,
     ),
     Trainer('pitch_multi', 'train_pitch_multi.py', 'simple', 'none', multi_scale=True, f0=True),
+    Trainer(
+      'ljvae',
+      'train_ljvae.py',
+      'simple',
+      'input',
+      multi_scale=True,
+      speaker_free=True,
+      adversary='began',
+    ),
   )
 }
 NAMES = tuple(TRAINERS)

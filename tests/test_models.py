@@ -35,6 +35,8 @@ def test_registry_names_and_unknown_name():
     'vqvc+_multi_cav',
     'vqvc+_multi_codebook_gen',
     'vqvc+_pitch',
+    'vqvc+_multi_codebook_lj',
+    'vqvc+_lj3',
   ]
   with pytest.raises(ValueError, match='valid models: vqvc\\+, vqvc\\+_rhythm'):
     models.build('vqvc', **SMALL)

@@ -19,7 +19,7 @@ def _mel(batch, frames, seed=0):
   return np.random.default_rng(seed).normal(-1, 1.5, (batch, 80, frames)).astype(np.float32)
 
 
-def test_the_seven_are_multi_scale_and_the_five_are_not():
+def test_the_nine_are_multi_scale_and_the_five_are_not():
   assert MULTI == [
     'vqvc+_multi',
     'vqvc+_multi_simple',
@@ -28,6 +28,8 @@ def test_the_seven_are_multi_scale_and_the_five_are_not():
     'vqvc+_multi_cav',
     'vqvc+_multi_codebook_gen',
     'vqvc+_pitch',
+    'vqvc+_multi_codebook_lj',
+    'vqvc+_lj3',
   ]
   assert not any(models.is_multi_scale(n) for n in models.names()[:5])
 

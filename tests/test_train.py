@@ -19,6 +19,7 @@ from skipvqvc_jax.configs import (
   default,
   vqvc_plus,
   vqvc_plus_cvae,
+  vqvc_plus_lj,
   vqvc_plus_multi,
   vqvc_plus_multi_rhythm,
   vqvc_plus_multi_simple,
@@ -42,6 +43,7 @@ CONFIG_FILES = [
   vqvc_plus_multi_rhythm,
   vqvc_plus_multi_speaker,
   vqvc_plus_pitch,
+  vqvc_plus_lj,
 ]
 
 

@@ -21,6 +21,7 @@ from skipvqvc_jax.models.multi import (
 from skipvqvc_jax.models.multi_speaker import VQVCPlusMultiCAV, VQVCPlusMultiCodebookGen
 from skipvqvc_jax.models.pitch import VQVCPlusPitch
 from skipvqvc_jax.models.quantizer import code_statistics
+from skipvqvc_jax.models.single_speaker import VQVCPlusLJ3, VQVCPlusMultiCodebookLJ
 from skipvqvc_jax.models.vqvc import (
   VQVCPlus,
   VQVCPlusCVAE,
@@ -46,6 +47,8 @@ _REGISTRY: dict[str, dict[str, type]] = {
       VQVCPlusMultiCAV,
       VQVCPlusMultiCodebookGen,
       VQVCPlusPitch,
+      VQVCPlusMultiCodebookLJ,
+      VQVCPlusLJ3,
     )
   },
   'vocoder': {MelGANGenerator.name: MelGANGenerator},

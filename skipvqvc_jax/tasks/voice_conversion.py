@@ -34,7 +34,7 @@ from skipvqvc_jax import (
 )
 from skipvqvc_jax.errors import ConfigError
 from skipvqvc_jax.fileio import atomic_write
-from skipvqvc_jax.tasks import codebooks
+from skipvqvc_jax.tasks import began, codebooks
 from skipvqvc_jax.tasks.base import keep_if_finite, learning_rate
 
 # Folded into a step's key for the codebook upkeep's draws (the step's own key trains the model).
@@ -158,6 +158,7 @@ class Steps:
     self.dtype = jnp.dtype(config.compute_dtype)
     self.codebook_sizes = [q.num_codes for q in model.quantize]
     self.upkeep = codebooks.Upkeep.of(config, model)
+    self.adversary = began.Began(config, model) if trainer.spec.adversary else None
     self.traces = 0  # how many times the train step was traced (= compiled)
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     self.train_step = jax.jit(
@@ -185,9 +186,9 @@ class Steps:
     self.traces += 1  # runs at trace time only
     rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(state['params'], inputs, rng)
-    params = renormed_params(state['params'], aux)
-    updates, opt_state = self.tx.update(grads, state['opt_state'], params)
-    params = optax.apply_updates(params, updates)
+    renormed = renormed_params(state['params'], aux)
+    updates, opt_state = self.tx.update(grads, state['opt_state'], renormed)
+    params = optax.apply_updates(renormed, updates)
     trained, restarted = {}, {}
     if self.upkeep:
       params, trained['codebook'], count = self.upkeep.update(
@@ -199,6 +200,12 @@ class Steps:
         jax.random.fold_in(rng, _UPKEEP_STREAM),
       )
       restarted = dict(restarted_codes=count)
+    if self.adversary:  # train_ljvae.py: the critic and the decoder's adversarial update
+      real = self.trainer.normalize(inputs['mel'].astype(self.dtype))
+      params, trained['adversary'], adversarial = self.adversary.update(
+        self.model, renormed, params, state['adversary'], aux['codes'], real, rng
+      )
+      restarted.update(adversarial)
     # Frozen groups stay exactly as they were (a codebook's forward-pass renormalisation included).
     params = {k: state['params'][k] if k in self.frozen else v for k, v in params.items()}
     grad_norm = optax.tree.norm(grads)
@@ -237,17 +244,16 @@ class Steps:
     return jax.tree.map(lambda x: x.astype(jnp.float32), (recon, converted))
 
 
-def make_state(params: dict, tx: optax.GradientTransformation, seed: int, codebook=None) -> dict:
+def make_state(params: dict, tx: optax.GradientTransformation, seed: int, **parts) -> dict:
   """A train state at step 0: parameters, their optimizer state, the step and the base RNG key (and
-  the codebook upkeep's state when there is one)."""
+  `parts` that are not None: the codebook upkeep's state, the adversary's)."""
   state = dict(
     params=params,
     opt_state=tx.init(params),
     step=jnp.zeros((), jnp.int32),
     rng=jax.random.key_data(jax.random.key(seed)),
   )
-  if codebook is not None:
-    state['codebook'] = codebook
+  state.update({name: part for name, part in parts.items() if part is not None})
   return state
 
 
@@ -318,7 +324,10 @@ class VoiceConversionTask:
       codebook = upkeep.initial([quantize[s]['embedding'] for s in sorted(quantize)])
     else:
       codebook = None
-    return make_state(params, self.steps.tx, self.config.seed, codebook)
+    adversary = self.steps.adversary.initial(params) if self.steps.adversary else None
+    return make_state(
+      params, self.steps.tx, self.config.seed, codebook=codebook, adversary=adversary
+    )
 
   def dataset(self):
     return input_pipeline.make_dataset(
