@@ -209,20 +209,16 @@ def _convert() -> None:
     )
   from skipvqvc_jax import conversion_jobs, convert  # pylint: disable=import-outside-toplevel
 
-  if FLAGS.pairs:
-    jobs = conversion_jobs.read_pairs(FLAGS.pairs)
-  elif FLAGS.source_dir:
-    if not FLAGS.target:
-      raise errors.ConversionError('--source_dir needs --target')
+  jobs = conversion_jobs.read_pairs(FLAGS.pairs) if FLAGS.pairs else []
+  # No --target: only a speaker-free (any-to-one) model converts without one, said after restoring.
+  targets = conversion_jobs.rejoin(FLAGS.target, ',') if FLAGS.target else []
+  if FLAGS.source_dir:
     jobs = conversion_jobs.source_dir_jobs(
-      FLAGS.source_dir,
-      conversion_jobs.rejoin(FLAGS.target, ','),
-      FLAGS.output_dir,
-      log=lambda line: logging.info('%s', line),
+      FLAGS.source_dir, targets, FLAGS.output_dir, log=lambda line: logging.info('%s', line)
     )
-  elif FLAGS.source and FLAGS.target and FLAGS.output:
-    jobs = [(FLAGS.source, conversion_jobs.rejoin(FLAGS.target, ','), FLAGS.output)]
-  else:
+  elif FLAGS.source and FLAGS.output:
+    jobs = [(FLAGS.source, targets, FLAGS.output)]
+  elif not FLAGS.pairs:
     raise errors.ConversionError(
       'give --source, --target and --output; or --pairs=FILE.csv; or --source_dir and --target'
     )

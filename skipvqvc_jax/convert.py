@@ -243,16 +243,23 @@ class Converter:
 
   def target(self, references: Audio | Sequence[Audio], sr: int | None = None) -> Speaker:
     """The target voice of one or more reference recordings (their speaker terms averaged)."""
+    if references is None:
+      references = []
     if not isinstance(references, list | tuple):
       references = [references]
     if not len(references):
-      raise ConversionError('give at least one reference recording of the target voice')
+      if self.model.speaker_free:  # any-to-one: no speaker terms to take
+        return self.no_speaker()
+      raise ConversionError(
+        'give at least one reference recording of the target voice (--target; only a '
+        'speaker-free model converts without one)'
+      )
     return self.speaker([self.mel(r, sr) for r in references])
 
   def convert(
     self,
     source: Audio,
-    target: Audio | Sequence[Audio],
+    target: Audio | Sequence[Audio] | None = None,
     sr: int | None = None,
     f0_shift: float = 0.0,
   ) -> np.ndarray:
@@ -303,6 +310,11 @@ class Converter:
   def encode_mel(self, mel: np.ndarray):
     """The model's `Encoding` of a raw log-mel (padded to its length bucket, normalised)."""
     return self._encode(self._state, self._padded(mel))
+
+  def no_speaker(self) -> Speaker:
+    """A speaker-free model's (unused) speaker terms: its voice is the one it was trained on."""
+    zeros = [jnp.zeros((1, 1, 1), jnp.float32)] * self.model.num_scales
+    return Speaker(zeros, zeros)
 
   def speaker(self, mels: Sequence[np.ndarray]) -> Speaker:
     """The mean speaker embedding and std per scale over one or more reference mels."""
@@ -367,7 +379,8 @@ class Converter:
       try:
         key = tuple(targets)
         if key not in speakers:
-          speakers[key] = self.speaker([self.features(t) for t in targets])
+          features = [self.features(t) for t in targets]
+          speakers[key] = self.speaker(features) if features else self.target(None)
         mel = self.convert_mel(
           self.features(source), speakers[key], self.source_f0(source), f0_shift
         )

@@ -96,16 +96,18 @@ class Demo:
     source_mel = self._mel(source, 'the source')
     references = [reference] + [getattr(f, 'name', f) for f in more or []]
     references = [r for r in references if r]
-    if not references:
+    if not references and not converter.model.speaker_free:
       raise errors.ConversionError('the target voice: upload or record at least one reference')
     reference_mels = [self._mel(r, 'a reference') for r in references]
-    speaker = converter.speaker(reference_mels)
+    # A speaker-free (any-to-one) model speaks in its training voice: references change nothing.
+    speaker = converter.speaker(reference_mels) if reference_mels else converter.no_speaker()
     mel = converter.convert_mel(source_mel, speaker, converter.source_f0(source), f0_shift)
     fd, wav = tempfile.mkstemp(suffix='.wav', prefix='converted-', dir=self.out_dir)
     os.close(fd)
     audio.write_wav(wav, converter.vocoder(mel), converter.sample_rate)
     image = os.path.join(os.path.dirname(wav), os.path.basename(wav)[:-4] + '.png')
-    _plot([source_mel, reference_mels[0], mel], ['source', 'reference', 'converted'], image)
+    titles = ['source', 'reference', 'converted'] if reference_mels else ['source', 'converted']
+    _plot([source_mel, *reference_mels[:1], mel], titles, image)
     return wav, image
 
 
@@ -140,9 +142,15 @@ def build(demo: Demo):
       raise gr.Error(f'conversion failed ({type(e).__name__}: {e})') from None
 
   with gr.Blocks(title='skipvqvc_jax: one-shot voice conversion') as page:
+    voice = (
+      'takes the one voice this model was trained on (any-to-one: a reference is not needed, '
+      'and not used)'
+      if demo.converter.model.speaker_free
+      else 'takes the voice of the reference(s)'
+    )
     gr.Markdown(
       f'## One-shot voice conversion\nModel: `{demo.model}`. The source keeps its words and '
-      'timing and takes the voice of the reference(s).'
+      f'timing and {voice}.'
     )
     with gr.Row():
       source = gr.Audio(sources=['upload', 'microphone'], type='filepath', label=SOURCE_HELP)

@@ -1,6 +1,9 @@
 """The speaker-free LJ models with train_ljvae.py's BEGAN trainer (`ljvae`) in our loop, and converting
 with them: any source comes out in the training speaker's voice, whatever the target."""
 
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import optax
@@ -8,9 +11,9 @@ import pytest
 
 import skipvqvc_jax
 from skipvqvc_jax import sharding, train
-from skipvqvc_jax.errors import ConfigError
+from skipvqvc_jax.errors import ConfigError, ConversionError
 from skipvqvc_jax.tasks import voice_conversion
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 
 PRESET = 'vqvc_plus_lj.py:tiny'
 
@@ -91,3 +94,39 @@ def test_any_source_comes_out_in_the_training_voice(lj_run, small_corpus):
   other = converter.convert(str(source), str(small_corpus / 'slt' / 'slt_001.ogg'))
   np.testing.assert_array_equal(one, other)  # the target is not used
   assert np.isfinite(one).all() and len(one) > 0.5 * converter.sample_rate
+
+
+def test_no_target_is_needed_through_any_door(lj_run, small_corpus, tmp_path):
+  """A source voice in, the training speaker out: Python, the command line and the web page."""
+  workdir = str(lj_run[0])
+  source = small_corpus / 'esm1' / 'esm1_002.ogg'
+  converter = skipvqvc_jax.load(workdir)
+  alone = converter.convert(str(source))
+  np.testing.assert_array_equal(alone, converter.convert(str(source), str(source)))
+  out = tmp_path / 'out.wav'
+  result = subprocess.run(
+    [
+      sys.executable,
+      'main.py',
+      '--mode=convert',
+      f'--model={workdir}',
+      f'--source={source}',
+      f'--output={out}',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0 and out.is_file(), result.stderr[-2000:]
+  pytest.importorskip('gradio')
+  from skipvqvc_jax import demo
+
+  wav, image = demo.Demo(workdir, ['griffin_lim'], 60.0).run(str(source), None, None, 'griffin_lim')
+  assert wav.endswith('.wav') and image.endswith('.png')
+
+
+def test_a_model_with_speakers_still_needs_a_target(workdir, small_corpus):
+  converter = skipvqvc_jax.load(str(workdir))
+  with pytest.raises(ConversionError, match='--target; only a speaker-free model'):
+    converter.convert(str(small_corpus / 'esm1' / 'esm1_002.ogg'))
