@@ -151,6 +151,60 @@ def netd_golden(clone: str, x: np.ndarray, y: np.ndarray) -> dict:
   return out
 
 
+def ljvae_step_golden(clone: str, x_shuffle: np.ndarray) -> dict:
+  """One step of train_ljvae.py on vqvc+_multi_codebook_lj with the codes of every scale swapped
+  across the batch (SWAP), its three gradients taken at the step's parameters (the script's intent:
+  as published it stops on PyTorch >= 1.5), each clipped to 3 and applied by its own Adam: the
+  model's (reconstruction + 0.1 latent), the decoder's (0.2 x BEGAN's generator loss), NetD's."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  model, netd = load_original(clone, 'vqvc+_multi_codebook_lj'), load_netd(clone)
+  out = {f'param/{k}': np32(v) for k, v in model.state_dict().items()}
+  out.update(
+    {f'dparam/{k}': np32(v) for k, v in netd.state_dict().items() if 'num_batches' not in k}
+  )
+  audio = torch.from_numpy(x_shuffle)
+  outputs, latent, codes = model(audio)
+  targets = [audio[:, :20, ::4], audio[:, :40, ::2], audio]
+  recon = sum(torch.nn.functional.l1_loss(o, t) for o, t in zip(outputs, targets))
+  fake = model.index_to_decode([c[SWAP] for c in codes])[-1]
+  loss_gan = torch.mean(torch.abs(netd(fake) - fake))
+  real_d = torch.mean(torch.abs(netd(audio) - audio))
+  fake_d = torch.mean(torch.abs(netd(fake.detach()) - fake.detach()))
+  k = 0.0
+  loss_dis = real_d - k * fake_d
+  groups = (
+    ('grad', model, recon + 0.1 * latent.mean()),
+    ('dec_grad', model.dec, 0.2 * loss_gan),
+    ('dis_grad', netd, loss_dis),
+  )
+  grads = {}
+  for key, module, loss in groups:  # every gradient at the step's parameters
+    named = [(n, p) for n, p in module.named_parameters()]
+    found = torch.autograd.grad(loss, [p for _, p in named], retain_graph=True, allow_unused=True)
+    grads[key] = [(n, p, g) for (n, p), g in zip(named, found)]
+    out.update({f'{key}/{n}': np32(g) for n, _, g in grads[key] if g is not None})
+  for key, module, _ in groups:
+    for _, p, g in grads[key]:
+      p.grad = g
+    out[f'{key}_norm'] = np32(torch.nn.utils.clip_grad_norm_(module.parameters(), 3))
+    torch.optim.Adam(module.parameters(), lr=1e-3).step()
+  out.update(
+    {
+      'input/x_shuffle': x_shuffle,
+      'train/loss_gan': np32(loss_gan),
+      'train/loss_dis': np32(loss_dis),
+      'train/k': np.float32(min(max(k + 0.01 * (1.0 * float(real_d) - float(fake_d)), 0.0), 1.0)),
+      'train/clip_coef': np.float32(min(1.0, 3 / (float(out['grad_norm']) + 1e-6))),
+    }
+  )
+  out.update({f'step1_param/{k}': np32(v) for k, v in model.state_dict().items()})
+  out.update(
+    {f'dis_after/{k}': np32(v) for k, v in netd.state_dict().items() if 'num_batches' not in k}
+  )
+  return out
+
+
 def demo_inputs() -> tuple[np.ndarray, np.ndarray]:
   """(2, 80, 128) log-mels: crops of two demo-corpus speakers, made with our feature code; and their
   F0 in Hz per frame (2, 128), from our Harvest (0: unvoiced)."""
@@ -531,6 +585,16 @@ def main(argv=None) -> int:
     meta=dict(model='train_ljvae.NetD(80)', torch=torch.__version__),
   )
   print(f'{path}: {len(arrays)} arrays', flush=True)
+  arrays = ljvae_step_golden(args.original, stretched(x))
+  path = os.path.join(args.out, 'lj', 'ljvae_step_n64_ch64.npz')
+  with open(path + '.tmp', 'wb') as f:
+    np.savez_compressed(f, **arrays)
+  os.replace(path + '.tmp', path)
+  manifests['lj']['ljvae_step_n64_ch64.npz'] = dict(
+    keys={k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
+    meta=dict(model='vqvc+_multi_codebook_lj + train_ljvae.NetD(80)', torch=torch.__version__),
+  )
+  print(f'{path}: {len(arrays)} arrays, loss_gan {float(arrays["train/loss_gan"]):.6f}', flush=True)
   for group, files in manifests.items():
     with open(os.path.join(args.out, group, 'manifest.json'), 'w') as f:
       json.dump(dict(files=files, made_by='scripts/make_parity_data.py'), f, indent=1)

@@ -13,9 +13,9 @@ from flax import nnx
 
 from skipvqvc_jax import porting, trainers
 from skipvqvc_jax.configs import default
-from skipvqvc_jax.models.began import BeganDiscriminator
+from skipvqvc_jax.models.began import BatchStat, BeganDiscriminator, SpectralVector
 from skipvqvc_jax.models.single_speaker import VQVCPlusLJ3, VQVCPlusMultiCodebookLJ
-from skipvqvc_jax.tasks import voice_conversion
+from skipvqvc_jax.tasks import began, voice_conversion
 from tests.conftest import assert_close, assert_gradients_match, assert_step_matches
 from tests.test_parity_multi import _trainer_inputs
 
@@ -136,3 +136,72 @@ def test_the_began_discriminator(parity_dir):
   assert_close(netd(g['input/x']), g['out/call2'], 'call 2', ATOL)
   for name, value in porting.export_state_dict(netd).items():
     assert_close(value, g[f'after/{name}'], f'after {name}', 1e-5)
+
+
+def test_one_ljvae_step(parity_dir):
+  """train_ljvae.py's whole step on vqvc+_multi_codebook_lj (codes of every scale swapped across the
+  batch, all gradients at the step's parameters): the losses, k, the model after its Adam and the
+  decoder's, the critic after its Adam with its state moved three calls on."""
+  path = parity_dir / 'lj' / 'ljvae_step_n64_ch64.npz'
+  if not path.is_file():
+    pytest.skip(f'{path} not found: make it with scripts/make_parity_data.py from the original')
+  with np.load(path, allow_pickle=False) as data:
+    g = {k: data[k] for k in data.files}
+  state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
+  model = porting.load_state_dict(
+    VQVCPlusMultiCodebookLJ(channel=64, n_embed=64, gru_init='zeros'), state_dict
+  )
+  critic_dict = {k.removeprefix('dparam/'): v for k, v in g.items() if k.startswith('dparam/')}
+  critic = porting.load_state_dict(BeganDiscriminator(80), critic_dict)
+  config = default.get_config()
+  config.trainer = 'ljvae'
+  adversary = began.Began(config, model)
+  adversary.graphdef, adversary.critic_params, adversary.critic_stats = nnx.split(
+    critic, nnx.Param, (SpectralVector, BatchStat)
+  )
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params = nnx.to_pure_dict(params)
+  state = adversary.initial(params)
+  trainer = trainers.get('ljvae')
+  real = g['input/x_shuffle']
+  inputs = dict(mel=(real * 50 - 50) / 25)  # raw log-mels whose normalisation is the golden input
+  model_of = lambda p: nnx.merge(graphdef, p, rest)
+  # A key whose per-scale shuffles are the golden's swap.
+  rng = next(
+    k
+    for k in (jax.random.key(i) for i in range(500))
+    if all((np.asarray(p) == [1, 0]).all() for p in began.shuffles(k, 2, 3)[0])
+  )
+  (_, aux), grads = jax.value_and_grad(
+    lambda p: trainer.loss(model_of(p), inputs, rng, 0.1), has_aux=True
+  )(params)
+  tx = voice_conversion.make_optimizer(config)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  updated, new, metrics = jax.jit(
+    lambda params, updated, state, codes: adversary.update(
+      model_of, params, updated, state, codes, jnp.asarray(real), rng
+    )
+  )(params, optax.apply_updates(params, updates), state, aux['codes'])
+  assert_close(metrics['loss_gan'], g['train/loss_gan'], 'loss_gan', 1e-5)
+  assert_close(metrics['loss_dis'], g['train/loss_dis'], 'loss_dis', 1e-5)
+  assert_close(new['k'], g['train/k'], 'k', 1e-6)
+  # The model: its own Adam step, then the decoder's; a decoder weight is compared to 1e-6 where
+  # both of its gradients are clear (a first Adam step is about +-lr, whatever the gradient's size).
+  golden_grads = {k.removeprefix('grad/'): v for k, v in g.items() if k.startswith('grad/')}
+  for k, v in g.items():
+    if k.startswith('dec_grad/'):
+      name = 'dec.' + k.removeprefix('dec_grad/')
+      golden_grads[name] = np.minimum(np.abs(golden_grads.get(name, 0 * v)), np.abs(v))
+  stepped = porting.export_state_dict(model_of(updated))
+  assert_step_matches(stepped, g, golden_grads)
+  # The critic: its Adam step, and u and the running statistics after three calls.
+  critic_after = nnx.merge(adversary.graphdef, new['critic'], new['critic_stats'])
+  critic_grads = {k.removeprefix('dis_grad/'): v for k, v in g.items() if k.startswith('dis_grad/')}
+  for name, value in porting.export_state_dict(critic_after).items():
+    expected = g[f'dis_after/{name}']
+    if name in critic_grads:
+      clear = np.abs(critic_grads[name]) > 1e-5
+      np.testing.assert_allclose(value[clear], expected[clear], atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(value, expected, atol=2e-3, err_msg=name)
+    else:
+      assert_close(value, expected, f'critic {name}', 1e-5)

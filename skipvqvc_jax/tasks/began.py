@@ -29,6 +29,13 @@ GAMMA, LAMBDA_K, GAN_WEIGHT, CLIP = 1.0, 0.01, 0.2, 3.0
 _STREAM = 2  # folded into the step's key for the shuffles and the fakes' GRU noise
 
 
+def shuffles(rng, batch: int, scales: int) -> tuple[list, jax.Array]:
+  """A step's permutation of the batch per scale (the fakes' codes) and the fakes' noise key."""
+  shuffle_key, noise_key = jax.random.split(jax.random.fold_in(rng, _STREAM))
+  perms = [jax.random.permutation(jax.random.fold_in(shuffle_key, s), batch) for s in range(scales)]
+  return perms, noise_key
+
+
 def _adam(config):
   return optax.chain(
     optax.clip_by_global_norm(CLIP),
@@ -71,11 +78,8 @@ class Began:
     params: the step's parameters (where every gradient is taken); updated: after the autoencoder's
     update; codes: the step's codes per scale; real: the normalised target mel (B, bands, T)."""
     batch = real.shape[0]
-    shuffle_key, noise_key = jax.random.split(jax.random.fold_in(rng, _STREAM))
-    shuffled = [
-      c[jax.random.permutation(jax.random.fold_in(shuffle_key, s), batch)]
-      for s, c in enumerate(codes)
-    ]
+    perms, noise_key = shuffles(rng, batch, len(codes))
+    shuffled = [c[perm] for c, perm in zip(codes, perms)]
     none = [jnp.zeros((batch, 1, 1), real.dtype)] * len(codes)  # no speaker terms to decode with
 
     def fake_of(decoder):
