@@ -115,8 +115,9 @@ CONVERT_USAGE = """Convert voices with a trained model (skipvqvc-convert; main.p
     skipvqvc-convert --model=DIR --pairs=pairs.csv        # rows: source,target,output
 
 --model is a training workdir or a model directory (skipvqvc-port writes one from the original's
-checkpoint). --target takes one reference or several (comma-separated, averaged); --vocoder=melgan
-uses the original's pretrained MelGAN (fetched once) instead of Griffin-Lim.
+checkpoint). --target takes one reference or several (comma-separated, averaged; an any-to-one model
+needs none); --f0_shift moves an F0 model's melody; --vocoder=melgan uses the original's pretrained
+MelGAN (fetched once) instead of Griffin-Lim.
 """
 
 EVAL_USAGE = """Evaluate a training run on its unseen test speakers (skipvqvc-eval; main.py --mode=eval).

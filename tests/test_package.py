@@ -168,6 +168,12 @@ TRAINING_FLAGS = ['--config', '--coordinator_address', '--join_timeout']
       TRAINING_FLAGS,
       'INPUT_DIR OUTPUT_DIR',
     ),
+    (
+      'skipvqvc-stats',
+      ['--definition', '--out', '--overwrite', '--version'],
+      TRAINING_FLAGS,
+      'skipvqvc-stats FEATURES',
+    ),
     ('skipvqvc-port', ['--checkpoint', '--out', '--trainer', '--version'], TRAINING_FLAGS, None),
     ('skipvqvc-fetch', ['--file', '--version'], TRAINING_FLAGS, 'skipvqvc-fetch'),
     ('skipvqvc-demo', ['--model', '--port', '--version'], TRAINING_FLAGS, None),
