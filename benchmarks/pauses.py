@@ -73,6 +73,9 @@ def main():
   parser.add_argument('--presets', default=PRESETS)
   parser.add_argument('--seconds', type=float, default=120.0)
   parser.add_argument(
+    '--fractions', default=','.join(map(str, FRACTIONS)), help='pause_fraction values to run'
+  )
+  parser.add_argument(
     '--flag', action='append', default=[], help='one more main.py flag (repeatable)'
   )
   parser.add_argument('--out', default='', help='also write the rows as JSON here')
@@ -84,7 +87,7 @@ def main():
   )
   with tempfile.TemporaryDirectory() as scratch:
     for preset in args.presets.split(','):
-      for fraction in FRACTIONS:
+      for fraction in (float(f) for f in args.fractions.split(',')):
         workdir = os.path.join(scratch, f'{preset.replace(":", "_")}_{fraction}')
         rows.append(
           row(
