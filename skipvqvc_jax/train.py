@@ -199,7 +199,7 @@ def _train(config, workdir: str) -> dict[str, Any]:
       run.train_step(sharding.global_batch(mesh, task.inputs(next(iterator), run.step)))
       profile.after(run.step, run.state)
       last = run.step == config.num_train_steps
-      if run.step % config.log_every_steps == 0 or last:
+      if run.step % run.cadence.log_every == 0 or last:
         run.log()
       evaluates = run.step % run.cadence.eval_every == 0
       if evaluates or last:
@@ -272,6 +272,11 @@ class _Run:
     _check_finite(*self.previous, self.ckpt)
 
   def log(self) -> None:
+    start = time.perf_counter()
+    self._log()
+    self.cadence.log_took(time.perf_counter() - start)
+
+  def _log(self) -> None:
     self.check_finite()
     host = jax.device_get(self.previous[0])
     elapsed = time.perf_counter() - self.timer - self.paused

@@ -211,6 +211,22 @@ def test_pauses_are_spaced_to_take_a_share_of_the_time(small_features, tmp_path)
       expected.add(step)
     factor = changes.get(step, factor)
   assert set(spaced['evals']) == expected
+  # The log period grows the same way, from the time a log line takes, only where it must.
+  log_changes, period, logged = (
+    {d['step']: d['log_every'] for d in cadence['log_decisions']},
+    1,
+    set(),
+  )
+  for step in range(1, steps + 1):
+    if step % period == 0 or step == steps:
+      logged.add(step)
+    period = log_changes.get(step, period)
+  assert set(spaced['train_losses']) == logged
+  assert cadence['log_every_steps'] == period
+  for d in cadence['log_decisions']:  # each the smallest period keeping logging under its share
+    limit = 0.1 * cadence_module.LOG_SHARE * d['step_seconds']
+    assert d['log_seconds'] / d['log_every'] <= limit + 1e-12
+    assert d['log_seconds'] / (d['log_every'] - 1) > limit
   saved = sorted(int(d) for d in os.listdir(spaced['checkpoint_dir']) if d.isdigit())
   assert saved == sorted(expected - {0})
   assert 0 < spaced['steps_per_sec_overall'] < spaced['steps_per_sec_between']
