@@ -222,18 +222,8 @@ class Converter:
     return f0_features.source_f0(source, sr, self.params, self.f0_params, self.model.name)
 
   def _contour(self, f0_hz, f0_shift: float, frames: int):
-    """The decoder's F0 input for a source of `frames` frames (None for a model without F0)."""
-    if not self.model.takes_f0:
-      if f0_shift:
-        raise ConversionError(f'--f0_shift: {self.model.name} is not conditioned on F0')
-      return None
-    if f0_hz is None:
-      raise ConversionError(
-        f'{self.model.name} needs the F0 of its source: convert from audio, or from a feature '
-        f'with F0 beside it'
-      )
-    contour = np.asarray(f0.model_contour(np.asarray(f0_hz, np.float32)[None], f0_shift))
-    return jnp.asarray(pad_to(contour, bucket_frames(frames, self.model.frame_multiple)))
+    padded = bucket_frames(frames, self.model.frame_multiple)
+    return f0_features.decoder_contour(self.model, f0_hz, f0_shift, padded)
 
   def _padded(self, mel: np.ndarray) -> np.ndarray:
     frames = bucket_frames(mel.shape[1], self.model.frame_multiple)

@@ -128,3 +128,20 @@ def source_f0(source, sr, params: audio.FeatureParams, f0_params: f0.F0Params, m
     return f0.f0_per_frame(audio.trim(wave, params)[0], params, f0_params)
   except (AudioError, CorpusError) as e:
     raise ConversionError(f'{name}: {e}') from None
+
+
+def decoder_contour(model, f0_hz, f0_shift: float, padded_frames: int):
+  """An F0 model's decoder input (1, padded_frames) from its source's F0 in Hz, reflect-padded as the
+  source's mel is; None for a model without F0. A missing F0, or a shift for a model without F0, is a
+  ConversionError."""
+  if not model.takes_f0:
+    if f0_shift:
+      raise ConversionError(f'--f0_shift: {model.name} is not conditioned on F0')
+    return None
+  if f0_hz is None:
+    raise ConversionError(
+      f'{model.name} needs the F0 of its source: convert from audio, or from a feature with F0 '
+      f'beside it'
+    )
+  contour = np.asarray(f0.model_contour(np.asarray(f0_hz, np.float32)[None], f0_shift))
+  return np.pad(contour, ((0, 0), (0, padded_frames - contour.shape[1])), mode='reflect')
