@@ -575,26 +575,23 @@ def main(argv=None) -> int:
       print(f'{path}: {len(arrays)} arrays, loss {float(arrays["train/loss"]):.6f}', flush=True)
   # The BEGAN discriminator of train_ljvae.py, on the simple-normalised demo crops and their stretch.
   x = (x_logmel * np.float32(25) + np.float32(50)) / np.float32(50)
-  arrays = netd_golden(args.original, x, stretched(x))
-  path = os.path.join(args.out, 'lj', 'netd_80.npz')
-  with open(path + '.tmp', 'wb') as f:
-    np.savez_compressed(f, **arrays)
-  os.replace(path + '.tmp', path)
-  manifests['lj']['netd_80.npz'] = dict(
-    keys={k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
-    meta=dict(model='train_ljvae.NetD(80)', torch=torch.__version__),
-  )
-  print(f'{path}: {len(arrays)} arrays', flush=True)
-  arrays = ljvae_step_golden(args.original, stretched(x))
-  path = os.path.join(args.out, 'lj', 'ljvae_step_n64_ch64.npz')
-  with open(path + '.tmp', 'wb') as f:
-    np.savez_compressed(f, **arrays)
-  os.replace(path + '.tmp', path)
-  manifests['lj']['ljvae_step_n64_ch64.npz'] = dict(
-    keys={k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
-    meta=dict(model='vqvc+_multi_codebook_lj + train_ljvae.NetD(80)', torch=torch.__version__),
-  )
-  print(f'{path}: {len(arrays)} arrays, loss_gan {float(arrays["train/loss_gan"]):.6f}', flush=True)
+  for name, what, arrays in (
+    ('netd_80.npz', 'train_ljvae.NetD(80)', netd_golden(args.original, x, stretched(x))),
+    (
+      'ljvae_step_n64_ch64.npz',
+      'vqvc+_multi_codebook_lj + train_ljvae.NetD(80)',
+      ljvae_step_golden(args.original, stretched(x)),
+    ),
+  ):
+    path = os.path.join(args.out, 'lj', name)
+    with open(path + '.tmp', 'wb') as f:
+      np.savez_compressed(f, **arrays)
+    os.replace(path + '.tmp', path)
+    manifests['lj'][name] = dict(
+      keys={k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
+      meta=dict(model=what, torch=torch.__version__),
+    )
+    print(f'{path}: {len(arrays)} arrays', flush=True)
   for group, files in manifests.items():
     with open(os.path.join(args.out, group, 'manifest.json'), 'w') as f:
       json.dump(dict(files=files, made_by='scripts/make_parity_data.py'), f, indent=1)

@@ -54,19 +54,14 @@ class Trainer:
         f'--config.trainer={self.name!r} cannot train {model_class.name}: it trains '
         f'{kind(self.multi_scale)} models; {model_class.name} takes {", ".join(takes)}'
       )
-    if self.speaker_free != model_class.speaker_free:
-      takes = [t.name for t in TRAINERS.values() if t.speaker_free == model_class.speaker_free]
-      raise ConfigError(
-        f'--config.trainer={self.name!r} cannot train {model_class.name}: the speaker-free '
-        f'(any-to-one) models and their trainer go together; {model_class.name} takes '
-        f'{", ".join(takes)}'
-      )
-    if self.f0 != model_class.takes_f0:
-      takes = [t.name for t in TRAINERS.values() if t.f0 == model_class.takes_f0]
-      raise ConfigError(
-        f'--config.trainer={self.name!r} cannot train {model_class.name}: the F0 trainer and the '
-        f'F0 model (vqvc+_pitch) go together; {model_class.name} takes {", ".join(takes)}'
-      )
+    for field, attribute, pair in _PAIRED:
+      wanted = getattr(model_class, attribute)
+      if getattr(self, field) != wanted:
+        takes = [t.name for t in TRAINERS.values() if getattr(t, field) == wanted]
+        raise ConfigError(
+          f'--config.trainer={self.name!r} cannot train {model_class.name}: {pair} go together; '
+          f'{model_class.name} takes {", ".join(takes)}'
+        )
     if self.stretch == 'rhythm' and not model_class.takes_content_mel:
       raise ConfigError(
         f'--config.trainer={self.name!r} feeds a rhythm path that {model_class.name} '
@@ -152,6 +147,13 @@ def scale_l1(outputs: list, target):
     scaled = target[:, : target.shape[1] // f, ::f]
     losses.append(jnp.mean(jnp.abs(out.astype(jnp.float32) - scaled)))
   return sum(losses), losses
+
+
+# Trainers made for one kind of model, and only it: (trainer field, model attribute, who goes together).
+_PAIRED = (
+  ('speaker_free', 'speaker_free', 'the speaker-free (any-to-one) models and their trainer'),
+  ('f0', 'takes_f0', 'the F0 trainer and the F0 model (vqvc+_pitch)'),
+)
 
 
 @dataclasses.dataclass(frozen=True)

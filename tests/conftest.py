@@ -92,6 +92,16 @@ def assert_step_matches(stepped: dict, g: dict, golden_grads: dict, omitted=None
     np.testing.assert_allclose(ours, golden_step, atol=2e-3, err_msg=key)
 
 
+def load_golden(parity_dir: pathlib.Path, name: str) -> dict:
+  """The arrays of a golden file scripts/make_parity_data.py writes (pitch/, lj/): skips where the
+  folder lacks it (../shared/parity has neither)."""
+  path = parity_dir / name
+  if not path.is_file():
+    pytest.skip(f'{path} not found: make it with scripts/make_parity_data.py from the original')
+  with np.load(path, allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
 def parity_file(parity_dir: pathlib.Path, name: str) -> pathlib.Path:
   """A file of the golden folder; skips when a folder made by scripts/make_parity_data.py lacks it
   (the feature and MelGAN goldens need melgan-neurips, which that script does not run)."""

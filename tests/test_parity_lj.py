@@ -16,7 +16,7 @@ from skipvqvc_jax.configs import default
 from skipvqvc_jax.models.began import BatchStat, BeganDiscriminator, SpectralVector
 from skipvqvc_jax.models.single_speaker import VQVCPlusLJ3, VQVCPlusMultiCodebookLJ
 from skipvqvc_jax.tasks import began, voice_conversion
-from tests.conftest import assert_close, assert_gradients_match, assert_step_matches
+from tests.conftest import assert_close, assert_gradients_match, assert_step_matches, load_golden
 from tests.test_parity_multi import _trainer_inputs
 
 GOLDEN = {
@@ -29,11 +29,7 @@ ATOL = 1e-4
 @pytest.fixture(scope='module', params=list(GOLDEN), ids=lambda c: c.name)
 def golden(request, parity_dir):
   cls = request.param
-  path = parity_dir / GOLDEN[cls]
-  if not path.is_file():
-    pytest.skip(f'{path} not found: make it with scripts/make_parity_data.py from the original')
-  with np.load(path, allow_pickle=False) as data:
-    g = {k: data[k] for k in data.files}
+  g = load_golden(parity_dir, GOLDEN[cls])
   state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
 
   def fresh():
@@ -107,11 +103,7 @@ def test_the_began_discriminator(parity_dir):
   """train_ljvae.py's NetD in training mode: three calls in a row (each moving the spectral norms' u
   and the running statistics on, as PyTorch's hooks do), the state after them, and the gradients of
   mean |D(x) - x| at the first call."""
-  path = parity_dir / 'lj' / 'netd_80.npz'
-  if not path.is_file():
-    pytest.skip(f'{path} not found: make it with scripts/make_parity_data.py from the original')
-  with np.load(path, allow_pickle=False) as data:
-    g = {k: data[k] for k in data.files}
+  g = load_golden(parity_dir, 'lj/netd_80.npz')
   state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
   netd = porting.load_state_dict(BeganDiscriminator(80), state_dict)
 
@@ -142,11 +134,7 @@ def test_one_ljvae_step(parity_dir):
   """train_ljvae.py's whole step on vqvc+_multi_codebook_lj (codes of every scale swapped across the
   batch, all gradients at the step's parameters): the losses, k, the model after its Adam and the
   decoder's, the critic after its Adam with its state moved three calls on."""
-  path = parity_dir / 'lj' / 'ljvae_step_n64_ch64.npz'
-  if not path.is_file():
-    pytest.skip(f'{path} not found: make it with scripts/make_parity_data.py from the original')
-  with np.load(path, allow_pickle=False) as data:
-    g = {k: data[k] for k in data.files}
+  g = load_golden(parity_dir, 'lj/ljvae_step_n64_ch64.npz')
   state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
   model = porting.load_state_dict(
     VQVCPlusMultiCodebookLJ(channel=64, n_embed=64, gru_init='zeros'), state_dict

@@ -13,7 +13,7 @@ from skipvqvc_jax import f0, porting, trainers
 from skipvqvc_jax.configs import default
 from skipvqvc_jax.models.pitch import VQVCPlusPitch
 from skipvqvc_jax.tasks import voice_conversion
-from tests.conftest import assert_close, assert_gradients_match, assert_step_matches
+from tests.conftest import assert_close, assert_gradients_match, assert_step_matches, load_golden
 
 GOLDEN = 'pitch/vqvcplus_pitch_n64_ch64.npz'
 ATOL = 1e-4
@@ -21,11 +21,7 @@ ATOL = 1e-4
 
 @pytest.fixture(scope='module')
 def golden(parity_dir):
-  path = parity_dir / GOLDEN
-  if not path.is_file():
-    pytest.skip(f'{path} not found: make it with scripts/make_parity_data.py from the original')
-  with np.load(path, allow_pickle=False) as data:
-    g = {k: data[k] for k in data.files}
+  g = load_golden(parity_dir, GOLDEN)
   state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
 
   def fresh():
