@@ -61,8 +61,12 @@ def test_each_trainer_row_trains_the_models_it_declares():
       except ConfigError:
         pass
   single = ['vqvc+', 'vqvc+_rhythm', 'vqvc+_resample', 'vqvc+_speaker_quantize', 'vqvc+_cvae']
-  multi = [n for n in models.names() if n.startswith('vqvc+_multi')]
+  any_to_one = ['vqvc+_multi_codebook_lj', 'vqvc+_lj3']
+  multi = [n for n in models.names() if n.startswith('vqvc+_multi') and n not in any_to_one]
   assert trains['normal'] == trains['mean_std'] == trains['simple_normalize'] == single
   assert trains['rhythm'] == ['vqvc+_rhythm']
   assert trains['multi'] == trains['simple_normalize_multi'] == multi
   assert trains['simple_normalize_multi_rhythm'] == ['vqvc+_multi_rhythm']
+  # The trainers made for one kind of model, and those models only them.
+  assert trains['pitch_multi'] == ['vqvc+_pitch']
+  assert trains['ljvae'] == any_to_one
