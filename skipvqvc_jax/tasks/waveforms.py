@@ -18,6 +18,7 @@ from absl import logging
 from skipvqvc_jax import audio, corpus, sharding, storage
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import save_npy
+from skipvqvc_jax.workers import map_files
 
 WAVE_SCALE = 32767  # int16 full scale
 
@@ -78,7 +79,7 @@ def cache_waveforms(
       )
     tasks.append((source_path, out_path, params, item.get('trim'), item['frames']))
   for task, result in zip(
-    tasks, workers.map_files(_cache_one, tasks, workers, progress, log, 'caching waveforms')
+    tasks, map_files(_cache_one, tasks, workers, progress, log, 'caching waveforms')
   ):
     if not result['ok']:
       raise CorpusError(f'{task[0]}: {result["reason"]}')
