@@ -102,6 +102,20 @@ def load_golden(parity_dir: pathlib.Path, name: str) -> dict:
     return {k: data[k] for k in data.files}
 
 
+def in_fresh_process(code: str, *args: str) -> dict:
+  """The JSON that `code` prints last, run with `args` in a fresh Python: the web page's module
+  defines absl flags that other programs' modules, imported by earlier tests, define too."""
+  import json
+  import subprocess
+  import sys
+
+  result = subprocess.run(
+    [sys.executable, '-c', code, *args], cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def parity_file(parity_dir: pathlib.Path, name: str) -> pathlib.Path:
   """A file of the golden folder; skips when a folder made by scripts/make_parity_data.py lacks it
   (the feature and MelGAN goldens need melgan-neurips, which that script does not run)."""

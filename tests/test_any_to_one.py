@@ -13,7 +13,7 @@ import skipvqvc_jax
 from skipvqvc_jax import sharding, train
 from skipvqvc_jax.errors import ConfigError, ConversionError
 from skipvqvc_jax.tasks import voice_conversion
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, in_fresh_process, tiny_config
 
 PRESET = 'vqvc_plus_lj.py:tiny'
 
@@ -120,10 +120,16 @@ def test_no_target_is_needed_through_any_door(lj_run, small_corpus, tmp_path):
   )
   assert result.returncode == 0 and out.is_file(), result.stderr[-2000:]
   pytest.importorskip('gradio')
-  from skipvqvc_jax import demo
-
-  wav, image = demo.Demo(workdir, ['griffin_lim'], 60.0).run(str(source), None, None, 'griffin_lim')
-  assert wav.endswith('.wav') and image.endswith('.png')
+  page = in_fresh_process(
+    'import json, sys\n'
+    'from skipvqvc_jax import demo\n'
+    "wav, image = demo.Demo(sys.argv[1], ['griffin_lim'], 60.0).run(sys.argv[2], None, None, "
+    "'griffin_lim')\n"
+    'print(json.dumps([wav, image]))',
+    workdir,
+    str(source),
+  )
+  assert page[0].endswith('.wav') and page[1].endswith('.png')
 
 
 def test_a_model_with_speakers_still_needs_a_target(workdir, small_corpus):

@@ -13,7 +13,7 @@ import pytest
 import skipvqvc_jax
 from skipvqvc_jax import f0, f0_features, input_pipeline, train
 from skipvqvc_jax.errors import ConfigError, ConversionError, CorpusError
-from tests.conftest import REPO, preprocess_small, tiny_config
+from tests.conftest import REPO, in_fresh_process, preprocess_small, tiny_config
 
 PRESET = 'vqvc_plus_pitch.py:tiny'
 
@@ -120,20 +120,26 @@ def test_features_without_f0_and_a_mismatched_trainer_are_refused(small_features
   shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+WEB_PAGE = """
+import json, sys
+import gradio as gr, numpy as np, soundfile
+from skipvqvc_jax import demo
+page = demo.Demo(sys.argv[1], ['griffin_lim'], 60.0)
+plain, _ = page.run(sys.argv[2], sys.argv[3], None, 'griffin_lim')
+shifted, image = page.run(sys.argv[2], sys.argv[3], None, 'griffin_lim', f0_shift=7)
+a, b = soundfile.read(plain)[0], soundfile.read(shifted)[0]
+sliders = [c.label for c in demo.build(page).blocks.values() if isinstance(c, gr.Slider)]
+print(json.dumps(dict(same=a.shape == b.shape, moved=float(np.abs(a - b).max()), image=image,
+                      sliders=sliders)))
+"""
+
+
 def test_the_web_page_offers_the_melody_shift(pitch_run, small_corpus):
-  gr = pytest.importorskip('gradio')
-  from skipvqvc_jax import demo
-
-  page_of = demo.Demo(str(pitch_run[0]), ['griffin_lim'], 60.0)
+  pytest.importorskip('gradio')
   source, target = small_corpus / 'esm1' / 'esm1_001.ogg', small_corpus / 'slt' / 'slt_003.ogg'
-  plain, _ = page_of.run(str(source), str(target), None, 'griffin_lim')
-  shifted, image = page_of.run(str(source), str(target), None, 'griffin_lim', f0_shift=7)
-  import soundfile
-
-  a, b = soundfile.read(plain)[0], soundfile.read(shifted)[0]
-  assert a.shape == b.shape and np.abs(a - b).max() > 1e-4 and image.endswith('.png')
-  sliders = [c for c in demo.build(page_of).blocks.values() if isinstance(c, gr.Slider)]
-  assert [s.label for s in sliders] == ['Melody shift (semitones)']
+  page = in_fresh_process(WEB_PAGE, str(pitch_run[0]), str(source), str(target))
+  assert page['same'] and page['moved'] > 1e-4 and page['image'].endswith('.png')
+  assert page['sliders'] == ['Melody shift (semitones)']
 
 
 def test_eval_converts_with_the_f0_beside_the_test_features(pitch_run):
