@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -28,12 +30,38 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 ALIGNMENT = 64  # torch aligns each zip storage record to 64 bytes (what memory-mapped loads need)
 
+# Bounds on what a file may make this process hold, each against what the file honestly contains:
+MAX_DEPTH = 64  # containers inside containers (a checkpoint's state dict sits 2-4 levels down)
+# torch stores its zip records uncompressed; a compressed record (a file zipped again by hand) may
+# inflate at most this much (deflate reaches ~1000x on zeros: a small file asking for gigabytes).
+MAX_INFLATION = 64
+# Tensors are returned as arrays of their own, so views of one storage are copied: all arrays together
+# may hold this multiple of their storages' bytes (tied weights view one storage twice), plus a MiB.
+MAX_VIEW_COPIES = 4
 
-class _StorageType:
+
+class _Sealed:
+  """An object a pickle's BUILD opcode cannot change (it sets attributes): set once, in __init__."""
+
+  __slots__ = ()
+
+  def __init__(self, **fields):
+    for name, value in fields.items():
+      object.__setattr__(self, name, value)
+
+  def __setattr__(self, name, value):
+    raise PortError(
+      f'sets {name!r} on a {type(self).__name__.strip("_")}, which no state dict does'
+    )
+
+
+class _StorageType(_Sealed):
   """Stands for torch.FloatStorage & co. inside a pickle: only its element type matters here."""
 
+  __slots__ = ('name', 'dtype')
+
   def __init__(self, name: str, dtype):
-    self.name, self.dtype = name, np.dtype(dtype)
+    super().__init__(name=name, dtype=np.dtype(dtype))
 
 
 def _bfloat16():
@@ -42,55 +70,93 @@ def _bfloat16():
   return ml_dtypes.bfloat16
 
 
-STORAGE_TYPES = {
-  name: _StorageType(name, dtype)
-  for name, dtype in (
-    ('FloatStorage', np.float32),
-    ('DoubleStorage', np.float64),
-    ('HalfStorage', np.float16),
-    ('LongStorage', np.int64),
-    ('IntStorage', np.int32),
-    ('ShortStorage', np.int16),
-    ('CharStorage', np.int8),
-    ('ByteStorage', np.uint8),
-    ('BoolStorage', np.bool_),
-  )
+STORAGE_DTYPES = {
+  'FloatStorage': np.float32,
+  'DoubleStorage': np.float64,
+  'HalfStorage': np.float16,
+  'LongStorage': np.int64,
+  'IntStorage': np.int32,
+  'ShortStorage': np.int16,
+  'CharStorage': np.int8,
+  'ByteStorage': np.uint8,
+  'BoolStorage': np.bool_,
 }
-DTYPE_STORAGE = {t.dtype: t for t in STORAGE_TYPES.values()}
+DTYPE_STORAGE = {np.dtype(dtype): name for name, dtype in STORAGE_DTYPES.items()}
 
 
 def _storage_type(name: str) -> _StorageType:
+  """A new stand-in each time: nothing one file does can reach the next file's."""
   if name == 'BFloat16Storage':
     return _StorageType(name, _bfloat16())
-  return STORAGE_TYPES[name]
+  return _StorageType(name, STORAGE_DTYPES[name])
 
 
-class _Storage:
-  """A storage being read: its element type and, once read, its elements as a flat array."""
+class _Storage(_Sealed):
+  """A storage the pickle names: its key, element type and element count, as the pickle claims."""
 
-  def __init__(self, storage_type: _StorageType, numel: int):
-    self.dtype, self.numel, self.array = storage_type.dtype, numel, None
+  __slots__ = ('key', 'dtype', 'numel')
 
+  def __init__(self, key, storage_type, numel):
+    if not isinstance(key, str) or not isinstance(storage_type, _StorageType):
+      raise PortError('names a storage by something other than a key and a storage type')
+    if not isinstance(numel, int) or numel < 0:
+      raise PortError(f'gives storage {key} an element count of {numel!r}')
+    super().__init__(key=key, dtype=storage_type.dtype, numel=numel)
 
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-  """torch._utils._rebuild_tensor_v2: a (strided) view of a storage, as its own numpy array."""
-  flat = storage.array if isinstance(storage, _Storage) else storage
-  item = flat.dtype.itemsize
-  view = np.lib.stride_tricks.as_strided(
-    flat[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)
-  )
-  return np.array(view)
-
-
-class _Pending:
-  """A tensor of a legacy file whose storage is read after the pickle: rebuilt once it is."""
-
-  def __init__(self, args):
-    self.args = args
+  @property
+  def nbytes(self) -> int:
+    return self.numel * self.dtype.itemsize
 
 
-def _rebuild_pending(*args):
-  return _Pending(args)
+class _View(_Sealed):
+  """A tensor the pickle asks for: a strided view of a storage, made into an array only once every
+  view has been checked against its storage and the storages against the file."""
+
+  __slots__ = ('storage', 'offset', 'size', 'stride')
+
+  def __init__(self, storage, offset, size, stride, *unused):
+    if not isinstance(storage, _Storage):
+      raise PortError(f'builds a tensor from a {type(storage).__name__} where a storage belongs')
+    size, stride = _ints(size, 'size'), _ints(stride, 'stride')
+    if not isinstance(offset, int) or len(size) != len(stride):
+      raise PortError(f'builds a tensor of size {size} from offset {offset!r}, strides {stride}')
+    super().__init__(storage=storage, offset=offset, size=size, stride=stride)
+
+  @property
+  def nbytes(self) -> int:
+    return math.prod(self.size) * self.storage.dtype.itemsize
+
+  def end(self) -> int:
+    """One past the last element of the storage this view reads; PortError if it reads outside."""
+    if self.offset < 0 or min(self.size + self.stride, default=0) < 0:
+      raise PortError(
+        f'has a tensor with a negative offset, size or stride ({self.offset}, {self.size}, '
+        f'{self.stride}): torch writes none'
+      )
+    end = self.offset
+    if 0 not in self.size:
+      end += 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+    if end > self.storage.numel:
+      raise PortError(
+        f'has a tensor of size {self.size}, strides {self.stride} at offset {self.offset} that reads '
+        f'past the end of its storage ({self.storage.numel} elements)'
+      )
+    return end
+
+  def array(self, flat: np.ndarray) -> np.ndarray:
+    item = flat.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+      flat[self.offset :], shape=self.size, strides=tuple(s * item for s in self.stride)
+    )
+    return np.array(view)
+
+
+def _ints(values, what: str) -> tuple[int, ...]:
+  if not isinstance(values, tuple | list) or not all(isinstance(v, int) for v in values):
+    raise PortError(f'gives a tensor a {what} that is not a tuple of integers')
+  if len(values) > MAX_DEPTH:
+    raise PortError(f'gives a tensor {len(values)} dimensions')
+  return tuple(values)
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
@@ -100,6 +166,7 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
 GLOBALS = {
   ('collections', 'OrderedDict'): collections.OrderedDict,
   ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+  ('torch._utils', '_rebuild_tensor_v2'): _View,
   ('builtins', 'set'): set,
   ('builtins', 'frozenset'): frozenset,
 }
@@ -108,13 +175,11 @@ GLOBALS = {
 class _Reader(pickle.Unpickler):
   """A pickle reader that builds tensors from storages and refuses every other global."""
 
-  def __init__(self, file, storage, rebuild):
+  def __init__(self, file, storage):
     super().__init__(file)
-    self._storage, self._rebuild = storage, rebuild
+    self._file, self._storage = file, storage
 
   def find_class(self, module, name):
-    if (module, name) == ('torch._utils', '_rebuild_tensor_v2'):
-      return self._rebuild
     if module == 'torch' and name.endswith('Storage'):
       try:
         return _storage_type(name)
@@ -127,75 +192,175 @@ class _Reader(pickle.Unpickler):
   def persistent_load(self, pid):
     return self._storage(pid)
 
+  def load(self):
+    """The object, once the pickle's length fields were checked against the bytes there are and its
+    memo indices against its length: the C reader allocates a counted string's declared size before
+    reading it, and a memo as long as the largest index (a 30-byte pickle could ask for gigabytes)."""
+    start = self._file.tell()
+    for count, (op, arg, _) in enumerate(
+      pickletools.genops(self._file)
+    ):  # reads only what is there
+      if op.name in ('PUT', 'BINPUT', 'LONG_BINPUT') and not 0 <= int(arg) <= count:
+        raise PortError(f'has a pickle that stores at memo index {arg} after {count} operations')
+    self._file.seek(start)
+    return super().load()
 
-def _resolve(obj):
-  """`obj` with every _Pending tensor rebuilt (legacy files)."""
-  if isinstance(obj, _Pending):
-    return _rebuild_tensor(*obj.args)
+
+def _storages(tensors: list[_View]) -> dict[str, tuple[_Storage, int, int]]:
+  """Each storage the tensors view: (storage, end of what they read, bytes of the arrays made of it),
+  every view checked, and the arrays' bytes bounded by the storages'."""
+  found: dict[str, tuple[_Storage, int, int]] = {}
+  for tensor in tensors:
+    storage, end, made = found.get(tensor.storage.key, (tensor.storage, 0, 0))
+    if storage is not tensor.storage and (storage.dtype, storage.numel) != (
+      tensor.storage.dtype,
+      tensor.storage.numel,
+    ):
+      raise PortError(f'names storage {storage.key} twice with different types or sizes')
+    found[storage.key] = (storage, max(end, tensor.end()), made + tensor.nbytes)
+  stored = sum(storage.nbytes for storage, _, _ in found.values())
+  made = sum(made for _, _, made in found.values())
+  if made > MAX_VIEW_COPIES * stored + (1 << 20):
+    raise PortError(
+      f'asks for {made} bytes of arrays from {stored} bytes of storage (views repeating elements)'
+    )
+  return found
+
+
+def _resolve(obj, arrays: dict[int, np.ndarray], memo: dict[int, object], depth: int = 0):
+  """`obj` with every tensor made an array; each container once (a pickle may share one many times
+  over, or hold itself); refused past MAX_DEPTH levels."""
+  if isinstance(obj, _View):
+    return arrays[id(obj)]
+  if not isinstance(obj, dict | list | tuple | set | frozenset):
+    return obj
+  if id(obj) in memo:
+    return memo[id(obj)]
+  if depth >= MAX_DEPTH:
+    raise PortError(f'nests containers more than {MAX_DEPTH} deep, which no state dict does')
+  deeper = lambda value: _resolve(value, arrays, memo, depth + 1)
   if isinstance(obj, dict):
-    return type(obj)((k, _resolve(v)) for k, v in obj.items())
-  if isinstance(obj, list | tuple):
-    return type(obj)(_resolve(v) for v in obj)
-  return obj
+    made = type(obj)((k, deeper(v)) for k, v in obj.items())
+  else:
+    made = type(obj)(deeper(v) for v in obj)
+  memo[id(obj)] = made
+  return made
+
+
+def _read_pickle(data, storage) -> tuple[object, list[_View]]:
+  """The object a pickle holds and the tensors it asked for, in order."""
+  tensors: list[_View] = []
+
+  class Reader(_Reader):
+    def find_class(self, module, name):
+      found = super().find_class(module, name)
+      if found is _View:
+        return lambda *args: tensors.append(_View(*args)) or tensors[-1]
+      return found
+
+  return Reader(data, storage).load(), tensors
+
+
+def _record(archive: zipfile.ZipFile, name: str, size: int | None, data_size: int) -> bytes:
+  """Record `name`'s bytes, its declared size checked before a byte is inflated: `size` exactly when
+  given, always within the file (stored) or MAX_INFLATION times its compressed bytes."""
+  try:
+    info = archive.getinfo(name)
+  except KeyError:
+    raise PortError(f'has no record {name}') from None
+  if size is not None and info.file_size != size:
+    raise PortError(f'has record {name} of {info.file_size} bytes where {size} belong')
+  if info.compress_type == zipfile.ZIP_STORED:
+    honest = (
+      info.compress_size == info.file_size and info.header_offset + info.file_size < data_size
+    )
+  else:
+    honest = info.file_size <= MAX_INFLATION * info.compress_size + (1 << 20)
+  if not honest:
+    raise PortError(
+      f'has record {name} claiming {info.file_size} bytes from {info.compress_size} in the file'
+    )
+  with archive.open(info) as f:
+    raw = f.read(info.file_size + 1)
+  if len(raw) != info.file_size:
+    raise PortError(f'is cut short (record {name})')
+  return raw
 
 
 def _load_zip(data: bytes):
   with zipfile.ZipFile(io.BytesIO(data)) as archive:
-    names = archive.namelist()
-    pickles = [n for n in names if n.endswith('/data.pkl') or n == 'data.pkl']
+    pickles = [n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl']
     if not pickles:
       raise PortError('is a zip file without data.pkl: not a PyTorch checkpoint')
     prefix = pickles[0][: -len('data.pkl')]
+    named: dict[str, _Storage] = {}
 
     def storage(pid):
-      kind, storage_type, key, _location, numel = pid[:5]
-      if kind != 'storage' or not isinstance(storage_type, _StorageType):
-        raise PortError(f'holds a {kind} record, which a state dict of arrays does not')
-      raw = archive.read(f'{prefix}data/{key}')
-      return np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder('<'))
+      if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != 'storage':
+        raise PortError(f'holds a {pid!r:.40} record, which a state dict of arrays does not')
+      _, storage_type, key, _location, numel = pid[:5]
+      return named.setdefault(key, _Storage(key, storage_type, numel))
 
-    return _Reader(io.BytesIO(archive.read(pickles[0])), storage, _rebuild_tensor).load()
+    pickled = io.BytesIO(_record(archive, pickles[0], None, len(data)))
+    obj, tensors = _read_pickle(pickled, storage)
+    arrays = {}
+    for key, (stored, _end, _made) in _storages(tensors).items():
+      raw = _record(archive, f'{prefix}data/{key}', stored.nbytes, len(data))
+      flat = np.frombuffer(raw, dtype=stored.dtype.newbyteorder('<'))
+      arrays.update((id(t), t.array(flat)) for t in tensors if t.storage.key == key)
+  return _resolve(obj, arrays, {})
 
 
 def _load_legacy(data: bytes):
   f = io.BytesIO(data)
-  plain = lambda: _Reader(f, lambda pid: pid, None).load()
+  plain = lambda: _Reader(f, lambda pid: pid).load()
   if plain() != LEGACY_MAGIC:
     raise PortError('is neither a zip nor a legacy PyTorch file')
   if plain() != LEGACY_PROTOCOL:
     raise PortError('is a legacy PyTorch file of an unknown protocol version')
   info = plain()
-  if not info.get('little_endian', True):
-    raise PortError('was written on a big-endian machine')
-  storages: dict[str, _Storage] = {}
+  if not isinstance(info, dict) or not info.get('little_endian', True):
+    raise PortError('was written on a big-endian machine, or says nothing of its byte order')
+  named: dict[str, _Storage] = {}
 
   def storage(pid):
-    kind, *rest = pid
-    if kind == 'module':  # a pickled nn.Module's source: no state dict holds one
+    if not isinstance(pid, tuple) or not pid:
+      raise PortError(f'holds a {pid!r:.40} record, which a state dict of arrays does not')
+    if pid[0] == 'module':  # a pickled nn.Module's source: no state dict holds one
       raise PortError('holds a whole module, not a state dict: save model.state_dict()')
-    storage_type, key, _location, numel, view = rest
+    if pid[0] != 'storage' or len(pid) != 6:
+      raise PortError(f'holds a {pid[0]!r:.40} record, which a state dict of arrays does not')
+    _, storage_type, key, _location, numel, view = pid
     if view is not None:
       raise PortError('holds a storage view, which state dicts of this age do not')
-    return storages.setdefault(key, _Storage(storage_type, numel))
+    return named.setdefault(key, _Storage(key, storage_type, numel))
 
-  obj = _Reader(f, storage, _rebuild_pending).load()
-  for key in plain():
-    stored = storages[key]
-    header = f.read(8)
-    if len(header) != 8:
-      raise PortError('is cut short (a storage is missing)')
-    (numel,) = struct.unpack('<q', header)
-    raw = f.read(numel * stored.dtype.itemsize)
-    if numel != stored.numel or len(raw) != numel * stored.dtype.itemsize:
-      raise PortError('is cut short (a storage has fewer bytes than its header says)')
-    stored.array = np.frombuffer(raw, dtype=stored.dtype.newbyteorder('<'))
-  return _resolve(obj)
+  obj, tensors = _read_pickle(f, storage)
+  used = _storages(tensors)
+  keys = plain()
+  if not isinstance(keys, list) or set(used) - set(keys):
+    raise PortError('lists its storages wrongly (a tensor names one the list lacks)')
+  arrays = {}
+  for key in keys:
+    (numel,) = struct.unpack('<q', f.read(8).ljust(8, b'\xff'))  # short: -1, refused below
+    stored = named.get(key)
+    if stored is None or numel != stored.numel:
+      raise PortError(
+        f'is cut short or has storage {key!r:.40} of another size than its tensors say'
+      )
+    if stored.nbytes > len(data) - f.tell():
+      raise PortError(f'is cut short (storage {key} has fewer bytes than its header says)')
+    flat = np.frombuffer(f.read(stored.nbytes), dtype=stored.dtype.newbyteorder('<'))
+    arrays.update((id(t), t.array(flat)) for t in tensors if t.storage.key == key)
+  return _resolve(obj, arrays, {})
 
 
 def load(source: str | bytes):
   """The object a `.pt` file holds, tensors as numpy arrays; PortError for anything else.
 
-  `source`: a local path or the file's bytes."""
+  `source`: a local path or the file's bytes. The file is untrusted: no code runs, every tensor's view
+  is checked against its storage and every storage against the file before an array is made, and the
+  arrays made are bounded by the file's size (see the MAX_ constants)."""
   if isinstance(source, str):
     with open(source, 'rb') as f:
       source = f.read()
@@ -205,15 +370,9 @@ def load(source: str | bytes):
     return _load_legacy(source)
   except PortError:
     raise
-  except (
-    pickle.UnpicklingError,
-    EOFError,
-    zipfile.BadZipFile,
-    KeyError,
-    ValueError,
-    struct.error,
-  ) as e:
-    raise PortError(f'is not a readable PyTorch file ({type(e).__name__}: {e})') from None
+  except Exception as e:  # pylint: disable=broad-except  (any other fault of a crafted file)
+    detail = ' '.join(str(e).split())[:160]
+    raise PortError(f'is not a readable PyTorch file ({type(e).__name__}: {detail})') from None
 
 
 # ---- writing --------------------------------------------------------------------------------------
@@ -237,7 +396,7 @@ class _Tensor:
     native = self.array.dtype.newbyteorder('=')
     if native not in DTYPE_STORAGE:
       raise PortError(f'cannot write arrays of {self.array.dtype} as PyTorch tensors')
-    self.storage = _Global('torch', DTYPE_STORAGE[native].name)
+    self.storage = _Global('torch', DTYPE_STORAGE[native])
 
   def __reduce__(self):
     shape = self.array.shape

@@ -18,6 +18,7 @@ from skipvqvc_jax import (
   torch_files,
 )
 from tests.conftest import REPO
+from tests.test_torch_files import _crafted
 
 SMALL = dict(channel=16, n_embed=16, gru_init='zeros')
 
@@ -127,6 +128,13 @@ def test_cli_reports_bad_input_in_one_line(source, tmp_path):
   np.savez(tmp_path / 'other.npz', x=np.zeros(3))
   result = _port_cli(f'--checkpoint={tmp_path / "other.npz"}', f'--out={out}', '--model=vqvc+')
   assert result.returncode == 1 and 'not a SkipVQVC state dict' in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  # The 413-byte file that once segfaulted the port: a view far past its 4-element storage.
+  hostile = tmp_path / 'hostile.pt'
+  hostile.write_bytes(_crafted(np.arange(4), 0, (4, 1 << 20), (1 << 20, 1)))
+  result = _port_cli(f'--checkpoint={hostile}', f'--out={out}', '--model=vqvc+')
+  assert result.returncode == 1, result.stderr
+  assert result.stderr.startswith(f'error: {hostile} has a tensor of size (4, 1048576)')
   assert len(result.stderr.strip().splitlines()) == 1
   # Where the path does not name the trainer, the user is asked for it (the ones that fit).
   pt = _write_original(tmp_path / 'mine' / 'model.pt', source[1])
