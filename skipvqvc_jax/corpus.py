@@ -232,14 +232,29 @@ def source_waveforms(feature_files: Sequence[str], params: audio.FeatureParams) 
   return waves
 
 
+# numpy's public header readers, by the format version a file starts with.
+_NPY_HEADER_READERS = {
+  (1, 0): np.lib.format.read_array_header_1_0,
+  (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+  """(shape, dtype) of the .npy file `f` is at the start of; leaves `f` at its data."""
+  reader = _NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+  if reader is None:
+    raise ValueError('an .npy format version this reader does not know')
+  shape, _, dtype = reader(f)
+  return shape, dtype
+
+
 def readable_frames(path: str, rows: int) -> int | None:
   """Frames of a (rows, frames) .npy file (a feature, an F0 file), or None when it cannot be used
   (truncated, other rows). In a bucket only its header is read, and its size checked against it."""
   try:
     if storage.is_url(path):
       with storage.open(path, 'rb') as f:
-        version = np.lib.format.read_magic(f)
-        shape, _, dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
+        shape, dtype = _npy_header(f)
         header = f.tell()
       if storage.getsize(path) != header + int(np.prod(shape)) * np.dtype(dtype).itemsize:
         return None

@@ -77,9 +77,12 @@ def sync(name: str) -> None:
   late (the CPU collectives' context), and before the first step peers can be minutes apart."""
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  try:  # jax's private coordination client: the only barrier with a timeout of our choosing
+    from jax._src import distributed  # pylint: disable=import-outside-toplevel
 
-  client = distributed.global_state.client
+    client = distributed.global_state.client
+  except (ImportError, AttributeError):  # moved in a later jax: the public collective instead
+    client = None
   if client is None or not hasattr(client, 'wait_at_barrier'):
     multihost_utils.sync_global_devices(name)
   else:

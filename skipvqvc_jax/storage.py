@@ -53,8 +53,9 @@ def _filesystem(protocol: str):
 def filesystem(path: str):
   """(fsspec file system, its path) of a URL."""
   protocol = path.split('://', 1)[0]
-  fs = _filesystem(protocol)
-  return fs, fs._strip_protocol(path)  # pylint: disable=protected-access
+  import fsspec.core  # pylint: disable=import-outside-toplevel
+
+  return _filesystem(protocol), fsspec.core.strip_protocol(path)
 
 
 def _url(path: str, inner: str) -> str:
