@@ -25,11 +25,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from skipvqvc_jax import checkpoint_trees, fileio, models, storage
-from skipvqvc_jax.errors import CheckpointError, TrainingError
+from skipvqvc_jax import checkpoint_trees, deadlines, fileio, models, storage
+from skipvqvc_jax.errors import CheckpointError, StorageError, TrainingError
 
 CONFIG_FILE = 'config.json'
 MODEL_FILE = 'model.json'
+STORAGE_TIMEOUT = (
+  600.0  # seconds a checkpoint may take to be written (config.storage_timeout_seconds)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,13 +244,52 @@ class TrainCheckpoints:
   save never leaves the latest complete checkpoint unreadable. Saves are asynchronous; `wait` blocks.
   """
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+  def __init__(
+    self, workdir: str, keep: int = 3, async_save: bool = True, timeout: float = STORAGE_TIMEOUT
+  ):
     self.workdir = storage.abspath(workdir)
     self.directory = storage.join(self.workdir, 'checkpoints')
+    self.timeout = timeout
+    self.complete = None  # the newest step known to be written whole
+    self.writing = None  # the step being written in the background
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.manager = self._bounded(
+      lambda: ocp.CheckpointManager(self.directory, options=options),
+      f'the checkpoints of {self.directory}',
+    )
+    self.complete = self.manager.latest_step()
+
+  def _bounded(self, call, what: str):
+    return deadlines.bounded(
+      call,
+      what,
+      self.timeout,
+      advice=f'check that the storage answers (or raise --config.storage_timeout_seconds), then '
+      f'rerun the same command: it continues from {self.resumes_from()}',
+    )
+
+  def resumes_from(self) -> str:
+    """Where a rerun continues from, as far as this process knows (no storage is read)."""
+    return f'checkpoint {self.complete}' if self.complete is not None else 'the start (none saved)'
+
+  def _failed(self, step, e: Exception) -> StorageError:
+    reason = ' '.join(str(e).split())
+    where = 'Read-only file system' if 'Read-only file system' in reason else reason[-240:]
+    deadlines.abandoned.append(f'checkpoint {step}')  # orbax's threads may never end: exit at once
+    return StorageError(
+      f'checkpoint {step} could not be written to {self.directory} ({type(e).__name__}: {where}); '
+      f'training stopped: make it writable (or choose another --workdir) and rerun the same command '
+      f'to continue from {self.resumes_from()}'
+    )
+
+  def check_for_errors(self) -> None:
+    """StorageError when the checkpoint being written in the background failed."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and OS errors alike)
+      raise self._failed(self.writing, e) from None
 
   def __enter__(self):
     return self
@@ -276,13 +318,29 @@ class TrainCheckpoints:
     return step
 
   def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
-    return self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-      ),
-      force=force,
+    """Starts writing checkpoint `step` (after the one before it is written: that wait has a deadline,
+    and a failure of either is one StorageError)."""
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
     )
+    awaited = step if self.writing is None else self.writing
+    try:
+      saved = self._bounded(
+        lambda: self.manager.save(step, args=args, force=force),
+        f'checkpoint {awaited} to reach {self.directory}',
+      )
+    except StorageError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and OS errors alike)
+      raise self._failed(awaited, e) from None
+    if saved:  # orbax started it once the one before was written
+      self._written()
+      self.writing = step
+    return saved
+
+  def _written(self) -> None:
+    if self.writing is not None:
+      self.complete, self.writing = self.writing, None
 
   def _newest_intact(self, step: int | None, read, set_aside: bool):
     """read(step) of `step`; or, when None, of the newest checkpoint that reads, newest first. A
@@ -387,7 +445,16 @@ class TrainCheckpoints:
     return self.manager.reached_preemption(step)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Until the checkpoint being written is whole (with a deadline; its failure a StorageError)."""
+    try:
+      self._bounded(
+        self.manager.wait_until_finished, f'checkpoint {self.writing} to reach {self.directory}'
+      )
+    except StorageError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and OS errors alike)
+      raise self._failed(self.writing, e) from None
+    self._written()
 
   def close(self) -> None:
     self.manager.close()
@@ -396,3 +463,38 @@ class TrainCheckpoints:
 def latest_step(workdir: str) -> int | None:
   with TrainCheckpoints(workdir, async_save=False) as ckpt:
     return ckpt.latest_step()
+
+
+def probe_writer(workdir: str, timeout: float) -> None:
+  """Writes, reads back and deletes a small object in a bucket workdir's checkpoint folder through
+  tensorstore, orbax's own writer, within `timeout`: a StorageError at the start instead of a run
+  that trains, then hangs at its first checkpoint (tensorstore can fail to reach a bucket gcsfs
+  reaches: other credentials, an emulator variable set for one client only, an account that may list
+  but not write)."""
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel  (orbax's dependency)
+
+  folder = storage.join(storage.abspath(workdir), 'checkpoints')
+  key, payload = f'.write-probe-{os.getpid()}', b'skipvqvc_jax write probe'
+
+  def write_read_delete():
+    kvstore = ts.KvStore.open(folder.rstrip('/') + '/').result()
+    kvstore.write(key, payload).result()
+    back = kvstore.read(key).result().value
+    kvstore.write(key, None).result()  # by name: a ranged delete lists, and deletes what it lists
+    return back
+
+  advice = (
+    'the checkpoint writer (orbax, through tensorstore) cannot write there although the workdir '
+    'was listed: check the credentials tensorstore uses (GOOGLE_APPLICATION_CREDENTIALS; '
+    'TENSORSTORE_GCS_HTTP_URL for an emulator) and that the account may create objects'
+  )
+  try:
+    back = deadlines.bounded(write_read_delete, f'a test write to {folder}', timeout, advice)
+  except StorageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (tensorstore's errors are ValueErrors)
+    raise StorageError(
+      f'a test write to {folder} failed ({" ".join(str(e).split())[:240]}); {advice}'
+    ) from None
+  if bytes(back) != payload:
+    raise StorageError(f'a test write to {folder} read back other bytes; {advice}')

@@ -195,11 +195,6 @@ def next_steps(config, workdir: str, status: str) -> str:
   )
 
 
-def _quiet_orbax(record) -> bool:
-  """Orbax logs every save step at INFO; keep its warnings and errors only."""
-  return record.levelno >= 30 or '/orbax/' not in record.pathname  # 30: the stdlib's WARNING
-
-
 def _convert() -> None:
   if FLAGS.model and FLAGS.workdir and FLAGS.model != FLAGS.workdir:
     raise errors.ConversionError('give the model once: --model=DIR (or --workdir=DIR), not both')
@@ -278,7 +273,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   check_flags_of_mode(FLAGS.mode)
-  logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   import jax  # pylint: disable=import-outside-toplevel
 
   compilation_cache.use(

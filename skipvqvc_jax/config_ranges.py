@@ -47,6 +47,7 @@ RANGES = {
   'eval_every_steps': Range(1),
   'checkpoint_every_steps': Range(1),
   'keep_checkpoints': Range(1),
+  'storage_timeout_seconds': Range(0, whole=False, above=True),
   'pause_fraction': Range(0, 1, whole=False, below=True),
   'profile_steps': Range(0),
   'eval_batches': Range(1),

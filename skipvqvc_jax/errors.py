@@ -41,6 +41,10 @@ class CheckpointError(UserError):
   """A checkpoint, workdir or model directory is missing or does not hold what was asked for."""
 
 
+class StorageError(UserError):
+  """Storage (a bucket, its server, a disk) cannot be reached, read or written, or not in time."""
+
+
 # The faults of a file system the user can fix, with what to do: a full disk, a folder this user
 # cannot write. Any other OSError is left to propagate (it may be a bug).
 _FILE_SYSTEM_ADVICE = {
@@ -59,6 +63,26 @@ def file_system_fault(e: OSError) -> str | None:
     return None
   where = f'{e.filename}: ' if e.filename else ''
   return f'{where}{e.strerror or e}; {advice}'
+
+
+# The client libraries of object storage: an error of theirs that reaches a program's main is a
+# storage fault (a server gone, a bucket missing, credentials refused), not a bug of ours.
+_STORAGE_LIBRARIES = ('aiohttp', 'gcsfs', 'fsspec', 'google', 'tensorstore', 's3fs', 'botocore')
+
+
+def storage_fault(e: BaseException) -> str | None:
+  """One line for an error raised by a storage client (after its own retries), or by a bucket that is
+  not there; None otherwise."""
+  text = ' '.join(str(e).split())[:300] or type(e).__name__
+  if isinstance(e, FileNotFoundError) and '/storage/v1/b/' in text:  # gcsfs: the bucket is missing
+    bucket = text.split('/storage/v1/b/', 1)[1].split('/', 1)[0]
+    return f'bucket gs://{bucket} does not exist, or this account cannot see it: check its name'
+  if type(e).__module__.split('.')[0] not in _STORAGE_LIBRARIES:
+    return None
+  return (
+    f'storage failed ({type(e).__name__}: {text}); what was written before is kept: rerun the same '
+    f'command once the storage answers'
+  )
 
 
 def printable(text: str) -> str:

@@ -22,7 +22,8 @@ import posixpath
 import shutil
 import tempfile
 
-from skipvqvc_jax.errors import UserError
+from skipvqvc_jax import deadlines
+from skipvqvc_jax.errors import StorageError, UserError
 
 # The package that gives fsspec each scheme (what a missing one's error says to install).
 _SCHEME_PACKAGES = {'gs': 'gcsfs', 'gcs': 'gcsfs', 's3': 's3fs'}
@@ -40,13 +41,50 @@ def _filesystem(protocol: str):
     import fsspec  # pylint: disable=import-outside-toplevel
 
     # Listings are not cached: other processes (the other hosts of a pod) write the same folders.
-    return fsspec.filesystem(protocol, use_listings_cache=False, skip_instance_cache=True)
+    # gcsfs: each request given up after a minute (its default waits for ever on a silent server).
+    timeouts = {'requests_timeout': 60} if _SCHEME_PACKAGES.get(protocol) == 'gcsfs' else {}
+    return fsspec.filesystem(
+      protocol, use_listings_cache=False, skip_instance_cache=True, **timeouts
+    )
   except (ImportError, ValueError) as e:
     package = _SCHEME_PACKAGES.get(protocol, f'the fsspec implementation of {protocol}://')
     raise UserError(
       f'{protocol}:// paths need {package} ({e}): pip install "skipvqvc_jax[gcs]"'
       if package == 'gcsfs'
       else f'{protocol}:// paths need {package} ({e}); install it'
+    ) from None
+
+
+def check_reachable(path, timeout: float = 60.0) -> None:
+  """For a URL: StorageError in one line, within `timeout` s, when its bucket does not exist, cannot
+  be reached, or the credentials named for it are missing; nothing for a local path. A program calls
+  it before anything else touches the bucket (gcsfs would print a traceback per retry first)."""
+  path = os.fspath(path)
+  if not is_url(path):
+    return
+  protocol = path.split('://', 1)[0]
+  credentials = os.environ.get('GOOGLE_APPLICATION_CREDENTIALS')
+  if protocol in ('gs', 'gcs') and credentials and not os.path.isfile(credentials):
+    raise StorageError(
+      f'{path}: GOOGLE_APPLICATION_CREDENTIALS names {credentials}, which does not exist: point it '
+      f'at a service account key, or unset it and run `gcloud auth application-default login`'
+    )
+  fs, inner = filesystem(path)
+  bucket = inner.split('/', 1)[0]
+  advice = 'check the network, the credentials and the name'
+  try:
+    deadlines.bounded(lambda: fs.info(bucket), f'bucket {protocol}://{bucket}', timeout, advice)
+  except FileNotFoundError:
+    raise StorageError(
+      f'{path}: bucket {protocol}://{bucket} does not exist, or this account cannot see it: '
+      f'create it or check its name'
+    ) from None
+  except StorageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (every client's errors: aiohttp, auth, ...)
+    reason = ' '.join(str(e).split())[:240] or type(e).__name__
+    raise StorageError(
+      f'{path}: cannot reach bucket {protocol}://{bucket} ({reason}); {advice}'
     ) from None
 
 

@@ -7,7 +7,9 @@ task-specific (voice conversion or a vocoder) is behind `tasks.Task`.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -20,6 +22,7 @@ from skipvqvc_jax import (
   checkpoints,
   config_ranges,
   corpus,
+  deadlines,
   input_pipeline,
   locks,
   progress,
@@ -37,10 +40,13 @@ from skipvqvc_jax.tasks import Task
 
 class _StopRequests:
   """Turns SIGTERM (preemption) and a first Ctrl-C into a flag the loop checks, so the run saves its
-  step and exits cleanly; a second Ctrl-C interrupts at once."""
+  step and exits cleanly. A second SIGTERM or Ctrl-C ends the process at once (exit 143 or 130) with
+  one line saying where a rerun continues from, even while a save waits on storage that does not
+  answer (Python would otherwise wait for orbax's threads at exit)."""
 
   def __init__(self):
     self.requested = None  # the signal's name once one came
+    self.resumes_from = lambda: 'the last complete checkpoint'
     self._previous = {}
 
   def __enter__(self):
@@ -53,10 +59,17 @@ class _StopRequests:
 
   def _handle(self, signum, frame):
     del frame
+    name = 'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name
+    if self.requested:
+      print(
+        f'error: {name} again: stopped at once, without saving; the same command continues from '
+        f'{self.resumes_from()}',
+        file=sys.stderr,
+        flush=True,
+      )
+      os._exit(128 + signum)  # pylint: disable=protected-access  (orbax's threads may never end)
     self.requested = signal.Signals(signum).name
-    if signum == signal.SIGINT:
-      logging.warning('Ctrl-C: saving this step and stopping (Ctrl-C again stops at once)')
-      signal.signal(signal.SIGINT, self._previous.get(signum, signal.default_int_handler))
+    logging.warning('%s: saving this step and stopping (%s again stops at once)', name, name)
 
   def __exit__(self, *exc):
     for signum, handler in self._previous.items():
@@ -80,7 +93,8 @@ def check_config(config) -> None:
   tasks.check_config(config)
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str, timeout: float = checkpoints.STORAGE_TIMEOUT) -> None:
+  storage.check_reachable(workdir, timeout)
   if storage.isfile(workdir):
     raise ConfigError(f'--workdir {workdir} is a file, not a folder: choose another --workdir')
 
@@ -116,7 +130,9 @@ def _move_checkpoints_aside(ckpt: checkpoints.TrainCheckpoints, config, workdir:
     if storage.isfile(storage.join(workdir, corpus.STATS_FILE)):
       storage.remove(storage.join(workdir, corpus.STATS_FILE))
   sharding.sync('move-checkpoints')
-  return checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
+  return checkpoints.TrainCheckpoints(
+    workdir, config.keep_checkpoints, timeout=_storage_timeout(config)
+  )
 
 
 def starting_state(task: Task, config, ckpt: checkpoints.TrainCheckpoints, mesh):
@@ -146,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns a summary."""
   check_config(config)
   resolve_batch(config)
-  check_workdir(workdir)
+  check_workdir(workdir, _storage_timeout(config))
   run_data.check_train_dir(config)  # before the lock: a refused run leaves no workdir
   lock = locks.for_workdir(workdir)
   if jax.process_index() == 0:
@@ -154,12 +170,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     return _train(config, workdir)
   finally:
-    lock.release()
+    _release(lock, workdir)
+
+
+def _storage_timeout(config) -> float:
+  return config.get('storage_timeout_seconds', checkpoints.STORAGE_TIMEOUT)
+
+
+def _release(lock, workdir: str) -> None:
+  """Releases the workdir's lock, in at most a minute; a lock that cannot be released (its storage
+  gone or read-only) is left for the next run to take over, as a dead run's is, and does not hide
+  the error that ended this one."""
+  if deadlines.abandoned:  # the storage stopped answering: a release would wait on it again
+    return
+  try:
+    deadlines.bounded(lock.release, f'the release of the lock of {workdir}', 60, 'left as it is')
+  except Exception as e:  # pylint: disable=broad-except  (storage faults of every kind)
+    logging.info('the lock of %s was left for the next run to take over (%s)', workdir, e)
 
 
 def _open_run(config, workdir: str):
   """(checkpoints, mesh, task) of a run, after the checks a resume must pass."""
-  ckpt = checkpoints.TrainCheckpoints(workdir, config.keep_checkpoints)
+  ckpt = checkpoints.TrainCheckpoints(
+    workdir, config.keep_checkpoints, timeout=_storage_timeout(config)
+  )
+  if storage.is_url(workdir) and jax.process_index() == 0:
+    checkpoints.probe_writer(workdir, min(60.0, _storage_timeout(config)))
   if ckpt.latest_step() is not None:
     if config.resume:
       resume.check(config, workdir)
@@ -191,6 +227,7 @@ def _train(config, workdir: str) -> dict[str, Any]:
     run.evaluate()
   profile = summaries.Profile(config.get('profile_steps', 0), workdir, run.step)
   with _StopRequests() as stop, profile:
+    stop.resumes_from = ckpt.resumes_from
     while run.step < config.num_train_steps:
       if stop.requested or ckpt.reached_preemption(run.step):
         run.stop(stop.requested)
@@ -278,6 +315,7 @@ class _Run:
 
   def _log(self) -> None:
     self.check_finite()
+    self.ckpt.check_for_errors()  # a checkpoint written in the background may have failed
     host = jax.device_get(self.previous[0])
     elapsed = time.perf_counter() - self.timer - self.paused
     if self.timed_steps and elapsed > 0:

@@ -6,9 +6,9 @@ import os
 import re
 import sys
 
-from absl import flags
+from absl import flags, logging
 
-from skipvqvc_jax import errors
+from skipvqvc_jax import deadlines, errors
 
 flags.DEFINE_bool('version', False, 'Print the version and exit.')
 
@@ -17,12 +17,42 @@ def start(module_name: str, doc: str, flag_names: list[str] | None = None) -> No
   """What every program does first: file names in UTF-8 whatever the locale, --version, and its own
   --help (the flags of `module_name`, or only `flag_names` of them)."""
   utf8_file_names()
+  logging.get_absl_handler().python_handler.addFilter(quiet_libraries)
+  sys.excepthook = _quiet_closed_loops(sys.excepthook)
   if '--version' in sys.argv[1:]:
     from skipvqvc_jax import __version__  # pylint: disable=import-outside-toplevel
 
     print(f'{os.path.basename(sys.argv[0])} (skipvqvc_jax) {__version__}')
     sys.exit(0)
   own_help(module_name, doc, flag_names)
+
+
+# Libraries whose console lines are noise to a user: orbax logs every save at INFO, and it, tensorstore,
+# gcsfs and asyncio log a failed write as screens of tracebacks from background threads. Their
+# failures reach the user anyway, as the one `error:` line of the exception they raise; --verbosity=1
+# shows every line.
+_QUIET_PATHS = ('/orbax/', '/tensorstore/', '/gcsfs/', '/fsspec/', '/aiohttp/', '/asyncio/')
+
+
+def quiet_libraries(record) -> bool:
+  """A logging filter: drops the lines of _QUIET_PATHS' libraries unless --verbosity >= 1."""
+  if logging.get_verbosity() >= 1:
+    return True
+  return not any(part in record.pathname for part in _QUIET_PATHS)
+
+
+def _quiet_closed_loops(previous):
+  """sys.excepthook without the `Event loop is closed` tracebacks that tensorstore's callbacks print
+  (through this hook) when they arrive after orbax closed its loop on a failed write: the failure
+  itself is the program's one `error:` line. Everything else, and everything at --verbosity >= 1,
+  goes to `previous`."""
+
+  def hook(kind, value, traceback):
+    closed = isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
+    if not closed or logging.get_verbosity() >= 1:
+      previous(kind, value, traceback)
+
+  return hook
 
 
 def utf8_file_names() -> None:
@@ -108,15 +138,21 @@ def one_line_errors(main):
 
   @functools.wraps(main)
   def wrapped(argv):
+    abandoned = len(deadlines.abandoned)
     try:
       return main(argv)
     except errors.UserError as e:
       message = str(e)
-    except OSError as e:
-      message = errors.file_system_fault(e)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless a known fault)
+      message = errors.storage_fault(e)
+      if message is None and isinstance(e, OSError):
+        message = errors.file_system_fault(e)
       if message is None:
         raise
-    print(f'error: {errors.printable(message)}', file=sys.stderr)
+    print(f'error: {errors.printable(message)}', file=sys.stderr, flush=True)
+    if len(deadlines.abandoned) > abandoned:  # a thread blocked on storage would keep it alive
+      sys.stdout.flush()
+      os._exit(1)  # pylint: disable=protected-access
     return 1
 
   return wrapped

@@ -11,6 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'skipvqvc_jax'
 LAYERS = {
   1: [
     'errors',
+    'deadlines',
     'storage',
     'fileio',
     'progress',

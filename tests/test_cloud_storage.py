@@ -36,6 +36,9 @@ HOLD_SECONDS = 5
 STEPS = 6
 
 
+_EMULATOR = {}  # the emulator's process, for the tests that stop it answering
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -63,6 +66,7 @@ def gcs(tmp_path_factory):
     server.kill()
     pytest.fail('the storage emulator did not start')
   env = emulator_env(port)
+  _EMULATOR['process'] = server
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
   storage._filesystem.cache_clear()
@@ -446,3 +450,117 @@ def test_a_run_on_audio_into_the_bucket_resumes_after_a_preemption(gcs, small_co
     assert run.returncode == 0, out[-3000:]
     assert said in out, out[-3000:]
   assert checkpoints.latest_step(workdir) == 4
+
+
+def _one_error(out: str) -> str:
+  errors = [line for line in out.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'Traceback' not in out, out[-3000:]
+  return errors[0]
+
+
+def test_storage_that_cannot_be_used_is_one_line_at_the_start(gcs, small_features, tmp_path):
+  """A bucket that does not exist, credentials that are missing, and a checkpoint writer
+  (tensorstore) that cannot reach a bucket gcsfs reaches: one line each, before any step (the last
+  trained, then hung at its first checkpoint, deaf to SIGTERM and Ctrl-C)."""
+  env = dict(_run_env(gcs, tmp_path), NO_GCE_CHECK='True')
+  cases = [
+    (_flags('gs://no-such-bucket/run'), {}, 'bucket gs://no-such-bucket does not exist'),
+    (
+      _flags(_url('no_credentials')),
+      {'GOOGLE_APPLICATION_CREDENTIALS': str(tmp_path / 'key.json')},
+      f'GOOGLE_APPLICATION_CREDENTIALS names {tmp_path / "key.json"}, which does not exist',
+    ),
+    (
+      _flags(_url('writer_unreachable'), storage_timeout_seconds=10),
+      {'TENSORSTORE_GCS_HTTP_URL': f'http://127.0.0.1:{_free_port()}'},
+      'a test write to gs://skipvqvc-test/writer_unreachable/checkpoints: no answer in 10 s',
+    ),
+  ]
+  for flags, changed, expected in cases:
+    run = _main(
+      [*flags, f'--config.data.train_dir={small_features / "train"}', '--config.data.test_dir='],
+      dict(env, **changed),
+    )
+    out = run.communicate(timeout=300)[0]
+    assert run.returncode == 1, out[-3000:]
+    assert expected in _one_error(out), out[-3000:]
+    assert 'step 1/' not in out
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'Ctrl-C'])
+def test_a_second_signal_ends_a_run_waiting_on_storage_that_stopped_answering(
+  gcs, small_features, tmp_path, signum
+):
+  """The storage server stops answering (SIGSTOP) while checkpoints are being written: the first
+  SIGTERM or Ctrl-C asks for a save that cannot finish; the second ends the process at once with one
+  line (exit 143 or 130). Today's code hung there for ever."""
+  workdir = _url(f'deaf_{signum.name}')
+  flags = _flags(
+    workdir,
+    num_train_steps=100000,
+    checkpoint_every_steps=2,
+    **{'data.train_dir': small_features / 'train', 'data.test_dir': small_features / 'test'},
+  )
+  run = _main(flags, _run_env(gcs, tmp_path))
+  emulator = _EMULATOR['process']
+  try:
+    _wait_for_checkpoint(run, workdir, 2)
+    emulator.send_signal(signal.SIGSTOP)
+    time.sleep(3)
+    run.send_signal(signum)
+    time.sleep(3)
+    assert run.poll() is None, 'the first signal only asks for a save'
+    run.send_signal(signum)
+    out = run.communicate(timeout=60)[0]
+  finally:
+    emulator.send_signal(signal.SIGCONT)
+    if run.poll() is None:
+      run.kill()
+  assert run.returncode == 128 + signum, out[-3000:]
+  assert 'again: stopped at once, without saving; the same command continues from checkpoint' in (
+    _one_error(out)
+  )
+
+
+def _wait_for_checkpoint(run, workdir: str, step: int) -> None:
+  done = storage.join(workdir, 'checkpoints', str(step), 'commit_success.txt')
+  deadline = time.monotonic() + 300
+  while not storage.exists(done):
+    assert run.poll() is None, run.stdout.read()[-3000:]
+    assert time.monotonic() < deadline, f'checkpoint {step} never completed'
+    time.sleep(0.2)
+
+
+def test_an_outage_mid_checkpoint_is_one_line_and_the_same_command_resumes(
+  gcs, small_features, tmp_path
+):
+  """The server stops answering mid-run: after storage_timeout_seconds one line names the checkpoint
+  awaited and where a rerun continues, exit 1; once the server answers again the same command
+  resumes from that checkpoint and finishes."""
+  workdir = _url('outage')
+  data = {'data.train_dir': small_features / 'train', 'data.test_dir': small_features / 'test'}
+  flags = _flags(workdir, checkpoint_every_steps=2, storage_timeout_seconds=12, **data)
+  env = _run_env(gcs, tmp_path)
+  run = _main([*flags, '--config.num_train_steps=100000'], env)
+  emulator = _EMULATOR['process']
+  try:
+    _wait_for_checkpoint(run, workdir, 2)
+    emulator.send_signal(signal.SIGSTOP)
+    out = run.communicate(timeout=120)[0]
+  finally:
+    emulator.send_signal(signal.SIGCONT)
+    if run.poll() is None:
+      run.kill()
+  assert run.returncode == 1, out[-3000:]
+  line = _one_error(out)
+  assert 'no answer in 12 s' in line and 'rerun the same command: it continues from checkpoint' in (
+    line
+  ), line
+  assert 'still waiting for checkpoint' in out
+  kept = int(line.split('continues from checkpoint ')[1].split()[0].rstrip('.,;'))
+  assert kept >= 2
+  rerun = _main([*flags, f'--config.num_train_steps={kept + 2}'], env)
+  out = rerun.communicate(timeout=600)[0]
+  assert rerun.returncode == 0, out[-3000:]
+  assert f'resumed from step {kept}' in out or 'resumed from step' in out, out[-3000:]
+  assert checkpoints.latest_step(workdir) == kept + 2

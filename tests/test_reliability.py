@@ -603,3 +603,35 @@ def test_a_refused_rerun_writes_no_config(run8, small_features, tmp_path):
   summary = train.train_and_evaluate(tiny_config(small_features, num_train_steps=10), str(workdir))
   assert summary['start_step'] == 8 and summary['step'] == 10
   assert (workdir / 'config.json').exists() and (workdir / 'model.json').exists()
+
+
+def test_a_workdir_made_read_only_mid_run_is_one_line_and_exit_1(small_features, tmp_path):
+  """The workdir becomes read-only while the run trains (a read-only bind mount laid over it): the
+  first checkpoint that fails is one `error:` line naming it and the last complete checkpoint, exit
+  1 (it was 500 lines of orbax tracebacks, training on, and at times no exit at all)."""
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  proc = _main(
+    *main_flags(small_features, workdir, num_train_steps=100000, checkpoint_every_steps=4)
+  )
+  mounted = False
+  try:
+    deadline = time.monotonic() + 300
+    while not (workdir / 'checkpoints' / '4' / 'commit_success.txt').exists():
+      assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+      time.sleep(0.05)
+    for options in (['--bind'], ['-o', 'remount,bind,ro']):
+      made = subprocess.run(['mount', *options, workdir, workdir], capture_output=True, text=True)
+      if made.returncode:
+        pytest.skip(f'cannot make a read-only bind mount here: {made.stderr.strip()}')
+      mounted = True
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    if mounted:
+      subprocess.run(['umount', workdir], check=False)
+  assert proc.returncode == 1, out[-3000:]
+  errors_ = [line for line in out.splitlines() if line.startswith('error:')]
+  assert len(errors_) == 1 and 'Traceback' not in out, out[-3000:]
+  assert 'Read-only file system' in errors_[0] and 'continue from checkpoint' in errors_[0], errors_

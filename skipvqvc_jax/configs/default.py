@@ -51,6 +51,9 @@ def training_defaults() -> ml_collections.ConfigDict:
   # them under it (a fast model on a small machine would otherwise pause every second). 0: as set.
   config.pause_fraction = 0.1
   config.keep_checkpoints = 3  # the last N checkpoints are kept
+  # Seconds a checkpoint may take to reach the workdir (a bucket that stops answering ends the run
+  # with one line after this, saying where a rerun continues; a line every 30 s says it is waiting).
+  config.storage_timeout_seconds = 600.0
   # > 0: a jax.profiler trace of this many steps (from the run's second: the first compiles) into
   # {workdir}/tensorboard, for TensorBoard's Profile tab (pip install tensorboard-plugin-profile)
   config.profile_steps = 0
