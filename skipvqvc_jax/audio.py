@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import os
 import warnings
 
 import numpy as np
@@ -198,17 +199,39 @@ def file_to_log_mel(path: str, params: FeatureParams = FeatureParams()) -> tuple
   return log_mel(y, params), len(y) / params.sample_rate
 
 
-def write_wav(path: str, wave: np.ndarray, sample_rate: int) -> None:
-  """16-bit PCM wav, written under a temporary name and renamed (its folder made if needed)."""
+# What an output's extension asks for: soundfile's (format, subtype) of each audio file we write.
+OUTPUT_FORMATS = {
+  '.wav': ('WAV', 'PCM_16'),
+  '.flac': ('FLAC', 'PCM_16'),
+  '.ogg': ('OGG', 'VORBIS'),
+  '.mp3': ('MP3', 'MPEG_LAYER_III'),
+}
+
+
+def output_format(path: str) -> tuple[str, str]:
+  """(format, subtype) that `path`'s extension names; AudioError naming the ones there are."""
+  extension = os.path.splitext(str(path))[1].lower()
+  if extension not in OUTPUT_FORMATS:
+    raise AudioError(
+      f'{path}: the extension names no audio format written here; end it in '
+      + ', '.join(OUTPUT_FORMATS)
+    )
+  return OUTPUT_FORMATS[extension]
+
+
+def write_audio(path: str, wave: np.ndarray, sample_rate: int) -> None:
+  """Audio in the format `path`'s extension names (16-bit PCM for .wav and .flac), written under a
+  temporary name and renamed (its folder made if needed)."""
   import soundfile  # pylint: disable=import-outside-toplevel
 
   from skipvqvc_jax import fileio  # pylint: disable=import-outside-toplevel  (workers never write)
 
+  file_format, subtype = output_format(path)
   wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
   # Encoded in memory first: libsndfile reports a failed write (a full disk) as "System error."
   # with no errno; a file's own write carries it.
   buffer = io.BytesIO()
-  soundfile.write(buffer, wave, sample_rate, subtype='PCM_16', format='WAV')
+  soundfile.write(buffer, wave, sample_rate, subtype=subtype, format=file_format)
 
   def write(tmp):
     with open(tmp, 'wb') as f:

@@ -77,6 +77,9 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string('output_dir', 'converted', 'convert: where --source_dir outputs go.')
 flags.DEFINE_bool('output_mel', False, 'convert: write MelGAN-compatible .npy mels, not audio.')
+flags.DEFINE_bool(
+  'overwrite', False, 'convert: replace outputs that exist already (refused without it).'
+)
 flags.DEFINE_float(
   'f0_shift', 0.0, "convert: semitones added to the source's melody (F0 models: vqvc+_pitch)."
 )
@@ -142,7 +145,17 @@ FLAG_MODES = {
   'eval_dir': ('eval',),
   'eval_target': ('eval',),
   **dict.fromkeys(
-    ('source', 'target', 'output', 'pairs', 'source_dir', 'output_dir', 'output_mel', 'f0_shift'),
+    (
+      'source',
+      'target',
+      'output',
+      'pairs',
+      'source_dir',
+      'output_dir',
+      'output_mel',
+      'overwrite',
+      'f0_shift',
+    ),
     ('convert',),
   ),
   **dict.fromkeys(
@@ -208,6 +221,11 @@ def _convert() -> None:
   jobs = conversion_jobs.read_pairs(FLAGS.pairs) if FLAGS.pairs else []
   # No --target: only a speaker-free (any-to-one) model converts without one, said after restoring.
   targets = conversion_jobs.rejoin(FLAGS.target, ',') if FLAGS.target else []
+  if FLAGS.source_dir and FLAGS.output:
+    raise errors.ConversionError(
+      f'--output names one file, and --source_dir converts a folder: give --output_dir=FOLDER for '
+      f'its outputs instead of --output={FLAGS.output}'
+    )
   if FLAGS.source_dir:
     jobs = conversion_jobs.source_dir_jobs(
       FLAGS.source_dir, targets, FLAGS.output_dir, log=lambda line: logging.info('%s', line)
@@ -218,10 +236,14 @@ def _convert() -> None:
     raise errors.ConversionError(
       'give --source, --target and --output; or --pairs=FILE.csv; or --source_dir and --target'
     )
-  conversion_jobs.check(jobs, FLAGS.output_mel)  # before the seconds of restoring a model
+  jobs = conversion_jobs.check(jobs, FLAGS.output_mel, FLAGS.overwrite)  # before restoring a model
   converter = convert.Converter.restore(model, FLAGS.step, FLAGS.vocoder)
   converter.convert_many(
-    jobs, FLAGS.output_mel, log=lambda line: logging.info('%s', line), f0_shift=FLAGS.f0_shift
+    jobs,
+    FLAGS.output_mel,
+    log=lambda line: logging.info('%s', line),
+    f0_shift=FLAGS.f0_shift,
+    overwrite=FLAGS.overwrite,
   )
 
 

@@ -7,7 +7,7 @@ import csv
 import os
 from collections.abc import Sequence
 
-from skipvqvc_jax import corpus, storage
+from skipvqvc_jax import audio, corpus, storage
 from skipvqvc_jax.errors import ConversionError
 
 
@@ -26,14 +26,19 @@ def rejoin(pieces: Sequence[str], separator: str) -> list[str]:
   return out
 
 
-def check(jobs, output_mel: bool = False) -> list[tuple[str, list[str], str]]:
+def check(
+  jobs, output_mel: bool = False, overwrite: bool = False
+) -> list[tuple[str, list[str], str]]:
   """The jobs with their final output names, or a ConversionError before anything is converted:
-  an output that is a folder, that would overwrite a source or target, or that two jobs share."""
-  checked, writers = [], {}
+  an output that is a folder, that would overwrite a source or target, that two jobs share, whose
+  extension names no audio format, or that exists already (unless `overwrite`)."""
+  checked, writers, existing = [], {}, []
   inputs = {os.path.realpath(p) for source, targets, _ in jobs for p in [source, *targets]}
   for source, targets, output in jobs:
     if output_mel:
       output = os.path.splitext(output)[0] + '.npy'
+    else:
+      audio.output_format(output)
     if storage.isdir(output):
       raise ConversionError(
         f'output {output} is a folder: give a file name (or --source_dir with --output_dir)'
@@ -46,7 +51,14 @@ def check(jobs, output_mel: bool = False) -> list[tuple[str, list[str], str]]:
         f'to {output}: give them different outputs'
       )
     writers[storage.realpath(output)] = source
+    if not overwrite and storage.exists(output):
+      existing.append(output)
     checked.append((source, list(targets), output))
+  if existing:
+    raise ConversionError(
+      f'{len(existing)} of the outputs exist already ({", ".join(existing[:3])}'
+      f'{", ..." if len(existing) > 3 else ""}): give --overwrite to replace them, or other outputs'
+    )
   return checked
 
 

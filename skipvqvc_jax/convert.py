@@ -349,20 +349,34 @@ class Converter:
   # ---- files ----------------------------------------------------------------------------------
 
   def convert_file(
-    self, source: str, targets: Sequence[str], output: str, output_mel: bool = False
+    self,
+    source: str,
+    targets: Sequence[str],
+    output: str,
+    output_mel: bool = False,
+    overwrite: bool = False,
   ) -> str:
-    """Converts one file; writes a wav (or, with output_mel, a MelGAN-compatible .npy)."""
-    return self.convert_many([(source, targets, output)], output_mel, log=lambda _: None)[0]
+    """Converts one file; writes audio in the format the output's extension names (or, with
+    output_mel, a MelGAN-compatible .npy)."""
+    return self.convert_many(
+      [(source, targets, output)], output_mel, log=lambda _: None, overwrite=overwrite
+    )[0]
 
   def convert_many(
-    self, jobs: Sequence[tuple[str, Sequence[str], str]], output_mel=False, log=print, f0_shift=0.0
+    self,
+    jobs: Sequence[tuple[str, Sequence[str], str]],
+    output_mel=False,
+    log=print,
+    f0_shift=0.0,
+    overwrite=False,
   ) -> list[str]:
     """(source, targets, output) jobs; each set of target references is encoded once.
 
-    The jobs are checked first (no output may overwrite an input or another job's output). A job
+    The jobs are checked first (no output may overwrite an input or another job's output, or a file
+    that exists unless `overwrite`, and each names an audio format by its extension). A job
     whose audio cannot be used does not stop the others: the failures are listed at the end, in one
     ConversionError, after every other output is written."""
-    jobs = conversion_jobs.check(jobs, output_mel)
+    jobs = conversion_jobs.check(jobs, output_mel, overwrite)
     speakers: dict[tuple, Speaker] = {}
     written, failed = [], []
     for source, targets, output in jobs:
@@ -383,7 +397,7 @@ class Converter:
       if output_mel:
         save_npy(output, mel.astype(np.float32))
       else:
-        audio.write_wav(output, self.vocoder(mel), self.vocoder.sample_rate)
+        audio.write_audio(output, self.vocoder(mel), self.vocoder.sample_rate)
       log(f'{source} -> {output}')
       written.append(output)
     if failed:

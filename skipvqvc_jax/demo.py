@@ -104,7 +104,7 @@ class Demo:
     mel = converter.convert_mel(source_mel, speaker, converter.source_f0(source), f0_shift)
     fd, wav = tempfile.mkstemp(suffix='.wav', prefix='converted-', dir=self.out_dir)
     os.close(fd)
-    audio.write_wav(wav, converter.vocoder(mel), converter.sample_rate)
+    audio.write_audio(wav, converter.vocoder(mel), converter.sample_rate)
     image = os.path.join(os.path.dirname(wav), os.path.basename(wav)[:-4] + '.png')
     titles = ['source', 'reference', 'converted'] if reference_mels else ['source', 'converted']
     _plot([source_mel, *reference_mels[:1], mel], titles, image)

@@ -72,7 +72,7 @@ def _vocoder_section(assets: str, metrics: dict, resynthesis: dict, sample_rate:
   for name, wave in resynthesis.items():
     if name == 'utterance' or wave is None:
       continue
-    audio.write_wav(storage.join(assets, f'vocoder_{name}.wav'), wave, sample_rate)
+    audio.write_audio(storage.join(assets, f'vocoder_{name}.wav'), wave, sample_rate)
     players.append(
       f'<figure><figcaption>{html.escape(name)}</figcaption><audio controls '
       f'src="assets/vocoder_{name}.wav"></audio></figure>'
@@ -116,7 +116,7 @@ def write_report(out_dir, assets, metrics, results, converter, resynthesis: dict
         if name == 'conversion'
         else converter.vocoder(mel)
       )
-      audio.write_wav(storage.join(assets, stem + '.wav'), wave, converter.vocoder.sample_rate)
+      audio.write_audio(storage.join(assets, stem + '.wav'), wave, converter.vocoder.sample_rate)
       cells.append(
         f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
         f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>'

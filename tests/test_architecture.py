@@ -164,9 +164,29 @@ def test_inference_never_goes_through_training(module):
   assert not {m for m in _reachable(module) if _room(m) in TRAINING}
 
 
-def test_rooms_are_small():
+FUNCTION_LINES = 60  # a function or method is read at a glance
+ROOM_LINES = 800  # a generous ceiling: a room is as long as its one job needs
+# Functions written before the cap, each held to its length until it is split (issue 34).
+LONGER_FUNCTIONS = {
+  'preprocessing.py:_preprocess': 141,
+  'report.py:write_report': 86,
+  'listening.py:listen': 79,
+  'evaluate.py:run': 75,
+  'evaluate.py:speaker_similarity': 62,
+}
+
+
+def test_functions_are_short_and_rooms_not_huge():
   sizes = {path.name: len(path.read_text().splitlines()) for path in PACKAGE.rglob('*.py')}
-  assert max(sizes.values()) <= 400, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+  assert max(sizes.values()) <= ROOM_LINES, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+  long = {}
+  for path in PACKAGE.rglob('*.py'):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        lines = node.end_lineno - node.lineno + 1
+        if lines > LONGER_FUNCTIONS.get(f'{path.name}:{node.name}', FUNCTION_LINES):
+          long[f'{path.relative_to(PACKAGE)}:{node.name}'] = lines
+  assert not long, f'functions over {FUNCTION_LINES} lines (split them by what they do): {long}'
 
 
 # ---- ARCHITECTURE.md's "How to add ..." table, kept honest where a test can ----------------------
