@@ -338,3 +338,49 @@ def test_the_readme_python_example_runs(workdir, tmp_path, monkeypatch):
   wave, rate = sf.read(tmp_path / 'out.wav')
   assert rate == 22050 and abs(len(wave) - _frames(DEMO / 'awb' / 'awb_005.ogg') * 256) <= 256
   assert len(names['codes'].codes) == 3
+
+
+def test_outputs_are_the_format_they_name_and_never_silently_replaced(workdir, tmp_path):
+  """--output=x.flac / x.mp3 / x.ogg are those formats (they were WAV bytes under that name); an
+  extension that names none is refused before the model is restored; a second run into the same
+  --output_dir is refused naming the files, and replaces them with --overwrite; --output with
+  --source_dir is refused (it was ignored, and ./converted/ written wherever the user stood)."""
+  source, target = DEMO / 'awb' / 'awb_010.ogg', DEMO / 'slt' / 'slt_001.ogg'
+  convert = lambda *flags: _main('--mode=convert', f'--workdir={workdir}', *flags)
+  pairs = tmp_path / 'pairs.csv'
+  formats = {'x.flac': 'FLAC', 'x.mp3': 'MP3', 'x.ogg': 'OGG', 'x.wav': 'WAV'}
+  pairs.write_text(''.join(f'{source},{target},{tmp_path / name}\n' for name in formats))
+  result = convert(f'--pairs={pairs}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  for name, kind in formats.items():
+    info = sf.info(tmp_path / name)
+    assert info.format == kind and info.samplerate == 22050, (name, info)
+  wave, _ = sf.read(tmp_path / 'x.flac')
+  np.testing.assert_allclose(wave, sf.read(tmp_path / 'x.wav')[0], atol=1e-4)
+
+  cases = [
+    (
+      (f'--source={source}', f'--target={target}', f'--output={tmp_path / "x.aac"}'),
+      f'error: {tmp_path / "x.aac"}: the extension names no audio format written here; end it in '
+      '.wav, .flac, .ogg, .mp3',
+    ),
+    (
+      (f'--source_dir={DEMO / "awb"}', f'--target={target}', f'--output={tmp_path / "y.wav"}'),
+      '--output names one file, and --source_dir converts a folder: give --output_dir=FOLDER',
+    ),
+    (
+      (f'--pairs={pairs}',),
+      f'error: 4 of the outputs exist already ({tmp_path / "x.flac"}, {tmp_path / "x.mp3"}, '
+      f'{tmp_path / "x.ogg"}, ...): give --overwrite to replace them, or other outputs',
+    ),
+  ]
+  before = {name: (tmp_path / name).stat().st_mtime_ns for name in formats}
+  for flags, expected in cases:
+    result = convert(*flags)
+    assert result.returncode == 1 and expected in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert not (tmp_path / 'x.aac').exists() and not (REPO / 'converted').exists()
+  assert before == {name: (tmp_path / name).stat().st_mtime_ns for name in formats}
+  result = convert(f'--pairs={pairs}', '--overwrite')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert all((tmp_path / n).stat().st_mtime_ns > before[n] for n in formats)
