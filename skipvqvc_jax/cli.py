@@ -21,7 +21,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from skipvqvc_jax import compilation_cache, errors
+from skipvqvc_jax import compilation_cache, errors, storage
 from skipvqvc_jax.usage import fail, one_line_errors, parse_flags, start
 
 config_flags.DEFINE_config_file(
@@ -75,7 +75,12 @@ flags.DEFINE_string('pairs', None, 'convert: a CSV of source,target,output rows.
 flags.DEFINE_string(
   'source_dir', None, 'convert: convert every audio file of this folder to --target.'
 )
-flags.DEFINE_string('output_dir', 'converted', 'convert: where --source_dir outputs go.')
+flags.DEFINE_string(
+  'output_dir',
+  'converted',
+  "convert: where --source_dir outputs go. eval: where the report goes (default: the run's "
+  "eval/ folder; a model directory's ./NAME-eval).",
+)
 flags.DEFINE_bool('output_mel', False, 'convert: write MelGAN-compatible .npy mels, not audio.')
 flags.DEFINE_bool(
   'overwrite', False, 'convert: replace outputs that exist already (refused without it).'
@@ -137,7 +142,8 @@ and ends with the headline figures and the report's path.
 FLAG_MODES = {
   'config': ('train',),
   'workdir': ('train', 'eval', 'convert'),
-  'model': ('convert',),
+  'model': ('eval', 'convert'),
+  'output_dir': ('eval', 'convert'),
   'step': ('eval', 'convert'),
   'vocoder': ('eval', 'convert'),
   'eval_pairs': ('eval',),
@@ -151,7 +157,6 @@ FLAG_MODES = {
       'output',
       'pairs',
       'source_dir',
-      'output_dir',
       'output_mel',
       'overwrite',
       'f0_shift',
@@ -209,13 +214,7 @@ def next_steps(config, workdir: str, status: str) -> str:
 
 
 def _convert() -> None:
-  if FLAGS.model and FLAGS.workdir and FLAGS.model != FLAGS.workdir:
-    raise errors.ConversionError('give the model once: --model=DIR (or --workdir=DIR), not both')
-  model = FLAGS.model or FLAGS.workdir
-  if not model:
-    raise errors.ConversionError(
-      '--mode=convert needs --model: a training workdir, or a model directory (skipvqvc-port)'
-    )
+  model = _model_flag('convert')
   from skipvqvc_jax import conversion_jobs, convert  # pylint: disable=import-outside-toplevel
 
   jobs = conversion_jobs.read_pairs(FLAGS.pairs) if FLAGS.pairs else []
@@ -335,22 +334,42 @@ def main(argv):
   elif FLAGS.mode == 'convert':
     _convert()
   else:
-    if not FLAGS.workdir:
-      raise errors.ConfigError(f'--mode={FLAGS.mode} needs --workdir of a training run')
-    from skipvqvc_jax import evaluate, report  # pylint: disable=import-outside-toplevel
-
-    metrics = evaluate.run(
-      FLAGS.workdir,
-      FLAGS.step,
-      FLAGS.vocoder,
-      num_pairs=FLAGS.eval_pairs,
-      per_speaker=FLAGS.eval_per_speaker,
-      test_dir=FLAGS.eval_dir or '',
-      target=FLAGS.eval_target or '',
-    )
-    for line in report.summary_lines(metrics, FLAGS.workdir):
-      logging.info('%s', line)
+    _evaluate()
   return 0
+
+
+def _model_flag(mode: str) -> str:
+  """The model a conversion or evaluation reads: --model, or --workdir (the same thing)."""
+  if FLAGS.model and FLAGS.workdir and FLAGS.model != FLAGS.workdir:
+    raise errors.ConversionError('give the model once: --model=DIR (or --workdir=DIR), not both')
+  model = FLAGS.model or FLAGS.workdir
+  if not model:
+    raise errors.ConfigError(
+      f'--mode={mode} needs --model: a training workdir, or a model directory (skipvqvc-port)'
+    )
+  return model
+
+
+def _evaluate() -> None:
+  model = _model_flag('eval')
+  from skipvqvc_jax import evaluate, report  # pylint: disable=import-outside-toplevel
+
+  metrics = evaluate.run(
+    model,
+    FLAGS.step,
+    FLAGS.vocoder,
+    num_pairs=FLAGS.eval_pairs,
+    per_speaker=FLAGS.eval_per_speaker,
+    test_dir=FLAGS.eval_dir or '',
+    target=FLAGS.eval_target or '',
+    out_root=FLAGS.output_dir if FLAGS['output_dir'].present else '',
+  )
+  report_dir = storage.join(
+    evaluate.eval_root(model, FLAGS.output_dir if FLAGS['output_dir'].present else ''),
+    metrics['folder'],
+  )
+  for line in report.summary_lines(metrics, report_dir):
+    logging.info('%s', line)
 
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')

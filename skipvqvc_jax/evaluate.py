@@ -17,6 +17,7 @@ assets/), eval/index.html over every evaluation, and TensorBoard scalars under e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -82,6 +83,50 @@ def speaker_similarity_encoder():
 # ---- the run --------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class _Plan:
+  """What an evaluation reads and where it writes."""
+
+  step: int | None  # None: a model directory, which has no steps
+  test_dir: str
+  out_dir: str
+  eval_root: str
+  seed: int
+
+
+def eval_root(source: str, out_root: str = '') -> str:
+  """Where the evaluations of `source` go: `out_root` when given, else a run's {workdir}/eval, and a
+  model directory's ./<name>-eval (never inside a model directory, which is shared as it is)."""
+  if out_root:
+    return out_root
+  if checkpoints.is_workdir(source):
+    return storage.join(source, 'eval')
+  return os.path.abspath(f'{os.path.basename(os.path.normpath(source))}-eval')
+
+
+def _plan(source: str, converter, step, test_dir: str, target: str, out_root: str) -> _Plan:
+  if test_dir and not storage.isdir(test_dir):
+    raise CorpusError(f'--eval_dir {test_dir}: no such folder of test features')
+  root = eval_root(source, out_root)
+  if not checkpoints.is_workdir(source):  # a model directory: no config, no steps, no test set
+    if not test_dir:
+      raise CorpusError(
+        f'{source} is a model directory: it names no test speakers; give --eval_dir=FOLDER of '
+        f'test features (preprocess.py writes them, e.g. FEATURES/test)'
+      )
+    return _Plan(None, test_dir, storage.join(root, out_name(None, test_dir)), root, 0)
+  cfg = converter.config
+  if not storage.isdir(test_dir or cfg.data.test_dir):
+    raise CorpusError(
+      f'{cfg.data.test_dir}, the test features {source}/config.json names, is gone: '
+      f'preprocess the test speakers there again, or point data.test_dir in '
+      f'config.json at their features'
+    )
+  step = checkpoints.latest_step(source) if step is None else step
+  folder = out_name(step, test_dir, target)
+  return _Plan(step, test_dir or cfg.data.test_dir, storage.join(root, folder), root, cfg.seed)
+
+
 def run(
   workdir: str,
   step: int | None = None,
@@ -92,77 +137,78 @@ def run(
   per_speaker: int = 50,
   test_dir: str = '',
   target: str = '',
+  out_root: str = '',
 ) -> dict:
   """Evaluates the checkpoint (default: latest) of `workdir` on its test speakers (`test_dir`:
   other features), as its own config.json describes it, into {workdir}/eval/step_N/ (`out_name`);
-  returns the metrics it writes. `target`: every conversion goes to that test speaker (a model
-  fine-tuned to one voice). The speaker statistics use at most `per_speaker` test utterances of
-  each speaker (a seeded choice): a VCTK-size test set then finishes in minutes."""
+  returns the metrics it writes. A model directory (`skipvqvc-port` writes one) is evaluated on
+  `test_dir` into `eval_root`, never inside it. `target`: every conversion goes to that test speaker
+  (a model fine-tuned to one voice). The speaker statistics use at most `per_speaker` test
+  utterances of each speaker (a seeded choice): a VCTK-size test set then finishes in minutes."""
   converter = convert.Converter.restore(workdir, step, vocoder)
-  cfg = converter.config
-  step = checkpoints.latest_step(workdir) if step is None else step
-  if test_dir and not storage.isdir(test_dir):
-    raise CorpusError(f'--eval_dir {test_dir}: no such folder of test features')
-  if not storage.isdir(test_dir or cfg.data.test_dir):
-    raise CorpusError(
-      f'{cfg.data.test_dir}, the test features {workdir}/config.json names, is gone: '
-      f'preprocess the test speakers there again, or point data.test_dir in '
-      f'config.json at their features'
-    )
-  files = input_pipeline.list_features(test_dir or cfg.data.test_dir)
-  folder = out_name(step, test_dir, target)
-  out_dir = storage.join(workdir, 'eval', folder)
-
-  pairs = choose_pairs(files, num_pairs, cfg.seed, sentences(files), target=target)
-  assets = storage.join(out_dir, 'assets')
+  plan = _plan(workdir, converter, step, test_dir, target, out_root)
+  files = input_pipeline.list_features(plan.test_dir)
+  pairs = choose_pairs(files, num_pairs, plan.seed, sentences(files), target=target)
+  assets = storage.join(plan.out_dir, 'assets')
   storage.makedirs(assets)
   shown = {p.source for p in pairs[:report_pairs]}  # the report shows their reconstructions
   recon_metrics, reconstructions = reconstruction_metrics(converter, files, keep=shown)
-  metrics: dict = dict(step=step, folder=folder, test_utterances=len(files), **recon_metrics)
+  folder = storage.basename(plan.out_dir)
+  metrics: dict = dict(step=plan.step, folder=folder, test_utterances=len(files), **recon_metrics)
   if test_dir or target:
-    metrics.update(test_dir=test_dir or cfg.data.test_dir, target=target or None)
+    metrics.update(test_dir=plan.test_dir, target=target or None)
   results = convert_pairs(converter, pairs, reconstructions)
-  parallel = [r for r in results if r.lmcd_db is not None]
-  metrics['conversion'] = dict(
-    pairs=len(results),
-    parallel_pairs=len(parallel),
-    lmcd_dtw_db=float(np.mean([r.lmcd_db for r in parallel])) if parallel else None,
-    baseline_lmcd_dtw_db=(
-      float(np.mean([r.baseline_lmcd_db for r in parallel])) if parallel else None
-    ),
-  )
-  metrics['conversion'].update(world_mcd(converter, results))
+  metrics['conversion'] = conversion_metrics(converter, results)
   metrics.update(listening.listen(converter, results, transcripts(files)))
   encoder = speaker_similarity_encoder()
   metrics['speaker_similarity'] = (
     speaker_similarity(
-      speaker_embedder(encoder, converter.vocoder), capped(files, per_speaker, cfg.seed), results
+      speaker_embedder(encoder, converter.vocoder), capped(files, per_speaker, plan.seed), results
     )
     if encoder is not None
     else dict(available=False, why='resemblyzer is not installed: pip install -e ".[eval]"')
   )
-
   metrics['vocoders'], resynthesis = compare_vocoders(
-    converter, files, num_vocoder_utterances, cfg.seed, encoder
+    converter, files, num_vocoder_utterances, plan.seed, encoder
   )
-
   report.write_report(
-    out_dir, assets, metrics, results[:report_pairs], converter, resynthesis if report_pairs else {}
+    plan.out_dir,
+    assets,
+    metrics,
+    results[:report_pairs],
+    converter,
+    resynthesis if report_pairs else {},
   )
-  save_json(storage.join(out_dir, 'pairs.json'), [r.to_json() for r in results])
-  save_json(storage.join(out_dir, 'metrics.json'), metrics)
-  report.write_index(storage.join(workdir, 'eval'))
-  writer = summaries.Writer(workdir)
-  writer.scalars(step, report.flat(metrics), 'eval/')
-  writer.close()
-  logging.info('wrote %s', storage.join(out_dir, 'report.html'))
+  save_json(storage.join(plan.out_dir, 'pairs.json'), [r.to_json() for r in results])
+  save_json(storage.join(plan.out_dir, 'metrics.json'), metrics)
+  if plan.step is not None:  # a run's evaluations side by side, and in its TensorBoard
+    report.write_index(plan.eval_root)
+    writer = summaries.Writer(workdir)
+    writer.scalars(plan.step, report.flat(metrics), 'eval/')
+    writer.close()
+  logging.info('wrote %s', storage.join(plan.out_dir, 'report.html'))
   return metrics
 
 
-def out_name(step: int, test_dir: str = '', target: str = '') -> str:
-  """eval/ folder of an evaluation: step_N, with -on-FOLDER for other test features and -to-SPEAKER
-  for one target, so that they sit beside the run's own evaluations without replacing them."""
-  name = f'step_{step}'
+def conversion_metrics(converter, results) -> dict:
+  """Distances of the conversions to their targets where the two say the same sentence."""
+  parallel = [r for r in results if r.lmcd_db is not None]
+  mean = lambda values: float(np.mean(values)) if parallel else None
+  metrics = dict(
+    pairs=len(results),
+    parallel_pairs=len(parallel),
+    lmcd_dtw_db=mean([r.lmcd_db for r in parallel]),
+    baseline_lmcd_dtw_db=mean([r.baseline_lmcd_db for r in parallel]),
+  )
+  metrics.update(world_mcd(converter, results))
+  return metrics
+
+
+def out_name(step: int | None, test_dir: str = '', target: str = '') -> str:
+  """eval/ folder of an evaluation: step_N (a model directory's: model), with -on-FOLDER for other
+  test features and -to-SPEAKER for one target, so that they sit beside the run's own evaluations
+  without replacing them."""
+  name = 'model' if step is None else f'step_{step}'
   if test_dir:
     name += '-on-' + os.path.basename(os.path.normpath(test_dir))
   if target:

@@ -181,10 +181,11 @@ def _save_png(path: str, image: np.ndarray) -> None:
   fileio.atomic_write(path, lambda tmp: plt.imsave(tmp, image, format='png'))
 
 
-def summary_lines(metrics: dict, workdir: str) -> list[str]:
-  """The lines an evaluation ends with: its headline figures, then where the rest is (the report
-  last, where the eye lands)."""
-  lines = [f'step {metrics["step"]}: {metrics["test_utterances"]} test utterances']
+def summary_lines(metrics: dict, report_dir: str) -> list[str]:
+  """The lines an evaluation ends with: its headline figures, then where the rest is (the report in
+  `report_dir` last, where the eye lands)."""
+  which = 'the model' if metrics['step'] is None else f'step {metrics["step"]}'
+  lines = [f'{which}: {metrics["test_utterances"]} test utterances']
   if metrics.get('recon_l1_logmel') is not None:
     lines.append(f'reconstruction: L1 {metrics["recon_l1_logmel"]:.3f} (log10 mel)')
   conversion = metrics.get('conversion') or {}
@@ -208,7 +209,6 @@ def summary_lines(metrics: dict, workdir: str) -> list[str]:
       f'{similarity["to_source"]:.3f}; accepted as the target {similarity["accepted_as_target"]:.0%}'
       f', named among {similarity["speakers"]} speakers {similarity["identified_as_target"]:.0%}'
     )
-  out_dir = storage.join(workdir, 'eval', metrics.get('folder', f'step_{metrics["step"]}'))
-  lines.append(f'every figure: {storage.join(out_dir, "metrics.json")}')
-  lines.append(f'report: {storage.join(out_dir, "report.html")}')
+  lines.append(f'every figure: {storage.join(report_dir, "metrics.json")}')
+  lines.append(f'report: {storage.join(report_dir, "report.html")}')
   return lines

@@ -6,7 +6,9 @@ TensorBoard (reading gs:// itself) sees whole at every moment."""
 
 from __future__ import annotations
 
+import glob
 import io
+import os
 
 import jax
 import numpy as np
@@ -68,18 +70,40 @@ class Writer:
 
   def __init__(self, workdir: str):
     self._writer = None
+    self._event_file = None  # on a local disk: the event file being written
+    self.logdir = storage.join(workdir, 'tensorboard')
     if jax.process_index() == 0:
-      from tensorboardX import (
-        SummaryWriter,  # pylint: disable=import-outside-toplevel
-        record_writer,  # pylint: disable=import-outside-toplevel
-      )
+      from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
 
       if storage.is_url(workdir):
         record_writer.register_writer_factory(workdir.split('://')[0], _ObjectEventFiles())
-      self._writer = SummaryWriter(storage.join(workdir, 'tensorboard'))
+      self._open()
+
+  def _open(self) -> None:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
+    self._writer = SummaryWriter(self.logdir)
+    if not storage.is_url(self.logdir):
+      events = glob.glob(os.path.join(self.logdir, 'events.out.tfevents.*'))
+      self._event_file = max(events, key=os.path.getmtime, default=None)
+
+  def _reopen_if_removed(self, step: int) -> None:
+    """A new event file when the one being written was deleted (tensorboard/ removed mid-run): on
+    Linux the writes would go on into the deleted file, every later event lost in silence."""
+    if self._event_file is None or os.path.exists(self._event_file):
+      return
+    logging.warning(
+      '%s was removed while this run wrote it: writing a new event file from step %d (the events '
+      'before it are gone with the removed file)',
+      self._event_file,
+      step,
+    )
+    self._writer.close()
+    self._open()
 
   def scalars(self, step: int, values: dict, prefix: str = '') -> None:
     if self._writer:
+      self._reopen_if_removed(step)
       for name, value in values.items():
         self._writer.add_scalar(prefix + name, float(value), step)
 

@@ -141,3 +141,39 @@ def test_eval_into_one_target_on_other_features_sits_beside_the_runs_own(workdir
   with pytest.raises(errors.CorpusError, match='not a test speaker; they are esf2, esm1'):
     evaluate.run(str(workdir), num_pairs=3, target='nobody')
   assert not (workdir / 'eval' / 'step_4-to-nobody').exists()
+
+
+def test_a_model_directory_is_evaluated_on_given_features_and_never_written(
+  workdir, small_features, tmp_path
+):
+  """skipvqvc-eval of a model directory (what skipvqvc-port writes and users share): without test
+  features one line; with --eval_dir a report in ./NAME-eval/model-on-FOLDER/, and not a byte written into
+  the model directory (it was an AttributeError, and left an empty checkpoints/ inside it)."""
+  import subprocess
+  import sys
+
+  from skipvqvc_jax import port_torch
+
+  model_dir = tmp_path / 'shared_model'
+  port_torch.release(str(workdir), str(model_dir))
+  before = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob('*'))
+  eval_ = lambda *flags: subprocess.run(
+    [sys.executable, REPO / 'main.py', '--mode=eval', *flags],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  refused = eval_(f'--model={model_dir}')
+  assert refused.returncode == 1, refused.stderr[-2000:]
+  assert [line for line in refused.stderr.splitlines() if line.startswith('error')] == [
+    f'error: {model_dir} is a model directory: it names no test speakers; give --eval_dir=FOLDER '
+    f'of test features (preprocess.py writes them, e.g. FEATURES/test)'
+  ]
+  done = eval_(f'--workdir={model_dir}', f'--eval_dir={small_features / "test"}', '--eval_pairs=2')
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = tmp_path / 'shared_model-eval' / 'model-on-test'
+  metrics = json.loads((report / 'metrics.json').read_text())
+  assert metrics['step'] is None and metrics['conversion']['pairs'] == 2
+  assert (report / 'report.html').is_file() and f'report: {report}' in done.stderr
+  assert sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob('*')) == before

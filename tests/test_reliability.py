@@ -635,3 +635,37 @@ def test_a_workdir_made_read_only_mid_run_is_one_line_and_exit_1(small_features,
   errors_ = [line for line in out.splitlines() if line.startswith('error:')]
   assert len(errors_) == 1 and 'Traceback' not in out, out[-3000:]
   assert 'Read-only file system' in errors_[0] and 'continue from checkpoint' in errors_[0], errors_
+
+
+def _logged_steps(event_file: pathlib.Path) -> set[int]:
+  from tensorboardX.proto import event_pb2
+
+  data, steps = event_file.read_bytes(), set()
+  while data:
+    (length,) = np.frombuffer(data[:8], '<u8')
+    event = event_pb2.Event.FromString(data[12 : 12 + int(length)])
+    if any(v.tag == 'train/loss' for v in event.summary.value):
+      steps.add(event.step)
+    data = data[16 + int(length) :]
+  return steps
+
+
+def test_tensorboard_removed_mid_run_is_made_again_with_a_warning(small_features, tmp_path):
+  """`rm -r tensorboard/` while the run writes it: a new event file holds the later steps, and a
+  warning says so (the run went on writing into the deleted file, every later event lost)."""
+  workdir = tmp_path / 'w'
+  proc = _main(
+    *main_flags(small_features, workdir, num_train_steps=100000, checkpoint_every_steps=100000)
+  )
+  _wait_for(proc, 'step 3/100000')
+  shutil.rmtree(workdir / 'tensorboard')
+  seen = _wait_for(proc, 'writing a new event file from step')
+  _wait_for(proc, 'step 40/100000')
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 130, out[-3000:]
+  assert 'was removed while this run wrote it' in seen, seen[-2000:]
+  events = list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert len(events) == 1, events
+  steps = _logged_steps(events[0])
+  assert {20, 30, 40} <= steps and 1 not in steps, sorted(steps)
