@@ -82,13 +82,17 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   """Reads an original `.pt` checkpoint (torch not needed): a bare state dict or the original's
   save_checkpoint's {'state_dict': ..., 'optimizer': ..., 'iteration': ...}."""
   try:
-    obj = torch_files.load(storage.read_bytes(path))
+    return state_dict_of(torch_files.load(storage.read_bytes(path)))
   except PortError as e:
     raise PortError(f'{path} {e}') from None
+
+
+def state_dict_of(obj) -> dict[str, np.ndarray]:
+  """The arrays of what a `.pt` holds: a bare state dict or {'state_dict': ...}; PortError else."""
   if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
     obj = obj['state_dict']
   if not isinstance(obj, dict):
-    raise PortError(f'{path} holds a {type(obj).__name__}, not a state dict')
+    raise PortError(f'holds a {type(obj).__name__}, not a state dict')
   return {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
 
 

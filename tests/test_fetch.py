@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -27,20 +28,25 @@ def published():
 
 
 class _Server:
-  """Serves `body` at any path; `cut`: announces the whole length but sends half, then closes."""
+  """Serves `body` at any path. `fault`: 'cut' announces the whole length but sends half, then closes;
+  'drip' sends one byte every 0.2 s; 'endless' streams without a Content-Length until the client
+  goes (`sent` counts the bytes it got out)."""
 
-  def __init__(self, body: bytes, cut: bool = False):
-    self.body, self.cut, self.requests = body, cut, 0
+  def __init__(self, body: bytes, fault: str | None = None):
+    self.body, self.fault, self.requests, self.sent = body, fault, 0, 0
     server = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
       def do_GET(self):  # noqa: N802  (http.server's name)
         server.requests += 1
         self.send_response(200)
-        self.send_header('Content-Length', str(len(server.body)))
+        if server.fault != 'endless':
+          self.send_header('Content-Length', str(len(server.body)))
         self.end_headers()
-        self.wfile.write(server.body[: len(server.body) // 2] if server.cut else server.body)
-        self.wfile.flush()
+        try:
+          server.send(self.wfile)
+        except (BrokenPipeError, ConnectionResetError):
+          pass
         self.close_connection = True
 
       def log_message(self, *args):
@@ -49,6 +55,20 @@ class _Server:
     self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
     self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}/multi_speaker.pt'
     threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+  def send(self, out) -> None:
+    if self.fault == 'drip':
+      for byte in self.body[:100]:
+        out.write(bytes([byte]))
+        out.flush()
+        time.sleep(0.2)
+    elif self.fault == 'endless':
+      while self.sent < 400 << 20:
+        out.write(bytes(1 << 16))
+        self.sent += 1 << 16
+    else:
+      out.write(self.body[: len(self.body) // 2] if self.fault == 'cut' else self.body)
+    out.flush()
 
   def close(self):
     self.httpd.shutdown()
@@ -112,7 +132,7 @@ def test_a_wrong_or_cut_download_is_refused_and_nothing_is_kept(
   data, _ = published
   _pin(monkeypatch, data, tmp_path)
   served = data[:-8] + b'\0' * 8 if fault == 'wrong file' else data
-  server = _Server(served, cut=fault == 'cut download')
+  server = _Server(served, 'cut' if fault == 'cut download' else None)
   monkeypatch.setenv('SKIPVQVC_MELGAN_URL', server.url)
   try:
     match = 'git blob id is' if fault == 'wrong file' else 'cut short|IncompleteRead'
@@ -159,3 +179,72 @@ def test_offline_one_line_says_where_to_put_the_file(published, tmp_path):
   result = _fetch_cli('melgan', env=env)
   assert result.returncode == 1 and 'c6dc2e2ab5be6478352deb465c5b584e1d4ba25a' in result.stderr
   assert not (tmp_path / 'cache' / 'skipvqvc_jax' / 'published' / 'melgan').exists()
+
+
+def test_the_size_bound_holds_the_published_model():
+  """max_bytes bounds a legacy .pt of the published generator's state dict, with under 10% to spare
+  (the file itself cannot be fetched here; its model can be built)."""
+  from skipvqvc_jax import models
+
+  state_dict = porting.export_state_dict(models.build('melgan'))
+  size = len(torch_files.dumps(state_dict, legacy=True))
+  assert size < fetch.PUBLISHED['melgan'].max_bytes < 1.1 * size
+
+
+@pytest.mark.parametrize('fault', ['drip', 'endless'])
+def test_a_slow_or_endless_download_is_refused_and_nothing_is_kept(
+  fault, published, cache, monkeypatch, tmp_path
+):
+  """A server dripping a byte every 0.2 s is refused once the grace period ends (it kept a download
+  going for years); one streaming without end and without a length is refused at the pinned size
+  (it was read whole): the server got out little more than that before the client left."""
+  data, _ = published
+  _pin(monkeypatch, data, tmp_path)
+  limit = len(data) + 1000
+  monkeypatch.setitem(
+    fetch.PUBLISHED, 'melgan', dataclasses.replace(fetch.PUBLISHED['melgan'], max_bytes=limit)
+  )
+  monkeypatch.setattr(fetch, 'RATE_GRACE_SECONDS', 2.0)
+  server = _Server(data, fault)
+  monkeypatch.setenv('SKIPVQVC_MELGAN_URL', server.url)
+  start = time.monotonic()
+  try:
+    match = (
+      'bytes/s, under the 16384 a download needs' if fault == 'drip' else f'sent over {limit} bytes'
+    )
+    with pytest.raises(ConfigError, match=match):
+      fetch.fetch('melgan', log=lambda _: None)
+  finally:
+    server.close()
+  assert time.monotonic() - start < 20
+  if fault == 'endless':
+    assert server.sent < limit + (16 << 20), server.sent
+  assert _left_in(cache) == []
+
+
+def test_a_download_killed_leaves_nothing_in_the_cache(published, tmp_path):
+  """SIGTERM or SIGKILL in the middle of a download: nothing of it is in the cache afterwards (the
+  download has no name at any moment), and the progress said what was being fetched."""
+  import signal
+
+  data, _ = published
+  server = _Server(data * 50, 'drip')
+  cache = tmp_path / 'cache'
+  env = dict(os.environ, XDG_CACHE_HOME=str(cache), SKIPVQVC_MELGAN_URL=server.url)
+  try:
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+      run = subprocess.Popen(
+        [sys.executable, '-c', 'from skipvqvc_jax import fetch_cli; fetch_cli.run()', 'melgan'],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      said = run.stderr.readline()
+      assert 'downloading' in said and server.url in said, said
+      time.sleep(1)
+      run.send_signal(signum)
+      run.wait(timeout=60)
+      assert _left_in(cache / 'skipvqvc_jax') == []
+  finally:
+    server.close()
