@@ -52,10 +52,31 @@ class FeatureParams:
     ]
 
 
+# The longest file read: its length is taken from its header first (a 6-hour file was decoded whole,
+# 4.3 GB, before it was refused). An hour of speech is far more than one utterance or a conversion.
+MAX_SECONDS = 3600.0
+
+
+def _check_duration(path: str, librosa) -> None:
+  try:
+    seconds = librosa.get_duration(path=path)
+  except Exception:  # pylint: disable=broad-except  (no header to read: the decode will tell)
+    return
+  if seconds > MAX_SECONDS:
+    raise AudioError(
+      f'lasts {seconds / 3600:.1f} h; files of up to {MAX_SECONDS / 3600:.0f} h are read: cut it '
+      f'into parts (e.g. sox IN OUT trim 0 3600 : newfile : restart)'
+    )
+
+
 def load(path: str, params: FeatureParams = FeatureParams()) -> np.ndarray:
-  """Reads any audio file librosa can decode as float32 mono at params.sample_rate."""
+  """Reads any audio file librosa can decode as float32 mono at params.sample_rate (files longer
+  than MAX_SECONDS are refused from their header, unread)."""
   import librosa  # pylint: disable=import-outside-toplevel  (slow import; workers pay it once)
 
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    _check_duration(path, librosa)
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # librosa warns when it falls back to audioread
     try:

@@ -68,10 +68,24 @@ def write_model_info(directory: str, info: ModelInfo) -> None:
 
 
 def read_model_info(source: str) -> ModelInfo:
-  """The `model.json` of a model directory or a training workdir."""
+  """The `model.json` of a model directory or a training workdir; CheckpointError when it is not
+  one (not JSON, or naming no model this package builds)."""
   path = storage.join(source, MODEL_FILE)
   if storage.isfile(path):
-    return ModelInfo.from_json(fileio.load_json(path))
+    try:
+      info = ModelInfo.from_json(fileio.load_json(path))
+      models.get_class(info.spec['name'])
+    except Exception as e:  # pylint: disable=broad-except  (JSON, a missing key, an unknown model)
+      advice = (
+        'delete it and rerun the training command: the restore checks every parameter against the '
+        'config and writes it anew'
+        if is_workdir(source)
+        else 'copy it again from where the model directory came from'
+      )
+      raise CheckpointError(
+        f'{path} is damaged ({type(e).__name__}: {" ".join(str(e).split())[:120]}); {advice}'
+      ) from None
+    return info
   if is_workdir(source):
     raise CheckpointError(
       f'{source} has no {MODEL_FILE} (workdirs written by skipvqvc_jax 0.1 lack it): rerun its '
@@ -498,3 +512,21 @@ def probe_writer(workdir: str, timeout: float) -> None:
     ) from None
   if bytes(back) != payload:
     raise StorageError(f'a test write to {folder} read back other bytes; {advice}')
+
+
+def checkpoints_fit(workdir: str, info: ModelInfo) -> bool:
+  """Whether the newest checkpoint of `workdir` holds the parameters of the model `info` describes
+  (from the checkpoint's metadata: no array is read)."""
+  try:
+    model = nnx.eval_shape(lambda: models.build(**info.spec))
+    abstract = jax.tree.map(
+      ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    )
+    for key in reversed(info.state_path):
+      abstract = {key: abstract}
+    with TrainCheckpoints(workdir, async_save=False) as ckpt, ocp.PyTreeCheckpointer() as reader:
+      path, stored = ckpt._stored_state(ckpt.check_step(None), reader)  # pylint: disable=protected-access
+    checkpoint_trees.check_fits(stored, abstract, path)
+  except Exception:  # pylint: disable=broad-except  (not this model, or nothing readable: no)
+    return False
+  return True

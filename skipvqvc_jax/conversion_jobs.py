@@ -33,6 +33,7 @@ def check(
   an output that is a folder, that would overwrite a source or target, that two jobs share, whose
   extension names no audio format, or that exists already (unless `overwrite`)."""
   checked, writers, existing = [], {}, []
+  jobs = [(source, references(targets), output) for source, targets, output in jobs]
   inputs = {os.path.realpath(p) for source, targets, _ in jobs for p in [source, *targets]}
   for source, targets, output in jobs:
     if output_mel:
@@ -60,6 +61,28 @@ def check(
       f'{", ..." if len(existing) > 3 else ""}): give --overwrite to replace them, or other outputs'
     )
   return checked
+
+
+def references(targets: Sequence[str]) -> list[str]:
+  """The reference files of a target voice: files as given, and each folder as the audio files in it
+  (sorted; their voices are averaged as several files are); ConversionError for a folder without
+  audio."""
+  found = []
+  for target in targets:
+    if not os.path.isdir(target):
+      found.append(target)
+      continue
+    audio_files = sorted(
+      os.path.join(target, f)
+      for f in os.listdir(target)
+      if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS
+    )
+    if not audio_files:
+      raise ConversionError(
+        f'target {target} is a folder without audio files: give reference recordings of the voice'
+      )
+    found += audio_files
+  return found
 
 
 def read_pairs(path: str) -> list[tuple[str, list[str], str]]:

@@ -183,6 +183,8 @@ class Converter:
     """Raw log-mel (n_mels, T) of an audio file, exactly as preprocessing makes it; or of a feature
     file (.npy: a log-mel preprocess.py, or the original's preprocessing, wrote)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+      raise ConversionError(f'{path} is a folder: give an audio file (or its files, with commas)')
     if not os.path.isfile(path):
       raise ConversionError(f'{path}: no such file')
     if path.endswith('.npy'):

@@ -44,14 +44,30 @@ class F0Params:
     return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
+def check_method(params: F0Params) -> None:
+  """CorpusError, once and before any file is read, when `params.method` cannot run here: an unknown
+  method, or pyworld (harvest, dio) that does not import, with the import's own error (it may be
+  installed and broken: pyworld imports pkg_resources, which setuptools >= 81 lacks)."""
+  if params.method not in METHODS and params.method != CREPE:
+    raise CorpusError(
+      f'--f0={params.method}: no such method; one of {", ".join([*METHODS, CREPE])}'
+    )
+  if params.method in ('harvest', 'dio'):
+    try:
+      import pyworld  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
+    except ImportError as e:
+      raise CorpusError(
+        f'--f0={params.method} needs pyworld, which does not import here ({e}): pip install -e '
+        f'".[listen]" if it is missing (it needs setuptools<81), or use --f0=pyin'
+      ) from None
+
+
 def _world(estimator: str):
   def estimate(y, sample_rate, period_ms, params: F0Params):
     try:
       import pyworld  # pylint: disable=import-outside-toplevel
-    except ImportError:
-      raise AudioError(
-        f'F0 method {params.method} needs pyworld: pip install -e ".[listen]", or use --f0=pyin'
-      ) from None
+    except ImportError as e:
+      raise AudioError(f'F0 method {params.method} needs pyworld ({e}), or use --f0=pyin') from None
     x = np.ascontiguousarray(y, np.float64)
     f0, times = getattr(pyworld, estimator)(
       x, sample_rate, f0_floor=params.fmin, f0_ceil=params.fmax, frame_period=period_ms

@@ -57,13 +57,16 @@ def _estimate(task) -> dict:
 
 
 def check_params(manifest: dict, f0_params: f0.F0Params | None, output_dir: str) -> None:
-  """Refuses F0 of another method or range than the folder's."""
+  """Refuses F0 of another method or range than the folder's, and a method that cannot run here
+  (checked once, before any file: it was one misleading line per file, and exit 0)."""
   found = manifest.get('f0_params')
   if f0_params is not None and found is not None and found != f0_params.to_dict():
     raise CorpusError(
       f'{output_dir} holds F0 made with {found}, not {f0_params.to_dict()}: rerun with '
       f'--f0={found["method"]}, or use a new output dir'
     )
+  if f0_params is not None or found is not None:
+    f0.check_method(f0_params or f0.F0Params.from_dict(found))
 
 
 def make(

@@ -19,6 +19,13 @@ def check(config, workdir: str) -> None:
   if not storage.isfile(storage.join(workdir, checkpoints.MODEL_FILE)):
     return  # written before model.json: the restore itself checks every parameter's shape
   old, new = checkpoints.read_model_info(workdir), tasks.model_info(config)
+  if old != new and checkpoints.checkpoints_fit(workdir, new):
+    raise TrainingError(
+      f'{workdir}/{checkpoints.MODEL_FILE} says {old.spec}, but the checkpoints there hold this '
+      f"config's {new.spec}: {checkpoints.MODEL_FILE} was edited or damaged, the checkpoints fit. "
+      f'Delete {checkpoints.MODEL_FILE} and rerun: the restore checks every parameter and writes it '
+      f'anew (--config.resume=False would set the intact checkpoints aside)'
+    )
   if old != new:
     raise TrainingError(
       f'{workdir} holds a run of {old.spec}; this config trains {new.spec}: choose another '

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import audio, convert
+from skipvqvc_jax import audio, convert, errors
 from skipvqvc_jax.tasks import voice_conversion
 from tests.conftest import REPO
 
@@ -384,3 +384,50 @@ def test_outputs_are_the_format_they_name_and_never_silently_replaced(workdir, t
   result = convert(f'--pairs={pairs}', '--overwrite')
   assert result.returncode == 0, result.stderr[-2000:]
   assert all((tmp_path / n).stat().st_mtime_ns > before[n] for n in formats)
+
+
+def test_a_folder_of_references_and_a_six_hour_source(workdir, tmp_path):
+  """--target=FOLDER is its audio files, averaged (the same output as naming them with commas; it was
+  'no such file'); a 6-hour source is refused from its header, unread (it was decoded whole, 4.3 GB,
+  then refused as silent)."""
+  import tracemalloc
+
+  references = tmp_path / 'slt'
+  references.mkdir()
+  for name in ('slt_001.ogg', 'slt_002.ogg'):
+    shutil.copy(DEMO / 'slt' / name, references / name)
+  (references / 'notes.txt').write_text('not audio')
+  source = DEMO / 'awb' / 'awb_010.ogg'
+  outputs = {}
+  for how, target in (
+    ('folder', references),
+    ('files', f'{references / "slt_001.ogg"},{references / "slt_002.ogg"}'),
+  ):
+    outputs[how] = tmp_path / f'{how}.wav'
+    result = _main(
+      '--mode=convert',
+      f'--workdir={workdir}',
+      f'--source={source}',
+      f'--target={target}',
+      f'--output={outputs[how]}',
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+  assert outputs['folder'].read_bytes() == outputs['files'].read_bytes()
+
+  long_source = tmp_path / 'six_hours.flac'
+  with sf.SoundFile(long_source, 'w', 8000, 1, 'PCM_16', format='FLAC') as f:
+    for _ in range(6 * 3600 * 8000 // (1 << 20) + 1):
+      f.write(np.zeros(1 << 20, np.int16))
+  result = _main(
+    '--mode=convert',
+    f'--workdir={workdir}',
+    f'--source={long_source}',
+    f'--target={references}',
+    f'--output={tmp_path / "long.wav"}',
+  )
+  assert result.returncode == 1 and f'error: {long_source}: lasts 6.0 h;' in result.stderr
+  tracemalloc.start()
+  with pytest.raises(errors.AudioError, match='lasts 6.0 h'):
+    audio.load(str(long_source))
+  assert tracemalloc.get_traced_memory()[1] < 64 << 20
+  tracemalloc.stop()

@@ -82,15 +82,14 @@ def test_f0_is_made_beside_each_feature_and_kept_up_to_date(corpus, tmp_path):
     _run(corpus, out, f0_params=f0.F0Params('pyin'))
 
 
-def test_the_command_takes_f0(corpus, tmp_path):
-  out = tmp_path / 'features'
-  result = subprocess.run(
+def _preprocess_cli(corpus, out, method: str, env=None):
+  return subprocess.run(
     [
       sys.executable,
       'preprocess.py',
       str(corpus),
       str(out),
-      '--f0=dio',
+      f'--f0={method}',
       '--test_speakers=cat',
       '--workers=1',
       '--noprogress',
@@ -99,7 +98,13 @@ def test_the_command_takes_f0(corpus, tmp_path):
     capture_output=True,
     text=True,
     timeout=300,
+    env=env,
   )
+
+
+def test_the_command_takes_f0(corpus, tmp_path):
+  out = tmp_path / 'features'
+  result = _preprocess_cli(corpus, out, 'dio')
   assert result.returncode == 0, result.stderr[-2000:]
   made = sorted(p.name for p in (out / 'f0' / 'train').iterdir())
   assert made == sorted(p.name for p in (out / 'train').iterdir())
@@ -130,3 +135,25 @@ def test_crepe_files_beside_the_audio_are_read_for_the_trimmed_span(corpus, tmp_
   manifest, logs = _run(corpus, out)
   assert any('no CREPE F0 file' in line for line in logs), logs
   assert any('no CREPE F0 file' in s['reason'] for s in manifest['skipped'])
+
+
+def test_an_f0_method_that_cannot_run_is_one_line_before_any_work(corpus, tmp_path):
+  """pyworld installed but broken (it imports pkg_resources, which new setuptools lacks): one line
+  with the import's own error, exit 1, no feature made (it was one line per file advising to install
+  what is installed, exit 0, and every file counted as skipped)."""
+  broken = tmp_path / 'site' / 'pyworld'
+  broken.mkdir(parents=True)
+  (broken / '__init__.py').write_text(
+    'raise ModuleNotFoundError("No module named \'pkg_resources\'")\n'
+  )
+  env = dict(os.environ, PYTHONPATH=str(broken.parent))
+  out = tmp_path / 'features'
+  result = _preprocess_cli(corpus, out, 'harvest', env)
+  assert result.returncode == 1, result.stderr[-2000:]
+  errors_ = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert errors_ == [
+    'error: --f0=harvest needs pyworld, which does not import here (No module named '
+    '\'pkg_resources\'): pip install -e ".[listen]" if it is missing (it needs setuptools<81), or '
+    'use --f0=pyin'
+  ], result.stderr[-2000:]
+  assert not list(out.rglob('*.npy'))

@@ -669,3 +669,30 @@ def test_tensorboard_removed_mid_run_is_made_again_with_a_warning(small_features
   assert len(events) == 1, events
   steps = _logged_steps(events[0])
   assert {20, 30, 40} <= steps and 1 not in steps, sorted(steps)
+
+
+def test_a_damaged_or_edited_model_json_is_named_and_the_checkpoints_kept(
+  run8, small_features, tmp_path
+):
+  """model.json emptied ({}) or edited (another width) beside intact checkpoints: named as damaged,
+  with what to do, not trusted over the checkpoints (the advice was --config.resume=False, which
+  would set them aside). Deleting it, as the line says, resumes and writes it anew."""
+  import json
+
+  workdir = _copy(run8[0], tmp_path)
+  model_json = workdir / 'model.json'
+  intact = model_json.read_text()
+  edited = json.loads(intact)
+  edited['model']['channel'] *= 2
+  for text, expected in (
+    ('{}', f'{model_json} is damaged (KeyError'),
+    (json.dumps(edited), 'was edited or damaged, the checkpoints fit. Delete model.json and rerun'),
+  ):
+    model_json.write_text(text)
+    with pytest.raises(errors.UserError) as raised:
+      train.train_and_evaluate(tiny_config(small_features, num_train_steps=12), str(workdir))
+    assert expected in str(raised.value) and '\n' not in str(raised.value), str(raised.value)
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']
+  model_json.unlink()
+  summary = train.train_and_evaluate(tiny_config(small_features, num_train_steps=12), str(workdir))
+  assert summary['start_step'] == 8 and json.loads(model_json.read_text()) == json.loads(intact)
