@@ -13,6 +13,9 @@ a queue come with it, in one Python file, and it needs the `.[demo]` extra only.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import sys
 import tempfile
 
 import numpy as np
@@ -32,18 +35,29 @@ flags.DEFINE_integer('port', 7860, 'The port to serve on (on 127.0.0.1 only).')
 flags.DEFINE_float(
   'max_seconds', 120.0, 'Longer uploads are refused on the page (use skipvqvc-convert).'
 )
+flags.DEFINE_integer(
+  'keep_results', 20, 'Conversions kept for the page to play (older are removed).'
+)
 FLAGS = flags.FLAGS
 
 SOURCE_HELP = 'Source: the words and their timing'
 REFERENCE_HELP = 'Target voice: a reference recording'
 
 
-class Demo:
-  """The page's one action: files in, (converted audio, mel images) out; user errors as messages."""
+def max_upload_bytes(max_seconds: float) -> int:
+  """The largest upload the page takes: `max_seconds` of 48 kHz stereo 32-bit WAV (the heaviest
+  audio a browser records or a user is likely to have), and a MiB of headers."""
+  return int(max_seconds * 48_000 * 2 * 4) + (1 << 20)
 
-  def __init__(self, model: str, vocoders: list[str], max_seconds: float):
+
+class Demo:
+  """The page's one action: files in, (converted audio, mel images) out; user errors as messages.
+  Its results go to `out_dir`, of which the last `keep_results` conversions are kept."""
+
+  def __init__(self, model: str, vocoders: list[str], max_seconds: float, keep_results: int = 20):
     self.converter = convert.Converter.restore(model)  # Griffin-Lim: no download at start
     self.model, self.vocoders, self.max_seconds = model, vocoders, max_seconds
+    self.keep_results = keep_results
     self._by_vocoder = {'griffin_lim': self.converter}
     self.out_dir = tempfile.mkdtemp(prefix='skipvqvc-demo-')
 
@@ -108,7 +122,19 @@ class Demo:
     image = os.path.join(os.path.dirname(wav), os.path.basename(wav)[:-4] + '.png')
     titles = ['source', 'reference', 'converted'] if reference_mels else ['source', 'converted']
     _plot([source_mel, *reference_mels[:1], mel], titles, image)
+    self._prune()
     return wav, image
+
+  def _prune(self) -> None:
+    """Keeps the newest `keep_results` conversions (a wav and a png each) in out_dir."""
+    made = sorted(
+      (os.path.join(self.out_dir, f) for f in os.listdir(self.out_dir) if f.endswith('.wav')),
+      key=os.path.getmtime,
+    )
+    for wav in made[: -self.keep_results]:
+      for path in (wav, wav[:-4] + '.png'):
+        if os.path.exists(path):
+          os.remove(path)
 
 
 def _plot(mels, titles, path: str) -> None:
@@ -133,15 +159,19 @@ def build(demo: Demo):
   import gradio as gr  # pylint: disable=import-outside-toplevel  (the [demo] extra)
 
   def convert_clicked(source, reference, more, vocoder, f0_shift=0.0):
+    """(audio, mels, message): a message that stays on the page until the next click (a raised
+    gr.Error is a toast that fades, and leaves the result boxes saying a bare "Error")."""
     try:
-      return demo.run(source, reference, more, vocoder, f0_shift)
+      return *demo.run(source, reference, more, vocoder, f0_shift), ''
     except errors.UserError as e:
-      raise gr.Error(str(e)) from None
+      message = str(e)
     except Exception as e:  # pylint: disable=broad-except  (any fault: a message, never a dead page)
       logging.exception('conversion failed')
-      raise gr.Error(f'conversion failed ({type(e).__name__}: {e})') from None
+      message = f'conversion failed ({type(e).__name__}: {e})'
+    return None, None, f'**Error:** {message}'
 
-  with gr.Blocks(title='skipvqvc_jax: one-shot voice conversion') as page:
+  # Gradio's copies of uploads and results older than 10 minutes are deleted every minute.
+  with gr.Blocks(title='skipvqvc_jax: one-shot voice conversion', delete_cache=(60, 600)) as page:
     voice = (
       'takes the one voice this model was trained on (any-to-one: a reference is not needed, '
       'and not used)'
@@ -158,12 +188,13 @@ def build(demo: Demo):
     more = gr.File(file_count='multiple', label='More references of the same voice (optional)')
     vocoder = gr.Radio(demo.vocoders, value=demo.vocoders[0], label='Vocoder')
     button = gr.Button('Convert', variant='primary', elem_id='convert')
+    status = gr.Markdown(elem_id='status')
     result = gr.Audio(type='filepath', label='Converted', interactive=False, elem_id='result')
     mels = gr.Image(type='filepath', label='Mels: source, reference, converted', elem_id='mels')
     inputs = [source, reference, more, vocoder]
     if demo.converter.model.takes_f0:  # the one control an F0 model has (docs/conversion.md)
       inputs.append(gr.Slider(-12, 12, value=0, step=1, label='Melody shift (semitones)'))
-    button.click(convert_clicked, inputs, [result, mels])
+    button.click(convert_clicked, inputs, [result, mels, status])
   return page
 
 
@@ -173,16 +204,36 @@ def main(argv) -> int:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.model:
     raise errors.ConversionError('give --model: a model directory (skipvqvc-port) or a workdir')
+  # Gradio keeps uploads and its copies of results in GRADIO_TEMP_DIR: one folder of this server's,
+  # removed when it stops (a 2 GB upload was kept in /tmp/gradio after shutdown).
+  temp = tempfile.mkdtemp(prefix='skipvqvc-demo-uploads-')
+  os.environ['GRADIO_TEMP_DIR'] = temp
   try:
     import gradio  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
+    shutil.rmtree(temp)
     raise errors.ConfigError('the web page needs Gradio: pip install -e ".[demo]"') from None
-  demo = Demo(FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds)
-  page = build(demo)
-  print(f'serving {FLAGS.model} at http://127.0.0.1:{FLAGS.port} (Ctrl-C stops)', flush=True)
-  page.queue().launch(
-    server_name='127.0.0.1', server_port=FLAGS.port, share=False, show_error=True, quiet=True
-  )
+  demo = Demo(FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds, FLAGS.keep_results)
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop as Ctrl-C does: cleaned up
+  try:
+    page = build(demo)
+    print(
+      f'serving {FLAGS.model} at http://127.0.0.1:{FLAGS.port} (Ctrl-C stops); uploads of up to '
+      f'{max_upload_bytes(FLAGS.max_seconds)} bytes; uploads and results in {temp} and '
+      f'{demo.out_dir}, removed when it stops',
+      flush=True,
+    )
+    page.queue().launch(
+      server_name='127.0.0.1',
+      server_port=FLAGS.port,
+      share=False,
+      show_error=True,
+      quiet=True,
+      max_file_size=max_upload_bytes(FLAGS.max_seconds),
+    )
+  finally:
+    for folder in (temp, demo.out_dir):
+      shutil.rmtree(folder, ignore_errors=True)
   return 0
 
 

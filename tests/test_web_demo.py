@@ -4,11 +4,13 @@ audio of the source's length; a corrupt upload and an over-long one are messages
 server converts again after them."""
 
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -120,9 +122,8 @@ def _convert_on_the_page(browser, url, source, reference):
   browser.find_element(By.ID, 'convert').click()
 
   def outcome(d):
-    errors = [e.text for e in d.find_elements(By.CSS_SELECTOR, '.toast-body, .error') if e.text]
-    # A toast shows its title ("Error") a moment before its message: wait for the message.
-    if errors and ' '.join(errors).replace('Error', '').strip():
+    errors = [e.text for e in d.find_elements(By.CSS_SELECTOR, '#status') if 'Error' in e.text]
+    if errors:
       return None, ' '.join(errors)
     for element in d.find_elements(By.CSS_SELECTOR, '#result audio, #result a[download]'):
       src = element.get_attribute('src') or element.get_attribute('href')
@@ -147,11 +148,16 @@ def test_two_uploads_convert_to_audio_of_the_source_length(server, browser):
 
 
 def test_a_corrupt_and_a_long_upload_are_messages_and_the_server_goes_on(server, browser, tmp_path):
+  from selenium.webdriver.common.by import By
+
   url, process = server
   corrupt = tmp_path / 'corrupt.wav'
   corrupt.write_bytes(b'RIFF' + os.urandom(4000))
   src, error = _convert_on_the_page(browser, url, corrupt, DEMO / 'slt' / 'slt_001.ogg')
   assert src is None and 'the source' in error and 'corrupt.wav' in error, error
+  time.sleep(12)  # longer than a toast lasts: the message is still on the page, the boxes quiet
+  assert browser.find_element(By.ID, 'status').text == error
+  assert 'Error' not in browser.find_element(By.ID, 'result').text
   long = tmp_path / 'long.wav'  # over the server's --max_seconds=8
   sf.write(long, np.tile(audio.load(str(DEMO / 'awb' / 'awb_005.ogg')), 4), 22050)
   src, error = _convert_on_the_page(browser, url, DEMO / 'awb' / 'awb_005.ogg', long)
@@ -161,3 +167,70 @@ def test_a_corrupt_and_a_long_upload_are_messages_and_the_server_goes_on(server,
     browser, url, DEMO / 'awb' / 'awb_005.ogg', DEMO / 'slt' / 'slt_001.ogg'
   )
   assert src and not error, error
+
+
+def _start_server(model, port: int, log, *flags) -> subprocess.Popen:
+  process = subprocess.Popen(
+    [
+      sys.executable,
+      '-c',
+      'from skipvqvc_jax import demo; demo.run()',
+      f'--model={model}',
+      f'--port={port}',
+      '--vocoders=griffin_lim',
+      '--max_seconds=8',
+      *flags,
+    ],
+    cwd=REPO,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    env=dict(os.environ, GRADIO_ANALYTICS_ENABLED='False'),
+  )
+  deadline = time.time() + 300
+  while process.poll() is None and time.time() < deadline:
+    try:
+      with urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=5):
+        return process
+    except OSError:
+      time.sleep(1)
+  process.kill()
+  pytest.fail('the demo server did not start')
+
+
+def test_uploads_are_capped_results_bounded_and_both_removed_at_exit(ported, browser, tmp_path):
+  """An upload over what --max_seconds of audio can weigh is refused by the server (a 2 GB one was
+  taken); the page keeps the last --keep_results conversions (each added a wav and a png for ever);
+  SIGTERM removes the uploads and the results (they were kept after shutdown)."""
+  port = _free_port()
+  log_path = tmp_path / 'server.log'
+  with open(log_path, 'w') as log:
+    process = _start_server(ported, port, log, '--keep_results=2')
+  try:
+    serving = next(line for line in log_path.read_text().splitlines() if 'serving' in line)
+    uploads, results = serving.split(' results in ')[1].split(', removed')[0].split(' and ')
+    url = f'http://127.0.0.1:{port}/'
+    too_big = int(serving.split('uploads of up to ')[1].split()[0]) + 1
+    assert too_big == 8 * 48_000 * 2 * 4 + (1 << 20) + 1  # 8 s of 48 kHz stereo float, and a MiB
+    body = b'--x\r\nContent-Disposition: form-data; name="files"; filename="big.wav"\r\n\r\n'
+    body += bytes(too_big) + b'\r\n--x--\r\n'
+    request = urllib.request.Request(
+      url + 'gradio_api/upload',
+      data=body,
+      headers={'Content-Type': 'multipart/form-data; boundary=x'},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+      urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert sum(f.stat().st_size for f in pathlib.Path(uploads).rglob('*') if f.is_file()) < too_big
+    for _ in range(3):
+      src, error = _convert_on_the_page(
+        browser, url, DEMO / 'awb' / 'awb_005.ogg', DEMO / 'slt' / 'slt_001.ogg'
+      )
+      assert src and not error, error
+    kept = sorted(os.listdir(results))
+    assert len(kept) == 4 and sum(f.endswith('.wav') for f in kept) == 2, kept
+    assert os.path.isdir(uploads)
+  finally:
+    process.terminate()
+    process.wait(timeout=60)
+  assert not os.path.exists(uploads) and not os.path.exists(results)
