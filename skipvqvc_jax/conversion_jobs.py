@@ -38,12 +38,12 @@ def check(
   for source, targets, output in jobs:
     if output_mel:
       output = os.path.splitext(output)[0] + '.npy'
-    else:
-      audio.output_format(output)
     if storage.isdir(output):
       raise ConversionError(
         f'output {output} is a folder: give a file name (or --source_dir with --output_dir)'
       )
+    if not output_mel:
+      audio.output_format(output)
     if storage.realpath(output) in inputs:
       raise ConversionError(f'output {output} would overwrite an input audio file: choose another')
     if storage.realpath(output) in writers:

@@ -13,7 +13,7 @@ import uuid
 import filelock
 from absl import logging
 
-from skipvqvc_jax import storage
+from skipvqvc_jax import deadlines, storage
 from skipvqvc_jax.errors import TrainingError
 
 TRAINING = 'train in another --workdir'
@@ -185,15 +185,23 @@ class ObjectLock:
         logging.warning('could not renew the lock of %s (%s)', self.workdir, e)
 
   def release(self) -> None:
+    """Deletes the lock object, within a minute: storage that no longer answers leaves it for the
+    next run to take over (as a dead run's lock is), instead of holding the process."""
     if self._token is None:
       return
     self._stop.set()
+    try:
+      deadlines.bounded(self._remove, f'the release of the lock of {self.workdir}', 60, 'left')
+    except Exception as e:  # pylint: disable=broad-except  (storage faults of every kind)
+      logging.info('the lock of %s was left for the next run to take over (%s)', self.workdir, e)
+    self._token = None
+
+  def _remove(self) -> None:
     if self._thread is not None:
       self._thread.join()
     held = self._read()
     if held and held.get('token') == self._token:
       storage.remove(self.path)
-    self._token = None
 
   def __enter__(self):
     self.acquire()

@@ -14,8 +14,19 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from absl import logging
 
-from skipvqvc_jax import audio, corpus, errors, f0, f0_features, layouts, locks, storage
+from skipvqvc_jax import (
+  audio,
+  corpus,
+  deadlines,
+  errors,
+  f0,
+  f0_features,
+  layouts,
+  locks,
+  storage,
+)
 from skipvqvc_jax.errors import AudioError, CorpusError
 from skipvqvc_jax.fileio import load_json, save_json, save_npy
 from skipvqvc_jax.workers import map_files
@@ -242,28 +253,15 @@ def _preprocess(
         skipped.append(dict(source=utt.source, reason=result['reason'], key=key))
   except BaseException:
     # Whatever stopped the run, the manifest says what is there (and that it is not finished),
-    # including features whose results were still on their way back from the workers.
-    made = {i['file'] for i in items}
-    for utt, out_rel, key in pending:
-      frames = corpus.readable_frames(
-        storage.join(output_dir, *out_rel.split(os.sep)), params.n_mels
-      )
-      if out_rel not in made and frames is not None:
-        items.append(_item(utt, out_rel, frames, None, key))
-    items.sort(key=lambda i: i['file'])
-    save_json(
-      manifest_path,
-      corpus.manifest(
-        input_dir,
-        params,
-        min_frames,
-        split,
-        items,
-        skipped + carried,
-        complete=False,
-        layout=layout,
-      ),
+    # including features whose results were still on their way back from the workers: within a
+    # minute, as the storage that stopped the run may not answer (a bucket's server gone).
+    record = lambda: _record_unfinished(
+      output_dir, input_dir, params, min_frames, split, items, skipped + carried, pending, layout
     )
+    try:
+      deadlines.bounded(record, f'the manifest of {output_dir}', 60, 'it is left as it was')
+    except Exception as e:  # pylint: disable=broad-except  (the error that stopped the run wins)
+      logging.info('could not record what was made in %s (%s)', output_dir, e)
     raise
   for s in skipped:
     log(f'skipped {s["source"]}: {s["reason"]}')
@@ -303,3 +301,21 @@ def _item(utt: corpus.Utterance, out_rel: str, frames: int, trim, key) -> dict:
 
 def _printable_lines(log):
   return lambda line: log(errors.printable(line))
+
+
+def _record_unfinished(
+  output_dir, input_dir, params, min_frames, split, items, skipped, pending, layout
+) -> None:
+  """The manifest of a run that stopped: every feature on disk (those whose results never came back
+  from the workers too), marked not complete."""
+  made = {i['file'] for i in items}
+  items = list(items)
+  for utt, out_rel, key in pending:
+    frames = corpus.readable_frames(storage.join(output_dir, *out_rel.split(os.sep)), params.n_mels)
+    if out_rel not in made and frames is not None:
+      items.append(_item(utt, out_rel, frames, None, key))
+  items.sort(key=lambda i: i['file'])
+  manifest = corpus.manifest(
+    input_dir, params, min_frames, split, items, skipped, complete=False, layout=layout
+  )
+  save_json(storage.join(output_dir, corpus.MANIFEST), manifest)

@@ -83,7 +83,7 @@ MISTAKES = [
   ('skipvqvc-eval', ['--workdir={workdir}', '--config.seed=1'], '--config.seed'),
   ('skipvqvc-convert', ['--mode=train'], 'skipvqvc-convert always runs --mode=convert'),
   ('skipvqvc', ['--mode=eval', '--workdir={root}/a_file'], 'a_file'),
-  ('skipvqvc', ['--mode=eval'], '--mode=eval needs --workdir'),
+  ('skipvqvc', ['--mode=eval'], '--mode=eval needs --model'),
   ('skipvqvc-convert', ['--source={source}'], 'needs --model'),
   (
     'skipvqvc-convert',

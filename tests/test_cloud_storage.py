@@ -564,3 +564,44 @@ def test_an_outage_mid_checkpoint_is_one_line_and_the_same_command_resumes(
   assert rerun.returncode == 0, out[-3000:]
   assert f'resumed from step {kept}' in out or 'resumed from step' in out, out[-3000:]
   assert checkpoints.latest_step(workdir) == kept + 2
+
+
+def test_the_storage_server_killed_mid_preprocessing_is_one_line(small_corpus, tmp_path):
+  """The storage server dies while preprocessing uploads features: once gcsfs's retries are spent,
+  one `error:` line and exit 1 (it was 23 retry tracebacks, ~500 lines)."""
+  port = _free_port()
+  server = subprocess.Popen(
+    [sys.executable, '-m', 'tests.gcs_emulator', str(port), BUCKET],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  try:
+    for _ in range(100):
+      try:
+        urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=1)
+        break
+      except OSError:
+        time.sleep(0.1)
+    env = dict(os.environ, **emulator_env(port), JAX_PLATFORMS='cpu')
+    run = subprocess.Popen(
+      [sys.executable, 'preprocess.py', str(small_corpus), _url('dying'), '--workers=1'],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    objects = f'http://127.0.0.1:{port}/storage/v1/b/{BUCKET}/o?prefix=dying/train/'
+    deadline = time.monotonic() + 120
+    while b'.npy' not in urllib.request.urlopen(objects, timeout=5).read():
+      assert run.poll() is None and time.monotonic() < deadline, run.stdout.read()[-3000:]
+      time.sleep(0.2)
+    server.kill()
+    out = run.communicate(timeout=400)[0]
+  finally:
+    server.kill()
+    server.wait()
+  assert run.returncode == 1, out[-3000:]
+  line = _one_error(out)
+  assert 'storage failed' in line or 'cannot reach' in line or 'Connection refused' in line, line
