@@ -185,13 +185,13 @@ class ObjectLock:
         logging.warning('could not renew the lock of %s (%s)', self.workdir, e)
 
   def release(self) -> None:
-    """Deletes the lock object, within a minute: storage that no longer answers leaves it for the
+    """Deletes the lock object, within half a minute: storage that no longer answers leaves it for the
     next run to take over (as a dead run's lock is), instead of holding the process."""
     if self._token is None:
       return
     self._stop.set()
     try:
-      deadlines.bounded(self._remove, f'the release of the lock of {self.workdir}', 60, 'left')
+      deadlines.bounded(self._remove, f'the release of the lock of {self.workdir}', 30, 'left')
     except Exception as e:  # pylint: disable=broad-except  (storage faults of every kind)
       logging.info('the lock of %s was left for the next run to take over (%s)', self.workdir, e)
     self._token = None

@@ -57,7 +57,7 @@ def _featurise(task):
       + (
         '; free some space and rerun (the features made so far are kept)'
         if e.errno == errno.ENOSPC
-        else ''
+        else '; once it can be written, the same command continues (what was made is kept)'
       ),
     )
   return dict(ok=True, frames=int(mel.shape[1]), trim=list(index))
@@ -253,13 +253,13 @@ def _preprocess(
         skipped.append(dict(source=utt.source, reason=result['reason'], key=key))
   except BaseException:
     # Whatever stopped the run, the manifest says what is there (and that it is not finished),
-    # including features whose results were still on their way back from the workers: within a
-    # minute, as the storage that stopped the run may not answer (a bucket's server gone).
+    # including features whose results were still on their way back from the workers: within
+    # half a minute, as the storage that stopped the run may not answer (a bucket's server gone).
     record = lambda: _record_unfinished(
       output_dir, input_dir, params, min_frames, split, items, skipped + carried, pending, layout
     )
     try:
-      deadlines.bounded(record, f'the manifest of {output_dir}', 60, 'it is left as it was')
+      deadlines.bounded(record, f'the manifest of {output_dir}', 30, 'it is left as it was')
     except Exception as e:  # pylint: disable=broad-except  (the error that stopped the run wins)
       logging.info('could not record what was made in %s (%s)', output_dir, e)
     raise
