@@ -12,23 +12,14 @@ listing, then concurrent downloads) the way to train from a bucket. Prints one J
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def main():
@@ -38,23 +29,12 @@ def main():
   parser.add_argument('--port', type=int, default=0, help='0: a free one')
   args = parser.parse_args()
 
-  from tests.gcs_emulator import emulator_env  # pylint: disable=import-outside-toplevel
+  from tests import gcs_emulator  # pylint: disable=import-outside-toplevel
 
-  port = args.port or _free_port()
-  os.environ.update(emulator_env(port))
-  server = subprocess.Popen(
-    [sys.executable, '-m', 'tests.gcs_emulator', str(port), 'bench'],
-    cwd=ROOT,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
+  port = args.port or gcs_emulator.free_port()
+  os.environ.update(gcs_emulator.emulator_env(port))
+  server = gcs_emulator.start(port, 'bench')
   try:
-    for _ in range(100):
-      try:
-        urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=1)
-        break
-      except OSError:
-        time.sleep(0.1)
     from skipvqvc_jax import input_pipeline, storage  # pylint: disable=import-outside-toplevel
 
     folder = 'gs://bench/features/train'

@@ -276,6 +276,10 @@ class TrainCheckpoints:
     self.complete = self.manager.latest_step()
 
   def _bounded(self, call, what: str):
+    if jax.process_count() > 1:
+      # orbax's collectives (its barriers) run in the calling thread: from a helper thread, the
+      # processes of a pod deadlocked at their next collective. Orbax's own barrier timeouts apply.
+      return call()
     return deadlines.bounded(
       call,
       what,

@@ -309,6 +309,11 @@ def main(argv):
     # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     _join(jax)
+    if jax.default_backend() == 'cpu':
+      # Gloo's collectives: with programs that one process loaded from the persistent cache and the
+      # other compiled, both processes hung at their first collective (seen on this project's CI
+      # machine, with the code of 0.1 too). CPU processes compile instead.
+      jax.config.update('jax_enable_compilation_cache', False)
   # Each mode imports only its own part of the library, after jax.distributed.initialize (which
   # must precede other JAX use).
   if FLAGS.mode == 'train':

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from skipvqvc_jax import storage
+from skipvqvc_jax import deadlines, storage
 
 
 def mel_image(mel: np.ndarray, title: str = '') -> np.ndarray:
@@ -36,8 +36,13 @@ def mel_image(mel: np.ndarray, title: str = '') -> np.ndarray:
   return np.frombuffer(buffer.getvalue(), np.uint8).reshape(height, width, 4)[..., :3].copy()
 
 
+# Seconds an event file's upload may take (the run's storage_timeout_seconds when it says).
+UPLOAD_SECONDS = 600.0
+
+
 class _ObjectEventFile:
-  """An event file in object storage: the records so far, uploaded whole at each flush."""
+  """An event file in object storage: the records so far, uploaded whole at each flush, within
+  UPLOAD_SECONDS (storage that stops answering ends the run with one line, not a hang)."""
 
   def __init__(self, path: str):
     self.path, self.buffer, self.uploaded = path, io.BytesIO(), 0
@@ -46,10 +51,22 @@ class _ObjectEventFile:
     self.buffer.write(record)
 
   def flush(self) -> None:
-    if self.buffer.tell() != self.uploaded:
+    if self.buffer.tell() == self.uploaded:
+      return
+    data = self.buffer.getvalue()
+
+    def upload():
       with storage.open(self.path, 'wb') as f:
-        f.write(self.buffer.getvalue())
-      self.uploaded = self.buffer.tell()
+        f.write(data)
+
+    deadlines.bounded(
+      upload,
+      f'the TensorBoard event file {self.path}',
+      UPLOAD_SECONDS,
+      'check that the storage answers, then rerun the same command: it continues from its last '
+      'complete checkpoint',
+    )
+    self.uploaded = len(data)
 
   def close(self) -> None:
     self.flush()

@@ -218,6 +218,7 @@ def _train(config, workdir: str) -> dict[str, Any]:
   iterator = input_pipeline.make_iterator(task.dataset(), prefetch=config.data.prefetch)
   if data_state is not None:
     iterator.set_state(data_state)
+  summaries.UPLOAD_SECONDS = _storage_timeout(config)
   run = _Run(config, task, ckpt, iterator, summaries.Writer(workdir), state)
   # The settings, for TensorBoard's HParams tab and as text: runs of a study side by side.
   run.writer.hparams(config.to_dict(), [f'test/{key}' for key in task.log_keys])

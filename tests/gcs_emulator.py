@@ -17,9 +17,13 @@ tensorstore.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http import HTTPStatus
 
 
@@ -32,6 +36,32 @@ def emulator_env(port: int) -> dict:
     # gcsfs asks a gRPC control API (which no emulator has) whether a bucket is zonal: skip it.
     GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
   )
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def start(port: int, bucket: str, *fault: str, log=subprocess.DEVNULL) -> subprocess.Popen:
+  """The emulator in a process of its own on 127.0.0.1:`port`, once it answers (`fault`: PREFIX
+  SECONDS, see above); RuntimeError when it does not start within ten seconds."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  server = subprocess.Popen(
+    [sys.executable, '-m', 'tests.gcs_emulator', str(port), bucket, *fault],
+    cwd=root,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
+  for _ in range(100):
+    try:
+      urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=1)
+      return server
+    except OSError:
+      time.sleep(0.1)
+  server.kill()
+  raise RuntimeError(f'the storage emulator did not start on port {port}')
 
 
 def _patch_handlers(slow=None):

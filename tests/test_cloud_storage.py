@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from flax import nnx
 
 from skipvqvc_jax import checkpoints, f0, input_pipeline, locks, preprocessing, storage, train
 from skipvqvc_jax.errors import TrainingError
+from tests import gcs_emulator
 from tests.conftest import REPO, devices_env, tiny_config
 from tests.gcs_emulator import emulator_env
 
@@ -39,10 +39,7 @@ STEPS = 6
 _EMULATOR = {}  # the emulator's process, for the tests that stop it answering
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+_free_port = gcs_emulator.free_port
 
 
 @pytest.fixture(scope='module')
@@ -50,21 +47,10 @@ def gcs(tmp_path_factory):
   """The emulator's environment, set in this process (and given to subprocesses) for the module."""
   port = _free_port()
   log = open(tmp_path_factory.mktemp('emulator') / 'emulator.log', 'w')
-  server = subprocess.Popen(
-    [sys.executable, '-m', 'tests.gcs_emulator', str(port), BUCKET, SLOW_PREFIX, str(HOLD_SECONDS)],
-    cwd=REPO,
-    stdout=log,
-    stderr=subprocess.STDOUT,
-  )
-  for _ in range(100):
-    try:
-      urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=1)
-      break
-    except OSError:
-      time.sleep(0.1)
-  else:
-    server.kill()
-    pytest.fail('the storage emulator did not start')
+  try:
+    server = gcs_emulator.start(port, BUCKET, SLOW_PREFIX, str(HOLD_SECONDS), log=log)
+  except RuntimeError as e:
+    pytest.fail(str(e))
   env = emulator_env(port)
   _EMULATOR['process'] = server
   saved = {k: os.environ.get(k) for k in env}
@@ -553,11 +539,10 @@ def test_an_outage_mid_checkpoint_is_one_line_and_the_same_command_resumes(
       run.kill()
   assert run.returncode == 1, out[-3000:]
   line = _one_error(out)
-  assert 'no answer in 12 s' in line and 'rerun the same command: it continues from checkpoint' in (
-    line
-  ), line
-  assert 'still waiting for checkpoint' in out
-  kept = int(line.split('continues from checkpoint ')[1].split()[0].rstrip('.,;'))
+  # What waited is a checkpoint, or the TensorBoard upload of an evaluation, whichever the outage met.
+  assert 'no answer in 12 s' in line and 'rerun the same command: it continues from' in line, line
+  assert 'still waiting for' in out
+  kept = checkpoints.latest_step(workdir)
   assert kept >= 2
   rerun = _main([*flags, f'--config.num_train_steps={kept + 2}'], env)
   out = rerun.communicate(timeout=600)[0]
@@ -571,19 +556,8 @@ def test_the_storage_server_killed_mid_preprocessing_is_one_line(small_corpus, t
   one `error:` line naming the file and exit 1 (it was 23 retry tracebacks, ~500 lines, then a
   minute's retries for each file not yet made)."""
   port = _free_port()
-  server = subprocess.Popen(
-    [sys.executable, '-m', 'tests.gcs_emulator', str(port), BUCKET],
-    cwd=REPO,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
+  server = gcs_emulator.start(port, BUCKET)
   try:
-    for _ in range(100):
-      try:
-        urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=1)
-        break
-      except OSError:
-        time.sleep(0.1)
     env = dict(os.environ, **emulator_env(port), JAX_PLATFORMS='cpu')
     run = subprocess.Popen(
       [sys.executable, 'preprocess.py', str(small_corpus), _url('dying'), '--workers=1'],

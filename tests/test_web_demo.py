@@ -51,37 +51,9 @@ def server(ported, tmp_path_factory):
   """skipvqvc-demo on the ported model directory, as a user starts it; (its URL, the process)."""
   pytest.importorskip('gradio', reason='the web page needs the [demo] extra')
   port = _free_port()
-  log = tmp_path_factory.mktemp('demo') / 'server.log'
-  with open(log, 'w') as out:
-    process = subprocess.Popen(
-      [
-        sys.executable,
-        '-c',
-        'from skipvqvc_jax import demo; demo.run()',
-        f'--model={ported}',
-        f'--port={port}',
-        '--vocoders=griffin_lim',
-        '--max_seconds=8',
-      ],
-      cwd=REPO,
-      stdout=out,
-      stderr=subprocess.STDOUT,
-      env=dict(os.environ, GRADIO_ANALYTICS_ENABLED='False'),
-    )
-  url = f'http://127.0.0.1:{port}/'
-  deadline = time.time() + 300
-  while True:
-    try:
-      with urllib.request.urlopen(url, timeout=5) as response:
-        if response.status == 200:
-          break
-    except OSError:
-      pass
-    if process.poll() is not None or time.time() > deadline:
-      process.kill()
-      pytest.fail(f'the demo server did not start: {log.read_text()[-3000:]}')
-    time.sleep(1)
-  yield url, process
+  with open(tmp_path_factory.mktemp('demo') / 'server.log', 'w') as log:
+    process = _start_server(ported, port, log)
+  yield f'http://127.0.0.1:{port}/', process
   process.terminate()
   process.wait(timeout=30)
 
@@ -194,7 +166,8 @@ def _start_server(model, port: int, log, *flags) -> subprocess.Popen:
     except OSError:
       time.sleep(1)
   process.kill()
-  pytest.fail('the demo server did not start')
+  log.flush()
+  pytest.fail(f'the demo server did not start: {pathlib.Path(log.name).read_text()[-3000:]}')
 
 
 def test_uploads_are_capped_results_bounded_and_both_removed_at_exit(ported, browser, tmp_path):
