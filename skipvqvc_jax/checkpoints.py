@@ -290,6 +290,8 @@ class TrainCheckpoints:
 
   def resumes_from(self) -> str:
     """Where a rerun continues from, as far as this process knows (no storage is read)."""
+    if self.writing is not None and self.complete is None:
+      return f'checkpoint {self.writing} if it was written whole, else the start'
     return f'checkpoint {self.complete}' if self.complete is not None else 'the start (none saved)'
 
   def _failed(self, step, e: Exception) -> StorageError:
