@@ -35,6 +35,9 @@ def emulator_env(port: int) -> dict:
     GOOGLE_AUTH_TOKEN_FOR_TESTING='emulator',
     # gcsfs asks a gRPC control API (which no emulator has) whether a bucket is zonal: skip it.
     GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
+    # google-auth asks the Compute Engine metadata server for credentials when it finds none: not
+    # here (no traffic leaves loopback).
+    NO_GCE_CHECK='True',
   )
 
 
