@@ -57,16 +57,17 @@ class FeatureParams:
 MAX_SECONDS = 3600.0
 
 
-def _check_duration(path: str, librosa) -> None:
-  try:
-    seconds = librosa.get_duration(path=path)
-  except Exception:  # pylint: disable=broad-except  (no header to read: the decode will tell)
-    return
-  if seconds > MAX_SECONDS:
-    raise AudioError(
-      f'lasts {seconds / 3600:.1f} h; files of up to {MAX_SECONDS / 3600:.0f} h are read: cut it '
-      f'into parts (e.g. sox IN OUT trim 0 3600 : newfile : restart)'
-    )
+def duration(path: str) -> float | None:
+  """Seconds of audio in `path` from its header, unread; None when there is no header to read (the
+  decode will tell what is wrong)."""
+  import librosa  # pylint: disable=import-outside-toplevel
+
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # librosa warns when it falls back to audioread
+    try:
+      return librosa.get_duration(path=path)
+    except Exception:  # pylint: disable=broad-except  (soundfile, audioread and decoder errors)
+      return None
 
 
 def load(path: str, params: FeatureParams = FeatureParams()) -> np.ndarray:
@@ -74,9 +75,12 @@ def load(path: str, params: FeatureParams = FeatureParams()) -> np.ndarray:
   than MAX_SECONDS are refused from their header, unread)."""
   import librosa  # pylint: disable=import-outside-toplevel  (slow import; workers pay it once)
 
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore')
-    _check_duration(path, librosa)
+  seconds = duration(path)
+  if seconds is not None and seconds > MAX_SECONDS:
+    raise AudioError(
+      f'lasts {seconds / 3600:.1f} h; files of up to {MAX_SECONDS / 3600:.0f} h are read: cut it '
+      f'into parts (e.g. sox IN OUT trim 0 3600 : newfile : restart)'
+    )
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # librosa warns when it falls back to audioread
     try:

@@ -30,9 +30,8 @@ from skipvqvc_jax.errors import CheckpointError, StorageError, TrainingError
 
 CONFIG_FILE = 'config.json'
 MODEL_FILE = 'model.json'
-STORAGE_TIMEOUT = (
-  600.0  # seconds a checkpoint may take to be written (config.storage_timeout_seconds)
-)
+# Seconds a checkpoint may take to be written (config.storage_timeout_seconds).
+STORAGE_TIMEOUT = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,23 +269,30 @@ class TrainCheckpoints:
       max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
     self.manager = self._bounded(
-      lambda: ocp.CheckpointManager(self.directory, options=options),
-      f'the checkpoints of {self.directory}',
+      lambda: ocp.CheckpointManager(self.directory, options=options), None
     )
     self.complete = self.manager.latest_step()
 
-  def _bounded(self, call, what: str):
-    if jax.process_count() > 1:
-      # orbax's collectives (its barriers) run in the calling thread: from a helper thread, the
-      # processes of a pod deadlocked at their next collective. Orbax's own barrier timeouts apply.
-      return call()
-    return deadlines.bounded(
-      call,
-      what,
-      self.timeout,
-      advice=f'check that the storage answers (or raise --config.storage_timeout_seconds), then '
-      f'rerun the same command: it continues from {self.resumes_from()}',
-    )
+  def _bounded(self, call, step: int | None):
+    """call() (orbax) within the deadline, waiting for checkpoint `step` (None: opening the folder);
+    a failure of a checkpoint's write is one StorageError naming it and where a rerun continues."""
+    what = f'checkpoint {step} to reach' if step is not None else 'the checkpoints of'
+    try:
+      if jax.process_count() > 1:
+        # orbax's barriers are collectives and must run in the calling thread: from a helper thread
+        # the processes of a pod deadlocked at their next collective. Orbax's own timeouts apply.
+        return call()
+      return deadlines.bounded(
+        call,
+        f'{what} {self.directory}',
+        self.timeout,
+        advice=f'check that the storage answers (or raise --config.storage_timeout_seconds), then '
+        f'rerun the same command: it continues from {self.resumes_from()}',
+      )
+    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and OS errors alike)
+      if step is None or isinstance(e, StorageError):
+        raise  # opening the folder: its own error (a read-only folder names itself)
+      raise self._failed(step, e) from None
 
   def resumes_from(self) -> str:
     """Where a rerun continues from, as far as this process knows (no storage is read)."""
@@ -344,15 +350,7 @@ class TrainCheckpoints:
       state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
     )
     awaited = step if self.writing is None else self.writing
-    try:
-      saved = self._bounded(
-        lambda: self.manager.save(step, args=args, force=force),
-        f'checkpoint {awaited} to reach {self.directory}',
-      )
-    except StorageError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and OS errors alike)
-      raise self._failed(awaited, e) from None
+    saved = self._bounded(lambda: self.manager.save(step, args=args, force=force), awaited)
     if saved:  # orbax started it once the one before was written
       self._written()
       self.writing = step
@@ -466,14 +464,7 @@ class TrainCheckpoints:
 
   def wait(self) -> None:
     """Until the checkpoint being written is whole (with a deadline; its failure a StorageError)."""
-    try:
-      self._bounded(
-        self.manager.wait_until_finished, f'checkpoint {self.writing} to reach {self.directory}'
-      )
-    except StorageError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and OS errors alike)
-      raise self._failed(self.writing, e) from None
+    self._bounded(self.manager.wait_until_finished, self.writing)
     self._written()
 
   def close(self) -> None:

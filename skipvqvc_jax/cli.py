@@ -359,6 +359,7 @@ def _evaluate() -> None:
   model = _model_flag('eval')
   from skipvqvc_jax import evaluate, report  # pylint: disable=import-outside-toplevel
 
+  out_root = FLAGS.output_dir if FLAGS['output_dir'].present else ''
   metrics = evaluate.run(
     model,
     FLAGS.step,
@@ -367,12 +368,9 @@ def _evaluate() -> None:
     per_speaker=FLAGS.eval_per_speaker,
     test_dir=FLAGS.eval_dir or '',
     target=FLAGS.eval_target or '',
-    out_root=FLAGS.output_dir if FLAGS['output_dir'].present else '',
+    out_root=out_root,
   )
-  report_dir = storage.join(
-    evaluate.eval_root(model, FLAGS.output_dir if FLAGS['output_dir'].present else ''),
-    metrics['folder'],
-  )
+  report_dir = storage.join(evaluate.eval_root(model, out_root), metrics['folder'])
   for line in report.summary_lines(metrics, report_dir):
     logging.info('%s', line)
 

@@ -34,6 +34,8 @@ def check(
   extension names no audio format, or that exists already (unless `overwrite`)."""
   checked, writers, existing = [], {}, []
   jobs = [(source, references(targets), output) for source, targets, output in jobs]
+  for bucket in {'/'.join(o.split('/')[:3]) for _, _, o in jobs if storage.is_url(o)}:
+    storage.check_reachable(bucket)
   inputs = {os.path.realpath(p) for source, targets, _ in jobs for p in [source, *targets]}
   for source, targets, output in jobs:
     if output_mel:
@@ -72,17 +74,20 @@ def references(targets: Sequence[str]) -> list[str]:
     if not os.path.isdir(target):
       found.append(target)
       continue
-    audio_files = sorted(
-      os.path.join(target, f)
-      for f in os.listdir(target)
-      if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS
-    )
+    audio_files = [os.path.join(target, f) for f in _audio_names(target)]
     if not audio_files:
       raise ConversionError(
         f'target {target} is a folder without audio files: give reference recordings of the voice'
       )
     found += audio_files
   return found
+
+
+def _audio_names(folder: str) -> list[str]:
+  """The names of the audio files directly in `folder`, sorted."""
+  return sorted(
+    f for f in os.listdir(folder) if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS
+  )
 
 
 def read_pairs(path: str) -> list[tuple[str, list[str], str]]:
@@ -113,9 +118,7 @@ def source_dir_jobs(source_dir: str, targets: Sequence[str], output_dir: str, lo
   that share a name, like a.ogg and a.wav, as a_ogg.wav and a_wav.wav, said once)."""
   if not os.path.isdir(source_dir):
     raise ConversionError(f'--source_dir {source_dir} does not exist')
-  files = sorted(
-    f for f in os.listdir(source_dir) if os.path.splitext(f)[1].lower() in corpus.AUDIO_EXTENSIONS
-  )
+  files = _audio_names(source_dir)
   if not files:
     raise ConversionError(f'--source_dir {source_dir} holds no audio files')
   stems = [os.path.splitext(f)[0] for f in files]

@@ -74,12 +74,7 @@ class Demo:
     if not path:
       raise errors.ConversionError(f'{what}: upload or record one')
     name = os.path.basename(path)
-    try:
-      import soundfile  # pylint: disable=import-outside-toplevel
-
-      seconds = soundfile.info(path).duration  # a header read: a long file is refused unread
-    except Exception:  # pylint: disable=broad-except  (formats soundfile cannot read: decoded below)
-      seconds = None
+    seconds = audio.duration(path)  # a header read: a long file is refused unread
     if seconds is not None and seconds > self.max_seconds:
       raise errors.ConversionError(
         f'{what} {name} is {seconds:.0f} s long; this page converts up to {self.max_seconds:.0f} s '
@@ -206,16 +201,16 @@ def main(argv) -> int:
     raise errors.ConversionError('give --model: a model directory (skipvqvc-port) or a workdir')
   # Gradio keeps uploads and its copies of results in GRADIO_TEMP_DIR: one folder of this server's,
   # removed when it stops (a 2 GB upload was kept in /tmp/gradio after shutdown).
-  temp = tempfile.mkdtemp(prefix='skipvqvc-demo-uploads-')
-  os.environ['GRADIO_TEMP_DIR'] = temp
-  try:
-    import gradio  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
-    shutil.rmtree(temp)
-    raise errors.ConfigError('the web page needs Gradio: pip install -e ".[demo]"') from None
-  demo = Demo(FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds, FLAGS.keep_results)
+  # (set before gradio is imported: it reads the variable then).
+  temp = os.environ['GRADIO_TEMP_DIR'] = tempfile.mkdtemp(prefix='skipvqvc-demo-uploads-')
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop as Ctrl-C does: cleaned up
+  demo = None
   try:
+    try:
+      import gradio  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+      raise errors.ConfigError('the web page needs Gradio: pip install -e ".[demo]"') from None
+    demo = Demo(FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds, FLAGS.keep_results)
     page = build(demo)
     print(
       f'serving {FLAGS.model} at http://127.0.0.1:{FLAGS.port} (Ctrl-C stops); uploads of up to '
@@ -232,8 +227,9 @@ def main(argv) -> int:
       max_file_size=max_upload_bytes(FLAGS.max_seconds),
     )
   finally:
-    for folder in (temp, demo.out_dir):
-      shutil.rmtree(folder, ignore_errors=True)
+    for folder in (temp, demo.out_dir if demo else None):
+      if folder:
+        shutil.rmtree(folder, ignore_errors=True)
   return 0
 
 

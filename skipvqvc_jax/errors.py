@@ -71,14 +71,11 @@ _STORAGE_LIBRARIES = ('aiohttp', 'gcsfs', 'fsspec', 'google', 'tensorstore', 's3
 
 
 def storage_fault(e: BaseException) -> str | None:
-  """One line for an error raised by a storage client (after its own retries), or by a bucket that is
-  not there; None otherwise."""
-  text = ' '.join(str(e).split())[:300] or type(e).__name__
-  if isinstance(e, FileNotFoundError) and '/storage/v1/b/' in text:  # gcsfs: the bucket is missing
-    bucket = text.split('/storage/v1/b/', 1)[1].split('/', 1)[0]
-    return f'bucket gs://{bucket} does not exist, or this account cannot see it: check its name'
+  """One line for an error raised by a storage client (after its own retries); None otherwise. (A
+  bucket that is not there is found before, by `storage.check_reachable`.)"""
   if type(e).__module__.split('.')[0] not in _STORAGE_LIBRARIES:
     return None
+  text = ' '.join(str(e).split())[:300] or type(e).__name__
   return (
     f'storage failed ({type(e).__name__}: {text}); what was written before is kept: rerun the same '
     f'command once the storage answers'

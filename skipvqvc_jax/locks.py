@@ -72,8 +72,13 @@ class WorkdirLock:
     self._lock = lock
 
   def release(self) -> None:
-    if self._lock is not None:
+    if self._lock is None:
+      return
+    try:
       self._write_owner('')  # an empty owner file is a free workdir
+    except OSError as e:  # a workdir made read-only: the next run takes over, as from a dead run
+      logging.info('left the owner of %s as it was (%s)', self.path, e)
+    finally:
       self._lock.release()  # the lock file stays: deleting it would race a waiter
       self._lock = None
 

@@ -136,6 +136,7 @@ def preprocess(
   (`f0_features`).
   """
   log = _printable_lines(log)
+  storage.check_reachable(output_dir)
   if storage.isfile(output_dir):
     raise CorpusError(f'output {output_dir} is a file, not a folder: choose another output dir')
   # One run per output folder: two at once (say, with different --test_speakers) would mix their

@@ -19,21 +19,27 @@ def check(config, workdir: str) -> None:
   if not storage.isfile(storage.join(workdir, checkpoints.MODEL_FILE)):
     return  # written before model.json: the restore itself checks every parameter's shape
   old, new = checkpoints.read_model_info(workdir), tasks.model_info(config)
-  if old != new and checkpoints.checkpoints_fit(workdir, new):
-    raise TrainingError(
+  if old != new:
+    raise TrainingError(_another_model(workdir, old, new))
+  _check_same_meaning(config, workdir)
+  _check_test_speakers(config, workdir)
+  _check_same_batch(config, workdir)
+
+
+def _another_model(workdir: str, old, new) -> str:
+  """Why model.json and the config disagree: model.json edited or damaged (the checkpoints fit
+  the config), or a run of another model."""
+  if checkpoints.checkpoints_fit(workdir, new):
+    return (
       f'{workdir}/{checkpoints.MODEL_FILE} says {old.spec}, but the checkpoints there hold this '
       f"config's {new.spec}: {checkpoints.MODEL_FILE} was edited or damaged, the checkpoints fit. "
       f'Delete {checkpoints.MODEL_FILE} and rerun: the restore checks every parameter and writes it '
       f'anew (--config.resume=False would set the intact checkpoints aside)'
     )
-  if old != new:
-    raise TrainingError(
-      f'{workdir} holds a run of {old.spec}; this config trains {new.spec}: choose another '
-      f'--workdir, or add --config.resume=False to move its checkpoints aside and start anew'
-    )
-  _check_same_meaning(config, workdir)
-  _check_test_speakers(config, workdir)
-  _check_same_batch(config, workdir)
+  return (
+    f'{workdir} holds a run of {old.spec}; this config trains {new.spec}: choose another '
+    f'--workdir, or add --config.resume=False to move its checkpoints aside and start anew'
+  )
 
 
 # What a stored step means besides the model (model.json): resumed with another trainer, its steps

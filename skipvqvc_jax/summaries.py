@@ -36,16 +36,12 @@ def mel_image(mel: np.ndarray, title: str = '') -> np.ndarray:
   return np.frombuffer(buffer.getvalue(), np.uint8).reshape(height, width, 4)[..., :3].copy()
 
 
-# Seconds an event file's upload may take (the run's storage_timeout_seconds when it says).
-UPLOAD_SECONDS = 600.0
-
-
 class _ObjectEventFile:
   """An event file in object storage: the records so far, uploaded whole at each flush, within
-  UPLOAD_SECONDS (storage that stops answering ends the run with one line, not a hang)."""
+  `timeout` seconds (storage that stops answering ends the run with one line, not a hang)."""
 
-  def __init__(self, path: str):
-    self.path, self.buffer, self.uploaded = path, io.BytesIO(), 0
+  def __init__(self, path: str, timeout: float):
+    self.path, self.timeout, self.buffer, self.uploaded = path, timeout, io.BytesIO(), 0
 
   def write(self, record: bytes) -> None:
     self.buffer.write(record)
@@ -62,7 +58,7 @@ class _ObjectEventFile:
     deadlines.bounded(
       upload,
       f'the TensorBoard event file {self.path}',
-      UPLOAD_SECONDS,
+      self.timeout,
       'check that the storage answers, then rerun the same command: it continues from its last '
       'complete checkpoint',
     )
@@ -75,8 +71,11 @@ class _ObjectEventFile:
 class _ObjectEventFiles:
   """tensorboardX's writer factory for one URL scheme (its own gs:// writer needs another client)."""
 
+  def __init__(self, timeout: float):
+    self.timeout = timeout
+
   def open(self, path: str) -> _ObjectEventFile:
-    return _ObjectEventFile(path)
+    return _ObjectEventFile(path, self.timeout)
 
   def directory_check(self, path: str) -> None:
     del path  # object storage has no folders to make
@@ -85,7 +84,8 @@ class _ObjectEventFiles:
 class Writer:
   """A SummaryWriter in {workdir}/tensorboard on process 0; a no-op elsewhere."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, upload_seconds: float = 600.0):
+    """upload_seconds: how long an event file's upload to a bucket may take."""
     self._writer = None
     self._event_file = None  # on a local disk: the event file being written
     self.logdir = storage.join(workdir, 'tensorboard')
@@ -93,7 +93,8 @@ class Writer:
       from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
 
       if storage.is_url(workdir):
-        record_writer.register_writer_factory(workdir.split('://')[0], _ObjectEventFiles())
+        factory = _ObjectEventFiles(upload_seconds)
+        record_writer.register_writer_factory(workdir.split('://')[0], factory)
       self._open()
 
   def _open(self) -> None:

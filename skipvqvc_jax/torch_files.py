@@ -126,8 +126,8 @@ class _View(_Sealed):
   def nbytes(self) -> int:
     return math.prod(self.size) * self.storage.dtype.itemsize
 
-  def end(self) -> int:
-    """One past the last element of the storage this view reads; PortError if it reads outside."""
+  def check_bounds(self) -> None:
+    """PortError unless every element this view reads lies inside its storage."""
     if self.offset < 0 or min(self.size + self.stride, default=0) < 0:
       raise PortError(
         f'has a tensor with a negative offset, size or stride ({self.offset}, {self.size}, '
@@ -141,7 +141,6 @@ class _View(_Sealed):
         f'has a tensor of size {self.size}, strides {self.stride} at offset {self.offset} that reads '
         f'past the end of its storage ({self.storage.numel} elements)'
       )
-    return end
 
   def array(self, flat: np.ndarray) -> np.ndarray:
     item = flat.dtype.itemsize
@@ -166,7 +165,6 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
 GLOBALS = {
   ('collections', 'OrderedDict'): collections.OrderedDict,
   ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-  ('torch._utils', '_rebuild_tensor_v2'): _View,
   ('builtins', 'set'): set,
   ('builtins', 'frozenset'): frozenset,
 }
@@ -178,8 +176,15 @@ class _Reader(pickle.Unpickler):
   def __init__(self, file, storage):
     super().__init__(file)
     self._file, self._storage = file, storage
+    self.tensors: list[_View] = []  # the tensors the pickle asked for, in order
+
+  def _tensor(self, *args) -> _View:
+    self.tensors.append(_View(*args))
+    return self.tensors[-1]
 
   def find_class(self, module, name):
+    if (module, name) == ('torch._utils', '_rebuild_tensor_v2'):
+      return self._tensor
     if module == 'torch' and name.endswith('Storage'):
       try:
         return _storage_type(name)
@@ -197,29 +202,21 @@ class _Reader(pickle.Unpickler):
     memo indices against its length: the C reader allocates a counted string's declared size before
     reading it, and a memo as long as the largest index (a 30-byte pickle could ask for gigabytes)."""
     start = self._file.tell()
-    for count, (op, arg, _) in enumerate(
-      pickletools.genops(self._file)
-    ):  # reads only what is there
+    for count, (op, arg, _) in enumerate(pickletools.genops(self._file)):  # reads what is there
       if op.name in ('PUT', 'BINPUT', 'LONG_BINPUT') and not 0 <= int(arg) <= count:
         raise PortError(f'has a pickle that stores at memo index {arg} after {count} operations')
     self._file.seek(start)
     return super().load()
 
 
-def _storages(tensors: list[_View]) -> dict[str, tuple[_Storage, int, int]]:
-  """Each storage the tensors view: (storage, end of what they read, bytes of the arrays made of it),
-  every view checked, and the arrays' bytes bounded by the storages'."""
-  found: dict[str, tuple[_Storage, int, int]] = {}
+def _storages(tensors: list[_View]) -> dict[str, _Storage]:
+  """The storages the tensors view, by key, once every view is checked against its storage and the
+  arrays they make are bounded by the storages' bytes."""
   for tensor in tensors:
-    storage, end, made = found.get(tensor.storage.key, (tensor.storage, 0, 0))
-    if storage is not tensor.storage and (storage.dtype, storage.numel) != (
-      tensor.storage.dtype,
-      tensor.storage.numel,
-    ):
-      raise PortError(f'names storage {storage.key} twice with different types or sizes')
-    found[storage.key] = (storage, max(end, tensor.end()), made + tensor.nbytes)
-  stored = sum(storage.nbytes for storage, _, _ in found.values())
-  made = sum(made for _, _, made in found.values())
+    tensor.check_bounds()
+  found = {tensor.storage.key: tensor.storage for tensor in tensors}
+  stored = sum(storage.nbytes for storage in found.values())
+  made = sum(tensor.nbytes for tensor in tensors)
   if made > MAX_VIEW_COPIES * stored + (1 << 20):
     raise PortError(
       f'asks for {made} bytes of arrays from {stored} bytes of storage (views repeating elements)'
@@ -249,16 +246,8 @@ def _resolve(obj, arrays: dict[int, np.ndarray], memo: dict[int, object], depth:
 
 def _read_pickle(data, storage) -> tuple[object, list[_View]]:
   """The object a pickle holds and the tensors it asked for, in order."""
-  tensors: list[_View] = []
-
-  class Reader(_Reader):
-    def find_class(self, module, name):
-      found = super().find_class(module, name)
-      if found is _View:
-        return lambda *args: tensors.append(_View(*args)) or tensors[-1]
-      return found
-
-  return Reader(data, storage).load(), tensors
+  reader = _Reader(data, storage)
+  return reader.load(), reader.tensors
 
 
 def _record(archive: zipfile.ZipFile, name: str, size: int | None, data_size: int) -> bytes:
@@ -304,7 +293,7 @@ def _load_zip(data: bytes):
     pickled = io.BytesIO(_record(archive, pickles[0], None, len(data)))
     obj, tensors = _read_pickle(pickled, storage)
     arrays = {}
-    for key, (stored, _end, _made) in _storages(tensors).items():
+    for key, stored in _storages(tensors).items():
       raw = _record(archive, f'{prefix}data/{key}', stored.nbytes, len(data))
       flat = np.frombuffer(raw, dtype=stored.dtype.newbyteorder('<'))
       arrays.update((id(t), t.array(flat)) for t in tensors if t.storage.key == key)

@@ -93,8 +93,8 @@ def check_config(config) -> None:
   tasks.check_config(config)
 
 
-def check_workdir(workdir: str, timeout: float = checkpoints.STORAGE_TIMEOUT) -> None:
-  storage.check_reachable(workdir, timeout)
+def check_workdir(workdir: str) -> None:
+  storage.check_reachable(workdir)
   if storage.isfile(workdir):
     raise ConfigError(f'--workdir {workdir} is a file, not a folder: choose another --workdir')
 
@@ -162,31 +162,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns a summary."""
   check_config(config)
   resolve_batch(config)
-  check_workdir(workdir, _storage_timeout(config))
+  check_workdir(workdir)
   run_data.check_train_dir(config)  # before the lock: a refused run leaves no workdir
   lock = locks.for_workdir(workdir)
   if jax.process_index() == 0:
     lock.acquire()
+  abandoned = len(deadlines.abandoned)
   try:
     return _train(config, workdir)
   finally:
-    _release(lock, workdir)
+    if len(deadlines.abandoned) == abandoned:  # else the storage stopped answering: leave it
+      lock.release()
 
 
 def _storage_timeout(config) -> float:
   return config.get('storage_timeout_seconds', checkpoints.STORAGE_TIMEOUT)
-
-
-def _release(lock, workdir: str) -> None:
-  """Releases the workdir's lock, in at most a minute; a lock that cannot be released (its storage
-  gone or read-only) is left for the next run to take over, as a dead run's is, and does not hide
-  the error that ended this one."""
-  if deadlines.abandoned:  # the storage stopped answering: a release would wait on it again
-    return
-  try:
-    deadlines.bounded(lock.release, f'the release of the lock of {workdir}', 60, 'left as it is')
-  except Exception as e:  # pylint: disable=broad-except  (storage faults of every kind)
-    logging.info('the lock of %s was left for the next run to take over (%s)', workdir, e)
 
 
 def _open_run(config, workdir: str):
@@ -218,8 +208,8 @@ def _train(config, workdir: str) -> dict[str, Any]:
   iterator = input_pipeline.make_iterator(task.dataset(), prefetch=config.data.prefetch)
   if data_state is not None:
     iterator.set_state(data_state)
-  summaries.UPLOAD_SECONDS = _storage_timeout(config)
-  run = _Run(config, task, ckpt, iterator, summaries.Writer(workdir), state)
+  writer = summaries.Writer(workdir, upload_seconds=_storage_timeout(config))
+  run = _Run(config, task, ckpt, iterator, writer, state)
   # The settings, for TensorBoard's HParams tab and as text: runs of a study side by side.
   run.writer.hparams(config.to_dict(), [f'test/{key}' for key in task.log_keys])
   run.writer.text(run.step, 'config', '```\n' + config.to_json(indent=1) + '\n```')
