@@ -58,16 +58,15 @@ MAX_SECONDS = 3600.0
 
 
 def duration(path: str) -> float | None:
-  """Seconds of audio in `path` from its header, unread; None when there is no header to read (the
-  decode will tell what is wrong)."""
-  import librosa  # pylint: disable=import-outside-toplevel
+  """Seconds of audio in `path` from its header (libsndfile's: WAV, FLAC, OGG, MP3, ...), unread;
+  None for a file it cannot read (a format only audioread decodes: asking it would start a decoder
+  process per file, so such files go unchecked; the decode tells what is wrong with a bad one)."""
+  import soundfile  # pylint: disable=import-outside-toplevel
 
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore')  # librosa warns when it falls back to audioread
-    try:
-      return librosa.get_duration(path=path)
-    except Exception:  # pylint: disable=broad-except  (soundfile, audioread and decoder errors)
-      return None
+  try:
+    return soundfile.info(path).duration
+  except Exception:  # pylint: disable=broad-except  (libsndfile's errors have no common base)
+    return None
 
 
 def load(path: str, params: FeatureParams = FeatureParams()) -> np.ndarray:
