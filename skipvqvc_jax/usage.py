@@ -19,6 +19,7 @@ def start(module_name: str, doc: str, flag_names: list[str] | None = None) -> No
   utf8_file_names()
   logging.get_absl_handler().python_handler.addFilter(quiet_libraries)
   sys.excepthook = _quiet_closed_loops(sys.excepthook)
+  sys.unraisablehook = _quiet_closed_loops_unraisable(sys.unraisablehook)
   if '--version' in sys.argv[1:]:
     from skipvqvc_jax import __version__  # pylint: disable=import-outside-toplevel
 
@@ -41,16 +42,31 @@ def quiet_libraries(record) -> bool:
   return not any(part in record.pathname for part in _QUIET_PATHS)
 
 
+def _closed_loop_noise(value) -> bool:
+  """Whether `value` is the `Event loop is closed` error that tensorstore's callbacks raise when they
+  arrive after orbax closed its loop on a failed write (the failure itself is the program's one
+  `error:` line), and --verbosity is below 1."""
+  closed = isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
+  return closed and logging.get_verbosity() < 1
+
+
 def _quiet_closed_loops(previous):
-  """sys.excepthook without the `Event loop is closed` tracebacks that tensorstore's callbacks print
-  (through this hook) when they arrive after orbax closed its loop on a failed write: the failure
-  itself is the program's one `error:` line. Everything else, and everything at --verbosity >= 1,
-  goes to `previous`."""
+  """sys.excepthook without the closed-loop noise; everything else goes to `previous`."""
 
   def hook(kind, value, traceback):
-    closed = isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
-    if not closed or logging.get_verbosity() >= 1:
+    if not _closed_loop_noise(value):
       previous(kind, value, traceback)
+
+  return hook
+
+
+def _quiet_closed_loops_unraisable(previous):
+  """sys.unraisablehook without the closed-loop noise: tensorstore reports a callback that raised
+  as an unraisable exception (a bare traceback per pending write, screens of them)."""
+
+  def hook(unraisable):
+    if not _closed_loop_noise(unraisable.exc_value):
+      previous(unraisable)
 
   return hook
 
