@@ -148,9 +148,12 @@ def conversion(preset: str, seconds: float, repeat: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from skipvqvc_jax import audio, convert, trainers, vocoders  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax import vocoders
+  from skipvqvc_jax.data import audio  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.inference import convert
   from skipvqvc_jax.models import melgan  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.training import trainers
+  from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
 
   params = audio.FeatureParams()
   demo = os.path.join(ROOT, 'data', 'demo_corpus', 'awb')

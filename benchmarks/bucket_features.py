@@ -1,5 +1,5 @@
 """Feature folders in a bucket: objects/s when an epoch reads every .npy from the bucket, against the
-local mirror `input_pipeline.local_features` makes once per worker (its first epoch, then later ones).
+local mirror `feature_files.local_features` makes once per worker (its first epoch, then later ones).
 
     python benchmarks/bucket_features.py [--files=2000] [--frames=200] [--port=0]
 
@@ -35,7 +35,8 @@ def main():
   os.environ.update(gcs_emulator.emulator_env(port))
   server = gcs_emulator.start(port, 'bench')
   try:
-    from skipvqvc_jax import input_pipeline, storage  # pylint: disable=import-outside-toplevel
+    from skipvqvc_jax.core import storage
+    from skipvqvc_jax.data import feature_files  # pylint: disable=import-outside-toplevel
 
     folder = 'gs://bench/features/train'
     rng = np.random.default_rng(0)
@@ -53,20 +54,20 @@ def main():
       files = sorted(storage.find(folder))
       start = time.perf_counter()
       for path in files:
-        input_pipeline.load_features(path)
+        feature_files.load_features(path)
       direct_s = time.perf_counter() - start
 
       os.environ['XDG_CACHE_HOME'] = os.path.join(tmp, 'cache')
       start = time.perf_counter()
-      local = input_pipeline.local_features(folder)
+      local = feature_files.local_features(folder)
       first_mirror_s = time.perf_counter() - start
       start = time.perf_counter()
-      input_pipeline.local_features(folder)
+      feature_files.local_features(folder)
       later_mirror_s = time.perf_counter() - start
-      local_files = input_pipeline.list_features(local)
+      local_files = feature_files.list_features(local)
       start = time.perf_counter()
       for path in local_files:
-        input_pipeline.load_features(path)
+        feature_files.load_features(path)
       local_epoch_s = time.perf_counter() - start
   finally:
     server.kill()

@@ -39,7 +39,7 @@ def nearest(minutes_of: dict[int, float], mark: float) -> int:
 def metrics_of(workdir: str, step: int, pairs: int) -> tuple[dict, list]:
   folder = os.path.join(workdir, 'eval', f'step_{step}')
   if not os.path.isfile(os.path.join(folder, 'metrics.json')):
-    from skipvqvc_jax import evaluate  # pylint: disable=import-outside-toplevel
+    from skipvqvc_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel
 
     evaluate.run(workdir, step, num_pairs=pairs)
   with open(os.path.join(folder, 'metrics.json')) as f:

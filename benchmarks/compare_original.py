@@ -8,7 +8,7 @@ without the path, it says so and exits. Both sides: float32, global batch 8 x 80
 of CPU threads, each side in a fresh process of its own. The original's step is its trainer's: `model(audio)` (which also decodes a speaker-
 shuffled copy), L1 + 0.1 latent loss (for the multi-scale models the trainers' three-scale L1 on the
 simple-normalised input), backward, clip_grad_norm_(3), Adam. Ours is the jitted train step of
-`skipvqvc_jax.train` with the same trainer. Inference: encode + decode of one 1 x 80 x 512 utterance.
+`skipvqvc_jax.training.loop` with the same trainer. Inference: encode + decode of one 1 x 80 x 512 utterance.
 Presets: n64_ch64, n128_ch128, n512_ch512 (vqvc+ / vqvc+_resample), multi_simple_n64_ch64,
 multi_simple_n128_ch512, multi_n64_ch64, multi_n64_ch512.
 """
@@ -97,8 +97,10 @@ def time_ours(config_file, preset, steps, warmup):
 
   import jax  # pylint: disable=import-outside-toplevel
 
-  from skipvqvc_jax import checkpoints, convert, sharding, trainers  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.inference import convert
+  from skipvqvc_jax.store import checkpoints  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.training import sharding, trainers
+  from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
 
   config = importlib.import_module(f'skipvqvc_jax.configs.{config_file}').get_config(preset)
   trainer = trainers.get(config.trainer)

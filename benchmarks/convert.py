@@ -18,8 +18,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from skipvqvc_jax import audio, convert, trainers  # pylint: disable=wrong-import-position
-from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=wrong-import-position
+from skipvqvc_jax.data import audio  # pylint: disable=wrong-import-position
+from skipvqvc_jax.inference import convert
+from skipvqvc_jax.training import trainers
+from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=wrong-import-position
 from skipvqvc_jax.vocoders import GriffinLim  # pylint: disable=wrong-import-position
 
 DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'data', 'demo_corpus')

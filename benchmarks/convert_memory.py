@@ -24,8 +24,9 @@ def measure(source: str, target: str, preset: str) -> dict:
   sys.path.insert(0, ROOT)
   import importlib  # pylint: disable=import-outside-toplevel
 
-  from skipvqvc_jax import convert, trainers  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.inference import convert  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.training import trainers
+  from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
 
   module, name = preset.split(':')
   config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
@@ -60,7 +61,7 @@ def main():
   import numpy as np  # pylint: disable=import-outside-toplevel
   import soundfile as sf  # pylint: disable=import-outside-toplevel
 
-  from skipvqvc_jax import audio  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.data import audio  # pylint: disable=import-outside-toplevel
 
   files = sorted(glob.glob(os.path.join(ROOT, 'data', 'demo_corpus', '*', '*.ogg')))
   samples, parts = int(args.minutes * 60 * 22050), []

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from skipvqvc_jax import preprocessing  # pylint: disable=wrong-import-position
+from skipvqvc_jax.data import preprocessing  # pylint: disable=wrong-import-position
 
 
 def main():

@@ -44,7 +44,7 @@ def main():
   parser.add_argument('--seconds', type=float, default=3.0)
   args = parser.parse_args()
   sys.path.insert(0, ROOT)
-  from skipvqvc_jax import audio  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.data import audio  # pylint: disable=import-outside-toplevel
 
   with tempfile.TemporaryDirectory() as tmp:
     corpus = os.path.join(tmp, 'corpus')

@@ -33,8 +33,9 @@ def measure(
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from skipvqvc_jax import checkpoints, input_pipeline, sharding, trainers  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.store import checkpoints  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.training import input_pipeline, sharding, trainers
+  from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
 
   module, name = preset.split(':')
   config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(

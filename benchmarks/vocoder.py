@@ -27,10 +27,13 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from skipvqvc_jax import audio, checkpoints, sharding, vocoders  # pylint: disable=wrong-import-position
+from skipvqvc_jax import vocoders
 from skipvqvc_jax.configs import vocoder as vocoder_configs  # pylint: disable=wrong-import-position
+from skipvqvc_jax.data import audio  # pylint: disable=wrong-import-position
 from skipvqvc_jax.models import melgan  # pylint: disable=wrong-import-position
-from skipvqvc_jax.tasks import vocoder as training  # pylint: disable=wrong-import-position
+from skipvqvc_jax.store import checkpoints
+from skipvqvc_jax.training import sharding
+from skipvqvc_jax.training.tasks import vocoder as training  # pylint: disable=wrong-import-position
 
 
 def train_step_seconds(preset: str, steps: int) -> tuple[float, int, int]:

@@ -209,7 +209,7 @@ def demo_inputs() -> tuple[np.ndarray, np.ndarray]:
   """(2, 80, 128) log-mels: crops of two demo-corpus speakers, made with our feature code; and their
   F0 in Hz per frame (2, 128), from our Harvest (0: unvoiced)."""
   sys.path.insert(0, ROOT)
-  from skipvqvc_jax import audio, f0  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.data import audio, f0  # pylint: disable=import-outside-toplevel
 
   corpus = os.path.join(ROOT, 'data', 'demo_corpus')
   mels, contours = [], []

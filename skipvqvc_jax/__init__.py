@@ -13,10 +13,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-  from skipvqvc_jax.convert import Codes, Converter
+  from skipvqvc_jax.inference.convert import Codes, Converter
 
 __version__ = '0.2.0'
 __all__ = ['Codes', 'Converter', 'load', '__version__']
+
+# The package's wings (sub-packages), bottom up: a module imports only from its own wing and the
+# wings before it. tests/test_architecture.py holds the code to this order; ARCHITECTURE.md says what
+# each wing holds. A new module goes into the wing of its job, with no table to edit.
+WINGS = (
+  'core',
+  'data',
+  'models',
+  'configs',
+  'store',
+  'vocoders',
+  'training',
+  'inference',
+  'evaluation',
+  'apps',
+)
 
 
 def load(path: str, step: int | None = None, vocoder: str = 'griffin_lim') -> Converter:
@@ -29,17 +45,17 @@ def load(path: str, step: int | None = None, vocoder: str = 'griffin_lim') -> Co
       user's cache), or a vocoder's workdir or model directory.
 
   Raises:
-    skipvqvc_jax.errors.UserError (a ConversionError) naming the path and what to do, when the path
+    skipvqvc_jax.core.errors.UserError (a ConversionError) naming the path and what to do, when the path
     holds no usable model.
   """
-  from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+  from skipvqvc_jax.inference import convert  # pylint: disable=import-outside-toplevel
 
   return convert.Converter.restore(path, step, vocoder)
 
 
 def __getattr__(name: str):
   if name in ('Codes', 'Converter'):
-    from skipvqvc_jax import convert  # pylint: disable=import-outside-toplevel
+    from skipvqvc_jax.inference import convert  # pylint: disable=import-outside-toplevel
 
     return getattr(convert, name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

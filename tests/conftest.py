@@ -53,7 +53,7 @@ def assert_close(actual, expected, what: str, atol: float) -> None:
 def assert_gradients_match(grads_model, golden: dict) -> dict:
   """Every gradient the original computed (`grad/*`), by the original's names, against ours (held in
   a model merged from the gradients); returns the golden gradients by name."""
-  from skipvqvc_jax import porting
+  from skipvqvc_jax.store import porting
 
   ours = porting.export_state_dict(grads_model)
   expected_grads = {k.removeprefix('grad/'): v for k, v in golden.items() if k.startswith('grad/')}
@@ -147,7 +147,7 @@ def small_features(small_corpus, tmp_path_factory) -> pathlib.Path:
 
 def preprocess_small(corpus, out, **kwargs):
   """A small corpus preprocessed quietly in this process, esf2 and esm1 held out; returns `out`."""
-  from skipvqvc_jax import preprocessing
+  from skipvqvc_jax.data import preprocessing
 
   preprocessing.preprocess(
     str(corpus),
@@ -183,10 +183,10 @@ def tiny_config(features, preset='vqvc_plus.py:tiny', **overrides):
 def workdir(small_features, tmp_path_factory):
   """A tiny voice-conversion run of 4 steps (checkpoints at 2 and 4): what conversion and
   evaluation tests restore."""
-  from skipvqvc_jax import train
+  from skipvqvc_jax.training import loop
 
   path = tmp_path_factory.mktemp('run')
-  train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(path))
+  loop.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(path))
   return path
 
 
@@ -213,7 +213,7 @@ def ported_melgan(parity_dir, tmp_path_factory):
     [
       sys.executable,
       '-m',
-      'skipvqvc_jax.port_torch',
+      'skipvqvc_jax.apps.port',
       f'--checkpoint={parity_file(parity_dir, "melgan_generator.npz")}',
       f'--out={out}',
       '--model=melgan',

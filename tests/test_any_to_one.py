@@ -10,9 +10,9 @@ import optax
 import pytest
 
 import skipvqvc_jax
-from skipvqvc_jax import sharding, train
-from skipvqvc_jax.errors import ConfigError, ConversionError
-from skipvqvc_jax.tasks import voice_conversion
+from skipvqvc_jax.core.errors import ConfigError, ConversionError
+from skipvqvc_jax.training import loop, sharding
+from skipvqvc_jax.training.tasks import voice_conversion
 from tests.conftest import REPO, in_fresh_process, tiny_config
 
 PRESET = 'vqvc_plus_lj.py:tiny'
@@ -21,7 +21,7 @@ PRESET = 'vqvc_plus_lj.py:tiny'
 @pytest.fixture(scope='module')
 def lj_run(small_features, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('lj_run')
-  summary = train.train_and_evaluate(
+  summary = loop.train_and_evaluate(
     tiny_config(small_features, PRESET, num_train_steps=4), str(workdir)
   )
   return workdir, summary
@@ -78,11 +78,11 @@ def test_the_adversarial_update_moves_the_decoder_only(small_features, tmp_path)
 
 def test_the_trainer_and_the_models_go_together(small_features, tmp_path):
   with pytest.raises(ConfigError, match='speaker-free'):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, PRESET, trainer='simple_normalize_multi'), str(tmp_path / 'a')
     )
   with pytest.raises(ConfigError, match='speaker-free'):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, PRESET, **{'model.name': 'vqvc+_multi'}), str(tmp_path / 'b')
     )
 
@@ -122,7 +122,7 @@ def test_no_target_is_needed_through_any_door(lj_run, small_corpus, tmp_path):
   pytest.importorskip('gradio')
   page = in_fresh_process(
     'import json, sys\n'
-    'from skipvqvc_jax import demo\n'
+    'from skipvqvc_jax.apps import demo\n'
     "wav, image = demo.Demo(sys.argv[1], ['griffin_lim'], 60.0).run(sys.argv[2], None, None, "
     "'griffin_lim')\n"
     'print(json.dumps([wav, image]))',

@@ -5,66 +5,15 @@ import pathlib
 
 import pytest
 
+from skipvqvc_jax import WINGS
+
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'skipvqvc_jax'
 
-# ARCHITECTURE.md's layers, bottom up: a module imports only from its own layer or below.
-LAYERS = {
-  1: [
-    'errors',
-    'deadlines',
-    'storage',
-    'fileio',
-    'progress',
-    'audio',
-    'metrics',
-    'models',
-    'torch_files',
-    'asr',
-    'f0',
-    'workers',
-  ],
-  2: [
-    'layouts',
-    'corpus',
-    'preprocessing',
-    'f0_features',
-    'checkpoints',
-    'locks',
-    'configs',
-    'porting',
-    'config_ranges',
-    'checkpoint_trees',
-  ],
-  3: [
-    'input_pipeline',
-    'run_data',
-    'pairs',
-    'trainers',
-    'sharding',
-    'summaries',
-    'vocoders',
-    'fetch',
-    'conversion_jobs',
-  ],
-  4: ['tasks'],
-  5: ['train', 'resume', 'cadence'],
-  6: [
-    'convert',
-    'evaluate',
-    'listening',
-    'report',
-    'port_torch',
-    'cli',
-    'preprocess_cli',
-    'stats_cli',
-    'usage',
-    'fetch_cli',
-    'demo',
-    'compilation_cache',
-  ],
-}
-LAYER_OF = {room: layer for layer, rooms in LAYERS.items() for room in rooms}
-TRAINING = {'train', 'tasks'}  # what restoring for inference must never go through
+
+WING_ORDER = {wing: i for i, wing in enumerate(WINGS)}
+# Conversion and evaluation restore models through `store`, never through the training loop: of the
+# training wing they reach only the trainers' table (the normalisation a model was trained with).
+INFERENCE_MAY_READ = {'skipvqvc_jax.training.trainers'}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -84,7 +33,7 @@ def _imports() -> dict[str, set[str]]:
       elif (
         isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('skipvqvc_jax')
       ):
-        # `from skipvqvc_jax import corpus` imports the module skipvqvc_jax.corpus.
+        # `from skipvqvc_jax import corpus` imports the module skipvqvc_jax.data.corpus.
         for alias in node.names:
           candidate = f'{node.module}.{alias.name}'
           found.add(
@@ -97,7 +46,7 @@ def _imports() -> dict[str, set[str]]:
   return graph
 
 
-def _room(module: str) -> str | None:
+def _wing(module: str) -> str | None:
   parts = module.split('.')
   return parts[1] if len(parts) > 1 else None
 
@@ -105,22 +54,25 @@ def _room(module: str) -> str | None:
 GRAPH = _imports()
 
 
-def test_every_room_has_a_layer():
-  rooms = {_room(m) for m in GRAPH} - {None}
-  assert rooms == set(LAYER_OF), rooms ^ set(LAYER_OF)
+def test_every_module_lives_in_a_wing():
+  """No module beside the wings: the package's top holds only its __init__ (load, the wing order)."""
+  loose = [m for m in GRAPH if _wing(m) is not None and _wing(m) not in WING_ORDER]
+  assert not loose, f'modules outside the wings {WINGS}: {loose}'
+  folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / '__init__.py').exists()}
+  assert folders == set(WINGS), folders ^ set(WINGS)
 
 
 @pytest.mark.parametrize('module', sorted(GRAPH))
 def test_imports_only_go_down(module):
-  room = _room(module)
-  if room is None:
+  wing = _wing(module)
+  if wing is None:
     return
   for imported in GRAPH[module]:
-    other = _room(imported)
-    if other is None or other == room:
+    other = _wing(imported)
+    if other is None or other == wing:
       continue
-    assert LAYER_OF[other] <= LAYER_OF[room], (
-      f'{module} (layer {LAYER_OF[room]}) imports {imported} (layer {LAYER_OF[other]})'
+    assert WING_ORDER[other] <= WING_ORDER[wing], (
+      f'{module} (wing {wing}) imports {imported} (wing {other}, above it in skipvqvc_jax.WINGS)'
     )
 
 
@@ -154,14 +106,16 @@ def _reachable(module: str) -> set[str]:
 @pytest.mark.parametrize(
   'module',
   [
-    'skipvqvc_jax.convert',
-    'skipvqvc_jax.evaluate',
-    'skipvqvc_jax.port_torch',
+    'skipvqvc_jax.inference.convert',
+    'skipvqvc_jax.evaluation.evaluate',
+    'skipvqvc_jax.apps.port',
+    'skipvqvc_jax.apps.demo',
     'skipvqvc_jax.vocoders',
   ],
 )
 def test_inference_never_goes_through_training(module):
-  assert not {m for m in _reachable(module) if _room(m) in TRAINING}
+  reached = {m for m in _reachable(module) if _wing(m) == 'training'}
+  assert reached <= INFERENCE_MAY_READ, reached - INFERENCE_MAY_READ
 
 
 FUNCTION_LINES = 60  # a function or method is read at a glance
@@ -202,7 +156,15 @@ def _how_to_add() -> dict[str, str]:
 
 def test_how_to_add_names_each_kind_and_files_that_exist():
   table = _how_to_add()
-  assert set(table) == {'a model', 'a trainer', 'a corpus layout', 'a metric', 'a task'}
+  assert set(table) == {
+    'a model',
+    'a trainer',
+    'a corpus layout',
+    'a metric',
+    'a task',
+    'a vocoder',
+    'a program',
+  }
   for kind, files in table.items():
     named = [part.split('`')[0] for part in files.split('`')[1::2] if '/' in part]
     assert named, kind
@@ -224,7 +186,7 @@ def test_every_task_implements_the_contract():
   import inspect
   import typing
 
-  from skipvqvc_jax import tasks
+  from skipvqvc_jax.training import tasks
 
   members = {m for m in dir(tasks.Task) if not m.startswith('_')} | set(
     typing.get_type_hints(tasks.Task)
@@ -238,9 +200,11 @@ def test_every_task_implements_the_contract():
 def test_every_metric_is_used_by_evaluation():
   import inspect
 
-  from skipvqvc_jax import metrics
+  from skipvqvc_jax.evaluation import metrics
 
-  evaluation = (PACKAGE / 'evaluate.py').read_text() + (PACKAGE / 'listening.py').read_text()
+  evaluation = (PACKAGE / 'evaluation' / 'evaluate.py').read_text() + (
+    PACKAGE / 'evaluation' / 'listening.py'
+  ).read_text()
   public = [
     n
     for n, f in inspect.getmembers(metrics, inspect.isfunction)

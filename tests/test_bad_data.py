@@ -7,7 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from skipvqvc_jax import audio, errors, evaluate, preprocessing, train
+from skipvqvc_jax.core import errors
+from skipvqvc_jax.data import audio, preprocessing
+from skipvqvc_jax.evaluation import evaluate
+from skipvqvc_jax.training import loop
 from tests.conftest import tiny_config
 
 
@@ -37,7 +40,7 @@ def test_a_bad_feature_stops_training_before_a_step_naming_it(features, tmp_path
   _poison(bad, how)
   workdir = tmp_path / 'run'
   with pytest.raises(errors.CorpusError, match=str(bad)) as raised:
-    train.train_and_evaluate(tiny_config(features, num_train_steps=2), str(workdir))
+    loop.train_and_evaluate(tiny_config(features, num_train_steps=2), str(workdir))
   assert ('not finite' if how != 'shape' else 'shape') in str(raised.value)
   assert '\n' not in str(raised.value)
   assert not list(workdir.glob('checkpoints/[0-9]*'))  # before the first step: none saved
@@ -85,7 +88,7 @@ def test_a_resume_keeps_its_trainer_statistics_and_test_speakers(small_features,
   shutil.copytree(small_features, features)
   # No test_dir given: the test/ beside train/ is found, as in most users' runs.
   config = lambda **kw: tiny_config(features, **{'trainer': 'mean_std', 'data.test_dir': '', **kw})
-  train.train_and_evaluate(config(num_train_steps=2), str(workdir))
+  loop.train_and_evaluate(config(num_train_steps=2), str(workdir))
   stats_before = (workdir / 'stats.npz').read_bytes()
   config_before = (workdir / 'config.json').read_text()
   for override, said in [
@@ -93,15 +96,15 @@ def test_a_resume_keeps_its_trainer_statistics_and_test_speakers(small_features,
     ({'data.crop_frames': 64}, '--config.data.crop_frames=32 (this run: 64)'),
   ]:
     with pytest.raises(errors.TrainingError, match=re.escape(said)):
-      train.train_and_evaluate(config(num_train_steps=4, **override), str(workdir))
+      loop.train_and_evaluate(config(num_train_steps=4, **override), str(workdir))
     assert (workdir / 'config.json').read_text() == config_before
   with np.load(features / 'stats.npz') as stats:
     moved = dict(mean=stats['mean'] + 0.7, std=stats['std'] * 2)
   np.savez(features / 'stats.npz', **moved)
-  train.train_and_evaluate(config(num_train_steps=4), str(workdir))
+  loop.train_and_evaluate(config(num_train_steps=4), str(workdir))
   assert (workdir / 'stats.npz').read_bytes() == stats_before
   config_before = (workdir / 'config.json').read_text()
   shutil.rmtree(features / 'test')
   with pytest.raises(errors.TrainingError, match='holds no features any more'):
-    train.train_and_evaluate(config(num_train_steps=6), str(workdir))
+    loop.train_and_evaluate(config(num_train_steps=6), str(workdir))
   assert (workdir / 'config.json').read_text() == config_before

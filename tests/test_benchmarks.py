@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from skipvqvc_jax import train
+from skipvqvc_jax.training import loop
 from tests.conftest import REPO, tiny_config
 
 
@@ -73,7 +73,7 @@ def test_the_pause_benchmark_compares_the_cadences(small_features, tmp_path):
 
 def test_the_budget_curve_evaluates_the_checkpoints_nearest_each_mark(small_features, tmp_path):
   run = tmp_path / 'run'
-  train.train_and_evaluate(
+  loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=4, checkpoint_every_steps=2), str(run)
   )
   out = tmp_path / 'curve.json'

@@ -20,8 +20,11 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
-from skipvqvc_jax import checkpoints, f0, input_pipeline, locks, preprocessing, storage, train
-from skipvqvc_jax.errors import TrainingError
+from skipvqvc_jax.core import locks, storage
+from skipvqvc_jax.core.errors import TrainingError
+from skipvqvc_jax.data import f0, preprocessing
+from skipvqvc_jax.store import checkpoints
+from skipvqvc_jax.training import input_pipeline, loop
 from tests import gcs_emulator
 from tests.conftest import REPO, devices_env, tiny_config
 from tests.gcs_emulator import emulator_env
@@ -135,7 +138,7 @@ def straight(bucket_features, small_features, tmp_path_factory):
   )
   os.environ['XDG_CACHE_HOME'] = str(tmp_path_factory.mktemp('cache'))
   try:
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   finally:
     os.environ.pop('XDG_CACHE_HOME')
   return workdir
@@ -181,7 +184,7 @@ def test_a_run_in_the_bucket_writes_everything_there_and_matches_a_local_run(
   assert config['data']['train_dir'] == _url('features/train')
 
   local = tmp_path / 'local'
-  train.train_and_evaluate(tiny_config(small_features, num_train_steps=STEPS), str(local))
+  loop.train_and_evaluate(tiny_config(small_features, num_train_steps=STEPS), str(local))
   np.testing.assert_allclose(_losses(straight), _losses(local), atol=1e-6, rtol=0)
   for a, b in zip(_params(straight), _params(local)):
     np.testing.assert_allclose(a, b, atol=1e-6)
@@ -237,7 +240,7 @@ def test_conversion_and_evaluation_of_a_workdir_in_the_bucket(
   source, _ = sf.read(small_corpus / 'awb' / 'awb_001.ogg')
   assert rate == 22050 and 0.5 < len(wave) / len(source) < 1.5
 
-  from skipvqvc_jax import evaluate
+  from skipvqvc_jax.evaluation import evaluate
 
   metrics = evaluate.run(straight, num_pairs=2, report_pairs=1, num_vocoder_utterances=1)
   report = storage.join(straight, f'eval/step_{STEPS}')

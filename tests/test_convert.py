@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import audio, convert, errors
-from skipvqvc_jax.tasks import voice_conversion
+from skipvqvc_jax.core import errors
+from skipvqvc_jax.data import audio
+from skipvqvc_jax.inference import convert
+from skipvqvc_jax.training.tasks import voice_conversion
 from tests.conftest import REPO
 
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -261,7 +263,7 @@ def test_console_scripts(workdir, tmp_path):
 def test_the_python_api_as_a_user_calls_it(workdir, tmp_path):
   """import skipvqvc_jax; load; convert files or arrays, several references, reconstruct, codes."""
   import skipvqvc_jax
-  from skipvqvc_jax.errors import ConversionError
+  from skipvqvc_jax.core.errors import ConversionError
 
   assert {'load', 'Converter', 'Codes'} <= set(skipvqvc_jax.__all__)
   converter = skipvqvc_jax.load(str(workdir))
@@ -307,7 +309,7 @@ def test_the_python_api_as_a_user_calls_it(workdir, tmp_path):
 def test_a_comma_or_semicolon_in_a_file_name_is_one_reference(tmp_path):
   """--target splits at commas and a pairs file's targets at ';': a file whose name has one is still
   one reference (an existing file wins), and the others around it are still split."""
-  from skipvqvc_jax import conversion_jobs
+  from skipvqvc_jax.inference import conversion_jobs
 
   odd = tmp_path / 'slt,take 1;b.ogg'
   shutil.copy(DEMO / 'slt' / 'slt_001.ogg', odd)

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from skipvqvc_jax import train
 from skipvqvc_jax.configs import vqvc_plus
+from skipvqvc_jax.training import loop
 from tests.conftest import REPO, read_events
 
 STEPS = 80
@@ -21,7 +21,7 @@ def demo_run(tmp_path_factory):
   previous = os.getcwd()
   os.chdir(REPO)  # data.train_dir is relative to the repository root, as in the README
   try:
-    return str(workdir), train.train_and_evaluate(config, str(workdir))
+    return str(workdir), loop.train_and_evaluate(config, str(workdir))
   finally:
     os.chdir(previous)
 

@@ -6,8 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from skipvqvc_jax import audio, checkpoints, corpus, errors, evaluate, input_pipeline, metrics
-from skipvqvc_jax import pairs as eval_pairs
+from skipvqvc_jax.core import errors
+from skipvqvc_jax.data import audio, corpus, feature_files
+from skipvqvc_jax.evaluation import evaluate, metrics
+from skipvqvc_jax.evaluation import pairs as eval_pairs
+from skipvqvc_jax.store import checkpoints
 from tests.conftest import REPO
 
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -87,7 +90,7 @@ def test_eval_writes_metrics_and_a_report(workdir, caplog):
   assert 0 < conversion['lmcd_dtw_db'] < 100 and 0 < conversion['baseline_lmcd_dtw_db'] < 100
   pairs = json.load(open(workdir / 'eval' / 'step_4' / 'pairs.json'))
   # The pairs are a fixed, seeded choice over the test files: what choose_pairs gives again.
-  test_files = input_pipeline.list_features(checkpoints.read_config(str(workdir)).data.test_dir)
+  test_files = feature_files.list_features(checkpoints.read_config(str(workdir)).data.test_dir)
   chosen = ('source', 'target_speaker', 'reference', 'parallel')
   assert [{k: p[k] for k in chosen} for p in pairs] == [
     dataclasses.asdict(p) for p in eval_pairs.choose_pairs(test_files, 4, seed=0)
@@ -152,10 +155,10 @@ def test_a_model_directory_is_evaluated_on_given_features_and_never_written(
   import subprocess
   import sys
 
-  from skipvqvc_jax import port_torch
+  from skipvqvc_jax.apps import port
 
   model_dir = tmp_path / 'shared_model'
-  port_torch.release(str(workdir), str(model_dir))
+  port.release(str(workdir), str(model_dir))
   before = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob('*'))
   eval_ = lambda *flags: subprocess.run(
     [sys.executable, REPO / 'main.py', '--mode=eval', *flags],

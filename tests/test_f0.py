@@ -4,8 +4,8 @@ CREPE's CSV files read as the original's loader reads them."""
 import numpy as np
 import pytest
 
-from skipvqvc_jax import audio, f0
-from skipvqvc_jax.errors import CorpusError
+from skipvqvc_jax.core.errors import CorpusError
+from skipvqvc_jax.data import audio, f0
 
 SR = 22050
 PARAMS = audio.FeatureParams(trim_top_db=None)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import errors, f0, f0_features, preprocessing
+from skipvqvc_jax.core import errors
+from skipvqvc_jax.data import f0, f0_files, preprocessing
 from tests import audio_fixtures
 from tests.conftest import REPO
 
@@ -50,8 +51,8 @@ def test_f0_is_made_beside_each_feature_and_kept_up_to_date(corpus, tmp_path):
   manifest, _ = _run(corpus, out, f0_params=f0.F0Params('dio'))
   assert manifest['f0_params'] == f0.F0Params('dio').to_dict()
   for item in manifest['items']:
-    path = f0_features.f0_path(str(out), item['file'])
-    assert path == f0_features.f0_of_feature(str(out / item['file']))
+    path = f0_files.f0_path(str(out), item['file'])
+    assert path == f0_files.f0_of_feature(str(out / item['file']))
     contour = np.load(path)
     assert contour.shape == (1, item['frames']) and contour.dtype == np.float32
     # The chirp's F0 at each frame's centre: the trimmed audio starts trim[0] samples in, after
@@ -65,7 +66,7 @@ def test_f0_is_made_beside_each_feature_and_kept_up_to_date(corpus, tmp_path):
     assert np.median(error) < 0.01, (item['source'], np.median(error))
 
   # Made once: a rerun (without --f0: the folder has F0) remakes only a missing file.
-  missing = f0_features.f0_path(str(out), manifest['items'][0]['file'])
+  missing = f0_files.f0_path(str(out), manifest['items'][0]['file'])
   os.remove(missing)
   again, logs = _run(corpus, out)
   assert again['f0_params'] == manifest['f0_params'] and os.path.isfile(missing)
@@ -75,7 +76,7 @@ def test_f0_is_made_beside_each_feature_and_kept_up_to_date(corpus, tmp_path):
   gone = manifest['items'][1]
   os.remove(corpus / gone['source'])
   _run(corpus, out)
-  assert not os.path.exists(f0_features.f0_path(str(out), gone['file']))
+  assert not os.path.exists(f0_files.f0_path(str(out), gone['file']))
 
   # Another method is refused before anything is written.
   with pytest.raises(errors.CorpusError, match='--f0=dio'):
@@ -122,7 +123,7 @@ def test_crepe_files_beside_the_audio_are_read_for_the_trimmed_span(corpus, tmp_
   out = tmp_path / 'features'
   manifest, _ = _run(corpus, out, f0_params=f0.F0Params('crepe'))
   for item in manifest['items']:
-    contour = np.load(f0_features.f0_path(str(out), item['file']))[0]
+    contour = np.load(f0_files.f0_path(str(out), item['file']))[0]
     start, seconds = CHIRPS[item['source']]
     t = (item['trim'][0] + (np.arange(item['frames']) + 0.5) * 256) / SR - 0.2
     expected = start * (1 + 0.5 * t / seconds)
@@ -131,7 +132,7 @@ def test_crepe_files_beside_the_audio_are_read_for_the_trimmed_span(corpus, tmp_
     assert np.median(np.abs(contour[voiced] / expected[voiced] - 1)) < 0.01, item['source']
   # An audio file without its CSV: its F0 is missing, said in the log and the manifest.
   os.remove((corpus / 'ben/ben_001.wav').with_suffix('.f0.csv'))
-  os.remove(f0_features.f0_path(str(out), 'train/ben_001.npy'))
+  os.remove(f0_files.f0_path(str(out), 'train/ben_001.npy'))
   manifest, logs = _run(corpus, out)
   assert any('no CREPE F0 file' in line for line in logs), logs
   assert any('no CREPE F0 file' in s['reason'] for s in manifest['skipped'])

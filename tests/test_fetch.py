@@ -13,14 +13,15 @@ import time
 import numpy as np
 import pytest
 
-from skipvqvc_jax import checkpoints, fetch, porting, torch_files, vocoders
-from skipvqvc_jax.errors import ConfigError
+from skipvqvc_jax import vocoders
+from skipvqvc_jax.core.errors import ConfigError
 from skipvqvc_jax.models import melgan
+from skipvqvc_jax.store import checkpoints, porting, published, torch_files
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope='module')
-def published():
+def melgan_pt():
   """(the bytes of a small MelGAN generator's legacy .pt, the generator)."""
   generator = melgan.MelGANGenerator(ngf=4, residual_layers=1, seed=3)
   state_dict = porting.export_state_dict(generator)
@@ -85,9 +86,9 @@ def _pin(monkeypatch, data: bytes, tmp_path):
   """PUBLISHED['melgan'] pinned to the blob id of `data` (what the real entry pins for the real file)."""
   path = tmp_path / 'pinned.pt'
   path.write_bytes(data)
-  blob = fetch.git_blob_id(str(path))
+  blob = published.git_blob_id(str(path))
   monkeypatch.setitem(
-    fetch.PUBLISHED, 'melgan', dataclasses.replace(fetch.PUBLISHED['melgan'], blob=blob)
+    published.PUBLISHED, 'melgan', dataclasses.replace(published.PUBLISHED['melgan'], blob=blob)
   )
 
 
@@ -97,25 +98,25 @@ def _left_in(cache) -> list[str]:
   )
 
 
-def test_the_blob_id_is_gits(tmp_path, published):
+def test_the_blob_id_is_gits(tmp_path, melgan_pt):
   path = tmp_path / 'x.pt'
-  path.write_bytes(published[0])
+  path.write_bytes(melgan_pt[0])
   git = subprocess.run(['git', 'hash-object', str(path)], capture_output=True, text=True)
-  assert git.returncode == 0 and fetch.git_blob_id(str(path)) == git.stdout.strip()
+  assert git.returncode == 0 and published.git_blob_id(str(path)) == git.stdout.strip()
 
 
-def test_download_checks_ports_and_is_reused(published, cache, monkeypatch, tmp_path):
-  data, generator = published
+def test_download_checks_ports_and_is_reused(melgan_pt, cache, monkeypatch, tmp_path):
+  data, generator = melgan_pt
   _pin(monkeypatch, data, tmp_path)
   server = _Server(data)
   monkeypatch.setenv('SKIPVQVC_MELGAN_URL', server.url)
   try:
     lines = []
-    directory = fetch.fetch('melgan', log=lines.append)
+    directory = published.fetch('melgan', log=lines.append)
     assert directory == str(cache / 'published' / 'melgan') and server.requests == 1
     assert any('downloading' in line for line in lines)
     assert checkpoints.is_model_dir(directory)
-    assert fetch.fetch('melgan') == directory and server.requests == 1  # reused, not downloaded
+    assert published.fetch('melgan') == directory and server.requests == 1  # reused, not downloaded
     vocoder = vocoders.get('melgan')  # the first --vocoder=melgan goes the same way
     assert server.requests == 1
     mel = np.random.default_rng(0).normal(-4, 1, (1, 80, 10)).astype(np.float32)
@@ -127,9 +128,9 @@ def test_download_checks_ports_and_is_reused(published, cache, monkeypatch, tmp_
 
 @pytest.mark.parametrize('fault', ['wrong file', 'cut download'])
 def test_a_wrong_or_cut_download_is_refused_and_nothing_is_kept(
-  fault, published, cache, monkeypatch, tmp_path
+  fault, melgan_pt, cache, monkeypatch, tmp_path
 ):
-  data, _ = published
+  data, _ = melgan_pt
   _pin(monkeypatch, data, tmp_path)
   served = data[:-8] + b'\0' * 8 if fault == 'wrong file' else data
   server = _Server(served, 'cut' if fault == 'cut download' else None)
@@ -137,7 +138,7 @@ def test_a_wrong_or_cut_download_is_refused_and_nothing_is_kept(
   try:
     match = 'git blob id is' if fault == 'wrong file' else 'cut short|IncompleteRead'
     with pytest.raises(ConfigError, match=match):
-      fetch.fetch('melgan', log=lambda _: None)
+      published.fetch('melgan', log=lambda _: None)
   finally:
     server.close()
   assert _left_in(cache) == []  # no partial file, no model directory
@@ -146,7 +147,7 @@ def test_a_wrong_or_cut_download_is_refused_and_nothing_is_kept(
 
 def _fetch_cli(*args, env):
   return subprocess.run(
-    [sys.executable, '-c', 'from skipvqvc_jax import fetch_cli; fetch_cli.run()', *args],
+    [sys.executable, '-c', 'from skipvqvc_jax.apps import fetch; fetch.run()', *args],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -155,7 +156,7 @@ def _fetch_cli(*args, env):
   )
 
 
-def test_offline_one_line_says_where_to_put_the_file(published, tmp_path):
+def test_offline_one_line_says_where_to_put_the_file(melgan_pt, tmp_path):
   """No network (nothing listens on the URL's port): one line naming the file's page and the path
   to put it at; a copy put there is checked like a download (here: the wrong file, refused)."""
   import socket
@@ -175,7 +176,7 @@ def test_offline_one_line_says_where_to_put_the_file(published, tmp_path):
   assert f'put it at {by_hand}' in result.stderr
   assert 'github.com/descriptinc/melgan-neurips/blob/6488045' in result.stderr
   by_hand.parent.mkdir(parents=True)
-  by_hand.write_bytes(published[0])  # not the published file: its blob id differs
+  by_hand.write_bytes(melgan_pt[0])  # not the published file: its blob id differs
   result = _fetch_cli('melgan', env=env)
   assert result.returncode == 1 and 'c6dc2e2ab5be6478352deb465c5b584e1d4ba25a' in result.stderr
   assert not (tmp_path / 'cache' / 'skipvqvc_jax' / 'published' / 'melgan').exists()
@@ -188,23 +189,25 @@ def test_the_size_bound_holds_the_published_model():
 
   state_dict = porting.export_state_dict(models.build('melgan'))
   size = len(torch_files.dumps(state_dict, legacy=True))
-  assert size < fetch.PUBLISHED['melgan'].max_bytes < 1.1 * size
+  assert size < published.PUBLISHED['melgan'].max_bytes < 1.1 * size
 
 
 @pytest.mark.parametrize('fault', ['drip', 'endless'])
 def test_a_slow_or_endless_download_is_refused_and_nothing_is_kept(
-  fault, published, cache, monkeypatch, tmp_path
+  fault, melgan_pt, cache, monkeypatch, tmp_path
 ):
   """A server dripping a byte every 0.2 s is refused once the grace period ends (it kept a download
   going for years); one streaming without end and without a length is refused at the pinned size
   (it was read whole): the server got out little more than that before the client left."""
-  data, _ = published
+  data, _ = melgan_pt
   _pin(monkeypatch, data, tmp_path)
   limit = len(data) + 1000
   monkeypatch.setitem(
-    fetch.PUBLISHED, 'melgan', dataclasses.replace(fetch.PUBLISHED['melgan'], max_bytes=limit)
+    published.PUBLISHED,
+    'melgan',
+    dataclasses.replace(published.PUBLISHED['melgan'], max_bytes=limit),
   )
-  monkeypatch.setattr(fetch, 'RATE_GRACE_SECONDS', 2.0)
+  monkeypatch.setattr(published, 'RATE_GRACE_SECONDS', 2.0)
   server = _Server(data, fault)
   monkeypatch.setenv('SKIPVQVC_MELGAN_URL', server.url)
   start = time.monotonic()
@@ -213,7 +216,7 @@ def test_a_slow_or_endless_download_is_refused_and_nothing_is_kept(
       'bytes/s, under the 16384 a download needs' if fault == 'drip' else f'sent over {limit} bytes'
     )
     with pytest.raises(ConfigError, match=match):
-      fetch.fetch('melgan', log=lambda _: None)
+      published.fetch('melgan', log=lambda _: None)
   finally:
     server.close()
   assert time.monotonic() - start < 20
@@ -222,19 +225,19 @@ def test_a_slow_or_endless_download_is_refused_and_nothing_is_kept(
   assert _left_in(cache) == []
 
 
-def test_a_download_killed_leaves_nothing_in_the_cache(published, tmp_path):
+def test_a_download_killed_leaves_nothing_in_the_cache(melgan_pt, tmp_path):
   """SIGTERM or SIGKILL in the middle of a download: nothing of it is in the cache afterwards (the
   download has no name at any moment), and the progress said what was being fetched."""
   import signal
 
-  data, _ = published
+  data, _ = melgan_pt
   server = _Server(data * 50, 'drip')
   cache = tmp_path / 'cache'
   env = dict(os.environ, XDG_CACHE_HOME=str(cache), SKIPVQVC_MELGAN_URL=server.url)
   try:
     for signum in (signal.SIGTERM, signal.SIGKILL):
       run = subprocess.Popen(
-        [sys.executable, '-c', 'from skipvqvc_jax import fetch_cli; fetch_cli.run()', 'melgan'],
+        [sys.executable, '-c', 'from skipvqvc_jax.apps import fetch; fetch.run()', 'melgan'],
         cwd=REPO,
         env=env,
         stderr=subprocess.PIPE,

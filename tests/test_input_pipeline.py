@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from skipvqvc_jax import corpus, errors, fileio, input_pipeline
+from skipvqvc_jax.core import errors, fileio
+from skipvqvc_jax.data import corpus, feature_files
+from skipvqvc_jax.training import input_pipeline
 
 
 @pytest.fixture(scope='module')
@@ -38,7 +40,7 @@ def test_batches_have_the_right_shape_and_speakers(features):
   for mel, speaker in zip(batch['mel'], batch['speaker']):
     i = int(mel[0, 0])
     source = os.path.join(features, f'spk{i % 4}_{i:03d}.npy')
-    assert input_pipeline.speaker_names(input_pipeline.list_features(features))[
+    assert input_pipeline.speaker_names(feature_files.list_features(features))[
       speaker
     ] == corpus.speaker_of(source)
     frames = np.load(source).shape[1]

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import soundfile as sf
 
-from skipvqvc_jax import corpus, fileio, preprocessing
-from skipvqvc_jax import pairs as eval_pairs
+from skipvqvc_jax.core import fileio
+from skipvqvc_jax.data import corpus, preprocessing
+from skipvqvc_jax.evaluation import pairs as eval_pairs
 from tests import audio_fixtures
 
 QUIET = dict(workers=1, progress=False, log=lambda _: None)

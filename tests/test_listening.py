@@ -8,8 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from skipvqvc_jax import asr, audio, evaluate, metrics, preprocessing, train
-from skipvqvc_jax import pairs as eval_pairs
+from skipvqvc_jax.data import audio, preprocessing
+from skipvqvc_jax.evaluation import asr, evaluate, metrics
+from skipvqvc_jax.evaluation import pairs as eval_pairs
+from skipvqvc_jax.training import loop
 from tests.conftest import REPO, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -99,7 +101,7 @@ def transcribed_run(tmp_path_factory):
     log=lambda _: None,
   )
   workdir = root / 'run'
-  train.train_and_evaluate(tiny_config(features, num_train_steps=4), str(workdir))
+  loop.train_and_evaluate(tiny_config(features, num_train_steps=4), str(workdir))
   return workdir
 
 

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skipvqvc_jax import porting, vocoders
+from skipvqvc_jax import vocoders
 from skipvqvc_jax.models import melgan
+from skipvqvc_jax.store import porting
 from tests.conftest import parity_file
 
 

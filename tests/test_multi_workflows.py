@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import checkpoints, convert, errors, evaluate, input_pipeline, porting, train
-from skipvqvc_jax.tasks import voice_conversion
+from skipvqvc_jax.core import errors
+from skipvqvc_jax.data import feature_files
+from skipvqvc_jax.evaluation import evaluate
+from skipvqvc_jax.inference import convert
+from skipvqvc_jax.store import checkpoints, porting
+from skipvqvc_jax.training import loop
+from skipvqvc_jax.training.tasks import voice_conversion
 from tests.conftest import REPO, devices_env, main_flags, read_events, tiny_config
 
 PRESET = 'vqvc_plus_multi.py:tiny'
@@ -28,7 +33,7 @@ def _codebook_norms(workdir):
 def straight(small_features, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('multi')
   config = tiny_config(small_features, PRESET, eval_every_steps=8)
-  return workdir, train.train_and_evaluate(config, str(workdir))
+  return workdir, loop.train_and_evaluate(config, str(workdir))
 
 
 def test_trains_with_one_compile_and_the_loss_falls(straight):
@@ -58,8 +63,8 @@ def test_resume_is_exact(straight, small_features, tmp_path):
   config = lambda steps: tiny_config(
     small_features, PRESET, eval_every_steps=8, num_train_steps=steps
   )
-  assert train.train_and_evaluate(config(4), str(tmp_path))['step'] == 4
-  second = train.train_and_evaluate(config(8), str(tmp_path))
+  assert loop.train_and_evaluate(config(4), str(tmp_path))['step'] == 4
+  second = loop.train_and_evaluate(config(8), str(tmp_path))
   assert second['start_step'] == 4
   for step in range(5, 9):
     assert second['train_losses'][step] == pytest.approx(summary['train_losses'][step], abs=1e-6)
@@ -110,7 +115,7 @@ def test_tensorboard_has_every_scale(straight):
   ],
 )
 def test_other_multi_trainers_and_models_train(preset, trainer, small_features, tmp_path):
-  summary = train.train_and_evaluate(
+  summary = loop.train_and_evaluate(
     tiny_config(
       small_features, preset, trainer=trainer, num_train_steps=3, **{'data.crop_frames': 64}
     ),
@@ -161,8 +166,8 @@ def test_one_shot_conversion_and_reconstruction_from_the_checkpoint(straight, tm
   wave, rate = sf.read(tmp_path / 'out.wav')
   assert rate == 22050 and np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
   converter = convert.Converter.restore(str(workdir))
-  mel = input_pipeline.load_features(
-    input_pipeline.list_features(checkpoints.read_config(str(workdir)).data.test_dir)[0]
+  mel = feature_files.load_features(
+    feature_files.list_features(checkpoints.read_config(str(workdir)).data.test_dir)[0]
   )
   scales, enc = converter.reconstruct_scales(mel)
   frames = mel.shape[1]
@@ -183,14 +188,14 @@ def test_eval_report_shows_every_scale(straight):
 
 
 def test_ported_original_checkpoint_converts_and_decodes_edited_codes(parity_dir, tmp_path):
-  """An original vqvc+_multi_simple checkpoint through port_torch's CLI, then the notebooks' calls."""
+  """An original vqvc+_multi_simple checkpoint through skipvqvc-port, then the notebooks' calls."""
   golden = parity_dir / 'multi' / 'vqvcplus_multi_simple_n64_ch64.npz'
   out = tmp_path / 'ported'
   result = subprocess.run(
     [
       sys.executable,
       '-m',
-      'skipvqvc_jax.port_torch',
+      'skipvqvc_jax.apps.port',
       f'--checkpoint={golden}',
       f'--out={out}',
       '--model=vqvc+_multi_simple',

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import checkpoints, errors, fileio, preprocessing
+from skipvqvc_jax.core import errors, fileio
+from skipvqvc_jax.data import preprocessing
+from skipvqvc_jax.store import checkpoints
 from tests.conftest import REPO
 
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -218,13 +220,13 @@ def test_the_package_imports_and_locks_without_fcntl(tmp_path):
   must not need it (simulated here by making `import fcntl` fail)."""
   script = (
     'import sys; sys.modules["fcntl"] = None\n'
-    'import skipvqvc_jax, skipvqvc_jax.cli, skipvqvc_jax.train, skipvqvc_jax.convert\n'
-    'from skipvqvc_jax import locks\n'
+    'import skipvqvc_jax, skipvqvc_jax.apps.main, skipvqvc_jax.training.loop, skipvqvc_jax.inference.convert\n'
+    'from skipvqvc_jax.core import locks\n'
     'with locks.for_workdir(sys.argv[1]):\n'
     '  second = locks.for_workdir(sys.argv[1])\n'
     '  try:\n'
     '    second.acquire()\n'
-    '  except skipvqvc_jax.errors.TrainingError as e:\n'
+    '  except skipvqvc_jax.core.errors.TrainingError as e:\n'
     '    print("refused:", e)\n'
   )
   result = _run([sys.executable, '-c', script, str(tmp_path / 'w')], cwd=REPO)
@@ -255,7 +257,8 @@ def test_outputs_follow_the_umask(small_corpus, tmp_path, umask, file_mode, dir_
   in a temporary folder) get the modes the user's umask gives new files."""
   script = (
     'import os, sys; os.umask(int(sys.argv[3], 8)); '
-    'from skipvqvc_jax import preprocessing, checkpoints, models; '
+    'from skipvqvc_jax import models; from skipvqvc_jax.data import preprocessing; '
+    'from skipvqvc_jax.store import checkpoints; '
     'preprocessing.preprocess(sys.argv[1], sys.argv[2] + "/features", workers=1, progress=False, '
     'log=lambda _: None); '
     'checkpoints.save_model(sys.argv[2] + "/model", models.build("vqvc+", channel=16, '

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from skipvqvc_jax import checkpoints, train
-from skipvqvc_jax.errors import TrainingError
+from skipvqvc_jax.core.errors import TrainingError
+from skipvqvc_jax.store import checkpoints
+from skipvqvc_jax.training import loop
 from tests.conftest import REPO, devices_env, main_flags, tiny_config
 
 STEPS = 6
@@ -46,7 +47,7 @@ def _free_port():
 def single(small_features, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('single')
   assert jax.device_count() == 1
-  train.train_and_evaluate(tiny_config(small_features, num_train_steps=STEPS), str(workdir))
+  loop.train_and_evaluate(tiny_config(small_features, num_train_steps=STEPS), str(workdir))
   return workdir
 
 
@@ -135,7 +136,7 @@ def test_a_pod_run_that_resumes_on_fewer_devices_matches_the_single_process_run(
   # tiny's global batch is 4: 2 per device on this one device would make it 2.
   config = tiny_config(small_features, num_train_steps=STEPS + 2, per_device_batch_size=2)
   with pytest.raises(TrainingError) as refused:
-    train.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
   message = str(refused.value)
   assert 'global batch of 4' in message and '--config.batch_size=4' in message, message
   assert '--config.per_device_batch_size=4' in message and '\n' not in message

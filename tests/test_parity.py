@@ -7,7 +7,8 @@ import optax
 import pytest
 from flax import nnx
 
-from skipvqvc_jax import models, porting
+from skipvqvc_jax import models
+from skipvqvc_jax.store import porting
 from tests.conftest import assert_close, assert_gradients_match
 
 GOLDEN = {

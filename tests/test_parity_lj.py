@@ -11,11 +11,12 @@ import optax
 import pytest
 from flax import nnx
 
-from skipvqvc_jax import porting, trainers
 from skipvqvc_jax.configs import default
 from skipvqvc_jax.models.began import BatchStat, BeganDiscriminator, SpectralVector
 from skipvqvc_jax.models.single_speaker import VQVCPlusLJ3, VQVCPlusMultiCodebookLJ
-from skipvqvc_jax.tasks import began, voice_conversion
+from skipvqvc_jax.store import porting
+from skipvqvc_jax.training import trainers
+from skipvqvc_jax.training.tasks import began, voice_conversion
 from tests.conftest import assert_close, assert_gradients_match, assert_step_matches, load_golden
 from tests.test_parity_multi import _trainer_inputs
 

@@ -13,9 +13,11 @@ import optax
 import pytest
 from flax import nnx
 
-from skipvqvc_jax import models, porting, trainers
+from skipvqvc_jax import models
 from skipvqvc_jax.configs import default
-from skipvqvc_jax.tasks import voice_conversion
+from skipvqvc_jax.store import porting
+from skipvqvc_jax.training import trainers
+from skipvqvc_jax.training.tasks import voice_conversion
 from tests.conftest import assert_close, assert_gradients_match, assert_step_matches
 
 GOLDEN = {

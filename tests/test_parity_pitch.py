@@ -9,10 +9,12 @@ import optax
 import pytest
 from flax import nnx
 
-from skipvqvc_jax import f0, porting, trainers
 from skipvqvc_jax.configs import default
+from skipvqvc_jax.data import f0
 from skipvqvc_jax.models.pitch import VQVCPlusPitch
-from skipvqvc_jax.tasks import voice_conversion
+from skipvqvc_jax.store import porting
+from skipvqvc_jax.training import trainers
+from skipvqvc_jax.training.tasks import voice_conversion
 from tests.conftest import assert_close, assert_gradients_match, assert_step_matches, load_golden
 
 GOLDEN = 'pitch/vqvcplus_pitch_n64_ch64.npz'

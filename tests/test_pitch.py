@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import skipvqvc_jax
-from skipvqvc_jax import f0, f0_features, input_pipeline, train
-from skipvqvc_jax.errors import ConfigError, ConversionError, CorpusError
+from skipvqvc_jax.core.errors import ConfigError, ConversionError, CorpusError
+from skipvqvc_jax.data import f0, f0_files, feature_files
+from skipvqvc_jax.training import input_pipeline, loop
 from tests.conftest import REPO, in_fresh_process, preprocess_small, tiny_config
 
 PRESET = 'vqvc_plus_pitch.py:tiny'
@@ -28,7 +29,7 @@ def test_each_crop_comes_with_its_own_f0(f0_features_dir):
   dataset = input_pipeline.make_dataset(
     str(f0_features_dir / 'train'), batch_size=4, crop_frames=64, seed=3, f0=True
   )
-  files = input_pipeline.list_features(str(f0_features_dir / 'train'))
+  files = feature_files.list_features(str(f0_features_dir / 'train'))
   for index in (0, 5):
     batch = dataset[index]
     assert batch['f0'].shape == (4, 64) and batch['f0'].dtype == np.float32
@@ -38,7 +39,7 @@ def test_each_crop_comes_with_its_own_f0(f0_features_dir):
         full = np.load(path)
         starts = [s for s in range(full.shape[1] - 63) if np.array_equal(full[:, s : s + 64], mel)]
         if starts:
-          whole = np.load(f0_features.f0_of_feature(path))[0]
+          whole = np.load(f0_files.f0_of_feature(path))[0]
           np.testing.assert_array_equal(contour, whole[starts[0] : starts[0] + 64])
           break
       else:
@@ -50,7 +51,7 @@ def test_each_crop_comes_with_its_own_f0(f0_features_dir):
 def pitch_run(f0_features_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('pitch_run')
   config = tiny_config(f0_features_dir, PRESET, num_train_steps=4, **{'data.f0_method': 'dio'})
-  return workdir, train.train_and_evaluate(config, str(workdir))
+  return workdir, loop.train_and_evaluate(config, str(workdir))
 
 
 def test_the_pitch_model_trains_and_samples_with_f0(pitch_run):
@@ -108,13 +109,13 @@ def test_f0_shift_is_refused_for_a_model_without_f0(workdir, small_corpus):
 
 def test_features_without_f0_and_a_mismatched_trainer_are_refused(small_features, tmp_path):
   with pytest.raises(CorpusError, match='has no F0 .*--f0=harvest'):
-    train.train_and_evaluate(tiny_config(small_features, PRESET), str(tmp_path / 'no_f0'))
+    loop.train_and_evaluate(tiny_config(small_features, PRESET), str(tmp_path / 'no_f0'))
   with pytest.raises(ConfigError, match='the F0 trainer and the F0 model'):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, PRESET, **{'model.name': 'vqvc+_multi'}), str(tmp_path / 'a')
     )
   with pytest.raises(ConfigError, match='the F0 trainer and the F0 model'):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, PRESET, trainer='simple_normalize_multi'), str(tmp_path / 'b')
     )
   shutil.rmtree(tmp_path, ignore_errors=True)
@@ -123,7 +124,7 @@ def test_features_without_f0_and_a_mismatched_trainer_are_refused(small_features
 WEB_PAGE = """
 import json, sys
 import gradio as gr, numpy as np, soundfile
-from skipvqvc_jax import demo
+from skipvqvc_jax.apps import demo
 page = demo.Demo(sys.argv[1], ['griffin_lim'], 60.0)
 plain, _ = page.run(sys.argv[2], sys.argv[3], None, 'griffin_lim')
 shifted, image = page.run(sys.argv[2], sys.argv[3], None, 'griffin_lim', f0_shift=7)
@@ -143,7 +144,7 @@ def test_the_web_page_offers_the_melody_shift(pitch_run, small_corpus):
 
 
 def test_eval_converts_with_the_f0_beside_the_test_features(pitch_run):
-  from skipvqvc_jax import evaluate
+  from skipvqvc_jax.evaluation import evaluate
 
   metrics = evaluate.run(str(pitch_run[0]), num_pairs=2, report_pairs=0)
   assert np.isfinite(metrics['recon_l1_logmel']) and metrics['conversion']['pairs'] == 2

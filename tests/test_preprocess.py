@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from skipvqvc_jax import audio, corpus, errors, fileio, preprocessing
+from skipvqvc_jax.core import errors, fileio
+from skipvqvc_jax.data import audio, corpus, preprocessing
 from tests import audio_fixtures
 from tests.conftest import REPO, parity_file
 

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from skipvqvc_jax import sharding, train
-from skipvqvc_jax.errors import ConfigError
-from skipvqvc_jax.tasks import voice_conversion
+from skipvqvc_jax.core.errors import ConfigError
+from skipvqvc_jax.training import loop, sharding
+from skipvqvc_jax.training.tasks import voice_conversion
 from tests.conftest import tiny_config
 
 
@@ -99,12 +99,12 @@ def test_ema_updates_make_each_code_the_mean_of_what_it_was_chosen_for(small_fea
 def test_upkeep_is_off_in_the_original_presets_and_resumes_exactly(small_features, tmp_path):
   assert 'codebook' not in _task(small_features, tmp_path / 'original').initial_state()
   options = {'codebook.restart_below': 0.9, 'codebook.data_init': True, 'codebook.ema_decay': 0.9}
-  straight = train.train_and_evaluate(
+  straight = loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=8, **options), str(tmp_path / 'straight')
   )
   halves = tmp_path / 'halves'
-  train.train_and_evaluate(tiny_config(small_features, num_train_steps=4, **options), str(halves))
-  second = train.train_and_evaluate(
+  loop.train_and_evaluate(tiny_config(small_features, num_train_steps=4, **options), str(halves))
+  second = loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=8, **options), str(halves)
   )
   assert second['start_step'] == 4
@@ -112,7 +112,7 @@ def test_upkeep_is_off_in_the_original_presets_and_resumes_exactly(small_feature
     assert second['train_losses'][step] == pytest.approx(straight['train_losses'][step], abs=1e-6)
   # A resume that would drop the usage state it was trained with is refused in one line.
   with pytest.raises(Exception, match='codebook.restart_below=0.9'):
-    train.train_and_evaluate(tiny_config(small_features, num_train_steps=10), str(halves))
+    loop.train_and_evaluate(tiny_config(small_features, num_train_steps=10), str(halves))
 
 
 def test_a_codebook_made_from_the_speaker_has_no_table_to_restart(small_features, tmp_path):
@@ -147,7 +147,7 @@ def test_warmup_cosine_is_the_rate_adam_applies(small_features):
   np.testing.assert_allclose(applied, expected, rtol=1e-4, atol=1e-9)
   # The schedule is every task's: the vocoder's Adam follows it too.
   from skipvqvc_jax.configs import vocoder as vocoder_configs
-  from skipvqvc_jax.tasks import vocoder
+  from skipvqvc_jax.training.tasks import vocoder
 
   vocoder_config = vocoder_configs.get_config('tiny')
   for key in ('lr_schedule', 'warmup_steps', 'num_train_steps', 'lr_end_fraction', 'learning_rate'):

@@ -12,7 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from skipvqvc_jax import checkpoints, conversion_jobs, convert, errors, fileio, train
+from skipvqvc_jax.core import errors, fileio
+from skipvqvc_jax.inference import conversion_jobs, convert
+from skipvqvc_jax.store import checkpoints
+from skipvqvc_jax.training import loop
 from tests.conftest import REPO, main_flags, small_file_system, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -22,7 +25,7 @@ DEMO = REPO / 'data' / 'demo_corpus'
 def run8(small_features, tmp_path_factory):
   """8 tiny steps, checkpoints at 4 and 8."""
   workdir = tmp_path_factory.mktemp('run8')
-  summary = train.train_and_evaluate(tiny_config(small_features), str(workdir))
+  summary = loop.train_and_evaluate(tiny_config(small_features), str(workdir))
   return workdir, summary
 
 
@@ -87,7 +90,7 @@ def test_impossible_settings_are_refused_before_anything_changes(
   workdir = _copy(run8[0], tmp_path)
   before = sorted(os.listdir(workdir / 'checkpoints'))
   with pytest.raises(errors.ConfigError, match=rf'--config\.{field}='):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, num_train_steps=12, **override), str(workdir)
     )
   assert sorted(os.listdir(workdir / 'checkpoints')) == before == ['4', '8']
@@ -127,13 +130,13 @@ def test_another_model_in_a_used_workdir_is_refused_and_nothing_is_overwritten(
     match=r"holds a run of .*'channel': 16.*this config "
     r"trains .*'channel': 32",
   ):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, num_train_steps=12, **{'model.channel': 32}), str(workdir)
     )
   assert (workdir / 'config.json').read_bytes() == config_json
   assert convert.Converter.restore(str(workdir)).model.channel == 16
   # resume=False keeps the old run, with the config.json that describes it.
-  train.train_and_evaluate(
+  loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=1, resume=False, **{'model.channel': 32}),
     str(workdir),
   )
@@ -153,7 +156,7 @@ def test_a_workdir_without_model_json_says_how_to_write_it(run8, tmp_path, small
   with pytest.raises(errors.CheckpointError, match='rerun its training command once'):
     checkpoints.load(str(workdir))
   before = checkpoints.load(str(run8[0]))
-  summary = train.train_and_evaluate(tiny_config(small_features), str(workdir))
+  summary = loop.train_and_evaluate(tiny_config(small_features), str(workdir))
   assert summary['start_step'] == summary['step'] == 8
   info = checkpoints.read_model_info(str(workdir))
   assert info.spec == before.spec() and info.state_path == ('params',)
@@ -254,7 +257,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
   )
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']
   # Training moves the damaged one aside (nothing is deleted) and redoes steps 5 to 8 exactly.
-  summary = train.train_and_evaluate(tiny_config(small_features), str(workdir))
+  summary = loop.train_and_evaluate(tiny_config(small_features), str(workdir))
   assert summary['start_step'] == 4 and summary['step'] == 8
   for step in range(5, 9):
     assert summary['train_losses'][step] == pytest.approx(run8[1]['train_losses'][step], abs=1e-6)
@@ -358,7 +361,7 @@ def _preprocess(*args, env=None):
 
 def test_a_changed_split_moves_features_and_the_manifest_says_what_is_there(small_corpus, tmp_path):
   out = tmp_path / 'out'
-  from skipvqvc_jax import preprocessing
+  from skipvqvc_jax.data import preprocessing
 
   quiet = dict(workers=1, progress=False, log=lambda _: None)
   preprocessing.preprocess(str(small_corpus), str(out), test_speakers=['esf2', 'esm1'], **quiet)
@@ -386,7 +389,7 @@ def corpus_speaker(name):
 def test_an_interrupted_run_cannot_continue_with_other_parameters(
   small_corpus, tmp_path, monkeypatch
 ):
-  from skipvqvc_jax import audio, preprocessing
+  from skipvqvc_jax.data import audio, preprocessing
 
   out = tmp_path / 'out'
   done = []
@@ -416,7 +419,7 @@ def test_an_interrupted_run_cannot_continue_with_other_parameters(
       str(small_corpus), str(out), workers=1, progress=False, log=lambda _: None
     )
   with pytest.raises(errors.CorpusError, match='did not finish'):  # training refuses it too
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(out, **{'features.n_mels': 40, 'data.test_dir': str(out / 'train')}),
       str(tmp_path / 'w'),
     )
@@ -530,7 +533,7 @@ def test_an_unreadable_feature_file_is_named(small_features, tmp_path):
   bad = broken / 'train' / 'awb_003.npy'
   bad.write_bytes(bad.read_bytes()[:100])
   with pytest.raises(errors.CorpusError, match=rf'{bad}: cannot read it .*preprocess its audio'):
-    train.train_and_evaluate(tiny_config(broken), str(tmp_path / 'w'))
+    loop.train_and_evaluate(tiny_config(broken), str(tmp_path / 'w'))
 
 
 def test_preprocessing_into_a_file_is_one_line(small_corpus, tmp_path):
@@ -577,7 +580,7 @@ def test_an_error_that_is_not_damage_moves_nothing(run8, small_features, tmp_pat
 
   monkeypatch.setattr(checkpoints.TrainCheckpoints, '_stored_state', encoding_trouble)
   for attempt in (
-    lambda: train.train_and_evaluate(tiny_config(small_features, num_train_steps=12), str(workdir)),
+    lambda: loop.train_and_evaluate(tiny_config(small_features, num_train_steps=12), str(workdir)),
     lambda: convert.Converter.restore(str(workdir)),
   ):
     with pytest.raises(
@@ -596,11 +599,11 @@ def test_a_refused_rerun_writes_no_config(run8, small_features, tmp_path):
   (workdir / 'config.json').unlink()
   (workdir / 'model.json').unlink()
   with pytest.raises(errors.UserError, match='does not fit'):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, num_train_steps=12, **{'model.channel': 32}), str(workdir)
     )
   assert not (workdir / 'config.json').exists() and not (workdir / 'model.json').exists()
-  summary = train.train_and_evaluate(tiny_config(small_features, num_train_steps=10), str(workdir))
+  summary = loop.train_and_evaluate(tiny_config(small_features, num_train_steps=10), str(workdir))
   assert summary['start_step'] == 8 and summary['step'] == 10
   assert (workdir / 'config.json').exists() and (workdir / 'model.json').exists()
 
@@ -690,9 +693,9 @@ def test_a_damaged_or_edited_model_json_is_named_and_the_checkpoints_kept(
   ):
     model_json.write_text(text)
     with pytest.raises(errors.UserError) as raised:
-      train.train_and_evaluate(tiny_config(small_features, num_train_steps=12), str(workdir))
+      loop.train_and_evaluate(tiny_config(small_features, num_train_steps=12), str(workdir))
     assert expected in str(raised.value) and '\n' not in str(raised.value), str(raised.value)
     assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '8']
   model_json.unlink()
-  summary = train.train_and_evaluate(tiny_config(small_features, num_train_steps=12), str(workdir))
+  summary = loop.train_and_evaluate(tiny_config(small_features, num_train_steps=12), str(workdir))
   assert summary['start_step'] == 8 and json.loads(model_json.read_text()) == json.loads(intact)

@@ -8,12 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from skipvqvc_jax import corpus, trainers
+from skipvqvc_jax.data import corpus
+from skipvqvc_jax.training import trainers
 
 
 def _stats_cli(*args):
   return subprocess.run(
-    [sys.executable, '-c', 'from skipvqvc_jax import stats_cli; stats_cli.run()', *args],
+    [sys.executable, '-c', 'from skipvqvc_jax.apps import stats; stats.run()', *args],
     capture_output=True,
     text=True,
     timeout=300,

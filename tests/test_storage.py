@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from skipvqvc_jax import fileio, input_pipeline, locks, storage
-from skipvqvc_jax.errors import TrainingError, UserError
+from skipvqvc_jax.core import fileio, locks, storage
+from skipvqvc_jax.core.errors import TrainingError, UserError
+from skipvqvc_jax.data import feature_files
 
 pytest.importorskip('fsspec', reason='URLs need fsspec (the [gcs] extra brings it)')
 
@@ -44,7 +45,7 @@ def test_safe_writes_and_reads_in_memory(memory):
   fileio.save_json(path, dict(a=1))
   assert fileio.load_json(path) == dict(a=1)
   fileio.save_npy(storage.join(memory, 'run', 'x.npy'), np.arange(6.0).reshape(2, 3))
-  loaded = input_pipeline.load_features(storage.join(memory, 'run', 'x.npy'))
+  loaded = feature_files.load_features(storage.join(memory, 'run', 'x.npy'))
   assert loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
 
   def fails_half_way(tmp):
@@ -67,7 +68,7 @@ def test_the_feature_mirror_copies_only_what_changed(memory, tmp_path, monkeypat
       storage.join(memory, 'f', 'train', f's{i}_001.npy'), np.full((80, 10 + i), i, np.float32)
     )
   fileio.save_json(storage.join(memory, 'f', 'manifest.json'), dict(items=[]))
-  files = input_pipeline.list_features(storage.join(memory, 'f', 'train'))
+  files = feature_files.list_features(storage.join(memory, 'f', 'train'))
   assert [os.path.basename(f) for f in files] == [f's{i}_001.npy' for i in range(5)]
   assert all(f.startswith(str(tmp_path / 'cache')) for f in files)
   local = os.path.dirname(files[0])

@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from skipvqvc_jax import torch_files
-from skipvqvc_jax.errors import PortError
+from skipvqvc_jax.core.errors import PortError
+from skipvqvc_jax.store import torch_files
 
 
 def _checkpoint():

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from skipvqvc_jax import cadence as cadence_module
-from skipvqvc_jax import checkpoints, errors, fileio, train
 from skipvqvc_jax.configs import (
   default,
   vqvc_plus,
@@ -29,7 +27,11 @@ from skipvqvc_jax.configs import (
   vqvc_plus_rhythm,
   vqvc_plus_speaker_quantize,
 )
-from skipvqvc_jax.tasks import voice_conversion
+from skipvqvc_jax.core import errors, fileio
+from skipvqvc_jax.store import checkpoints
+from skipvqvc_jax.training import cadence as cadence_module
+from skipvqvc_jax.training import loop
+from skipvqvc_jax.training.tasks import voice_conversion
 from tests.conftest import REPO, main_flags, read_events, tiny_config
 
 CONFIG_FILES = [
@@ -105,7 +107,7 @@ def test_original_runs_are_presets():
 def straight(small_features, tmp_path_factory):
   """8 steps in one go."""
   workdir = tmp_path_factory.mktemp('straight')
-  return workdir, train.train_and_evaluate(tiny_config(small_features), str(workdir))
+  return workdir, loop.train_and_evaluate(tiny_config(small_features), str(workdir))
 
 
 def test_loss_falls_and_the_step_compiles_once(straight):
@@ -119,9 +121,9 @@ def test_loss_falls_and_the_step_compiles_once(straight):
 def test_resume_is_exact(straight, small_features, tmp_path):
   workdir, summary = straight
   halves = tmp_path / 'halves'
-  first = train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(halves))
+  first = loop.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(halves))
   assert first['step'] == 4
-  second = train.train_and_evaluate(tiny_config(small_features), str(halves))
+  second = loop.train_and_evaluate(tiny_config(small_features), str(halves))
   assert second['start_step'] == 4 and second['step'] == 8
   # Same batches and noise: the later losses agree, and so do the final parameters.
   for step in range(5, 9):
@@ -152,7 +154,7 @@ def test_fine_tuning_the_decoder_leaves_everything_else_exactly(straight, small_
   workdir, _ = straight
   tuned = tmp_path / 'tuned'
   config = tiny_config(small_features, num_train_steps=3, init_from=str(workdir), trainable='dec')
-  train.train_and_evaluate(config, str(tuned))
+  loop.train_and_evaluate(config, str(tuned))
   before, after = _params(workdir), _params(tuned)
   for group in ('enc', 'quantize'):  # frozen: bit for bit
     for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group])):
@@ -161,14 +163,14 @@ def test_fine_tuning_the_decoder_leaves_everything_else_exactly(straight, small_
   with pytest.raises(
     errors.ConfigError, match=r'--config.trainable=decoder: .* its groups are dec'
   ):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, trainable='decoder'), str(tmp_path / 'misspelt')
     )
 
 
 def test_profile_steps_writes_a_trace_for_tensorboard(small_features, tmp_path):
   workdir = tmp_path / 'profiled'
-  summary = train.train_and_evaluate(
+  summary = loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=4, profile_steps=2), str(workdir)
   )
   assert summary['step'] == 4
@@ -181,7 +183,7 @@ def test_pauses_are_spaced_to_take_a_share_of_the_time(small_features, tmp_path)
   the measured pauses (wall time beyond the steps' own) under that share; 0 keeps them as set."""
   flags = dict(eval_every_steps=2, checkpoint_every_steps=2, keep_checkpoints=100)
   steps = 60
-  spaced = train.train_and_evaluate(
+  spaced = loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=steps, pause_fraction=0.1, **flags),
     str(tmp_path / 'spaced'),
   )
@@ -232,7 +234,7 @@ def test_pauses_are_spaced_to_take_a_share_of_the_time(small_features, tmp_path)
   assert 0 < spaced['steps_per_sec_overall'] < spaced['steps_per_sec_between']
   assert spaced['compile_seconds'] == 0.0  # one shape: nothing compiled after the first step
 
-  as_set = train.train_and_evaluate(
+  as_set = loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=8, pause_fraction=0.0, **flags),
     str(tmp_path / 'as_set'),
   )
@@ -240,8 +242,8 @@ def test_pauses_are_spaced_to_take_a_share_of_the_time(small_features, tmp_path)
 
 
 def test_resume_false_moves_old_checkpoints_aside(small_features, tmp_path):
-  first = train.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(tmp_path))
-  again = train.train_and_evaluate(
+  first = loop.train_and_evaluate(tiny_config(small_features, num_train_steps=4), str(tmp_path))
+  again = loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=4, resume=False), str(tmp_path)
   )
   assert first['step'] == again['step'] == 4 and again['start_step'] == 0
@@ -250,12 +252,12 @@ def test_resume_false_moves_old_checkpoints_aside(small_features, tmp_path):
 
 def test_init_from_another_run(straight, small_features, tmp_path):
   workdir, _ = straight
-  summary = train.train_and_evaluate(
+  summary = loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=1, init_from=str(workdir)), str(tmp_path)
   )
   assert summary['start_step'] == 0
   # Initialised from the trained run: its first loss is the trained model's, far below a fresh one.
-  fresh = train.train_and_evaluate(
+  fresh = loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=1), str(tmp_path / 'fresh')
   )
   assert summary['train_losses'][1] < fresh['train_losses'][1]
@@ -265,11 +267,11 @@ def test_a_resumed_run_does_not_read_init_from_again(straight, small_features, t
   source = tmp_path / 'source'
   shutil.copytree(straight[0], source)
   workdir = str(tmp_path / 'w')
-  train.train_and_evaluate(
+  loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=2, init_from=str(source)), workdir
   )
   shutil.rmtree(source)  # once a run has its own checkpoint, init_from is neither read nor needed
-  summary = train.train_and_evaluate(
+  summary = loop.train_and_evaluate(
     tiny_config(small_features, num_train_steps=4, init_from=str(source)), workdir
   )
   assert summary['start_step'] == 2 and summary['step'] == 4
@@ -280,7 +282,7 @@ def test_other_trainers_train(trainer, small_features, tmp_path):
   overrides = dict(trainer=trainer, num_train_steps=3)
   if trainer == 'rhythm':
     overrides.update({'model.name': 'vqvc+_rhythm', 'data.crop_frames': 64})
-  summary = train.train_and_evaluate(tiny_config(small_features, **overrides), str(tmp_path))
+  summary = loop.train_and_evaluate(tiny_config(small_features, **overrides), str(tmp_path))
   assert summary['step'] == 3
   assert all(np.isfinite(v) for v in summary['train_losses'].values())
   if trainer == 'mean_std':
@@ -295,14 +297,14 @@ def test_test_audio_is_preprocessed_into_the_workdir(small_features, small_corpu
   test_audio = tmp_path / 'test_audio'
   shutil.copytree(small_corpus / 'esm1', test_audio / 'esm1')
   config = tiny_config(small_features, num_train_steps=1, **{'data.test_dir': str(test_audio)})
-  summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  summary = loop.train_and_evaluate(config, str(tmp_path / 'w'))
   assert summary['step'] == 1
   assert len(os.listdir(tmp_path / 'w' / 'test_features' / 'train')) == 6
 
 
 def test_bfloat16_compute_keeps_float32_parameters(small_features, tmp_path):
   config = tiny_config(small_features, num_train_steps=2, compute_dtype='bfloat16')
-  summary = train.train_and_evaluate(config, str(tmp_path))
+  summary = loop.train_and_evaluate(config, str(tmp_path))
   assert all(np.isfinite(v) for v in summary['train_losses'].values())
   assert {x.dtype for x in jax.tree.leaves(_params(tmp_path))} == {np.dtype('float32')}
 
@@ -323,7 +325,7 @@ def test_an_unfinished_save_is_never_the_latest(straight):
 
 def test_user_errors_are_one_line(small_features, tmp_path):
   with pytest.raises(errors.CorpusError, match='does not exist'):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, **{'data.train_dir': str(tmp_path / 'x')}), str(tmp_path / 'w1')
     )
   # mean_std without statistics
@@ -331,10 +333,10 @@ def test_user_errors_are_one_line(small_features, tmp_path):
   shutil.copytree(small_features / 'train', bare / 'train')
   shutil.copytree(small_features / 'test', bare / 'test')
   with pytest.raises(errors.CorpusError, match='needs per-band statistics: .*stats.npz not found'):
-    train.train_and_evaluate(tiny_config(bare, trainer='mean_std'), str(tmp_path / 'w2'))
+    loop.train_and_evaluate(tiny_config(bare, trainer='mean_std'), str(tmp_path / 'w2'))
   # features made with other parameters than the config's
   with pytest.raises(errors.CorpusError, match=r'hop_length: 256 != 200'):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_config(small_features, **{'features.hop_length': 200}), str(tmp_path / 'w3')
     )
 
@@ -344,7 +346,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_features
   shutil.copytree(small_features, poisoned)
   config = tiny_config(poisoned, num_train_steps=40, checkpoint_every_steps=2)
   workdir = tmp_path / 'w'
-  first = train.train_and_evaluate(tiny_config(poisoned, num_train_steps=2), str(workdir))
+  first = loop.train_and_evaluate(tiny_config(poisoned, num_train_steps=2), str(workdir))
   assert first['step'] == 2
   # Poison every training file after a checkpoint was saved: finite (a non-finite feature is named
   # when the run starts, tests/test_bad_data.py), but so large that the next step overflows.
@@ -357,7 +359,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_features
     match=r'loss became (inf|nan) at step 3: stopping; .* '
     r'last good checkpoint is step 2',
   ):
-    train.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
   restored = checkpoints.load(str(workdir))  # still readable, and finite
   assert all(
     np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(nnx.state(restored, nnx.Param))

@@ -5,7 +5,7 @@ import pytest
 
 
 def test_normalisations_invert_and_follow_the_original(small_features):
-  from skipvqvc_jax import trainers
+  from skipvqvc_jax.training import trainers
 
   mel = np.random.default_rng(0).normal(-2, 2, (2, 80, 16)).astype(np.float32)
   simple = trainers.get('simple_normalize')
@@ -32,7 +32,7 @@ def test_normalisations_invert_and_follow_the_original(small_features):
 
 
 def test_rhythm_stretch_has_a_bounded_set_of_lengths():
-  from skipvqvc_jax import trainers
+  from skipvqvc_jax.training import trainers
 
   mel = np.arange(128, dtype=np.float32)[None, None, :].repeat(2, 0)
   lengths = set()
@@ -46,8 +46,9 @@ def test_rhythm_stretch_has_a_bounded_set_of_lengths():
 
 
 def test_each_trainer_row_trains_the_models_it_declares():
-  from skipvqvc_jax import models, trainers
-  from skipvqvc_jax.errors import ConfigError
+  from skipvqvc_jax import models
+  from skipvqvc_jax.core.errors import ConfigError
+  from skipvqvc_jax.training import trainers
 
   trains = {}
   for trainer in trainers.TRAINERS.values():

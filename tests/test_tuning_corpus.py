@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from skipvqvc_jax import asr, audio, metrics, preprocessing
+from skipvqvc_jax.data import audio, preprocessing
+from skipvqvc_jax.evaluation import asr, metrics
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / 'scripts'))

@@ -13,20 +13,16 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
-from skipvqvc_jax import (
-  audio,
-  checkpoints,
-  convert,
-  corpus,
-  errors,
-  evaluate,
-  fileio,
-  train,
-  vocoders,
-)
+from skipvqvc_jax import vocoders
 from skipvqvc_jax.configs import vocoder as vocoder_configs
-from skipvqvc_jax.tasks import vocoder as vocoder_task
-from skipvqvc_jax.tasks import waveforms
+from skipvqvc_jax.core import errors, fileio
+from skipvqvc_jax.data import audio, corpus
+from skipvqvc_jax.evaluation import evaluate
+from skipvqvc_jax.inference import convert
+from skipvqvc_jax.store import checkpoints
+from skipvqvc_jax.training import loop
+from skipvqvc_jax.training.tasks import vocoder as vocoder_task
+from skipvqvc_jax.training.tasks import waveforms
 from tests.conftest import REPO, devices_env, read_events, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -77,16 +73,16 @@ def test_cached_waveforms_pair_exactly_with_their_features(small_features, tmp_p
 @pytest.fixture(scope='module')
 def straight(small_features, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('vocoder_straight')
-  return workdir, train.train_and_evaluate(tiny_vocoder_config(small_features), str(workdir))
+  return workdir, loop.train_and_evaluate(tiny_vocoder_config(small_features), str(workdir))
 
 
 @pytest.fixture(scope='module')
 def resumed(small_features, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('vocoder_resumed')
-  first = train.train_and_evaluate(
+  first = loop.train_and_evaluate(
     tiny_vocoder_config(small_features, num_train_steps=4), str(workdir)
   )
-  second = train.train_and_evaluate(tiny_vocoder_config(small_features), str(workdir))
+  second = loop.train_and_evaluate(tiny_vocoder_config(small_features), str(workdir))
   return workdir, first, second
 
 
@@ -158,7 +154,7 @@ def test_resume_is_exact(straight, resumed):
 @pytest.fixture(scope='module')
 def vc_workdir(small_features, tmp_path_factory):
   path = tmp_path_factory.mktemp('vc')
-  train.train_and_evaluate(tiny_config(small_features, num_train_steps=2), str(path))
+  loop.train_and_evaluate(tiny_config(small_features, num_train_steps=2), str(path))
   return path
 
 
@@ -249,7 +245,7 @@ def test_fine_tuning_starts_from_a_ported_generator(small_features, ported_melga
     num_train_steps=1,
     **{'generator.ngf': 32, 'generator.residual_layers': 3, 'init_from': str(ported_melgan[0])},
   )
-  train.train_and_evaluate(config, str(tmp_path / 'tuned'))
+  loop.train_and_evaluate(config, str(tmp_path / 'tuned'))
   ported = nnx.to_pure_dict(nnx.state(vocoders.load_generator(str(ported_melgan[0])), nnx.Param))
   tuned = _generator_params(tmp_path / 'tuned')
   # One Adam step moves each weight by about the learning rate (1e-4), no more.
@@ -259,14 +255,14 @@ def test_fine_tuning_starts_from_a_ported_generator(small_features, ported_melga
   ]
   assert 0 < max(steps) < 3e-4
   with pytest.raises(errors.TrainingError, match='holds .*ngf.: 32.*not the configured'):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       tiny_vocoder_config(small_features, init_from=str(ported_melgan[0])),
       str(tmp_path / 'mismatch'),
     )
 
 
 def test_export_to_the_original_format_and_back(straight, tmp_path):
-  run = [sys.executable, '-m', 'skipvqvc_jax.port_torch']
+  run = [sys.executable, '-m', 'skipvqvc_jax.apps.port']
   result = subprocess.run(
     run + [f'--checkpoint={straight[0]}', f'--out={tmp_path / "g.npz"}'],
     cwd=REPO,
@@ -305,8 +301,8 @@ def test_two_devices_give_the_same_losses(straight, small_features, tmp_path):
   devices, one example each, train exactly as one device with both."""
   script = (
     'import sys, jax; from tests.test_vocoder_training import tiny_vocoder_config; '
-    'from skipvqvc_jax import train; import pathlib; assert jax.device_count() == 2; '
-    'train.train_and_evaluate(tiny_vocoder_config(pathlib.Path(sys.argv[1])), sys.argv[2])'
+    'from skipvqvc_jax.training import loop; import pathlib; assert jax.device_count() == 2; '
+    'loop.train_and_evaluate(tiny_vocoder_config(pathlib.Path(sys.argv[1])), sys.argv[2])'
   )
   env = devices_env(2)
   result = subprocess.run(

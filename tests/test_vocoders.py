@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from skipvqvc_jax import audio
+from skipvqvc_jax.data import audio
 from skipvqvc_jax.vocoders import GriffinLim
 
 

@@ -6,8 +6,8 @@
 
 import ml_collections
 
-from skipvqvc_jax import audio
-from skipvqvc_jax.errors import ConfigError
+from skipvqvc_jax.core.errors import ConfigError
+from skipvqvc_jax.data import audio
 
 
 def training_defaults() -> ml_collections.ConfigDict:
@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.n_embed = 64  # codebook size of the coarsest scale (variants derive the others)
   config.model.gru_init = 'normal'  # GRU initial state: the original's N(0, 1) noise, or 'zeros'
 
-  config.trainer = 'normal'  # a name from skipvqvc_jax.trainers.NAMES
+  config.trainer = 'normal'  # a name from skipvqvc_jax.training.trainers.NAMES
   # '' trains every parameter; a comma-separated list of top-level groups (dec, enc, quantize) trains
   # only those: 'dec' fine-tunes the decoder to one voice with the encoder and codebooks frozen
   config.trainable = ''

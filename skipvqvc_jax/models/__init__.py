@@ -7,7 +7,7 @@ it, so a saved model directory or a workdir needs nothing but the spec to be res
 
 from __future__ import annotations
 
-from skipvqvc_jax.errors import ConfigError
+from skipvqvc_jax.core.errors import ConfigError
 from skipvqvc_jax.models.base import Encoding, VQVCModel
 from skipvqvc_jax.models.discriminator import Discriminators
 from skipvqvc_jax.models.layers import GruInit

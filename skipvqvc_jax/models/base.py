@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from skipvqvc_jax.errors import PortError
+from skipvqvc_jax.core.errors import PortError
 from skipvqvc_jax.models.layers import NUM_SCALES, EncoderStage, GruInit, torch_conv
 from skipvqvc_jax.models.quantizer import Quantizer
 from skipvqvc_jax.models.terms import to_public

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from skipvqvc_jax.errors import PortError
+from skipvqvc_jax.core.errors import PortError
 
 RATIOS = (8, 8, 2, 2)
 SLOPE = 0.2

@@ -12,9 +12,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from skipvqvc_jax import audio, checkpoints, fetch
-from skipvqvc_jax.errors import CheckpointError, ConfigError
+from skipvqvc_jax.core.errors import CheckpointError, ConfigError
+from skipvqvc_jax.data import audio
 from skipvqvc_jax.models import MelGANGenerator
+from skipvqvc_jax.store import checkpoints, published
 from skipvqvc_jax.vocoders.griffin_lim import GriffinLim
 from skipvqvc_jax.vocoders.windows import vocode_in_windows
 
@@ -57,10 +58,10 @@ def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeaturePa
   """The vocoder named by a config or flag: 'griffin_lim' or a saved vocoder directory."""
   if name == 'griffin_lim':
     return GriffinLim(params)
-  if name in fetch.PUBLISHED and not (
+  if name in published.PUBLISHED and not (
     checkpoints.is_model_dir(name) or checkpoints.is_workdir(name)
   ):
-    name = fetch.fetch(name)  # (a folder of that name here wins: ./melgan is the user's own)
+    name = published.fetch(name)  # (a folder of that name here wins: ./melgan is the user's own)
   if checkpoints.is_model_dir(name) or checkpoints.is_workdir(name):
     try:
       return NeuralVocoder(load_generator(name), params)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skipvqvc_jax import audio
+from skipvqvc_jax.data import audio
 from skipvqvc_jax.vocoders.windows import vocode_in_windows
 
 

@@ -1,0 +1,97 @@
+"""The contract between the one training loop (`training/loop.py`) and what it trains (`Task`), and the
+pieces every task's jitted step shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from skipvqvc_jax.store import checkpoints, summaries
+from skipvqvc_jax.training import run_data
+
+
+class Task(Protocol):
+  """What the loop asks of a task (`voice_conversion.py`, `vocoder.py`).
+
+  A task owns its data, its models, its initial state, the jitted train step, the host-side
+  preparation of each batch, evaluation and samples; the loop owns order, checkpoints, logging and
+  stopping. States are dicts of arrays with at least `params` and an int32 `step`.
+  """
+
+  log_keys: ClassVar[tuple[str, ...]]  # metrics on the console line
+  init_ignore: ClassVar[tuple[str, ...]]  # spec entries `init_from` may differ in
+
+  data: run_data.Data  # the resolved feature folders (written to config.json)
+  model_spec: dict  # the spec of the model `init_from` must match (`models.build` arguments)
+  train_step: Callable[[dict, dict], tuple[dict, dict]]  # jitted (state, global batch) ->
+  # (state, metrics); metrics hold `loss` and `finite` (False: the state was left unchanged)
+
+  def __init__(self, config, workdir: str, mesh):
+    """Set up to train `config` in `workdir` on `mesh` (reads the data, builds the models)."""
+
+  @staticmethod
+  def check_config(config) -> None:
+    """One-line errors for the task's settings that cannot work, before anything is read."""
+
+  @staticmethod
+  def model_info(config) -> checkpoints.ModelInfo:
+    """The workdir's model.json: the inference model's spec and where the train state holds it."""
+
+  @property
+  def traces(self) -> int:
+    """How many times the train step was traced (compiled)."""
+
+  def initial_state(self, params: dict | None = None) -> dict:
+    """The host state at step 0, from `params` of the inference model (init_from) when given."""
+
+  def dataset(self):
+    """This process's endless stream of training batches (a grain MapDataset)."""
+
+  def inputs(self, batch: dict, step: int) -> dict:
+    """Host-side: batch `step` of the dataset -> this process's share of the step's inputs."""
+
+  def prepare_workdir(self, workdir: str) -> None:
+    """Writes what a restore of the workdir needs besides config.json, model.json and checkpoints."""
+
+  def test_metrics(self, state: dict) -> dict:
+    """Mean metrics over fixed test batches."""
+
+  def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
+    """Mel images and audio to TensorBoard."""
+
+
+def keep_if_finite(finite, new: dict, old: dict) -> dict:
+  """The state after a step: `new`'s entries (parameters, optimizer state, anything else a step
+  trains) and the next step when `finite`; else `old` unchanged, so a non-finite step changes nothing
+  and the loop can stop on the last good state (the jitted form of the guard: both are computed, one
+  is selected)."""
+  keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(finite, a, b), n, o)
+  return dict(
+    old,
+    **{name: keep(value, old[name]) for name, value in new.items()},
+    step=old['step'] + finite.astype(old['step'].dtype),
+  )
+
+
+# Learning rate per step, for every task: the original's constant, or a linear warm-up to it and a
+# cosine decay to `lr_end_fraction` of it at num_train_steps (the horizon: set the steps a budget
+# reaches).
+LR_SCHEDULES = {
+  'constant': lambda config: config.learning_rate,
+  'warmup_cosine': lambda config: optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=config.learning_rate,
+    warmup_steps=config.warmup_steps,
+    decay_steps=max(config.num_train_steps, config.warmup_steps + 1),
+    end_value=config.learning_rate * config.lr_end_fraction,
+  ),
+}
+
+
+def learning_rate(config):
+  """`config.lr_schedule`'s rate: a number or an optax schedule of the step."""
+  return LR_SCHEDULES[config.get('lr_schedule', 'constant')](config)
