@@ -122,8 +122,9 @@ def test_no_target_is_needed_through_any_door(lj_run, small_corpus, tmp_path):
   pytest.importorskip('gradio')
   page = in_fresh_process(
     'import json, sys\n'
-    'from skipvqvc_jax.apps import demo\n'
-    "wav, image = demo.Demo(sys.argv[1], ['griffin_lim'], 60.0).run(sys.argv[2], None, None, "
+    'from skipvqvc_jax.inference import page_conversions\n'
+    "page = page_conversions.PageConversions(sys.argv[1], ['griffin_lim'], 60.0)\n"
+    'wav, image = page.run(sys.argv[2], None, None, '
     "'griffin_lim')\n"
     'print(json.dumps([wav, image]))',
     workdir,

@@ -219,3 +219,14 @@ def test_every_metric_is_used_by_evaluation():
     'edit_distance',
   }
   assert [n for n in public if n not in helpers and n not in evaluation] == []
+
+
+def test_every_program_imports_beside_the_others():
+  """The programs define their flags when run, not at import: importing all of them in one process
+  (a test, a notebook) defines no flag twice (--model, --out, --step, --overwrite are several's)."""
+  import importlib
+
+  programs = sorted(p.stem for p in (PACKAGE / 'apps').glob('*.py') if p.stem != '__init__')
+  for name in programs:
+    importlib.import_module(f'skipvqvc_jax.apps.{name}')
+  assert {'main', 'port', 'demo', 'stats'} <= set(programs)

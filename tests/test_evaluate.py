@@ -155,10 +155,10 @@ def test_a_model_directory_is_evaluated_on_given_features_and_never_written(
   import subprocess
   import sys
 
-  from skipvqvc_jax.apps import port
+  from skipvqvc_jax.inference import model_dirs
 
   model_dir = tmp_path / 'shared_model'
-  port.release(str(workdir), str(model_dir))
+  model_dirs.release(str(workdir), str(model_dir))
   before = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob('*'))
   eval_ = lambda *flags: subprocess.run(
     [sys.executable, REPO / 'main.py', '--mode=eval', *flags],

@@ -125,7 +125,8 @@ WEB_PAGE = """
 import json, sys
 import gradio as gr, numpy as np, soundfile
 from skipvqvc_jax.apps import demo
-page = demo.Demo(sys.argv[1], ['griffin_lim'], 60.0)
+from skipvqvc_jax.inference import page_conversions
+page = page_conversions.PageConversions(sys.argv[1], ['griffin_lim'], 60.0)
 plain, _ = page.run(sys.argv[2], sys.argv[3], None, 'griffin_lim')
 shifted, image = page.run(sys.argv[2], sys.argv[3], None, 'griffin_lim', f0_shift=7)
 a, b = soundfile.read(plain)[0], soundfile.read(shifted)[0]

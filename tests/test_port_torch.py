@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from skipvqvc_jax import models
-from skipvqvc_jax.apps import port
 from skipvqvc_jax.core import errors
 from skipvqvc_jax.data import audio
-from skipvqvc_jax.inference import convert
+from skipvqvc_jax.inference import convert, model_dirs
 from skipvqvc_jax.store import checkpoints, porting, torch_files
 from tests.conftest import REPO
 from tests.test_torch_files import _crafted
@@ -213,7 +212,7 @@ def test_every_model_of_the_original_ports_into_a_model_directory(name, parity_d
     state_dict = {k.removeprefix('param/'): g[k] for k in g.files if k.startswith('param/')}
   trainer = ORIGINAL_TRAINER[name]
   pt = _write_original(tmp_path / 'checkpoint' / f'{name}_n64_ch64_{trainer}' / 'gen', state_dict)
-  written = port.port_original(str(pt), str(tmp_path / 'ported'), gru_init='zeros')
+  written = model_dirs.port_original(str(pt), str(tmp_path / 'ported'), gru_init='zeros')
   assert (written['model'], written['trainer'], written['channel']) == (name, trainer, 64)
   settings, _ = convert.read_settings(str(tmp_path / 'ported'))
   assert settings.trainer == trainer

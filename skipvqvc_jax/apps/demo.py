@@ -18,140 +18,39 @@ import signal
 import sys
 import tempfile
 
-import numpy as np
 from absl import app, flags, logging
 
 from skipvqvc_jax.apps.usage import one_line_errors, parse_flags, start
 from skipvqvc_jax.core import errors
-from skipvqvc_jax.data import audio
-from skipvqvc_jax.inference import convert
+from skipvqvc_jax.inference import page_conversions
 
-flags.DEFINE_string('model', None, 'A model directory (skipvqvc-port) or a training workdir.')
-flags.DEFINE_list(
-  'vocoders',
-  ['griffin_lim', 'melgan'],
-  'The vocoders offered on the page (the first is the default): griffin_lim, melgan (the '
-  "original's, fetched on first use) or a vocoder directory.",
-)
-flags.DEFINE_integer('port', 7860, 'The port to serve on (on 127.0.0.1 only).')
-flags.DEFINE_float(
-  'max_seconds', 120.0, 'Longer uploads are refused on the page (use skipvqvc-convert).'
-)
-flags.DEFINE_integer(
-  'keep_results', 20, 'Conversions kept for the page to play (older are removed).'
-)
+
+def define_flags() -> None:
+  """Defines this program's flags: called by run(), not at import, so that importing two programs
+  in one process (a test, a notebook) does not define a flag twice."""
+  flags.DEFINE_string('model', None, 'A model directory (skipvqvc-port) or a training workdir.')
+  flags.DEFINE_list(
+    'vocoders',
+    ['griffin_lim', 'melgan'],
+    'The vocoders offered on the page (the first is the default): griffin_lim, melgan (the '
+    "original's, fetched on first use) or a vocoder directory.",
+  )
+  flags.DEFINE_integer('port', 7860, 'The port to serve on (on 127.0.0.1 only).')
+  flags.DEFINE_float(
+    'max_seconds', 120.0, 'Longer uploads are refused on the page (use skipvqvc-convert).'
+  )
+  flags.DEFINE_integer(
+    'keep_results', 20, 'Conversions kept for the page to play (older are removed).'
+  )
+
+
 FLAGS = flags.FLAGS
 
 SOURCE_HELP = 'Source: the words and their timing'
 REFERENCE_HELP = 'Target voice: a reference recording'
 
 
-def max_upload_bytes(max_seconds: float) -> int:
-  """The largest upload the page takes: `max_seconds` of 48 kHz stereo 32-bit WAV (the heaviest
-  audio a browser records or a user is likely to have), and a MiB of headers."""
-  return int(max_seconds * 48_000 * 2 * 4) + (1 << 20)
-
-
-class Demo:
-  """The page's one action: files in, (converted audio, mel images) out; user errors as messages.
-  Its results go to `out_dir`, of which the last `keep_results` conversions are kept."""
-
-  def __init__(self, model: str, vocoders: list[str], max_seconds: float, keep_results: int = 20):
-    self.converter = convert.Converter.restore(model)  # Griffin-Lim: no download at start
-    self.model, self.vocoders, self.max_seconds = model, vocoders, max_seconds
-    self.keep_results = keep_results
-    self._by_vocoder = {'griffin_lim': self.converter}
-    self.out_dir = tempfile.mkdtemp(prefix='skipvqvc-demo-')
-
-  def converter_for(self, vocoder: str) -> convert.Converter:
-    if vocoder not in self.vocoders:
-      raise errors.ConversionError(f'unknown vocoder {vocoder!r}: choose one of {self.vocoders}')
-    if vocoder not in self._by_vocoder:
-      c = self.converter
-      c = convert.Converter(c.model, c.settings, c.trainer, vocoder, config=c.config)
-      self._by_vocoder[vocoder] = c
-    return self._by_vocoder[vocoder]
-
-  def _mel(self, path: str | None, what: str) -> np.ndarray:
-    if not path:
-      raise errors.ConversionError(f'{what}: upload or record one')
-    name = os.path.basename(path)
-    seconds = audio.duration(path)  # a header read: a long file is refused unread
-    if seconds is not None and seconds > self.max_seconds:
-      raise errors.ConversionError(
-        f'{what} {name} is {seconds:.0f} s long; this page converts up to {self.max_seconds:.0f} s '
-        f'(skipvqvc-convert takes any length)'
-      )
-    try:
-      mel = self.converter.features(path)
-    except errors.ConversionError as e:
-      raise errors.ConversionError(f'{what}: {str(e).replace(path, name)}') from None
-    frames_per_second = self.converter.params.sample_rate / self.converter.params.hop_length
-    if mel.shape[1] / frames_per_second > self.max_seconds:
-      raise errors.ConversionError(
-        f'{what} {name} is longer than {self.max_seconds:.0f} s (skipvqvc-convert takes any length)'
-      )
-    return mel
-
-  def run(
-    self,
-    source: str | None,
-    reference: str | None,
-    more: list | None,
-    vocoder: str,
-    f0_shift: float = 0.0,
-  ):
-    """(wav path, mel image path) of one conversion (an F0 model's melody shifted by f0_shift
-    semitones); ConversionError for what the user can fix."""
-    converter = self.converter_for(vocoder)
-    source_mel = self._mel(source, 'the source')
-    references = [reference] + [getattr(f, 'name', f) for f in more or []]
-    references = [r for r in references if r]
-    if not references and not converter.model.speaker_free:
-      raise errors.ConversionError('the target voice: upload or record at least one reference')
-    reference_mels = [self._mel(r, 'a reference') for r in references]
-    # A speaker-free (any-to-one) model speaks in its training voice: references change nothing.
-    speaker = converter.speaker(reference_mels) if reference_mels else converter.no_speaker()
-    mel = converter.convert_mel(source_mel, speaker, converter.source_f0(source), f0_shift)
-    fd, wav = tempfile.mkstemp(suffix='.wav', prefix='converted-', dir=self.out_dir)
-    os.close(fd)
-    audio.write_audio(wav, converter.vocoder(mel), converter.sample_rate)
-    image = os.path.join(os.path.dirname(wav), os.path.basename(wav)[:-4] + '.png')
-    titles = ['source', 'reference', 'converted'] if reference_mels else ['source', 'converted']
-    _plot([source_mel, *reference_mels[:1], mel], titles, image)
-    self._prune()
-    return wav, image
-
-  def _prune(self) -> None:
-    """Keeps the newest `keep_results` conversions (a wav and a png each) in out_dir."""
-    made = sorted(
-      (os.path.join(self.out_dir, f) for f in os.listdir(self.out_dir) if f.endswith('.wav')),
-      key=os.path.getmtime,
-    )
-    for wav in made[: -self.keep_results]:
-      for path in (wav, wav[:-4] + '.png'):
-        if os.path.exists(path):
-          os.remove(path)
-
-
-def _plot(mels, titles, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  fig, axes = plt.subplots(1, len(mels), figsize=(4 * len(mels), 2.6))
-  for ax, mel, title in zip(axes, mels, titles):
-    ax.imshow(mel, aspect='auto', origin='lower', interpolation='none', cmap='magma')
-    ax.set_title(title)
-    ax.set_xlabel('frames')
-  axes[0].set_ylabel('mel band')
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
-
-
-def build(demo: Demo):
+def build(demo: page_conversions.PageConversions):
   """The Gradio page of `demo`."""
   import gradio as gr  # pylint: disable=import-outside-toplevel  (the [demo] extra)
 
@@ -212,11 +111,13 @@ def main(argv) -> int:
       import gradio  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
       raise errors.ConfigError('the web page needs Gradio: pip install -e ".[demo]"') from None
-    demo = Demo(FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds, FLAGS.keep_results)
+    demo = page_conversions.PageConversions(
+      FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds, FLAGS.keep_results
+    )
     page = build(demo)
     print(
       f'serving {FLAGS.model} at http://127.0.0.1:{FLAGS.port} (Ctrl-C stops); uploads of up to '
-      f'{max_upload_bytes(FLAGS.max_seconds)} bytes; uploads and results in {temp} and '
+      f'{page_conversions.max_upload_bytes(FLAGS.max_seconds)} bytes; uploads and results in {temp} and '
       f'{demo.out_dir}, removed when it stops',
       flush=True,
     )
@@ -226,7 +127,7 @@ def main(argv) -> int:
       share=False,
       show_error=True,
       quiet=True,
-      max_file_size=max_upload_bytes(FLAGS.max_seconds),
+      max_file_size=page_conversions.max_upload_bytes(FLAGS.max_seconds),
     )
   finally:
     for folder in (temp, demo.out_dir if demo else None):
@@ -237,5 +138,6 @@ def main(argv) -> int:
 
 def run():
   """Console script `skipvqvc-demo`."""
+  define_flags()
   start(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)

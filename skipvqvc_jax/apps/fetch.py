@@ -11,7 +11,13 @@ from absl import app, flags
 from skipvqvc_jax.apps.usage import one_line_errors, parse_flags, start
 from skipvqvc_jax.store import published
 
-flags.DEFINE_string('file', None, 'A copy of the file already on this machine (no download).')
+
+def define_flags() -> None:
+  """Defines this program's flags: called by run(), not at import, so that importing two programs
+  in one process (a test, a notebook) does not define a flag twice."""
+  flags.DEFINE_string('file', None, 'A copy of the file already on this machine (no download).')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -28,5 +34,6 @@ def main(argv) -> int:
 
 def run():
   """Console script `skipvqvc-fetch`."""
+  define_flags()
   start(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)

@@ -15,106 +15,123 @@ everything else from the workdir; conversion from --model: a training workdir or
 
 import os
 import sys
-import threading
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from skipvqvc_jax import configs
 from skipvqvc_jax.apps import compilation_cache
 from skipvqvc_jax.apps.usage import fail, one_line_errors, parse_flags, start
 from skipvqvc_jax.core import errors, storage
 
-config_flags.DEFINE_config_file(
-  'config',
-  None,
-  'A config file and preset, e.g. configs/vqvc_plus.py:n64_ch64 (needed to train).',
-  lock_config=True,
-)
-flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard logs and outputs go.')
-flags.DEFINE_string(
-  'model',
-  None,
-  'convert: the model: a training workdir or a model directory (skipvqvc-port); --workdir works too.',
-)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert'], 'What to do.')
-flags.DEFINE_integer(
-  'step', None, 'eval/convert: the checkpoint step to restore (default: latest).'
-)
-flags.DEFINE_string(
-  'vocoder',
-  'griffin_lim',
-  "eval/convert: the vocoder that makes audio: griffin_lim, melgan (the original's pretrained "
-  'MelGAN, fetched once: skipvqvc-fetch melgan), a vocoder training workdir or a ported MelGAN '
-  'directory.',
-)
-flags.DEFINE_integer('eval_pairs', 20, 'eval: conversions scored (seeded pairs of test speakers).')
-flags.DEFINE_string(
-  'eval_dir',
-  None,
-  "eval: test features to evaluate on instead of the run's own test speakers (results go to "
-  'eval/step_N-on-FOLDER).',
-)
-flags.DEFINE_string(
-  'eval_target',
-  None,
-  'eval: convert every pair into this test speaker (a model fine-tuned to one voice); results go '
-  'to eval/step_N-to-SPEAKER.',
-)
-flags.DEFINE_integer(
-  'eval_per_speaker',
-  50,
-  'eval: test utterances per speaker in the speaker '
-  'statistics (a seeded choice; bounds the time on large test sets).',
-)
-flags.DEFINE_string('source', None, 'convert: the source audio file (its words and timing).')
-flags.DEFINE_list(
-  'target', None, 'convert: reference audio of the target voice; several files are averaged.'
-)
-flags.DEFINE_string('output', None, 'convert: the output wav for --source.')
-flags.DEFINE_string('pairs', None, 'convert: a CSV of source,target,output rows.')
-flags.DEFINE_string(
-  'source_dir', None, 'convert: convert every audio file of this folder to --target.'
-)
-flags.DEFINE_string(
-  'output_dir',
-  'converted',
-  "convert: where --source_dir outputs go. eval: where the report goes (default: the run's "
-  "eval/ folder; a model directory's ./NAME-eval).",
-)
-flags.DEFINE_bool('output_mel', False, 'convert: write MelGAN-compatible .npy mels, not audio.')
-flags.DEFINE_bool(
-  'overwrite', False, 'convert: replace outputs that exist already (refused without it).'
-)
-flags.DEFINE_float(
-  'f0_shift', 0.0, "convert: semitones added to the source's melody (F0 models: vqvc+_pitch)."
-)
-flags.DEFINE_bool(
-  'compilation_cache',
-  True,
-  "Keep JAX's compiled programs on disk, so the next run "
-  'of the same shapes starts without compiling (--nocompilation_cache: off).',
-)
-flags.DEFINE_string(
-  'compilation_cache_dir',
-  None,
-  'Where compiled programs are kept (default: '
-  '$SKIPVQVC_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /skipvqvc_jax/xla).',
-)
-flags.DEFINE_float(
-  'compilation_cache_max_gb',
-  2.0,
-  'The most the compiled programs may take on disk, in GB: the least recently used are removed '
-  'first (-1: no bound).',
-)
-flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-process runs.')
-flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
-flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
-flags.DEFINE_integer(
-  'join_timeout',
-  300,
-  'Multi-process runs: seconds to wait for every process to join before giving up in one line.',
-)
+
+def define_flags() -> None:
+  """Defines this program's flags: called by run(), not at import, so that importing two programs
+  in one process (a test, a notebook) does not define a flag twice."""
+  config_flags.DEFINE_config_file(
+    'config',
+    None,
+    'A config file and preset, e.g. configs/vqvc_plus.py:n64_ch64 (needed to train).',
+    lock_config=True,
+  )
+  flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard logs and outputs go.')
+  flags.DEFINE_string(
+    'model',
+    None,
+    'convert: the model: a training workdir or a model directory (skipvqvc-port); --workdir works too.',
+  )
+  flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert'], 'What to do.')
+  flags.DEFINE_integer(
+    'step', None, 'eval/convert: the checkpoint step to restore (default: latest).'
+  )
+  flags.DEFINE_string(
+    'vocoder',
+    'griffin_lim',
+    "eval/convert: the vocoder that makes audio: griffin_lim, melgan (the original's pretrained "
+    'MelGAN, fetched once: skipvqvc-fetch melgan), a vocoder training workdir or a ported MelGAN '
+    'directory.',
+  )
+  flags.DEFINE_integer(
+    'eval_pairs', 20, 'eval: conversions scored (seeded pairs of test speakers).'
+  )
+  flags.DEFINE_string(
+    'eval_dir',
+    None,
+    "eval: test features to evaluate on instead of the run's own test speakers (results go to "
+    'eval/step_N-on-FOLDER).',
+  )
+  flags.DEFINE_string(
+    'eval_target',
+    None,
+    'eval: convert every pair into this test speaker (a model fine-tuned to one voice); results go '
+    'to eval/step_N-to-SPEAKER.',
+  )
+  flags.DEFINE_integer(
+    'eval_per_speaker',
+    50,
+    'eval: test utterances per speaker in the speaker '
+    'statistics (a seeded choice; bounds the time on large test sets).',
+  )
+  _define_convert_flags()
+  _define_cache_and_cluster_flags()
+
+
+def _define_convert_flags() -> None:
+  flags.DEFINE_string('source', None, 'convert: the source audio file (its words and timing).')
+  flags.DEFINE_list(
+    'target', None, 'convert: reference audio of the target voice; several files are averaged.'
+  )
+  flags.DEFINE_string('output', None, 'convert: the output wav for --source.')
+  flags.DEFINE_string('pairs', None, 'convert: a CSV of source,target,output rows.')
+  flags.DEFINE_string(
+    'source_dir', None, 'convert: convert every audio file of this folder to --target.'
+  )
+  flags.DEFINE_string(
+    'output_dir',
+    'converted',
+    "convert: where --source_dir outputs go. eval: where the report goes (default: the run's "
+    "eval/ folder; a model directory's ./NAME-eval).",
+  )
+  flags.DEFINE_bool('output_mel', False, 'convert: write MelGAN-compatible .npy mels, not audio.')
+  flags.DEFINE_bool(
+    'overwrite', False, 'convert: replace outputs that exist already (refused without it).'
+  )
+  flags.DEFINE_float(
+    'f0_shift', 0.0, "convert: semitones added to the source's melody (F0 models: vqvc+_pitch)."
+  )
+
+
+def _define_cache_and_cluster_flags() -> None:
+  flags.DEFINE_bool(
+    'compilation_cache',
+    True,
+    "Keep JAX's compiled programs on disk, so the next run "
+    'of the same shapes starts without compiling (--nocompilation_cache: off).',
+  )
+  flags.DEFINE_string(
+    'compilation_cache_dir',
+    None,
+    'Where compiled programs are kept (default: '
+    '$SKIPVQVC_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /skipvqvc_jax/xla).',
+  )
+  flags.DEFINE_float(
+    'compilation_cache_max_gb',
+    2.0,
+    'The most the compiled programs may take on disk, in GB: the least recently used are removed '
+    'first (-1: no bound).',
+  )
+  flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for multi-process runs.'
+  )
+  flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+  flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
+  flags.DEFINE_integer(
+    'join_timeout',
+    300,
+    'Multi-process runs: seconds to wait for every process to join before giving up in one line.',
+  )
+
+
 FLAGS = flags.FLAGS
 
 CONVERT_USAGE = """Convert voices with a trained model (skipvqvc-convert; main.py --mode=convert).
@@ -187,31 +204,15 @@ def check_flags_of_mode(mode: str) -> None:
       raise errors.ConfigError(f'--{name} is a flag of {where}, not of --mode={mode}')
 
 
-def default_workdir(config) -> str:
-  if config.get('task') == 'vocoder':
-    style = 'hifigan_style' if config.discriminator.periods else 'melgan'
-    return os.path.join('runs', f'vocoder_{style}_ngf{config.generator.ngf}')
-  return os.path.join(
-    'runs', f'{config.model.name}_n{config.model.n_embed}_ch{config.model.channel}_{config.trainer}'
-  )
-
-
 def next_steps(config, workdir: str, status: str) -> str:
-  """The line a finished (or preempted) run ends with: the commands that use its workdir."""
+  """The line a finished (or stopped) run ends with: the commands that use its workdir."""
+  from skipvqvc_jax.training import tasks  # pylint: disable=import-outside-toplevel
+
   program = sys.argv[0]
   program = f'python {program}' if program.endswith('.py') else os.path.basename(program)
   if status in ('preempted', 'interrupted'):
     return f'to continue: run the same command again ({program} ... --workdir={workdir})'
-  if config.get('task') == 'vocoder':
-    return (
-      f'next: convert through this vocoder with {program} --mode=convert --model=VC_RUN '
-      f'--source=SOURCE.wav --target=TARGET.wav --output=OUT.wav --vocoder={workdir}'
-    )
-  return (
-    f'next: evaluate with {program} --mode=eval --workdir={workdir} ; convert with {program} '
-    f'--mode=convert --model={workdir} --source=SOURCE.wav --target=TARGET.wav '
-    f'--output=OUT.wav'
-  )
+  return tasks.next_step(config, program, workdir)
 
 
 def _convert() -> None:
@@ -247,49 +248,6 @@ def _convert() -> None:
   )
 
 
-def _join(jax) -> None:
-  """jax.distributed.initialize, saying what it waits for: at once, then every 10 s, and after
-  --join_timeout one `error:` line and exit 1 (JAX alone waits 5 minutes in silence, then aborts)."""
-  address = FLAGS.coordinator_address or os.environ.get(
-    'JAX_COORDINATOR_ADDRESS', '(from the cluster)'
-  )
-  who = f'process {FLAGS.process_id}' if FLAGS.process_id is not None else 'this process'
-  count = f'{FLAGS.num_processes} processes' if FLAGS.num_processes else 'every process'
-  logging.info(
-    '%s: waiting for %s to join at coordinator %s (up to %d s)',
-    who,
-    count,
-    address,
-    FLAGS.join_timeout,
-  )
-  joined = threading.Event()
-
-  def watch():
-    start = time.time()
-    while not joined.wait(min(10, FLAGS.join_timeout)):
-      waited = time.time() - start
-      if waited >= FLAGS.join_timeout:
-        print(
-          f'error: {who}: not every one of {count} joined at coordinator {address} within '
-          f'{FLAGS.join_timeout} s (--join_timeout): start the others with the same '
-          f'--coordinator_address and --num_processes, each with its own --process_id',
-          file=sys.stderr,
-          flush=True,
-        )
-        os._exit(1)  # pylint: disable=protected-access  (initialize cannot be interrupted)
-      logging.info('%s: still waiting for %s at %s (%.0f s)', who, count, address, waited)
-
-  threading.Thread(target=watch, daemon=True).start()
-  jax.distributed.initialize(
-    FLAGS.coordinator_address,
-    FLAGS.num_processes,
-    FLAGS.process_id,
-    initialization_timeout=FLAGS.join_timeout + 60,  # ours says it first, in one line
-  )
-  joined.set()
-  logging.info('%s: all %s joined', who, count)
-
-
 @one_line_errors
 def main(argv):
   if len(argv) > 1:
@@ -301,30 +259,22 @@ def main(argv):
     jax, FLAGS.compilation_cache, FLAGS.compilation_cache_dir, FLAGS.compilation_cache_max_gb
   )
   config = FLAGS.config
-  # Multi-process when a flag, the config or the environment (JAX_COORDINATOR_ADDRESS) says so.
-  if (
-    FLAGS.coordinator_address
-    or os.environ.get('JAX_COORDINATOR_ADDRESS')
-    or (config is not None and config.distributed)
-  ):
-    # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    _join(jax)
-    if jax.default_backend() == 'cpu':
-      # Gloo's collectives: with programs that one process loaded from the persistent cache and the
-      # other compiled, both processes hung at their first collective (seen on this project's CI
-      # machine, with the code of 0.1 too). CPU processes compile instead.
-      jax.config.update('jax_enable_compilation_cache', False)
+  from skipvqvc_jax.training import processes  # pylint: disable=import-outside-toplevel
+
+  if processes.wanted(FLAGS.coordinator_address, config):
+    processes.join(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.join_timeout
+    )
   # Each mode imports only its own part of the library, after jax.distributed.initialize (which
   # must precede other JAX use).
   if FLAGS.mode == 'train':
-    from skipvqvc_jax.training import loop  # pylint: disable=import-outside-toplevel
+    from skipvqvc_jax.training import loop, tasks  # pylint: disable=import-outside-toplevel
 
     if config is None:
       raise errors.ConfigError(
         'training needs --config=FILE:PRESET, e.g. configs/vqvc_plus.py:demo'
       )
-    workdir = FLAGS.workdir or default_workdir(config)
+    workdir = FLAGS.workdir or tasks.default_workdir(config)
     logging.info(
       'JAX process %d/%d, devices: %s; workdir %s',
       jax.process_index(),
@@ -376,7 +326,7 @@ def _evaluate() -> None:
     logging.info('%s', line)
 
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+CONFIGS_DIR = os.path.dirname(os.path.abspath(configs.__file__))  # the package's presets
 
 
 def installed_presets(argv: list[str]) -> list[str]:
@@ -400,6 +350,7 @@ def installed_presets(argv: list[str]) -> list[str]:
 
 def run():
   """Console script `skipvqvc`, and main.py."""
+  define_flags()
   start(__name__, __doc__)
   app.run(main, argv=installed_presets(sys.argv), flags_parser=parse_flags)
 
@@ -418,6 +369,7 @@ def _run_mode(mode: str, usage: str) -> None:
   """A program of one mode: its own usage text and flags in --help, and no --mode flag."""
   if any(a == '--mode' or a.startswith('--mode=') for a in sys.argv[1:]):
     fail(f'{PROGRAMS[mode]} always runs --mode={mode}; for another mode run skipvqvc --mode=...')
+  define_flags()
   start(__name__, usage, [n for n, modes in FLAG_MODES.items() if mode in modes] + COMMON_FLAGS)
   sys.argv.insert(1, f'--mode={mode}')
   app.run(main, argv=sys.argv, flags_parser=parse_flags)

@@ -16,177 +16,63 @@ read and written without torch.
 from __future__ import annotations
 
 import json
-import os
-import re
-import tempfile
 
-import numpy as np
 from absl import app, flags, logging
 
 from skipvqvc_jax import models
 from skipvqvc_jax.apps.usage import one_line_errors, parse_flags, start
-from skipvqvc_jax.core import storage
 from skipvqvc_jax.core.errors import PortError
-from skipvqvc_jax.data import audio, corpus
-from skipvqvc_jax.inference import convert
-from skipvqvc_jax.store import checkpoints, porting
-from skipvqvc_jax.store.porting import export_state_dict, read_state_dict, write_state_dict
+from skipvqvc_jax.inference import model_dirs
 from skipvqvc_jax.training import trainers
 
-flags.DEFINE_string(
-  'checkpoint',
-  None,
-  "What to port: the original's checkpoint (a .pt, or its save_checkpoint's `gen` file), an .npz of "
-  'arrays named like one, or a training workdir / model directory of ours.',
-)
-flags.DEFINE_string(
-  'out',
-  None,
-  'A new model directory; or, from a workdir or model directory, a .pt or .npz file: the '
-  "original's state dict (a vocoder: melgan-neurips' names).",
-)
-flags.DEFINE_enum(
-  'model',
-  None,
-  models.names('voice_conversion') + models.names('vocoder'),
-  "The original's model (-m); default: read from the checkpoint's path.",
-)
-flags.DEFINE_enum(
-  'trainer',
-  None,
-  list(trainers.NAMES),
-  "The original's trainer (-t) that trained it: its normalisation is part of the model; default: "
-  "read from the checkpoint's path.",
-)
-flags.DEFINE_list(
-  'stats',
-  None,
-  'mean_std and multi trainers: the training corpus statistics: a stats.npz (preprocess.py), or '
-  "the original's MEAN.npy,STD.npy (mean.mel.melgan.npy,std.mel.melgan.npy).",
-)
-flags.DEFINE_integer('channel', None, 'VQVC+: default: read from the weights.')
-flags.DEFINE_integer('n_embed', None, 'VQVC+: default: read from the weights.')
-flags.DEFINE_enum(
-  'gru_init',
-  'normal',
-  ['normal', 'zeros'],
-  "VQVC+: the GRU's initial state: the original's N(0, 1) noise, or zeros.",
-)
-flags.DEFINE_string('prefix', '', 'Key prefix to strip in an .npz (e.g. param/).')
-flags.DEFINE_integer('step', None, 'From a workdir: the checkpoint step (default: the latest).')
+
+def define_flags() -> None:
+  """Defines this program's flags: called by run(), not at import, so that importing two programs
+  in one process (a test, a notebook) does not define a flag twice."""
+  flags.DEFINE_string(
+    'checkpoint',
+    None,
+    "What to port: the original's checkpoint (a .pt, or its save_checkpoint's `gen` file), an .npz of "
+    'arrays named like one, or a training workdir / model directory of ours.',
+  )
+  flags.DEFINE_string(
+    'out',
+    None,
+    'A new model directory; or, from a workdir or model directory, a .pt or .npz file: the '
+    "original's state dict (a vocoder: melgan-neurips' names).",
+  )
+  flags.DEFINE_enum(
+    'model',
+    None,
+    models.names('voice_conversion') + models.names('vocoder'),
+    "The original's model (-m); default: read from the checkpoint's path.",
+  )
+  flags.DEFINE_enum(
+    'trainer',
+    None,
+    list(trainers.NAMES),
+    "The original's trainer (-t) that trained it: its normalisation is part of the model; default: "
+    "read from the checkpoint's path.",
+  )
+  flags.DEFINE_list(
+    'stats',
+    None,
+    'mean_std and multi trainers: the training corpus statistics: a stats.npz (preprocess.py), or '
+    "the original's MEAN.npy,STD.npy (mean.mel.melgan.npy,std.mel.melgan.npy).",
+  )
+  flags.DEFINE_integer('channel', None, 'VQVC+: default: read from the weights.')
+  flags.DEFINE_integer('n_embed', None, 'VQVC+: default: read from the weights.')
+  flags.DEFINE_enum(
+    'gru_init',
+    'normal',
+    ['normal', 'zeros'],
+    "VQVC+: the GRU's initial state: the original's N(0, 1) noise, or zeros.",
+  )
+  flags.DEFINE_string('prefix', '', 'Key prefix to strip in an .npz (e.g. param/).')
+  flags.DEFINE_integer('step', None, 'From a workdir: the checkpoint step (default: the latest).')
+
+
 FLAGS = flags.FLAGS
-
-# checkpoint/{model}_n{n_embed}_ch{channel}_{trainer}/gen; the notebooks' older runs add `train_`.
-ORIGINAL_RUN = re.compile(
-  r'^(?P<model>.+)_n(?P<n_embed>\d+)_ch(?P<channel>\d+)_(train_)?(?P<trainer>.+)$'
-)
-EXPORTS = ('.npz', '.pt')
-
-
-def from_path(checkpoint: str) -> dict:
-  """{model, trainer, n_embed, channel} that the original's checkpoint path names (those it knows)."""
-  match = ORIGINAL_RUN.match(os.path.basename(os.path.dirname(os.path.abspath(checkpoint))))
-  if not match:
-    return {}
-  found = dict(n_embed=int(match['n_embed']), channel=int(match['channel']))
-  if match['model'] in models.names('voice_conversion'):
-    found['model'] = match['model']
-  if match['trainer'] in trainers.TRAINERS:
-    found['trainer'] = match['trainer']
-  return found
-
-
-def read_stats(files: list[str] | None, trainer: str, tmp_dir: str) -> dict[str, str]:
-  """{stats.npz: a file of our format} for a trainer that needs statistics (converted from the
-  original's two .npy files into tmp_dir); {} for one that does not."""
-  if not trainers.spec(trainer).uses_stats:
-    if files:
-      raise PortError(f'--stats: the {trainer} trainer reads no statistics; leave --stats out')
-    return {}
-  if not files:
-    raise PortError(
-      f'the {trainer} trainer normalises with its training corpus statistics: give --stats='
-      f"stats.npz (preprocess.py wrote it) or --stats=MEAN.npy,STD.npy (the original's)"
-    )
-  if len(files) == 1:
-    trainers.load_stats(files[0], trainer)  # refuses a file that is not statistics
-    return {corpus.STATS_FILE: files[0]}
-  if len(files) != 2:
-    raise PortError('--stats: one stats.npz, or two files MEAN.npy,STD.npy')
-  arrays = {}
-  for key, path in zip(('mean', 'std'), files):
-    if not os.path.isfile(path):
-      raise PortError(f'--stats: {path}: no such file')
-    arrays[key] = np.load(path, allow_pickle=False).astype(np.float32).reshape(-1)
-  path = os.path.join(tmp_dir, corpus.STATS_FILE)
-  np.savez(path, **arrays)
-  trainers.load_stats(path, trainer)
-  return {corpus.STATS_FILE: path}
-
-
-def port_original(
-  checkpoint: str,
-  out: str,
-  model: str | None = None,
-  trainer: str | None = None,
-  stats: list[str] | None = None,
-  channel: int | None = None,
-  n_embed: int | None = None,
-  gru_init: str = 'normal',
-  prefix: str = '',
-) -> dict:
-  """The original's checkpoint -> a model directory at `out` that converts; returns what was
-  written. Arguments as the flags; model and trainer default to what the checkpoint's path names."""
-  if not os.path.isfile(checkpoint):
-    raise PortError(f'{checkpoint}: no such file')
-  named = from_path(checkpoint)
-  name = model or named.get('model')
-  if name is None:
-    raise PortError(
-      f"{checkpoint}: which model is it? Its path is not the original's checkpoint/MODEL_nN_chC_"
-      f"TRAINER/gen: give --model (the original's -m), e.g. --model=vqvc+"
-    )
-  state_dict = read_state_dict(checkpoint, prefix)
-  size = models.get_class(name).sizes_from_torch(state_dict)
-  conversion, files = None, {}
-  with tempfile.TemporaryDirectory() as tmp:
-    if name in models.names('voice_conversion'):
-      size.update(
-        channel=channel or size['channel'], n_embed=n_embed or size['n_embed'], gru_init=gru_init
-      )
-      trainer = trainer or named.get('trainer')
-      if trainer is None:
-        fits = [
-          t.name
-          for t in trainers.TRAINERS.values()
-          if t.multi_scale == models.get_class(name).multi_scale
-        ]
-        raise PortError(
-          f'{checkpoint}: which trainer trained it? Its normalisation is part of the model and the '
-          f"file does not say: give --trainer, one of {', '.join(fits)} (the original's -t)"
-        )
-      trainers.spec(trainer).check_model(models.get_class(name))
-      files = read_stats(stats, trainer, tmp)
-      conversion = convert.Settings(trainer, audio.FeatureParams()).to_json()
-    ported = porting.load_state_dict(models.build(name, **size), state_dict)
-    checkpoints.save_model(out, ported, conversion, files)
-  return dict(model=name, **size, **({'trainer': conversion['trainer']} if conversion else {}))
-
-
-def release(source: str, out: str, step: int | None = None) -> dict:
-  """A training workdir (its checkpoint at `step`) -> a model directory that converts alone."""
-  if not checkpoints.is_workdir(source):
-    raise PortError(f'{source} is already a model directory; copy it, or export it to .pt/.npz')
-  info = checkpoints.read_model_info(source)
-  model = checkpoints.load(source, step)
-  conversion, files = None, {}
-  if info.kind == 'voice_conversion':
-    settings, stats = convert.read_settings(source)
-    conversion = settings.to_json()
-    if trainers.spec(settings.trainer).uses_stats:
-      files = {corpus.STATS_FILE: stats}
-  checkpoints.save_model(out, model, conversion, files)
-  return dict(model=model.name, **({'trainer': conversion['trainer']} if conversion else {}))
 
 
 @one_line_errors
@@ -196,35 +82,25 @@ def main(argv) -> int:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} (use --checkpoint and --out)')
   if not FLAGS.checkpoint or not FLAGS.out:
     raise PortError('give --checkpoint (what to port) and --out (where to write it)')
-  source, out = FLAGS.checkpoint, FLAGS.out
-  if storage.isdir(source):
-    if out.endswith(EXPORTS):
-      model = checkpoints.load(source, FLAGS.step)
-      state_dict = export_state_dict(model)
-      write_state_dict(out, state_dict)
-      written = dict(model=model.name, tensors=len(state_dict))
-    else:
-      written = release(source, out, FLAGS.step)
-  elif out.endswith(EXPORTS):
-    raise PortError(f'--out={out}: a checkpoint ports into a model directory (a name without .pt)')
-  else:
-    written = port_original(
-      source,
-      out,
-      FLAGS.model,
-      FLAGS.trainer,
-      FLAGS.stats,
-      FLAGS.channel,
-      FLAGS.n_embed,
-      FLAGS.gru_init,
-      FLAGS.prefix,
-    )
-  print(json.dumps(dict(**written, out=out)))
+  written = model_dirs.make(
+    FLAGS.checkpoint,
+    FLAGS.out,
+    FLAGS.step,
+    model=FLAGS.model,
+    trainer=FLAGS.trainer,
+    stats=FLAGS.stats,
+    channel=FLAGS.channel,
+    n_embed=FLAGS.n_embed,
+    gru_init=FLAGS.gru_init,
+    prefix=FLAGS.prefix,
+  )
+  print(json.dumps(written))
   return 0
 
 
 def run():
   """Console script `skipvqvc-port`, and python -m skipvqvc_jax.apps.port."""
+  define_flags()
   start(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)
 

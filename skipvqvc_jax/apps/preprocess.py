@@ -16,40 +16,48 @@ from skipvqvc_jax.apps.usage import one_line_errors, parse_flags, start
 from skipvqvc_jax.core import errors, storage
 from skipvqvc_jax.data import audio, f0, preprocessing
 
-_defaults = audio.FeatureParams()
-flags.DEFINE_integer('workers', None, 'Processes to decode with (default: all cores).')
-flags.DEFINE_integer('min_frames', 100, 'Skip utterances with fewer frames after trimming.')
-flags.DEFINE_list('test_speakers', None, 'Speakers held out for testing (default: a seeded tenth).')
-flags.DEFINE_integer('num_test_speakers', None, 'How many speakers the seeded rule holds out.')
-flags.DEFINE_integer('seed', 0, 'Seed of the test-speaker choice.')
-flags.DEFINE_integer(
-  'speaker_depth',
-  None,
-  'Which folder below the corpus root names the speaker '
-  '(1: the top folder, the default; LibriTTS/LibriSpeech subset folders are '
-  'looked through).',
-)
-flags.DEFINE_enum(
-  'mic', 'mic1', ['mic1', 'mic2'], 'VCTK 0.92: the microphone whose files are read.'
-)
-flags.DEFINE_integer('sample_rate', _defaults.sample_rate, 'Audio is resampled to this rate.')
-flags.DEFINE_integer('n_fft', _defaults.n_fft, 'FFT size.')
-flags.DEFINE_integer('hop_length', _defaults.hop_length, 'Samples between frames.')
-flags.DEFINE_integer('win_length', _defaults.win_length, 'Hann window length.')
-flags.DEFINE_integer('n_mels', _defaults.n_mels, 'Mel bands.')
-flags.DEFINE_float(
-  'top_db', _defaults.trim_top_db, 'Silence trimming threshold; negative: no trim.'
-)
-flags.DEFINE_enum(
-  'f0',
-  None,
-  [*f0.METHODS, f0.CREPE],
-  'Also F0 per frame (for vqvc+_pitch) into OUTPUT_DIR/f0/: harvest or dio (pyworld, the [listen] '
-  'extra), pyin (librosa), or crepe (read the <name>.f0.csv CREPE wrote beside each audio file).',
-)
-flags.DEFINE_float('f0_min', f0.F0Params.fmin, 'Lowest F0 searched, Hz.')
-flags.DEFINE_float('f0_max', f0.F0Params.fmax, 'Highest F0 searched, Hz.')
-flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+def define_flags() -> None:
+  """Defines this program's flags: called by run(), not at import, so that importing two programs
+  in one process (a test, a notebook) does not define a flag twice."""
+  _defaults = audio.FeatureParams()
+  flags.DEFINE_integer('workers', None, 'Processes to decode with (default: all cores).')
+  flags.DEFINE_integer('min_frames', 100, 'Skip utterances with fewer frames after trimming.')
+  flags.DEFINE_list(
+    'test_speakers', None, 'Speakers held out for testing (default: a seeded tenth).'
+  )
+  flags.DEFINE_integer('num_test_speakers', None, 'How many speakers the seeded rule holds out.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the test-speaker choice.')
+  flags.DEFINE_integer(
+    'speaker_depth',
+    None,
+    'Which folder below the corpus root names the speaker '
+    '(1: the top folder, the default; LibriTTS/LibriSpeech subset folders are '
+    'looked through).',
+  )
+  flags.DEFINE_enum(
+    'mic', 'mic1', ['mic1', 'mic2'], 'VCTK 0.92: the microphone whose files are read.'
+  )
+  flags.DEFINE_integer('sample_rate', _defaults.sample_rate, 'Audio is resampled to this rate.')
+  flags.DEFINE_integer('n_fft', _defaults.n_fft, 'FFT size.')
+  flags.DEFINE_integer('hop_length', _defaults.hop_length, 'Samples between frames.')
+  flags.DEFINE_integer('win_length', _defaults.win_length, 'Hann window length.')
+  flags.DEFINE_integer('n_mels', _defaults.n_mels, 'Mel bands.')
+  flags.DEFINE_float(
+    'top_db', _defaults.trim_top_db, 'Silence trimming threshold; negative: no trim.'
+  )
+  flags.DEFINE_enum(
+    'f0',
+    None,
+    [*f0.METHODS, f0.CREPE],
+    'Also F0 per frame (for vqvc+_pitch) into OUTPUT_DIR/f0/: harvest or dio (pyworld, the [listen] '
+    'extra), pyin (librosa), or crepe (read the <name>.f0.csv CREPE wrote beside each audio file).',
+  )
+  flags.DEFINE_float('f0_min', f0.F0Params.fmin, 'Lowest F0 searched, Hz.')
+  flags.DEFINE_float('f0_max', f0.F0Params.fmax, 'Highest F0 searched, Hz.')
+  flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -111,5 +119,6 @@ def main(argv):
 
 def run():
   """Console script `skipvqvc-preprocess`, and preprocess.py."""
+  define_flags()
   start(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)

@@ -17,15 +17,21 @@ from skipvqvc_jax.core import storage
 from skipvqvc_jax.core.errors import CorpusError
 from skipvqvc_jax.data import corpus, feature_files
 
-flags.DEFINE_enum(
-  'definition',
-  'frames',
-  list(corpus.STATS_DEFINITIONS),
-  "frames: every frame weighs the same (ours); per_utterance: the mean of the utterances' "
-  "means and stds (the original's preprocessing_mean_std.py).",
-)
-flags.DEFINE_string('out', None, 'Where to write the stats.npz (default: where training looks).')
-flags.DEFINE_bool('overwrite', False, 'Replace an existing statistics file.')
+
+def define_flags() -> None:
+  """Defines this program's flags: called by run(), not at import, so that importing two programs
+  in one process (a test, a notebook) does not define a flag twice."""
+  flags.DEFINE_enum(
+    'definition',
+    'frames',
+    list(corpus.STATS_DEFINITIONS),
+    "frames: every frame weighs the same (ours); per_utterance: the mean of the utterances' "
+    "means and stds (the original's preprocessing_mean_std.py).",
+  )
+  flags.DEFINE_string('out', None, 'Where to write the stats.npz (default: where training looks).')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing statistics file.')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -54,5 +60,6 @@ def main(argv) -> int:
 
 def run():
   """Console script `skipvqvc-stats`."""
+  define_flags()
   start(__name__, __doc__)
   app.run(main, flags_parser=parse_flags)

@@ -29,9 +29,19 @@ def model_info(config):
   return _task_class(config).model_info(config)
 
 
+def default_workdir(config) -> str:
+  """Where a run of `config` goes without --workdir: its task's choice."""
+  return _task_class(config).default_workdir(config)
+
+
+def next_step(config, program: str, workdir: str) -> str:
+  """The `next:` line of a finished run of `config`: its task's commands."""
+  return _task_class(config).next_step(program, workdir)
+
+
 def make(config, workdir: str, mesh) -> Task:
   """The task `config.task` names (default: voice conversion), set up to train in `workdir`."""
   return _task_class(config)(config, workdir, mesh)
 
 
-__all__ = ['TASKS', 'Task', 'check_config', 'make', 'model_info']
+__all__ = ['TASKS', 'Task', 'check_config', 'default_workdir', 'make', 'model_info', 'next_step']

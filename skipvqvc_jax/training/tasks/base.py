@@ -41,6 +41,14 @@ class Task(Protocol):
   def model_info(config) -> checkpoints.ModelInfo:
     """The workdir's model.json: the inference model's spec and where the train state holds it."""
 
+  @staticmethod
+  def default_workdir(config) -> str:
+    """Where a run of `config` goes when no --workdir is given (a name that says what it trains)."""
+
+  @staticmethod
+  def next_step(program: str, workdir: str) -> str:
+    """The `next:` line a finished run ends with: the commands of `program` that use its workdir."""
+
   @property
   def traces(self) -> int:
     """How many times the train step was traced (compiled)."""

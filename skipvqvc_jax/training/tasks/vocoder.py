@@ -13,6 +13,8 @@ per step: its output's gradient is pulled back through a saved VJP.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -210,6 +212,18 @@ def make_state(g_params: dict, d_params: dict, tx: optax.GradientTransformation)
   )
 
 
+def default_workdir(config) -> str:
+  style = 'hifigan_style' if config.discriminator.periods else 'melgan'
+  return os.path.join('runs', f'vocoder_{style}_ngf{config.generator.ngf}')
+
+
+def next_step(program: str, workdir: str) -> str:
+  return (
+    f'next: convert through this vocoder with {program} --mode=convert --model=VC_RUN '
+    f'--source=SOURCE.wav --target=TARGET.wav --output=OUT.wav --vocoder={workdir}'
+  )
+
+
 def check_config(config) -> None:
   """One-line errors for vocoder settings that cannot work, before any data is read."""
   if config.adversarial_loss not in ('hinge', 'least_squares'):
@@ -242,6 +256,8 @@ class VocoderTask:
   init_ignore = ()  # init_from must be a generator of exactly the configured size
   check_config = staticmethod(check_config)
   model_info = staticmethod(model_info)
+  default_workdir = staticmethod(default_workdir)
+  next_step = staticmethod(next_step)
 
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh

@@ -49,6 +49,19 @@ def build_model(config):
   return models.build(**model_info(config).spec, seed=config.seed)
 
 
+def default_workdir(config) -> str:
+  model = config.model
+  return os.path.join('runs', f'{model.name}_n{model.n_embed}_ch{model.channel}_{config.trainer}')
+
+
+def next_step(program: str, workdir: str) -> str:
+  return (
+    f'next: evaluate with {program} --mode=eval --workdir={workdir} ; convert with {program} '
+    f'--mode=convert --model={workdir} --source=SOURCE.wav --target=TARGET.wav '
+    f'--output=OUT.wav'
+  )
+
+
 def check_config(config) -> None:
   """One-line errors for model and data settings that cannot work, before any data is read."""
   model = config.model
@@ -268,6 +281,8 @@ class VoiceConversionTask:
 
   check_config = staticmethod(check_config)
   model_info = staticmethod(model_info)
+  default_workdir = staticmethod(default_workdir)
+  next_step = staticmethod(next_step)
 
   def __init__(self, config, workdir: str, mesh):
     self.config, self.mesh = config, mesh
