@@ -101,6 +101,38 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
+# The presets every family shares the shape of (each file adds its model's fields):
+# on the bundled demo corpus, a few minutes on 2 CPU cores;
+DEMO_CORPUS = {'data.train_dir': 'data/demo_corpus', 'data.num_test_speakers': 2}
+DEMO_RUN = {
+  **DEMO_CORPUS,
+  'num_train_steps': 3000,
+  'log_every_steps': 10,
+  'eval_every_steps': 500,
+  'checkpoint_every_steps': 500,
+  'eval_batches': 2,
+}
+# big_vision's `runlocal`: a few steps in seconds (the tests' configs).
+TINY_RUN = {
+  **DEMO_CORPUS,
+  'num_train_steps': 8,
+  'log_every_steps': 1,
+  'eval_every_steps': 1000,
+  'checkpoint_every_steps': 4,
+  'pause_fraction': 0.0,  # the steps as set: tests count on them
+  'eval_batches': 1,
+}
+# The VQVC+ families' demo and tiny models.
+DEMO_VQVC = {**DEMO_RUN, 'model.channel': 32, 'model.n_embed': 32}
+TINY_VQVC = {
+  **TINY_RUN,
+  'model.channel': 16,
+  'model.n_embed': 16,
+  'data.crop_frames': 32,
+  'batch_size': 4,
+}
+
+
 def from_table(presets: dict, preset: str, base=get_config) -> ml_collections.ConfigDict:
   """`base()` updated with presets[preset]; an unknown preset lists the valid ones."""
   if preset not in presets:

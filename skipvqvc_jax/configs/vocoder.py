@@ -57,8 +57,7 @@ HIFIGAN_STYLE = {
   'adam_b2': 0.99,
 }
 DEMO = {
-  'data.train_dir': 'data/demo_corpus',
-  'data.num_test_speakers': 2,
+  **default.DEMO_CORPUS,
   'generator.ngf': 16,
   'discriminator.ndf': 4,
   'discriminator.layers': 3,
@@ -87,8 +86,7 @@ PRESETS = {
   # big_vision's `runlocal`: both discriminator kinds and every loss, with nets so narrow that a
   # step takes well under a second on 16-frame segments (the tests' config).
   'tiny': {
-    'data.train_dir': 'data/demo_corpus',
-    'data.num_test_speakers': 2,
+    **default.TINY_RUN,
     'data.segment_frames': 16,
     'generator.ngf': 4,
     'generator.residual_layers': 1,
@@ -99,12 +97,6 @@ PRESETS = {
     'discriminator.period_channels': (4, 8, 8, 8, 8),
     'mel_loss_weight': 45.0,
     'batch_size': 2,
-    'num_train_steps': 8,
-    'log_every_steps': 1,
-    'eval_every_steps': 1000,
-    'checkpoint_every_steps': 4,
-    'pause_fraction': 0.0,  # the steps as set: tests count on them
-    'eval_batches': 1,
     'sample_seconds': 0.5,
   },
 }

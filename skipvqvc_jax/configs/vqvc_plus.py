@@ -13,17 +13,7 @@ PRESETS = {
   },
   'n64_ch64_mean_std': {'model.channel': 64, 'model.n_embed': 64, 'trainer': 'mean_std'},
   # Trains on the bundled demo corpus in a few minutes on 2 CPU cores.
-  'demo': {
-    'model.channel': 32,
-    'model.n_embed': 32,
-    'data.train_dir': 'data/demo_corpus',
-    'data.num_test_speakers': 2,
-    'num_train_steps': 3000,
-    'log_every_steps': 10,
-    'eval_every_steps': 500,
-    'checkpoint_every_steps': 500,
-    'eval_batches': 2,
-  },
+  'demo': default.DEMO_VQVC,
   # Fine-tunes the decoder of a trained n64_ch64 run to one target voice (the original's LJSpeech
   # notebook): set --config.init_from=RUN, --config.data.train_dir=FEATURES_OF_THAT_VOICE and
   # --config.data.test_dir=RUN's test features; the encoder and codebooks stay as trained.
@@ -38,20 +28,7 @@ PRESETS = {
   },
   # big_vision's `runlocal`: a narrow model on 32-frame crops that trains 8 steps in seconds (the
   # tests' config; point data.train_dir at any features folder).
-  'tiny': {
-    'model.channel': 16,
-    'model.n_embed': 16,
-    'data.train_dir': 'data/demo_corpus',
-    'data.num_test_speakers': 2,
-    'data.crop_frames': 32,
-    'batch_size': 4,
-    'num_train_steps': 8,
-    'log_every_steps': 1,
-    'eval_every_steps': 1000,
-    'checkpoint_every_steps': 4,
-    'pause_fraction': 0.0,  # the steps as set: tests count on them
-    'eval_batches': 1,
-  },
+  'tiny': default.TINY_VQVC,
 }
 
 

@@ -40,38 +40,9 @@ PRESETS = {
     },
   ),
   # The bundled demo corpus in a few minutes on 2 CPU cores.
-  'demo': dict(
-    _MULTI,
-    **{
-      'model.channel': 32,
-      'model.n_embed': 32,
-      'data.train_dir': 'data/demo_corpus',
-      'data.num_test_speakers': 2,
-      'num_train_steps': 3000,
-      'log_every_steps': 10,
-      'eval_every_steps': 500,
-      'checkpoint_every_steps': 500,
-      'eval_batches': 2,
-    },
-  ),
+  'demo': dict(_MULTI, **default.DEMO_VQVC),
   # A few steps in seconds (the tests' config).
-  'tiny': dict(
-    _MULTI,
-    **{
-      'model.channel': 16,
-      'model.n_embed': 16,
-      'data.train_dir': 'data/demo_corpus',
-      'data.num_test_speakers': 2,
-      'data.crop_frames': 32,
-      'batch_size': 4,
-      'num_train_steps': 8,
-      'log_every_steps': 1,
-      'eval_every_steps': 1000,
-      'checkpoint_every_steps': 4,
-      'pause_fraction': 0.0,  # the steps as set: tests count on them
-      'eval_batches': 1,
-    },
-  ),
+  'tiny': dict(_MULTI, **default.TINY_VQVC),
 }
 
 

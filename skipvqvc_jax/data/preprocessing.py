@@ -9,6 +9,7 @@ feature, so an interrupted run cannot be continued with other parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from collections.abc import Callable, Sequence
@@ -133,38 +134,46 @@ def preprocess(
   # One run per output folder: two at once (say, with different --test_speakers) would mix their
   # splits and leave a manifest that contradicts the disk.
   found = corpus.find_utterances(input_dir, speaker_depth, mic)  # a bad input: nothing made
+  run = _Run(input_dir, output_dir, params, min_frames, workers, progress, log, f0_params)
   with locks.for_workdir(output_dir, elsewhere='write to another output folder'):
-    return _preprocess(
-      found,
-      input_dir,
-      output_dir,
-      params,
-      min_frames,
-      test_speakers,
-      num_test_speakers,
-      seed,
-      workers,
-      progress,
-      log,
-      f0_params,
-    )
+    _describe(found, input_dir, log)
+    plan = _plan(run, found, test_speakers, num_test_speakers, seed)
+    _make(run, plan)
+    return _finish(run, plan)
 
 
-def _preprocess(
-  found,
-  input_dir,
-  output_dir,
-  params,
-  min_frames,
-  test_speakers,
-  num_test_speakers,
-  seed,
-  workers,
-  progress,
-  log,
-  f0_params,
-) -> dict:
-  utterances, skipped, layout = found
+@dataclasses.dataclass
+class _Run:
+  """One preprocessing run's settings, as `preprocess` was given them."""
+
+  input_dir: str
+  output_dir: str
+  params: audio.FeatureParams
+  min_frames: int
+  workers: int | None
+  progress: bool
+  log: Callable[[str], None]
+  f0_params: f0.F0Params | None
+
+
+@dataclasses.dataclass
+class _Plan:
+  """What a run will do: the split, the features already made (`items`), the files to process
+  (`tasks`, with `pending` their utterances), the skips of earlier runs kept (`carried`)."""
+
+  layout: layouts.Layout
+  split: dict
+  items: list = dataclasses.field(default_factory=list)
+  skipped: list = dataclasses.field(default_factory=list)
+  tasks: list = dataclasses.field(default_factory=list)
+  pending: list = dataclasses.field(default_factory=list)
+  carried: list = dataclasses.field(default_factory=list)
+
+
+def _describe(found, input_dir: str, log) -> None:
+  """The lines that say what corpus was found: its layout, speakers, utterances, transcripts, and the
+  speaker folders whose names change in feature names."""
+  utterances, _, layout = found
   log(
     f'{input_dir}: {layout.name} layout, {len({u.speaker for u in utterances})} speakers, '
     f'{len(utterances)} utterances'
@@ -182,100 +191,126 @@ def _preprocess(
       'speaker folders renamed in feature names (_ separates speaker from utterance): '
       + ', '.join(f'{f} -> {corpus.speaker_name(f)}' for f in renamed)
     )
+
+
+def _plan(run: _Run, found, test_speakers, num_test_speakers, seed) -> _Plan:
+  """Checks the output folder against the run, fixes the split, records the run's parameters, tidies
+  the folder to the split, and sorts the utterances into made, to make, and skipped before."""
+  utterances, skipped, layout = found
   if test_speakers is not None:
     test_speakers = [corpus.speaker_name(s) for s in test_speakers]
-  root = layout.root
+  output_dir = run.output_dir
   storage.makedirs(output_dir)
-  _check_parameters(output_dir, params)
+  _check_parameters(output_dir, run.params)
   manifest_path = storage.join(output_dir, corpus.MANIFEST)
   old = load_json(manifest_path) if storage.exists(manifest_path) else {}
-  f0_files.check_params(old, f0_params, output_dir)
-  if f0_params is None and old.get('f0_params'):  # the folder has F0: kept up to date
-    f0_params = f0.F0Params.from_dict(old['f0_params'])
-  known_skips = {s['source']: s for s in old.get('skipped', []) if 'key' in s}
-  known_items = {i['source']: i for i in old.get('items', [])}
+  f0_files.check_params(old, run.f0_params, output_dir)
+  if run.f0_params is None and old.get('f0_params'):  # the folder has F0: kept up to date
+    run.f0_params = f0.F0Params.from_dict(old['f0_params'])
+  speakers = [u.speaker for u in utterances]
   split = (
-    corpus.resolve_split(
-      output_dir, [u.speaker for u in utterances], test_speakers, num_test_speakers, seed
-    )
+    corpus.resolve_split(output_dir, speakers, test_speakers, num_test_speakers, seed)
     if utterances
     else dict(train=[], test=[])
   )
   if len(split['test']) == 1:
-    log(f'only one test speaker ({split["test"][0]}): --mode=eval needs two to convert between')
+    run.log(f'only one test speaker ({split["test"][0]}): --mode=eval needs two to convert between')
   side = {s: 'train' for s in split['train']} | {s: 'test' for s in split['test']}
   save_json(
-    storage.join(output_dir, STAMP), dict(feature_params=params.to_dict(), min_frames=min_frames)
+    storage.join(output_dir, STAMP),
+    dict(feature_params=run.params.to_dict(), min_frames=run.min_frames),
   )
-  _tidy(output_dir, {u.feature_file: side[u.speaker] for u in utterances}, log)
+  _tidy(output_dir, {u.feature_file: side[u.speaker] for u in utterances}, run.log)
+  plan = _Plan(layout, split, skipped=list(skipped))
+  _sort_utterances(run, plan, utterances, side, old)
+  return plan
 
-  items, tasks, pending, carried = [], [], [], []
+
+def _sort_utterances(run: _Run, plan: _Plan, utterances, side: dict, old: dict) -> None:
+  """Each utterance into the plan: made (its feature is readable and its source unchanged), skipped
+  before (unchanged since), or to make (new, changed, or its feature unreadable)."""
+  known_skips = {s['source']: s for s in old.get('skipped', []) if 'key' in s}
+  known_items = {i['source']: i for i in old.get('items', [])}
   on_disk = {  # one listing per side (one request each in a bucket), not one query per file
     os.path.join(side_name, name)
     for side_name in corpus.SPLITS
-    if storage.isdir(storage.join(output_dir, side_name))
-    for name in storage.listdir(storage.join(output_dir, side_name))
+    if storage.isdir(storage.join(run.output_dir, side_name))
+    for name in storage.listdir(storage.join(run.output_dir, side_name))
   }
   for utt in utterances:
-    source_path = os.path.join(root, utt.source)
+    source_path = os.path.join(plan.layout.root, utt.source)
     out_rel = os.path.join(side[utt.speaker], utt.feature_file)
-    out_path = storage.join(output_dir, *out_rel.split(os.sep))
+    out_path = storage.join(run.output_dir, *out_rel.split(os.sep))
     key = _source_key(source_path)
     previous = known_items.get(utt.source, {})
-    frames = corpus.readable_frames(out_path, params.n_mels) if out_rel in on_disk else None
+    frames = corpus.readable_frames(out_path, run.params.n_mels) if out_rel in on_disk else None
     if frames is not None and previous.get('key', key) == key:
-      items.append(_item(utt, out_rel, frames, previous.get('trim'), key))
+      plan.items.append(_item(utt, out_rel, frames, previous.get('trim'), key))
     elif frames is None and utt.source in known_skips and known_skips[utt.source]['key'] == key:
-      carried.append(known_skips[utt.source])
-    else:  # new, changed since, or a feature file that cannot be read: (re)made
-      tasks.append((source_path, out_path, params, min_frames))
-      pending.append((utt, out_rel, key))
-  if items or known_skips:
-    log(f'{len(items)} features already made, {len(tasks)} files to process')
+      plan.carried.append(known_skips[utt.source])
+    else:
+      plan.tasks.append((source_path, out_path, run.params, run.min_frames))
+      plan.pending.append((utt, out_rel, key))
+  if plan.items or known_skips:
+    run.log(f'{len(plan.items)} features already made, {len(plan.tasks)} files to process')
 
+
+def _make(run: _Run, plan: _Plan) -> None:
+  """The plan's features, made by the workers; whatever stops them, the manifest then says what is
+  there (and that it is not finished)."""
   try:
-    for (utt, out_rel, key), result in zip(
-      pending, map_files(_featurise, tasks, workers, progress, log, 'preprocessing')
-    ):
+    made = map_files(_featurise, plan.tasks, run.workers, run.progress, run.log, 'preprocessing')
+    for (utt, out_rel, key), result in zip(plan.pending, made):
       if 'fatal' in result:
         raise CorpusError(result['fatal'])
       if result['ok']:
-        items.append(_item(utt, out_rel, result['frames'], result['trim'], key))
+        plan.items.append(_item(utt, out_rel, result['frames'], result['trim'], key))
       else:
-        skipped.append(dict(source=utt.source, reason=result['reason'], key=key))
+        plan.skipped.append(dict(source=utt.source, reason=result['reason'], key=key))
   except BaseException:
-    # Whatever stopped the run, the manifest says what is there (and that it is not finished),
-    # including features whose results were still on their way back from the workers: within
-    # half a minute, as the storage that stopped the run may not answer (a bucket's server gone).
-    record = lambda: _record_unfinished(
-      output_dir, input_dir, params, min_frames, split, items, skipped + carried, pending, layout
-    )
+    # Including features whose results were still on their way back from the workers: within half
+    # a minute, as the storage that stopped the run may not answer (a bucket's server gone).
+    record = lambda: _record_unfinished(run, plan)
     try:
-      deadlines.bounded(record, f'the manifest of {output_dir}', 30, 'it is left as it was')
+      deadlines.bounded(record, f'the manifest of {run.output_dir}', 30, 'it is left as it was')
     except Exception as e:  # pylint: disable=broad-except  (the error that stopped the run wins)
-      logging.info('could not record what was made in %s (%s)', output_dir, e)
+      logging.info('could not record what was made in %s (%s)', run.output_dir, e)
     raise
-  for s in skipped:
-    log(f'skipped {s["source"]}: {s["reason"]}')
-  skipped += carried  # reported by the run that found them
+  for s in plan.skipped:
+    run.log(f'skipped {s["source"]}: {s["reason"]}')
 
+
+def _finish(run: _Run, plan: _Plan) -> dict:
+  """F0 beside the features (when asked for, or the folder has it), the split, the statistics and
+  the manifest, written last; returns the manifest."""
+  skipped = plan.skipped + plan.carried  # the carried ones were reported by the run that found them
+  items = sorted(plan.items, key=lambda i: i['file'])
   if not items:
     raise CorpusError(
-      f'no usable audio in {input_dir}: {len(skipped)} files skipped (see the reasons above)'
+      f'no usable audio in {run.input_dir}: {len(skipped)} files skipped (see the reasons above)'
     )
-  items.sort(key=lambda i: i['file'])
+  output_dir, f0_params = run.output_dir, run.f0_params
   if f0_params is not None:
     skipped += f0_files.make(
-      output_dir, items, root, params, f0_params, workers=workers, progress=progress, log=log
+      output_dir,
+      items,
+      plan.layout.root,
+      run.params,
+      f0_params,
+      workers=run.workers,
+      progress=run.progress,
+      log=run.log,
     )
-  save_json(storage.join(output_dir, corpus.SPLIT_FILE), split)
+  save_json(storage.join(output_dir, corpus.SPLIT_FILE), plan.split)
   corpus.write_stats(
     output_dir, [i['file'] for i in items if i['file'].startswith('train' + os.sep)]
   )
-  manifest = corpus.manifest(input_dir, params, min_frames, split, items, skipped, layout=layout)
+  manifest = corpus.manifest(
+    run.input_dir, run.params, run.min_frames, plan.split, items, skipped, layout=plan.layout
+  )
   if f0_params is not None:
     manifest['f0_params'] = f0_params.to_dict()
-  save_json(manifest_path, manifest)
+  save_json(storage.join(output_dir, corpus.MANIFEST), manifest)
   storage.remove(storage.join(output_dir, STAMP))
   return manifest
 
@@ -295,19 +330,26 @@ def _printable_lines(log):
   return lambda line: log(errors.printable(line))
 
 
-def _record_unfinished(
-  output_dir, input_dir, params, min_frames, split, items, skipped, pending, layout
-) -> None:
+def _record_unfinished(run: _Run, plan: _Plan) -> None:
   """The manifest of a run that stopped: every feature on disk (those whose results never came back
   from the workers too), marked not complete."""
-  made = {i['file'] for i in items}
-  items = list(items)
-  for utt, out_rel, key in pending:
-    frames = corpus.readable_frames(storage.join(output_dir, *out_rel.split(os.sep)), params.n_mels)
+  made = {i['file'] for i in plan.items}
+  items = list(plan.items)
+  for utt, out_rel, key in plan.pending:
+    path = storage.join(run.output_dir, *out_rel.split(os.sep))
+    frames = corpus.readable_frames(path, run.params.n_mels)
     if out_rel not in made and frames is not None:
       items.append(_item(utt, out_rel, frames, None, key))
   items.sort(key=lambda i: i['file'])
+  skipped = plan.skipped + plan.carried
   manifest = corpus.manifest(
-    input_dir, params, min_frames, split, items, skipped, complete=False, layout=layout
+    run.input_dir,
+    run.params,
+    run.min_frames,
+    plan.split,
+    items,
+    skipped,
+    complete=False,
+    layout=plan.layout,
   )
-  save_json(storage.join(output_dir, corpus.MANIFEST), manifest)
+  save_json(storage.join(run.output_dir, corpus.MANIFEST), manifest)
