@@ -149,8 +149,7 @@ def run(
   plan = _plan(workdir, converter, step, test_dir, target, out_root)
   files = feature_files.list_features(plan.test_dir)
   pairs = choose_pairs(files, num_pairs, plan.seed, sentences(files), target=target)
-  assets = storage.join(plan.out_dir, 'assets')
-  storage.makedirs(assets)
+  storage.makedirs(storage.join(plan.out_dir, 'assets'))  # a folder it cannot write: said first
   shown = {p.source for p in pairs[:report_pairs]}  # the report shows their reconstructions
   recon_metrics, reconstructions = reconstruction_metrics(converter, files, keep=shown)
   folder = storage.basename(plan.out_dir)
@@ -158,22 +157,39 @@ def run(
   if test_dir or target:
     metrics.update(test_dir=plan.test_dir, target=target or None)
   results = convert_pairs(converter, pairs, reconstructions)
+  resynthesis = _measure(
+    metrics, converter, results, files, plan.seed, per_speaker, num_vocoder_utterances
+  )
+  _write(workdir, plan, metrics, results, converter, report_pairs, resynthesis)
+  return metrics
+
+
+def _measure(metrics, converter, results, files, seed, per_speaker, num_vocoder_utterances) -> dict:
+  """Adds to `metrics` the figures of the conversions `results`: content and speaker (conversion),
+  listening (intelligibility, F0), speaker similarity, and the vocoders compared; returns the
+  vocoders' resynthesis for the report."""
   metrics['conversion'] = conversion_metrics(converter, results)
   metrics.update(listening.listen(converter, results, transcripts(files)))
   encoder = speaker_similarity_encoder()
   metrics['speaker_similarity'] = (
     speaker_similarity(
-      speaker_embedder(encoder, converter.vocoder), capped(files, per_speaker, plan.seed), results
+      speaker_embedder(encoder, converter.vocoder), capped(files, per_speaker, seed), results
     )
     if encoder is not None
     else dict(available=False, why='resemblyzer is not installed: pip install -e ".[eval]"')
   )
   metrics['vocoders'], resynthesis = compare_vocoders(
-    converter, files, num_vocoder_utterances, plan.seed, encoder
+    converter, files, num_vocoder_utterances, seed, encoder
   )
+  return resynthesis
+
+
+def _write(workdir, plan, metrics, results, converter, report_pairs, resynthesis) -> None:
+  """The report (its first `report_pairs` conversions shown), pairs.json and metrics.json; for a
+  run's checkpoint, the index of its evaluations and the figures in its TensorBoard."""
   report.write_report(
     plan.out_dir,
-    assets,
+    storage.join(plan.out_dir, 'assets'),
     metrics,
     results[:report_pairs],
     converter,
@@ -187,7 +203,6 @@ def run(
     writer.scalars(plan.step, report.flat(metrics), 'eval/')
     writer.close()
   logging.info('wrote %s', storage.join(plan.out_dir, 'report.html'))
-  return metrics
 
 
 def conversion_metrics(converter, results) -> dict:
@@ -307,14 +322,8 @@ def speaker_similarity(embed, files: Sequence[str], results: list[PairResult]) -
   accepted as the target at the EER threshold of the real test utterances `files` (embed: mel ->
   unit-length embedding)."""
   # The statistics' utterances, and the sources and references of the pairs (embedded once each).
-  needed = list(
-    dict.fromkeys([*files, *(f for r in results for f in (r.pair.source, r.pair.reference))])
-  )
-  progress = Progress('eval: speaker embeddings of the test utterances', len(needed), logging.info)
-  real = {}
-  for f in needed:
-    progress.update()
-    real[f] = embed(feature_files.load_features(f))
+  needed = [*files, *(f for r in results for f in (r.pair.source, r.pair.reference))]
+  real = _embeddings(embed, list(dict.fromkeys(needed)))
   names = sorted(files)
   # Every pair's cosine similarity as one matrix product (the embeddings have unit length).
   embeddings = np.stack([real[f] for f in names]).astype(np.float32)
@@ -364,6 +373,16 @@ def speaker_similarity(embed, files: Sequence[str], results: list[PairResult]) -
     real_identified=identification(real_scores, own),
     chance=1.0 / len(names_of),
   )
+
+
+def _embeddings(embed, files: list[str]) -> dict:
+  """{feature file: its speaker embedding}, with a progress line."""
+  progress = Progress('eval: speaker embeddings of the test utterances', len(files), logging.info)
+  real = {}
+  for f in files:
+    progress.update()
+    real[f] = embed(feature_files.load_features(f))
+  return real
 
 
 def compare_vocoders(

@@ -39,47 +39,58 @@ def listen(converter, results: list[PairResult], said: dict[str, str]) -> dict:
   )
   if recognise is None and not f0_ok:
     return out
-  sr = converter.vocoder.sample_rate
   real = corpus.source_waveforms(sorted({r.pair.source for r in results}), converter.params)
   progress = Progress('eval: listening (recognition, F0)', len(results), logging.info, unit='pairs')
   for result in results:
     progress.update()
-    source = feature_files.load_features(result.pair.source)
-    waves = dict(
-      converted=result.converted_audio(converter.vocoder),
-      reconstructed=converter.vocoder(
-        converter.reconstruct_mel(source, converter.source_f0(result.pair.source))[0]
-      ),
-      unconverted=converter.vocoder(source),
-    )
-    text = said.get(result.pair.source)
-    if recognise is not None and text:
-      result.heard = {kind: recognise(wave, sr) for kind, wave in waves.items()}
-      rates = {kind: error_rates(text, heard) for kind, heard in result.heard.items()}
-      result.wer = {kind: wer for kind, (wer, _) in rates.items()}
-      result.cer = {kind: cer for kind, (_, cer) in rates.items()}
-    if f0_ok:
-      source_f0 = f0_contour(waves['unconverted'], sr)
-      result.f0 = {
-        kind: f0_agreement(source_f0, f0_contour(waves[kind], sr)) for kind in F0_KINDS[:2]
-      }
-      if real.get(result.pair.source) is not None:
-        result.f0['real_vs_vocoded'] = f0_agreement(
-          f0_contour(real[result.pair.source], sr), source_f0
-        )
+    _hear(result, converter, recognise, said.get(result.pair.source), f0_ok, real)
+  return out | _means(results)
 
-  def mean(values):
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
 
+def _hear(result: PairResult, converter, recognise, text: str | None, f0_ok: bool, real) -> None:
+  """One pair's figures into `result`: the words heard in its conversion, reconstruction and
+  unconverted source (with `text`, what was said), and how their F0 follows the source's."""
+  sr = converter.vocoder.sample_rate
+  source = feature_files.load_features(result.pair.source)
+  waves = dict(
+    converted=result.converted_audio(converter.vocoder),
+    reconstructed=converter.vocoder(
+      converter.reconstruct_mel(source, converter.source_f0(result.pair.source))[0]
+    ),
+    unconverted=converter.vocoder(source),
+  )
+  if recognise is not None and text:
+    result.heard = {kind: recognise(wave, sr) for kind, wave in waves.items()}
+    rates = {kind: error_rates(text, heard) for kind, heard in result.heard.items()}
+    result.wer = {kind: wer for kind, (wer, _) in rates.items()}
+    result.cer = {kind: cer for kind, (_, cer) in rates.items()}
+  if f0_ok:
+    source_f0 = f0_contour(waves['unconverted'], sr)
+    result.f0 = {
+      kind: f0_agreement(source_f0, f0_contour(waves[kind], sr)) for kind in F0_KINDS[:2]
+    }
+    if real.get(result.pair.source) is not None:
+      result.f0['real_vs_vocoded'] = f0_agreement(
+        f0_contour(real[result.pair.source], sr), source_f0
+      )
+
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def _means(results: list[PairResult]) -> dict:
+  """The pairs' figures averaged, for those of them that have each kind."""
+  out = {}
   heard = [r for r in results if r.wer]
   if heard:
     out['intelligibility'] = dict(
       available=True,
       recogniser='pocketsphinx en-us (its own model)',
       pairs=len(heard),
-      wer={kind: mean(r.wer[kind] for r in heard) for kind in KINDS},
-      cer={kind: mean(r.cer[kind] for r in heard) for kind in KINDS},
+      wer={kind: _mean(r.wer[kind] for r in heard) for kind in KINDS},
+      cer={kind: _mean(r.cer[kind] for r in heard) for kind in KINDS},
     )
   pitched = [r for r in results if r.f0]
   if pitched:
@@ -88,7 +99,7 @@ def listen(converter, results: list[PairResult], said: dict[str, str]) -> dict:
       pairs=len(pitched),
       **{
         kind: {
-          key: mean(r.f0[kind][key] for r in pitched if kind in r.f0)
+          key: _mean(r.f0[kind][key] for r in pitched if kind in r.f0)
           for key in ('f0_corr', 'f0_rmse_cents')
         }
         for kind in F0_KINDS

@@ -98,68 +98,7 @@ def write_report(out_dir, assets, metrics, results, converter, resynthesis: dict
     else f'<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>'
     for k, v in flat(metrics).items()
   )
-  sections = []
-  for i, result in enumerate(results):
-    pair = result.pair
-    mels = dict(
-      source=feature_files.load_features(pair.source),
-      target_reference=feature_files.load_features(pair.reference),
-      reconstruction=result.reconstruction_scales[-1],
-      conversion=result.converted_mel,
-    )
-    if pair.parallel:
-      mels['target_same_sentence'] = feature_files.load_features(pair.parallel)
-    cells = []
-    for name, mel in mels.items():
-      stem = f'pair{i:02d}_{name}'
-      _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, name))
-      wave = (
-        result.converted_audio(converter.vocoder)
-        if name == 'conversion'
-        else converter.vocoder(mel)
-      )
-      audio.write_audio(storage.join(assets, stem + '.wav'), wave, converter.vocoder.sample_rate)
-      cells.append(
-        f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
-        f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>'
-      )
-    scales = (
-      ('reconstruction', result.reconstruction_scales),
-      ('conversion', result.converted_scales),
-    )
-    for name, outputs in scales:  # a multi-scale model's coarser outputs, as images
-      for j, mel in enumerate(outputs[:-1]):
-        stem = f'pair{i:02d}_{name}_d{j}'
-        _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))
-        cells.append(
-          f'<figure><figcaption>{name}, scale d{j} ({mel.shape[0]} bands, 1/'
-          f'{2 ** (len(outputs) - 1 - j)} frame rate)</figcaption><img '
-          f'src="assets/{stem}.png" alt="{name} scale d{j} mel"></figure>'
-        )
-    scores = (
-      f'log-mel cepstral distortion {result.lmcd_db:.2f} dB (no conversion: '
-      f'{result.baseline_lmcd_db:.2f} dB)'
-      if result.lmcd_db is not None
-      else 'no parallel recording'
-    )
-    if result.heard:
-      scores += ''.join(
-        f'<br>{kind} heard as &ldquo;{html.escape(result.heard[kind])}&rdquo; '
-        f'(WER {result.wer[kind]:.2f})'
-        for kind in ('converted', 'reconstructed', 'unconverted')
-      )
-    if result.f0:
-      f0 = result.f0['converted']
-      if f0['f0_corr'] is not None:
-        scores += (
-          f'<br>F0 against the source: correlation {f0["f0_corr"]:.2f}, '
-          f'RMSE {f0["f0_rmse_cents"]:.0f} cents'
-        )
-    sections.append(
-      f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair.source))} &rarr; '
-      f'{html.escape(pair.target_speaker)}</h3><p>{scores}</p>{"".join(cells)}'
-      f'</section>'
-    )
+  sections = [_pair_section(i, result, assets, converter) for i, result in enumerate(results)]
   page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>skipvqvc_jax evaluation, step {metrics['step']}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} figure{{display:inline-block;
@@ -175,6 +114,73 @@ baseline compares the unconverted source with it.</p>
 <h2>Conversions</h2>{''.join(sections)}</body></html>
 """
   save_text(storage.join(out_dir, 'report.html'), page)
+
+
+def _pair_section(i: int, result, assets: str, converter) -> str:
+  """One conversion's section: its scores, and its mels (images) and audio (players)."""
+  pair = result.pair
+  mels = dict(
+    source=feature_files.load_features(pair.source),
+    target_reference=feature_files.load_features(pair.reference),
+    reconstruction=result.reconstruction_scales[-1],
+    conversion=result.converted_mel,
+  )
+  if pair.parallel:
+    mels['target_same_sentence'] = feature_files.load_features(pair.parallel)
+  cells = []
+  for name, mel in mels.items():
+    stem = f'pair{i:02d}_{name}'
+    _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, name))
+    wave = (
+      result.converted_audio(converter.vocoder) if name == 'conversion' else converter.vocoder(mel)
+    )
+    audio.write_audio(storage.join(assets, stem + '.wav'), wave, converter.vocoder.sample_rate)
+    cells.append(
+      f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
+      f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>'
+    )
+  scales = (
+    ('reconstruction', result.reconstruction_scales),
+    ('conversion', result.converted_scales),
+  )
+  for name, outputs in scales:  # a multi-scale model's coarser outputs, as images
+    for j, mel in enumerate(outputs[:-1]):
+      stem = f'pair{i:02d}_{name}_d{j}'
+      _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))
+      cells.append(
+        f'<figure><figcaption>{name}, scale d{j} ({mel.shape[0]} bands, 1/'
+        f'{2 ** (len(outputs) - 1 - j)} frame rate)</figcaption><img '
+        f'src="assets/{stem}.png" alt="{name} scale d{j} mel"></figure>'
+      )
+  return (
+    f'<section><h3>{i + 1}. {html.escape(os.path.basename(pair.source))} &rarr; '
+    f'{html.escape(pair.target_speaker)}</h3><p>{_scores(result)}</p>{"".join(cells)}'
+    f'</section>'
+  )
+
+
+def _scores(result) -> str:
+  """A conversion's figures, as the line above its mels."""
+  scores = (
+    f'log-mel cepstral distortion {result.lmcd_db:.2f} dB (no conversion: '
+    f'{result.baseline_lmcd_db:.2f} dB)'
+    if result.lmcd_db is not None
+    else 'no parallel recording'
+  )
+  if result.heard:
+    scores += ''.join(
+      f'<br>{kind} heard as &ldquo;{html.escape(result.heard[kind])}&rdquo; '
+      f'(WER {result.wer[kind]:.2f})'
+      for kind in ('converted', 'reconstructed', 'unconverted')
+    )
+  if result.f0:
+    f0 = result.f0['converted']
+    if f0['f0_corr'] is not None:
+      scores += (
+        f'<br>F0 against the source: correlation {f0["f0_corr"]:.2f}, '
+        f'RMSE {f0["f0_rmse_cents"]:.0f} cents'
+      )
+  return scores
 
 
 def _save_png(path: str, image: np.ndarray) -> None:
