@@ -35,35 +35,44 @@ import sys
 import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-SECTION2 = {
-  'vqvcplus_n64_ch64': 'vqvc+',
-  'vqvcplus_rhythm_n64_ch64': 'vqvc+_rhythm',
-  'vqvcplus_resample_n64_ch64': 'vqvc+_resample',
-  'vqvcplus_speaker_quantize_n64_ch64': 'vqvc+_speaker_quantize',
-  'vqvcplus_cvae_n64_ch64': 'vqvc+_cvae',
-}
-MULTI = {
-  f'vqvcplus_{f[6:]}_n64_ch64': f
-  for f in (
-    'vqvc+_multi',
-    'vqvc+_multi_simple',
-    'vqvc+_multi_rhythm',
-    'vqvc+_multi_ps',
-    'vqvc+_multi_cav',
-    'vqvc+_multi_codebook_gen',
-  )
-}
-PITCH = {'vqvcplus_pitch_n64_ch64': 'vqvc+_pitch'}
-LJ = {
-  'vqvcplus_multi_codebook_lj_n64_ch64': 'vqvc+_multi_codebook_lj',
-  'vqvcplus_lj3_n64_ch64': 'vqvc+_lj3',
-}
-SPEAKER_FREE = tuple(LJ.values())
-MAX_NORM = ('vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_ps', 'vqvc+_lj3')
+
+
+def _group(cls) -> str:
+  """The golden folder of a model class: '' (VQVC+ and its single-scale variants), multi, pitch, lj."""
+  if cls.speaker_free:
+    return 'lj'
+  if cls.takes_f0:
+    return 'pitch'
+  return 'multi' if cls.multi_scale else ''
+
+
+def golden_tables() -> dict[str, dict[str, str]]:
+  """{group: {golden file stem: the original's model folder}} for every model of the registry (the
+  original's folder names are ours): `vqvc+_multi` -> multi/vqvcplus_multi_n64_ch64."""
+  sys.path.insert(0, ROOT)
+  from skipvqvc_jax import models  # pylint: disable=import-outside-toplevel
+
+  tables = {'': {}, 'multi': {}, 'pitch': {}, 'lj': {}}
+  for name in models.names('voice_conversion'):
+    stem = 'vqvcplus' + name[len('vqvc+') :] + '_n64_ch64'
+    tables[_group(models.get_class(name))][stem] = name
+  return tables
+
+
+# The original's models whose codebooks are an nn.Embedding(max_norm=1) (renormalised in place by a
+# lookup): a fact of its code, not of ours (our vqvc+_multi_cav and _codebook_gen renormalise too,
+# through their own codebook modules, which hold a bare tensor in the original).
+EMBEDDING_MAX_NORM = ('vqvc+_multi', 'vqvc+_multi_simple', 'vqvc+_multi_ps', 'vqvc+_lj3')
+
+
+def model_class(folder: str):
+  from skipvqvc_jax import models  # pylint: disable=import-outside-toplevel
+
+  return models.get_class(folder)
 
 
 def multi_scale(folder: str) -> bool:
-  return folder.startswith('vqvc+_multi') or folder in ('vqvc+_pitch', 'vqvc+_lj3')
+  return model_class(folder).multi_scale
 
 
 STRETCH = (0.5, 1.5, 1.25, 0.75)  # per 32-frame segment, segments kept in order
@@ -333,7 +342,7 @@ def decode_call(folder, model, enc, perm=None, pitch=None):
     return model.decode(model.change_codebook(content, swapped, codes)[0])
   if folder == 'vqvc+_pitch':
     return model.decode(enc[0], p(enc[1]), p(enc[2]), pitch)
-  if folder in SPEAKER_FREE:  # no speaker terms: a swap changes nothing
+  if model_class(folder).speaker_free:  # no speaker terms: a swap changes nothing
     return model.decode(enc[0])
   return model.decode(enc[0], p(enc[1]), p(enc[2]))
 
@@ -394,7 +403,7 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list, pitch=No
       book = torch.matmul(model.quantize[s].embedding.detach(), mul)
       book = book / torch.norm(book, dim=1, keepdim=True) + add
       out[f'out/codebook_s{s}'] = np32(book.permute(2, 0, 1))
-    elif folder in SPEAKER_FREE:
+    elif model_class(folder).speaker_free:
       out[f'out/q_s{s}'] = np32(enc[0][s])
       out[f'out/xnorm_s{s}'] = np32(enc[1][s])  # the normalised frames the next stage reads
     else:
@@ -415,7 +424,9 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list, pitch=No
       out[f'input/noise_s{s}'] = np32(noise[s]).reshape(batch, -1)
     if folder == 'vqvc+_multi_ps':
       out[f'out/gn_s{s}'] = np32(rec.first(f'gnorm{s}')[1])
-    if hasattr(model, 'speaker_blocks') and folder not in SPEAKER_FREE:  # theirs: never called
+    if (
+      hasattr(model, 'speaker_blocks') and not model_class(folder).speaker_free
+    ):  # theirs: never called
       out[f'out/spk_pool_s{s}'] = np32(rec.first(f'pool{s}')[0][0])
     if folder == 'vqvc+_multi_cav':
       weight = model.quantize[s].embedding.detach()
@@ -424,15 +435,14 @@ def forward_golden(folder, model, x, x_shuffle, out: dict, noise: list, pitch=No
       out[f'out/qmse_s{s}'] = np32(((chosen - args[0]) ** 2).mean())
       sq = (unit**2).sum(1, keepdim=True)
       out[f'out/qentropy_s{s}'] = np32(torch.sum(sq - 2 * unit @ unit.T + sq.T))
-    if folder in MAX_NORM:
+    if folder in EMBEDDING_MAX_NORM:
       out[f'out/codebook_after_encode_s{s}'] = np32(model.quantize[s].embedding.weight)
   latent_index = {
     'vqvc+_rhythm': 4,
     'vqvc+_multi_rhythm': 4,
     'vqvc+_multi_ps': 2,
     'vqvc+_multi_codebook_gen': 3,
-    **dict.fromkeys(SPEAKER_FREE, 2),
-  }.get(folder, 3)
+  }.get(folder, 2 if model_class(folder).speaker_free else 3)
   out['out/latent_diff'] = np32(enc[latent_index])
   with torch.no_grad():
     recon = decode_call(folder, model, enc, pitch=pitch)
@@ -483,7 +493,7 @@ def training_step(folder, model, x, x_shuffle, out: dict, noise: list, pitch=Non
       result = model(x, x_shuffle)
     else:
       result = model(source) if pitch is None else model(source, pitch)
-  outputs, latent = result[0], result[1 if folder in SPEAKER_FREE else 4].mean()
+  outputs, latent = result[0], result[1 if model_class(folder).speaker_free else 4].mean()
   if multi:
     targets = [source[:, :20, ::4], source[:, :40, ::2], source]
     terms = [torch.nn.functional.l1_loss(o, t) for o, t in zip(outputs, targets)]
@@ -494,7 +504,7 @@ def training_step(folder, model, x, x_shuffle, out: dict, noise: list, pitch=Non
   else:
     recon_loss = torch.nn.functional.l1_loss(outputs, x)
   loss = recon_loss + 0.1 * latent
-  if folder in MAX_NORM:
+  if folder in EMBEDDING_MAX_NORM:
     for s in range(3):
       out[f'train/codebook_renormed_s{s}'] = np32(model.quantize[s].embedding.weight)
   loss.backward()
@@ -554,7 +564,7 @@ def main(argv=None) -> int:
   torch.set_num_threads(1)
   x_logmel, f0_hz = demo_inputs()
   manifests = {'': {}, 'multi': {}, 'pitch': {}, 'lj': {}}
-  for group, table in (('', SECTION2), ('multi', MULTI), ('pitch', PITCH), ('lj', LJ)):
+  for group, table in golden_tables().items():
     os.makedirs(os.path.join(args.out, group), exist_ok=True)
     for stem, folder in table.items():
       arrays = make_one(args.original, folder, multi_scale(folder), x_logmel, f0_hz)
