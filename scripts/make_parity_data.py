@@ -3,8 +3,8 @@
     pip install -e ".[torch]"
     git clone https://github.com/ericwudayi/SkipVQVC /tmp/SkipVQVC
     python scripts/make_parity_data.py --original=/tmp/SkipVQVC parity/
-    SKIPVQVC_PARITY_DIR=parity pytest tests/test_parity.py tests/test_parity_multi.py \
-        tests/test_parity_pitch.py tests/test_parity_lj.py
+    SKIPVQVC_PARITY_DIR=parity pytest tests/models/test_parity.py tests/models/test_parity_multi.py \
+        tests/models/test_parity_pitch.py tests/models/test_parity_lj.py
 
 The original's models are imported from the clone by path (nothing of theirs is copied here) and run on
 CPU in float32 with one thread, with runtime patches only: `.cuda()` is a no-op, the GRU initial state is

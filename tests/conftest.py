@@ -19,7 +19,7 @@ os.environ.setdefault(
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # The tests' models are tiny: compiling is most of their time, running little. XLA's cheaper CPU
-# optimisation (measured on tests/test_train.py: 22% less wall time, 30% less CPU) keeps every result
+# optimisation (measured on tests/training/test_loop.py: 22% less wall time, 30% less CPU) keeps every result
 # within the tests' tolerances (the parity tests included); subprocesses inherit it.
 FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE}'.strip()

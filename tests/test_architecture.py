@@ -239,3 +239,20 @@ def test_every_program_imports_beside_the_others():
   for name in programs:
     importlib.import_module(f'skipvqvc_jax.apps.{name}')
   assert {'main', 'port', 'demo', 'stats'} <= set(programs)
+
+
+def test_tests_live_in_the_wing_of_what_they_test():
+  """tests/<wing>/ for a wing's tests; at the top only those of the whole package (its layout, the
+  installed package, faults across wings, the benchmarks and the tuning corpus' script)."""
+  tests = PACKAGE.parent / 'tests'
+  folders = {p.name for p in tests.iterdir() if p.is_dir() and (p / '__init__.py').exists()}
+  assert folders <= set(WINGS), folders - set(WINGS)
+  top = {p.name for p in tests.glob('test_*.py')}
+  whole_package = {
+    'test_architecture.py',
+    'test_package.py',
+    'test_reliability.py',
+    'test_benchmarks.py',
+    'test_tuning_corpus.py',
+  }
+  assert top <= whole_package, top - whole_package

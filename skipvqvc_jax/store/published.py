@@ -68,7 +68,7 @@ PUBLISHED = {
       model='melgan',
       licence='MIT',
       # Its generator's state dict is 17,064,200 bytes in 126 tensors (models.build('melgan')), a
-      # legacy .pt of it 17,085,975 (tests/test_fetch.py checks this bound against both).
+      # legacy .pt of it 17,085,975 (tests/store/test_published.py checks this bound against both).
       max_bytes=18_500_000,
     ),
   )

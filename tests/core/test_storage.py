@@ -1,5 +1,5 @@
 """The path layer on fsspec's in-memory file system (memory://): names, safe writes, the feature mirror
-and the object lock, without a server (tests/test_cloud_storage.py runs the same against GCS)."""
+and the object lock, without a server (tests/core/test_cloud_storage.py runs the same against GCS)."""
 
 import json
 import os

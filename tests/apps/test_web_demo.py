@@ -36,7 +36,7 @@ def ported(parity_dir, tmp_path_factory):
   """What a user with only the original's checkpoint has: its vqvc+ weights (the golden ones) in its
   checkpoint/vqvc+_n64_ch64_normal/gen file, ported into a model directory."""
   from skipvqvc_jax.inference import model_dirs
-  from tests.test_port_torch import _write_original
+  from tests.store.test_porting import _write_original
 
   root = tmp_path_factory.mktemp('original')
   with np.load(parity_dir / 'vqvcplus_n64_ch64.npz') as g:

@@ -349,7 +349,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_features
   first = loop.train_and_evaluate(tiny_config(poisoned, num_train_steps=2), str(workdir))
   assert first['step'] == 2
   # Poison every training file after a checkpoint was saved: finite (a non-finite feature is named
-  # when the run starts, tests/test_bad_data.py), but so large that the next step overflows.
+  # when the run starts, tests/data/test_bad_data.py), but so large that the next step overflows.
   for f in sorted((poisoned / 'train').glob('*.npy')):
     mel = np.load(f)
     mel[:, :] = 3e38

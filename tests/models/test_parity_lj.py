@@ -18,7 +18,7 @@ from skipvqvc_jax.store import porting
 from skipvqvc_jax.training import trainers
 from skipvqvc_jax.training.tasks import began, voice_conversion
 from tests.conftest import assert_close, assert_gradients_match, assert_step_matches, load_golden
-from tests.test_parity_multi import _trainer_inputs
+from tests.models.test_parity_multi import _trainer_inputs
 
 GOLDEN = {
   VQVCPlusMultiCodebookLJ: 'lj/vqvcplus_multi_codebook_lj_n64_ch64.npz',

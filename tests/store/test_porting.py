@@ -13,7 +13,7 @@ from skipvqvc_jax.data import audio
 from skipvqvc_jax.inference import convert, model_dirs
 from skipvqvc_jax.store import checkpoints, porting, torch_files
 from tests.conftest import REPO
-from tests.test_torch_files import _crafted
+from tests.store.test_torch_files import _crafted
 
 SMALL = dict(channel=16, n_embed=16, gru_init='zeros')
 
@@ -204,8 +204,8 @@ ORIGINAL_TRAINER = {  # a trainer of the original's that trains each golden mode
 def test_every_model_of_the_original_ports_into_a_model_directory(name, parity_dir, tmp_path):
   """The golden weights of each of the eleven models in the original's checkpoint layout ->
   port_original -> a model directory whose parameters are the original's, with its trainer."""
-  from tests.test_parity import GOLDEN
-  from tests.test_parity_multi import GOLDEN as GOLDEN_MULTI
+  from tests.models.test_parity import GOLDEN
+  from tests.models.test_parity_multi import GOLDEN as GOLDEN_MULTI
 
   file = parity_dir / GOLDEN[name] if name in GOLDEN else parity_dir / 'multi' / GOLDEN_MULTI[name]
   with np.load(file) as g:

@@ -300,7 +300,7 @@ def test_two_devices_give_the_same_losses(straight, small_features, tmp_path):
   """The vocoder step shards its batch over the `data` mesh axis like the VC step: two simulated
   devices, one example each, train exactly as one device with both."""
   script = (
-    'import sys, jax; from tests.test_vocoder_training import tiny_vocoder_config; '
+    'import sys, jax; from tests.training.test_vocoder_training import tiny_vocoder_config; '
     'from skipvqvc_jax.training import loop; import pathlib; assert jax.device_count() == 2; '
     'loop.train_and_evaluate(tiny_vocoder_config(pathlib.Path(sys.argv[1])), sys.argv[2])'
   )
