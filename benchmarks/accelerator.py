@@ -30,15 +30,15 @@ import os
 import platform
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from common import ROOT, median_seconds, preset_config, untrained_converter
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.join(HERE, '..')
 # (preset, batch) of the train-step rows.
 PRESETS = (
   ('vqvc_plus.py:n64_ch64', 8),
@@ -142,18 +142,12 @@ def training_loop(preset: str, seconds: float, features: str, workdir: str) -> d
 
 
 def conversion(preset: str, seconds: float, repeat: int) -> dict:
-  sys.path.insert(0, ROOT)
-  import importlib  # pylint: disable=import-outside-toplevel
-
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from skipvqvc_jax import vocoders
   from skipvqvc_jax.data import audio  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax.inference import convert
   from skipvqvc_jax.models import melgan  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax.training import trainers
-  from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
 
   params = audio.FeatureParams()
   demo = os.path.join(ROOT, 'data', 'demo_corpus', 'awb')
@@ -162,25 +156,9 @@ def conversion(preset: str, seconds: float, repeat: int) -> dict:
   )[: int(seconds * params.sample_rate)]
   mel = audio.log_mel(wave, params)
   audio_s = len(wave) / params.sample_rate
-  module, name = preset.split(':')
-  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
-    name
-  )
-  converter = convert.Converter(
-    voice_conversion.build_model(config),
-    convert.Settings.from_config(config),
-    trainers.get('normal'),
-  )
+  converter = untrained_converter(preset_config(preset))
   reference = converter.speaker([mel[:, :256]])
-
-  def median(fn):
-    fn()  # compiles
-    times = []
-    for _ in range(repeat):
-      start = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - start)
-    return statistics.median(times)
+  median = lambda fn: median_seconds(fn, repeat)
 
   model_s = median(lambda: np.asarray(converter.convert_mel(mel, reference)))
   griffin_lim = vocoders.get('griffin_lim', params)
@@ -242,13 +220,7 @@ def gru(channels, frames: int, repeat: int) -> list[dict] | None:
       if device == 'cuda':
         torch.cuda.synchronize()
 
-    step()
-    times = []
-    for _ in range(repeat):
-      start = time.perf_counter()
-      step()
-      times.append(time.perf_counter() - start)
-    theirs = statistics.median(times)
+    theirs = median_seconds(step, repeat)
     rows.append(
       dict(
         channel=channel,

@@ -17,6 +17,7 @@ import json
 import os
 
 import numpy as np
+from common import write_rows
 
 EASY_CEILING = 0.4  # pairs whose unconverted source the recogniser gets at least this right
 
@@ -98,9 +99,7 @@ def main():
       f'{_cell(r["to_target"], ".3f")} {_cell(r["lmcd_db"])}',
       flush=True,
     )
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(rows, f, indent=1)
+  write_rows(args.out, rows)
 
 
 if __name__ == '__main__':

@@ -17,14 +17,12 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
+from common import median_seconds, preset_config
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 PRESETS = {  # name -> (our config file, its preset, original model folder)
   'n64_ch64': ('vqvc_plus', 'n64_ch64', 'vqvc+'),
   'n128_ch128': ('vqvc_plus', 'n128_ch128', 'vqvc+'),
@@ -34,17 +32,6 @@ PRESETS = {  # name -> (our config file, its preset, original model folder)
   'multi_n64_ch64': ('vqvc_plus_multi', 'n64_ch64', 'vqvc+_multi'),
   'multi_n64_ch512': ('vqvc_plus_multi', 'n64_ch512', 'vqvc+_multi'),
 }
-
-
-def _median_time(fn, steps, warmup):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def time_original(original, folder, channel, n_embed, steps, warmup):
@@ -88,13 +75,10 @@ def time_original(original, folder, channel, n_embed, steps, warmup):
       encoding = model.encode(utterance)  # (q, sp, std, ...) in every model timed here
       model.decode(*encoding[:3])
 
-  return _median_time(step, steps, warmup), _median_time(infer, steps, warmup)
+  return median_seconds(step, steps, warmup), median_seconds(infer, steps, warmup)
 
 
 def time_ours(config_file, preset, steps, warmup):
-  sys.path.insert(0, ROOT)
-  import importlib  # pylint: disable=import-outside-toplevel
-
   import jax  # pylint: disable=import-outside-toplevel
 
   from skipvqvc_jax.inference import convert
@@ -102,7 +86,7 @@ def time_ours(config_file, preset, steps, warmup):
   from skipvqvc_jax.training import sharding, trainers
   from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
 
-  config = importlib.import_module(f'skipvqvc_jax.configs.{config_file}').get_config(preset)
+  config = preset_config(f'{config_file}.py:{preset}')
   trainer = trainers.get(config.trainer)
   mesh = sharding.make_mesh()
   model = voice_conversion.build_model(config)
@@ -122,7 +106,7 @@ def time_ours(config_file, preset, steps, warmup):
   utterance = np.random.default_rng(1).normal(-4, 2, (80, 512)).astype(np.float32)
   target = converter.speaker([utterance])
   infer = lambda: converter.convert_mel(utterance, target)
-  return _median_time(step, steps, warmup), _median_time(infer, steps, warmup)
+  return median_seconds(step, steps, warmup), median_seconds(infer, steps, warmup)
 
 
 def run_side(args) -> None:

@@ -9,32 +9,14 @@ of each result's mel against the input mel is printed so speed is compared at eq
 """
 
 import argparse
-import importlib
 import os
-import statistics
-import sys
 import time
 
 import numpy as np
+from common import DEMO, median_seconds, preset_config, untrained_converter
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from skipvqvc_jax.data import audio  # pylint: disable=wrong-import-position
-from skipvqvc_jax.inference import convert
-from skipvqvc_jax.training import trainers
-from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=wrong-import-position
 from skipvqvc_jax.vocoders import GriffinLim  # pylint: disable=wrong-import-position
-
-DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'data', 'demo_corpus')
-
-
-def timed(fn, repeat):
-  fn()  # warm-up (compiles)
-  times = []
-  for _ in range(repeat):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def mel_convergence(wave, log_mel, params):
@@ -58,20 +40,13 @@ def main():
   mel = audio.log_mel(wave, params)
   seconds = len(wave) / params.sample_rate
 
-  module, preset = args.preset.split(':')
-  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
-    preset
-  )
-  converter = convert.Converter(
-    voice_conversion.build_model(config),
-    convert.Settings.from_config(config),
-    trainers.get('normal'),
-  )
+  config = preset_config(args.preset)
+  converter = untrained_converter(config)
   reference = converter.speaker([mel[:, :256]])
-  model_s = timed(lambda: converter.convert_mel(mel, reference), args.repeat)
+  model_s = median_seconds(lambda: converter.convert_mel(mel, reference), args.repeat)
 
   ours = GriffinLim(params, n_iter=args.iterations)
-  ours_s = timed(lambda: ours(mel), args.repeat)
+  ours_s = median_seconds(lambda: ours(mel), args.repeat)
   ours_sc = mel_convergence(ours(mel), mel, params)
 
   import librosa  # pylint: disable=import-outside-toplevel
@@ -89,7 +64,7 @@ def main():
       random_state=0,
     )
 
-  librosa_s = timed(librosa_vocoder, max(1, args.repeat // 2))
+  librosa_s = median_seconds(librosa_vocoder, max(1, args.repeat // 2))
   librosa_sc = mel_convergence(librosa_vocoder(), mel, params)
   start = time.perf_counter()
   librosa.feature.inverse.mel_to_stft(

@@ -17,26 +17,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+from common import ROOT, preset_config, untrained_converter
 
 
 def measure(source: str, target: str, preset: str) -> dict:
-  sys.path.insert(0, ROOT)
-  import importlib  # pylint: disable=import-outside-toplevel
-
-  from skipvqvc_jax.inference import convert  # pylint: disable=import-outside-toplevel
-  from skipvqvc_jax.training import trainers
-  from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
-
-  module, name = preset.split(':')
-  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
-    name
-  )
-  converter = convert.Converter(
-    voice_conversion.build_model(config),
-    convert.Settings.from_config(config),
-    trainers.get('normal'),
-  )
+  converter = untrained_converter(preset_config(preset))
   out = os.path.join(os.path.dirname(source), 'out.wav')
   start = time.perf_counter()
   converter.convert_file(source, [target], out)
@@ -57,7 +42,6 @@ def main():
   if args.one:
     print(json.dumps(measure(*args.one, args.preset)))
     return
-  sys.path.insert(0, ROOT)
   import numpy as np  # pylint: disable=import-outside-toplevel
   import soundfile as sf  # pylint: disable=import-outside-toplevel
 

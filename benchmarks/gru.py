@@ -15,16 +15,12 @@ sequential part of the step. Variants:
 
 import argparse
 import functools
-import os
-import statistics
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import median_seconds
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from skipvqvc_jax.models import layers  # pylint: disable=wrong-import-position
 
 
@@ -102,13 +98,8 @@ def naive(x, p):
 
 
 def timed(fn, *args, repeat=30):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeat):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  """The median seconds of `fn(*args)`, waited for (JAX returns before the device is done)."""
+  return median_seconds(lambda: jax.block_until_ready(fn(*args)), repeat)
 
 
 def main():

@@ -21,7 +21,8 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+from common import ROOT, write_rows
+
 PRESETS = 'vqvc_plus.py:n64_ch64,vqvc_plus_multi.py:n64_ch64,vqvc_plus_multi_simple.py:n64_ch64'
 FRACTIONS = (0.0, 0.1)
 
@@ -103,9 +104,7 @@ def main():
           f'{r["overall"]:8.1f} {r["training_share"]:6.2f} {r["compile_seconds"]:9.1f}',
           flush=True,
         )
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(rows, f, indent=1)
+  write_rows(args.out, rows)
 
 
 if __name__ == '__main__':

@@ -10,16 +10,15 @@ loading keeps up.
 """
 
 import argparse
-import importlib
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+from common import ROOT, preset_config
+
 DEFAULT_PRESETS = (
   'vqvc_plus.py:n64_ch64,vqvc_plus.py:n128_ch128,vqvc_plus_rhythm.py:n128_ch128,'
   'vqvc_plus_resample.py:n512_ch512,vqvc_plus.py:demo'
@@ -29,7 +28,6 @@ DEFAULT_PRESETS = (
 def measure(
   preset: str, batch_size: int, steps: int, warmup: int, data: str | None, dtype: str = 'float32'
 ) -> dict:
-  sys.path.insert(0, ROOT)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
@@ -37,10 +35,7 @@ def measure(
   from skipvqvc_jax.training import input_pipeline, sharding, trainers
   from skipvqvc_jax.training.tasks import voice_conversion  # pylint: disable=import-outside-toplevel
 
-  module, name = preset.split(':')
-  config = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py')).get_config(
-    name
-  )
+  config = preset_config(preset)
   config.batch_size = batch_size
   config.compute_dtype = dtype
   trainer = trainers.get('normal' if config.trainer == 'mean_std' else config.trainer)
