@@ -4,12 +4,36 @@ import os
 import pathlib
 import struct
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main_process(args: list, env=None, **kwargs) -> subprocess.Popen:
+  """`python main.py ARGS` started in the repository, its stdout and stderr merged into one text pipe
+  (what a user watching the run sees)."""
+  return subprocess.Popen(
+    [sys.executable, 'main.py', *map(str, args)],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kwargs,
+  )
+
+
+def run_in_repo(args: list, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+  """A command run in the repository (a real process, as a user runs it), its output captured as
+  text; `timeout` seconds at most."""
+  return subprocess.run(
+    [str(a) for a in args], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs
+  )
+
 
 # Tests build the same small models many times, in this process and in subprocesses: a persistent
 # compilation cache turns every compile after the first into a disk read.
@@ -102,20 +126,6 @@ def load_golden(parity_dir: pathlib.Path, name: str) -> dict:
     return {k: data[k] for k in data.files}
 
 
-def in_fresh_process(code: str, *args: str) -> dict:
-  """The JSON that `code` prints last, run with `args` in a fresh Python: the web page's module
-  defines absl flags that other programs' modules, imported by earlier tests, define too."""
-  import json
-  import subprocess
-  import sys
-
-  result = subprocess.run(
-    [sys.executable, '-c', code, *args], cwd=REPO, capture_output=True, text=True, timeout=600
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def parity_file(parity_dir: pathlib.Path, name: str) -> pathlib.Path:
   """A file of the golden folder; skips when a folder made by scripts/make_parity_data.py lacks it
   (the feature and MelGAN goldens need melgan-neurips, which that script does not run)."""
@@ -145,19 +155,19 @@ def small_features(small_corpus, tmp_path_factory) -> pathlib.Path:
   return preprocess_small(small_corpus, tmp_path_factory.mktemp('small_features'))
 
 
-def preprocess_small(corpus, out, **kwargs):
-  """A small corpus preprocessed quietly in this process, esf2 and esm1 held out; returns `out`."""
+def quiet_preprocess(corpus, out, *args, **kwargs) -> dict:
+  """`preprocessing.preprocess` in this process, one worker, without progress or log lines; returns
+  the manifest."""
   from skipvqvc_jax.data import preprocessing
 
-  preprocessing.preprocess(
-    str(corpus),
-    str(out),
-    test_speakers=['esf2', 'esm1'],
-    workers=1,
-    progress=False,
-    log=lambda _: None,
-    **kwargs,
+  return preprocessing.preprocess(
+    str(corpus), str(out), *args, workers=1, progress=False, log=lambda _: None, **kwargs
   )
+
+
+def preprocess_small(corpus, out, **kwargs):
+  """A small corpus preprocessed quietly in this process, esf2 and esm1 held out; returns `out`."""
+  quiet_preprocess(corpus, out, test_speakers=['esf2', 'esm1'], **kwargs)
   return out
 
 
@@ -205,11 +215,10 @@ def main_flags(features, workdir, preset='vqvc_plus.py:tiny', **overrides):
 @pytest.fixture(scope='session')
 def ported_melgan(parity_dir, tmp_path_factory):
   """The golden MelGAN generator ported with the CLI: (model directory, the CLI's stdout)."""
-  import subprocess
   import sys
 
   out = tmp_path_factory.mktemp('melgan') / 'melgan'
-  result = subprocess.run(
+  result = run_in_repo(
     [
       sys.executable,
       '-m',
@@ -219,9 +228,6 @@ def ported_melgan(parity_dir, tmp_path_factory):
       '--model=melgan',
       '--prefix=param/',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=300,
   )
   assert result.returncode == 0, result.stderr

@@ -2,30 +2,22 @@
 cannot rot: every part runs and reports figures of the right kind."""
 
 import json
-import subprocess
 import sys
 
 from skipvqvc_jax.training import loop
-from tests.conftest import REPO, tiny_config
+from tests.conftest import run_in_repo, tiny_config
+
+
+def _benchmark(script: str, out, *flags: str, timeout: int) -> object:
+  """What `python benchmarks/SCRIPT FLAGS --out=OUT` wrote, once it exited 0."""
+  result = run_in_repo([sys.executable, f'benchmarks/{script}', *flags, f'--out={out}'], timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(out.read_text())
 
 
 def test_the_accelerator_benchmark_runs_every_part(small_features, tmp_path):
   out = tmp_path / 'accelerator.json'
-  result = subprocess.run(
-    [
-      sys.executable,
-      'benchmarks/accelerator.py',
-      '--smoke',
-      f'--out={out}',
-      f'--features={small_features}',
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads(out.read_text())
+  report = _benchmark('accelerator.py', out, '--smoke', f'--features={small_features}', timeout=900)
   assert report['smoke'] and 'cpu' in report['device']
   steps = {row['dtype']: row for row in report['train_step']}
   assert set(steps) == {'float32', 'bfloat16'}
@@ -45,24 +37,16 @@ def test_the_accelerator_benchmark_runs_every_part(small_features, tmp_path):
 
 def test_the_pause_benchmark_compares_the_cadences(small_features, tmp_path):
   out = tmp_path / 'pauses.json'
-  result = subprocess.run(
-    [
-      sys.executable,
-      'benchmarks/pauses.py',
-      f'--features={small_features / "train"}',
-      '--presets=vqvc_plus.py:tiny',
-      f'--flag=--config.data.test_dir={small_features / "test"}',
-      '--seconds=30',
-      '--flag=--config.eval_every_steps=20',
-      f'--out={out}',
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
+  as_set, sized = _benchmark(
+    'pauses.py',
+    out,
+    f'--features={small_features / "train"}',
+    '--presets=vqvc_plus.py:tiny',
+    f'--flag=--config.data.test_dir={small_features / "test"}',
+    '--seconds=30',
+    '--flag=--config.eval_every_steps=20',
     timeout=600,
   )
-  assert result.returncode == 0, result.stderr[-3000:]
-  as_set, sized = json.loads(out.read_text())
   assert (as_set['eval_every_steps'], as_set['checkpoint_every_steps']) == (20, 4)
   assert sized['eval_every_steps'] > 20 and sized['checkpoint_every_steps'] > 4
   for row in (as_set, sized):
@@ -77,22 +61,9 @@ def test_the_budget_curve_evaluates_the_checkpoints_nearest_each_mark(small_feat
     tiny_config(small_features, num_train_steps=4, checkpoint_every_steps=2), str(run)
   )
   out = tmp_path / 'curve.json'
-  result = subprocess.run(
-    [
-      sys.executable,
-      'benchmarks/budget_curve.py',
-      f'--workdir={run}',
-      '--minutes=0,1000',
-      '--eval_pairs=2',
-      f'--out={out}',
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
+  rows = _benchmark(
+    'budget_curve.py', out, f'--workdir={run}', '--minutes=0,1000', '--eval_pairs=2', timeout=900
   )
-  assert result.returncode == 0, result.stderr[-3000:]
-  rows = json.loads(out.read_text())
   assert [r['step'] for r in rows] == [2, 4]  # the first checkpoint nearest 0, the last 1000
   assert rows[0]['minutes'] <= rows[1]['minutes'] and rows[1]['lmcd_db'] > 0
   for r in rows:

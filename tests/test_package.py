@@ -33,21 +33,20 @@ def _run(args, cwd, env=None):
   )
 
 
+def _train_tiny(preset: str, corpus, steps: int, workdir, cwd):
+  """The console script trains `steps` of `preset` straight from the audio of `corpus`."""
+  flags = [f'--config={preset}', f'--config.data.train_dir={corpus}']
+  return _run(
+    [_script('skipvqvc'), *flags, f'--config.num_train_steps={steps}', f'--workdir={workdir}'], cwd
+  )
+
+
 @pytest.fixture(scope='module')
 def moved_run(small_corpus, tmp_path_factory):
   """The console script trains 2 steps from the repository root, straight from audio; then the
   workdir is moved. Returns (the moved workdir, the training command's result)."""
   root = tmp_path_factory.mktemp('package')
-  result = _run(
-    [
-      _script('skipvqvc'),
-      '--config=configs/vqvc_plus.py:tiny',
-      f'--config.data.train_dir={small_corpus}',
-      '--config.num_train_steps=2',
-      f'--workdir={root / "run"}',
-    ],
-    cwd=REPO,
-  )
+  result = _train_tiny('configs/vqvc_plus.py:tiny', small_corpus, 2, root / 'run', REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   os.rename(root / 'run', root / 'moved')
   return root / 'moved', result
@@ -76,16 +75,7 @@ def test_an_installed_preset_is_named_from_any_directory(moved_run, small_corpus
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert 'comes with the repository, not the installed package' in result.stderr.splitlines()[-1]
   assert not (tmp_path / 'demo').exists()
-  result = _run(
-    [
-      _script('skipvqvc'),
-      '--config=vqvc_plus.py:tiny',
-      f'--config.data.train_dir={small_corpus}',
-      '--config.num_train_steps=3',
-      f'--workdir={workdir}',
-    ],
-    cwd=tmp_path,
-  )
+  result = _train_tiny('vqvc_plus.py:tiny', small_corpus, 3, workdir, tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'resumed from step 2' in result.stderr
   assert checkpoints.latest_step(str(workdir)) == 3

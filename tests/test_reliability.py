@@ -16,7 +16,15 @@ from skipvqvc_jax.core import errors, fileio
 from skipvqvc_jax.inference import conversion_jobs, convert
 from skipvqvc_jax.store import checkpoints
 from skipvqvc_jax.training import loop
-from tests.conftest import REPO, main_flags, small_file_system, tiny_config
+from tests.conftest import (
+  REPO,
+  main_flags,
+  main_process,
+  quiet_preprocess,
+  run_in_repo,
+  small_file_system,
+  tiny_config,
+)
 
 DEMO = REPO / 'data' / 'demo_corpus'
 
@@ -36,14 +44,7 @@ def _copy(workdir, tmp_path, name='copy') -> pathlib.Path:
 
 
 def _main(*args, **kwargs):
-  return subprocess.Popen(
-    [sys.executable, 'main.py', *map(str, args)],
-    cwd=REPO,
-    text=True,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    **kwargs,
-  )
+  return main_process(args, **kwargs)
 
 
 def _wait_for(proc, text, seconds=300):
@@ -349,11 +350,8 @@ def _on_disk(out) -> list[str]:
 
 
 def _preprocess(*args, env=None):
-  return subprocess.run(
+  return run_in_repo(
     [sys.executable, 'preprocess.py', *map(str, args), '--noprogress'],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=600,
     env=None if env is None else dict(os.environ, **env),
   )
@@ -403,33 +401,25 @@ def test_an_interrupted_run_cannot_continue_with_other_parameters(
 
   monkeypatch.setattr(preprocessing, '_featurise', interrupted)
   with pytest.raises(KeyboardInterrupt):
-    preprocessing.preprocess(
-      str(small_corpus),
-      str(out),
+    quiet_preprocess(
+      small_corpus,
+      out,
       audio.FeatureParams(n_mels=40),
-      workers=1,
-      progress=False,
-      log=lambda _: None,
     )
   manifest = fileio.load_json(out / 'manifest.json')
   assert manifest['complete'] is False and [i['file'] for i in manifest['items']] == _on_disk(out)
   monkeypatch.setattr(preprocessing, '_featurise', real)
   with pytest.raises(errors.CorpusError, match=r'other parameters \(n_mels: 40 != 80\)'):
-    preprocessing.preprocess(
-      str(small_corpus), str(out), workers=1, progress=False, log=lambda _: None
-    )
+    quiet_preprocess(str(small_corpus), str(out))
   with pytest.raises(errors.CorpusError, match='did not finish'):  # training refuses it too
     loop.train_and_evaluate(
       tiny_config(out, **{'features.n_mels': 40, 'data.test_dir': str(out / 'train')}),
       str(tmp_path / 'w'),
     )
-  finished = preprocessing.preprocess(
-    str(small_corpus),
-    str(out),
+  finished = quiet_preprocess(
+    small_corpus,
+    out,
     audio.FeatureParams(n_mels=40),
-    workers=1,
-    progress=False,
-    log=lambda _: None,
   )
   assert finished['complete'] and len(finished['items']) == 24 == len(_on_disk(out))
   assert not (out / preprocessing.STAMP).exists()

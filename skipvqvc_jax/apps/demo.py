@@ -20,7 +20,7 @@ import tempfile
 
 from absl import app, flags, logging
 
-from skipvqvc_jax.apps.usage import one_line_errors, parse_flags, start
+from skipvqvc_jax.apps.usage import one_line_errors, run_program
 from skipvqvc_jax.core import errors
 from skipvqvc_jax.inference import page_conversions
 
@@ -138,6 +138,4 @@ def main(argv) -> int:
 
 def run():
   """Console script `skipvqvc-demo`."""
-  define_flags()
-  start(__name__, __doc__)
-  app.run(main, flags_parser=parse_flags)
+  run_program(__name__, __doc__, main, define_flags)

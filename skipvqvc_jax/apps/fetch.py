@@ -8,7 +8,7 @@ Each file is checked against its git blob id in its repository and ported once; 
 
 from absl import app, flags
 
-from skipvqvc_jax.apps.usage import one_line_errors, parse_flags, start
+from skipvqvc_jax.apps.usage import one_line_errors, run_program
 from skipvqvc_jax.store import published
 
 
@@ -34,6 +34,4 @@ def main(argv) -> int:
 
 def run():
   """Console script `skipvqvc-fetch`."""
-  define_flags()
-  start(__name__, __doc__)
-  app.run(main, flags_parser=parse_flags)
+  run_program(__name__, __doc__, main, define_flags)

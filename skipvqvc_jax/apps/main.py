@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from skipvqvc_jax import configs
 from skipvqvc_jax.apps import compilation_cache
-from skipvqvc_jax.apps.usage import fail, one_line_errors, parse_flags, start
+from skipvqvc_jax.apps.usage import fail, one_line_errors, run_program
 from skipvqvc_jax.core import errors, storage
 
 
@@ -350,9 +350,7 @@ def installed_presets(argv: list[str]) -> list[str]:
 
 def run():
   """Console script `skipvqvc`, and main.py."""
-  define_flags()
-  start(__name__, __doc__)
-  app.run(main, argv=installed_presets(sys.argv), flags_parser=parse_flags)
+  run_program(__name__, __doc__, main, define_flags, argv=installed_presets(sys.argv))
 
 
 def run_convert():
@@ -369,7 +367,6 @@ def _run_mode(mode: str, usage: str) -> None:
   """A program of one mode: its own usage text and flags in --help, and no --mode flag."""
   if any(a == '--mode' or a.startswith('--mode=') for a in sys.argv[1:]):
     fail(f'{PROGRAMS[mode]} always runs --mode={mode}; for another mode run skipvqvc --mode=...')
-  define_flags()
-  start(__name__, usage, [n for n, modes in FLAG_MODES.items() if mode in modes] + COMMON_FLAGS)
   sys.argv.insert(1, f'--mode={mode}')
-  app.run(main, argv=sys.argv, flags_parser=parse_flags)
+  names = [n for n, modes in FLAG_MODES.items() if mode in modes] + COMMON_FLAGS
+  run_program(__name__, usage, main, define_flags, names, argv=sys.argv)

@@ -20,7 +20,7 @@ import json
 from absl import app, flags, logging
 
 from skipvqvc_jax import models
-from skipvqvc_jax.apps.usage import one_line_errors, parse_flags, start
+from skipvqvc_jax.apps.usage import one_line_errors, run_program
 from skipvqvc_jax.core.errors import PortError
 from skipvqvc_jax.inference import model_dirs
 from skipvqvc_jax.training import trainers
@@ -100,9 +100,7 @@ def main(argv) -> int:
 
 def run():
   """Console script `skipvqvc-port`, and python -m skipvqvc_jax.apps.port."""
-  define_flags()
-  start(__name__, __doc__)
-  app.run(main, flags_parser=parse_flags)
+  run_program(__name__, __doc__, main, define_flags)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from skipvqvc_jax.apps.usage import one_line_errors, parse_flags, start
+from skipvqvc_jax.apps.usage import one_line_errors, run_program
 from skipvqvc_jax.core import errors, storage
 from skipvqvc_jax.data import audio, f0, preprocessing
 
@@ -119,6 +119,4 @@ def main(argv):
 
 def run():
   """Console script `skipvqvc-preprocess`, and preprocess.py."""
-  define_flags()
-  start(__name__, __doc__)
-  app.run(main, flags_parser=parse_flags)
+  run_program(__name__, __doc__, main, define_flags)

@@ -12,7 +12,7 @@ FEATURES, or in the folder of its manifest.json), or to --out; an existing one i
 
 from absl import app, flags
 
-from skipvqvc_jax.apps.usage import one_line_errors, parse_flags, start
+from skipvqvc_jax.apps.usage import one_line_errors, run_program
 from skipvqvc_jax.core import storage
 from skipvqvc_jax.core.errors import CorpusError
 from skipvqvc_jax.data import corpus, feature_files
@@ -60,6 +60,4 @@ def main(argv) -> int:
 
 def run():
   """Console script `skipvqvc-stats`."""
-  define_flags()
-  start(__name__, __doc__)
-  app.run(main, flags_parser=parse_flags)
+  run_program(__name__, __doc__, main, define_flags)

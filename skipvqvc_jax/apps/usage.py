@@ -6,11 +6,19 @@ import os
 import re
 import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from skipvqvc_jax.core import deadlines, errors
 
 flags.DEFINE_bool('version', False, 'Print the version and exit.')
+
+
+def run_program(module_name, doc, main, define_flags, flag_names=None, argv=None) -> None:
+  """What every program's run() does: defines its flags, starts (`start`), then runs `main` under
+  absl with one-line flag errors (`parse_flags`)."""
+  define_flags()
+  start(module_name, doc, flag_names)
+  app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 def start(module_name: str, doc: str, flag_names: list[str] | None = None) -> None:

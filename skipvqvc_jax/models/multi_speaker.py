@@ -68,24 +68,10 @@ class SpeakerBlock(nnx.Module):
   ):
     pad = (kernel - 1) * SPEAKER_DILATION // 2
     self.heads = heads
-    self.conv0 = Conv1d(
-      channels,
-      SPEAKER_WIDTH,
-      kernel,
-      padding=pad,
-      groups=groups,
-      dilation=SPEAKER_DILATION,
-      rngs=rngs,
+    dilated = lambda width: Conv1d(
+      width, SPEAKER_WIDTH, kernel, padding=pad, groups=groups, dilation=SPEAKER_DILATION, rngs=rngs
     )
-    self.conv1 = Conv1d(
-      SPEAKER_WIDTH,
-      SPEAKER_WIDTH,
-      kernel,
-      padding=pad,
-      groups=groups,
-      dilation=SPEAKER_DILATION,
-      rngs=rngs,
-    )
+    self.conv0, self.conv1 = dilated(channels), dilated(SPEAKER_WIDTH)
     self.conv3 = Conv1d(SPEAKER_WIDTH, SPEAKER_WIDTH, 3, padding=1, rngs=rngs)
     self.dense = linear(SPEAKER_WIDTH, SPEAKER_WIDTH, rngs)
     for head in heads:

@@ -26,7 +26,14 @@ from skipvqvc_jax.data import f0, preprocessing
 from skipvqvc_jax.store import checkpoints
 from skipvqvc_jax.training import input_pipeline, loop
 from tests import gcs_emulator
-from tests.conftest import REPO, devices_env, tiny_config
+from tests.conftest import (
+  REPO,
+  devices_env,
+  main_process,
+  quiet_preprocess,
+  run_in_repo,
+  tiny_config,
+)
 from tests.gcs_emulator import emulator_env
 
 for _package, _extra in (('gcsfs', 'gcs'), ('gcp_storage_emulator', 'test')):
@@ -81,15 +88,7 @@ def _run_env(gcs, tmp_path):
 
 
 def _main(args, env, **kwargs):
-  return subprocess.Popen(
-    [sys.executable, 'main.py', *args],
-    cwd=REPO,
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-    **kwargs,
-  )
+  return main_process(args, env=env, **kwargs)
 
 
 def _flags(workdir, **overrides):
@@ -335,12 +334,9 @@ def test_the_readme_pod_recipe(gcs, small_corpus, tmp_path):
   env = dict(_run_env(gcs, tmp_path), BUCKET=BUCKET)
   preprocess = shlex.split(recipe['preprocess'].replace('$BUCKET', BUCKET))
   assert preprocess[:2] == ['python', 'preprocess.py'] and preprocess[2] == 'VCTK-Corpus'
-  result = subprocess.run(
+  result = run_in_repo(
     [sys.executable, 'preprocess.py', str(small_corpus), *preprocess[3:]],
-    cwd=REPO,
     env=env,
-    capture_output=True,
-    text=True,
     timeout=600,
   )
   assert result.returncode == 0, result.stderr[-3000:]
@@ -380,13 +376,10 @@ def test_f0_made_into_the_bucket_comes_with_the_mirrored_features(gcs, small_cor
   """preprocess.py --f0 into a bucket: the F0 files land beside the features there, and training's
   local mirror of the features brings their F0 along (the F0 model's batches need it)."""
   out = _url('pitch_features')
-  preprocessing.preprocess(
-    str(small_corpus),
+  quiet_preprocess(
+    small_corpus,
     out,
     test_speakers=['esf2', 'esm1'],
-    workers=1,
-    progress=False,
-    log=lambda _: None,
     f0_params=f0.F0Params('dio'),
   )
   assert storage.isfile(storage.join(out, 'f0', 'train', 'awb_001.npy'))

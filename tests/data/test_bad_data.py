@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from skipvqvc_jax.core import errors
-from skipvqvc_jax.data import audio, preprocessing
+from skipvqvc_jax.data import audio
 from skipvqvc_jax.evaluation import evaluate
 from skipvqvc_jax.training import loop
-from tests.conftest import tiny_config
+from tests.conftest import quiet_preprocess, tiny_config
 
 
 @pytest.fixture
@@ -70,9 +70,7 @@ def test_preprocessing_never_writes_a_non_finite_feature(small_corpus, tmp_path,
 
   monkeypatch.setattr(audio, 'log_mel', log_mel)
   out = tmp_path / 'features'
-  manifest = preprocessing.preprocess(
-    str(small_corpus), str(out), workers=1, progress=False, log=lambda _: None
-  )
+  manifest = quiet_preprocess(str(small_corpus), str(out))
   reasons = [s['reason'] for s in manifest['skipped']]
   assert reasons and all('not finite' in r for r in reasons)
   for path in out.rglob('*.npy'):

@@ -2,7 +2,6 @@
 one method per folder."""
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ import soundfile as sf
 from skipvqvc_jax.core import errors
 from skipvqvc_jax.data import f0, f0_files, preprocessing
 from tests import audio_fixtures
-from tests.conftest import REPO
+from tests.conftest import run_in_repo
 
 SR = 22050
 CHIRPS = {  # speaker/utterance: (start F0 in Hz, seconds); voiced() rises linearly by half
@@ -84,7 +83,7 @@ def test_f0_is_made_beside_each_feature_and_kept_up_to_date(corpus, tmp_path):
 
 
 def _preprocess_cli(corpus, out, method: str, env=None):
-  return subprocess.run(
+  return run_in_repo(
     [
       sys.executable,
       'preprocess.py',
@@ -95,9 +94,6 @@ def _preprocess_cli(corpus, out, method: str, env=None):
       '--workers=1',
       '--noprogress',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=300,
     env=env,
   )

@@ -13,7 +13,7 @@ import soundfile as sf
 from skipvqvc_jax.core import errors, fileio
 from skipvqvc_jax.data import audio, corpus, preprocessing
 from tests import audio_fixtures
-from tests.conftest import REPO, parity_file
+from tests.conftest import REPO, parity_file, run_in_repo
 
 
 def independent_log_mel(path):
@@ -202,11 +202,8 @@ def test_feature_golden(parity_dir):
 
 
 def _cli(*args):
-  return subprocess.run(
+  return run_in_repo(
     [sys.executable, 'preprocess.py', *map(str, args), '--noprogress'],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=300,
   )
 

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from skipvqvc_jax.data import audio, preprocessing
+from skipvqvc_jax.data import audio
 from skipvqvc_jax.evaluation import asr, evaluate, metrics
 from skipvqvc_jax.evaluation import pairs as eval_pairs
 from skipvqvc_jax.training import loop
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, quiet_preprocess, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
 SENTENCES = dict(
@@ -92,13 +92,10 @@ def transcribed_run(tmp_path_factory):
       shutil.copy(DEMO / speaker / f'{name}.ogg', chapter / f'{name}.ogg')
       (chapter / f'{name}.normalized.txt').write_text(SENTENCES[f'{i:03d}'])
   features = root / 'features'
-  preprocessing.preprocess(
-    str(corpus),
-    str(features),
+  quiet_preprocess(
+    corpus,
+    features,
     test_speakers=['kal', 'rms'],
-    workers=1,
-    progress=False,
-    log=lambda _: None,
   )
   workdir = root / 'run'
   loop.train_and_evaluate(tiny_config(features, num_train_steps=4), str(workdir))

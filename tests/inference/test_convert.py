@@ -15,7 +15,7 @@ from skipvqvc_jax.core import errors
 from skipvqvc_jax.data import audio
 from skipvqvc_jax.inference import convert
 from skipvqvc_jax.training.tasks import voice_conversion
-from tests.conftest import REPO
+from tests.conftest import REPO, run_in_repo
 
 DEMO = REPO / 'data' / 'demo_corpus'
 
@@ -99,11 +99,8 @@ def test_sixty_second_source(converter, tmp_path):
 
 
 def _main(*args):
-  return subprocess.run(
+  return run_in_repo(
     [sys.executable, 'main.py', *map(str, args)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=600,
   )
 

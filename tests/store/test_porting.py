@@ -1,7 +1,6 @@
 """Porting original state dicts: key checking, layouts, the CLI."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ from skipvqvc_jax.core import errors
 from skipvqvc_jax.data import audio
 from skipvqvc_jax.inference import convert, model_dirs
 from skipvqvc_jax.store import checkpoints, porting, torch_files
-from tests.conftest import REPO
+from tests.conftest import REPO, run_in_repo
 from tests.store.test_torch_files import _crafted
 
 SMALL = dict(channel=16, n_embed=16, gru_init='zeros')
@@ -79,11 +78,8 @@ def test_speaker_quantizers_are_required_where_they_are_used():
 
 
 def _port_cli(*args):
-  return subprocess.run(
+  return run_in_repo(
     [sys.executable, '-m', 'skipvqvc_jax.apps.port', *map(str, args)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=300,
   )
 
@@ -233,7 +229,7 @@ def test_a_golden_checkpoint_converts_through_the_cli_as_the_original(parity_dir
   assert result.returncode == 0, result.stderr
   np.save(tmp_path / 'source.npy', x[0])
   np.save(tmp_path / 'target.npy', x[1])
-  converted = subprocess.run(
+  converted = run_in_repo(
     [
       sys.executable,
       'main.py',
@@ -245,9 +241,6 @@ def test_a_golden_checkpoint_converts_through_the_cli_as_the_original(parity_dir
       '--output_mel',
       '--nocompilation_cache',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=300,
   )
   assert converted.returncode == 0, converted.stderr[-2000:]

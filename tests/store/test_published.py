@@ -17,7 +17,7 @@ from skipvqvc_jax import vocoders
 from skipvqvc_jax.core.errors import ConfigError
 from skipvqvc_jax.models import melgan
 from skipvqvc_jax.store import checkpoints, porting, published, torch_files
-from tests.conftest import REPO
+from tests.conftest import REPO, run_in_repo
 
 
 @pytest.fixture(scope='module')
@@ -146,11 +146,8 @@ def test_a_wrong_or_cut_download_is_refused_and_nothing_is_kept(
 
 
 def _fetch_cli(*args, env):
-  return subprocess.run(
+  return run_in_repo(
     [sys.executable, '-c', 'from skipvqvc_jax.apps import fetch; fetch.run()', *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=300,
     env=env,
   )

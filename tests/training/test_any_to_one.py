@@ -1,7 +1,6 @@
 """The speaker-free LJ models with train_ljvae.py's BEGAN trainer (`ljvae`) in our loop, and converting
 with them: any source comes out in the training speaker's voice, whatever the target."""
 
-import subprocess
 import sys
 
 import jax
@@ -13,7 +12,7 @@ import skipvqvc_jax
 from skipvqvc_jax.core.errors import ConfigError, ConversionError
 from skipvqvc_jax.training import loop, sharding
 from skipvqvc_jax.training.tasks import voice_conversion
-from tests.conftest import REPO, in_fresh_process, tiny_config
+from tests.conftest import run_in_repo, tiny_config
 
 PRESET = 'vqvc_plus_lj.py:tiny'
 
@@ -104,7 +103,7 @@ def test_no_target_is_needed_through_any_door(lj_run, small_corpus, tmp_path):
   alone = converter.convert(str(source))
   np.testing.assert_array_equal(alone, converter.convert(str(source), str(source)))
   out = tmp_path / 'out.wav'
-  result = subprocess.run(
+  result = run_in_repo(
     [
       sys.executable,
       'main.py',
@@ -113,24 +112,15 @@ def test_no_target_is_needed_through_any_door(lj_run, small_corpus, tmp_path):
       f'--source={source}',
       f'--output={out}',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=600,
   )
   assert result.returncode == 0 and out.is_file(), result.stderr[-2000:]
   pytest.importorskip('gradio')
-  page = in_fresh_process(
-    'import json, sys\n'
-    'from skipvqvc_jax.inference import page_conversions\n'
-    "page = page_conversions.PageConversions(sys.argv[1], ['griffin_lim'], 60.0)\n"
-    'wav, image = page.run(sys.argv[2], None, None, '
-    "'griffin_lim')\n"
-    'print(json.dumps([wav, image]))',
-    workdir,
-    str(source),
-  )
-  assert page[0].endswith('.wav') and page[1].endswith('.png')
+  from skipvqvc_jax.inference import page_conversions
+
+  page = page_conversions.PageConversions(workdir, ['griffin_lim'], 60.0)
+  wav, image = page.run(str(source), None, None, 'griffin_lim')
+  assert wav.endswith('.wav') and image.endswith('.png')
 
 
 def test_a_model_with_speakers_still_needs_a_target(workdir, small_corpus):

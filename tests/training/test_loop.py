@@ -4,8 +4,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -32,7 +30,7 @@ from skipvqvc_jax.store import checkpoints
 from skipvqvc_jax.training import cadence as cadence_module
 from skipvqvc_jax.training import loop
 from skipvqvc_jax.training.tasks import voice_conversion
-from tests.conftest import REPO, main_flags, read_events, tiny_config
+from tests.conftest import main_flags, main_process, read_events, tiny_config
 
 CONFIG_FILES = [
   vqvc_plus,
@@ -367,15 +365,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_features
 
 
 def _main(*args, env=None, **kw):
-  return subprocess.Popen(
-    [sys.executable, 'main.py', *args],
-    cwd=REPO,
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-    **kw,
-  )
+  return main_process(args, env=env, **kw)
 
 
 def test_sigterm_saves_a_restorable_checkpoint(small_features, tmp_path):

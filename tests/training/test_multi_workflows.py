@@ -4,7 +4,6 @@ per-scale images in TensorBoard and the eval report, one-shot conversion from a 
 and from a ported original checkpoint, reconstruction and decoding from edited codes."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -18,7 +17,7 @@ from skipvqvc_jax.inference import convert
 from skipvqvc_jax.store import checkpoints, porting
 from skipvqvc_jax.training import loop
 from skipvqvc_jax.training.tasks import voice_conversion
-from tests.conftest import REPO, devices_env, main_flags, read_events, tiny_config
+from tests.conftest import REPO, devices_env, main_flags, read_events, run_in_repo, tiny_config
 
 PRESET = 'vqvc_plus_multi.py:tiny'
 DEMO = REPO / 'data' / 'demo_corpus'
@@ -76,11 +75,8 @@ def test_four_devices_renormalise_the_same_rows(straight, small_features, tmp_pa
   """The max_norm lookup sees the codes of the whole global batch when it is sharded over devices:
   a 4-device run takes the same steps as the 1-device one."""
   workdir, summary = straight
-  result = subprocess.run(
+  result = run_in_repo(
     [sys.executable, 'main.py', *main_flags(small_features, tmp_path, PRESET, eval_every_steps=8)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=600,
     env=devices_env(4),
   )
@@ -147,7 +143,7 @@ def test_one_shot_conversion_and_reconstruction_from_the_checkpoint(straight, tm
   """inference.ipynb: encode source and target, decode the source's content with the target's
   speaker terms, the last scale through a vocoder."""
   workdir, _ = straight
-  result = subprocess.run(
+  result = run_in_repo(
     [
       sys.executable,
       'main.py',
@@ -157,9 +153,6 @@ def test_one_shot_conversion_and_reconstruction_from_the_checkpoint(straight, tm
       f'--target={DEMO / "slt" / "slt_001.ogg"}',
       f'--output={tmp_path / "out.wav"}',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=600,
   )
   assert result.returncode == 0, result.stderr[-2000:]
@@ -191,7 +184,7 @@ def test_ported_original_checkpoint_converts_and_decodes_edited_codes(parity_dir
   """An original vqvc+_multi_simple checkpoint through skipvqvc-port, then the notebooks' calls."""
   golden = parity_dir / 'multi' / 'vqvcplus_multi_simple_n64_ch64.npz'
   out = tmp_path / 'ported'
-  result = subprocess.run(
+  result = run_in_repo(
     [
       sys.executable,
       '-m',
@@ -202,9 +195,6 @@ def test_ported_original_checkpoint_converts_and_decodes_edited_codes(parity_dir
       '--trainer=simple_normalize_multi',
       '--prefix=param/',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=300,
   )
   assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ from flax import nnx
 from skipvqvc_jax.core.errors import TrainingError
 from skipvqvc_jax.store import checkpoints
 from skipvqvc_jax.training import loop
-from tests.conftest import REPO, devices_env, main_flags, tiny_config
+from tests.conftest import REPO, devices_env, main_flags, run_in_repo, tiny_config
 
 STEPS = 6
 
@@ -53,12 +53,9 @@ def single(small_features, tmp_path_factory):
 
 def test_four_devices_give_the_same_loss_curve(single, small_features, tmp_path):
   workdir = tmp_path / 'four'
-  result = subprocess.run(
+  result = run_in_repo(
     [sys.executable, 'main.py', *main_flags(small_features, workdir, num_train_steps=STEPS)],
-    cwd=REPO,
     env=_env(4),
-    capture_output=True,
-    text=True,
     timeout=600,
   )
   assert result.returncode == 0, result.stderr[-3000:]
@@ -118,12 +115,9 @@ def test_a_pod_run_that_resumes_on_fewer_devices_matches_the_single_process_run(
   summary = json.load(open(workdir / 'train_summary.json'))
   single_summary = json.load(open(single / 'train_summary.json'))
   for devices, steps in ((2, 4), (1, STEPS)):
-    result = subprocess.run(
+    result = run_in_repo(
       [sys.executable, 'main.py', *main_flags(small_features, workdir, num_train_steps=steps)],
-      cwd=REPO,
       env=_env(devices),
-      capture_output=True,
-      text=True,
       timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -150,7 +144,7 @@ def test_a_missing_peer_is_said_at_once_and_ends_in_one_line(small_features, tmp
 
   port = _free_port()
   start = time.time()
-  result = subprocess.run(
+  result = run_in_repo(
     [
       sys.executable,
       'main.py',
@@ -160,10 +154,7 @@ def test_a_missing_peer_is_said_at_once_and_ends_in_one_line(small_features, tmp
       '--process_id=0',
       '--join_timeout=4',
     ],
-    cwd=REPO,
     env=_env(1),
-    capture_output=True,
-    text=True,
     timeout=300,
   )
   took = time.time() - start

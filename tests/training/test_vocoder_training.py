@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -23,7 +22,7 @@ from skipvqvc_jax.store import checkpoints
 from skipvqvc_jax.training import loop
 from skipvqvc_jax.training.tasks import vocoder as vocoder_task
 from skipvqvc_jax.training.tasks import waveforms
-from tests.conftest import REPO, devices_env, read_events, tiny_config
+from tests.conftest import REPO, devices_env, read_events, run_in_repo, tiny_config
 
 DEMO = REPO / 'data' / 'demo_corpus'
 
@@ -160,7 +159,7 @@ def vc_workdir(small_features, tmp_path_factory):
 
 def test_convert_with_the_trained_vocoder(straight, vc_workdir, tmp_path):
   source = DEMO / 'kal' / 'kal_007.ogg'
-  result = subprocess.run(
+  result = run_in_repo(
     [
       sys.executable,
       'main.py',
@@ -171,9 +170,6 @@ def test_convert_with_the_trained_vocoder(straight, vc_workdir, tmp_path):
       f'--output={tmp_path / "out.wav"}',
       f'--vocoder={straight[0]}',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=600,
   )
   assert result.returncode == 0, result.stderr[-2000:]
@@ -220,7 +216,7 @@ def test_vocoder_data_errors_name_the_problem(small_features, tmp_path):
   fileio.save_json(moved / corpus.MANIFEST, manifest)
   with pytest.raises(errors.CorpusError, match='is missing: training a vocoder needs the audio'):
     waveforms.waveform_dir(str(moved / 'train'), str(tmp_path / 'w2'), audio.FeatureParams())
-  result = subprocess.run(
+  result = run_in_repo(
     [
       sys.executable,
       'main.py',
@@ -228,9 +224,6 @@ def test_vocoder_data_errors_name_the_problem(small_features, tmp_path):
       f'--config.data.train_dir={moved / "train"}',
       f'--workdir={tmp_path / "w3"}',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=600,
   )
   assert result.returncode == 1 and 'Traceback' not in result.stderr
@@ -262,23 +255,13 @@ def test_fine_tuning_starts_from_a_ported_generator(small_features, ported_melga
 
 
 def test_export_to_the_original_format_and_back(straight, tmp_path):
-  run = [sys.executable, '-m', 'skipvqvc_jax.apps.port']
-  result = subprocess.run(
-    run + [f'--checkpoint={straight[0]}', f'--out={tmp_path / "g.npz"}'],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  port = lambda *flags: run_in_repo([sys.executable, '-m', 'skipvqvc_jax.apps.port', *flags])
+  result = port(f'--checkpoint={straight[0]}', f'--out={tmp_path / "g.npz"}')
   assert result.returncode == 0, result.stderr[-2000:]
   with np.load(tmp_path / 'g.npz') as state_dict:
     assert 'model.1.weight_g' in state_dict.files and 'model.1.weight_v' in state_dict.files
-  result = subprocess.run(
-    run + [f'--checkpoint={tmp_path / "g.npz"}', f'--out={tmp_path / "back"}', '--model=melgan'],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  result = port(
+    f'--checkpoint={tmp_path / "g.npz"}', f'--out={tmp_path / "back"}', '--model=melgan'
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert json.loads(result.stdout)['ngf'] == 4
@@ -286,13 +269,7 @@ def test_export_to_the_original_format_and_back(straight, tmp_path):
   ours = checkpoints.load(str(straight[0]))(mel)
   back = vocoders.load_generator(str(tmp_path / 'back'))(mel)
   np.testing.assert_allclose(back, ours, atol=1e-6)
-  result = subprocess.run(
-    run + [f'--checkpoint={tmp_path}', f'--out={tmp_path / "x.npz"}'],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = port(f'--checkpoint={tmp_path}', f'--out={tmp_path / "x.npz"}')
   assert result.returncode == 1 and 'not a model directory or a training workdir' in result.stderr
 
 
@@ -305,12 +282,9 @@ def test_two_devices_give_the_same_losses(straight, small_features, tmp_path):
     'loop.train_and_evaluate(tiny_vocoder_config(pathlib.Path(sys.argv[1])), sys.argv[2])'
   )
   env = devices_env(2)
-  result = subprocess.run(
+  result = run_in_repo(
     [sys.executable, '-c', script, str(small_features), str(tmp_path / 'two')],
-    cwd=REPO,
     env=env,
-    capture_output=True,
-    text=True,
     timeout=600,
   )
   assert result.returncode == 0, result.stderr[-3000:]

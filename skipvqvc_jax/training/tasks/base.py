@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from skipvqvc_jax.store import checkpoints, summaries
-from skipvqvc_jax.training import run_data
+from skipvqvc_jax.training import run_data, sharding
 
 
 class Task(Protocol):
@@ -70,6 +70,18 @@ class Task(Protocol):
 
   def write_samples(self, writer: summaries.Writer, state: dict, step: int) -> None:
     """Mel images and audio to TensorBoard."""
+
+
+def jit_train_step(step: Callable, mesh) -> Callable:
+  """A task's train step (state, global batch) -> (state, metrics), jitted for `mesh`: the state
+  replicated, the batch split over `data`, the old state's buffers donated to the new one."""
+  replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return jax.jit(
+    step,
+    in_shardings=(replicated, batch),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
 
 
 def keep_if_finite(finite, new: dict, old: dict) -> dict:

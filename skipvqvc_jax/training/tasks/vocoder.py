@@ -27,7 +27,7 @@ from skipvqvc_jax.data import audio, feature_files
 from skipvqvc_jax.models import Discriminators, MelGANGenerator
 from skipvqvc_jax.store import checkpoints, summaries
 from skipvqvc_jax.training import input_pipeline, run_data, sharding
-from skipvqvc_jax.training.tasks.base import keep_if_finite, learning_rate
+from skipvqvc_jax.training.tasks.base import jit_train_step, keep_if_finite, learning_rate
 from skipvqvc_jax.training.tasks.waveforms import WAVE_SCALE, waveform_dir
 from skipvqvc_jax.vocoders import griffin_lim
 
@@ -116,13 +116,8 @@ class VocoderSteps:
     self.kind = config.adversarial_loss  # hinge or least_squares (check_config)
     self.feature_weight, self.mel_weight = config.feature_loss_weight, config.mel_loss_weight
     self.traces = 0
+    self.train_step = jit_train_step(self._train_step, mesh)
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    self.train_step = jax.jit(
-      self._train_step,
-      in_shardings=(replicated, batch),
-      out_shardings=(replicated, replicated),
-      donate_argnums=0,
-    )
     self.eval_step = jax.jit(
       self._eval_step, in_shardings=(replicated, batch), out_shardings=replicated
     )

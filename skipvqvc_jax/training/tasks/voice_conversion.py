@@ -26,7 +26,7 @@ from skipvqvc_jax.data import audio, corpus, f0, feature_files
 from skipvqvc_jax.store import checkpoints, summaries
 from skipvqvc_jax.training import input_pipeline, run_data, sharding, trainers
 from skipvqvc_jax.training.tasks import began, codebooks
-from skipvqvc_jax.training.tasks.base import keep_if_finite, learning_rate
+from skipvqvc_jax.training.tasks.base import jit_train_step, keep_if_finite, learning_rate
 
 # Folded into a step's key for the codebook upkeep's draws (the step's own key trains the model).
 _UPKEEP_STREAM = 1
@@ -164,13 +164,8 @@ class Steps:
     self.upkeep = codebooks.Upkeep.of(config, model)
     self.adversary = began.Began(config, model) if trainer.spec.adversary else None
     self.traces = 0  # how many times the train step was traced (= compiled)
+    self.train_step = jit_train_step(self._train_step, mesh)
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    self.train_step = jax.jit(
-      self._train_step,
-      in_shardings=(replicated, batch),
-      out_shardings=(replicated, replicated),
-      donate_argnums=0,
-    )
     self.eval_step = jax.jit(
       self._eval_step, in_shardings=(replicated, batch, replicated), out_shardings=replicated
     )
