@@ -14,7 +14,7 @@ from absl import app, flags
 
 from skipvqvc_jax.apps.usage import one_line_errors, run_program
 from skipvqvc_jax.core import errors, storage
-from skipvqvc_jax.data import audio, f0, preprocessing
+from skipvqvc_jax.data import audio, f0, layouts, preprocessing
 
 
 def define_flags() -> None:
@@ -30,10 +30,10 @@ def define_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'Seed of the test-speaker choice.')
   flags.DEFINE_integer(
     'speaker_depth',
-    None,
-    'Which folder below the corpus root names the speaker '
-    '(1: the top folder, the default; LibriTTS/LibriSpeech subset folders are '
-    'looked through).',
+    1,
+    'Which folder below the corpus root names the speaker (1: the top folder; LibriTTS and '
+    'LibriSpeech subset folders are looked through).',
+    lower_bound=1,
   )
   flags.DEFINE_enum(
     'mic', 'mic1', ['mic1', 'mic2'], 'VCTK 0.92: the microphone whose files are read.'
@@ -90,8 +90,7 @@ def main(argv):
       workers=FLAGS.workers,
       progress=FLAGS.progress,
       log=lambda line: print(errors.printable(line)),
-      speaker_depth=FLAGS.speaker_depth,
-      mic=FLAGS.mic,
+      layout=layouts.Options(FLAGS.speaker_depth, FLAGS.mic),
       f0_params=f0.F0Params(FLAGS.f0, FLAGS.f0_min, FLAGS.f0_max) if FLAGS.f0 else None,
     )
   except KeyboardInterrupt:

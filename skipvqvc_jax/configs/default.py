@@ -19,7 +19,7 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.data.test_dir = ''  # unseen-speaker features; empty: the test split of train_dir's corpus
   config.data.stats_file = ''  # per-band mean/std for mean_std; empty: stats.npz beside train_dir
   config.data.num_test_speakers = -1  # when preprocessing audio: held-out speakers (-1: a tenth)
-  config.data.speaker_depth = 0  # when preprocessing audio: the folder naming speakers (0: the top)
+  config.data.speaker_depth = 1  # when preprocessing audio: the folder naming speakers (1: the top)
   config.data.mic = 'mic1'  # when preprocessing VCTK 0.92: mic1 | mic2
   # when preprocessing audio for an F0 trainer: harvest | dio (pyworld) | pyin (librosa)
   config.data.f0_method = 'pyin'

@@ -77,13 +77,13 @@ def audio_root(input_dir: str) -> str:
 
 
 def find_utterances(
-  input_dir: str, speaker_depth: int | None = None, mic: str = 'mic1'
+  input_dir: str, options: layouts.Options = layouts.Options()
 ) -> tuple[list[Utterance], list[dict], layouts.Layout]:
   """Every audio file of a corpus (its layout: `layouts`), the files that cannot be used with
   reasons, and the layout."""
   if not os.path.isdir(input_dir):
     raise CorpusError(f'input dir {input_dir} does not exist or is not a folder')
-  layout = layouts.detect(input_dir, speaker_depth, mic)
+  layout = layouts.detect(input_dir, options)
   root = layout.root
   utterances, skipped = [], []
   for folder, dirs, files in os.walk(root, followlinks=True):

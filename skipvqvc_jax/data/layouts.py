@@ -9,8 +9,11 @@
 | `flat` | anything else | the top folder (`<speaker>/<utterance>`, or deeper files under it) | none |
 
 Subset folders of LibriTTS and LibriSpeech (`train-clean-100/`, `dev-other/`, ...) are looked through,
-so a corpus root and a subset folder both work. `speaker_depth=N` names the speaker by the N-th folder
-below the root instead (1: the top folder), for any other nesting.
+so a corpus root and a subset folder both work. `Options(speaker_depth=N)` names the speaker by the N-th
+folder below the root instead (1, the default, is the top folder), for any other nesting.
+
+Each layout is a row of `KINDS` (how it is recognised, where its transcripts are): a new corpus
+layout is one row and its transcript rule.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import dataclasses
 import functools
 import os
 import re
+from collections.abc import Callable
 
 VCTK_092, VCTK_080 = 'wav48_silence_trimmed', 'wav48'
 SUBSET = re.compile(r'^(train|dev|test)-(clean|other)(-\d+)?$')
@@ -26,8 +30,16 @@ MIC = re.compile(r'^(.*)_(mic[12])$')
 
 
 @dataclasses.dataclass(frozen=True)
+class Options:
+  """What the user says about a corpus' layout, passed once from the flags or the config."""
+
+  speaker_depth: int = 1  # the folder below the root (after subset folders) naming the speaker
+  mic: str = 'mic1'  # vctk-0.92: the microphone whose files are read
+
+
+@dataclasses.dataclass(frozen=True)
 class Layout:
-  name: str  # vctk-0.80 | vctk-0.92 | libritts | librispeech | flat
+  name: str  # a row of KINDS
   input_dir: str  # what the user gave
   root: str  # the folder below which speaker folders (or subset folders) are
   speaker_depth: int = 1  # the folder below root (after subset folders) that names the speaker
@@ -37,15 +49,54 @@ class Layout:
     return dict(name=self.name, speaker_depth=self.speaker_depth, mic=self.mic)
 
 
-TRANSCRIPT_SUFFIXES = {'.normalized.txt': 'libritts', '.trans.txt': 'librispeech'}
+def _vctk_transcript(rel: str, layout: Layout) -> list[str]:
+  stem = os.path.splitext(os.path.basename(rel))[0]
+  plain = MIC.match(stem).group(1) if MIC.match(stem) else stem
+  folder = os.path.basename(os.path.dirname(rel))
+  return [os.path.join(layout.input_dir, 'txt', folder, plain + '.txt')]
+
+
+def _libritts_transcript(rel: str, layout: Layout) -> list[str]:
+  path = os.path.splitext(os.path.join(layout.root, rel))[0]
+  return [path + ext for ext in ('.normalized.txt', '.original.txt')]
+
+
+def _librispeech_transcript(rel: str, layout: Layout) -> str | None:
+  path = os.path.join(layout.root, rel)
+  stem = os.path.splitext(os.path.basename(rel))[0]
+  return _chapter_transcripts(os.path.dirname(path)).get(stem)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """A layout: recognised by an audio folder in the root (`audio_folder`) or by transcript files
+  (`transcript_suffix`) near the audio; `transcript(rel, layout)` gives the files that may hold an
+  utterance's text (the first that exists is read), or its text itself."""
+
+  name: str
+  audio_folder: str | None = None
+  transcript_suffix: str | None = None
+  transcript: Callable[[str, Layout], list[str] | str | None] = lambda rel, layout: None
+  has_mics: bool = False
+
+
+KINDS = (
+  Kind('vctk-0.92', audio_folder=VCTK_092, transcript=_vctk_transcript, has_mics=True),
+  Kind('vctk-0.80', audio_folder=VCTK_080, transcript=_vctk_transcript),
+  Kind('libritts', transcript_suffix='.normalized.txt', transcript=_libritts_transcript),
+  Kind('librispeech', transcript_suffix='.trans.txt', transcript=_librispeech_transcript),
+  Kind('flat'),  # anything else
+)
+KIND = {kind.name: kind for kind in KINDS}
 
 
 def _transcript_kind(root: str, depth: int = 4) -> str | None:
   """The layout whose transcript files appear first within `depth` folders of root, if any."""
   base = root.count(os.sep)
+  suffixes = [(k.transcript_suffix, k.name) for k in KINDS if k.transcript_suffix]
   for folder, dirs, files in os.walk(root):
     for name in files:
-      for suffix, kind in TRANSCRIPT_SUFFIXES.items():
+      for suffix, kind in suffixes:
         if name.endswith(suffix):
           return kind
     if folder.count(os.sep) - base >= depth:
@@ -54,20 +105,22 @@ def _transcript_kind(root: str, depth: int = 4) -> str | None:
 
 
 def vctk_root(input_dir: str) -> tuple[str, str] | None:
-  """(layout name, audio folder) of a VCTK root; None for any other corpus. Only a folder test, so
-  readers of a manifest can find the audio again without walking the corpus."""
-  for folder, name in ((VCTK_092, 'vctk-0.92'), (VCTK_080, 'vctk-0.80')):
-    if os.path.isdir(os.path.join(input_dir, folder)):
-      return name, os.path.join(input_dir, folder)
+  """(layout name, audio folder) of a corpus recognised by its audio folder (VCTK); None for any
+  other corpus. Only a folder test, so readers of a manifest can find the audio again without
+  walking the corpus."""
+  for kind in KINDS:
+    if kind.audio_folder and os.path.isdir(os.path.join(input_dir, kind.audio_folder)):
+      return kind.name, os.path.join(input_dir, kind.audio_folder)
   return None
 
 
-def detect(input_dir: str, speaker_depth: int | None = None, mic: str = 'mic1') -> Layout:
+def detect(input_dir: str, options: Options = Options()) -> Layout:
   """The layout of a corpus root (see the module's table)."""
-  depth = speaker_depth or 1
-  vctk = vctk_root(input_dir)
-  if vctk:
-    return Layout(vctk[0], input_dir, vctk[1], depth, mic if vctk[0] == 'vctk-0.92' else None)
+  depth = options.speaker_depth or 1
+  found = vctk_root(input_dir)
+  if found:
+    mic = options.mic if KIND[found[0]].has_mics else None
+    return Layout(found[0], input_dir, found[1], depth, mic)
   return Layout(_transcript_kind(input_dir) or 'flat', input_dir, input_dir, depth)
 
 
@@ -94,18 +147,10 @@ def utterance(stem: str, speaker: str, layout: Layout) -> str | None:
 
 def transcript(rel: str, layout: Layout) -> str | None:
   """The text of one utterance, where the corpus has it."""
-  path = os.path.join(layout.root, rel)
-  stem = os.path.splitext(os.path.basename(rel))[0]
-  candidates = []
-  if layout.name.startswith('vctk'):
-    plain = MIC.match(stem).group(1) if MIC.match(stem) else stem
-    folder = os.path.basename(os.path.dirname(rel))
-    candidates = [os.path.join(layout.input_dir, 'txt', folder, plain + '.txt')]
-  elif layout.name == 'libritts':
-    candidates = [os.path.splitext(path)[0] + ext for ext in ('.normalized.txt', '.original.txt')]
-  elif layout.name == 'librispeech':
-    return _chapter_transcripts(os.path.dirname(path)).get(stem)
-  for candidate in candidates:
+  found = KIND[layout.name].transcript(rel, layout)
+  if not isinstance(found, list):
+    return found
+  for candidate in found:
     if os.path.isfile(candidate):
       with open(candidate, errors='replace') as f:
         return ' '.join(f.read().split())

@@ -115,8 +115,7 @@ def preprocess(
   workers: int | None = None,
   progress: bool = True,
   log: Callable[[str], None] = print,
-  speaker_depth: int | None = None,
-  mic: str = 'mic1',
+  layout: layouts.Options = layouts.Options(),
   f0_params=None,
 ) -> dict:
   """Audio corpus -> features, split, statistics and manifest. Returns the manifest.
@@ -133,7 +132,7 @@ def preprocess(
     raise CorpusError(f'output {output_dir} is a file, not a folder: choose another output dir')
   # One run per output folder: two at once (say, with different --test_speakers) would mix their
   # splits and leave a manifest that contradicts the disk.
-  found = corpus.find_utterances(input_dir, speaker_depth, mic)  # a bad input: nothing made
+  found = corpus.find_utterances(input_dir, layout)  # a bad input: nothing made
   run = _Run(input_dir, output_dir, params, min_frames, workers, progress, log, f0_params)
   with locks.for_workdir(output_dir, elsewhere='write to another output folder'):
     _describe(found, input_dir, log)

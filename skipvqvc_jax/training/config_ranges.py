@@ -65,7 +65,7 @@ RANGES = {
   'codebook.ema_decay': Range(0, 1, whole=False, below=True),
   'data.prefetch': Range(0),
   'data.num_test_speakers': Range(-1),
-  'data.speaker_depth': Range(0),
+  'data.speaker_depth': Range(1),
   'features.sample_rate': Range(1),
   'features.n_fft': Range(1),
   'features.hop_length': Range(1),

@@ -10,7 +10,7 @@ from absl import logging
 
 from skipvqvc_jax.core import storage
 from skipvqvc_jax.core.errors import CorpusError
-from skipvqvc_jax.data import audio, corpus, f0, preprocessing
+from skipvqvc_jax.data import audio, corpus, f0, layouts, preprocessing
 from skipvqvc_jax.training import sharding, trainers
 
 
@@ -118,8 +118,7 @@ def _preprocess_once(
       seed=seed,
       progress=False,
       log=logging.info,
-      speaker_depth=data.get('speaker_depth') or None,
-      mic=data.get('mic', 'mic1'),
+      layout=layouts.Options(data.get('speaker_depth') or 1, data.get('mic', 'mic1')),
       f0_params=f0_params,
     )
   sharding.sync('preprocess')

@@ -7,7 +7,7 @@ import numpy as np
 import soundfile as sf
 
 from skipvqvc_jax.core import fileio
-from skipvqvc_jax.data import corpus, preprocessing
+from skipvqvc_jax.data import corpus, layouts, preprocessing
 from skipvqvc_jax.evaluation import pairs as eval_pairs
 from tests import audio_fixtures
 
@@ -50,7 +50,11 @@ def test_vctk_092_reads_one_microphone_with_transcripts(tmp_path):
   assert item['source'] == os.path.join('p226', 'p226_002_mic1.flac')
   assert item['transcript'] == 'Sentence 2 of p226.'
   mic2 = preprocessing.preprocess(
-    str(root), str(tmp_path / 'out2'), test_speakers=['p227'], mic='mic2', **QUIET
+    str(root),
+    str(tmp_path / 'out2'),
+    test_speakers=['p227'],
+    layout=layouts.Options(mic='mic2'),
+    **QUIET,
   )
   assert {i['source'].endswith('_mic2.flac') for i in mic2['items']} == {True}
 
@@ -125,7 +129,11 @@ def test_speaker_depth_names_deeper_folders(tmp_path):
   by_top = preprocessing.preprocess(str(root), str(tmp_path / 'a'), test_speakers=['men'], **QUIET)
   assert _speakers_and_files(by_top)[0] == {'women', 'men'}
   deeper = preprocessing.preprocess(
-    str(root), str(tmp_path / 'b'), test_speakers=['bob'], speaker_depth=2, **QUIET
+    str(root),
+    str(tmp_path / 'b'),
+    test_speakers=['bob'],
+    layout=layouts.Options(speaker_depth=2),
+    **QUIET,
   )
   assert _speakers_and_files(deeper)[0] == {'ann', 'eve', 'bob'}
   assert deeper['layout'] == dict(name='flat', speaker_depth=2, mic=None)
