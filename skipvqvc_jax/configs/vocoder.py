@@ -1,6 +1,6 @@
-"""Vocoder presets: --config=configs/vocoder.py:PRESET. The generator is always MelGAN's (what
-SkipVQVC's conversions are heard through, and what `--vocoder=DIR` loads); presets differ in size,
-discriminators and losses."""
+"""Vocoder presets: --config=configs/vocoder.py:PRESET. The generator is MelGAN's (what SkipVQVC's
+conversions are heard through, and what `--vocoder=DIR` loads; `generator.family` names a row of
+`vocoders.FAMILIES`); presets differ in size, discriminators and losses."""
 
 import math
 
@@ -14,6 +14,7 @@ def base() -> ml_collections.ConfigDict:
   config.task = 'vocoder'
 
   config.generator = ml_collections.ConfigDict()
+  config.generator.family = 'melgan'  # a row of vocoders.FAMILIES
   config.generator.ngf = 32  # channels of the last stage; the first has 16x (512 for 32)
   config.generator.residual_layers = 3  # dilated residual blocks per upsampling stage
 

@@ -1,5 +1,9 @@
 """Vocoders behind one interface: `vocoder(log_mel) -> waveform`, with a `sample_rate` attribute.
 
+Neural vocoders come in families (`FAMILIES`): a generator registered in `models` (kind `vocoder`), the
+fields of a vocoder config's `generator` section its spec takes, and the names of its published
+weights (`store.published.PUBLISHED`). A second family is a row there and its generator's model.
+
 `get('griffin_lim')` is the built-in default; `get('melgan')` the original's pretrained MelGAN
 (fetched into the user's cache on first use: `fetch`); `get(PATH)` loads a MelGAN generator: the
 latest checkpoint of a vocoder training workdir (`main.py --config=configs/vocoder.py:melgan`), or a
@@ -7,6 +11,8 @@ model directory (ported: `skipvqvc-port --checkpoint=GENERATOR.pt --out=PATH --m
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -18,6 +24,36 @@ from skipvqvc_jax.models import MelGANGenerator
 from skipvqvc_jax.store import checkpoints, published
 from skipvqvc_jax.vocoders.griffin_lim import GriffinLim
 from skipvqvc_jax.vocoders.windows import vocode_in_windows
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A family of neural vocoders (see the module's docstring)."""
+
+  model: str  # the generator's name in the model registry
+  spec_fields: tuple[
+    str, ...
+  ]  # the `generator` config fields its spec takes (n_mels: the features')
+  published: tuple[str, ...] = ()  # store.published.PUBLISHED names of its released weights
+
+
+FAMILIES = {'melgan': Family('melgan', ('ngf', 'residual_layers'), published=('melgan',))}
+
+
+def family_of(config) -> Family:
+  """The family a vocoder config trains (`generator.family`, MelGAN's when absent); a ConfigError
+  names the families there are."""
+  name = config.generator.get('family', 'melgan')
+  if name not in FAMILIES:
+    raise ConfigError(f'--config.generator.family={name!r}: use {" or ".join(FAMILIES)}')
+  return FAMILIES[name]
+
+
+def generator_spec(config) -> dict:
+  """The spec (`models.build` arguments) of the generator a vocoder config trains."""
+  family = family_of(config)
+  fields = {name: config.generator[name] for name in family.spec_fields}
+  return dict(name=family.model, n_mels=config.features.n_mels, **fields)
 
 
 class NeuralVocoder:
@@ -58,9 +94,8 @@ def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeaturePa
   """The vocoder named by a config or flag: 'griffin_lim' or a saved vocoder directory."""
   if name == 'griffin_lim':
     return GriffinLim(params)
-  if name in published.PUBLISHED and not (
-    checkpoints.is_model_dir(name) or checkpoints.is_workdir(name)
-  ):
+  released = {n for family in FAMILIES.values() for n in family.published}
+  if name in released and not (checkpoints.is_model_dir(name) or checkpoints.is_workdir(name)):
     name = published.fetch(name)  # (a folder of that name here wins: ./melgan is the user's own)
   if checkpoints.is_model_dir(name) or checkpoints.is_workdir(name):
     try:

@@ -1,7 +1,9 @@
 """The vocoders behind one call: Griffin-Lim on a known signal, long mels in windows."""
 
 import numpy as np
+import pytest
 
+from skipvqvc_jax import vocoders
 from skipvqvc_jax.data import audio
 from skipvqvc_jax.vocoders import GriffinLim
 
@@ -54,3 +56,16 @@ def test_griffin_lim_in_windows_is_as_good_as_in_one_pass():
     convergence(windowed),
     convergence(whole),
   )
+
+
+def test_a_vocoder_family_is_a_row_and_an_unknown_one_is_one_line():
+  from skipvqvc_jax.configs import vocoder as vocoder_presets
+  from skipvqvc_jax.core.errors import ConfigError
+
+  config = vocoder_presets.get_config('tiny')
+  spec = vocoders.generator_spec(config)
+  assert spec == dict(name='melgan', n_mels=80, ngf=4, residual_layers=1)
+  assert vocoders.FAMILIES['melgan'].published == ('melgan',)
+  config.generator.family = 'wavenet'
+  with pytest.raises(ConfigError, match="generator.family='wavenet': use melgan"):
+    vocoders.generator_spec(config)

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from skipvqvc_jax import models
+from skipvqvc_jax import models, vocoders
 from skipvqvc_jax.core.errors import ConfigError
 from skipvqvc_jax.data import audio, feature_files
 from skipvqvc_jax.models import Discriminators, MelGANGenerator
@@ -33,14 +33,9 @@ from skipvqvc_jax.vocoders import griffin_lim
 
 
 def model_info(config) -> checkpoints.ModelInfo:
-  """The generator a config trains; the train state holds it under `params/generator`."""
-  spec = dict(
-    name='melgan',
-    n_mels=config.features.n_mels,
-    ngf=config.generator.ngf,
-    residual_layers=config.generator.residual_layers,
-  )
-  return checkpoints.ModelInfo(spec, ('params', 'generator'))
+  """The generator a config trains (its family's spec); the train state holds it under
+  `params/generator`."""
+  return checkpoints.ModelInfo(vocoders.generator_spec(config), ('params', 'generator'))
 
 
 def build_generator(config) -> MelGANGenerator:
@@ -225,7 +220,8 @@ def check_config(config) -> None:
     raise ConfigError(
       f'--config.adversarial_loss={config.adversarial_loss!r}: use hinge or least_squares'
     )
-  for field in ('generator.ngf', 'generator.residual_layers', 'data.segment_frames'):
+  family = vocoders.family_of(config)
+  for field in (*(f'generator.{f}' for f in family.spec_fields), 'data.segment_frames'):
     group, name = field.split('.')
     value = config[group][name]
     if not isinstance(value, int) or value < 1:
