@@ -1,9 +1,9 @@
-"""Train, evaluate or convert with VQVC+ (main.py and skipvqvc; skipvqvc-eval and skipvqvc-convert run
-one mode each).
+"""Train, evaluate or convert with VQVC+ (skipvqvc; main.py in a checkout; skipvqvc-eval and
+skipvqvc-convert run one mode each).
 
-    python main.py --config=configs/vqvc_plus.py:demo [--workdir=DIR]              # train
-    python main.py --mode=eval --workdir=DIR                                        # evaluate
-    python main.py --mode=convert --model=DIR --source=a.wav --target=b.wav --output=out.wav
+    skipvqvc --config=configs/vqvc_plus.py:demo [--workdir=DIR]                     # train
+    skipvqvc-eval --model=DIR                                                       # evaluate
+    skipvqvc-convert --model=DIR --source=a.wav --target=b.wav --output=out.wav     # convert
 
 --config=FILE.py:PRESET names a preset file and one of its presets; from another directory than the
 repository, name an installed one as --config=vqvc_plus.py:PRESET. --config.FIELD=VALUE overrides a

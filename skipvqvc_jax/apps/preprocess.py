@@ -1,10 +1,14 @@
-"""Audio corpus -> MelGAN-compatible log-mel features (preprocess.py; the console script
-skipvqvc-preprocess).
+"""Audio corpus -> MelGAN-compatible log-mel features (skipvqvc-preprocess; preprocess.py in a checkout).
 
-    python preprocess.py INPUT_DIR OUTPUT_DIR [flags]
+    skipvqvc-preprocess INPUT_DIR OUTPUT_DIR [flags]
 
-INPUT_DIR holds <speaker>/<utterance>.{wav,flac,mp3,ogg} (or is a VCTK root with wav48/). OUTPUT_DIR
-gets train/ and test/ (unseen speakers) features, split.json, stats.npz and manifest.json.
+INPUT_DIR is a corpus in one of these layouts, recognised by itself (docs/data.md):
+  VCTK 0.92      wav48_silence_trimmed/<speaker>/<speaker>_<n>_mic{1,2}.flac, txt/ (--mic chooses one)
+  VCTK 0.80      wav48/<speaker>/<speaker>_<n>.wav, txt/<speaker>/<speaker>_<n>.txt
+  LibriTTS       [<subset>/]<speaker>/<chapter>/<utterance>.wav with .normalized.txt beside it
+  LibriSpeech    [<subset>/]<speaker>/<chapter>/*.flac with the chapter's .trans.txt
+  any other      <speaker>/<utterance>.{wav,flac,mp3,ogg} (--speaker_depth for deeper speaker folders)
+OUTPUT_DIR gets train/ and test/ (unseen speakers) features, split.json, stats.npz and manifest.json.
 """
 
 import signal
@@ -68,7 +72,7 @@ def _stop(signum, frame):
 @one_line_errors
 def main(argv):
   if len(argv) != 3:
-    raise app.UsageError('usage: preprocess.py INPUT_DIR OUTPUT_DIR [flags]')
+    raise app.UsageError('usage: skipvqvc-preprocess INPUT_DIR OUTPUT_DIR [flags]')
   signal.signal(signal.SIGTERM, _stop)
   params = audio.FeatureParams(
     sample_rate=FLAGS.sample_rate,

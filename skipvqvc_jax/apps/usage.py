@@ -2,6 +2,7 @@
 
 import functools
 import importlib.util
+import logging as std_logging
 import os
 import re
 import sys
@@ -25,7 +26,9 @@ def start(module_name: str, doc: str, flag_names: list[str] | None = None) -> No
   """What every program does first: file names in UTF-8 whatever the locale, --version, and its own
   --help (the flags of `module_name`, or only `flag_names` of them)."""
   utf8_file_names()
-  logging.get_absl_handler().python_handler.addFilter(quiet_libraries)
+  handler = logging.get_absl_handler().python_handler
+  handler.addFilter(quiet_libraries)
+  handler.setFormatter(PlainLines(handler))
   sys.excepthook = _quiet_closed_loops(sys.excepthook)
   sys.unraisablehook = _quiet_closed_loops_unraisable(sys.unraisablehook)
   if '--version' in sys.argv[1:]:
@@ -38,16 +41,50 @@ def start(module_name: str, doc: str, flag_names: list[str] | None = None) -> No
 
 # Libraries whose console lines are noise to a user: orbax logs every save at INFO, and it, tensorstore,
 # gcsfs and asyncio log a failed write as screens of tracebacks from background threads. Their
-# failures reach the user anyway, as the one `error:` line of the exception they raise; --verbosity=1
-# shows every line.
-_QUIET_PATHS = ('/orbax/', '/tensorstore/', '/gcsfs/', '/fsspec/', '/aiohttp/', '/asyncio/')
+# failures reach the user anyway, as the one `error:` line of the exception they raise; the web page's
+# HTTP client (httpx) logs each request Gradio makes to itself. --verbosity=1 shows every line.
+_QUIET_PATHS = (
+  '/orbax/',
+  '/tensorstore/',
+  '/gcsfs/',
+  '/fsspec/',
+  '/aiohttp/',
+  '/asyncio/',
+  '/httpx/',
+)
+
+
+# JAX's probe of every backend it knows ("Unable to initialize backend 'tpu'": on any machine without
+# one) starts every command; it says nothing about this run.
+_BACKEND_PROBE = "Unable to initialize backend '"
 
 
 def quiet_libraries(record) -> bool:
-  """A logging filter: drops the lines of _QUIET_PATHS' libraries unless --verbosity >= 1."""
+  """A logging filter: drops the lines of _QUIET_PATHS' libraries, and JAX's backend probe, unless
+  --verbosity >= 1."""
   if logging.get_verbosity() >= 1:
     return True
+  if str(record.msg).startswith(_BACKEND_PROBE):
+    return False
   return not any(part in record.pathname for part in _QUIET_PATHS)
+
+
+class PlainLines(std_logging.Formatter):
+  """What a person at a terminal reads: a line as it was written (a warning says `warning:`), without
+  absl's prefix of level, time, thread and source line. With --verbosity >= 1, or when absl writes to
+  a log file (--log_dir), absl's own format."""
+
+  def __init__(self, handler):
+    super().__init__()
+    self._handler, self._absl = handler, handler.formatter
+
+  def format(self, record) -> str:
+    if logging.get_verbosity() >= 1 or self._handler.stream not in (sys.stderr, sys.__stderr__):
+      return self._absl.format(record)
+    message = record.getMessage()
+    if record.levelno >= std_logging.WARNING:
+      return f'{std_logging.getLevelName(record.levelno).lower()}: {message}'
+    return message
 
 
 def _closed_loop_noise(value) -> bool:

@@ -38,7 +38,7 @@ def local_features(features_dir: str) -> str:
   local = os.path.join(local_parent, storage.basename(features_dir))
   if not storage.isdir(features_dir):
     raise CorpusError(
-      f'features dir {features_dir} does not exist; run preprocess.py INPUT_DIR OUTPUT_DIR '
+      f'features dir {features_dir} does not exist; run skipvqvc-preprocess INPUT_DIR OUTPUT_DIR '
       f'and point the config at OUTPUT_DIR/train'
     )
   start = time.perf_counter()
@@ -71,7 +71,7 @@ def list_features(features_dir: str) -> list[str]:
   features_dir = local_features(features_dir)
   if not os.path.isdir(features_dir):
     raise CorpusError(
-      f'features dir {features_dir} does not exist; run preprocess.py '
+      f'features dir {features_dir} does not exist; run skipvqvc-preprocess '
       f'INPUT_DIR OUTPUT_DIR and point the config at OUTPUT_DIR/train'
     )
   files = sorted(

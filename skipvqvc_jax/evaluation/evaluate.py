@@ -112,7 +112,7 @@ def _plan(source: str, converter, step, test_dir: str, target: str, out_root: st
     if not test_dir:
       raise CorpusError(
         f'{source} is a model directory: it names no test speakers; give --eval_dir=FOLDER of '
-        f'test features (preprocess.py writes them, e.g. FEATURES/test)'
+        f'test features (skipvqvc-preprocess writes them, e.g. FEATURES/test)'
       )
     return _Plan(None, test_dir, storage.join(root, out_name(None, test_dir)), root, 0)
   cfg = converter.config

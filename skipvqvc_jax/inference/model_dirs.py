@@ -50,7 +50,7 @@ def read_stats(files: list[str] | None, trainer: str, tmp_dir: str) -> dict[str,
   if not files:
     raise PortError(
       f'the {trainer} trainer normalises with its training corpus statistics: give --stats='
-      f"stats.npz (preprocess.py wrote it) or --stats=MEAN.npy,STD.npy (the original's)"
+      f"stats.npz (skipvqvc-preprocess wrote it) or --stats=MEAN.npy,STD.npy (the original's)"
     )
   if len(files) == 1:
     trainers.load_stats(files[0], trainer)  # refuses a file that is not statistics

@@ -116,6 +116,6 @@ def _check_test_speakers(config, workdir: str) -> None:
   if not storage.isdir(test_dir) or not any(f.endswith('.npy') for f in storage.listdir(test_dir)):
     raise TrainingError(
       f'{workdir} evaluates on the unseen speakers of {test_dir}, which holds no features any more: '
-      f'put them back (preprocess.py again) or name a test folder with --config.data.test_dir; '
+      f'put them back (skipvqvc-preprocess again) or name a test folder with --config.data.test_dir; '
       f'training speakers are not evaluated as unseen ones'
     )

@@ -57,7 +57,7 @@ def resolve_data(config, workdir: str) -> Data:
   if storage.is_url(train_dir) and not _holds_features(train_dir):
     raise CorpusError(
       f'data.train_dir {train_dir} holds no .npy features: a bucket holds features, not audio; '
-      f'preprocess the corpus with its output folder there (preprocess.py INPUT_DIR {train_dir})'
+      f'preprocess the corpus with its output folder there (skipvqvc-preprocess INPUT_DIR {train_dir})'
     )
   if not _holds_features(train_dir):
     # An audio corpus: preprocess once into the workdir (resumable, so a rerun reuses it).

@@ -231,7 +231,7 @@ def load_stats(path: str, trainer: str = 'mean_std') -> tuple[np.ndarray, np.nda
   if not storage.isfile(path):
     raise CorpusError(
       f'the {trainer} trainer needs per-band statistics: {path} not found; '
-      f'preprocess.py writes it, or set --config.data.stats_file'
+      f'skipvqvc-preprocess writes it, or set --config.data.stats_file'
     )
   try:
     with np.load(io.BytesIO(storage.read_bytes(path))) as stats:
@@ -239,7 +239,7 @@ def load_stats(path: str, trainer: str = 'mean_std') -> tuple[np.ndarray, np.nda
   except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
     raise CorpusError(
       f'{path}: cannot read these statistics ({type(e).__name__}: {e}); copy back the stats.npz '
-      f'of the feature folder the run was trained on (preprocess.py wrote it there)'
+      f'of the feature folder the run was trained on (skipvqvc-preprocess wrote it there)'
     ) from None
   if mean.ndim != 1 or mean.shape != std.shape:
     raise CorpusError(f'{path}: mean and std must be 1-D arrays of one size')

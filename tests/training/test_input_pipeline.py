@@ -106,7 +106,7 @@ def test_restored_iterator_continues_with_the_same_batches(features):
 
 
 def test_missing_or_empty_dirs_say_what_to_do(tmp_path):
-  with pytest.raises(errors.CorpusError, match='does not exist; run preprocess.py'):
+  with pytest.raises(errors.CorpusError, match='does not exist; run skipvqvc-preprocess'):
     input_pipeline.make_dataset(str(tmp_path / 'nope'), batch_size=2)
   with pytest.raises(errors.CorpusError, match='holds no .npy features'):
     input_pipeline.make_dataset(str(tmp_path), batch_size=2)

@@ -94,7 +94,7 @@ def waveform_dir(features_dir: str, workdir: str, params: audio.FeatureParams) -
     raise CorpusError(
       f'{features_dir} has no manifest.json: a vocoder trains on the audio a '
       f'preprocessed corpus names; point data.train_dir at the audio or at the '
-      f'output of preprocess.py'
+      f'output of skipvqvc-preprocess'
     )
   tag = hashlib.sha1(storage.abspath(root).encode()).hexdigest()[:10]
   out = storage.join(
