@@ -16,6 +16,7 @@ read and written without torch.
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags, logging
 
@@ -95,7 +96,24 @@ def main(argv) -> int:
     prefix=FLAGS.prefix,
   )
   print(json.dumps(written))
+  print(next_step(written), file=sys.stderr)
   return 0
+
+
+def next_step(written: dict) -> str:
+  """The line a port ends with: the command that uses what it wrote."""
+  out = written['out']
+  if out.endswith(model_dirs.EXPORTS):
+    return f'next: the original loads {out} with torch.load (its state dict)'
+  if models.kind_of(written['model']) == 'vocoder':
+    return (
+      f'next: convert through it with skipvqvc-convert --model=VC_MODEL --source=SOURCE.wav '
+      f'--target=TARGET.wav --output=OUT.wav --vocoder={out}'
+    )
+  return (
+    f'next: convert with skipvqvc-convert --model={out} --source=SOURCE.wav --target=TARGET.wav '
+    f'--output=OUT.wav (or skipvqvc_jax.load({out!r}) in Python)'
+  )
 
 
 def run():

@@ -4,11 +4,13 @@ folder of sources; checked before any model is restored, so a mistake costs no c
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 
 from skipvqvc_jax.core import storage
 from skipvqvc_jax.core.errors import ConversionError
+from skipvqvc_jax.core.fileio import save_text
 from skipvqvc_jax.data import audio, corpus
 
 
@@ -31,12 +33,15 @@ def check(
   jobs, output_mel: bool = False, overwrite: bool = False
 ) -> list[tuple[str, list[str], str]]:
   """The jobs with their final output names, or a ConversionError before anything is converted:
-  an output that is a folder, that would overwrite a source or target, that two jobs share, whose
+  a source or target that does not exist, an output that is a folder, that would overwrite a source or target, that two jobs share, whose
   extension names no audio format, or that exists already (unless `overwrite`)."""
   checked, writers, existing = [], {}, []
   jobs = [(source, references(targets), output) for source, targets, output in jobs]
   for bucket in {'/'.join(o.split('/')[:3]) for _, _, o in jobs if storage.is_url(o)}:
     storage.check_reachable(bucket)
+  for path in dict.fromkeys(p for source, targets, _ in jobs for p in [source, *targets]):
+    if not storage.exists(path):  # said now, not after the model's restore
+      raise ConversionError(f'{path}: no such file')
   inputs = {os.path.realpath(p) for source, targets, _ in jobs for p in [source, *targets]}
   for source, targets, output in jobs:
     if output_mel:
@@ -137,3 +142,36 @@ def source_dir_jobs(source_dir: str, targets: Sequence[str], output_dir: str, lo
     (os.path.join(source_dir, f), list(targets), storage.join(output_dir, n + '.wav'))
     for f, n in zip(files, names)
   ]
+
+
+INDEX = 'index'  # a batch's index.csv (index-2.csv, ... beside an earlier batch's)
+INDEX_FIELDS = ('source', 'references', 'output', 'seconds', 'error')
+
+
+def _common_folder(outputs: list[str]) -> str:
+  """The deepest folder holding every output (a URL's too); the first's when they share none."""
+  folders = [storage.dirname(storage.abspath(o)) for o in outputs]
+  schemes = {f.split('://', 1)[0] if storage.is_url(f) else '' for f in folders}
+  if len(schemes) != 1:
+    return folders[0]
+  scheme = schemes.pop()
+  paths = [f.split('://', 1)[1] if scheme else f for f in folders]
+  common = os.path.commonpath(paths)
+  return f'{scheme}://{common}' if scheme else common
+
+
+def write_index(jobs, rows: list[dict]) -> str:
+  """A batch's index.csv (one row per job: `INDEX_FIELDS`) in the folder of its outputs, under a
+  name no earlier batch's index has there; returns its path."""
+  folder = _common_folder([output for _, _, output in jobs])
+  path, n = storage.join(folder, f'{INDEX}.csv'), 1
+  while storage.exists(path):
+    n += 1
+    path = storage.join(folder, f'{INDEX}-{n}.csv')
+  text = io.StringIO()
+  writer = csv.DictWriter(text, INDEX_FIELDS, lineterminator='\n')
+  writer.writeheader()
+  writer.writerows(rows)
+  storage.makedirs(folder)
+  save_text(path, text.getvalue())
+  return path

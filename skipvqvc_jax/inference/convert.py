@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ from skipvqvc_jax import vocoders
 from skipvqvc_jax.core import storage
 from skipvqvc_jax.core.errors import AudioError, ConversionError, UserError
 from skipvqvc_jax.core.fileio import save_npy
+from skipvqvc_jax.core.progress import Progress
 from skipvqvc_jax.data import audio, corpus, f0
 from skipvqvc_jax.inference import conversion_jobs, f0_input
 from skipvqvc_jax.store import checkpoints
@@ -372,31 +374,51 @@ class Converter:
     The jobs are checked first (no output may overwrite an input or another job's output, or a file
     that exists unless `overwrite`, and each names an audio format by its extension). A job
     whose audio cannot be used does not stop the others: the failures are listed at the end, in one
-    ConversionError, after every other output is written."""
+    ConversionError, after every other output is written. A batch (more than one job) says how far it
+    is, with an ETA, and ends with an index.csv beside its outputs (source, references, output,
+    seconds, error) and a line saying how many were written where."""
     jobs = conversion_jobs.check(jobs, output_mel, overwrite)
     speakers: dict[tuple, Speaker] = {}
-    written, failed = [], []
+    progress = Progress('converting', len(jobs), log, unit='files') if len(jobs) > 1 else None
+    rows = []
     for source, targets, output in jobs:
+      start = time.perf_counter()
       try:
-        key = tuple(targets)
-        if key not in speakers:
-          features = [self.features(t) for t in targets]
-          speakers[key] = self.speaker(features) if features else self.target(None)
-        mel = self.convert_mel(
-          self.features(source), speakers[key], self.source_f0(source), f0_shift
-        )
+        self._convert_job(source, targets, output, speakers, output_mel, f0_shift)
+        log(f'{source} -> {output}')
+        error = ''
       except ConversionError as e:
         if len(jobs) == 1:
           raise
         log(f'failed: {e}')
-        failed.append(str(e))
-        continue
-      if output_mel:
-        save_npy(output, mel.astype(np.float32))
-      else:
-        audio.write_audio(output, self.vocoder(mel), self.vocoder.sample_rate)
-      log(f'{source} -> {output}')
-      written.append(output)
+        error = str(e)
+      rows.append(dict(source=source, references=';'.join(targets), output='' if error else output))
+      rows[-1].update(seconds=f'{time.perf_counter() - start:.2f}', error=error)
+      if progress:
+        progress.update()
+    return self._batch_done(jobs, rows, log)
+
+  def _convert_job(self, source, targets, output, speakers: dict, output_mel, f0_shift) -> None:
+    """One conversion, written to `output`; `speakers` keeps each set of references' encoding."""
+    key = tuple(targets)
+    if key not in speakers:
+      features = [self.features(t) for t in targets]
+      speakers[key] = self.speaker(features) if features else self.target(None)
+    mel = self.convert_mel(self.features(source), speakers[key], self.source_f0(source), f0_shift)
+    if output_mel:
+      save_npy(output, mel.astype(np.float32))
+    else:
+      audio.write_audio(output, self.vocoder(mel), self.vocoder.sample_rate)
+
+  @staticmethod
+  def _batch_done(jobs, rows: list[dict], log) -> list[str]:
+    """A batch's index.csv and its last line; the outputs written, or a ConversionError listing
+    the failures after every other output is written."""
+    written = [row['output'] for row in rows if not row['error']]
+    failed = [row['error'] for row in rows if row['error']]
+    if len(jobs) > 1:
+      index = conversion_jobs.write_index(jobs, rows)
+      log(f'{len(written)} written to {storage.dirname(index)} (index: {index})')
     if failed:
       raise ConversionError(
         f'{len(failed)} of {len(jobs)} conversions failed (the other '

@@ -121,6 +121,14 @@ def test_cli_pairs_source_dir_and_output_mel(workdir, tmp_path):
   result = _main('--mode=convert', f'--workdir={workdir}', f'--pairs={pairs}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert sf.info(tmp_path / 'a.wav').samplerate == 22050 and (tmp_path / 'b.wav').exists()
+  # A batch says how far it is, and ends with how many it wrote where, and an index of them.
+  lines = result.stderr.strip().splitlines()
+  assert 'converting: 2/2 files (100%)' in result.stderr
+  assert lines[-1] == f'2 written to {tmp_path} (index: {tmp_path / "index.csv"})'
+  with open(tmp_path / 'index.csv', newline='') as f:
+    index = list(csv.DictReader(f))
+  assert [row['output'] for row in index] == [str(tmp_path / 'a.wav'), str(tmp_path / 'b.wav')]
+  assert index[1]['references'].count(';') == 1 and float(index[0]['seconds']) > 0
   sources = tmp_path / 'sources'
   sources.mkdir()
   for name in ('esf4_001.ogg', 'esf4_002.ogg'):
@@ -134,6 +142,7 @@ def test_cli_pairs_source_dir_and_output_mel(workdir, tmp_path):
     '--output_mel',
   )
   assert result.returncode == 0, result.stderr[-2000:]
+  assert (tmp_path / 'mels' / 'index.csv').is_file()  # beside the batch's outputs
   mel = np.load(tmp_path / 'mels' / 'esf4_001.npy')
   assert mel.dtype == np.float32 and mel.shape == (80, _frames(sources / 'esf4_001.ogg'))
 
@@ -166,6 +175,16 @@ def test_cli_errors_are_one_line(workdir, tmp_path):
     (
       ('--mode=convert', f'--workdir={workdir}', f'--source={target}'),
       'error: give --source, --target and --output',
+    ),
+    (  # a missing input is said before the model is looked at (it was said after a restore)
+      (
+        '--mode=convert',
+        f'--workdir={tmp_path / "nowhere"}',
+        f'--source={tmp_path / "missing.wav"}',
+        f'--target={target}',
+        f'--output={tmp_path / "x.wav"}',
+      ),
+      f'error: {tmp_path / "missing.wav"}: no such file',
     ),
   ]
   # A workdir whose model.json names another model than its checkpoint holds.

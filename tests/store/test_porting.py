@@ -149,6 +149,11 @@ def test_cli_reads_the_originals_checkpoint_and_its_path(source, tmp_path):
   result = _port_cli(f'--checkpoint={pt}', f'--out={tmp_path / "ported"}', '--gru_init=zeros')
   assert result.returncode == 0, result.stderr
   assert json.loads(result.stdout)['trainer'] == 'simple_normalize'
+  assert (
+    result.stderr.strip()
+    .splitlines()[-1]
+    .startswith(f'next: convert with skipvqvc-convert --model={tmp_path / "ported"} --source=')
+  )
   info = checkpoints.read_model_info(str(tmp_path / 'ported'))
   assert info.conversion['trainer'] == 'simple_normalize'
   assert info.conversion['features']['n_mels'] == 80 and info.conversion['mel_output'] == -1
