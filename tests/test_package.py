@@ -58,7 +58,7 @@ def test_console_script_trains_from_the_repository_and_says_what_next(moved_run)
   assert 'preprocessing: 24/24 files (100%)' in log  # the long phase inside training reports
   assert 'steps/s' in log
   last = [line for line in log.splitlines() if line.strip()][-1]
-  assert 'next: evaluate with skipvqvc --mode=eval --workdir=' in last and '--mode=convert' in last
+  assert 'next: evaluate with skipvqvc --mode=eval --model=' in last and '--mode=convert' in last
   # The data paths inside the workdir are stored relative to it, so it could move.
   raw = fileio.load_json(workdir / 'config.json')['data']
   assert raw['train_dir'] == os.path.join('features', 'train')
@@ -142,7 +142,7 @@ TRAINING_FLAGS = ['--config', '--coordinator_address', '--join_timeout']
       'skipvqvc',
       ['--config', '--workdir', '--mode', '--source', '--compilation_cache_max_gb', '--version'],
       [],
-      'main.py --config=configs/vqvc_plus.py:demo',
+      'skipvqvc --config=configs/vqvc_plus.py:demo',
     ),
     (
       'skipvqvc-convert',
@@ -152,9 +152,9 @@ TRAINING_FLAGS = ['--config', '--coordinator_address', '--join_timeout']
     ),
     (
       'skipvqvc-eval',
-      ['--workdir', '--step', '--vocoder', '--eval_pairs', '--version'],
+      ['--model', '--step', '--vocoder', '--eval_pairs', '--version'],
       [*TRAINING_FLAGS, '--mode', '--source'],
-      'skipvqvc-eval --workdir=DIR',
+      'skipvqvc-eval --model=DIR',
     ),
     (
       'skipvqvc-preprocess',
@@ -164,13 +164,23 @@ TRAINING_FLAGS = ['--config', '--coordinator_address', '--join_timeout']
     ),
     (
       'skipvqvc-stats',
-      ['--definition', '--out', '--overwrite', '--version'],
-      TRAINING_FLAGS,
+      ['--definition', '--output', '--overwrite', '--version'],
+      [*TRAINING_FLAGS, '--out'],  # the old spelling is accepted, not offered
       'skipvqvc-stats FEATURES',
     ),
-    ('skipvqvc-port', ['--checkpoint', '--out', '--trainer', '--version'], TRAINING_FLAGS, None),
+    (
+      'skipvqvc-port',
+      ['--checkpoint', '--output', '--architecture', '--trainer', '--version'],
+      [*TRAINING_FLAGS, '--out', '--model'],
+      None,
+    ),
     ('skipvqvc-fetch', ['--file', '--version'], TRAINING_FLAGS, 'skipvqvc-fetch'),
-    ('skipvqvc-demo', ['--model', '--port', '--version'], TRAINING_FLAGS, None),
+    (
+      'skipvqvc-demo',
+      ['--model', '--vocoder', '--port', '--version'],
+      [*TRAINING_FLAGS, '--vocoders'],
+      None,
+    ),
   ],
 )
 def test_each_program_describes_itself(program, own, absent, usage, tmp_path):

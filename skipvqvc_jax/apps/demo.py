@@ -1,7 +1,7 @@
 """A web page that converts a voice (skipvqvc-demo): Gradio, served on this machine only.
 
     skipvqvc-demo --model=models/vqvc+                   # then open http://127.0.0.1:7860
-    skipvqvc-demo --model=runs/RUN --vocoders=griffin_lim,melgan --port=8080
+    skipvqvc-demo --model=runs/RUN --vocoder=griffin_lim,melgan --port=8080
 
 Upload or record a source (the words) and one or more references (the voice), pick the vocoder, and
 get the converted audio with the mels of the source, the first reference and the result. A file that
@@ -20,7 +20,7 @@ import tempfile
 
 from absl import app, flags, logging
 
-from skipvqvc_jax.apps.usage import one_line_errors, run_program
+from skipvqvc_jax.apps.usage import old_spelling, one_line_errors, run_program
 from skipvqvc_jax.core import errors
 from skipvqvc_jax.inference import page_conversions
 
@@ -30,7 +30,7 @@ def define_flags() -> None:
   in one process (a test, a notebook) does not define a flag twice."""
   flags.DEFINE_string('model', None, 'A model directory (skipvqvc-port) or a training workdir.')
   flags.DEFINE_list(
-    'vocoders',
+    'vocoder',
     ['griffin_lim', 'melgan'],
     'The vocoders offered on the page (the first is the default): griffin_lim, melgan (the '
     "original's, fetched on first use) or a vocoder directory.",
@@ -42,6 +42,7 @@ def define_flags() -> None:
   flags.DEFINE_integer(
     'keep_results', 20, 'Conversions kept for the page to play (older are removed).'
   )
+  old_spelling('vocoders', 'vocoder')
 
 
 FLAGS = flags.FLAGS
@@ -112,7 +113,7 @@ def main(argv) -> int:
     except ImportError:
       raise errors.ConfigError('the web page needs Gradio: pip install -e ".[demo]"') from None
     demo = page_conversions.PageConversions(
-      FLAGS.model, FLAGS.vocoders, FLAGS.max_seconds, FLAGS.keep_results
+      FLAGS.model, FLAGS.vocoder, FLAGS.max_seconds, FLAGS.keep_results
     )
     page = build(demo)
     print(

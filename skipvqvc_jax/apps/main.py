@@ -146,13 +146,15 @@ needs none); --f0_shift moves an F0 model's melody; --vocoder=melgan uses the or
 MelGAN (fetched once) instead of Griffin-Lim.
 """
 
-EVAL_USAGE = """Evaluate a training run on its unseen test speakers (skipvqvc-eval; main.py --mode=eval).
+EVAL_USAGE = """Evaluate a model on unseen test speakers (skipvqvc-eval; main.py --mode=eval).
 
-    skipvqvc-eval --workdir=DIR [--step=N] [--vocoder=melgan] [--eval_dir=FEATURES]
+    skipvqvc-eval --model=DIR [--step=N] [--vocoder=melgan] [--eval_dir=FEATURES]
                   [--eval_target=SPEAKER]
 
-Writes {workdir}/eval/step_N/: metrics.json, pairs.json and report.html (figures and audio players),
-and ends with the headline figures and the report's path.
+DIR is a training workdir (its own test speakers; the report goes to DIR/eval/step_N/) or a model
+directory (give --eval_dir; the report goes to ./NAME-eval/ or --output_dir). Writes metrics.json,
+pairs.json and report.html (figures and audio players), and ends with the headline figures and the
+report's path.
 """
 
 # The modes that read each flag; a flag given to another mode would be ignored, so it is refused.
@@ -298,6 +300,12 @@ def _model_flag(mode: str) -> str:
   """The model a conversion or evaluation reads: --model, or --workdir (the same thing)."""
   if FLAGS.model and FLAGS.workdir and FLAGS.model != FLAGS.workdir:
     raise errors.ConversionError('give the model once: --model=DIR (or --workdir=DIR), not both')
+  if FLAGS.workdir and not FLAGS.model:
+    print(
+      f'note: --workdir is now --model for {PROGRAMS[mode]}; the old spelling works until 0.3',
+      file=sys.stderr,
+      flush=True,
+    )
   model = FLAGS.model or FLAGS.workdir
   if not model:
     raise errors.ConfigError(

@@ -1,15 +1,15 @@
 """Port a checkpoint into a model directory that converts, or export one (skipvqvc-port).
 
-    skipvqvc-port --checkpoint=checkpoint/vqvc+_n64_ch64_normal/gen --out=models/vqvc+  # the original's
-    skipvqvc-port --checkpoint=multi_speaker.pt --out=models/melgan --model=melgan       # its MelGAN
-    skipvqvc-port --checkpoint=runs/MY_RUN --out=models/my_run                          # a run of ours
-    skipvqvc-port --checkpoint=runs/MY_RUN --out=my_run.pt     # ours -> the original's state dict
+    skipvqvc-port --checkpoint=checkpoint/vqvc+_n64_ch64_normal/gen --output=models/vqvc+  # the original's
+    skipvqvc-port --checkpoint=multi_speaker.pt --output=models/melgan --architecture=melgan  # its MelGAN
+    skipvqvc-port --checkpoint=runs/MY_RUN --output=models/my_run                       # a run of ours
+    skipvqvc-port --checkpoint=runs/MY_RUN --output=my_run.pt  # ours -> the original's state dict
 
 A model directory holds the parameters and what conversion needs (the trainer's normalisation, its
 statistics, the feature parameters): `skipvqvc-convert --model=DIR`, `skipvqvc_jax.load(DIR)` and
 `skipvqvc-demo --model=DIR` take it. The original saved checkpoints as
 checkpoint/{model}_n{n_embed}_ch{channel}_{trainer}/gen: the model and trainer are read from that path
-when it has that form; otherwise give --model and --trainer (the original's -m and -t). `.pt` files are
+when it has that form; otherwise give --architecture and --trainer (the original's -m and -t). `.pt` files are
 read and written without torch.
 """
 
@@ -21,7 +21,7 @@ import sys
 from absl import app, flags, logging
 
 from skipvqvc_jax import models
-from skipvqvc_jax.apps.usage import one_line_errors, run_program
+from skipvqvc_jax.apps.usage import old_spelling, one_line_errors, run_program
 from skipvqvc_jax.core.errors import PortError
 from skipvqvc_jax.inference import model_dirs
 from skipvqvc_jax.training import trainers
@@ -37,13 +37,13 @@ def define_flags() -> None:
     'arrays named like one, or a training workdir / model directory of ours.',
   )
   flags.DEFINE_string(
-    'out',
+    'output',
     None,
     'A new model directory; or, from a workdir or model directory, a .pt or .npz file: the '
     "original's state dict (a vocoder: melgan-neurips' names).",
   )
   flags.DEFINE_enum(
-    'model',
+    'architecture',
     None,
     models.names('voice_conversion') + models.names('vocoder'),
     "The original's model (-m); default: read from the checkpoint's path.",
@@ -71,6 +71,8 @@ def define_flags() -> None:
   )
   flags.DEFINE_string('prefix', '', 'Key prefix to strip in an .npz (e.g. param/).')
   flags.DEFINE_integer('step', None, 'From a workdir: the checkpoint step (default: the latest).')
+  old_spelling('out', 'output')
+  old_spelling('model', 'architecture')  # --model names a model directory in the other programs
 
 
 FLAGS = flags.FLAGS
@@ -80,14 +82,16 @@ FLAGS = flags.FLAGS
 def main(argv) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax's save log: a port prints one line, what it wrote
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} (use --checkpoint and --out)')
-  if not FLAGS.checkpoint or not FLAGS.out:
-    raise PortError('give --checkpoint (what to port) and --out (where to write it)')
+    raise app.UsageError(
+      f'unexpected arguments: {" ".join(argv[1:])} (use --checkpoint and --output)'
+    )
+  if not FLAGS.checkpoint or not FLAGS.output:
+    raise PortError('give --checkpoint (what to port) and --output (where to write it)')
   written = model_dirs.make(
     FLAGS.checkpoint,
-    FLAGS.out,
+    FLAGS.output,
     FLAGS.step,
-    model=FLAGS.model,
+    model=FLAGS.architecture,
     trainer=FLAGS.trainer,
     stats=FLAGS.stats,
     channel=FLAGS.channel,

@@ -1,18 +1,18 @@
 """Per-band statistics of an existing features folder, for the mean/std trainers (skipvqvc-stats).
 
-    skipvqvc-stats FEATURES [--definition=frames|per_utterance] [--out=FILE] [--overwrite]
+    skipvqvc-stats FEATURES [--definition=frames|per_utterance] [--output=FILE] [--overwrite]
 
 FEATURES is a folder of .npy log-mels: preprocess.py's train/, or one the original's preprocessing
 made. --definition=frames (ours, what preprocess.py writes): every frame weighs the same;
 per_utterance (the original's preprocessing_mean_std.py): the mean over utterances of each one's
 mean and of each one's std. The file goes where training looks for it by default (stats.npz beside
-FEATURES, or in the folder of its manifest.json), or to --out; an existing one is kept unless
+FEATURES, or in the folder of its manifest.json), or to --output; an existing one is kept unless
 --overwrite.
 """
 
 from absl import app, flags
 
-from skipvqvc_jax.apps.usage import one_line_errors, run_program
+from skipvqvc_jax.apps.usage import old_spelling, one_line_errors, run_program
 from skipvqvc_jax.core import storage
 from skipvqvc_jax.core.errors import CorpusError
 from skipvqvc_jax.data import corpus, feature_files
@@ -28,7 +28,10 @@ def define_flags() -> None:
     "frames: every frame weighs the same (ours); per_utterance: the mean of the utterances' "
     "means and stds (the original's preprocessing_mean_std.py).",
   )
-  flags.DEFINE_string('out', None, 'Where to write the stats.npz (default: where training looks).')
+  flags.DEFINE_string(
+    'output', None, 'Where to write the stats.npz (default: where training looks).'
+  )
+  old_spelling('out', 'output')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing statistics file.')
 
 
@@ -44,10 +47,10 @@ def default_path(features_dir: str) -> str:
 @one_line_errors
 def main(argv) -> int:
   if len(argv) != 2:
-    raise app.UsageError('usage: skipvqvc-stats FEATURES [--definition=...] [--out=FILE]')
-  out = FLAGS.out or default_path(argv[1])
+    raise app.UsageError('usage: skipvqvc-stats FEATURES [--definition=...] [--output=FILE]')
+  out = FLAGS.output or default_path(argv[1])
   if storage.exists(out) and not FLAGS.overwrite:
-    raise CorpusError(f'{out} exists: pass --overwrite to replace it, or --out=FILE for another')
+    raise CorpusError(f'{out} exists: pass --overwrite to replace it, or --output=FILE for another')
   stats = corpus.feature_stats(feature_files.list_features(argv[1]), FLAGS.definition)
   corpus.save_stats(out, stats)
   print(

@@ -15,11 +15,35 @@ flags.DEFINE_bool('version', False, 'Print the version and exit.')
 
 
 def run_program(module_name, doc, main, define_flags, flag_names=None, argv=None) -> None:
-  """What every program's run() does: defines its flags, starts (`start`), then runs `main` under
-  absl with one-line flag errors (`parse_flags`)."""
+  """What every program's run() does: defines its flags, starts (`start`), notes old spellings of
+  flags, then runs `main` under absl with one-line flag errors (`parse_flags`)."""
   define_flags()
   start(module_name, doc, flag_names)
+  note_old_spellings(argv or sys.argv)
   app.run(main, argv=argv, flags_parser=parse_flags)
+
+
+# Flags renamed so that every program says one thing one way (docs/conversion.md, "One vocabulary"):
+# {old spelling: new}. The old one stays an absl alias of the new until 0.3, hidden from --help.
+_OLD_SPELLINGS: dict[str, str] = {}
+
+
+def old_spelling(old: str, new: str) -> None:
+  """Accepts --OLD for the flag --NEW (renamed), with a note naming the new spelling."""
+  flags.DEFINE_alias(old, new)
+  _OLD_SPELLINGS[old] = new
+
+
+def note_old_spellings(argv: list[str]) -> None:
+  """One `note:` line per old spelling of a flag on the command line, naming the new one."""
+  for arg in argv[1:]:
+    name = arg[2:].split('=', 1)[0] if arg.startswith('--') else ''
+    if name in _OLD_SPELLINGS:
+      print(
+        f'note: --{name} is now --{_OLD_SPELLINGS[name]}; the old spelling works until 0.3',
+        file=sys.stderr,
+        flush=True,
+      )
 
 
 def start(module_name: str, doc: str, flag_names: list[str] | None = None) -> None:
@@ -138,6 +162,8 @@ def own_help(module_name: str, doc: str, flag_names: list[str] | None = None) ->
   generated wrapper.)"""
   sys.modules['__main__'].__doc__ = doc
   for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+    if flag.name in _OLD_SPELLINGS:
+      continue
     if flag_names is None or flag.name in flag_names:
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS['version'])

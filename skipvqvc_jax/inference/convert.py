@@ -105,7 +105,7 @@ def read_settings(path: str) -> tuple[Settings, str]:
     if info.conversion is None:
       raise ConversionError(
         f'{path} is a model directory without conversion settings (ported before skipvqvc_jax '
-        f'0.3): port it again, e.g. skipvqvc-port --checkpoint=ORIGINAL.pt --out=NEW_DIR '
+        f'0.3): port it again, e.g. skipvqvc-port --checkpoint=ORIGINAL.pt --output=NEW_DIR '
         f'--trainer=NAME'
       )
     settings = Settings.from_json(info.conversion)

@@ -143,14 +143,16 @@ def export(source: str, out: str, step: int | None = None) -> dict:
 
 
 def make(source: str, out: str, step: int | None = None, **original) -> dict:
-  """What `skipvqvc-port --checkpoint=SOURCE --out=OUT` writes, chosen by what the two name: a workdir
+  """What `skipvqvc-port --checkpoint=SOURCE --output=OUT` writes, chosen by what the two name: a workdir
   or model directory exported to a .pt/.npz `out`, or released into a model directory; the original's
   checkpoint file ported into one (`original`: port_original's keyword arguments). Returns what was
   written, with `out`."""
   if storage.isdir(source):
     written = export(source, out, step) if out.endswith(EXPORTS) else release(source, out, step)
   elif out.endswith(EXPORTS):
-    raise PortError(f'--out={out}: a checkpoint ports into a model directory (a name without .pt)')
+    raise PortError(
+      f'--output={out}: a checkpoint ports into a model directory (a name without .pt)'
+    )
   else:
     written = port_original(source, out, **original)
   return dict(**written, out=out)

@@ -7,7 +7,7 @@ weights (`store.published.PUBLISHED`). A second family is a row there and its ge
 `get('griffin_lim')` is the built-in default; `get('melgan')` the original's pretrained MelGAN
 (fetched into the user's cache on first use: `fetch`); `get(PATH)` loads a MelGAN generator: the
 latest checkpoint of a vocoder training workdir (`main.py --config=configs/vocoder.py:melgan`), or a
-model directory (ported: `skipvqvc-port --checkpoint=GENERATOR.pt --out=PATH --model=melgan`).
+model directory (ported: `skipvqvc-port --checkpoint=GENERATOR.pt --output=PATH --architecture=melgan`).
 """
 
 from __future__ import annotations
@@ -105,5 +105,5 @@ def get(name: str = 'griffin_lim', params: audio.FeatureParams = audio.FeaturePa
   raise ConfigError(
     f"unknown vocoder {name!r}: use griffin_lim, melgan (the original's, fetched once), a vocoder "
     f'training workdir (configs/vocoder.py) or a ported one (skipvqvc-port '
-    f'--checkpoint=GENERATOR.pt --out=DIR --model=melgan)'
+    f'--checkpoint=GENERATOR.pt --output=DIR --architecture=melgan)'
   )

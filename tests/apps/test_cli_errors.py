@@ -102,7 +102,7 @@ MISTAKES = [
   ),
   ('skipvqvc-preprocess', ['{root}/missing_corpus', '{root}/features'], 'missing_corpus'),
   ('skipvqvc-stats', ['{root}/missing_corpus'], 'missing_corpus'),
-  ('skipvqvc-port', ['--checkpoint={root}/corrupt.pt', '--out={root}/ported'], 'corrupt.pt'),
+  ('skipvqvc-port', ['--checkpoint={root}/corrupt.pt', '--output={root}/ported'], 'corrupt.pt'),
   ('skipvqvc-fetch', ['no_such_model'], 'no_such_model'),
   ('skipvqvc-demo', [], 'give --model'),
 ]

@@ -37,7 +37,7 @@ def test_a_preset_file_is_found_in_the_package_unless_there_is_one_here(tmp_path
 def test_a_run_ends_with_what_its_task_does_next(monkeypatch):
   monkeypatch.setattr(sys, 'argv', ['/usr/bin/skipvqvc'])
   finished = main.next_steps(vqvc_plus.get_config('tiny'), 'runs/a', 'finished')
-  assert finished.startswith('next: evaluate with skipvqvc --mode=eval --workdir=runs/a ;')
+  assert finished.startswith('next: evaluate with skipvqvc --mode=eval --model=runs/a ;')
   assert '--mode=convert --model=runs/a' in finished
   heard = main.next_steps(vocoder.get_config('tiny'), 'runs/v', 'finished')
   assert heard.startswith('next: convert through this vocoder') and '--vocoder=runs/v' in heard

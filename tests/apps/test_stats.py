@@ -52,8 +52,9 @@ def test_both_definitions_on_features_whose_statistics_are_known(features, tmp_p
 
   # The original's: each utterance weighs the same, and its std is averaged, not pooled.
   out = tmp_path / 'original.npz'
-  result = _stats_cli(str(features), '--definition=per_utterance', f'--out={out}')
+  result = _stats_cli(str(features), '--definition=per_utterance', f'--out={out}')  # renamed
   assert result.returncode == 0, result.stderr
+  assert 'note: --out is now --output; the old spelling works until 0.3' in result.stderr
   mean, std = trainers.load_stats(str(out))
   np.testing.assert_allclose(mean, 2.0, rtol=1e-6)
   np.testing.assert_allclose(std, 1.0, rtol=1e-6)

@@ -149,7 +149,7 @@ def _start_server(model, port: int, log, *flags) -> subprocess.Popen:
       'from skipvqvc_jax.apps import demo; demo.run()',
       f'--model={model}',
       f'--port={port}',
-      '--vocoders=griffin_lim',
+      '--vocoder=griffin_lim',
       '--max_seconds=8',
       *flags,
     ],

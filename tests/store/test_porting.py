@@ -99,11 +99,13 @@ def test_cli_writes_a_model_directory_that_restores_exactly(source, tmp_path):
   model, state_dict = source
   npz = tmp_path / 'original.npz'
   np.savez(npz, **{f'param/{k}': v for k, v in state_dict.items()})
-  flags = [f'--checkpoint={npz}', f'--out={tmp_path / "ported"}', '--model=vqvc+']
+  flags = [f'--checkpoint={npz}', f'--output={tmp_path / "ported"}', '--architecture=vqvc+']
   result = _port_cli(*flags, '--prefix=param/', '--gru_init=zeros', '--trainer=normal')
   assert result.returncode == 0, result.stderr
   assert json.loads(result.stdout)['trainer'] == 'normal'
-  assert result.stderr == ''  # one line on stdout, nothing else
+  # What it wrote on stdout (one JSON line), and on stderr only the command to use it next.
+  assert result.stderr.startswith('next: convert with skipvqvc-convert')
+  assert len(result.stderr.splitlines()) == 1
   restored = checkpoints.load(str(tmp_path / 'ported'))
   assert (restored.channel, restored.n_embed) == (16, 16)  # read from the weights
   np.testing.assert_array_equal(restored.reconstruct(_mel())[0], model.reconstruct(_mel())[0])
@@ -113,29 +115,37 @@ def test_cli_writes_a_model_directory_that_restores_exactly(source, tmp_path):
 
 def test_cli_reports_bad_input_in_one_line(source, tmp_path):
   out = tmp_path / 'out'
-  result = _port_cli(f'--checkpoint={tmp_path / "nope.pt"}', f'--out={out}', '--model=vqvc+')
+  result = _port_cli(
+    f'--checkpoint={tmp_path / "nope.pt"}', f'--output={out}', '--architecture=vqvc+'
+  )
   assert result.returncode == 1
   assert result.stderr.strip() == f'error: {tmp_path / "nope.pt"}: no such file'
   np.savez(tmp_path / 'other.npz', x=np.zeros(3))
-  result = _port_cli(f'--checkpoint={tmp_path / "other.npz"}', f'--out={out}', '--model=vqvc+')
+  result = _port_cli(
+    f'--checkpoint={tmp_path / "other.npz"}', f'--output={out}', '--architecture=vqvc+'
+  )
   assert result.returncode == 1 and 'not a SkipVQVC state dict' in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
   # The 413-byte file that once segfaulted the port: a view far past its 4-element storage.
   hostile = tmp_path / 'hostile.pt'
   hostile.write_bytes(_crafted(np.arange(4), 0, (4, 1 << 20), (1 << 20, 1)))
-  result = _port_cli(f'--checkpoint={hostile}', f'--out={out}', '--model=vqvc+')
+  result = _port_cli(f'--checkpoint={hostile}', f'--output={out}', '--architecture=vqvc+')
   assert result.returncode == 1, result.stderr
   assert result.stderr.startswith(f'error: {hostile} has a tensor of size (4, 1048576)')
   assert len(result.stderr.strip().splitlines()) == 1
   # Where the path does not name the trainer, the user is asked for it (the ones that fit).
   pt = _write_original(tmp_path / 'mine' / 'model.pt', source[1])
-  result = _port_cli(f'--checkpoint={pt}', f'--out={out}', '--model=vqvc+')
+  result = _port_cli(f'--checkpoint={pt}', f'--output={out}', '--architecture=vqvc+')
   assert result.returncode == 1
   assert 'which trainer trained it?' in result.stderr and 'simple_normalize,' in result.stderr
   assert 'multi' not in result.stderr.split('one of')[1].split('(')[0]  # single-scale ones only
-  result = _port_cli(f'--checkpoint={pt}', f'--out={out}', '--model=vqvc+', '--trainer=mean_std')
+  result = _port_cli(
+    f'--checkpoint={pt}', f'--output={out}', '--architecture=vqvc+', '--trainer=mean_std'
+  )
   assert result.returncode == 1 and 'give --stats=stats.npz' in result.stderr
-  result = _port_cli(f'--checkpoint={pt}', f'--out={out}', '--model=vqvc+', '--trainer=multi')
+  result = _port_cli(
+    f'--checkpoint={pt}', f'--output={out}', '--architecture=vqvc+', '--trainer=multi'
+  )
   assert result.returncode == 1 and 'cannot train vqvc+' in result.stderr
   assert not out.exists()
 
@@ -146,7 +156,7 @@ def test_cli_reads_the_originals_checkpoint_and_its_path(source, tmp_path):
   pt = _write_original(
     tmp_path / 'checkpoint' / 'vqvc+_n16_ch16_simple_normalize' / 'gen', state_dict
   )
-  result = _port_cli(f'--checkpoint={pt}', f'--out={tmp_path / "ported"}', '--gru_init=zeros')
+  result = _port_cli(f'--checkpoint={pt}', f'--output={tmp_path / "ported"}', '--gru_init=zeros')
   assert result.returncode == 0, result.stderr
   assert json.loads(result.stdout)['trainer'] == 'simple_normalize'
   assert (
@@ -172,7 +182,7 @@ def test_mean_std_statistics_travel_with_the_model(source, tmp_path):
   pt = _write_original(tmp_path / 'checkpoint' / 'vqvc+_n16_ch16_mean_std' / 'gen', state_dict)
   stats = f'--stats={tmp_path / "mean.mel.melgan.npy"},{tmp_path / "std.mel.melgan.npy"}'
   out = tmp_path / 'ported'
-  result = _port_cli(f'--checkpoint={pt}', f'--out={out}', '--gru_init=zeros', stats)
+  result = _port_cli(f'--checkpoint={pt}', f'--output={out}', '--gru_init=zeros', stats)
   assert result.returncode == 0, result.stderr
   with np.load(out / 'stats.npz') as saved:
     np.testing.assert_array_equal(saved['mean'], mean)
@@ -230,7 +240,7 @@ def test_a_golden_checkpoint_converts_through_the_cli_as_the_original(parity_dir
     state_dict = {k.removeprefix('param/'): g[k] for k in g.files if k.startswith('param/')}
     x, expected = g['input/x'], g['out/convert_swap']
   pt = _write_original(tmp_path / 'checkpoint' / 'vqvc+_n64_ch64_normal' / 'gen', state_dict)
-  result = _port_cli(f'--checkpoint={pt}', f'--out={tmp_path / "model"}', '--gru_init=zeros')
+  result = _port_cli(f'--checkpoint={pt}', f'--output={tmp_path / "model"}', '--gru_init=zeros')
   assert result.returncode == 0, result.stderr
   np.save(tmp_path / 'source.npy', x[0])
   np.save(tmp_path / 'target.npy', x[1])

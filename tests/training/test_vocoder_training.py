@@ -256,12 +256,12 @@ def test_fine_tuning_starts_from_a_ported_generator(small_features, ported_melga
 
 def test_export_to_the_original_format_and_back(straight, tmp_path):
   port = lambda *flags: run_in_repo([sys.executable, '-m', 'skipvqvc_jax.apps.port', *flags])
-  result = port(f'--checkpoint={straight[0]}', f'--out={tmp_path / "g.npz"}')
+  result = port(f'--checkpoint={straight[0]}', f'--output={tmp_path / "g.npz"}')
   assert result.returncode == 0, result.stderr[-2000:]
   with np.load(tmp_path / 'g.npz') as state_dict:
     assert 'model.1.weight_g' in state_dict.files and 'model.1.weight_v' in state_dict.files
   result = port(
-    f'--checkpoint={tmp_path / "g.npz"}', f'--out={tmp_path / "back"}', '--model=melgan'
+    f'--checkpoint={tmp_path / "g.npz"}', f'--output={tmp_path / "back"}', '--architecture=melgan'
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert json.loads(result.stdout)['ngf'] == 4
@@ -269,7 +269,7 @@ def test_export_to_the_original_format_and_back(straight, tmp_path):
   ours = checkpoints.load(str(straight[0]))(mel)
   back = vocoders.load_generator(str(tmp_path / 'back'))(mel)
   np.testing.assert_allclose(back, ours, atol=1e-6)
-  result = port(f'--checkpoint={tmp_path}', f'--out={tmp_path / "x.npz"}')
+  result = port(f'--checkpoint={tmp_path}', f'--output={tmp_path / "x.npz"}')
   assert result.returncode == 1 and 'not a model directory or a training workdir' in result.stderr
 
 

@@ -56,7 +56,7 @@ def default_workdir(config) -> str:
 
 def next_step(program: str, workdir: str) -> str:
   return (
-    f'next: evaluate with {program} --mode=eval --workdir={workdir} ; convert with {program} '
+    f'next: evaluate with {program} --mode=eval --model={workdir} ; convert with {program} '
     f'--mode=convert --model={workdir} --source=SOURCE.wav --target=TARGET.wav '
     f'--output=OUT.wav'
   )
