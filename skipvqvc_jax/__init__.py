@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-  from skipvqvc_jax.inference.convert import Codes, Converter
+  from skipvqvc_jax.inference.convert import Codes, Converter, Speaker
 
 __version__ = '0.2.0'
-__all__ = ['Codes', 'Converter', 'load', '__version__']
+__all__ = ['Codes', 'Converter', 'Speaker', 'load', '__version__']
 
 # The package's wings (sub-packages), bottom up: a module imports only from its own wing and the
 # wings before it. tests/test_architecture.py holds the code to this order; ARCHITECTURE.md says what
@@ -54,7 +54,7 @@ def load(path: str, step: int | None = None, vocoder: str = 'griffin_lim') -> Co
 
 
 def __getattr__(name: str):
-  if name in ('Codes', 'Converter'):
+  if name in ('Codes', 'Converter', 'Speaker'):
     from skipvqvc_jax.inference import convert  # pylint: disable=import-outside-toplevel
 
     return getattr(convert, name)

@@ -53,10 +53,44 @@ def pad_to(mel: np.ndarray, frames: int) -> np.ndarray:
 
 
 class Speaker(NamedTuple):
-  """What a conversion takes from the target: per-scale speaker embeddings and stds (batch 1)."""
+  """What a conversion takes from the target: per-scale speaker embeddings and stds (batch 1).
+
+  `Converter.target` makes one from reference recordings; `save` keeps it (an .npz) so the references
+  need not be encoded again, `load` reads it back, `mix` blends several voices."""
 
   speaker: list
   std: list
+
+  def save(self, path: str) -> None:
+    """Writes this voice to `path` (an .npz of its per-scale arrays)."""
+    arrays = {f'speaker_{i}': np.asarray(s) for i, s in enumerate(self.speaker)}
+    arrays |= {f'std_{i}': np.asarray(s) for i, s in enumerate(self.std)}
+    np.savez(path, **arrays)
+
+  @classmethod
+  def load(cls, path: str) -> Speaker:
+    """A voice `save` wrote; a ConversionError for a file that is not one."""
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        scales = sum(1 for k in data.files if k.startswith('speaker_'))
+        return cls(
+          [jnp.asarray(data[f'speaker_{i}']) for i in range(scales)],
+          [jnp.asarray(data[f'std_{i}']) for i in range(scales)],
+        )
+    except (OSError, ValueError, KeyError) as e:
+      raise ConversionError(f'{path}: not a saved voice ({e})') from None
+
+  @classmethod
+  def mix(cls, voices: Sequence[Speaker], weights: Sequence[float] | None = None) -> Speaker:
+    """The weighted mean of several voices (equal weights by default), scale by scale."""
+    w = np.asarray(weights if weights is not None else [1.0] * len(voices), np.float32)
+    if len(w) != len(voices) or not len(voices) or (w < 0).any() or w.sum() <= 0:
+      raise ConversionError('mix: one weight >= 0 per voice, not all zero')
+    w = w / w.sum()
+    blend = lambda per_voice: [
+      sum(wi * a for wi, a in zip(w, arrays)) for arrays in zip(*per_voice)
+    ]
+    return cls(blend([v.speaker for v in voices]), blend([v.std for v in voices]))
 
 
 class Codes(NamedTuple):
@@ -112,7 +146,33 @@ def read_settings(path: str) -> tuple[Settings, str]:
   return settings, storage.join(path, corpus.STATS_FILE)
 
 
-Audio = str | os.PathLike | np.ndarray  # a path (audio or .npy feature), or samples
+# A path (audio or .npy feature), samples with their rate as a pair (samples, rate), or samples
+# with the call's `sr=`.
+Audio = str | os.PathLike | np.ndarray | tuple
+
+
+def _with_rate(source, sr: int | None):
+  """(source, its sample rate): a (samples, rate) pair taken apart; a path as it is; bare samples
+  only with `sr` (a ConversionError without: no rate is assumed)."""
+  if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], int | np.integer):
+    return np.asarray(source[0]), int(source[1])
+  if isinstance(source, str | os.PathLike) or sr is not None:
+    return source, sr
+  raise ConversionError(
+    'the audio array: give its sample rate, as (samples, rate) or sr=RATE (none is assumed)'
+  )
+
+
+def _is_pair(value) -> bool:
+  return isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int | np.integer)
+
+
+def _is_folder(value) -> bool:
+  return isinstance(value, str | os.PathLike) and os.path.isdir(value)
+
+
+def _folder_files(folder) -> list[str]:
+  return conversion_jobs.references([os.fspath(folder)])
 
 
 class Converter:
@@ -134,6 +194,7 @@ class Converter:
     self.params = settings.features
     self.vocoder = vocoders.get(vocoder, self.params)
     self.rng = jax.random.key(seed)
+    self._voice_shapes = None  # what a voice of this model looks like (`_checked_voice`)
     graphdef, self._state = nnx.split(model)
     self._encode = jax.jit(lambda s, mel: nnx.merge(graphdef, s).encode_deterministic(mel))
     self._decode = jax.jit(
@@ -205,10 +266,11 @@ class Converter:
   def mel(self, source: Audio, sr: int | None = None) -> np.ndarray:
     """Raw log-mel (n_mels, T) of an audio file, a feature file, or samples in memory at rate `sr`
     (default: this converter's rate; resampled otherwise)."""
+    source, sr = _with_rate(source, sr)
     if isinstance(source, str | os.PathLike):
       return self.features(source)
     try:
-      wave = audio.from_array(source, sr or self.params.sample_rate, self.params)
+      wave = audio.from_array(source, sr, self.params)
       return audio.log_mel(audio.trim(wave, self.params)[0], self.params)
     except AudioError as e:
       raise ConversionError(f'the audio array: {e}') from None
@@ -218,6 +280,7 @@ class Converter:
     preprocess.py --f0 made beside a .npy feature; None for a model that takes none."""
     if not self.model.takes_f0:
       return None
+    source, sr = _with_rate(source, sr)
     return f0_input.source_f0(source, sr, self.params, self.f0_params, self.model.name)
 
   def _contour(self, f0_hz, f0_shift: float, frames: int):
@@ -230,12 +293,20 @@ class Converter:
 
   # ---- audio in, audio out (the Python API) -----------------------------------------------------
 
-  def target(self, references: Audio | Sequence[Audio], sr: int | None = None) -> Speaker:
-    """The target voice of one or more reference recordings (their speaker terms averaged)."""
+  def target(
+    self, references: Audio | Sequence[Audio] | Speaker | None, sr: int | None = None
+  ) -> Speaker:
+    """The target voice of one or more reference recordings (their speaker terms averaged; a folder
+    is its audio files), or a voice `Speaker.save`/`mix` made (checked against this model)."""
+    if isinstance(references, Speaker):
+      return self._checked_voice(references)
     if references is None:
       references = []
-    if not isinstance(references, list | tuple):
+    if not isinstance(references, list | tuple) or _is_pair(references):
       references = [references]
+    references = [
+      r for ref in references for r in (_folder_files(ref) if _is_folder(ref) else [ref])
+    ]
     if not len(references):
       if self.model.speaker_free:  # any-to-one: no speaker terms to take
         return self.no_speaker()
@@ -245,17 +316,31 @@ class Converter:
       )
     return self.speaker([self.mel(r, sr) for r in references])
 
+  def _checked_voice(self, voice: Speaker) -> Speaker:
+    """`voice` if its arrays have this model's shapes (a reference's encoding would); else a
+    ConversionError: it was made by another model."""
+    shapes = lambda v: [tuple(np.shape(a)) for a in (*v.speaker, *v.std)]
+    if self._voice_shapes is None:  # a silent reference's encoding: the shapes every voice has
+      self._voice_shapes = shapes(self.speaker([np.full((self.params.n_mels, 64), -5.0)]))
+    if shapes(voice) != self._voice_shapes:
+      raise ConversionError(
+        'the saved voice was made by another model: encode its references again'
+      )
+    return voice
+
   def convert(
     self,
     source: Audio,
-    target: Audio | Sequence[Audio] | None = None,
+    target: Audio | Sequence[Audio] | Speaker | None = None,
     sr: int | None = None,
     f0_shift: float = 0.0,
   ) -> np.ndarray:
     """The source's words in the target's voice: float32 samples at `self.sample_rate`.
 
-    source, target: a path (audio or .npy feature) or samples at rate `sr`; target may be a list of
-    several references of one voice. f0_shift: semitones added to the source's melody (F0 models)."""
+    source, target: a path (audio or .npy feature), a (samples, rate) pair, or samples at rate `sr`;
+    target may be several references of one voice (a list, or a folder of them), or a voice
+    (`Speaker`: `target()`'s answer, saved, loaded or mixed). f0_shift: semitones added to the
+    source's melody (F0 models)."""
     mel = self.convert_mel(
       self.mel(source, sr), self.target(target, sr), self.source_f0(source, sr), f0_shift
     )

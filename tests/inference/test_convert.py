@@ -317,9 +317,49 @@ def test_the_python_api_as_a_user_calls_it(workdir, tmp_path):
   with pytest.raises(ConversionError, match='nope.wav: no such file'):
     converter.convert('nope.wav', refs[0])
   with pytest.raises(ConversionError, match='the audio array: no samples'):
-    converter.convert(np.zeros(0, np.float32), refs[0])
+    converter.convert((np.zeros(0, np.float32), 22050), refs[0])
   with pytest.raises(ConversionError, match='does not exist'):
     skipvqvc_jax.load('no/such/model')
+
+
+def test_inputs_say_their_rate_and_a_voice_is_kept_and_mixed(workdir, tmp_path):
+  """(samples, rate) pairs per input, no rate assumed for bare samples, a folder of references, and
+  a voice encoded once, saved, loaded, mixed with another, refused by another model."""
+  import skipvqvc_jax
+  from skipvqvc_jax.core.errors import ConversionError
+
+  converter = skipvqvc_jax.load(str(workdir))
+  source, slt = DEMO / 'awb' / 'awb_005.ogg', DEMO / 'slt' / 'slt_001.ogg'
+  samples, rate = sf.read(source, dtype='float32')
+  by_file = converter.convert(source, slt)
+  np.testing.assert_allclose(converter.convert((samples, rate), slt), by_file, atol=1e-5)
+  with pytest.raises(ConversionError, match='give its sample rate, as \\(samples, rate\\)'):
+    converter.convert(samples, slt)  # it was taken to be 22,050 Hz, whatever it was
+  folder = tmp_path / 'slt'
+  folder.mkdir()
+  for name in ('slt_001.ogg', 'slt_002.ogg'):
+    shutil.copy(DEMO / 'slt' / name, folder / name)
+  both = [DEMO / 'slt' / 'slt_001.ogg', DEMO / 'slt' / 'slt_002.ogg']
+  np.testing.assert_allclose(converter.convert(source, folder), converter.convert(source, both))
+  voice = converter.target(both)
+  voice.save(tmp_path / 'slt.npz')
+  kept = skipvqvc_jax.Speaker.load(tmp_path / 'slt.npz')
+  np.testing.assert_allclose(converter.convert(source, kept), converter.convert(source, both))
+  awb = converter.target(DEMO / 'awb' / 'awb_001.ogg')
+  half = skipvqvc_jax.Speaker.mix([kept, awb], [1, 1])
+  expected = [(a + b) / 2 for a, b in zip(kept.speaker, awb.speaker)]
+  for got, want in zip(half.speaker, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(
+    converter.convert(source, skipvqvc_jax.Speaker.mix([kept, awb], [1, 0])),
+    converter.convert(source, kept),
+  )
+  other = skipvqvc_jax.Speaker([a[:, :3] for a in kept.speaker], kept.std)
+  with pytest.raises(ConversionError, match='made by another model'):
+    converter.convert(source, other)
+  (tmp_path / 'bad.npz').write_bytes(b'not a voice')
+  with pytest.raises(ConversionError, match='not a saved voice'):
+    skipvqvc_jax.Speaker.load(tmp_path / 'bad.npz')
 
 
 def test_a_comma_or_semicolon_in_a_file_name_is_one_reference(tmp_path):
