@@ -1,11 +1,11 @@
 """Synthesises a multi-speaker corpus with transcripts to tune recipes on, from Debian's synthesisers.
 
     apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-    python scripts/make_tuning_corpus.py --out=corpora/tuning            # 27 voices x 100 sentences
+    python scripts/make_tuning_corpus.py --out=corpora/tuning            # 27 speakers x 100 sentences
     python preprocess.py corpora/tuning features/tuning --test_speakers=...   # the line it prints
 
-27 voices: 4 flite and 3 festival voices, two WORLD transformations of each (F0 and formants moved),
-and 6 eSpeak NG voices. Every voice reads the same sentences (a parallel corpus: each conversion can
+27 speakers: 4 flite and 3 festival voices, two WORLD transformations of each (F0 and formants moved:
+14 copies, not new voices), and 6 eSpeak NG voices. Every voice reads the same sentences (a parallel corpus: each conversion can
 be scored against the target voice's own reading), made from word lists by a seeded generator, so
 anyone gets the same corpus. The layout is LibriTTS's (`<speaker>/<chapter>/<utterance>.ogg` beside
 `<utterance>.normalized.txt`), which preprocessing reads with its transcripts. Seven voices are held

@@ -48,7 +48,9 @@ def test_the_pause_benchmark_compares_the_cadences(small_features, tmp_path):
     timeout=600,
   )
   assert (as_set['eval_every_steps'], as_set['checkpoint_every_steps']) == (20, 4)
-  assert sized['eval_every_steps'] > 20 and sized['checkpoint_every_steps'] > 4
+  # The checkpoint every 4 tiny steps is what costs: its period grows; evaluation's may (on a busy
+  # machine its share can stay under the bound, and its period as set).
+  assert sized['eval_every_steps'] >= 20 and sized['checkpoint_every_steps'] > 4
   for row in (as_set, sized):
     assert row['steps'] > 0 and 0 < row['overall'] <= row['between'] * 1.05, row
   # A checkpoint every 4 tiny steps costs most of the time; sized periods give it back.
