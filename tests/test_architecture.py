@@ -254,5 +254,6 @@ def test_tests_live_in_the_wing_of_what_they_test():
     'test_reliability.py',
     'test_benchmarks.py',
     'test_tuning_corpus.py',
+    'test_docs.py',
   }
   assert top <= whole_package, top - whole_package
