@@ -255,5 +255,6 @@ def test_tests_live_in_the_wing_of_what_they_test():
     'test_benchmarks.py',
     'test_tuning_corpus.py',
     'test_docs.py',
+    'test_notebook.py',
   }
   assert top <= whole_package, top - whole_package
