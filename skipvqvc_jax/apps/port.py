@@ -1,6 +1,6 @@
 """Port a checkpoint into a model directory that converts, or export one (skipvqvc-port).
 
-    skipvqvc-port --checkpoint=checkpoint/vqvc+_n64_ch64_normal/gen --output=models/vqvc+  # the original's
+    skipvqvc-port --checkpoint=checkpoint/vqvc+_n64_ch64_train_normal/gen --output=models/vqvc+  # the original's
     skipvqvc-port --checkpoint=multi_speaker.pt --output=models/melgan --architecture=melgan  # its MelGAN
     skipvqvc-port --checkpoint=runs/MY_RUN --output=models/my_run                       # a run of ours
     skipvqvc-port --checkpoint=runs/MY_RUN --output=my_run.pt  # ours -> the original's state dict
@@ -8,7 +8,7 @@
 A model directory holds the parameters and what conversion needs (the trainer's normalisation, its
 statistics, the feature parameters): `skipvqvc-convert --model=DIR`, `skipvqvc_jax.load(DIR)` and
 `skipvqvc-demo --model=DIR` take it. The original saved checkpoints as
-checkpoint/{model}_n{n_embed}_ch{channel}_{trainer}/gen: the model and trainer are read from that path
+checkpoint/{model}_n{n_embed}_ch{channel}_train_{trainer}/gen: the model and trainer are read from that path
 when it has that form; otherwise give --architecture and --trainer (the original's -m and -t). `.pt` files are
 read and written without torch.
 """

@@ -20,7 +20,8 @@ from skipvqvc_jax.inference import convert
 from skipvqvc_jax.store import checkpoints, porting
 from skipvqvc_jax.training import trainers
 
-# checkpoint/{model}_n{n_embed}_ch{channel}_{trainer}/gen; the notebooks' older runs add `train_`.
+# checkpoint/{model}_n{n_embed}_ch{channel}_{trainer}/gen, where the original's -t is a module of its
+# trainer/ folder (train_normal, ...): our trainer's name is what follows `train_`.
 ORIGINAL_RUN = re.compile(
   r'^(?P<model>.+)_n(?P<n_embed>\d+)_ch(?P<channel>\d+)_(train_)?(?P<trainer>.+)$'
 )

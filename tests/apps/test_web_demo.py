@@ -34,14 +34,14 @@ def _free_port() -> int:
 @pytest.fixture(scope='module')
 def ported(parity_dir, tmp_path_factory):
   """What a user with only the original's checkpoint has: its vqvc+ weights (the golden ones) in its
-  checkpoint/vqvc+_n64_ch64_normal/gen file, ported into a model directory."""
+  checkpoint/vqvc+_n64_ch64_train_normal/gen file, ported into a model directory."""
   from skipvqvc_jax.inference import model_dirs
   from tests.store.test_porting import _write_original
 
   root = tmp_path_factory.mktemp('original')
   with np.load(parity_dir / 'vqvcplus_n64_ch64.npz') as g:
     state_dict = {k.removeprefix('param/'): g[k] for k in g.files if k.startswith('param/')}
-  pt = _write_original(root / 'checkpoint' / 'vqvc+_n64_ch64_normal' / 'gen', state_dict)
+  pt = _write_original(root / 'checkpoint' / 'vqvc+_n64_ch64_train_normal' / 'gen', state_dict)
   model_dirs.port_original(str(pt), str(root / 'model'))
   return root / 'model'
 

@@ -239,7 +239,7 @@ def test_a_golden_checkpoint_converts_through_the_cli_as_the_original(parity_dir
   with np.load(parity_dir / 'vqvcplus_n64_ch64.npz') as g:
     state_dict = {k.removeprefix('param/'): g[k] for k in g.files if k.startswith('param/')}
     x, expected = g['input/x'], g['out/convert_swap']
-  pt = _write_original(tmp_path / 'checkpoint' / 'vqvc+_n64_ch64_normal' / 'gen', state_dict)
+  pt = _write_original(tmp_path / 'checkpoint' / 'vqvc+_n64_ch64_train_normal' / 'gen', state_dict)
   result = _port_cli(f'--checkpoint={pt}', f'--output={tmp_path / "model"}', '--gru_init=zeros')
   assert result.returncode == 0, result.stderr
   np.save(tmp_path / 'source.npy', x[0])
