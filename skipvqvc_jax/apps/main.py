@@ -300,12 +300,6 @@ def _model_flag(mode: str) -> str:
   """The model a conversion or evaluation reads: --model, or --workdir (the same thing)."""
   if FLAGS.model and FLAGS.workdir and FLAGS.model != FLAGS.workdir:
     raise errors.ConversionError('give the model once: --model=DIR (or --workdir=DIR), not both')
-  if FLAGS.workdir and not FLAGS.model:
-    print(
-      f'note: --workdir is now --model for {PROGRAMS[mode]}; the old spelling works until 0.3',
-      file=sys.stderr,
-      flush=True,
-    )
   model = FLAGS.model or FLAGS.workdir
   if not model:
     raise errors.ConfigError(
