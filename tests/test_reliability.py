@@ -1,5 +1,6 @@
 """The faults a lab hits, each reproduced on real files and processes (RELIABILITY.md lists them)."""
 
+import csv
 import os
 import pathlib
 import shutil
@@ -332,7 +333,10 @@ def test_a_folder_with_a_bad_file_and_shared_names_converts_everything_else(run8
   assert proc.returncode == 1
   error = _one_error(out)
   assert '1 of 4 conversions failed (the other 3 are written)' in error and 'bad.wav' in error
-  assert sorted(os.listdir(tmp_path / 'out')) == ['a_ogg.wav', 'a_wav.wav', 'z.wav']
+  assert sorted(os.listdir(tmp_path / 'out')) == ['a_ogg.wav', 'a_wav.wav', 'index.csv', 'z.wav']
+  with open(tmp_path / 'out' / 'index.csv', newline='') as f:  # the batch's index says which failed
+    failed = [row['source'] for row in csv.DictReader(f) if row['error']]
+  assert [os.path.basename(f) for f in failed] == ['bad.wav']
   assert 'a.ogg -> a_ogg.wav' in out
 
 

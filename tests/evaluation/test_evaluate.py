@@ -171,7 +171,7 @@ def test_a_model_directory_is_evaluated_on_given_features_and_never_written(
   assert refused.returncode == 1, refused.stderr[-2000:]
   assert [line for line in refused.stderr.splitlines() if line.startswith('error')] == [
     f'error: {model_dir} is a model directory: it names no test speakers; give --eval_dir=FOLDER '
-    f'of test features (preprocess.py writes them, e.g. FEATURES/test)'
+    f'of test features (skipvqvc-preprocess writes them, e.g. FEATURES/test)'
   ]
   done = eval_(f'--workdir={model_dir}', f'--eval_dir={small_features / "test"}', '--eval_pairs=2')
   assert done.returncode == 0, done.stderr[-3000:]
