@@ -154,7 +154,7 @@ Audio = str | os.PathLike | np.ndarray | tuple
 def _with_rate(source, sr: int | None):
   """(source, its sample rate): a (samples, rate) pair taken apart; a path as it is; bare samples
   only with `sr` (a ConversionError without: no rate is assumed)."""
-  if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], int | np.integer):
+  if _is_pair(source):
     return np.asarray(source[0]), int(source[1])
   if isinstance(source, str | os.PathLike) or sr is not None:
     return source, sr
