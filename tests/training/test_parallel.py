@@ -114,15 +114,17 @@ def test_a_pod_run_that_resumes_on_fewer_devices_matches_the_single_process_run(
   assert all(decided) and decided[0].groups() == decided[1].groups(), outs
   summary = json.load(open(workdir / 'train_summary.json'))
   single_summary = json.load(open(single / 'train_summary.json'))
-  for devices, steps in ((2, 4), (1, STEPS)):
-    result = run_in_repo(
-      [sys.executable, 'main.py', *main_flags(small_features, workdir, num_train_steps=steps)],
-      env=_env(devices),
-      timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f'CpuDevice(id={devices - 1})' in result.stderr
-    summary['train_losses'].update(json.load(open(workdir / 'train_summary.json'))['train_losses'])
+  result = run_in_repo(
+    [sys.executable, 'main.py', *main_flags(small_features, workdir, num_train_steps=4)],
+    env=_env(2),
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'CpuDevice(id=1)' in result.stderr
+  summary['train_losses'].update(json.load(open(workdir / 'train_summary.json'))['train_losses'])
+  # The last leg on this process's one device (its step is compiled already, for `single`).
+  loop.train_and_evaluate(tiny_config(small_features, num_train_steps=STEPS), str(workdir))
+  summary['train_losses'].update(json.load(open(workdir / 'train_summary.json'))['train_losses'])
   np.testing.assert_allclose(_losses_of(summary), _losses_of(single_summary), atol=1e-5, rtol=0)
   for a, b in zip(_params(workdir), _params(single)):
     np.testing.assert_allclose(a, b, atol=1e-4)
