@@ -9,6 +9,10 @@ Prints and writes one JSON object:
   `vqvc_plus_multi_simple.py:n128_ch512` at batch 8 x 80 x 128, and the budget study's GPU twin
   `vqvc_plus_multi.py:gpu_1h` at its batch of 32, in float32 and bfloat16 (each in a
   fresh process, `benchmarks/train_step.py`);
+- `host_time`: the loop's compiled program alone against the real loop (`benchmarks/host_time.py`),
+  for `vqvc_plus.py:tiny` (a step so cheap that only the host shows) and `vqvc_plus.py:n64_ch64`, one
+  and four steps a call: microseconds of host time per step and the share of the program's rate the
+  loop keeps;
 - `loop`: steps/s of the real training loop (the input pipeline reading the demo corpus's features,
   logging, evaluation, checkpoints) over `--loop_seconds`, stopped by SIGTERM as a preemption would;
 - `conversion`: real-time factor (processing s / audio s) of converting 10 s of speech, the model
@@ -139,6 +143,19 @@ def training_loop(preset: str, seconds: float, features: str, workdir: str) -> d
     steps_per_s=summary.get('steps_per_sec'),
     status=summary['status'],
   )
+
+
+def host_times(features: str, smoke: bool) -> list[dict]:
+  sys.path.insert(0, HERE)
+  import host_time  # pylint: disable=import-outside-toplevel
+
+  presets = ('vqvc_plus.py:tiny',) if smoke else ('vqvc_plus.py:tiny', 'vqvc_plus.py:n64_ch64')
+  rows = []
+  for preset in presets:
+    for k in (1, 4):
+      rows.append(host_time.measure(preset, features, k, 2.0 if smoke else 20.0))
+      print(f'host time: {rows[-1]}', flush=True)
+  return rows
 
 
 def conversion(preset: str, seconds: float, repeat: int) -> dict:
@@ -274,6 +291,7 @@ def main():
     if not args.features:
       corpus = os.path.join(ROOT, 'data', 'demo_corpus')
       _python(['preprocess.py', corpus, features, '--num_test_speakers=1'], timeout=900)
+    report['host_time'] = host_times(features, args.smoke)
     report['loop'] = training_loop(
       presets[0][0] if args.smoke else 'vqvc_plus.py:n64_ch64',
       10.0 if args.smoke else args.loop_seconds,

@@ -10,6 +10,9 @@ A fault it can inject: `slow` (PREFIX, SECONDS) holds the first upload of an obj
 with PREFIX for SECONDS before storing it (the rest go through), so a test can kill a writer in the
 middle of a checkpoint that cannot complete meanwhile.
 
+With UPLOAD_LOG set in its environment (a file path), it appends `<object name> <bytes>` for every
+upload it stores: what a writer costs in traffic (`uploaded_bytes`).
+
 Run as `python -m tests.gcs_emulator PORT BUCKET [PREFIX SECONDS]`; clients find it through the standard variables
 (`emulator_env`): STORAGE_EMULATOR_HOST for gcsfs, TENSORSTORE_GCS_HTTP_URL and a fixed token for
 tensorstore.
@@ -47,15 +50,19 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(port: int, bucket: str, *fault: str, log=subprocess.DEVNULL) -> subprocess.Popen:
+def start(
+  port: int, bucket: str, *fault: str, log=subprocess.DEVNULL, upload_log=None
+) -> subprocess.Popen:
   """The emulator in a process of its own on 127.0.0.1:`port`, once it answers (`fault`: PREFIX
-  SECONDS, see above); RuntimeError when it does not start within ten seconds."""
+  SECONDS, see above; `upload_log`: the UPLOAD_LOG file); RuntimeError when it does not start
+  within ten seconds."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   server = subprocess.Popen(
     [sys.executable, '-m', 'tests.gcs_emulator', str(port), bucket, *fault],
     cwd=root,
     stdout=log,
     stderr=subprocess.STDOUT,
+    env=dict(os.environ, UPLOAD_LOG=str(upload_log)) if upload_log else None,
   )
   for _ in range(100):
     try:
@@ -65,6 +72,17 @@ def start(port: int, bucket: str, *fault: str, log=subprocess.DEVNULL) -> subpro
       time.sleep(0.1)
   server.kill()
   raise RuntimeError(f'the storage emulator did not start on port {port}')
+
+
+def uploaded_bytes(log_path, prefix: str = '') -> int:
+  """The bytes of every upload the emulator logged (UPLOAD_LOG) to objects whose names start with
+  `prefix`."""
+  total = 0
+  with open(log_path) as f:
+    for line in f:
+      name, size = line.rsplit(' ', 1)
+      total += int(size) if name.startswith(prefix) else 0
+  return total
 
 
 def _patch_handlers(slow=None):
@@ -102,7 +120,33 @@ def _patch_handlers(slow=None):
       return (data.get('meta') or data).get('name')
     return None
 
+  upload_log = os.environ.get('UPLOAD_LOG')
+
+  def logged(insert):
+    """`insert` that appends the stored object's name and size to UPLOAD_LOG."""
+    if not upload_log:
+      return insert
+
+    def log(request, response, storage, *args, **kwargs):
+      name = upload_name(request)
+      with one_at_a_time:
+        before = current_generation(storage, request.params['bucket_name'], name) if name else 0
+      result = insert(request, response, storage, *args, **kwargs)
+      if name:
+        with one_at_a_time:
+          try:
+            stored = storage.get_file_obj(request.params['bucket_name'], name)
+          except NotFound:
+            return result
+        if int(stored['generation']) != before:
+          with open(upload_log, 'a') as f:
+            f.write(f'{name} {stored["size"]}\n')
+      return result
+
+    return log
+
   def with_precondition(handler):
+    @logged
     def insert(request, response, storage, *args, **kwargs):
       name = upload_name(request)
       if slow and name and name.startswith(slow[0]) and not held:

@@ -2,7 +2,9 @@
 
 In a bucket (a URL workdir) the event file is written through `storage` like every other file of a
 run: object storage cannot append, so each flush uploads the whole event file as one object, which
-TensorBoard (reading gs:// itself) sees whole at every moment."""
+TensorBoard (reading gs:// itself) sees whole at every moment. So that a long run does not upload
+the square of its events, the file is cut into parts of about `part_bytes` (`<name>.part0001`, ...,
+which TensorBoard reads in order as one run): a flush uploads the current part only."""
 
 from __future__ import annotations
 
@@ -37,13 +39,18 @@ def mel_image(mel: np.ndarray, title: str = '') -> np.ndarray:
 
 
 class _ObjectEventFile:
-  """An event file in object storage: the records so far, uploaded whole at each flush, within
-  `timeout` seconds (storage that stops answering ends the run with one line, not a hang)."""
+  """An event file in object storage: the records of its current part, uploaded whole at each flush,
+  within `timeout` seconds (storage that stops answering ends the run with one line, not a hang).
+  Once a part reaches `part_bytes` (0: never) the next records go to a new part, which starts with
+  the file's first record (the event file's version) as every event file does."""
 
-  def __init__(self, path: str, timeout: float):
-    self.path, self.timeout, self.buffer, self.uploaded = path, timeout, io.BytesIO(), 0
+  def __init__(self, path: str, timeout: float, part_bytes: int = 0):
+    self.base, self.path, self.timeout, self.part_bytes = path, path, timeout, part_bytes
+    self.buffer, self.uploaded, self.parts, self.header = io.BytesIO(), 0, 0, None
 
   def write(self, record: bytes) -> None:
+    if self.header is None:
+      self.header = record
     self.buffer.write(record)
 
   def flush(self) -> None:
@@ -63,6 +70,12 @@ class _ObjectEventFile:
       'complete checkpoint',
     )
     self.uploaded = len(data)
+    if self.part_bytes and len(data) >= self.part_bytes:
+      self.parts += 1
+      self.path = f'{self.base}.part{self.parts:04d}'
+      self.buffer = io.BytesIO()
+      self.buffer.write(self.header)
+      self.uploaded = len(self.header)  # a part holding only the header is not uploaded
 
   def close(self) -> None:
     self.flush()
@@ -71,11 +84,11 @@ class _ObjectEventFile:
 class _ObjectEventFiles:
   """tensorboardX's writer factory for one URL scheme (its own gs:// writer needs another client)."""
 
-  def __init__(self, timeout: float):
-    self.timeout = timeout
+  def __init__(self, timeout: float, part_bytes: int):
+    self.timeout, self.part_bytes = timeout, part_bytes
 
   def open(self, path: str) -> _ObjectEventFile:
-    return _ObjectEventFile(path, self.timeout)
+    return _ObjectEventFile(path, self.timeout, self.part_bytes)
 
   def directory_check(self, path: str) -> None:
     del path  # object storage has no folders to make
@@ -84,8 +97,10 @@ class _ObjectEventFiles:
 class Writer:
   """A SummaryWriter in {workdir}/tensorboard on process 0; a no-op elsewhere."""
 
-  def __init__(self, workdir: str, upload_seconds: float = 600.0):
-    """upload_seconds: how long an event file's upload to a bucket may take."""
+  def __init__(self, workdir: str, upload_seconds: float = 600.0, part_bytes: int = 1 << 20):
+    """upload_seconds: how long an event file's upload to a bucket may take; part_bytes: the size
+    at which an event file in a bucket goes on in a new part (0: one file, uploaded whole each
+    flush)."""
     self._writer = None
     self._event_file = None  # on a local disk: the event file being written
     self.logdir = storage.join(workdir, 'tensorboard')
@@ -93,7 +108,7 @@ class Writer:
       from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
 
       if storage.is_url(workdir):
-        factory = _ObjectEventFiles(upload_seconds)
+        factory = _ObjectEventFiles(upload_seconds, part_bytes)
         record_writer.register_writer_factory(workdir.split('://')[0], factory)
       self._open()
 
@@ -178,13 +193,16 @@ class Profile:
     self.tracing = False
 
   def before(self, step: int) -> None:
-    if step == self.start:
+    # From the first call at or after `start` (a call may run several steps).
+    if self.start is not None and not self.tracing and self.start <= step < self.stop:
       jax.profiler.start_trace(self.logdir)
-      self.tracing = True
+      self.tracing, self.start = True, step
 
   def after(self, step: int, state) -> None:
-    if self.tracing and step == self.stop:
+    if self.tracing and step >= self.stop:
+      self.stop = step
       self._end(state)
+      self.start = None
 
   def _end(self, state=None) -> None:
     jax.block_until_ready(state)  # the traced steps' device work inside the trace

@@ -35,8 +35,11 @@ class Cadence:
   A resume measures again: cadence is not part of the training state."""
 
   def __init__(self, config):
-    self.base = (config.eval_every_steps, config.checkpoint_every_steps)
-    self.base_log = config.log_every_steps
+    # Every period a multiple of the steps of one call (the loop checks between calls only).
+    self.per_call = config.get('steps_per_call', 1)
+    whole = lambda steps: -(-steps // self.per_call) * self.per_call
+    self.base = (whole(config.eval_every_steps), whole(config.checkpoint_every_steps))
+    self.base_log = whole(config.log_every_steps)
     self.fraction = config.get('pause_fraction', 0.0)
     self.factor = 1
     self.log_factor = 1

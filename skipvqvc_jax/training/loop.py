@@ -25,13 +25,14 @@ from skipvqvc_jax.store import checkpoints, summaries
 from skipvqvc_jax.training import (
   cadence,
   config_ranges,
+  feed,
   input_pipeline,
   resume,
   run_data,
   sharding,
   tasks,
 )
-from skipvqvc_jax.training.tasks import Task
+from skipvqvc_jax.training.tasks import Task, base
 
 
 class _StopRequests:
@@ -204,8 +205,14 @@ def _train(config, workdir: str) -> dict[str, Any]:
   iterator = input_pipeline.make_iterator(task.dataset(), prefetch=config.data.prefetch)
   if data_state is not None:
     iterator.set_state(data_state)
-  writer = summaries.Writer(workdir, upload_seconds=_storage_timeout(config))
-  run = _Run(config, task, ckpt, iterator, writer, state)
+  writer = summaries.Writer(
+    workdir,
+    upload_seconds=_storage_timeout(config),
+    part_bytes=int(config.get('tensorboard_part_mib', 1.0) * (1 << 20)),
+  )
+  run = _Run(config, task, ckpt, writer, state, mesh)
+  calls = feed.Feed(task, iterator, mesh, run.cadence.per_call, run.step, config.num_train_steps)
+  run.position = calls.start_position
   # The settings, for TensorBoard's HParams tab and as text: runs of a study side by side.
   run.writer.hparams(config.to_dict(), [f'test/{key}' for key in task.log_keys])
   run.writer.text(run.step, 'config', '```\n' + config.to_json(indent=1) + '\n```')
@@ -220,7 +227,8 @@ def _train(config, workdir: str) -> dict[str, Any]:
         run.stop(stop.requested)
         break
       profile.before(run.step)
-      run.train_step(sharding.global_batch(mesh, task.inputs(next(iterator), run.step)))
+      run.train_steps(calls.take())
+      calls.prepare()  # the next call's batches, placed while this one runs
       profile.after(run.step, run.state)
       last = run.step == config.num_train_steps
       if run.step % run.cadence.log_every == 0 or last:
@@ -237,19 +245,17 @@ def _train(config, workdir: str) -> dict[str, Any]:
 
 
 class _Run:
-  """A training run's moving parts between steps: the state, the last step's metrics (checked one
-  step late, to keep the device busy), the step rate without pauses, and the summary."""
+  """A training run's moving parts between steps: the state, the last step's metrics and the health
+  of the updates (on the device, read at log steps only, to keep the device busy), the step rate
+  without pauses, and the summary."""
 
-  def __init__(self, config, task: Task, ckpt, iterator, writer: summaries.Writer, state):
-    self.config, self.task, self.ckpt, self.iterator, self.writer = (
-      config,
-      task,
-      ckpt,
-      iterator,
-      writer,
-    )
+  def __init__(self, config, task: Task, ckpt, writer: summaries.Writer, state, mesh):
+    self.config, self.task, self.ckpt, self.writer = config, task, ckpt, writer
     self.state = state
     self.step = int(jax.device_get(state['step']))
+    self.program = base.jit_train_steps(task.step, mesh)
+    self.health = sharding.place(base.initial_health(self.step), mesh)
+    self.position = None  # the data iterator's state after the last step's batch
     self.summary: dict[str, Any] = dict(start_step=self.step, evals={}, status='finished')
     self.state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     self.previous = None  # (metrics, step) of the last step
@@ -262,19 +268,18 @@ class _Run:
     self.since_compiled = None  # (wall clock, step) at the end of the first step, which compiles
     self.compiling = 0.0  # seconds of later compilations (new shapes), out of every step rate
 
-  def train_step(self, batch) -> None:
+  def train_steps(self, call: feed.Call) -> None:
     traces, start = self.task.traces, time.perf_counter()
-    self.state, metrics = self.task.train_step(self.state, batch)
+    self.state, metrics, self.health = self.program(self.state, call.batches, self.health)
     if self.compiled and self.task.traces != traces:  # a new shape compiled: not a step's time
       seconds = time.perf_counter() - start
       self.paused += seconds
       self.compiling += seconds
       self.cadence.compiled(seconds)
-    if self.previous is not None:
-      self.check_finite()
-    self.step += 1
+    self.step += call.steps
     self.previous = (metrics, self.step)
-    self.timed_steps += 1
+    self.position = call.position
+    self.timed_steps += call.steps
     if not self.compiled:  # the first step compiles: time the ones after it
       jax.block_until_ready(metrics)
       self.timer, self.timed_steps, self.paused = time.perf_counter(), 0, 0.0
@@ -293,7 +298,7 @@ class _Run:
     self.paused += time.perf_counter() - start
 
   def check_finite(self) -> None:
-    _check_finite(*self.previous, self.ckpt)
+    _check_finite(self.health, self.ckpt)
 
   def log(self) -> None:
     start = time.perf_counter()
@@ -343,7 +348,7 @@ class _Run:
     start = time.perf_counter()
     if self.saved != self.step:  # a stop request right after a checkpoint has nothing left to save
       _check_free_space(self.ckpt, self.state_bytes)
-      self.ckpt.save(self.step, self.state, self.iterator.get_state(), force=force)
+      self.ckpt.save(self.step, self.state, self.position, force=force)
       self.saved = self.step
     self._paused(start)
 
@@ -400,10 +405,12 @@ def _check_free_space(ckpt: checkpoints.TrainCheckpoints, state_bytes: int) -> N
     )
 
 
-def _check_finite(metrics: dict, step: int, ckpt) -> None:
-  """Stops the run when update number `step` had a non-finite loss or gradient."""
-  if not bool(jax.device_get(metrics['finite'])):
-    loss = float(jax.device_get(metrics['loss']))
+def _check_finite(health: dict, ckpt) -> None:
+  """Stops the run when an update since its start had a non-finite loss or gradient (`health`, from
+  the device: the first such step, its loss; the state has not changed since)."""
+  health = jax.device_get(health)
+  if health['first_bad'] >= 0:
+    loss, step = float(health['bad_loss']), int(health['first_bad'])
     ckpt.wait()
     kept = ckpt.latest_step()
     raise TrainingError(

@@ -27,6 +27,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
+def stack_sharded(mesh: Mesh) -> NamedSharding:
+  """Batches stacked on a leading axis (steps of one call): the second (batch) axis split over `data`."""
+  return NamedSharding(mesh, P(None, 'data'))
+
+
 def local_batch_size(global_batch: int) -> int:
   """This process's share of the global batch; the batch must split evenly over every device."""
   devices = jax.device_count()
@@ -45,6 +50,15 @@ def global_batch(mesh: Mesh, local: dict) -> dict:
   sharding = batch_sharded(mesh)
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+  }
+
+
+def global_batches(mesh: Mesh, local: list[dict]) -> dict:
+  """Like `global_batch`, for several steps' local batches of one shape, stacked on a leading axis."""
+  sharding = stack_sharded(mesh)
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in local]))
+    for k in local[0]
   }
 
 

@@ -23,7 +23,7 @@ from flax import nnx
 from skipvqvc_jax.core import locks, storage
 from skipvqvc_jax.core.errors import TrainingError
 from skipvqvc_jax.data import f0, preprocessing
-from skipvqvc_jax.store import checkpoints
+from skipvqvc_jax.store import checkpoints, summaries
 from skipvqvc_jax.training import input_pipeline, loop
 from tests import gcs_emulator
 from tests.conftest import (
@@ -56,9 +56,13 @@ _free_port = gcs_emulator.free_port
 def gcs(tmp_path_factory):
   """The emulator's environment, set in this process (and given to subprocesses) for the module."""
   port = _free_port()
-  log = open(tmp_path_factory.mktemp('emulator') / 'emulator.log', 'w')
+  folder = tmp_path_factory.mktemp('emulator')
+  log = open(folder / 'emulator.log', 'w')
+  _EMULATOR['uploads'] = folder / 'uploads.log'
   try:
-    server = gcs_emulator.start(port, BUCKET, SLOW_PREFIX, str(HOLD_SECONDS), log=log)
+    server = gcs_emulator.start(
+      port, BUCKET, SLOW_PREFIX, str(HOLD_SECONDS), log=log, upload_log=_EMULATOR['uploads']
+    )
   except RuntimeError as e:
     pytest.fail(str(e))
   env = emulator_env(port)
@@ -187,6 +191,46 @@ def test_a_run_in_the_bucket_writes_everything_there_and_matches_a_local_run(
   np.testing.assert_allclose(_losses(straight), _losses(local), atol=1e-6, rtol=0)
   for a, b in zip(_params(straight), _params(local)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _event_tags_by_step(data: bytes) -> list[tuple[int, str]]:
+  from tensorboardX.proto import event_pb2
+
+  tags = []
+  while data:
+    (length,) = np.frombuffer(data[:8], '<u8')
+    event = event_pb2.Event.FromString(data[12 : 12 + int(length)])
+    tags += [(event.step, v.tag) for v in event.summary.value]
+    data = data[16 + int(length) :]
+  return tags
+
+
+def test_an_event_file_in_the_bucket_goes_on_in_parts_that_upload_linear_bytes(gcs):
+  """Object storage cannot append: each flush uploads the whole event file, so a long run uploaded
+  the square of its events. In parts of about 64 KiB, 40 evaluations of a 40 KiB sample upload each
+  byte once or twice, and TensorBoard's reading of the parts in order sees every event once."""
+  wave = np.random.default_rng(0).uniform(-0.5, 0.5, 20_000).astype(np.float32)  # 40 KiB as WAV
+  uploaded = {}
+  for name, part_bytes in (('one_file', 0), ('parts', 64 << 10)):
+    writer = summaries.Writer(_url(f'events/{name}'), part_bytes=part_bytes)
+    before = gcs_emulator.uploaded_bytes(_EMULATOR['uploads'], f'events/{name}/')
+    for step in range(40):
+      writer.scalars(step, {'loss': 1.0 / (step + 1)}, 'train/')
+      writer.audio(step, 'audio/conversion', wave * (step % 2), 22050)
+      writer.flush()
+    writer.close()
+    uploaded[name] = gcs_emulator.uploaded_bytes(_EMULATOR['uploads'], f'events/{name}/') - before
+    files = sorted(storage.find(_url(f'events/{name}/tensorboard')))
+    tags = [t for f in files for t in _event_tags_by_step(storage.read_bytes(f))]
+    assert [s for s, tag in tags if tag == 'train/loss'] == list(range(40)), name
+    assert [s for s, tag in tags if tag == 'audio/conversion'] == list(range(40)), name
+    sizes = [len(storage.read_bytes(f)) for f in files]
+    if part_bytes:
+      assert len(files) > 10 and files[1].endswith('.part0001'), files
+      assert max(sizes) < part_bytes + 45_000, sizes  # one flush beyond the size it is cut at
+  stored = sum(len(storage.read_bytes(f)) for f in storage.find(_url('events/parts/tensorboard')))
+  assert uploaded['parts'] < 2 * stored  # each byte once, a part's last bytes more
+  assert uploaded['one_file'] > 10 * uploaded['parts'], uploaded  # 40 flushes of a growing file
 
 
 def test_sigkill_in_the_middle_of_a_checkpoint_in_the_bucket_resumes_exactly(

@@ -27,8 +27,10 @@ class Task(Protocol):
 
   data: run_data.Data  # the resolved feature folders (written to config.json)
   model_spec: dict  # the spec of the model `init_from` must match (`models.build` arguments)
-  train_step: Callable[[dict, dict], tuple[dict, dict]]  # jitted (state, global batch) ->
-  # (state, metrics); metrics hold `loss` and `finite` (False: the state was left unchanged)
+  step: Callable[[dict, dict], tuple[dict, dict]]  # the pure (state, global batch) -> (state,
+  # metrics); metrics hold `loss` and `finite` (False: the state was left unchanged). The loop jits it
+  # (`jit_train_steps`), several steps a call.
+  train_step: Callable[[dict, dict], tuple[dict, dict]]  # `step` jitted alone (`jit_train_step`)
 
   def __init__(self, config, workdir: str, mesh):
     """Set up to train `config` in `workdir` on `mesh` (reads the data, builds the models)."""
@@ -81,6 +83,69 @@ def jit_train_step(step: Callable, mesh) -> Callable:
     in_shardings=(replicated, batch),
     out_shardings=(replicated, replicated),
     donate_argnums=0,
+  )
+
+
+def initial_health(step: int) -> dict:
+  """What the loop's program carries between calls, on the device: the step reached, how many updates
+  were skipped, and the first non-finite step (-1: none yet) with its loss."""
+  return dict(
+    step=jnp.asarray(step, jnp.int32),
+    skipped=jnp.zeros((), jnp.int32),
+    first_bad=jnp.full((), -1, jnp.int32),
+    bad_loss=jnp.zeros((), jnp.float32),
+  )
+
+
+def _guarded(step: Callable) -> Callable:
+  """`step` that also counts, on the device, the updates it skipped; after the first non-finite
+  step it leaves the state as it was (the run stops on the last good state at its next log step)."""
+
+  def guarded(state, batch, health):
+    new, metrics = step(state, batch)
+    healthy = health['first_bad'] < 0
+    new = jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new, state)
+    finite = metrics['finite'] & healthy
+    step_number = health['step'] + 1
+    first = healthy & ~metrics['finite']
+    health = dict(
+      step=step_number,
+      skipped=health['skipped'] + (~finite).astype(jnp.int32),
+      first_bad=jnp.where(first, step_number, health['first_bad']),
+      bad_loss=jnp.where(first, metrics['loss'].astype(jnp.float32), health['bad_loss']),
+    )
+    return new, metrics, health
+
+  return guarded
+
+
+def jit_train_steps(step: Callable, mesh) -> Callable:
+  """The loop's program: (state, k batches stacked on a leading axis, health) -> (state, the last
+  step's metrics, health), k steps of `step` in one call (a scan when k > 1, so the host dispatches
+  once per k steps), with `_guarded`'s bookkeeping. Nothing in it waits for the host: the loop reads
+  `health` at log steps only. The state's and health's buffers are donated."""
+  guarded = _guarded(step)
+
+  def steps(state, batches, health):
+    if jax.tree.leaves(batches)[0].shape[0] == 1:  # one step: no loop around it
+      return guarded(state, jax.tree.map(lambda b: b[0], batches), health)
+
+    def one(carry, batch):
+      state, _, health = carry
+      return guarded(state, batch, health), None
+
+    first = jax.tree.map(lambda b: b[0], batches)
+    shapes = jax.eval_shape(step, state, first)[1]
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    (state, metrics, health), _ = jax.lax.scan(one, (state, zeros, health), batches)
+    return state, metrics, health
+
+  replicated, stacked = sharding.replicated(mesh), sharding.stack_sharded(mesh)
+  return jax.jit(
+    steps,
+    in_shardings=(replicated, stacked, replicated),
+    out_shardings=(replicated, replicated, replicated),
+    donate_argnums=(0, 2),
   )
 
 

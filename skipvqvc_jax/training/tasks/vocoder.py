@@ -111,7 +111,7 @@ class VocoderSteps:
     self.kind = config.adversarial_loss  # hinge or least_squares (check_config)
     self.feature_weight, self.mel_weight = config.feature_loss_weight, config.mel_loss_weight
     self.traces = 0
-    self.train_step = jit_train_step(self._train_step, mesh)
+    self.train_step = jit_train_step(self.step, mesh)
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     self.eval_step = jax.jit(
       self._eval_step, in_shardings=(replicated, batch), out_shardings=replicated
@@ -127,7 +127,7 @@ class VocoderSteps:
   def _mel(self, wave, eps: float = 0.0):
     return audio.batch_log_mel(wave, self.features, eps)
 
-  def _train_step(self, state, batch):
+  def step(self, state, batch):
     self.traces += 1  # runs at trace time only
     real = batch['audio'][:, 0, :] / WAVE_SCALE
     mel = self._mel(real)
@@ -262,6 +262,7 @@ class VocoderTask:
     self.model_spec = self.generator.spec()
     self.discriminators = build_discriminators(config)
     self.steps = VocoderSteps(config, self.generator, self.discriminators, mesh)
+    self.step = self.steps.step
     self.train_step = self.steps.train_step
     test = input_pipeline.make_dataset(
       self.test_waves,
@@ -328,9 +329,9 @@ class VocoderTask:
       return
     if self.sample_griffin_lim is None:
       self.sample_griffin_lim = griffin_lim.GriffinLim(self.features)(self.sample_mel)
-    sr = self.features.sample_rate
-    writer.audio(step, 'audio/real', self.sample, sr)
-    writer.audio(step, 'audio/generated', generated, sr)
-    writer.audio(step, 'audio/griffin_lim', self.sample_griffin_lim, sr)
-    writer.mel(step, 'mel/real', self.sample_mel)
+      # The same at every evaluation: written once a run (a resume writes them again).
+      writer.audio(step, 'audio/real', self.sample, self.features.sample_rate)
+      writer.audio(step, 'audio/griffin_lim', self.sample_griffin_lim, self.features.sample_rate)
+      writer.mel(step, 'mel/real', self.sample_mel)
+    writer.audio(step, 'audio/generated', generated, self.features.sample_rate)
     writer.mel(step, 'mel/generated', audio.log_mel(generated, self.features))

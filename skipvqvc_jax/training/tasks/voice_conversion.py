@@ -164,7 +164,7 @@ class Steps:
     self.upkeep = codebooks.Upkeep.of(config, model)
     self.adversary = began.Began(config, model) if trainer.spec.adversary else None
     self.traces = 0  # how many times the train step was traced (= compiled)
-    self.train_step = jit_train_step(self._train_step, mesh)
+    self.train_step = jit_train_step(self.step, mesh)
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     self.eval_step = jax.jit(
       self._eval_step, in_shardings=(replicated, batch, replicated), out_shardings=replicated
@@ -181,7 +181,7 @@ class Steps:
     inputs = {k: v if k == 'f0' else v.astype(self.dtype) for k, v in inputs.items()}
     return self.trainer.loss(self.model(params), inputs, rng, self.latent_weight)
 
-  def _train_step(self, state, inputs):
+  def step(self, state, inputs):
     self.traces += 1  # runs at trace time only
     rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(state['params'], inputs, rng)
@@ -291,10 +291,12 @@ class VoiceConversionTask:
     self.model = build_model(config)
     self.model_spec = self.model.spec()
     self.steps = Steps(config, self.model, self.trainer, mesh)
+    self.step = self.steps.step
     self.train_step = self.steps.train_step
     self.test_batches = self._test_batches()
     self.pair = sample_pair(self.data.test_dir, config.data.crop_frames, self.trainer.spec.f0)
     self.vocoder = vocoders.get(config.vocoder, audio.FeatureParams.from_dict(config.features))
+    self.wrote_inputs = False  # the sample pair's source and target, to TensorBoard
 
   def _test_batches(self) -> list[dict]:
     """A fixed list of test batches (this process's shard), augmented with a fixed seed."""
@@ -371,11 +373,14 @@ class VoiceConversionTask:
       source_f0,
     )
     denorm = lambda outputs: self.trainer.denormalize(np.asarray(outputs[-1][0]))
-    mels = dict(
-      source=source[0], target=target[0], reconstruction=denorm(recon), conversion=denorm(converted)
-    )
+    mels = dict(reconstruction=denorm(recon), conversion=denorm(converted))
     if jax.process_index() != 0:
       return
+    if (
+      not self.wrote_inputs
+    ):  # the same at every evaluation: once a run (a resume writes them again)
+      mels = dict(source=source[0], target=target[0], **mels)
+      self.wrote_inputs = True
     waves = self.vocoder(np.stack(list(mels.values())))
     for (name, mel), wave in zip(mels.items(), waves):
       writer.mel(step, f'mel/{name}', mel)

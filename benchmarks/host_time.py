@@ -1,0 +1,134 @@
+"""Host time per training step: the loop's compiled program alone against the real loop, per preset.
+
+    python benchmarks/host_time.py --features=FEATURES [--presets=vqvc_plus.py:tiny,...]
+        [--steps_per_call=1,4] [--seconds=20] [--out=host_time.json]
+
+FEATURES is a preprocessed folder (its train/ and test/). For each preset and steps_per_call k:
+- "program": the loop's jitted program (`tasks.base.jit_train_steps`) run back to back over calls whose
+  batches were drawn and placed on the device beforehand, in the order and shapes the loop draws them
+  (the multi-scale trainers' stretched lengths included; every shape compiled before timing): what the
+  devices can do when the host has nothing else to do;
+- "loop": `loop.train_and_evaluate` on the same features for about --seconds, its steps/s between
+  pauses (input pipeline, augmentation, dispatch, logging; evaluation and checkpoints out, new
+  shapes' compilations out).
+"host us/step" is 1e6 x (1/loop - 1/program): what the host adds to each step; "kept" is loop/program.
+`vqvc_plus.py:tiny` stands in for an accelerator: its step is so cheap that only the host shows.
+Both halves of a row run in one process, one after the other, on the same machine state.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+from common import preset_config, write_rows
+
+PRESETS = (
+  'vqvc_plus.py:tiny,vqvc_plus.py:n64_ch64,vqvc_plus_multi_simple.py:n64_ch64,budget.py:cpu_25min'
+)
+
+
+def _config(preset: str, features: str, k: int):
+  config = preset_config(preset)
+  config.data.train_dir = os.path.join(features, 'train')
+  config.data.test_dir = os.path.join(features, 'test')
+  config.steps_per_call = k
+  if not config.pause_fraction:  # a test preset (tiny): the loop's default periods, as a user runs
+    from skipvqvc_jax.configs import default  # pylint: disable=import-outside-toplevel
+
+    loop_defaults = default.get_config()
+    for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'pause_fraction'):
+      config[key] = loop_defaults[key]
+  return config
+
+
+def program_rate(config, calls: int) -> float:
+  """Steps/s of the loop's program over `calls` calls placed on the device beforehand."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from skipvqvc_jax.training import feed, input_pipeline, sharding, tasks  # pylint: disable=all
+  from skipvqvc_jax.training.tasks import base  # pylint: disable=import-outside-toplevel
+
+  mesh = sharding.make_mesh()
+  with tempfile.TemporaryDirectory() as workdir:
+    task = tasks.make(config, workdir, mesh)
+  iterator = input_pipeline.make_iterator(task.dataset())
+  k = config.steps_per_call
+  source = feed.Feed(task, iterator, mesh, k, start=0, total=calls * k)
+  placed = [source.take() for _ in range(calls)]
+  program = base.jit_train_steps(task.step, mesh)
+  state = sharding.place(task.initial_state(), mesh)
+  health = sharding.place(base.initial_health(0), mesh)
+  compiled = set()
+  for call in placed:  # every shape compiled (and run once) before timing
+    shape = jax.tree.map(lambda x: x.shape, call.batches)
+    if str(shape) not in compiled:
+      compiled.add(str(shape))
+      state, metrics, health = program(state, call.batches, health)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for call in placed:
+    state, metrics, health = program(state, call.batches, health)
+  jax.block_until_ready((state, metrics))
+  return sum(c.steps for c in placed) / (time.perf_counter() - start)
+
+
+def loop_rate(config, steps: int) -> dict:
+  """The loop's summary after `steps` steps from scratch (its evaluation and checkpoint periods as
+  the preset sets them, sized by pause_fraction)."""
+  from skipvqvc_jax.training import loop  # pylint: disable=import-outside-toplevel
+
+  config.num_train_steps = steps
+  with tempfile.TemporaryDirectory() as workdir:
+    return loop.train_and_evaluate(config, workdir)
+
+
+def measure(preset: str, features: str, k: int, seconds: float) -> dict:
+  probe = program_rate(_config(preset, features, k), calls=max(2, 8 // k))
+  calls = max(4, int(probe * seconds / 4 / k))  # about a quarter of the budget for the program
+  program = program_rate(_config(preset, features, k), calls)
+  steps = max(8 * k, int(program * seconds * 0.75) // k * k)
+  summary = loop_rate(_config(preset, features, k), steps)
+  between = summary['steps_per_sec_between'] or summary['steps_per_sec']
+  return dict(
+    preset=preset,
+    steps_per_call=k,
+    program_steps_per_s=program,
+    loop_steps_per_s=between,
+    host_us_per_step=1e6 * (1 / between - 1 / program),
+    kept=between / program,
+    loop_steps=summary['step'],
+    log_every_steps=summary['cadence']['log_every_steps'],
+  )
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--features', required=True, help='a preprocessed folder (train/, test/)')
+  parser.add_argument('--presets', default=PRESETS)
+  parser.add_argument('--steps_per_call', default='1,4')
+  parser.add_argument('--seconds', type=float, default=20.0, help='per row, about')
+  parser.add_argument('--out', default='', help='also write the rows as JSON here')
+  args = parser.parse_args()
+  from absl import logging  # pylint: disable=import-outside-toplevel
+
+  logging.set_verbosity(logging.WARNING)
+  print(
+    f'{"preset":36} {"k":>3} {"program steps/s":>15} {"loop steps/s":>12} {"host us/step":>12} '
+    f'{"kept":>6} {"log every":>9}'
+  )
+  rows = []
+  for preset in args.presets.split(','):
+    for k in (int(k) for k in args.steps_per_call.split(',')):
+      r = measure(preset, args.features, k, args.seconds)
+      rows.append(r)
+      print(
+        f'{preset:36} {k:3d} {r["program_steps_per_s"]:15.1f} {r["loop_steps_per_s"]:12.1f} '
+        f'{r["host_us_per_step"]:12.0f} {r["kept"]:6.1%} {r["log_every_steps"]:9d}',
+        flush=True,
+      )
+  write_rows(args.out, rows)
+
+
+if __name__ == '__main__':
+  main()
