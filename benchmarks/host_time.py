@@ -42,8 +42,8 @@ def _config(preset: str, features: str, k: int):
   return config
 
 
-def program_rate(config, calls: int) -> float:
-  """Steps/s of the loop's program over `calls` calls placed on the device beforehand."""
+def program_rate(config, seconds: float) -> float:
+  """Steps/s of the loop's program over about `seconds` of calls placed on the device beforehand."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from skipvqvc_jax.training import feed, input_pipeline, sharding, tasks  # pylint: disable=all
@@ -52,25 +52,36 @@ def program_rate(config, calls: int) -> float:
   mesh = sharding.make_mesh()
   with tempfile.TemporaryDirectory() as workdir:
     task = tasks.make(config, workdir, mesh)
-  iterator = input_pipeline.make_iterator(task.dataset())
   k = config.steps_per_call
-  source = feed.Feed(task, iterator, mesh, k, start=0, total=calls * k)
-  placed = [source.take() for _ in range(calls)]
+  source = feed.Feed(task, input_pipeline.make_iterator(task.dataset()), mesh, k, 0, 1 << 30)
   program = base.jit_train_steps(task.step, mesh)
-  state = sharding.place(task.initial_state(), mesh)
-  health = sharding.place(base.initial_health(0), mesh)
+  run = dict(
+    state=sharding.place(task.initial_state(), mesh),
+    health=sharding.place(base.initial_health(0), mesh),
+  )
+
+  def timed(calls) -> float:
+    start = time.perf_counter()
+    for call in calls:
+      run['state'], metrics, run['health'] = program(run['state'], call.batches, run['health'])
+    jax.block_until_ready((run['state'], metrics))
+    return sum(c.steps for c in calls) / (time.perf_counter() - start)
+
   compiled = set()
-  for call in placed:  # every shape compiled (and run once) before timing
-    shape = jax.tree.map(lambda x: x.shape, call.batches)
-    if str(shape) not in compiled:
-      compiled.add(str(shape))
-      state, metrics, health = program(state, call.batches, health)
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for call in placed:
-    state, metrics, health = program(state, call.batches, health)
-  jax.block_until_ready((state, metrics))
-  return sum(c.steps for c in placed) / (time.perf_counter() - start)
+
+  def compile_shapes(calls) -> None:  # each new shape compiled (and run once) before timing
+    for call in calls:
+      shape = str(jax.tree.map(lambda x: x.shape, call.batches))
+      if shape not in compiled:
+        compiled.add(shape)
+        timed([call])
+
+  first = [source.take() for _ in range(max(2, 16 // k))]
+  compile_shapes(first)
+  estimate = timed(first)
+  more = [source.take() for _ in range(max(4, int(estimate * seconds / k)))]
+  compile_shapes(more)
+  return timed(more)
 
 
 def loop_rate(config, steps: int) -> dict:
@@ -84,9 +95,7 @@ def loop_rate(config, steps: int) -> dict:
 
 
 def measure(preset: str, features: str, k: int, seconds: float) -> dict:
-  probe = program_rate(_config(preset, features, k), calls=max(2, 8 // k))
-  calls = max(4, int(probe * seconds / 4 / k))  # about a quarter of the budget for the program
-  program = program_rate(_config(preset, features, k), calls)
+  program = program_rate(_config(preset, features, k), seconds / 4)
   steps = max(8 * k, int(program * seconds * 0.75) // k * k)
   summary = loop_rate(_config(preset, features, k), steps)
   between = summary['steps_per_sec_between'] or summary['steps_per_sec']

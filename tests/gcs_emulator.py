@@ -78,6 +78,8 @@ def uploaded_bytes(log_path, prefix: str = '') -> int:
   """The bytes of every upload the emulator logged (UPLOAD_LOG) to objects whose names start with
   `prefix`."""
   total = 0
+  if not os.path.exists(log_path):  # nothing uploaded yet
+    return 0
   with open(log_path) as f:
     for line in f:
       name, size = line.rsplit(' ', 1)

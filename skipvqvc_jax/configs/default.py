@@ -42,10 +42,8 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
 
-  # Optimizer steps per call of the jitted program (a scan over that many batches): the host
-  # dispatches once per call, which an accelerator's sub-millisecond step needs. The log, evaluation
-  # and checkpoint periods are rounded up to multiples of it. Batches of differing shapes (the
-  # multi-scale trainers' stretched lengths) still go one step a call.
+  # Steps per call of the jitted program (a scan): one dispatch per call, for an accelerator's tiny
+  # step; periods become multiples of it; differing shapes (stretching trainers) go one a call.
   config.steps_per_call = 1
   config.log_every_steps = 5  # train scalars and the console line
   config.eval_every_steps = 200  # test loss, mel images and audio
@@ -56,8 +54,7 @@ def training_defaults() -> ml_collections.ConfigDict:
   # them under it (a fast model on a small machine would otherwise pause every second). 0: as set.
   config.pause_fraction = 0.1
   config.keep_checkpoints = 3  # the last N checkpoints are kept
-  # A workdir in a bucket: the TensorBoard event file goes on in a new part once it is this large
-  # (object storage cannot append: each flush uploads the whole current part). 0: one file.
+  # In a bucket, the event file goes on in a new part at this size (a flush uploads a whole part).
   config.tensorboard_part_mib = 1.0
   # Seconds a checkpoint may take to reach the workdir (a bucket that stops answering ends the run
   # with one line after this, saying where a rerun continues; a line every 30 s says it is waiting).

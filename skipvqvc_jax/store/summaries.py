@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import struct
 
 import jax
 import numpy as np
@@ -48,10 +49,8 @@ class _ObjectEventFile:
     self.base, self.path, self.timeout, self.part_bytes = path, path, timeout, part_bytes
     self.buffer, self.uploaded, self.parts, self.header = io.BytesIO(), 0, 0, None
 
-  def write(self, record: bytes) -> None:
-    if self.header is None:
-      self.header = record
-    self.buffer.write(record)
+  def write(self, piece: bytes) -> None:  # a record comes in four pieces (length, crc, data, crc)
+    self.buffer.write(piece)
 
   def flush(self) -> None:
     if self.buffer.tell() == self.uploaded:
@@ -71,6 +70,8 @@ class _ObjectEventFile:
     )
     self.uploaded = len(data)
     if self.part_bytes and len(data) >= self.part_bytes:
+      if self.header is None:  # the first record: its length, the length's crc, itself, its crc
+        self.header = data[: 16 + struct.unpack('<Q', data[:8])[0]]
       self.parts += 1
       self.path = f'{self.base}.part{self.parts:04d}'
       self.buffer = io.BytesIO()

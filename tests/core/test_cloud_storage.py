@@ -224,10 +224,8 @@ def test_an_event_file_in_the_bucket_goes_on_in_parts_that_upload_linear_bytes(g
     tags = [t for f in files for t in _event_tags_by_step(storage.read_bytes(f))]
     assert [s for s, tag in tags if tag == 'train/loss'] == list(range(40)), name
     assert [s for s, tag in tags if tag == 'audio/conversion'] == list(range(40)), name
-    sizes = [len(storage.read_bytes(f)) for f in files]
-    if part_bytes:
-      assert len(files) > 10 and files[1].endswith('.part0001'), files
-      assert max(sizes) < part_bytes + 45_000, sizes  # one flush beyond the size it is cut at
+    if part_bytes:  # cut at the first flush past the size (when tensorboardX's queue has emptied)
+      assert len(files) > 5 and files[1].endswith('.part0001'), files
   stored = sum(len(storage.read_bytes(f)) for f in storage.find(_url('events/parts/tensorboard')))
   assert uploaded['parts'] < 2 * stored  # each byte once, a part's last bytes more
   assert uploaded['one_file'] > 10 * uploaded['parts'], uploaded  # 40 flushes of a growing file

@@ -131,7 +131,8 @@ def test_tensorboard_holds_losses_audio_and_mels(straight):
   )  # sample_seconds of the first test utterance, whole frames
   for name in ('real', 'generated', 'griffin_lim'):
     sounds = values[f'audio/{name}']
-    assert [s for s, _ in sounds] == [0, 8]
+    # What does not change between evaluations is written once a run.
+    assert [s for s, _ in sounds] == ([0, 8] if name == 'generated' else [0])
     assert sounds[-1][1].audio.sample_rate == 22050 and sounds[-1][1].audio.length_frames == samples
   for name in ('real', 'generated'):
     assert values[f'mel/{name}'][-1][1].image.encoded_image_string.startswith(b'\x89PNG')
