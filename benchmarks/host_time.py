@@ -18,21 +18,21 @@ Both halves of a row run in one process, one after the other, on the same machin
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
 from common import preset_config, write_rows
 
-PRESETS = (
-  'vqvc_plus.py:tiny,vqvc_plus.py:n64_ch64,vqvc_plus_multi_simple.py:n64_ch64,budget.py:cpu_25min'
-)
+PRESETS = 'vqvc_plus.py:tiny,vqvc_plus.py:n64_ch64,vqvc_plus_multi_simple.py:n64_ch64,vqvc_plus_multi.py:cpu_25min'
 
 
 def _config(preset: str, features: str, k: int):
   config = preset_config(preset)
   config.data.train_dir = os.path.join(features, 'train')
   config.data.test_dir = os.path.join(features, 'test')
-  config.steps_per_call = k
+  if k != 1 or 'steps_per_call' in config:  # a tree before steps_per_call (--loop_only) has none
+    config.steps_per_call = k
   if not config.pause_fraction:  # a test preset (tiny): the loop's default periods, as a user runs
     from skipvqvc_jax.configs import default  # pylint: disable=import-outside-toplevel
 
@@ -79,9 +79,10 @@ def program_rate(config, seconds: float) -> float:
   first = [source.take() for _ in range(max(2, 16 // k))]
   compile_shapes(first)
   estimate = timed(first)
-  more = [source.take() for _ in range(max(4, int(estimate * seconds / k)))]
+  more = [source.take() for _ in range(max(10, int(estimate * seconds / k)))]
   compile_shapes(more)
-  return timed(more)
+  # The median of 5 stretches, as the loop's rate is the median of its log intervals.
+  return statistics.median(timed(more[i::5]) for i in range(5))
 
 
 def loop_rate(config, steps: int) -> dict:
@@ -118,7 +119,22 @@ def main():
   parser.add_argument('--steps_per_call', default='1,4')
   parser.add_argument('--seconds', type=float, default=20.0, help='per row, about')
   parser.add_argument('--out', default='', help='also write the rows as JSON here')
+  parser.add_argument(
+    '--loop_only',
+    action='store_true',
+    help='the loop alone, for --steps; for a checkout of an older tree (a copy of this script run '
+    'from its benchmarks/), to compare loops side by side',
+  )
+  parser.add_argument('--steps', type=int, default=2000, help='with --loop_only')
   args = parser.parse_args()
+  if args.loop_only:
+    from absl import logging  # pylint: disable=import-outside-toplevel
+
+    logging.set_verbosity(logging.WARNING)
+    for preset in args.presets.split(','):
+      summary = loop_rate(_config(preset, args.features, 1), args.steps)
+      print(f'{preset:36} loop {summary["steps_per_sec_between"]:.1f} steps/s', flush=True)
+    return
   from absl import logging  # pylint: disable=import-outside-toplevel
 
   logging.set_verbosity(logging.WARNING)
