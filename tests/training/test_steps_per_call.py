@@ -45,6 +45,7 @@ def test_four_steps_a_call_equal_four_single_calls_and_resume_exactly(
   summary = _run(small_features, whole, steps_per_call=4)
   # The periods (log 1, checkpoint 4) become multiples of 4: the loop looks between calls only.
   assert summary['cadence']['log_every_steps'] == 4
+  assert summary['compiles'] == 1  # two calls of four steps: one program
   assert sorted(_losses(whole), key=int) == ['4', '8']
   single = _losses(one_a_call)
   for step, loss in _losses(whole).items():

@@ -131,14 +131,13 @@ def jit_train_steps(step: Callable, mesh) -> Callable:
       return guarded(state, jax.tree.map(lambda b: b[0], batches), health)
 
     def one(carry, batch):
-      state, _, health = carry
-      return guarded(state, batch, health), None
+      state, health = carry
+      state, metrics, health = guarded(state, batch, health)
+      return (state, health), metrics
 
-    first = jax.tree.map(lambda b: b[0], batches)
-    shapes = jax.eval_shape(step, state, first)[1]
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    (state, metrics, health), _ = jax.lax.scan(one, (state, zeros, health), batches)
-    return state, metrics, health
+    (state, health), metrics = jax.lax.scan(one, (state, health), batches)
+    # Every step's metrics come out stacked (a few scalars each): the last step's are the call's.
+    return state, jax.tree.map(lambda m: m[-1], metrics), health
 
   replicated, stacked = sharding.replicated(mesh), sharding.stack_sharded(mesh)
   return jax.jit(
