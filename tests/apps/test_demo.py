@@ -57,7 +57,8 @@ def test_tensorboard_holds_scalars_images_and_audio(demo_run):
   assert [s for s, _ in values['train/loss']] == list(range(10, STEPS + 1, 10))
   for name in ('source', 'target', 'reconstruction', 'conversion'):
     images = values[f'mel/{name}']
-    assert [s for s, _ in images] == [0, STEPS]
+    # The source and target do not change between evaluations: written once a run.
+    assert [s for s, _ in images] == ([0] if name in ('source', 'target') else [0, STEPS])
     assert images[0][1].image.encoded_image_string.startswith(b'\x89PNG')
     sounds = values[f'audio/{name}']
     assert sounds[-1][1].audio.sample_rate == 22050
