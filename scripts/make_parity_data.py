@@ -18,7 +18,8 @@ speaker-swapped conversion and decoding from codes, and one training step (`trai
 `grad/*`, the weights after clip-to-3 and Adam `step1_param/*`) with `torch.randperm` replaced by the
 swap. `vqvc+_pitch` also gets its F0 contours: each crop's F0 (our Harvest, `input/f0_hz`) turned into
 the decoder's input by `train_pitch_multi.py`'s arithmetic (`input/pitch`), and its trainer's step (no
-stretch). The inputs are two crops of bundled demo-corpus utterances, so the numbers differ from
+stretch). `lj/` also gets train_ljvae.py's critic and whole step, and train_time_multi.py's step
+(`time_multi_step_n64_ch64.npz`). The inputs are two crops of bundled demo-corpus utterances, so the numbers differ from
 `../shared/parity` but test the same things. Features and the MelGAN generator are not covered (they need
 melgan-neurips); those tests skip when their files are absent.
 """
@@ -210,6 +211,58 @@ def ljvae_step_golden(clone: str, x_shuffle: np.ndarray) -> dict:
   out.update({f'step1_param/{k}': np32(v) for k, v in model.state_dict().items()})
   out.update(
     {f'dis_after/{k}': np32(v) for k, v in netd.state_dict().items() if 'num_batches' not in k}
+  )
+  return out
+
+
+def time_multi_step_golden(clone: str, x_logmel: np.ndarray) -> dict:
+  """One step of train_time_multi.py on vqvc+_multi_codebook_lj, written as its code is: per-band
+  (x - mean) / std (the batch's own statistics standing in for its VCTK files), the segments stretched by
+  F.interpolate with the fixed factors, `audio_middile` / `audio_low` by interpolating and keeping 40 /
+  20 bands, L1 at the three scales + 0.1 x the latent loss, clip to 3, Adam. (Its second forward, on a
+  VCTK batch whose outputs it discards, changes nothing in a model without max-norm codebooks.)"""
+  import torch  # pylint: disable=import-outside-toplevel
+  from torch.nn import functional as F  # pylint: disable=import-outside-toplevel
+
+  model = load_original(clone, 'vqvc+_multi_codebook_lj')
+  out = {f'param/{k}': np32(v) for k, v in model.state_dict().items()}
+  mean = x_logmel.mean(axis=(0, 2)).astype(np.float32)
+  std = x_logmel.std(axis=(0, 2)).astype(np.float32)
+  audio = (torch.from_numpy(x_logmel) - torch.from_numpy(mean)[None, :, None]) / torch.from_numpy(
+    std
+  )[None, :, None]
+  segments = [
+    F.interpolate(audio[..., 32 * n : 32 * (n + 1)], scale_factor=f, mode='nearest')
+    for n, f in enumerate(STRETCH)
+  ]
+  audio = torch.cat(segments, dim=2)
+  audio = audio[..., : audio.size(2) // 32 * 32]
+  middle = F.interpolate(audio, scale_factor=1 / 2)
+  middle = middle[:, : middle.size(1) // 2, :]
+  low = F.interpolate(middle, scale_factor=1 / 2)
+  low = low[:, : low.size(1) // 2, :]
+  outputs, latent, _ = model(audio)
+  recon = sum(F.l1_loss(o, t) for o, t in zip(outputs, [low, middle, audio]))
+  latent = latent.mean()
+  loss = recon + 0.1 * latent
+  model.zero_grad()
+  loss.backward()
+  out.update({f'grad/{n}': np32(p.grad) for n, p in model.named_parameters() if p.grad is not None})
+  norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 3)
+  torch.optim.Adam(model.parameters()).step()
+  out.update({f'step1_param/{k}': np32(v) for k, v in model.state_dict().items()})
+  out.update(
+    {
+      'input/x_logmel': x_logmel,
+      'input/x_raw_shuffle': stretched(x_logmel),
+      'input/x_shuffle': np32(audio),
+      'input/mean': mean,
+      'input/std': std,
+      'train/loss': np32(loss),
+      'train/latent_loss': np32(latent),
+      'train/grad_total_norm': np32(norm),
+      'train/clip_coef': np.float32(min(1.0, 3 / (float(norm) + 1e-6))),
+    }
   )
   return out
 
@@ -591,6 +644,11 @@ def main(argv=None) -> int:
       'ljvae_step_n64_ch64.npz',
       'vqvc+_multi_codebook_lj + train_ljvae.NetD(80)',
       ljvae_step_golden(args.original, stretched(x)),
+    ),
+    (
+      'time_multi_step_n64_ch64.npz',
+      'vqvc+_multi_codebook_lj + train_time_multi.py',
+      time_multi_step_golden(args.original, x_logmel),
     ),
   ):
     path = os.path.join(args.out, 'lj', name)

@@ -118,7 +118,7 @@ def assert_step_matches(stepped: dict, g: dict, golden_grads: dict, omitted=None
 
 def load_golden(parity_dir: pathlib.Path, name: str) -> dict:
   """The arrays of a golden file scripts/make_parity_data.py writes (pitch/, lj/): skips where the
-  folder lacks it (../shared/parity has neither)."""
+  folder lacks it (../shared/parity has pitch/, not lj/)."""
   path = parity_dir / name
   if not path.is_file():
     pytest.skip(f'{path} not found: make it with scripts/make_parity_data.py from the original')

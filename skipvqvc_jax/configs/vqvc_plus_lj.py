@@ -1,4 +1,5 @@
-"""The speaker-free LJSpeech models with their BEGAN trainer (the original's train_ljvae.py): trained on
+"""The speaker-free LJSpeech models with their BEGAN trainer (the original's train_ljvae.py; `time_multi_*`:
+train_time_multi.py, the multi trainer's step without the adversary): trained on
 one speaker, they say any source in that speaker's voice (any-to-one; the target is ignored).
 --config=configs/vqvc_plus_lj.py:n32_ch512 --config.data.train_dir=ONE_SPEAKER_FEATURES/train (the test
 speakers beside it are only converted, for TensorBoard and --mode=eval)."""
@@ -13,6 +14,11 @@ PRESETS = {
   'n32_ch512': dict(_LJ, **{'model.channel': 512, 'model.n_embed': 32}),
   'n32_ch64': dict(_LJ, **{'model.channel': 64, 'model.n_embed': 32}),
   'lj3_n64_ch64': dict(_LJ3, **{'model.channel': 64, 'model.n_embed': 64}),
+  # The original's train_time_multi.py (train_code.py): the multi trainer's step, no adversary.
+  'time_multi_n32_ch512': dict(
+    _LJ, **{'model.channel': 512, 'model.n_embed': 32, 'trainer': 'time_multi'}
+  ),
+  'time_multi_tiny': dict(vqvc_plus_multi.PRESETS['tiny'], **dict(_LJ, trainer='time_multi')),
   'demo': dict(vqvc_plus_multi.PRESETS['demo'], **_LJ),
   'tiny': dict(vqvc_plus_multi.PRESETS['tiny'], **_LJ),
 }

@@ -118,6 +118,13 @@ TRAINERS = {
       multi_scale=True,
     ),
     Trainer('pitch_multi', 'train_pitch_multi.py', 'simple', 'none', multi_scale=True, f0=True),
+    # train_time_multi.py: train_multi's step (per-band mean/std, the stretch, three scales) on the
+    # speaker-free models. The original also encodes a batch of another corpus (VCTK) after the loss
+    # and discards the outputs: its only effect is the in-place renormalisation of the codebook rows
+    # those frames pick in a max-norm model (vqvc+_lj3), which this row does not reproduce.
+    Trainer(
+      'time_multi', 'train_time_multi.py', 'mean_std_unscaled', 'input', True, speaker_free=True
+    ),
     Trainer(
       'ljvae',
       'train_ljvae.py',

@@ -2,7 +2,8 @@
 the original (scripts/make_parity_data.py writes lj/ from a clone of ericwudayi/SkipVQVC; run with
 SKIPVQVC_PARITY_DIR=that folder): every encoder output (each stage reading the previous one's
 normalised frames), code and latent term, each decoder scale for reconstruction and decoding from codes,
-and the reconstruction part of train_ljvae.py's step (loss, gradients, weights after Adam)."""
+and the reconstruction part of train_ljvae.py's step (loss, gradients, weights after Adam); the
+critic, the whole ljvae step and train_time_multi.py's step."""
 
 import jax
 import jax.numpy as jnp
@@ -194,3 +195,36 @@ def test_one_ljvae_step(parity_dir):
       np.testing.assert_allclose(value, expected, atol=2e-3, err_msg=name)
     else:
       assert_close(value, expected, f'critic {name}', 1e-5)
+
+
+def test_one_time_multi_step(parity_dir, tmp_path):
+  """train_time_multi.py's step on vqvc+_multi_codebook_lj (the `time_multi` trainer): per-band mean/std
+  from a statistics file, the stretched input, L1 at the three scales + 0.1 x the latent loss, clip to
+  3, Adam: the loss, every gradient and the weights after the step."""
+  g = load_golden(parity_dir, 'lj/time_multi_step_n64_ch64.npz')
+  state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
+  model = porting.load_state_dict(
+    VQVCPlusMultiCodebookLJ(channel=64, n_embed=64, gru_init='zeros'), state_dict
+  )
+  stats = tmp_path / 'stats.npz'
+  np.savez(stats, mean=g['input/mean'], std=g['input/std'])
+  trainer = trainers.get('time_multi', str(stats))
+  inputs = dict(mel=g['input/x_raw_shuffle'])
+  assert_close(trainer.normalize(inputs['mel']), g['input/x_shuffle'], 'normalised input', 1e-5)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params = nnx.to_pure_dict(params)
+
+  def loss_fn(params):
+    return trainer.loss(nnx.merge(graphdef, params, rest), inputs, jax.random.key(0), 0.1)
+
+  (loss, aux), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  assert_close(loss, g['train/loss'], 'loss', 1e-5)
+  assert_close(aux['latent_loss'], g['train/latent_loss'], 'latent_loss', 1e-5)
+  np.testing.assert_allclose(optax.tree.norm(grads), g['train/grad_total_norm'], rtol=1e-4)
+  golden_grads = assert_gradients_match(nnx.merge(graphdef, grads, rest), g)
+  tx = voice_conversion.make_optimizer(default.get_config())
+  updates, _ = tx.update(grads, tx.init(params), params)
+  stepped = porting.export_state_dict(
+    nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
+  )
+  assert_step_matches(stepped, g, golden_grads)

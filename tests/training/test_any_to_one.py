@@ -86,6 +86,24 @@ def test_the_trainer_and_the_models_go_together(small_features, tmp_path):
     )
 
 
+def test_time_multi_trains_a_speaker_free_model_without_the_adversary(small_features, tmp_path):
+  """train_time_multi.py's row: the multi step (per-band statistics, kept in the workdir) on a
+  speaker-free model, no critic; a model with speakers is refused in one line."""
+  workdir = tmp_path / 'time_multi'
+  config = tiny_config(small_features, 'vqvc_plus_lj.py:time_multi_tiny', num_train_steps=2)
+  summary = loop.train_and_evaluate(config, str(workdir))
+  assert summary['step'] == 2 and set(summary['train_losses']) == {1, 2}
+  assert 'loss_gan' not in summary['last_train'] and (workdir / 'stats.npz').is_file()
+  with pytest.raises(ConfigError, match='speaker-free') as refused:
+    loop.train_and_evaluate(
+      tiny_config(
+        small_features, 'vqvc_plus_lj.py:time_multi_tiny', **{'model.name': 'vqvc+_multi'}
+      ),
+      str(tmp_path / 'refused'),
+    )
+  assert 'time_multi' not in str(refused.value).split('takes')[-1]
+
+
 def test_any_source_comes_out_in_the_training_voice(lj_run, small_corpus):
   converter = skipvqvc_jax.load(str(lj_run[0]))
   source = small_corpus / 'esf2' / 'esf2_001.ogg'
