@@ -22,6 +22,12 @@ stretch). `lj/` also gets train_ljvae.py's critic and whole step, and train_time
 (`time_multi_step_n64_ch64.npz`). The inputs are two crops of bundled demo-corpus utterances, so the numbers differ from
 `../shared/parity` but test the same things. Features and the MelGAN generator are not covered (they need
 melgan-neurips); those tests skip when their files are absent.
+
+`--small` writes the same files from narrower models, small enough to travel with the tests (about 3 MB
+for pitch/ and lj/ together, against about 150 MB): every model at 16 channels and 16 codes instead of
+64 and 64, and train_ljvae.py's critic at 32 channels where its code hard-codes 512 (`mfd`; a runtime
+patch narrows its 1-D body and head, the arithmetic unchanged). The tests read the sizes from the files,
+so they pass on either at the same tolerances. `--groups=pitch,lj` writes only those folders.
 """
 
 from __future__ import annotations
@@ -76,6 +82,14 @@ def multi_scale(folder: str) -> bool:
   return model_class(folder).multi_scale
 
 
+# The models' sizes and the BEGAN critic's width (main() narrows them with --small).
+SIZES = dict(channel=64, n_embed=64)
+CRITIC_WIDTH = 512  # the original's hard-coded `mfd`
+# --small: per folder, sizes at which every compared value stays clear of the tests' tolerances (pitch/
+# at 16 codes had a near tie in a code choice; lj/ at 64 codes one Adam update at the edge of 1e-6).
+SMALL_SIZES = {'lj': dict(channel=16, n_embed=16)}
+SMALL_DEFAULT, SMALL_CRITIC_WIDTH = dict(channel=16, n_embed=64), 32
+
 STRETCH = (0.5, 1.5, 1.25, 0.75)  # per 32-frame segment, segments kept in order
 SWAP = [1, 0]
 
@@ -104,7 +118,7 @@ def load_original(clone: str, folder: str):
     # The GRU's N(0, 1) initial state -> zeros.
     module.RCBlock.init_hidden = lambda self, batch, hidden: torch.zeros(2, batch, hidden)
   torch.manual_seed(0)
-  return module.VC_MODEL(in_channel=80, channel=64, n_embed=64).eval()
+  return module.VC_MODEL(in_channel=80, **SIZES).eval()
 
 
 DEMO_CROPS = [('awb', slice(16, 144)), ('slt', slice(16, 144))]
@@ -134,7 +148,31 @@ def load_netd(clone: str):
   finally:
     torch.hub.load = hub
   torch.manual_seed(0)
-  return module.NetD(80).train()
+  return _narrowed_netd(module, CRITIC_WIDTH).train()
+
+
+def _narrowed_netd(module, width: int):
+  """The trainer module's `NetD(80)` with `width` channels wherever its code says 512 (its 1-D body and
+  head): the same layers and arithmetic, built through a stand-in for `nn` and for its 1-D block."""
+  if width == 512:
+    return module.NetD(80)
+  torch_nn, block = module.nn, module.BNSNConv1dDBlock
+  narrow = lambda channels: width if channels == 512 else channels
+
+  class NarrowNn:  # torch.nn, whose Conv1d narrows 512 channels
+    def __getattr__(self, name):
+      return getattr(torch_nn, name)
+
+    @staticmethod
+    def Conv1d(cin, cout, *args, **kwargs):  # pylint: disable=invalid-name
+      return torch_nn.Conv1d(narrow(cin), narrow(cout), *args, **kwargs)
+
+  module.nn = NarrowNn()
+  module.BNSNConv1dDBlock = lambda cin, cout, *args: block(narrow(cin), narrow(cout), *args)
+  try:
+    return module.NetD(80)
+  finally:
+    module.nn, module.BNSNConv1dDBlock = torch_nn, block
 
 
 def netd_golden(clone: str, x: np.ndarray, y: np.ndarray) -> dict:
@@ -208,7 +246,7 @@ def ljvae_step_golden(clone: str, x_shuffle: np.ndarray) -> dict:
       'train/clip_coef': np.float32(min(1.0, 3 / (float(out['grad_norm']) + 1e-6))),
     }
   )
-  out.update({f'step1_param/{k}': np32(v) for k, v in model.state_dict().items()})
+  _after_step(out, model)
   out.update(
     {f'dis_after/{k}': np32(v) for k, v in netd.state_dict().items() if 'num_batches' not in k}
   )
@@ -250,7 +288,7 @@ def time_multi_step_golden(clone: str, x_logmel: np.ndarray) -> dict:
   out.update({f'grad/{n}': np32(p.grad) for n, p in model.named_parameters() if p.grad is not None})
   norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 3)
   torch.optim.Adam(model.parameters()).step()
-  out.update({f'step1_param/{k}': np32(v) for k, v in model.state_dict().items()})
+  _after_step(out, model)
   out.update(
     {
       'input/x_logmel': x_logmel,
@@ -577,8 +615,16 @@ def training_step(folder, model, x, x_shuffle, out: dict, noise: list, pitch=Non
   )
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
   optimizer.step()
+  _after_step(out, model)
+
+
+def _after_step(out: dict, model) -> None:
+  """step1_param/*: the weights after the step, those it changed (a weight the step left exactly as it
+  was, one without a gradient, is its param/* entry: the tests read it there)."""
   for name, value in model.state_dict().items():
-    out[f'step1_param/{name}'] = np32(value)
+    after = np32(value)
+    if not np.array_equal(after, out.get(f'param/{name}')):
+      out[f'step1_param/{name}'] = after
 
 
 def make_one(clone: str, folder: str, multi: bool, x_logmel: np.ndarray, f0_hz=None) -> dict:
@@ -608,7 +654,13 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--original', required=True, help='a clone of ericwudayi/SkipVQVC')
   parser.add_argument('out', help='folder to write (SKIPVQVC_PARITY_DIR for the tests)')
+  parser.add_argument('--small', action='store_true', help='narrower models: files that travel')
+  parser.add_argument('--groups', default=',multi,pitch,lj', help='the folders to write')
   args = parser.parse_args(argv)
+  global SIZES, CRITIC_WIDTH  # pylint: disable=global-statement
+  if args.small:
+    CRITIC_WIDTH = SMALL_CRITIC_WIDTH
+  groups = args.groups.split(',')
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -618,6 +670,10 @@ def main(argv=None) -> int:
   x_logmel, f0_hz = demo_inputs()
   manifests = {'': {}, 'multi': {}, 'pitch': {}, 'lj': {}}
   for group, table in golden_tables().items():
+    if group not in groups:
+      continue
+    if args.small:
+      SIZES = SMALL_SIZES.get(group, SMALL_DEFAULT)
     os.makedirs(os.path.join(args.out, group), exist_ok=True)
     for stem, folder in table.items():
       arrays = make_one(args.original, folder, multi_scale(folder), x_logmel, f0_hz)
@@ -633,37 +689,47 @@ def main(argv=None) -> int:
           swap_perm=SWAP,
           stretch_factors=list(STRETCH),
           loss=float(arrays['train/loss']),
+          sizes=SIZES,
         ),
       )
       print(f'{path}: {len(arrays)} arrays, loss {float(arrays["train/loss"]):.6f}', flush=True)
+  if 'lj' in groups:
+    SIZES = SMALL_SIZES['lj'] if args.small else SIZES
+    _write_lj_steps(args.original, args.out, x_logmel, manifests['lj'])
+  for group in groups:
+    with open(os.path.join(args.out, group, 'manifest.json'), 'w') as f:
+      json.dump(dict(files=manifests[group], made_by='scripts/make_parity_data.py'), f, indent=1)
+  return 0
+
+
+def _write_lj_steps(clone: str, out: str, x_logmel: np.ndarray, manifest: dict) -> None:
+  """lj/: train_ljvae.py's critic and whole step, train_time_multi.py's step."""
+  import torch  # pylint: disable=import-outside-toplevel
+
   # The BEGAN discriminator of train_ljvae.py, on the simple-normalised demo crops and their stretch.
   x = (x_logmel * np.float32(25) + np.float32(50)) / np.float32(50)
   for name, what, arrays in (
-    ('netd_80.npz', 'train_ljvae.NetD(80)', netd_golden(args.original, x, stretched(x))),
+    ('netd_80.npz', 'train_ljvae.NetD(80)', netd_golden(clone, x, stretched(x))),
     (
       'ljvae_step_n64_ch64.npz',
       'vqvc+_multi_codebook_lj + train_ljvae.NetD(80)',
-      ljvae_step_golden(args.original, stretched(x)),
+      ljvae_step_golden(clone, stretched(x)),
     ),
     (
       'time_multi_step_n64_ch64.npz',
       'vqvc+_multi_codebook_lj + train_time_multi.py',
-      time_multi_step_golden(args.original, x_logmel),
+      time_multi_step_golden(clone, x_logmel),
     ),
   ):
-    path = os.path.join(args.out, 'lj', name)
+    path = os.path.join(out, 'lj', name)
     with open(path + '.tmp', 'wb') as f:
       np.savez_compressed(f, **arrays)
     os.replace(path + '.tmp', path)
-    manifests['lj'][name] = dict(
+    manifest[name] = dict(
       keys={k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
-      meta=dict(model=what, torch=torch.__version__),
+      meta=dict(model=what, torch=torch.__version__, sizes=SIZES, critic_width=CRITIC_WIDTH),
     )
     print(f'{path}: {len(arrays)} arrays', flush=True)
-  for group, files in manifests.items():
-    with open(os.path.join(args.out, group, 'manifest.json'), 'w') as f:
-      json.dump(dict(files=files, made_by='scripts/make_parity_data.py'), f, indent=1)
-  return 0
 
 
 if __name__ == '__main__':

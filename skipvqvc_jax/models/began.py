@@ -114,13 +114,14 @@ class Block(nnx.Module):
 
 
 class BeganDiscriminator(nnx.Module):
-  """`NetD(input_size)`: (batch, input_size, frames) -> the same shape."""
+  """`NetD(input_size)`: (batch, input_size, frames) -> the same shape. `width`: the channels of its
+  1-D body, 512 in the original (hard-coded there; narrower only for small golden files)."""
 
   name = 'began_netd'
   # PyTorch's copy of v (recomputed from u at every call) and BatchNorm's counter: read by nothing.
   torch_unused = (r'.*\.weight_v$', r'.*\.num_batches_tracked$')
 
-  def __init__(self, input_size: int = 80, *, seed: int = 0):
+  def __init__(self, input_size: int = 80, *, width: int = 512, seed: int = 0):
     if input_size % 8:
       raise ValueError(f'input_size must be a multiple of 8 (three halvings); got {input_size}')
     rngs = nnx.Rngs(params=seed)
@@ -131,14 +132,14 @@ class BeganDiscriminator(nnx.Module):
         for cin, cout, d in ((1, 4, 2), (4, 16, 4), (16, 64, 8))
       ]
     )
-    widths = [64 * input_size // 8, 512, 512, 512, 512]
+    widths = [64 * input_size // 8] + [width] * 4
     self.body1d = nnx.List(
       [
-        Block(1, cin, 512, padding=d, dilation=d, rngs=rngs)
+        Block(1, cin, width, padding=d, dilation=d, rngs=rngs)
         for cin, d in zip(widths, (1, 16, 32, 64, 128))
       ]
     )
-    self.head = SNConv(1, 512, input_size, 3, padding=1, rngs=rngs)
+    self.head = SNConv(1, width, input_size, 3, padding=1, rngs=rngs)
 
   def spec(self) -> dict:
     return dict(name=self.name, input_size=self.input_size)

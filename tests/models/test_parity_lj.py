@@ -28,6 +28,11 @@ GOLDEN = {
 ATOL = 1e-4
 
 
+def _critic(state_dict) -> BeganDiscriminator:
+  """NetD(80) at the golden's width: 512 as the original has it, narrower in small goldens."""
+  return BeganDiscriminator(80, width=state_dict['head.weight_orig'].shape[1])
+
+
 @pytest.fixture(scope='module', params=list(GOLDEN), ids=lambda c: c.name)
 def golden(request, parity_dir):
   cls = request.param
@@ -35,8 +40,8 @@ def golden(request, parity_dir):
   state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
 
   def fresh():
-    sizes = cls.sizes_from_torch(state_dict)
-    assert sizes == dict(channel=64, n_embed=64, in_channel=80)
+    sizes = cls.sizes_from_torch(state_dict)  # n64_ch64, or narrower (make_parity_data.py --small)
+    assert sizes['in_channel'] == 80
     return porting.load_state_dict(cls(**sizes, gru_init='zeros'), state_dict)
 
   return cls, g, fresh
@@ -107,7 +112,7 @@ def test_the_began_discriminator(parity_dir):
   mean |D(x) - x| at the first call."""
   g = load_golden(parity_dir, 'lj/netd_80.npz')
   state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
-  netd = porting.load_state_dict(BeganDiscriminator(80), state_dict)
+  netd = porting.load_state_dict(_critic(state_dict), state_dict)
 
   def loss_fn(model, x):
     out = model(x)
@@ -139,10 +144,13 @@ def test_one_ljvae_step(parity_dir):
   g = load_golden(parity_dir, 'lj/ljvae_step_n64_ch64.npz')
   state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
   model = porting.load_state_dict(
-    VQVCPlusMultiCodebookLJ(channel=64, n_embed=64, gru_init='zeros'), state_dict
+    VQVCPlusMultiCodebookLJ(
+      **VQVCPlusMultiCodebookLJ.sizes_from_torch(state_dict), gru_init='zeros'
+    ),
+    state_dict,
   )
   critic_dict = {k.removeprefix('dparam/'): v for k, v in g.items() if k.startswith('dparam/')}
-  critic = porting.load_state_dict(BeganDiscriminator(80), critic_dict)
+  critic = porting.load_state_dict(_critic(critic_dict), critic_dict)
   config = default.get_config()
   config.trainer = 'ljvae'
   adversary = began.Began(config, model)
@@ -204,7 +212,10 @@ def test_one_time_multi_step(parity_dir, tmp_path):
   g = load_golden(parity_dir, 'lj/time_multi_step_n64_ch64.npz')
   state_dict = {k.removeprefix('param/'): v for k, v in g.items() if k.startswith('param/')}
   model = porting.load_state_dict(
-    VQVCPlusMultiCodebookLJ(channel=64, n_embed=64, gru_init='zeros'), state_dict
+    VQVCPlusMultiCodebookLJ(
+      **VQVCPlusMultiCodebookLJ.sizes_from_torch(state_dict), gru_init='zeros'
+    ),
+    state_dict,
   )
   stats = tmp_path / 'stats.npz'
   np.savez(stats, mean=g['input/mean'], std=g['input/std'])

@@ -28,7 +28,7 @@ def golden(parity_dir):
 
   def fresh():
     sizes = VQVCPlusPitch.sizes_from_torch(state_dict)
-    assert sizes == dict(channel=64, n_embed=64, in_channel=80)
+    assert sizes['in_channel'] == 80  # n64_ch64, or narrower (make_parity_data.py --small)
     return porting.load_state_dict(VQVCPlusPitch(**sizes, gru_init='zeros'), state_dict)
 
   return g, fresh
