@@ -18,6 +18,23 @@ PRESETS = {
   'time_multi_n32_ch512': dict(
     _LJ, **{'model.channel': 512, 'model.n_embed': 32, 'trainer': 'time_multi'}
   ),
+  # LJSpeech.ipynb's decoder fine-tuning of the n32_ch512 checkpoint, without the adversary:
+  # --config.init_from=THAT_RUN --config.data.train_dir=THE_VOICE's features.
+  'finetune_dec_n32_ch512': dict(
+    _LJ,
+    **{
+      'model.channel': 512,
+      'model.n_embed': 32,
+      'trainer': 'lj_finetune',
+      'trainable': 'dec',
+      'latent_loss_weight': 0.01,
+      'num_train_steps': 5000,
+    },
+  ),
+  'finetune_dec_tiny': dict(
+    vqvc_plus_multi.PRESETS['tiny'],
+    **dict(_LJ, trainer='lj_finetune', trainable='dec', latent_loss_weight=0.01),
+  ),
   'time_multi_tiny': dict(vqvc_plus_multi.PRESETS['tiny'], **dict(_LJ, trainer='time_multi')),
   'demo': dict(vqvc_plus_multi.PRESETS['demo'], **_LJ),
   'tiny': dict(vqvc_plus_multi.PRESETS['tiny'], **_LJ),

@@ -41,6 +41,7 @@ class Trainer:
   f0: bool = False  # feeds the source's F0 to the decoder: trains the F0 models (vqvc+_pitch) only
   speaker_free: bool = False  # trains the speaker-free (any-to-one) models only, and they only it
   adversary: str = ''  # 'began': train_ljvae.py's critic and decoder-only adversarial step
+  stretch_range: tuple[float, float] = (0.5, 2.0)  # each segment's stretch factor ~ U(low, high)
 
   @property
   def uses_stats(self) -> bool:
@@ -125,6 +126,18 @@ TRAINERS = {
     Trainer(
       'time_multi', 'train_time_multi.py', 'mean_std_unscaled', 'input', True, speaker_free=True
     ),
+    # LJSpeech.ipynb's fine-tuning of a trained LJ model's decoder (with `trainable='dec'`): simple
+    # normalisation, segments stretched by 0.8-1.2 (lengths rounded to 32 frames here, to 16 there),
+    # L1 at the three scales + 0.01 x the latent loss (`latent_loss_weight`), no critic.
+    Trainer(
+      'lj_finetune',
+      'LJSpeech.ipynb',
+      'simple',
+      'input',
+      multi_scale=True,
+      speaker_free=True,
+      stretch_range=(0.8, 1.2),
+    ),
     Trainer(
       'ljvae',
       'train_ljvae.py',
@@ -196,7 +209,7 @@ class Normalised:
     `content_mel` for rhythm, `f0` for the F0 trainer)."""
     if self.stretch == 'none':
       return dict(mel=mel) if f0_hz is None else dict(mel=mel, f0=f0_hz)
-    target, stretched = rhythm_stretch(mel, rng)
+    target, stretched = rhythm_stretch(mel, rng, *self.spec.stretch_range)
     if self.stretch == 'input':
       return dict(mel=stretched)
     return dict(mel=target, content_mel=stretched)

@@ -104,6 +104,43 @@ def test_time_multi_trains_a_speaker_free_model_without_the_adversary(small_feat
   assert 'time_multi' not in str(refused.value).split('takes')[-1]
 
 
+def test_the_notebooks_decoder_fine_tuning_moves_the_decoder_only(lj_run, small_features, tmp_path):
+  """LJSpeech.ipynb's fine-tuning (`lj_finetune`, `finetune_dec_*`): a trained LJ model's decoder on a
+  new voice, segments stretched by 0.8-1.2 only, L1 + 0.01 x latent, no critic; the rest unchanged."""
+  from flax import nnx
+
+  from skipvqvc_jax.store import checkpoints
+  from skipvqvc_jax.training import trainers
+
+  mel = np.zeros((2, 80, 128), np.float32)
+  lengths = {
+    name: {
+      trainers.get(name).augment(mel, np.random.default_rng(i))['mel'].shape[-1] for i in range(200)
+    }
+    for name in ('lj_finetune', 'simple_normalize_multi')
+  }
+  assert lengths['lj_finetune'] == {96, 128, 160}  # 102-154 frames, rounded to 32
+  assert (
+    min(lengths['simple_normalize_multi']) <= 64 and max(lengths['simple_normalize_multi']) >= 224
+  )
+  tuned = tmp_path / 'tuned'
+  config = tiny_config(
+    small_features, 'vqvc_plus_lj.py:finetune_dec_tiny', num_train_steps=2, init_from=str(lj_run[0])
+  )
+  summary = loop.train_and_evaluate(config, str(tuned))
+  assert 'loss_gan' not in summary['last_train']
+  params = lambda w: nnx.to_pure_dict(nnx.state(checkpoints.load(str(w)), nnx.Param))
+  before, after = params(lj_run[0]), params(tuned)
+  for group in set(before) - {'dec'}:  # frozen: bit for bit
+    for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group])):
+      np.testing.assert_array_equal(a, b)
+  moved = [
+    np.abs(a - b).max()
+    for a, b in zip(jax.tree.leaves(before['dec']), jax.tree.leaves(after['dec']))
+  ]
+  assert max(moved) > 0
+
+
 def test_any_source_comes_out_in_the_training_voice(lj_run, small_corpus):
   converter = skipvqvc_jax.load(str(lj_run[0]))
   source = small_corpus / 'esf2' / 'esf2_001.ogg'
