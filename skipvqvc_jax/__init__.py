@@ -16,7 +16,16 @@ if TYPE_CHECKING:
   from skipvqvc_jax.inference.convert import Codes, Converter, Speaker
 
 __version__ = '0.2.0'
-__all__ = ['Codes', 'Converter', 'Speaker', 'load', '__version__']
+__all__ = [
+  'Codes',
+  'Converter',
+  'Speaker',
+  'load',
+  'plot_mels',
+  'random_pair',
+  'world',
+  '__version__',
+]
 
 # The package's wings (sub-packages), bottom up: a module imports only from its own wing and the
 # wings before it. tests/test_architecture.py holds the code to this order; ARCHITECTURE.md says what
@@ -53,9 +62,29 @@ def load(path: str, step: int | None = None, vocoder: str = 'griffin_lim') -> Co
   return convert.Converter.restore(path, step, vocoder)
 
 
+def random_pair(features_dir: str, seed: int | None = None) -> tuple[str, str]:
+  """A (source, target) pair of `.npy` features of two different speakers of a feature folder, drawn
+  with `seed`; `converter.convert(source, target)` takes them as they are."""
+  from skipvqvc_jax.data import feature_files  # pylint: disable=import-outside-toplevel
+
+  return feature_files.random_pair(features_dir, seed)
+
+
+def plot_mels(named: dict, title: str = '', path: str | None = None):
+  """One picture (RGB array; PNG at `path`) of the log-mels in `named`, e.g. {'source': mel,
+  'reconstruction': converter.reconstruct_mel(mel)[0]} with mel = converter.mel('a.wav')."""
+  from skipvqvc_jax.evaluation import pictures  # pylint: disable=import-outside-toplevel
+
+  return pictures.mels(named, title, path)
+
+
 def __getattr__(name: str):
   if name in ('Codes', 'Converter', 'Speaker'):
     from skipvqvc_jax.inference import convert  # pylint: disable=import-outside-toplevel
 
     return getattr(convert, name)
+  if name == 'world':  # WORLD analysis and resynthesis: skipvqvc_jax.world.analyse(wave, sr)
+    from skipvqvc_jax.evaluation import world  # pylint: disable=import-outside-toplevel
+
+    return world
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -65,6 +65,20 @@ def local_features(features_dir: str) -> str:
   return local
 
 
+def random_pair(features_dir: str, seed: int | None = None) -> tuple[str, str]:
+  """A (source, target) pair of feature files of two different speakers of a folder, drawn with
+  `seed` (the original's inference notebook starts from such a pair): two speakers, then one file of
+  each."""
+  files = list_features(features_dir)
+  speakers = sorted({corpus.speaker_of(f) for f in files})
+  if len(speakers) < 2:
+    raise CorpusError(f'{features_dir}: features of one speaker only; a pair needs two speakers')
+  rng = np.random.default_rng(seed)
+  source_speaker, target_speaker = rng.choice(speakers, 2, replace=False)
+  of = lambda speaker: [f for f in files if corpus.speaker_of(f) == speaker]
+  return str(rng.choice(of(source_speaker))), str(rng.choice(of(target_speaker)))
+
+
 def list_features(features_dir: str) -> list[str]:
   """The sorted `.npy` feature files of a folder (a local mirror of one in a bucket); an error that
   says what to do when there are none."""

@@ -6,11 +6,11 @@ from __future__ import annotations
 import html
 import os
 
-import numpy as np
-
 from skipvqvc_jax.core import fileio, storage
 from skipvqvc_jax.core.fileio import save_text
 from skipvqvc_jax.data import audio, feature_files
+from skipvqvc_jax.evaluation import pictures, world
+from skipvqvc_jax.evaluation.metrics import world_available
 from skipvqvc_jax.store import summaries
 
 
@@ -127,18 +127,21 @@ def _pair_section(i: int, result, assets: str, converter) -> str:
   )
   if pair.parallel:
     mels['target_same_sentence'] = feature_files.load_features(pair.parallel)
-  cells = []
+  cells, waves = [], {}
   for name, mel in mels.items():
     stem = f'pair{i:02d}_{name}'
-    _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, name))
-    wave = (
+    pictures.save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, name))
+    waves[name] = (
       result.converted_audio(converter.vocoder) if name == 'conversion' else converter.vocoder(mel)
     )
-    audio.write_audio(storage.join(assets, stem + '.wav'), wave, converter.vocoder.sample_rate)
+    sr = converter.vocoder.sample_rate
+    audio.write_audio(storage.join(assets, stem + '.wav'), waves[name], sr)
     cells.append(
       f'<figure><figcaption>{name}</figcaption><img src="assets/{stem}.png" '
       f'alt="{name} mel"><audio controls src="assets/{stem}.wav"></audio></figure>'
     )
+  if i == 0 and world_available():  # the first pair's source and conversion through WORLD
+    cells += _world_cells(i, {k: waves[k] for k in ('source', 'conversion')}, assets, sr)
   scales = (
     ('reconstruction', result.reconstruction_scales),
     ('conversion', result.converted_scales),
@@ -146,7 +149,9 @@ def _pair_section(i: int, result, assets: str, converter) -> str:
   for name, outputs in scales:  # a multi-scale model's coarser outputs, as images
     for j, mel in enumerate(outputs[:-1]):
       stem = f'pair{i:02d}_{name}_d{j}'
-      _save_png(storage.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}'))
+      pictures.save_png(
+        storage.join(assets, stem + '.png'), summaries.mel_image(mel, f'{name} d{j}')
+      )
       cells.append(
         f'<figure><figcaption>{name}, scale d{j} ({mel.shape[0]} bands, 1/'
         f'{2 ** (len(outputs) - 1 - j)} frame rate)</figcaption><img '
@@ -157,6 +162,24 @@ def _pair_section(i: int, result, assets: str, converter) -> str:
     f'{html.escape(pair.target_speaker)}</h3><p>{_scores(result)}</p>{"".join(cells)}'
     f'</section>'
   )
+
+
+def _world_cells(i: int, waves: dict, assets: str, sample_rate: int) -> list[str]:
+  """WORLD's analysis of each wave (envelope, aperiodicity, F0: a picture) and its resynthesis."""
+  cells = []
+  for name, wave in waves.items():
+    stem = f'pair{i:02d}_{name}_world'
+    analysed = world.analyse(wave, sample_rate)
+    pictures.save_png(storage.join(assets, stem + '.png'), world.picture(analysed, name))
+    audio.write_audio(
+      storage.join(assets, stem + '.wav'), world.resynthesise(analysed), sample_rate
+    )
+    cells.append(
+      f'<figure><figcaption>{name} through WORLD (analysis, resynthesis)</figcaption><img '
+      f'src="assets/{stem}.png" alt="{name} WORLD analysis"><audio controls '
+      f'src="assets/{stem}.wav"></audio></figure>'
+    )
+  return cells
 
 
 def _scores(result) -> str:
@@ -181,12 +204,6 @@ def _scores(result) -> str:
         f'RMSE {f0["f0_rmse_cents"]:.0f} cents'
       )
   return scores
-
-
-def _save_png(path: str, image: np.ndarray) -> None:
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  fileio.atomic_write(path, lambda tmp: plt.imsave(tmp, image, format='png'))
 
 
 def summary_lines(metrics: dict, report_dir: str) -> list[str]:

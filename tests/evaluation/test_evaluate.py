@@ -10,6 +10,7 @@ from skipvqvc_jax.core import errors
 from skipvqvc_jax.data import audio, corpus, feature_files
 from skipvqvc_jax.evaluation import evaluate, metrics
 from skipvqvc_jax.evaluation import pairs as eval_pairs
+from skipvqvc_jax.evaluation.metrics import world_available
 from skipvqvc_jax.store import checkpoints
 from tests.conftest import REPO
 
@@ -73,6 +74,11 @@ def test_lmcd_is_zero_for_identical_mels_and_grows_with_distortion():
 def test_eval_writes_metrics_and_a_report(workdir, caplog):
   caplog.set_level('INFO')
   metrics = evaluate.run(str(workdir), num_pairs=4, report_pairs=2)
+  if world_available():  # the first pair's source and conversion through WORLD, pictured and played
+    first_page = (workdir / 'eval' / 'step_4' / 'report.html').read_text()
+    assert first_page.count('through WORLD') == 2
+    for name in ('source', 'conversion'):
+      assert (workdir / 'eval' / 'step_4' / 'assets' / f'pair00_{name}_world.wav').is_file()
   # Each phase says how far it is.
   for phase in ('eval: reconstructing the test utterances: 12/12', 'eval: converting: 4/4 pairs'):
     assert phase in caplog.text, phase
