@@ -1,7 +1,9 @@
-"""A web page that converts a voice (skipvqvc-demo): Gradio, served on this machine only.
+"""A web page that converts a voice (skipvqvc-demo): Gradio, served on this machine only unless told.
 
     skipvqvc-demo --model=models/vqvc+                   # then open http://127.0.0.1:7860
     skipvqvc-demo --model=runs/RUN --vocoder=griffin_lim,melgan --port=8080
+    skipvqvc-demo --model=models/vqvc+ --server_name=0.0.0.0   # every interface: no login, mind who reaches it
+    skipvqvc-demo --model=models/vqvc+ --share            # also a public gradio.live link (needs internet)
 
 Upload or record a source (the words) and one or more references (the voice), pick the vocoder, and
 get the converted audio with the mels of the source, the first reference and the result. A file that
@@ -35,7 +37,20 @@ def define_flags() -> None:
     'The vocoders offered on the page (the first is the default): griffin_lim, melgan (the '
     "original's, fetched on first use) or a vocoder directory.",
   )
-  flags.DEFINE_integer('port', 7860, 'The port to serve on (on 127.0.0.1 only).')
+  flags.DEFINE_integer('port', 7860, 'The port to serve on.')
+  flags.DEFINE_string(
+    'server_name',
+    '127.0.0.1',
+    'The address to serve on: 127.0.0.1 (this machine only); 0.0.0.0 for every network interface '
+    '(the page has no login: anyone who reaches this machine can use it). From a laptop, an SSH '
+    'tunnel keeps it private: ssh -L 7860:127.0.0.1:7860 USER@HOST.',
+  )
+  flags.DEFINE_bool(
+    'share',
+    False,
+    "Also a public https link through Gradio's share servers (needs internet; anyone with the link "
+    'can use the page while it runs). Gradio prints the link.',
+  )
   flags.DEFINE_float(
     'max_seconds', 120.0, 'Longer uploads are refused on the page (use skipvqvc-convert).'
   )
@@ -117,17 +132,17 @@ def main(argv) -> int:
     )
     page = build(demo)
     print(
-      f'serving {FLAGS.model} at http://127.0.0.1:{FLAGS.port} (Ctrl-C stops); uploads of up to '
+      f'serving {FLAGS.model} at http://{FLAGS.server_name}:{FLAGS.port} (Ctrl-C stops); uploads of up to '
       f'{page_conversions.max_upload_bytes(FLAGS.max_seconds)} bytes; uploads and results in {temp} and '
       f'{demo.out_dir}, removed when it stops',
       flush=True,
     )
     page.queue().launch(
-      server_name='127.0.0.1',
+      server_name=FLAGS.server_name,
       server_port=FLAGS.port,
-      share=False,
+      share=FLAGS.share,
       show_error=True,
-      quiet=True,
+      quiet=not FLAGS.share,  # Gradio's own lines, the share link among them
       max_file_size=page_conversions.max_upload_bytes(FLAGS.max_seconds),
     )
   finally:

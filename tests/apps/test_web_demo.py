@@ -141,7 +141,7 @@ def test_a_corrupt_and_a_long_upload_are_messages_and_the_server_goes_on(server,
   assert src and not error, error
 
 
-def _start_server(model, port: int, log, *flags) -> subprocess.Popen:
+def _start_server(model, port: int, log, *flags, host: str = '127.0.0.1') -> subprocess.Popen:
   process = subprocess.Popen(
     [
       sys.executable,
@@ -161,13 +161,29 @@ def _start_server(model, port: int, log, *flags) -> subprocess.Popen:
   deadline = time.time() + 300
   while process.poll() is None and time.time() < deadline:
     try:
-      with urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=5):
+      with urllib.request.urlopen(f'http://{host}:{port}/', timeout=5):
         return process
     except OSError:
       time.sleep(1)
   process.kill()
   log.flush()
   pytest.fail(f'the demo server did not start: {pathlib.Path(log.name).read_text()[-3000:]}')
+
+
+def test_server_name_chooses_the_address_it_serves_on(ported, tmp_path):
+  """--server_name=127.0.0.2 (another loopback address: tests bind loopback only) serves there and not
+  on 127.0.0.1, and the first line says where."""
+  port = _free_port()
+  log_path = tmp_path / 'server.log'
+  with open(log_path, 'w') as log:
+    process = _start_server(ported, port, log, '--server_name=127.0.0.2', host='127.0.0.2')
+  try:
+    assert f'at http://127.0.0.2:{port} (Ctrl-C stops)' in log_path.read_text()
+    with pytest.raises(OSError):
+      urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=5)
+  finally:
+    process.terminate()
+    process.wait(timeout=60)
 
 
 def test_uploads_are_capped_results_bounded_and_both_removed_at_exit(ported, browser, tmp_path):
