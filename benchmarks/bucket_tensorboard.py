@@ -2,10 +2,10 @@
 event file in parts (`tensorboard_part_mib`, the default 1 MiB) and as one file (0: every flush uploads
 the whole file), side by side, and per hour at the rate each run had.
 
-    python benchmarks/bucket_tensorboard.py --features=FEATURES [--seconds=60] [--eval_every=20]
+    python benchmarks/bucket_tensorboard.py --features=FEATURES [--steps=400] [--eval_every=5]
 
-FEATURES is a preprocessed folder (train/, test/). Each run is `vqvc_plus.py:tiny` trained for about
---seconds (its steps sized from a first short run) into the tests' Cloud Storage emulator on loopback
+FEATURES is a preprocessed folder (train/, test/). Each run is `vqvc_plus.py:tiny` trained for --steps
+into the tests' Cloud Storage emulator on loopback
 (tests/gcs_emulator.py, the [test] extra), evaluating every --eval_every steps (each evaluation writes
 the sample's mels and audio: what makes the event file grow). The emulator logs every upload's size
 (its UPLOAD_LOG); the figures are the bytes under the run's tensorboard/ and the event files' size, and
@@ -43,8 +43,8 @@ def run(features: str, url: str, steps: int, eval_every: int, part_mib: float) -
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--features', required=True)
-  parser.add_argument('--seconds', type=float, default=60.0)
-  parser.add_argument('--eval_every', type=int, default=20)
+  parser.add_argument('--steps', type=int, default=400)
+  parser.add_argument('--eval_every', type=int, default=5)
   args = parser.parse_args()
   from absl import logging  # pylint: disable=import-outside-toplevel
 
@@ -59,9 +59,7 @@ def main():
     try:
       from skipvqvc_jax.core import storage  # pylint: disable=import-outside-toplevel
 
-      probe = run(args.features, 'gs://bench/probe', 2 * args.eval_every, args.eval_every, 1.0)
-      steps = max(args.eval_every, int(2 * args.eval_every * args.seconds / probe))
-      rows = {}
+      steps, rows = args.steps, {}
       for name, part_mib in (('one file', 0.0), ('parts of 1 MiB', 1.0)):
         prefix = 'run_' + name.split()[0]
         seconds = run(args.features, f'gs://bench/{prefix}', steps, args.eval_every, part_mib)
