@@ -119,6 +119,40 @@ def assert_step_matches(stepped: dict, g: dict, golden_grads: dict, omitted=None
     np.testing.assert_allclose(ours, golden_step, atol=2e-3, err_msg=key)
 
 
+def golden_loss_and_gradients(trainer, graphdef, params, rest, inputs: dict, g: dict):
+  """Our `trainer`'s loss on `inputs` (latent weight 0.1) against a golden step's: the loss, the latent
+  loss, the gradient norm and every gradient. Returns (aux, grads, the golden's gradients)."""
+  import jax
+  import optax
+  from flax import nnx
+
+  def loss_fn(params):
+    return trainer.loss(nnx.merge(graphdef, params, rest), inputs, jax.random.key(0), 0.1)
+
+  (loss, aux), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  assert_close(loss, g['train/loss'], 'loss', 1e-5)
+  assert_close(aux['latent_loss'], g['train/latent_loss'], 'latent_loss', 1e-5)
+  np.testing.assert_allclose(optax.tree.norm(grads), g['train/grad_total_norm'], rtol=1e-4)
+  return aux, grads, assert_gradients_match(nnx.merge(graphdef, grads, rest), g)
+
+
+def assert_adam_step_matches(graphdef, params, rest, grads, g: dict, golden_grads: dict) -> None:
+  """Our optimizer's first step from `params` with `grads` against the golden's weights after it."""
+  import optax
+  from flax import nnx
+
+  from skipvqvc_jax.configs import default
+  from skipvqvc_jax.store import porting
+  from skipvqvc_jax.training.tasks import voice_conversion
+
+  tx = voice_conversion.make_optimizer(default.get_config())
+  updates, _ = tx.update(grads, tx.init(params), params)
+  stepped = porting.export_state_dict(
+    nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
+  )
+  assert_step_matches(stepped, g, golden_grads)
+
+
 def load_golden(parity_dir: pathlib.Path, name: str) -> dict:
   """The arrays of a golden file scripts/make_parity_data.py writes (pitch/, lj/): skips where the
   folder lacks it (../shared/parity has pitch/, not lj/)."""

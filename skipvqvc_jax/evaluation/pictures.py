@@ -3,11 +3,10 @@ reconstruction, a conversion, a decoding of edited codes), as RGB arrays or PNG 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from skipvqvc_jax.core.fileio import atomic_write
+from skipvqvc_jax.store import summaries
 
 
 def mels(named: dict[str, np.ndarray], title: str = '', path: str | None = None) -> np.ndarray:
@@ -28,22 +27,10 @@ def mels(named: dict[str, np.ndarray], title: str = '', path: str | None = None)
     im.set_clim(low, high)
     ax.set(ylabel='mel band', title=f'{title} {label}'.strip())
   axes[-1, 0].set(xlabel='frame')
-  image = rgb(fig)
+  image = summaries.figure_rgb(fig)
   if path:
     save_png(path, image)
   return image
-
-
-def rgb(fig) -> np.ndarray:
-  """A matplotlib figure as an RGB uint8 array (the figure is closed)."""
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format='raw')
-  width, height = fig.canvas.get_width_height()
-  plt.close(fig)
-  return np.frombuffer(buffer.getvalue(), np.uint8).reshape(height, width, 4)[..., :3].copy()
 
 
 def save_png(path: str, image: np.ndarray) -> None:

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from skipvqvc_jax.core.errors import AudioError
-from skipvqvc_jax.evaluation import pictures
+from skipvqvc_jax.store import summaries
 
 FRAME_MS = 5.0
 
@@ -73,4 +73,4 @@ def picture(world: World, title: str = '') -> np.ndarray:
   axes[1].set(ylabel='Hz', title='aperiodicity')
   axes[2].plot(seconds, np.where(world.f0 > 0, world.f0, np.nan))
   axes[2].set(xlabel='seconds', ylabel='Hz', title='F0 (unvoiced left out)')
-  return pictures.rgb(fig)
+  return summaries.figure_rgb(fig)

@@ -31,6 +31,13 @@ def mel_image(mel: np.ndarray, title: str = '') -> np.ndarray:
   im = ax.imshow(mel, aspect='auto', origin='lower', interpolation='none', cmap='magma')
   fig.colorbar(im, ax=ax)
   ax.set(xlabel='frame', ylabel='mel band', title=title)
+  return figure_rgb(fig)
+
+
+def figure_rgb(fig) -> np.ndarray:
+  """A matplotlib figure as an RGB uint8 (H, W, 3) array; the figure is closed."""
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format='raw')

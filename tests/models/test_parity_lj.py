@@ -18,7 +18,14 @@ from skipvqvc_jax.models.single_speaker import VQVCPlusLJ3, VQVCPlusMultiCodeboo
 from skipvqvc_jax.store import porting
 from skipvqvc_jax.training import trainers
 from skipvqvc_jax.training.tasks import began, voice_conversion
-from tests.conftest import assert_close, assert_gradients_match, assert_step_matches, load_golden
+from tests.conftest import (
+  assert_adam_step_matches,
+  assert_close,
+  assert_gradients_match,
+  assert_step_matches,
+  golden_loss_and_gradients,
+  load_golden,
+)
 from tests.models.test_parity_multi import _trainer_inputs
 
 GOLDEN = {
@@ -224,18 +231,5 @@ def test_one_time_multi_step(parity_dir, tmp_path):
   assert_close(trainer.normalize(inputs['mel']), g['input/x_shuffle'], 'normalised input', 1e-5)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   params = nnx.to_pure_dict(params)
-
-  def loss_fn(params):
-    return trainer.loss(nnx.merge(graphdef, params, rest), inputs, jax.random.key(0), 0.1)
-
-  (loss, aux), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
-  assert_close(loss, g['train/loss'], 'loss', 1e-5)
-  assert_close(aux['latent_loss'], g['train/latent_loss'], 'latent_loss', 1e-5)
-  np.testing.assert_allclose(optax.tree.norm(grads), g['train/grad_total_norm'], rtol=1e-4)
-  golden_grads = assert_gradients_match(nnx.merge(graphdef, grads, rest), g)
-  tx = voice_conversion.make_optimizer(default.get_config())
-  updates, _ = tx.update(grads, tx.init(params), params)
-  stepped = porting.export_state_dict(
-    nnx.merge(graphdef, optax.apply_updates(params, updates), rest)
-  )
-  assert_step_matches(stepped, g, golden_grads)
+  _, grads, golden_grads = golden_loss_and_gradients(trainer, graphdef, params, rest, inputs, g)
+  assert_adam_step_matches(graphdef, params, rest, grads, g, golden_grads)
