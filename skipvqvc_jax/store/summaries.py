@@ -12,6 +12,7 @@ import glob
 import io
 import os
 import struct
+import threading
 
 import jax
 import numpy as np
@@ -55,12 +56,16 @@ class _ObjectEventFile:
   def __init__(self, path: str, timeout: float, part_bytes: int = 0):
     self.base, self.path, self.timeout, self.part_bytes = path, path, timeout, part_bytes
     self.buffer, self.uploaded, self.parts, self.header = io.BytesIO(), 0, 0, None
+    # Uploads happen in the thread that opened the file (the run's), never in tensorboardX's own
+    # writer thread: a deadline missed there killed that thread, and the run's next flush then waited
+    # for ever on its queue.
+    self.owner = threading.get_ident()
 
   def write(self, piece: bytes) -> None:  # a record comes in four pieces (length, crc, data, crc)
     self.buffer.write(piece)
 
   def flush(self) -> None:
-    if self.buffer.tell() == self.uploaded:
+    if self.buffer.tell() == self.uploaded or threading.get_ident() != self.owner:
       return
     data = self.buffer.getvalue()
 
