@@ -87,30 +87,28 @@ def jit_train_step(step: Callable, mesh) -> Callable:
 
 
 def initial_health(step: int) -> dict:
-  """What the loop's program carries between calls, on the device: the step reached, how many updates
-  were skipped, and the first non-finite step (-1: none yet) with its loss."""
+  """What the loop's program carries between calls, on the device: the step reached and the first
+  non-finite step (-1: none yet) with its loss. (Every update from it on is skipped: the run stops on
+  its last good state, so no count is kept.)"""
   return dict(
     step=jnp.asarray(step, jnp.int32),
-    skipped=jnp.zeros((), jnp.int32),
     first_bad=jnp.full((), -1, jnp.int32),
     bad_loss=jnp.zeros((), jnp.float32),
   )
 
 
 def _guarded(step: Callable) -> Callable:
-  """`step` that also counts, on the device, the updates it skipped; after the first non-finite
-  step it leaves the state as it was (the run stops on the last good state at its next log step)."""
+  """`step` that also records, on the device, the first non-finite step; from it on it leaves the state
+  as it was (the run stops on the last good state at its next log step)."""
 
   def guarded(state, batch, health):
     new, metrics = step(state, batch)
     healthy = health['first_bad'] < 0
     new = jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new, state)
-    finite = metrics['finite'] & healthy
     step_number = health['step'] + 1
     first = healthy & ~metrics['finite']
     health = dict(
       step=step_number,
-      skipped=health['skipped'] + (~finite).astype(jnp.int32),
       first_bad=jnp.where(first, step_number, health['first_bad']),
       bad_loss=jnp.where(first, metrics['loss'].astype(jnp.float32), health['bad_loss']),
     )
