@@ -258,7 +258,7 @@ class _Run:
     self.position = None  # the data iterator's state after the last step's batch
     self.summary: dict[str, Any] = dict(start_step=self.step, evals={}, status='finished')
     self.state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    self.previous = None  # (metrics, step) of the last step
+    self.metrics = None  # the last step's, on the device until a log step reads them
     self.saved = None  # the last step saved by this run
     self.paused = 0.0  # seconds of evaluation and checkpointing since the last log line
     self.timer, self.timed_steps = time.perf_counter(), 0
@@ -277,7 +277,7 @@ class _Run:
       self.compiling += seconds
       self.cadence.compiled(seconds)
     self.step += call.steps
-    self.previous = (metrics, self.step)
+    self.metrics = metrics
     self.position = call.position
     self.timed_steps += call.steps
     if not self.compiled:  # the first step compiles: time the ones after it
@@ -308,7 +308,7 @@ class _Run:
   def _log(self) -> None:
     self.check_finite()
     self.ckpt.check_for_errors()  # a checkpoint written in the background may have failed
-    host = jax.device_get(self.previous[0])
+    host = jax.device_get(self.metrics)
     elapsed = time.perf_counter() - self.timer - self.paused
     if self.timed_steps and elapsed > 0:
       rate = self.timed_steps / elapsed
