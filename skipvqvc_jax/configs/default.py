@@ -80,6 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.channel = 64  # hidden width of the encoder convs and decoder GBlocks
   config.model.n_embed = 64  # codebook size of the coarsest scale (variants derive the others)
   config.model.gru_init = 'normal'  # GRU initial state: the original's N(0, 1) noise, or 'zeros'
+  # Off in the original: the decoder's content is also scaled per channel by the speaker's spread
+  # (AdaIN-style; vqvc+, vqvc+_multi, vqvc+_multi_simple)
+  config.model.speaker_scale = False
 
   config.trainer = 'normal'  # a name from skipvqvc_jax.training.trainers.NAMES
   # '' trains every parameter; a comma-separated list of top-level groups (dec, enc, quantize) trains
@@ -89,6 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.grad_clip_norm = 3.0  # global-norm clipping of the gradient
   config.latent_loss_weight = 0.1  # loss = L1 reconstruction + this * latent loss
+  # > 0, off in the original: in training, the encoder's content comes from a copy of each mel
+  # resized along frequency by a ratio ~ U(1 - x, 1 + x), the speaker terms from the mel itself
+  # (FreeVC's spectrogram-resize augmentation; trainers.resized_reconstruction). Conversion unchanged.
+  config.content_resize = 0.0
   # Codebook upkeep from VQ-VAE practice, off as in the original (tasks/codebooks.py):
   config.codebook = ml_collections.ConfigDict()
   # > 0: a code whose usage (moving average) falls under this x the uniform share restarts as a

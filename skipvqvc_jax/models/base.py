@@ -43,6 +43,11 @@ class Encoding(NamedTuple):
 # ---- the base -------------------------------------------------------------------------------------
 
 
+# The models whose decoder input is content + speaker over a time-normalised encoder output: they can
+# also scale the content by the speaker's per-channel spread (`speaker_scale`).
+SPEAKER_SCALE_MODELS = ('vqvc+', 'vqvc+_multi', 'vqvc+_multi_simple')
+
+
 class VQVCModel(nnx.Module):
   """A three-scale vector-quantized U-Net autoencoder: what every VQVC+ model shares.
 
@@ -79,10 +84,17 @@ class VQVCModel(nnx.Module):
     n_embed: int = 128,
     *,
     gru_init: GruInit = 'normal',
+    speaker_scale: bool = False,
     seed: int = 0,
   ):
     if gru_init not in ('normal', 'zeros'):
       raise ValueError(f"gru_init must be 'normal' or 'zeros', got {gru_init!r}")
+    if speaker_scale and self.name not in SPEAKER_SCALE_MODELS:
+      raise ValueError(
+        f'{self.name} has no speaker scale: only {", ".join(SPEAKER_SCALE_MODELS)} add the '
+        f'speaker to plain content'
+      )
+    self.speaker_scale = bool(speaker_scale)
     if in_channel % 2 ** (NUM_SCALES + 1):
       raise ValueError(
         f'in_channel must be a multiple of {2 ** (NUM_SCALES + 1)} '
@@ -124,7 +136,12 @@ class VQVCModel(nnx.Module):
     return rows
 
   def _stage_input(self, j: int, q, sp, std, rhythm):
-    """Decoder input at scale j (coarse to fine). The base model ignores std."""
+    """Decoder input at scale j (coarse to fine): content + speaker, as the original (which ignores
+    std); with `speaker_scale`, the content is first scaled per channel by the speaker's spread
+    (AdaIN's scale beside VQVC+'s additive mean): std over its mean across channels, so the gain
+    is 1 on average and does not depend on the utterance's length."""
+    if self.speaker_scale:
+      q = q * (std / jnp.mean(std, axis=-1, keepdims=True))
     return q + sp
 
   @property
@@ -159,10 +176,12 @@ class VQVCModel(nnx.Module):
   def spec(self) -> dict:
     """What rebuilds this model: `models.build(**spec)`."""
     sizes = ('channel', 'n_embed', 'in_channel', 'gru_init')
-    return dict(name=self.name, **{size: getattr(self, size) for size in sizes})
+    options = dict(speaker_scale=True) if self.speaker_scale else {}  # absent: the original's
+    return dict(name=self.name, **{size: getattr(self, size) for size in sizes}, **options)
 
   def describe(self) -> str:
-    return f'{self.name} (channel={self.channel}, n_embed={self.n_embed})'
+    scale = ', speaker_scale' if self.speaker_scale else ''
+    return f'{self.name} (channel={self.channel}, n_embed={self.n_embed}{scale})'
 
   @classmethod
   def sizes_from_torch(cls, state_dict) -> dict:

@@ -214,24 +214,28 @@ class Normalised:
       return dict(mel=stretched)
     return dict(mel=target, content_mel=stretched)
 
-  def reconstruct(self, model, inputs: dict, rng):
+  def reconstruct(self, model, inputs: dict, rng, content_resize: float = 0.0):
     """The model's reconstruction of normalised inputs['mel'] (every scale), and its encoding; an
-    F0 model's decoder takes inputs['f0'] (Hz) as train_pitch_multi.py makes it."""
+    F0 model's decoder takes inputs['f0'] (Hz) as train_pitch_multi.py makes it. With
+    content_resize > 0, the content comes from a copy resized along frequency (`resized_reconstruction`)."""
     content_mel, f0_hz = inputs.get('content_mel'), inputs.get('f0')
     mel = self.normalize(inputs['mel'])
+    contour = None if f0_hz is None else f0.model_contour(f0_hz)
+    if content_resize:
+      return resized_reconstruction(model, mel, contour, rng, content_resize)
     return model.reconstruct(
       mel,
       None if content_mel is None else self.normalize(content_mel),
-      f0=None if f0_hz is None else f0.model_contour(f0_hz),
+      f0=contour,
       rng=rng,
     )
 
-  def loss(self, model, inputs: dict, rng, latent_weight: float):
+  def loss(self, model, inputs: dict, rng, latent_weight: float, content_resize: float = 0.0):
     """L1 at every scale + latent_weight * latent loss, in normalised space (as the original).
 
     aux: the two terms, the codes, the per-scale L1 terms and the codebooks after a max_norm
     lookup's renormalisation, which the step writes back (`renormed_codebooks`)."""
-    recon, enc = self.reconstruct(model, inputs, rng)
+    recon, enc = self.reconstruct(model, inputs, rng, content_resize)
     recon_loss, recon_losses = scale_l1(recon, self.normalize(inputs['mel']))
     latent_loss = enc.latent_loss + model.training_latent(enc, latent_key(rng))
     aux = dict(recon_losses=recon_losses)
@@ -245,6 +249,45 @@ class Normalised:
       codes=enc.codes,
       quantizer_in=enc.quantizer_in,
     )
+
+
+# ---- the spectrogram-resize augmentation ----------------------------------------------------------
+
+_RESIZE_STREAM = 2  # folded into a step's key for the resize ratios (1: the latent terms)
+
+
+def resize_bands(mel, ratios):
+  """Each mel (B, bands, T) with its frequency axis scaled by its ratio: band k of the result is
+  band k / ratio of the mel, linearly interpolated (above 1 the spectrum moves up and its top is
+  lost; below 1 it moves down and the bands it leaves empty at the top take the item's lowest
+  value)."""
+  bands = mel.shape[1]
+  source = jnp.arange(bands, dtype=jnp.float32)[None] / ratios[:, None]  # (B, bands)
+  low = jnp.clip(jnp.floor(source), 0, bands - 1).astype(jnp.int32)
+  high = jnp.minimum(low + 1, bands - 1)
+  weight = jnp.clip(source - low, 0.0, 1.0)[..., None].astype(mel.dtype)
+  rows = jax.vmap(lambda m, i: m[i])
+  resized = rows(mel, low) * (1 - weight) + rows(mel, high) * weight
+  floor = jnp.min(mel, axis=(1, 2), keepdims=True)
+  # Half a band past the top still takes the top band (its nearest), so a ratio of 1 is exact.
+  return jnp.where((source > bands - 0.5)[..., None], floor, resized)
+
+
+def resized_reconstruction(model, mel, contour, rng, spread: float):
+  """FreeVC's spectrogram-resize augmentation: the content comes from a copy of each mel resized
+  along frequency by a ratio ~ U(1 - spread, 1 + spread), the speaker terms from the mel itself, and
+  the decoder reconstructs the mel; content that survives a moved spectrum carries less of the
+  speaker. Both copies go through the encoder as one batch (the latent loss and codes cover both;
+  a max_norm codebook renormalises the rows either looks up). Conversion is unchanged."""
+  ratio_key, encode_key, decode_key = jax.random.split(jax.random.fold_in(rng, _RESIZE_STREAM), 3)
+  batch = mel.shape[0]
+  ratios = jax.random.uniform(ratio_key, (batch,), minval=1 - spread, maxval=1 + spread)
+  enc = model.encode(jnp.concatenate([resize_bands(mel, ratios), mel]), rng=encode_key)
+  resized, own = (lambda xs: [x[:batch] for x in xs]), (lambda xs: [x[batch:] for x in xs])
+  recon = model.decode(
+    resized(enc.content), own(enc.speaker), own(enc.std), f0=contour, rng=decode_key
+  )
+  return recon, enc
 
 
 def load_stats(path: str, trainer: str = 'mean_std') -> tuple[np.ndarray, np.ndarray]:

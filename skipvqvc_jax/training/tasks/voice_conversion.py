@@ -42,6 +42,8 @@ def model_info(config) -> checkpoints.ModelInfo:
     in_channel=config.features.n_mels,
     gru_init=m.gru_init,
   )
+  if m.get('speaker_scale'):  # absent from the spec when off, as in every model before it
+    spec['speaker_scale'] = True
   return checkpoints.ModelInfo(spec, ('params',))
 
 
@@ -80,6 +82,12 @@ def check_config(config) -> None:
       f'finest scale has n_embed / 4 codes)'
     )
   model_class = models.get_class(model.name)
+  if model.get('speaker_scale') and model.name not in models.SPEAKER_SCALE_MODELS:
+    raise ConfigError(
+      f'--config.model.speaker_scale: {model.name} has no speaker scale; models with one: '
+      f'{", ".join(models.SPEAKER_SCALE_MODELS)}'
+    )
+  check_content_resize(config, model_class)
   if config.trainer not in trainers.TRAINERS:
     raise ConfigError(
       f'--config.trainer={config.trainer!r}: valid trainers: {", ".join(trainers.TRAINERS)}'
@@ -90,6 +98,19 @@ def check_config(config) -> None:
   if not isinstance(crop, int) or crop < multiple or crop % multiple:
     raise ConfigError(
       f'--config.data.crop_frames={crop!r}: {model.name} needs a positive multiple of {multiple}'
+    )
+
+
+def check_content_resize(config, model_class) -> None:
+  resize = config.get('content_resize', 0.0)
+  if not isinstance(resize, (int, float)) or not 0 <= resize < 1:
+    raise ConfigError(
+      f'--config.content_resize={resize!r}: must be in [0, 1) (0.15: ratios of 0.85 to 1.15)'
+    )
+  if resize and (model_class.takes_content_mel or model_class.speaker_free):
+    raise ConfigError(
+      f'--config.content_resize: {model_class.name} has no speaker terms to take from the '
+      f'unchanged mel (rhythm and speaker-free models); set it to 0'
     )
 
 
@@ -159,6 +180,7 @@ class Steps:
     self.frozen = frozen_groups(config, model.name, list(nnx.to_pure_dict(params)))
     self.tx = make_optimizer(config)
     self.latent_weight = config.latent_loss_weight
+    self.content_resize = config.get('content_resize', 0.0)
     self.dtype = jnp.dtype(config.compute_dtype)
     self.codebook_sizes = [q.num_codes for q in model.quantize]
     self.upkeep = codebooks.Upkeep.of(config, model)
@@ -176,10 +198,11 @@ class Steps:
       params = jax.tree.map(lambda p: p.astype(self.dtype), params)
     return nnx.merge(self.graphdef, params, self.rest)
 
-  def loss(self, params, inputs, rng):
+  def loss(self, params, inputs, rng, train: bool = True):
     # F0 stays float32: a bfloat16 Hz value is off by up to a third of a semitone.
     inputs = {k: v if k == 'f0' else v.astype(self.dtype) for k, v in inputs.items()}
-    return self.trainer.loss(self.model(params), inputs, rng, self.latent_weight)
+    resize = self.content_resize if train else 0.0  # the test loss is the plain reconstruction's
+    return self.trainer.loss(self.model(params), inputs, rng, self.latent_weight, resize)
 
   def step(self, state, inputs):
     self.traces += 1  # runs at trace time only
@@ -222,7 +245,7 @@ class Steps:
     return new_state, metrics
 
   def _eval_step(self, params, inputs, rng):
-    loss, aux = self.loss(params, inputs, rng)
+    loss, aux = self.loss(params, inputs, rng, train=False)
     return dict(
       loss=loss,
       recon_loss=aux['recon_loss'],
