@@ -83,6 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Off in the original: the decoder's content is also scaled per channel by the speaker's spread
   # (AdaIN-style; vqvc+, vqvc+_multi, vqvc+_multi_simple)
   config.model.speaker_scale = False
+  # > 0, off in the original: a training-only head predicts the finest scale's content this many
+  # frames ahead (contrastive, VQ-CPC; models/content_prediction.py), weighted in the loss by
+  # content_prediction_weight
+  config.model.predict_steps = 0
 
   config.trainer = 'normal'  # a name from skipvqvc_jax.training.trainers.NAMES
   # '' trains every parameter; a comma-separated list of top-level groups (dec, enc, quantize) trains
@@ -96,6 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
   # resized along frequency by a ratio ~ U(1 - x, 1 + x), the speaker terms from the mel itself
   # (FreeVC's spectrogram-resize augmentation; trainers.resized_reconstruction). Conversion unchanged.
   config.content_resize = 0.0
+  config.content_prediction_weight = 0.1  # with model.predict_steps > 0
   # Codebook upkeep from VQ-VAE practice, off as in the original (tasks/codebooks.py):
   config.codebook = ml_collections.ConfigDict()
   # > 0: a code whose usage (moving average) falls under this x the uniform share restarts as a

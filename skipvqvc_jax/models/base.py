@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from skipvqvc_jax.core.errors import PortError
+from skipvqvc_jax.models.content_prediction import ContentPredictor
 from skipvqvc_jax.models.layers import NUM_SCALES, EncoderStage, GruInit, torch_conv
 from skipvqvc_jax.models.quantizer import Quantizer
 from skipvqvc_jax.models.terms import to_public
@@ -85,6 +86,7 @@ class VQVCModel(nnx.Module):
     *,
     gru_init: GruInit = 'normal',
     speaker_scale: bool = False,
+    predict_steps: int = 0,
     seed: int = 0,
   ):
     if gru_init not in ('normal', 'zeros'):
@@ -112,6 +114,9 @@ class VQVCModel(nnx.Module):
     self._init_quantizers(widths[1:], self.codebook_sizes(n_embed), rngs)
     self._init_variant(widths[1:], rngs)
     self.dec = self._make_decoder(rngs)
+    self.predict_steps = int(predict_steps)
+    if predict_steps:  # training only: contrastive prediction of the finest scale's content
+      self.predictor = ContentPredictor(widths[1], channel, predict_steps, rngs)
 
   # ---- what the siblings and variants change ------------------------------------------------------
 
@@ -160,6 +165,10 @@ class VQVCModel(nnx.Module):
       raise ValueError(f'{self.name} draws no noise: encode takes no noise argument')
     return [None] * NUM_SCALES
 
+  def content_prediction_loss(self, enc: Encoding):
+    """With a predictor (`predict_steps`): its contrastive loss on the finest scale's content."""
+    return self.predictor.loss(to_public(enc.content[0]))  # the same swap both ways
+
   def training_latent(self, enc: Encoding, rng=None, perm=None):
     """Latent-loss terms the original's forward() adds in training only (codebook_gen)."""
     return 0.0
@@ -176,7 +185,8 @@ class VQVCModel(nnx.Module):
   def spec(self) -> dict:
     """What rebuilds this model: `models.build(**spec)`."""
     sizes = ('channel', 'n_embed', 'in_channel', 'gru_init')
-    options = dict(speaker_scale=True) if self.speaker_scale else {}  # absent: the original's
+    options = dict(speaker_scale=self.speaker_scale, predict_steps=self.predict_steps)
+    options = {k: v for k, v in options.items() if v}  # absent when off: as the original's
     return dict(name=self.name, **{size: getattr(self, size) for size in sizes}, **options)
 
   def describe(self) -> str:

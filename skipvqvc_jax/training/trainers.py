@@ -230,8 +230,17 @@ class Normalised:
       rng=rng,
     )
 
-  def loss(self, model, inputs: dict, rng, latent_weight: float, content_resize: float = 0.0):
-    """L1 at every scale + latent_weight * latent loss, in normalised space (as the original).
+  def loss(
+    self,
+    model,
+    inputs: dict,
+    rng,
+    latent_weight: float,
+    content_resize: float = 0.0,
+    prediction_weight: float = 0.0,
+  ):
+    """L1 at every scale + latent_weight * latent loss, in normalised space (as the original);
+    with a content predictor (`predict_steps`), + prediction_weight * its contrastive loss.
 
     aux: the two terms, the codes, the per-scale L1 terms and the codebooks after a max_norm
     lookup's renormalisation, which the step writes back (`renormed_codebooks`)."""
@@ -242,7 +251,11 @@ class Normalised:
     if enc.extras and 'renormed_codebooks' in enc.extras:
       aux['renormed_codebooks'] = enc.extras['renormed_codebooks']
     latent_loss = jnp.asarray(latent_loss, jnp.float32)
-    return recon_loss + latent_weight * latent_loss, dict(
+    loss = recon_loss + latent_weight * latent_loss
+    if getattr(model, 'predict_steps', 0):
+      aux['prediction_loss'] = model.content_prediction_loss(enc)
+      loss = loss + prediction_weight * aux['prediction_loss']
+    return loss, dict(
       aux,
       recon_loss=recon_loss,
       latent_loss=latent_loss,

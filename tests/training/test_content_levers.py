@@ -1,6 +1,7 @@
 """The levers for keeping content in the codes, off in the original's presets: the spectrogram-resize
 augmentation (`content_resize`: the content path sees the mel moved along frequency, the speaker terms
-and the target are the mel itself) and the AdaIN-style speaker scale (`model.speaker_scale`)."""
+and the target are the mel itself), the AdaIN-style speaker scale (`model.speaker_scale`) and the
+contrastive prediction of the content codes (`model.predict_steps`)."""
 
 import jax
 import jax.numpy as jnp
@@ -66,11 +67,30 @@ def test_the_speaker_scale_is_one_on_average_and_ignores_the_utterance_length():
   np.testing.assert_array_equal(np.asarray(plain._stage_input(0, q, sp, std, None)), np.asarray(q))
 
 
+def test_the_content_predictor_sees_only_the_past_and_conversion_never_calls_it():
+  model = models.build('vqvc+_multi', channel=16, n_embed=16, predict_steps=3)
+  z = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 40)), jnp.float32)
+  later = z.at[:, 10:].set(0.0)  # frames from 10 on changed
+  np.testing.assert_array_equal(
+    np.asarray(model.predictor.context(z)[:, :10]),
+    np.asarray(model.predictor.context(later)[:, :10]),
+  )
+  loss = float(model.predictor.loss(z))
+  assert np.isfinite(loss) and loss > 0
+  plain = models.build('vqvc+_multi', channel=16, n_embed=16)  # the same seed, no head
+  mel = jnp.asarray(np.random.default_rng(0).normal(size=(1, 80, 32)), jnp.float32)
+  np.testing.assert_array_equal(
+    np.asarray(model.convert(mel, mel)[-1]), np.asarray(plain.convert(mel, mel)[-1])
+  )
+  assert 'predictor.heads.0.kernel' not in str(list(model.torch_table()))  # porting drops it
+
+
 @pytest.mark.parametrize(
   'overrides, flag',
   [
     ({'model.name': 'vqvc+_multi_ps', 'model.speaker_scale': True}, 'model.speaker_scale'),
     ({'content_resize': 1.5}, 'content_resize'),
+    ({'model.predict_steps': 16}, 'model.predict_steps'),
     (
       {
         'model.name': 'vqvc+_multi_rhythm',
@@ -87,18 +107,20 @@ def test_a_lever_a_model_cannot_take_is_one_line(small_features, overrides, flag
     voice_conversion.check_config(config)
 
 
-def test_both_levers_train_and_the_model_converts_as_it_was_built(small_features, tmp_path):
+def test_the_levers_train_together_and_the_model_converts_as_it_was_built(small_features, tmp_path):
   config = tiny_config(
     small_features,
     MULTI,
     num_train_steps=2,
     checkpoint_every_steps=2,
     content_resize=0.15,
-    **{'model.speaker_scale': True},
+    **{'model.speaker_scale': True, 'model.predict_steps': 2},
   )
-  loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  metrics = loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert np.isfinite(float(metrics['last_train']['prediction_loss']))
   converter = skipvqvc_jax.load(str(tmp_path / 'run'))
-  assert converter.model.spec()['speaker_scale'] is True
+  spec = converter.model.spec()
+  assert (spec['speaker_scale'], spec['predict_steps']) == (True, 2)
   source = sorted((small_features / 'test').glob('*.npy'))[0]
   target = sorted((small_features / 'test').glob('*.npy'))[-1]
   mel = converter.convert_mel(np.load(source), converter.speaker([np.load(target)]))

@@ -42,8 +42,11 @@ def model_info(config) -> checkpoints.ModelInfo:
     in_channel=config.features.n_mels,
     gru_init=m.gru_init,
   )
-  if m.get('speaker_scale'):  # absent from the spec when off, as in every model before it
-    spec['speaker_scale'] = True
+  # The levers off in the original are absent from the spec when off, as in every model before them.
+  options = dict(
+    speaker_scale=m.get('speaker_scale', False), predict_steps=m.get('predict_steps', 0)
+  )
+  spec.update({k: v for k, v in options.items() if v})
   return checkpoints.ModelInfo(spec, ('params',))
 
 
@@ -88,6 +91,12 @@ def check_config(config) -> None:
       f'{", ".join(models.SPEAKER_SCALE_MODELS)}'
     )
   check_content_resize(config, model_class)
+  steps = model.get('predict_steps', 0)
+  if not isinstance(steps, int) or not 0 <= steps < config.data.crop_frames // 2:
+    raise ConfigError(
+      f'--config.model.predict_steps={steps!r}: frames ahead the content predictor guesses, a '
+      f'whole number from 0 (none) to under half the finest scale ({config.data.crop_frames // 2})'
+    )
   if config.trainer not in trainers.TRAINERS:
     raise ConfigError(
       f'--config.trainer={config.trainer!r}: valid trainers: {", ".join(trainers.TRAINERS)}'
@@ -181,6 +190,7 @@ class Steps:
     self.tx = make_optimizer(config)
     self.latent_weight = config.latent_loss_weight
     self.content_resize = config.get('content_resize', 0.0)
+    self.prediction_weight = config.get('content_prediction_weight', 0.0)
     self.dtype = jnp.dtype(config.compute_dtype)
     self.codebook_sizes = [q.num_codes for q in model.quantize]
     self.upkeep = codebooks.Upkeep.of(config, model)
@@ -202,7 +212,8 @@ class Steps:
     # F0 stays float32: a bfloat16 Hz value is off by up to a third of a semitone.
     inputs = {k: v if k == 'f0' else v.astype(self.dtype) for k, v in inputs.items()}
     resize = self.content_resize if train else 0.0  # the test loss is the plain reconstruction's
-    return self.trainer.loss(self.model(params), inputs, rng, self.latent_weight, resize)
+    model = self.model(params)
+    return self.trainer.loss(model, inputs, rng, self.latent_weight, resize, self.prediction_weight)
 
   def step(self, state, inputs):
     self.traces += 1  # runs at trace time only
@@ -241,6 +252,7 @@ class Steps:
       finite=finite,
       **codebook_stats(aux['codes'], self.codebook_sizes),
       **restarted,
+      **{k: aux[k] for k in ('prediction_loss',) if k in aux},
     )
     return new_state, metrics
 
