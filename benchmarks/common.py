@@ -3,6 +3,7 @@ preset's config and untrained converter (conversion's cost does not depend on tr
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -30,10 +31,20 @@ def median_seconds(fn, repeat: int, warmup: int = 1) -> float:
 
 
 def preset_config(preset: str):
-  """The config of `FILE.py:PRESET` (e.g. vqvc_plus.py:n64_ch64), from the package's presets."""
+  """The config of `FILE.py:PRESET` (e.g. vqvc_plus.py:n64_ch64), from the package's presets, with
+  any `+field=value` after it set (`vqvc_plus_multi.py:cpu_25min+model.speaker_scale=True`)."""
+  preset, *overrides = preset.split('+')
   module, name = preset.split(':')
   configs = importlib.import_module('skipvqvc_jax.configs.' + module.removesuffix('.py'))
-  return configs.get_config(name)
+  config = configs.get_config(name)
+  for override in overrides:
+    field, value = override.split('=', 1)
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # a string
+    config.update_from_flattened_dict({field: value})
+  return config
 
 
 def untrained_converter(config):

@@ -3,6 +3,9 @@
     python benchmarks/train_step.py [--presets=vqvc_plus.py:n64_ch64,...] [--batch_sizes=8]
                                     [--steps=20] [--warmup=3] [--data=FEATURES_DIR]
 
+A preset may set fields after it: `vqvc_plus_multi.py:cpu_25min+content_resize=0.15` (the budget
+study's levers, timed beside the preset they change).
+
 Each (preset, batch size) runs in a fresh subprocess so its peak memory is its own. The batch is
 global (split over all local devices); crops are 128 frames. Without --data the step is fed one batch
 kept in memory; with --data batches come from the input pipeline reading .npy files, to show whether
@@ -127,6 +130,7 @@ def main():
         f'--one={preset},{batch}',
         f'--steps={args.steps}',
         f'--warmup={args.warmup}',
+        f'--dtype={args.dtype}',
       ] + ([f'--data={args.data}'] if args.data else [])
       out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
       if out.returncode:
