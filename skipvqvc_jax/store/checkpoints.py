@@ -313,11 +313,11 @@ class TrainCheckpoints:
     )
 
   def check_for_errors(self) -> None:
-    """StorageError when the checkpoint being written in the background failed."""
-    try:
-      self.manager.check_for_errors()
-    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and OS errors alike)
-      raise self._failed(self.writing, e) from None
+    """StorageError when the checkpoint being written in the background failed, or when orbax's
+    check has not returned within the deadline (it waits for the checkpoint's metadata writes, which
+    a storage that stopped answering holds for minutes: a run hung there at a log step)."""
+    step = self.writing if self.writing is not None else self.complete
+    self._bounded(self.manager.check_for_errors, step)
 
   def __enter__(self):
     return self
