@@ -26,6 +26,10 @@ def test_the_sentences_and_the_held_out_voices_are_the_seeds():
   for voice in held_out:
     if voice not in script.BASE:
       assert voice[:-1] in held_out
+  # The judge holds its families out whole too: tested or left out, never trained on.
+  judged = set(script.JUDGE_TEST) | set(script.JUDGE_LEFT_OUT)
+  families = {v for v in script.VOICES for base in judged if v.startswith(base.rstrip('ab'))}
+  assert families == judged and all(script.VOICES[v][0] != 'espeak-ng' for v in judged)
 
 
 def test_every_voice_speaks_and_the_corpus_preprocesses_with_transcripts(tmp_path):
@@ -41,6 +45,7 @@ def test_every_voice_speaks_and_the_corpus_preprocesses_with_transcripts(tmp_pat
       f'--out={out}',
       '--sentences=2',
       '--workers=2',
+      f'--judge={tmp_path / "judge"}',
     ],
     capture_output=True,
     text=True,
@@ -67,6 +72,18 @@ def test_every_voice_speaks_and_the_corpus_preprocesses_with_transcripts(tmp_pat
   assert all(item['transcript'] in said for item in manifest['items'])
   assert manifest['totals']['test']['speakers'] == 7
   assert len(manifest['items']) == 2 * len(script.VOICES)
+  assert f'--test_speakers={",".join(script.JUDGE_TEST)}' in result.stdout
+  judged = preprocessing.preprocess(
+    str(tmp_path / 'judge'),
+    str(tmp_path / 'judge_features'),
+    test_speakers=list(script.JUDGE_TEST),
+    workers=2,
+    progress=False,
+    log=lambda _: None,
+  )
+  assert judged['totals']['test']['speakers'] == len(script.JUDGE_TEST)
+  speakers = {item['speaker'] for item in judged['items']}
+  assert len(speakers) == len(script.VOICES) - 2 and not speakers & set(script.JUDGE_LEFT_OUT)
   if asr.missing() is None:  # the voices are intelligible: the evaluation's ceiling is real
     recognise = asr.Recogniser()
     rates = [
