@@ -209,10 +209,10 @@ class Normalised:
     `content_mel` for rhythm, `f0` for the F0 trainer)."""
     if self.stretch == 'none':
       return dict(mel=mel) if f0_hz is None else dict(mel=mel, f0=f0_hz)
-    target, stretched = rhythm_stretch(mel, rng, *self.spec.stretch_range)
-    if self.stretch == 'input':
-      return dict(mel=stretched)
-    return dict(mel=target, content_mel=stretched)
+    stretch, resize = stretch_indices(mel.shape[-1], rng, *self.spec.stretch_range)
+    if self.stretch == 'input':  # the stretched copy alone: no target to gather
+      return dict(mel=mel[..., stretch])
+    return dict(mel=mel[..., resize], content_mel=mel[..., stretch])
 
   def reconstruct(self, model, inputs: dict, rng, content_resize: float = 0.0):
     """The model's reconstruction of normalised inputs['mel'] (every scale), and its encoding; an
@@ -352,26 +352,24 @@ def rhythm_stretch(mel: np.ndarray, rng: np.random.Generator, low: float = 0.5, 
   proportion, so a jitted step compiles for at most (2 * 128 - 64) / 32 + 1 = 7 lengths at crop 128.
   Returns (target, stretched), both (batch, mels, length).
   """
-  frames = mel.shape[-1]
+  stretch, resize = stretch_indices(mel.shape[-1], rng, low, high)
+  return mel[..., resize], mel[..., stretch]
+
+
+def stretch_indices(frames: int, rng: np.random.Generator, low: float = 0.5, high: float = 2.0):
+  """`rhythm_stretch`'s frame indices: (the stretched copy's, the resized target's), each of the
+  stretched length; the host's share of a stretching trainer's step, so built without Python loops."""
   segments = frames // RHYTHM_SEGMENT
   factors = rng.uniform(low, high, segments)
   raw = np.floor(RHYTHM_SEGMENT * factors)
   length = max(2 * RHYTHM_BUCKET, int(round(raw.sum() / RHYTHM_BUCKET)) * RHYTHM_BUCKET)
   # Segment boundaries in the output, scaled so the segments fill exactly `length` frames.
   bounds = np.round(np.concatenate([[0], np.cumsum(raw)]) * length / raw.sum()).astype(int)
-  index = np.concatenate(
-    [
-      RHYTHM_SEGMENT * n
-      + np.minimum(
-        np.floor(
-          np.arange(bounds[n + 1] - bounds[n]) * RHYTHM_SEGMENT / max(bounds[n + 1] - bounds[n], 1)
-        ).astype(int),
-        RHYTHM_SEGMENT - 1,
-      )
-      for n in range(segments)
-    ]
-  )
-  stretched = mel[..., index]
+  position = np.arange(bounds[-1])
+  segment = np.searchsorted(bounds, position, side='right') - 1  # an empty segment owns no frame
+  width = np.maximum(bounds[segment + 1] - bounds[segment], 1)
+  within = np.floor((position - bounds[segment]) * RHYTHM_SEGMENT / width).astype(int)
+  stretch = RHYTHM_SEGMENT * segment + np.minimum(within, RHYTHM_SEGMENT - 1)
   # Nearest resize of the whole (segment-covered) input to `length` frames: the target.
-  target = mel[..., np.floor(np.arange(length) * (segments * RHYTHM_SEGMENT) / length).astype(int)]
-  return target, stretched
+  resize = np.floor(np.arange(length) * (segments * RHYTHM_SEGMENT) / length).astype(int)
+  return stretch, resize
