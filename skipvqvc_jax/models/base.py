@@ -47,6 +47,8 @@ class Encoding(NamedTuple):
 # The models whose decoder input is content + speaker over a time-normalised encoder output: they can
 # also scale the content by the speaker's per-channel spread (`speaker_scale`).
 SPEAKER_SCALE_MODELS = ('vqvc+', 'vqvc+_multi', 'vqvc+_multi_simple')
+# Build options the original lacks: in a spec only when on, so every saved model before them rebuilds.
+_OPTIONS = ('speaker_scale', 'predict_steps')
 
 
 class VQVCModel(nnx.Module):
@@ -185,13 +187,12 @@ class VQVCModel(nnx.Module):
   def spec(self) -> dict:
     """What rebuilds this model: `models.build(**spec)`."""
     sizes = ('channel', 'n_embed', 'in_channel', 'gru_init')
-    options = dict(speaker_scale=self.speaker_scale, predict_steps=self.predict_steps)
-    options = {k: v for k, v in options.items() if v}  # absent when off: as the original's
+    options = {k: getattr(self, k) for k in _OPTIONS if getattr(self, k)}  # absent when off
     return dict(name=self.name, **{size: getattr(self, size) for size in sizes}, **options)
 
   def describe(self) -> str:
-    scale = ', speaker_scale' if self.speaker_scale else ''
-    return f'{self.name} (channel={self.channel}, n_embed={self.n_embed}{scale})'
+    options = ''.join(f', {k}={v}' for k, v in self.spec().items() if k in _OPTIONS)
+    return f'{self.name} (channel={self.channel}, n_embed={self.n_embed}{options})'
 
   @classmethod
   def sizes_from_torch(cls, state_dict) -> dict:

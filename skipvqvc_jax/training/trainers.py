@@ -252,7 +252,7 @@ class Normalised:
       aux['renormed_codebooks'] = enc.extras['renormed_codebooks']
     latent_loss = jnp.asarray(latent_loss, jnp.float32)
     loss = recon_loss + latent_weight * latent_loss
-    if getattr(model, 'predict_steps', 0):
+    if prediction_weight and getattr(model, 'predict_steps', 0):  # not at evaluation (weight 0)
       aux['prediction_loss'] = model.content_prediction_loss(enc)
       loss = loss + prediction_weight * aux['prediction_loss']
     return loss, dict(

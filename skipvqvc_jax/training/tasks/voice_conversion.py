@@ -211,9 +211,11 @@ class Steps:
   def loss(self, params, inputs, rng, train: bool = True):
     # F0 stays float32: a bfloat16 Hz value is off by up to a third of a semitone.
     inputs = {k: v if k == 'f0' else v.astype(self.dtype) for k, v in inputs.items()}
-    resize = self.content_resize if train else 0.0  # the test loss is the plain reconstruction's
-    model = self.model(params)
-    return self.trainer.loss(model, inputs, rng, self.latent_weight, resize, self.prediction_weight)
+    # The test loss is the plain reconstruction's: no resized content, no prediction term.
+    resize, prediction = (self.content_resize, self.prediction_weight) if train else (0.0, 0.0)
+    return self.trainer.loss(
+      self.model(params), inputs, rng, self.latent_weight, resize, prediction
+    )
 
   def step(self, state, inputs):
     self.traces += 1  # runs at trace time only
