@@ -68,6 +68,11 @@ def row(preset: str, fraction: float, summary: dict) -> dict:
   )
 
 
+def _figure(value, width: int, decimals: int) -> str:
+  """A rate, or '-' where the run ended before one was measured (--seconds too short for it)."""
+  return f'{value:{width}.{decimals}f}' if value is not None else f'{"-":>{width}}'
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--features', required=True, help='a training features folder')
@@ -100,8 +105,9 @@ def main():
         r = rows[-1]
         periods = f'{r["eval_every_steps"]}/{r["checkpoint_every_steps"]}'
         print(
-          f'{preset:34} {fraction:8.2f} {periods:>11} {r["steps"]:7d} {r["between"]:8.1f} '
-          f'{r["overall"]:8.1f} {r["training_share"]:6.2f} {r["compile_seconds"]:9.1f}',
+          f'{preset:34} {fraction:8.2f} {periods:>11} {r["steps"]:7d} {_figure(r["between"], 8, 1)} '
+          f'{_figure(r["overall"], 8, 1)} {_figure(r["training_share"], 6, 2)} '
+          f'{r["compile_seconds"]:9.1f}',
           flush=True,
         )
   write_rows(args.out, rows)

@@ -49,6 +49,7 @@ class Cadence:
     self.window = None
     self.compile_seconds = 0.0  # of the compilations after the first step
     self.step_times = collections.deque(maxlen=200)  # seconds a step took, per log interval
+    self.step_seconds_before = None  # their median when the log period last changed
     self.decisions = []  # every change of the factor, with the figures that made it
 
   @property
@@ -73,8 +74,11 @@ class Cadence:
     self.compile_seconds += seconds
 
   def steps_per_sec(self) -> float | None:
-    """The steps' own rate: the median over the recent log intervals (pauses and compilations out)."""
-    return 1 / statistics.median(self.step_times) if self.step_times else None
+    """The steps' own rate: the median over the recent log intervals (pauses and compilations out),
+    or, when none has ended since the log period changed, the one measured before it."""
+    if self.step_times:
+      return 1 / statistics.median(self.step_times)
+    return 1 / self.step_seconds_before if self.step_seconds_before else None
 
   def settle(self, step: int) -> None:
     """After an evaluation: the factor, from process 0's measurements."""
@@ -133,6 +137,7 @@ class Cadence:
       self.log_factor = factor
       # Steps timed between closer log lines ran slower (each line syncs with the device): the
       # steps' own rate is measured again at the new period.
+      self.step_seconds_before = statistics.median(self.step_times)
       self.step_times.clear()
       self.log_decisions.append(
         dict(step=step, log_every=self.log_every, log_seconds=per_line, step_seconds=step_seconds)

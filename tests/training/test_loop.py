@@ -8,6 +8,7 @@ import signal
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -399,3 +400,19 @@ def test_main_reports_bad_data_in_one_line(tmp_path):
   assert proc.returncode == 1
   assert f'error: data.train_dir {tmp_path}/missing does not exist' in out
   assert 'Traceback' not in out
+
+
+def test_the_steps_rate_outlives_a_change_of_the_log_period():
+  """A run that ends right after its log period grew still reports the steps' own rate (the one
+  measured before the change), not none."""
+  config = ml_collections.ConfigDict(
+    dict(eval_every_steps=2, checkpoint_every_steps=2, log_every_steps=1, pause_fraction=0.1)
+  )
+  cadence = cadence_module.Cadence(config)
+  cadence.settle(2)  # the first evaluation starts the measure
+  for _ in range(3):
+    cadence.logged(0.01)  # 10 ms a step
+    cadence.log_took(0.05)  # a log line takes five steps' time: the period must grow
+  cadence.settle(4)
+  assert cadence.log_every > 1 and not cadence.step_times
+  assert cadence.steps_per_sec() == pytest.approx(100)
