@@ -87,6 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   # frames ahead (contrastive, VQ-CPC; models/content_prediction.py), weighted in the loss by
   # content_prediction_weight
   config.model.predict_steps = 0
+  # > 0, off in the original: codes are matched in a space of this width, behind a linear map from the
+  # stage's own (40/20/10 at 80 mels) and one back (vqvc+, vqvc+_multi, vqvc+_multi_simple)
+  config.model.code_dim = 0
 
   config.trainer = 'normal'  # a name from skipvqvc_jax.training.trainers.NAMES
   # '' trains every parameter; a comma-separated list of top-level groups (dec, enc, quantize) trains

@@ -138,6 +138,12 @@ def export(source: str, out: str, step: int | None = None) -> dict:
   """A workdir's checkpoint at `step` (or a model directory) -> the original's state dict at `out`
   (a .pt, or an .npz of arrays)."""
   model = checkpoints.load(source, step)
+  lacking = getattr(model, 'options_the_original_lacks', lambda: [])()
+  if lacking:
+    raise PortError(
+      f"{source}: built with {', '.join(f'model.{k}' for k in lacking)}, which the original's "
+      f'model does not have (its .pt would convert differently); keep it as a model directory'
+    )
   state_dict = porting.export_state_dict(model)
   porting.write_state_dict(out, state_dict)
   return dict(model=model.name, tensors=len(state_dict))

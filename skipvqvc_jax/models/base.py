@@ -22,7 +22,7 @@ from flax import nnx
 from skipvqvc_jax.core.errors import PortError
 from skipvqvc_jax.models.content_prediction import ContentPredictor
 from skipvqvc_jax.models.layers import NUM_SCALES, EncoderStage, GruInit, torch_conv
-from skipvqvc_jax.models.quantizer import Quantizer
+from skipvqvc_jax.models.quantizer import ProjectedQuantizer, Quantizer
 from skipvqvc_jax.models.terms import to_public
 
 
@@ -47,8 +47,14 @@ class Encoding(NamedTuple):
 # The models whose decoder input is content + speaker over a time-normalised encoder output: they can
 # also scale the content by the speaker's per-channel spread (`speaker_scale`).
 SPEAKER_SCALE_MODELS = ('vqvc+', 'vqvc+_multi', 'vqvc+_multi_simple')
+# The models whose content quantizers are the plain `Quantizer`: they can match codes in a space of
+# their own width (`code_dim`).
+CODE_DIM_MODELS = ('vqvc+', 'vqvc+_multi', 'vqvc+_multi_simple')
 # Build options the original lacks: in a spec only when on, so every saved model before them rebuilds.
-_OPTIONS = ('speaker_scale', 'predict_steps')
+_OPTIONS = ('speaker_scale', 'predict_steps', 'code_dim')
+# Of those, the ones that change what the model computes in conversion: the original's code cannot run
+# a model built with them (a training-only head, `predict_steps`, is just left behind).
+_CONVERSION_OPTIONS = ('speaker_scale', 'code_dim')
 
 
 class VQVCModel(nnx.Module):
@@ -89,6 +95,7 @@ class VQVCModel(nnx.Module):
     gru_init: GruInit = 'normal',
     speaker_scale: bool = False,
     predict_steps: int = 0,
+    code_dim: int = 0,
     seed: int = 0,
   ):
     if gru_init not in ('normal', 'zeros'):
@@ -99,6 +106,12 @@ class VQVCModel(nnx.Module):
         f'speaker to plain content'
       )
     self.speaker_scale = bool(speaker_scale)
+    if code_dim and self.name not in CODE_DIM_MODELS:
+      raise ValueError(
+        f'{self.name} has no code width of its own: only {", ".join(CODE_DIM_MODELS)} quantize '
+        f'with the plain codebook'
+      )
+    self.code_dim = int(code_dim)
     if in_channel % 2 ** (NUM_SCALES + 1):
       raise ValueError(
         f'in_channel must be a multiple of {2 ** (NUM_SCALES + 1)} '
@@ -123,9 +136,12 @@ class VQVCModel(nnx.Module):
   # ---- what the siblings and variants change ------------------------------------------------------
 
   def _init_quantizers(self, widths: list[int], sizes: list[int], rngs: nnx.Rngs):
-    self.quantize = nnx.List(
-      [Quantizer(w, k, max_norm=self.max_norm, rngs=rngs) for w, k in zip(widths, sizes)]
-    )
+    """Plain codebooks of the stage's width, or with `code_dim` of that width behind projections."""
+    if self.code_dim:
+      make = lambda w, k: ProjectedQuantizer(w, self.code_dim, k, max_norm=self.max_norm, rngs=rngs)
+    else:
+      make = lambda w, k: Quantizer(w, k, max_norm=self.max_norm, rngs=rngs)
+    self.quantize = nnx.List([make(w, k) for w, k in zip(widths, sizes)])
 
   def _init_variant(self, widths: list[int], rngs: nnx.Rngs):
     pass
@@ -189,6 +205,10 @@ class VQVCModel(nnx.Module):
     sizes = ('channel', 'n_embed', 'in_channel', 'gru_init')
     options = {k: getattr(self, k) for k in _OPTIONS if getattr(self, k)}  # absent when off
     return dict(name=self.name, **{size: getattr(self, size) for size in sizes}, **options)
+
+  def options_the_original_lacks(self) -> list[str]:
+    """The build options on in this model that the original's code could not convert with."""
+    return [k for k in _CONVERSION_OPTIONS if getattr(self, k)]
 
   def describe(self) -> str:
     options = ''.join(f', {k}={v}' for k, v in self.spec().items() if k in _OPTIONS)

@@ -177,7 +177,7 @@ class VQVCPlusMulti(VQVCModel):
       speaker=residual_speaker(x - quantized.value),
       std=std,
       codes=quantized.codes,
-      quantizer_in=xn,
+      quantizer_in=self.quantize[s].code_space(xn),
       loss=quantized.loss,
       extras=extras,
     )

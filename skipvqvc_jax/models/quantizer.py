@@ -4,7 +4,8 @@
 (optionally with `nn.Embedding(max_norm=1)`'s renormalisation of the rows it looks up). The multi-scale
 family adds `UnitQuantizer` (`vqvc+_multi_cav`: the value is the unit row, plus a spread term),
 `RawQuantizer` (raw Euclidean distances) and `SpeakerCodebookQuantizer` (`vqvc+_multi_codebook_gen`: one
-codebook per item, generated from its speaker embedding).
+codebook per item, generated from its speaker embedding). `ProjectedQuantizer` is the standard one in a
+space of its own width (the `model.code_dim` recipe option).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from skipvqvc_jax.models.layers import linear
 
 
 class Quantized(NamedTuple):
@@ -94,6 +97,10 @@ class Quantizer(nnx.Module):
       table = max_norm_renorm(table, codes)
     return jnp.take(table, codes, axis=0)
 
+  def code_space(self, inputs):
+    """The vectors the codebook is matched against (what codebook upkeep restarts codes from)."""
+    return inputs
+
   def __call__(self, inputs) -> Quantized:
     """inputs: (..., dim). Returns the quantized vectors, their codes and the latent loss."""
     table = self.embedding[...]
@@ -107,6 +114,27 @@ class Quantizer(nnx.Module):
     chosen = jnp.take(table, codes, axis=0)
     loss = jnp.mean((chosen - inputs) ** 2)
     return Quantized(_straight_through(chosen, inputs), codes, loss, renormed)
+
+
+class ProjectedQuantizer(Quantizer):
+  """`Quantizer` with codes of their own width: the input (..., dim) is mapped to (..., code_dim), matched
+  and committed there (loss, renormalisation and upkeep all in code space), and the chosen rows are
+  mapped back to dim; the value (and so the speaker's residual x - value) lives in the input's space."""
+
+  def __init__(self, dim: int, code_dim: int, num_codes: int, *, max_norm: bool, rngs: nnx.Rngs):
+    super().__init__(code_dim, num_codes, max_norm=max_norm, rngs=rngs)
+    self.project_in = linear(dim, code_dim, rngs)
+    self.project_out = linear(code_dim, dim, rngs)
+
+  def code_space(self, inputs):
+    return self.project_in(inputs)
+
+  def lookup(self, codes):
+    return self.project_out(super().lookup(codes))
+
+  def __call__(self, inputs) -> Quantized:
+    quantized = super().__call__(self.project_in(inputs))
+    return quantized._replace(value=self.project_out(quantized.value))
 
 
 class UnitQuantizer(nnx.Module):

@@ -48,7 +48,7 @@ class VQVCPlus(VQVCModel):
       speaker=sp,
       std=std,
       codes=quantized.codes,
-      quantizer_in=xn,
+      quantizer_in=self.quantize[s].code_space(xn),
       loss=quantized.loss,
       extra_loss=extra_loss,
       extras=info,

@@ -10,7 +10,8 @@ import pytest
 
 import skipvqvc_jax
 from skipvqvc_jax import models
-from skipvqvc_jax.core.errors import ConfigError
+from skipvqvc_jax.core.errors import ConfigError, PortError
+from skipvqvc_jax.inference import model_dirs
 from skipvqvc_jax.training import loop, trainers
 from skipvqvc_jax.training.tasks import voice_conversion
 from tests.conftest import tiny_config
@@ -85,9 +86,29 @@ def test_the_content_predictor_sees_only_the_past_and_conversion_never_calls_it(
   assert 'predictor.heads.0.kernel' not in str(list(model.torch_table()))  # porting drops it
 
 
+def test_codes_of_their_own_width_are_matched_there_and_decode_back():
+  model = models.build('vqvc+_multi', channel=16, n_embed=16, code_dim=24)
+  mel = jnp.asarray(np.random.default_rng(2).normal(size=(2, 80, 32)), jnp.float32)
+  enc = model.encode(mel)
+  for s, quantizer in enumerate(model.quantize):
+    assert quantizer.embedding.shape == (model.codebook_sizes(16)[s], 24)
+    z = np.asarray(enc.quantizer_in[s]).reshape(-1, 24)  # the codebook's own space
+    rows = np.asarray(quantizer.embedding[...])
+    units = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    nearest = np.argmin(((z[:, None] - units[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(np.asarray(enc.codes[s]).reshape(-1), nearest)
+  # The content is the chosen rows mapped back to the stage's width: the codes alone rebuild it.
+  for looked_up, content in zip(model.lookup(enc.codes), enc.content):
+    assert looked_up.shape == content.shape
+    np.testing.assert_allclose(np.asarray(looked_up), np.asarray(content), atol=1e-5)
+  assert 'code_dim=24' in model.describe()
+
+
 @pytest.mark.parametrize(
   'overrides, flag',
   [
+    ({'model.name': 'vqvc+_multi_ps', 'model.code_dim': 16}, 'model.code_dim'),
+    ({'model.code_dim': -1}, 'model.code_dim'),
     ({'model.name': 'vqvc+_multi_ps', 'model.speaker_scale': True}, 'model.speaker_scale'),
     ({'content_resize': 1.5}, 'content_resize'),
     ({'model.predict_steps': 16}, 'model.predict_steps'),
@@ -114,14 +135,23 @@ def test_the_levers_train_together_and_the_model_converts_as_it_was_built(small_
     num_train_steps=2,
     checkpoint_every_steps=2,
     content_resize=0.15,
-    **{'model.speaker_scale': True, 'model.predict_steps': 2},
+    **{
+      'model.speaker_scale': True,
+      'model.predict_steps': 2,
+      'model.code_dim': 16,
+      'codebook.restart_below': 0.5,  # upkeep restarts codes from code-space vectors
+    },
   )
   metrics = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   assert np.isfinite(float(metrics['last_train']['prediction_loss']))
   converter = skipvqvc_jax.load(str(tmp_path / 'run'))
   spec = converter.model.spec()
-  assert (spec['speaker_scale'], spec['predict_steps']) == (True, 2)
+  assert (spec['speaker_scale'], spec['predict_steps'], spec['code_dim']) == (True, 2, 16)
   source = sorted((small_features / 'test').glob('*.npy'))[0]
   target = sorted((small_features / 'test').glob('*.npy'))[-1]
   mel = converter.convert_mel(np.load(source), converter.speaker([np.load(target)]))
   assert mel.shape[0] == 80 and np.isfinite(mel).all()
+  # The original's model has neither the scale nor the projections: no .pt that would convert otherwise.
+  with pytest.raises(PortError, match='model.speaker_scale, model.code_dim'):
+    model_dirs.export(str(tmp_path / 'run'), str(tmp_path / 'model.pt'))
+  assert not (tmp_path / 'model.pt').exists()

@@ -44,7 +44,9 @@ def model_info(config) -> checkpoints.ModelInfo:
   )
   # The levers off in the original are absent from the spec when off, as in every model before them.
   options = dict(
-    speaker_scale=m.get('speaker_scale', False), predict_steps=m.get('predict_steps', 0)
+    speaker_scale=m.get('speaker_scale', False),
+    predict_steps=m.get('predict_steps', 0),
+    code_dim=m.get('code_dim', 0),
   )
   spec.update({k: v for k, v in options.items() if v})
   return checkpoints.ModelInfo(spec, ('params',))
@@ -91,6 +93,16 @@ def check_config(config) -> None:
       f'{", ".join(models.SPEAKER_SCALE_MODELS)}'
     )
   check_content_resize(config, model_class)
+  code_dim = model.get('code_dim', 0)
+  if (
+    not isinstance(code_dim, int)
+    or code_dim < 0
+    or (code_dim and model.name not in models.CODE_DIM_MODELS)
+  ):
+    raise ConfigError(
+      f'--config.model.code_dim={code_dim!r}: the width codes are matched in, a whole number (0: '
+      f"the stage's own width), for {', '.join(models.CODE_DIM_MODELS)} only"
+    )
   steps = model.get('predict_steps', 0)
   if not isinstance(steps, int) or not 0 <= steps < config.data.crop_frames // 2:
     raise ConfigError(
