@@ -1,9 +1,10 @@
-"""Real-time factor of conversion on this machine: the model alone, and model + Griffin-Lim, for 10 s.
+"""Real-time factor of conversion on this machine: the model alone, model + Griffin-Lim and model + MelGAN,
+for 10 s.
 
     python benchmarks/convert.py [--preset=vqvc_plus.py:n64_ch64] [--seconds=10] [--repeat=5]
 
-RTF = processing seconds / audio seconds (lower is faster; 0.01 is 100x real time). The model has random
-weights (speed does not depend on them). Beside ours, librosa's own inverse (`mel_to_stft`, an NNLS
+RTF = processing seconds / audio seconds (lower is faster; 0.01 is 100x real time). The model and the
+MelGAN generator have random weights (speed does not depend on them). Beside ours, librosa's own inverse (`mel_to_stft`, an NNLS
 solve) and `griffinlim` run on the same mel with the same number of iterations; the spectral convergence
 of each result's mel against the input mel is printed so speed is compared at equal quality.
 """
@@ -16,7 +17,8 @@ import numpy as np
 from common import DEMO, median_seconds, preset_config, untrained_converter
 
 from skipvqvc_jax.data import audio  # pylint: disable=wrong-import-position
-from skipvqvc_jax.vocoders import GriffinLim  # pylint: disable=wrong-import-position
+from skipvqvc_jax.models import melgan  # pylint: disable=wrong-import-position
+from skipvqvc_jax.vocoders import GriffinLim, NeuralVocoder  # pylint: disable=wrong-import-position
 
 
 def mel_convergence(wave, log_mel, params):
@@ -48,6 +50,8 @@ def main():
   ours = GriffinLim(params, n_iter=args.iterations)
   ours_s = median_seconds(lambda: ours(mel), args.repeat)
   ours_sc = mel_convergence(ours(mel), mel, params)
+  generator = NeuralVocoder(melgan.MelGANGenerator())
+  melgan_s = median_seconds(lambda: np.asarray(generator(mel)), args.repeat)
 
   import librosa  # pylint: disable=import-outside-toplevel
 
@@ -86,6 +90,13 @@ def main():
   print(
     f'model + our Griffin-Lim:               {(model_s + ours_s) * 1e3:8.1f} ms  '
     f'RTF {(model_s + ours_s) / seconds:.4f}'
+  )
+  print(
+    f'MelGAN generator:                      {melgan_s * 1e3:8.1f} ms  RTF {melgan_s / seconds:.4f}'
+  )
+  print(
+    f'model + MelGAN:                        {(model_s + melgan_s) * 1e3:8.1f} ms  '
+    f'RTF {(model_s + melgan_s) / seconds:.4f}'
   )
   print(
     f'librosa mel_to_stft + griffinlim:      {librosa_s * 1e3:8.1f} ms  '

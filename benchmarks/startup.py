@@ -77,6 +77,7 @@ def main():
       f'--source={source}',
       f'--target={os.path.join(DEMO, "slt", "slt_010.ogg")}',
       f'--output={os.path.join(tmp, "out.wav")}',
+      '--overwrite',  # the same conversion again, as a user repeating it
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
     cache = f'--compilation_cache_dir={tmp}/cache'

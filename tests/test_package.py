@@ -338,7 +338,7 @@ def test_conversion_keeps_its_compiled_programs(moved_run, tmp_path):
 
   cache = tmp_path / 'cache'
   convert(f'--compilation_cache_dir={cache}')
-  assert len(os.listdir(cache)) >= 3  # encode, decode and Griffin-Lim at least
+  assert len(os.listdir(cache)) >= 3  # the target's encoding, the conversion, Griffin-Lim at least
   # An entry without its access time (a run with no cap wrote it, or one cut short between the two
   # files) made JAX's capped cache fail every later write: the cache stopped growing for good.
   entries = sorted(f for f in os.listdir(cache) if f.endswith('-cache'))

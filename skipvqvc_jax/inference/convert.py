@@ -175,6 +175,25 @@ def _folder_files(folder) -> list[str]:
   return conversion_jobs.references([os.fspath(folder)])
 
 
+def _raw_scales(trainer: trainers.Normalised, out: list) -> list:
+  """A decoder's outputs (batch 1, normalised, padded), coarsest first -> raw log-mels (bands,
+  frames); a coarser scale holds the lowest of the full mel's bands, denormalised with their
+  statistics. Jitted inside the decode program: only the scale read is fetched."""
+  n_mels = out[-1].shape[1]
+  raw = []
+  for scale in out:
+    bands = scale.shape[1]
+    full = jnp.zeros((n_mels, scale.shape[2]), jnp.float32).at[:bands].set(scale[0])
+    raw.append(trainer.denormalize(full)[:bands])
+  return raw
+
+
+def _cropped(scales: list, frames: int) -> list:
+  """Raw scales (on the device, padded) -> (scale, its frames of a `frames`-long source)."""
+  padded = scales[-1].shape[1]
+  return [(mel, -(-frames * mel.shape[1] // padded)) for mel in scales]
+
+
 class Converter:
   """A restored model and everything needed to convert with it: audio files or arrays in, audio or
   log-mels out. `skipvqvc_jax.load(path)` makes one."""
@@ -197,9 +216,14 @@ class Converter:
     self._voice_shapes = None  # what a voice of this model looks like (`_checked_voice`)
     graphdef, self._state = nnx.split(model)
     self._encode = jax.jit(lambda s, mel: nnx.merge(graphdef, s).encode_deterministic(mel))
+    # Decoding ends in raw log-mels on the device (the denormalisation fused into the program), so
+    # a conversion reads back only the scale it returns.
     self._decode = jax.jit(
-      lambda s, enc, speaker, rng, contour: nnx.merge(graphdef, s).decode(
-        enc.content, speaker.speaker, speaker.std, enc.rhythm, f0=contour, rng=rng
+      lambda s, enc, speaker, rng, contour: _raw_scales(
+        trainer,
+        nnx.merge(graphdef, s).decode(
+          enc.content, speaker.speaker, speaker.std, enc.rhythm, f0=contour, rng=rng
+        ),
       )
     )
 
@@ -376,8 +400,8 @@ class Converter:
       )
     except ValueError as e:
       raise ConversionError(str(e)) from None
-    mel = self._raw_outputs(out, codes.frames)[self.settings.mel_output]
-    return np.asarray(self.vocoder(mel), np.float32)
+    mel, frames = _cropped(_raw_scales(self.trainer, out), codes.frames)[self.settings.mel_output]
+    return np.asarray(self.vocoder(np.asarray(mel)[:, :frames]), np.float32)
 
   # ---- the model ------------------------------------------------------------------------------
 
@@ -399,7 +423,10 @@ class Converter:
   def convert_mel(self, source: np.ndarray, target: Speaker, f0_hz=None, f0_shift=0.0):
     """Raw log-mel of the source's content in the target's voice, with the source's frame count
     (an F0 model: with the source's F0 in Hz, `source_f0`, shifted by f0_shift semitones)."""
-    return self.convert_scales(source, target, f0_hz, f0_shift)[self.settings.mel_output]
+    contour = self._contour(f0_hz, f0_shift, source.shape[1])
+    scales = self._decoded(self.encode_mel(source), target, source.shape[1], contour)
+    mel, frames = scales[self.settings.mel_output]
+    return np.asarray(mel)[:, :frames]
 
   def reconstruct_mel(self, source: np.ndarray, f0_hz=None):
     """(raw log-mel reconstruction with the source's own speaker terms, the source's encoding)."""
@@ -410,25 +437,19 @@ class Converter:
     """`convert_mel` at every decoder scale, coarsest first (one scale for single-scale models):
     a multi-scale model's coarser outputs are its lowest bands at 1/4 and 1/2 of the frame rate."""
     contour = self._contour(f0_hz, f0_shift, source.shape[1])
-    return self._decode_raw(self.encode_mel(source), target, source.shape[1], contour)
+    scales = self._decoded(self.encode_mel(source), target, source.shape[1], contour)
+    return [np.asarray(mel)[:, :n] for mel, n in scales]
 
   def reconstruct_scales(self, source: np.ndarray, f0_hz=None):
     """`reconstruct` at every decoder scale, coarsest first: (list of raw log-mels, encoding)."""
     contour = self._contour(f0_hz, 0.0, source.shape[1])
     enc = self.encode_mel(source)
-    return self._decode_raw(enc, Speaker(enc.speaker, enc.std), source.shape[1], contour), enc
+    scales = self._decoded(enc, Speaker(enc.speaker, enc.std), source.shape[1], contour)
+    return [np.asarray(mel)[:, :n] for mel, n in scales], enc
 
-  def _decode_raw(self, enc, speaker: Speaker, frames: int, contour=None) -> list[np.ndarray]:
-    return self._raw_outputs(self._decode(self._state, enc, speaker, self.rng, contour), frames)
-
-  def _raw_outputs(self, out, frames: int) -> list[np.ndarray]:
-    """Decoder outputs (batch 1, padded) -> raw log-mels per scale, cropped to `frames` (scaled)."""
-    scales = [np.asarray(o[0]) for o in out]
-    n_mels, padded = scales[-1].shape
-    return [
-      self.trainer.denormalize_bands(mel, n_mels)[:, : -(-frames * mel.shape[1] // padded)]
-      for mel in scales
-    ]
+  def _decoded(self, enc, speaker: Speaker, frames: int, contour) -> list:
+    """(raw log-mel on the device, its frames of the source's length) per scale, coarsest first."""
+    return _cropped(self._decode(self._state, enc, speaker, self.rng, contour), frames)
 
   # ---- files ----------------------------------------------------------------------------------
 
