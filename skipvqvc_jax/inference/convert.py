@@ -179,13 +179,7 @@ def _raw_scales(trainer: trainers.Normalised, out: list) -> list:
   """A decoder's outputs (batch 1, normalised, padded), coarsest first -> raw log-mels (bands,
   frames); a coarser scale holds the lowest of the full mel's bands, denormalised with their
   statistics. Jitted inside the decode program: only the scale read is fetched."""
-  n_mels = out[-1].shape[1]
-  raw = []
-  for scale in out:
-    bands = scale.shape[1]
-    full = jnp.zeros((n_mels, scale.shape[2]), jnp.float32).at[:bands].set(scale[0])
-    raw.append(trainer.denormalize(full)[:bands])
-  return raw
+  return [trainer.denormalize_bands(scale[0], out[-1].shape[1]) for scale in out]
 
 
 def _cropped(scales: list, frames: int) -> list:

@@ -8,7 +8,13 @@ it, so a saved model directory or a workdir needs nothing but the spec to be res
 from __future__ import annotations
 
 from skipvqvc_jax.core.errors import ConfigError
-from skipvqvc_jax.models.base import CODE_DIM_MODELS, SPEAKER_SCALE_MODELS, Encoding, VQVCModel
+from skipvqvc_jax.models.base import (
+  BUILD_OPTIONS,
+  CODE_DIM_MODELS,
+  SPEAKER_SCALE_MODELS,
+  Encoding,
+  VQVCModel,
+)
 from skipvqvc_jax.models.discriminator import Discriminators
 from skipvqvc_jax.models.layers import GruInit
 from skipvqvc_jax.models.melgan import MelGANGenerator
@@ -97,6 +103,7 @@ __all__ = [
   'code_statistics',
   'GruInit',
   'MelGANGenerator',
+  'BUILD_OPTIONS',
   'CODE_DIM_MODELS',
   'SPEAKER_SCALE_MODELS',
   'VQVCModel',

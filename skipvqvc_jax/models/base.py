@@ -51,7 +51,7 @@ SPEAKER_SCALE_MODELS = ('vqvc+', 'vqvc+_multi', 'vqvc+_multi_simple')
 # their own width (`code_dim`).
 CODE_DIM_MODELS = ('vqvc+', 'vqvc+_multi', 'vqvc+_multi_simple')
 # Build options the original lacks: in a spec only when on, so every saved model before them rebuilds.
-_OPTIONS = ('speaker_scale', 'predict_steps', 'code_dim')
+BUILD_OPTIONS = ('speaker_scale', 'predict_steps', 'code_dim')
 # Of those, the ones that change what the model computes in conversion: the original's code cannot run
 # a model built with them (a training-only head, `predict_steps`, is just left behind).
 _CONVERSION_OPTIONS = ('speaker_scale', 'code_dim')
@@ -203,7 +203,7 @@ class VQVCModel(nnx.Module):
   def spec(self) -> dict:
     """What rebuilds this model: `models.build(**spec)`."""
     sizes = ('channel', 'n_embed', 'in_channel', 'gru_init')
-    options = {k: getattr(self, k) for k in _OPTIONS if getattr(self, k)}  # absent when off
+    options = {k: getattr(self, k) for k in BUILD_OPTIONS if getattr(self, k)}  # absent when off
     return dict(name=self.name, **{size: getattr(self, size) for size in sizes}, **options)
 
   def options_the_original_lacks(self) -> list[str]:
@@ -211,7 +211,7 @@ class VQVCModel(nnx.Module):
     return [k for k in _CONVERSION_OPTIONS if getattr(self, k)]
 
   def describe(self) -> str:
-    options = ''.join(f', {k}={v}' for k, v in self.spec().items() if k in _OPTIONS)
+    options = ''.join(f', {k}={v}' for k, v in self.spec().items() if k in BUILD_OPTIONS)
     return f'{self.name} (channel={self.channel}, n_embed={self.n_embed}{options})'
 
   @classmethod

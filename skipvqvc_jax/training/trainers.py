@@ -197,12 +197,12 @@ class Normalised:
   def uses_stats(self) -> bool:
     return self.spec.uses_stats
 
-  def denormalize_bands(self, mel: np.ndarray, n_mels: int) -> np.ndarray:
+  def denormalize_bands(self, mel, n_mels: int) -> jax.Array:
     """Raw log-mel of the lowest mel.shape[0] of n_mels bands (a multi-scale model's coarser
-    outputs), with those bands' statistics."""
-    full = np.zeros((n_mels, mel.shape[-1]), np.float32)
-    full[: mel.shape[0]] = mel
-    return np.asarray(self.denormalize(full))[: mel.shape[0]]
+    outputs), with those bands' statistics; numpy or jax input, and jittable (conversion runs it
+    inside its decode program)."""
+    full = jnp.zeros((n_mels, mel.shape[-1]), jnp.float32).at[: mel.shape[0]].set(mel)
+    return self.denormalize(full)[: mel.shape[0]]
 
   def augment(self, mel: np.ndarray, rng: np.random.Generator, f0_hz=None) -> dict:
     """Host-side: a batch of raw mels (and their F0 in Hz) -> the step's inputs (`mel`, plus

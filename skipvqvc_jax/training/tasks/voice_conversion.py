@@ -43,12 +43,7 @@ def model_info(config) -> checkpoints.ModelInfo:
     gru_init=m.gru_init,
   )
   # The levers off in the original are absent from the spec when off, as in every model before them.
-  options = dict(
-    speaker_scale=m.get('speaker_scale', False),
-    predict_steps=m.get('predict_steps', 0),
-    code_dim=m.get('code_dim', 0),
-  )
-  spec.update({k: v for k, v in options.items() if v})
+  spec.update({k: m[k] for k in models.BUILD_OPTIONS if m.get(k)})
   return checkpoints.ModelInfo(spec, ('params',))
 
 
@@ -440,6 +435,6 @@ class VoiceConversionTask:
         writer.mel(
           step,
           f'mel_scales/{name}_d{j}',
-          self.trainer.denormalize_bands(np.asarray(mel[0]), source.shape[1]),
+          np.asarray(self.trainer.denormalize_bands(mel[0], source.shape[1])),
         )
     logging.info('step %d: wrote samples (source %s, target %s)', step, source_name, target_name)
