@@ -11,6 +11,7 @@ from skipvqvc_jax.core.errors import ConfigError
 from skipvqvc_jax.models.base import (
   BUILD_OPTIONS,
   CODE_DIM_MODELS,
+  OPTION_MODELS,
   SPEAKER_SCALE_MODELS,
   Encoding,
   VQVCModel,
@@ -105,6 +106,7 @@ __all__ = [
   'MelGANGenerator',
   'BUILD_OPTIONS',
   'CODE_DIM_MODELS',
+  'OPTION_MODELS',
   'SPEAKER_SCALE_MODELS',
   'VQVCModel',
   'VQVCPlus',

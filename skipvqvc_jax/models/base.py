@@ -50,6 +50,8 @@ SPEAKER_SCALE_MODELS = ('vqvc+', 'vqvc+_multi', 'vqvc+_multi_simple')
 # The models whose content quantizers are the plain `Quantizer`: they can match codes in a space of
 # their own width (`code_dim`).
 CODE_DIM_MODELS = ('vqvc+', 'vqvc+_multi', 'vqvc+_multi_simple')
+# The build options only some models can take, and those models.
+OPTION_MODELS = dict(speaker_scale=SPEAKER_SCALE_MODELS, code_dim=CODE_DIM_MODELS)
 # Build options the original lacks: in a spec only when on, so every saved model before them rebuilds.
 BUILD_OPTIONS = ('speaker_scale', 'predict_steps', 'code_dim')
 # Of those, the ones that change what the model computes in conversion: the original's code cannot run
@@ -100,17 +102,12 @@ class VQVCModel(nnx.Module):
   ):
     if gru_init not in ('normal', 'zeros'):
       raise ValueError(f"gru_init must be 'normal' or 'zeros', got {gru_init!r}")
-    if speaker_scale and self.name not in SPEAKER_SCALE_MODELS:
-      raise ValueError(
-        f'{self.name} has no speaker scale: only {", ".join(SPEAKER_SCALE_MODELS)} add the '
-        f'speaker to plain content'
-      )
+    for option, value in (('speaker_scale', speaker_scale), ('code_dim', code_dim)):
+      if value and self.name not in OPTION_MODELS[option]:
+        raise ValueError(
+          f'{self.name} cannot be built with {option}: only {", ".join(OPTION_MODELS[option])} can'
+        )
     self.speaker_scale = bool(speaker_scale)
-    if code_dim and self.name not in CODE_DIM_MODELS:
-      raise ValueError(
-        f'{self.name} has no code width of its own: only {", ".join(CODE_DIM_MODELS)} quantize '
-        f'with the plain codebook'
-      )
     self.code_dim = int(code_dim)
     if in_channel % 2 ** (NUM_SCALES + 1):
       raise ValueError(

@@ -82,21 +82,17 @@ def check_config(config) -> None:
       f'finest scale has n_embed / 4 codes)'
     )
   model_class = models.get_class(model.name)
-  if model.get('speaker_scale') and model.name not in models.SPEAKER_SCALE_MODELS:
-    raise ConfigError(
-      f'--config.model.speaker_scale: {model.name} has no speaker scale; models with one: '
-      f'{", ".join(models.SPEAKER_SCALE_MODELS)}'
-    )
+  for option, names in models.OPTION_MODELS.items():
+    if model.get(option) and model.name not in names:
+      raise ConfigError(
+        f'--config.model.{option}: {model.name} cannot take it; models that can: {", ".join(names)}'
+      )
   check_content_resize(config, model_class)
   code_dim = model.get('code_dim', 0)
-  if (
-    not isinstance(code_dim, int)
-    or code_dim < 0
-    or (code_dim and model.name not in models.CODE_DIM_MODELS)
-  ):
+  if not isinstance(code_dim, int) or code_dim < 0:
     raise ConfigError(
-      f'--config.model.code_dim={code_dim!r}: the width codes are matched in, a whole number (0: '
-      f"the stage's own width), for {', '.join(models.CODE_DIM_MODELS)} only"
+      f'--config.model.code_dim={code_dim!r}: the width codes are matched in, a whole number '
+      f"(0: the stage's own width)"
     )
   steps = model.get('predict_steps', 0)
   if not isinstance(steps, int) or not 0 <= steps < config.data.crop_frames // 2:
