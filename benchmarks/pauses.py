@@ -2,15 +2,16 @@
 preset, with the periods as set (pause_fraction=0, the original's cadence) and sized by the loop
 (the default, pause_fraction=0.1), each run side by side in this one process' machine state.
 
-    python benchmarks/pauses.py --features=FEATURES/train [--seconds=120] [--out=pauses.json]
+    python benchmarks/pauses.py --features=FEATURES/train [--seconds=120 | --steps=N] [--out=pauses.json]
         [--presets=vqvc_plus.py:n64_ch64,vqvc_plus_multi.py:n64_ch64,vqvc_plus_multi_simple.py:n64_ch64]
 
 Each run is `main.py --mode=train` stopped by SIGTERM after --seconds of wall time (compilation
-included, as a user's budget is), in a fresh workdir. "between" is the steps' own rate (the median
-over the log intervals, logging included, pauses not), "overall" the steps after the first
-compilation over the wall time since it, pauses included, the compilations of new shapes later not
-("compile s": the multi-scale trainers' stretched lengths, a one-off cost no cadence avoids): the
-share of the budget that went to training is their ratio.
+included, as a user's budget is), in a fresh workdir; with --steps, each run trains that many steps
+instead (a measure that a busy machine cannot end before its first rate). "between" is the steps'
+own rate (the median over the log intervals, logging included, pauses not), "overall" the steps
+after the first compilation over the wall time since it, pauses included, the compilations of new
+shapes later not ("compile s": the multi-scale trainers' stretched lengths, a one-off cost no cadence
+avoids): the share of the budget that went to training is their ratio.
 """
 
 import argparse
@@ -27,14 +28,15 @@ PRESETS = 'vqvc_plus.py:n64_ch64,vqvc_plus_multi.py:n64_ch64,vqvc_plus_multi_sim
 FRACTIONS = (0.0, 0.1)
 
 
-def train_for(preset, fraction, features, seconds, workdir, flags=()) -> dict:
-  """The train_summary.json of `preset` (with more main.py `flags`) trained for `seconds`."""
+def train_for(preset, fraction, features, seconds, workdir, flags=(), steps=0) -> dict:
+  """The train_summary.json of `preset` (with more main.py `flags`) trained for `seconds`, or for
+  `steps` steps (then `seconds` bounds the run)."""
   args = [
     sys.executable,
     os.path.join(ROOT, 'main.py'),
     f'--config=configs/{preset}',
     f'--config.data.train_dir={features}',
-    '--config.num_train_steps=100000000',
+    f'--config.num_train_steps={steps or 100_000_000}',
     f'--config.pause_fraction={fraction}',
     f'--workdir={workdir}',
     *flags,
@@ -79,6 +81,9 @@ def main():
   parser.add_argument('--presets', default=PRESETS)
   parser.add_argument('--seconds', type=float, default=120.0)
   parser.add_argument(
+    '--steps', type=int, default=0, help='train this many steps instead (--seconds bounds each run)'
+  )
+  parser.add_argument(
     '--fractions', default=','.join(map(str, FRACTIONS)), help='pause_fraction values to run'
   )
   parser.add_argument(
@@ -99,7 +104,9 @@ def main():
           row(
             preset,
             fraction,
-            train_for(preset, fraction, args.features, args.seconds, workdir, args.flag),
+            train_for(
+              preset, fraction, args.features, args.seconds, workdir, args.flag, args.steps
+            ),
           )
         )
         r = rows[-1]

@@ -47,7 +47,10 @@ def test_the_pause_benchmark_compares_the_cadences(small_features, tmp_path):
     f'--features={small_features / "train"}',
     '--presets=vqvc_plus.py:tiny',
     f'--flag=--config.data.test_dir={small_features / "test"}',
-    '--seconds=30',  # 15 s ended one CI run inside compilation, before any rate was measured
+    # A step count, not wall time: 15 s and later 30 s ended CI runs on a busy machine inside
+    # compilation, before any rate was measured.
+    '--steps=240',
+    '--seconds=500',
     '--flag=--config.eval_every_steps=20',
     timeout=600,
   )
