@@ -47,23 +47,24 @@ def local_batch_size(global_batch: int) -> int:
 
 def global_batch(mesh: Mesh, local: dict) -> dict:
   """Assembles each process's local numpy batch into global arrays sharded over `data`."""
-  sharding = batch_sharded(mesh)
-  return {
-    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
-  }
+  return _from_local(batch_sharded(mesh), {k: np.asarray(v) for k, v in local.items()})
 
 
 def global_batches(mesh: Mesh, local: list[dict]) -> dict:
   """Like `global_batch`, for several steps' local batches of one shape, stacked on a leading axis."""
-  sharding = stack_sharded(mesh)
   # One step's batch gains its leading axis as a view: no copy on the host before the transfer.
   stacked = {
     k: np.stack([b[k] for b in local]) if len(local) > 1 else np.asarray(local[0][k])[None]
     for k in local[0]
   }
+  return _from_local(stack_sharded(mesh), stacked)
+
+
+def _from_local(sharding: NamedSharding, local: dict) -> dict:
+  """Each process's arrays -> global arrays with `sharding`."""
   if jax.process_count() == 1:  # the whole batch is here: one transfer of every array together
-    return jax.device_put(stacked, sharding)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in stacked.items()}
+    return jax.device_put(local, sharding)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
 def place(tree, mesh: Mesh):
