@@ -10,9 +10,12 @@ Prints and writes one JSON object:
   `vqvc_plus_multi.py:gpu_1h` at its batch of 32, in float32 and bfloat16 (each in a
   fresh process, `benchmarks/train_step.py`);
 - `host_time`: the loop's compiled program alone against the real loop (`benchmarks/host_time.py`),
-  for `vqvc_plus.py:tiny` (a step so cheap that only the host shows) and `vqvc_plus.py:n64_ch64`, one
-  and four steps a call: microseconds of host time per step and the share of the program's rate the
-  loop keeps;
+  for `vqvc_plus.py:tiny` (a step so cheap that only the host shows), `vqvc_plus.py:n64_ch64` and
+  `vqvc_plus_multi_simple.py:n64_ch64`, one and four steps a call, with Adam's moments as one array
+  per parameter and as one vector (`flat_optimizer`): microseconds of host time per step and the
+  share of the program's rate the loop keeps (`HOST_ROWS`);
+- `host_parts`: the host's CPU time in each part of a step (drawing, augmenting, placing the batch,
+  dispatching the program) for the tiny model and n64_ch64, per layout of the optimizer state;
 - `loop`: steps/s of the real training loop (the input pipeline reading the demo corpus's features,
   logging, evaluation, checkpoints) over `--loop_seconds`, stopped by SIGTERM as a preemption would;
 - `conversion`: real-time factor (processing s / audio s) of converting 10 s of speech, the model
@@ -22,8 +25,8 @@ Prints and writes one JSON object:
 - `original`: the original PyTorch step on the same device (`benchmarks/compare_original.py`), when
   `--original` names a clone of ericwudayi/SkipVQVC and torch is installed.
 
-Under 8 minutes on one GPU; no network. Needs this package and its dependencies only (torch for the
-last two parts): on an offline machine install the wheels of `pip download -d wheels ".[cuda]"`.
+Sized to fit one 10-minute command on one GPU (not yet timed on one: no device has been lent); no
+network. Needs this package and its dependencies only (torch for the last two parts): on an offline machine install the wheels of `pip download -d wheels ".[cuda]"`.
 `--smoke`: the tiny preset, a few steps, 10 s of loop, 2 s of audio: CI runs it on the CPU so the
 script cannot rot (tests/test_benchmarks.py).
 """
@@ -145,16 +148,47 @@ def training_loop(preset: str, seconds: float, features: str, workdir: str) -> d
   )
 
 
+# (preset, steps_per_call): the smoke run takes the scan's path only (CI's time).
+SMOKE_HOST_ROWS = (('vqvc_plus.py:tiny', 4),)
+HOST_ROWS = (
+  ('vqvc_plus.py:tiny', 1),
+  ('vqvc_plus.py:tiny', 4),
+  ('vqvc_plus.py:tiny+flat_optimizer=True', 1),
+  ('vqvc_plus.py:tiny+flat_optimizer=True', 4),
+  ('vqvc_plus.py:n64_ch64', 1),
+  ('vqvc_plus.py:n64_ch64', 4),
+  ('vqvc_plus_multi_simple.py:n64_ch64', 1),
+  ('vqvc_plus_multi_simple.py:n64_ch64+flat_optimizer=True', 1),
+)
+HOST_PART_PRESETS = tuple(
+  preset + flat
+  for preset in ('vqvc_plus.py:tiny', 'vqvc_plus.py:n64_ch64')
+  for flat in ('', '+flat_optimizer=True')
+)
+
+
 def host_times(features: str, smoke: bool) -> list[dict]:
   sys.path.insert(0, HERE)
   import host_time  # pylint: disable=import-outside-toplevel
 
-  presets = ('vqvc_plus.py:tiny',) if smoke else ('vqvc_plus.py:tiny', 'vqvc_plus.py:n64_ch64')
   rows = []
-  for preset in presets:
-    for k in (4,) if smoke else (1, 4):  # the smoke run: the scan's path only (CI's time)
-      rows.append(host_time.measure(preset, features, k, 2.0 if smoke else 20.0))
-      print(f'host time: {rows[-1]}', flush=True)
+  for preset, k in SMOKE_HOST_ROWS if smoke else HOST_ROWS:
+    rows.append(host_time.measure(preset, features, k, 2.0 if smoke else 20.0))
+    print(f'host time: {rows[-1]}', flush=True)
+  return rows
+
+
+def host_parts(features: str, smoke: bool) -> list[dict]:
+  """The host's CPU time in each part of a step (host_time.py --parts), per layout of the optimizer
+  state: what handing the state's arrays over costs where the step itself is cheap."""
+  sys.path.insert(0, HERE)
+  import host_time  # pylint: disable=import-outside-toplevel
+
+  rows = []
+  for preset in ('vqvc_plus.py:tiny+flat_optimizer=True',) if smoke else HOST_PART_PRESETS:
+    parts = host_time.host_parts(host_time._config(preset, features, 1), 20 if smoke else 500)
+    rows.append(dict(preset=preset, **{f'{part}_us': us for part, us in parts.items()}))
+    print(f'host parts: {rows[-1]}', flush=True)
   return rows
 
 
@@ -292,6 +326,7 @@ def main():
       corpus = os.path.join(ROOT, 'data', 'demo_corpus')
       _python(['preprocess.py', corpus, features, '--num_test_speakers=1'], timeout=900)
     report['host_time'] = host_times(features, args.smoke)
+    report['host_parts'] = host_parts(features, args.smoke)
     report['loop'] = training_loop(
       presets[0][0] if args.smoke else 'vqvc_plus.py:n64_ch64',
       10.0 if args.smoke else args.loop_seconds,

@@ -2,6 +2,7 @@
 
     python benchmarks/host_time.py --features=FEATURES [--presets=vqvc_plus.py:tiny,...]
         [--steps_per_call=1,4] [--seconds=20] [--out=host_time.json]
+    python benchmarks/host_time.py --features=FEATURES --parts [--steps=300]
 
 FEATURES is a preprocessed folder (its train/ and test/). For each preset and steps_per_call k:
 - "program": the loop's jitted program (`tasks.base.jit_train_steps`) run back to back over calls whose
@@ -14,6 +15,8 @@ FEATURES is a preprocessed folder (its train/ and test/). For each preset and st
 "host us/step" is 1e6 x (1/loop - 1/program): what the host adds to each step; "kept" is loop/program.
 `vqvc_plus.py:tiny` stands in for an accelerator: its step is so cheap that only the host shows.
 Both halves of a row run in one process, one after the other, on the same machine state.
+`--parts`: the host's CPU time in each part of a step instead (see `host_parts`), which holds still on a
+busy machine where rates do not.
 """
 
 import argparse
@@ -85,6 +88,57 @@ def program_rate(config, seconds: float) -> float:
   return statistics.median(timed(more[i::5]) for i in range(5))
 
 
+PARTS = ('draw', 'augment', 'place', 'dispatch')
+
+
+def host_parts(config, steps: int) -> dict:
+  """The main thread's CPU time (`time.thread_time`: what the host spends, however busy the machine)
+  in each part of a single-step loop iteration, median microseconds over `steps` steps: drawing the
+  batch from the input pipeline, the trainer's augmentation (`task.inputs`), placing it on the devices,
+  and dispatching the program with the previous step in flight. Calls that compile are left out."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from skipvqvc_jax.training import input_pipeline, sharding, tasks  # pylint: disable=all
+  from skipvqvc_jax.training.tasks import base  # pylint: disable=import-outside-toplevel
+
+  mesh = sharding.make_mesh()
+  with tempfile.TemporaryDirectory() as workdir:
+    task = tasks.make(config, workdir, mesh)
+  iterator = input_pipeline.make_iterator(task.dataset(), prefetch=config.data.prefetch)
+  program = base.jit_train_steps(task.step, mesh)
+  state = sharding.place(task.initial_state(), mesh)
+  health = sharding.place(base.initial_health(0), mesh)
+  times = {part: [] for part in PARTS}
+  for step in range(steps):
+    clock = [time.thread_time()]
+    batch = next(iterator)
+    clock.append(time.thread_time())
+    batch = task.inputs(batch, step)
+    clock.append(time.thread_time())
+    batches = sharding.global_batches(mesh, [batch])
+    clock.append(time.thread_time())
+    traces = task.traces
+    state, metrics, health = program(state, batches, health)
+    clock.append(time.thread_time())
+    if task.traces == traces and step > 0:
+      for part, start, end in zip(PARTS, clock, clock[1:]):
+        times[part].append(1e6 * (end - start))
+  jax.block_until_ready((state, metrics))
+  return {part: statistics.median(t) for part, t in times.items()}
+
+
+def print_parts(presets: str, features: str, steps: int) -> None:
+  print(f'{"preset":36} ' + ' '.join(f'{p + " us":>11}' for p in PARTS) + f' {"sum us":>8}')
+  for preset in presets.split(','):
+    parts = host_parts(_config(preset, features, 1), steps)
+    print(
+      f'{preset:36} '
+      + ' '.join(f'{parts[p]:11.0f}' for p in PARTS)
+      + f' {sum(parts.values()):8.0f}',
+      flush=True,
+    )
+
+
 def loop_rate(config, steps: int) -> dict:
   """The loop's summary after `steps` steps from scratch (its evaluation and checkpoint periods as
   the preset sets them, sized by pause_fraction)."""
@@ -125,8 +179,19 @@ def main():
     help='the loop alone, for --steps; for a checkout of an older tree (a copy of this script run '
     'from its benchmarks/), to compare loops side by side',
   )
-  parser.add_argument('--steps', type=int, default=2000, help='with --loop_only')
+  parser.add_argument('--steps', type=int, default=2000, help='with --loop_only or --parts')
+  parser.add_argument(
+    '--parts',
+    action='store_true',
+    help="the host's CPU time in each part of a step (draw, augment, place, dispatch), for --steps",
+  )
   args = parser.parse_args()
+  if args.parts:
+    from absl import logging  # pylint: disable=import-outside-toplevel
+
+    logging.set_verbosity(logging.WARNING)
+    print_parts(args.presets, args.features, args.steps)
+    return
   if args.loop_only:
     from absl import logging  # pylint: disable=import-outside-toplevel
 

@@ -26,6 +26,9 @@ def test_the_accelerator_benchmark_runs_every_part(small_features, tmp_path):
   assert (host['preset'], host['steps_per_call']) == ('vqvc_plus.py:tiny', 4)
   assert host['program_steps_per_s'] > 0 and host['loop_steps_per_s'] > 0, host
   assert host['log_every_steps'] % 4 == 0
+  (parts,) = report['host_parts']  # the host's CPU time per part of a step, flat optimizer state
+  assert parts['preset'] == 'vqvc_plus.py:tiny+flat_optimizer=True'
+  assert all(parts[f'{part}_us'] > 0 for part in ('draw', 'augment', 'place', 'dispatch')), parts
   loop = report['loop']
   assert loop['status'] == 'preempted' and loop['steps'] > 0 and loop['steps_per_s'] > 0, loop
   conversion = report['conversion']

@@ -25,9 +25,7 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.data.f0_method = 'pyin'
   config.data.prefetch = 4  # batches read ahead in background threads
 
-  config.features = ml_collections.ConfigDict(
-    audio.FeatureParams().to_dict()
-  )  # must match the data
+  config.features = ml_collections.ConfigDict(audio.FeatureParams().to_dict())  # as the data's
 
   config.batch_size = 8  # global batch, split over every device of every process
   # > 0: the global batch is this x the device count instead (batch_size is set from it), so one
@@ -41,6 +39,7 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
+  config.flat_optimizer = False  # Adam's moments as one vector each (tasks/base.py `laid_out`)
 
   # Steps per call of the jitted program (a scan): one dispatch per call, for an accelerator's tiny
   # step; periods become multiples of it; differing shapes (stretching trainers) go one a call.

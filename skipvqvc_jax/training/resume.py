@@ -47,7 +47,17 @@ def _another_model(workdir: str, old, new) -> str:
 # What a stored step means besides the model (model.json): resumed with another trainer, its steps
 # would continue, and its checkpoints convert, with a normalisation they were not trained with; with
 # other features or crops, on other data than the iterator's position counts.
-KEPT_ON_RESUME = ('trainer', 'features', 'data.crop_frames', 'trainable', 'codebook')
+KEPT_ON_RESUME = (
+  'trainer',
+  'features',
+  'data.crop_frames',
+  'trainable',
+  'codebook',
+  'flat_optimizer',
+)
+# What a run's config.json from before a field existed ran with (its checkpoints' optimizer state is
+# one array per parameter).
+UNWRITTEN = {'flat_optimizer': False}
 
 
 def _check_same_meaning(config, workdir: str) -> None:
@@ -59,6 +69,8 @@ def _check_same_meaning(config, workdir: str) -> None:
     section, _, name = field.rpartition('.')
     stored = (old.get(section) or {}) if section else old
     current = config.get(section) if section else config
+    if field in UNWRITTEN:
+      stored = {name: UNWRITTEN[field], **stored}
     if current is None or name not in current or name not in stored:
       continue
     now = json.loads(

@@ -62,6 +62,39 @@ def test_four_steps_a_call_equal_four_single_calls_and_resume_exactly(
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_flat_optimizer_state_trains_the_same_with_a_third_of_the_arrays_and_resumes_as_it_began(
+  one_a_call, small_features, tmp_path
+):
+  """`flat_optimizer`: Adam's moments as one vector each; the same losses and parameters to float
+  rounding as one array per parameter, a run stopped and resumed included; a workdir refuses the
+  other layout in one line."""
+  mesh = sharding.make_mesh()
+  leaves = {
+    flat: len(
+      jax.tree.leaves(
+        tasks.make(
+          tiny_config(small_features, flat_optimizer=flat), str(tmp_path), mesh
+        ).initial_state()
+      )
+    )
+    for flat in (False, True)
+  }
+  assert leaves[True] < leaves[False] / 2.5  # parameters, and two moments for all of them
+  flat = tmp_path / 'flat'
+  _run(small_features, flat, flat_optimizer=True, num_train_steps=4)
+  _run(small_features, flat, flat_optimizer=True)
+  single = _losses(one_a_call)
+  for step, loss in _losses(flat).items():
+    np.testing.assert_allclose(loss, single[step], rtol=0, atol=1e-5)
+  for a, b in zip(_params(flat), _params(one_a_call)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+  with pytest.raises(errors.TrainingError) as refused:
+    _run(small_features, flat, num_train_steps=12)
+  message = str(refused.value)
+  assert '--config.flat_optimizer=True (this run: False)' in message and '\n' not in message
+  assert checkpoints.latest_step(str(flat)) == STEPS
+
+
 def test_a_run_that_diverges_stops_at_its_next_log_step_on_its_last_good_state(
   small_features, tmp_path
 ):

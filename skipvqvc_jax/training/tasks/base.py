@@ -117,6 +117,14 @@ def _guarded(step: Callable) -> Callable:
   return guarded
 
 
+def laid_out(config, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` with its state laid out as `config.flat_optimizer` says. Flat: the moments are one vector
+  each (`optax.flatten`) instead of one array per parameter, so the loop's program takes and returns
+  about a third as many arrays; handing each over costs the host microseconds per step (on a small
+  model, the largest part of a step's host time). The updates are the same to float rounding."""
+  return optax.flatten(tx) if config.get('flat_optimizer', False) else tx
+
+
 def jit_train_steps(step: Callable, mesh) -> Callable:
   """The loop's program: (state, k batches stacked on a leading axis, health) -> (state, the last
   step's metrics, health), k steps of `step` in one call (a scan when k > 1, so the host dispatches

@@ -24,6 +24,7 @@ from flax import nnx
 
 from skipvqvc_jax.core.errors import ConfigError
 from skipvqvc_jax.models.began import BatchStat, BeganDiscriminator, SpectralVector
+from skipvqvc_jax.training.tasks.base import laid_out
 
 GAMMA, LAMBDA_K, GAN_WEIGHT, CLIP = 1.0, 0.01, 0.2, 3.0
 _STREAM = 2  # folded into the step's key for the shuffles and the fakes' GRU noise
@@ -37,9 +38,12 @@ def shuffles(rng, batch: int, scales: int) -> tuple[list, jax.Array]:
 
 
 def _adam(config):
-  return optax.chain(
-    optax.clip_by_global_norm(CLIP),
-    optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+  return laid_out(
+    config,
+    optax.chain(
+      optax.clip_by_global_norm(CLIP),
+      optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+    ),
   )
 
 

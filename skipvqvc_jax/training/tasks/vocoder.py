@@ -27,7 +27,7 @@ from skipvqvc_jax.data import audio, feature_files
 from skipvqvc_jax.models import Discriminators, MelGANGenerator
 from skipvqvc_jax.store import checkpoints, summaries
 from skipvqvc_jax.training import input_pipeline, run_data, sharding
-from skipvqvc_jax.training.tasks.base import jit_train_step, keep_if_finite, learning_rate
+from skipvqvc_jax.training.tasks.base import jit_train_step, keep_if_finite, laid_out, learning_rate
 from skipvqvc_jax.training.tasks.waveforms import WAVE_SCALE, waveform_dir
 from skipvqvc_jax.vocoders import griffin_lim
 
@@ -57,8 +57,9 @@ def build_discriminators(config) -> Discriminators:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  return optax.adam(
-    learning_rate(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
+  return laid_out(
+    config,
+    optax.adam(learning_rate(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
   )
 
 

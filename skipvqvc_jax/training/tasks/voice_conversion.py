@@ -26,7 +26,7 @@ from skipvqvc_jax.data import audio, corpus, f0, feature_files
 from skipvqvc_jax.store import checkpoints, summaries
 from skipvqvc_jax.training import input_pipeline, run_data, sharding, trainers
 from skipvqvc_jax.training.tasks import began, codebooks
-from skipvqvc_jax.training.tasks.base import jit_train_step, keep_if_finite, learning_rate
+from skipvqvc_jax.training.tasks.base import jit_train_step, keep_if_finite, laid_out, learning_rate
 
 # Folded into a step's key for the codebook upkeep's draws (the step's own key trains the model).
 _UPKEEP_STREAM = 1
@@ -135,6 +135,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
     optax.clip_by_global_norm(config.grad_clip_norm),
     optax.adam(rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
   )
+  adam = laid_out(config, adam)
   trainable = trainable_groups(config)
   if not trainable:
     return adam
