@@ -2,8 +2,10 @@
 is found, and the line a run ends with. (Its runs: tests of the loop, conversion and evaluation.)"""
 
 import os
+import subprocess
 import sys
 
+import pytest
 from absl import flags
 
 from skipvqvc_jax.apps import main
@@ -44,3 +46,24 @@ def test_a_run_ends_with_what_its_task_does_next(monkeypatch):
   monkeypatch.setattr(sys, 'argv', ['main.py'])
   stopped = main.next_steps(vqvc_plus.get_config('tiny'), 'runs/a', 'preempted')
   assert stopped == 'to continue: run the same command again (python main.py ... --workdir=runs/a)'
+
+
+@pytest.mark.skipif(
+  not os.path.exists(main.JEMALLOC), reason='needs libjemalloc2 (.ci/run installs it)'
+)
+def test_a_cpu_run_on_glibc_malloc_is_told_to_preload_jemalloc():
+  """The hint appears on glibc's allocator only, read from what this process has mapped."""
+  ask = 'from skipvqvc_jax.apps import main; print(main.allocator_hint("cpu"))'
+  plain = subprocess.run([sys.executable, '-c', ask], capture_output=True, text=True, check=True)
+  preloaded = subprocess.run(
+    [sys.executable, '-c', ask],
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, 'LD_PRELOAD': main.JEMALLOC},
+  )
+  assert plain.stdout.startswith(
+    f'hint: this CPU run allocates with glibc; LD_PRELOAD={main.JEMALLOC}'
+  )
+  assert preloaded.stdout.strip() == 'None'
+  assert main.allocator_hint('gpu') is None
